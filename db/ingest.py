@@ -1,0 +1,141 @@
+"""Corpus ingestion: uploaded bytes -> validated, deduplicated corpus row + one UTF-8 blob, or IngestError.
+
+Validation is the trainer's decoder (trainer.corpus.decode_corpus, torch-free) plus a file-name check and
+the guild's upload cap. The stored text is what the decoder returns (NFC, LF newlines, Project Gutenberg
+boilerplate removed), and the corpus is addressed by the sha256 of that stored text: the same text
+uploaded twice, in any encoding, is one row and one blob. The raw upload's hash is kept as raw_sha256.
+
+Nothing partial is ever left behind: a rejection happens before any write, the row is only committed after
+its blob is stored, and a blob this call created is removed again if the commit fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import DEFAULT_MAX_UPLOAD_BYTES, Corpus, GuildSettings
+from db.session import get_sessionmaker
+from db.storage import Storage, corpus_key, open_storage
+from trainer.corpus import CorpusError, decode_corpus
+
+TEXT_EXTENSIONS = (".txt", ".text", ".md", ".markdown", ".rst", ".csv", ".tsv")
+MAX_FILENAME_CHARS = 255
+
+
+class IngestError(ValueError):
+    """An upload that cannot become a corpus. `.code` for programs; the message is for the uploader.
+
+    Codes: the decoder's (empty, too_small, binary, compressed, html, too_large, line_too_long, encoding)
+    plus bad_filename.
+    """
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    corpus: Corpus
+    created: bool  # False: the same text was already stored (deduplicated)
+    warnings: tuple[str, ...] = ()
+
+
+def check_filename(filename: str) -> str:
+    """The upload's base name, or IngestError if it does not name a plain-text file."""
+    name = posixpath.basename((filename or "").replace("\\", "/")).strip()
+    if not name:
+        raise IngestError("bad_filename", "The upload has no file name; upload a .txt file.")
+    ext = posixpath.splitext(name)[1].lower()
+    if ext not in TEXT_EXTENSIONS:
+        shown = f"`{ext}` files" if ext else "files without an extension"
+        raise IngestError("bad_filename", f"{shown} are not accepted: upload plain text as one of "
+                                          f"{', '.join(TEXT_EXTENSIONS)}.")
+    return name[-MAX_FILENAME_CHARS:]
+
+
+def upload_limit(session: Session, guild: int | None) -> int:
+    """The guild's max_upload_bytes, or the default for guilds without settings (and DMs)."""
+    if guild is not None:
+        limit = session.scalar(select(GuildSettings.max_upload_bytes).where(GuildSettings.guild_id == guild))
+        if limit is not None:
+            return limit
+    return DEFAULT_MAX_UPLOAD_BYTES
+
+
+def ingest(data: bytes, filename: str, uploader: int | None = None, guild: int | None = None, *,
+           session: Session | None = None, storage: Storage | None = None,
+           max_bytes: int | None = None) -> IngestResult:
+    """Validate, deduplicate, store and record an upload. Commits the session (its own if none given).
+
+    Raises IngestError for anything the uploader should fix; storage or database failures propagate.
+    """
+    if session is None:
+        with get_sessionmaker()() as own:
+            return ingest(data, filename, uploader, guild, session=own, storage=storage, max_bytes=max_bytes)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"ingest() needs the uploaded bytes, not {type(data).__name__}")
+    name = check_filename(filename)
+    limit = max_bytes if max_bytes is not None else upload_limit(session, guild)
+    try:
+        decoded = decode_corpus(bytes(data), max_bytes=limit)
+    except CorpusError as e:
+        raise IngestError(e.code, e.message) from e
+
+    text = decoded.text.encode("utf-8")
+    sha = hashlib.sha256(text).hexdigest()
+    storage = storage or open_storage()
+    existing = session.scalar(select(Corpus).where(Corpus.sha256 == sha))
+    if existing is not None:
+        _ensure_blob(storage, existing.storage_key, text)
+        return IngestResult(existing, False, decoded.warnings)
+
+    key = corpus_key(sha)
+    corpus = Corpus(
+        sha256=sha, raw_sha256=decoded.sha256, storage_key=key, filename=name, encoding=decoded.encoding,
+        n_bytes=decoded.n_bytes, n_chars=decoded.n_chars, n_lines=decoded.n_lines, n_words=decoded.n_words,
+        n_unique_chars=decoded.n_unique_chars, n_unique_words=decoded.n_unique_words,
+        stats={**decoded.stats(), "sha256": sha, "raw_sha256": decoded.sha256,
+               "warnings": list(decoded.warnings)},
+        uploaded_by=uploader, guild_id=guild)
+    try:
+        # On PostgreSQL the flushed unique key also makes a concurrent upload of the same text wait for us.
+        with session.begin_nested():
+            session.add(corpus)
+    except IntegrityError:  # somebody committed the same text meanwhile
+        existing = session.scalars(select(Corpus).where(Corpus.sha256 == sha)).one()
+        session.commit()
+        return IngestResult(existing, False, decoded.warnings)
+
+    blob_was_there = storage.exists(key)
+    try:
+        if not blob_was_there:
+            storage.put(key, text)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        if not blob_was_there:
+            storage.delete(key)
+        raise
+    return IngestResult(corpus, True, decoded.warnings)
+
+
+def _ensure_blob(storage: Storage, key: str, text: bytes) -> None:
+    """Repair a missing blob for an existing row (e.g. storage restored from an older backup)."""
+    if not storage.exists(key):
+        storage.put(key, text)
+
+
+def read_corpus_text(corpus: Corpus, storage: Storage | None = None) -> str:
+    """The stored UTF-8 text of a corpus."""
+    return (storage or open_storage()).get(corpus.storage_key).decode("utf-8")

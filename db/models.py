@@ -1,0 +1,257 @@
+"""SQLAlchemy 2 models: everything that outlives a process.
+
+Discord ids (snowflakes) exceed 32 bits and are stored as BigInteger. Timestamps are aware UTC.
+JSON columns are replaced, never mutated in place (assign a new dict), so changes are always flushed.
+Every schema change here needs an Alembic migration in db/migrations/versions (a test checks they agree).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from db.types import Family, PostStatus, RunStatus, UTCDateTime, metadata, str_enum, utcnow
+
+__all__ = [
+    "Base", "Persona", "Corpus", "PersonaCorpus", "TrainingRun", "Checkpoint", "Generation",
+    "Schedule", "SchedulePost", "GuildSettings", "Family", "RunStatus", "PostStatus",
+]
+
+Snowflake = BigInteger  # Discord ids
+
+
+class Base(DeclarativeBase):
+    metadata = metadata()
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Timestamped:
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Persona(Timestamped, Base):
+    """A voice. guild_id NULL = global (seeded defaults); otherwise visible only in that guild."""
+
+    __tablename__ = "personas"
+    __table_args__ = (
+        UniqueConstraint("guild_id", "slug"),
+        # NULLs are distinct in a unique constraint, so global names need their own (partial) index
+        Index("uq_personas_global_slug", "slug", unique=True,
+              sqlite_where=text("guild_id IS NULL"), postgresql_where=text("guild_id IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(32))
+    guild_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
+    display_name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    family: Mapped[Family] = mapped_column(str_enum(Family, "family"))
+    recipe: Mapped[str] = mapped_column(String(64))
+    sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    active_checkpoint_id: Mapped[int | None] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True))
+    created_by: Mapped[int | None] = mapped_column(Snowflake)
+
+    active_checkpoint: Mapped[Checkpoint | None] = relationship(
+        foreign_keys=[active_checkpoint_id], post_update=True)
+    checkpoints: Mapped[list[Checkpoint]] = relationship(
+        back_populates="persona", foreign_keys="Checkpoint.persona_id", passive_deletes=True)
+    corpora: Mapped[list[Corpus]] = relationship(secondary="persona_corpora", viewonly=True)
+
+    def __repr__(self) -> str:
+        return f"<Persona {self.slug!r} guild={self.guild_id}>"
+
+
+class Corpus(Base):
+    """An uploaded text, stored once as UTF-8 at storage_key; sha256 is the hash of that stored text."""
+
+    __tablename__ = "corpora"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    raw_sha256: Mapped[str] = mapped_column(String(64), index=True)  # of the bytes first uploaded
+    storage_key: Mapped[str] = mapped_column(String(255))
+    filename: Mapped[str] = mapped_column(String(255))
+    encoding: Mapped[str] = mapped_column(String(32))
+    n_bytes: Mapped[int] = mapped_column(BigInteger)  # of the upload
+    n_chars: Mapped[int] = mapped_column(BigInteger)
+    n_lines: Mapped[int] = mapped_column(BigInteger)
+    n_words: Mapped[int] = mapped_column(BigInteger)
+    n_unique_chars: Mapped[int] = mapped_column(Integer)
+    n_unique_words: Mapped[int] = mapped_column(Integer)
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)  # decoder stats + warnings
+    uploaded_by: Mapped[int | None] = mapped_column(Snowflake)
+    guild_id: Mapped[int | None] = mapped_column(Snowflake)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Corpus {self.id} {self.sha256[:12]} {self.filename!r}>"
+
+
+class PersonaCorpus(Base):
+    __tablename__ = "persona_corpora"
+
+    persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), primary_key=True)
+    corpus_id: Mapped[int] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"), primary_key=True,
+                                           index=True)
+    added_by: Mapped[int | None] = mapped_column(Snowflake)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainingRun(Timestamped, Base):
+    """One (re)training of a persona. Status moves only through db.queries.transition_run."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), index=True)
+    corpus_id: Mapped[int | None] = mapped_column(ForeignKey("corpora.id", ondelete="SET NULL"), index=True)
+    recipe: Mapped[str | None] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)  # recipe overrides
+    status: Mapped[RunStatus] = mapped_column(str_enum(RunStatus, "status"), default=RunStatus.QUEUED,
+                                              index=True)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # step, total, loss, val_loss, eta...
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    requested_by: Mapped[int | None] = mapped_column(Snowflake, index=True)
+    guild_id: Mapped[int | None] = mapped_column(Snowflake)
+    channel_id: Mapped[int | None] = mapped_column(Snowflake)  # where the progress message lives
+    message_id: Mapped[int | None] = mapped_column(Snowflake)
+    task_id: Mapped[str | None] = mapped_column(String(155))  # Celery task id
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    persona: Mapped[Persona] = relationship()
+    corpus: Mapped[Corpus | None] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<TrainingRun {self.id} persona={self.persona_id} {self.status}>"
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str] = mapped_column(String(64), default="best")  # "best", "last", ...
+    storage_key: Mapped[str] = mapped_column(String(255), unique=True)
+    family: Mapped[Family] = mapped_column(str_enum(Family, "family"))
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    persona: Mapped[Persona] = relationship(back_populates="checkpoints", foreign_keys=[persona_id])
+    run: Mapped[TrainingRun | None] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<Checkpoint {self.id} {self.storage_key!r}>"
+
+
+class Generation(Base):
+    """One generated text: what a regenerate button needs to do it again."""
+
+    __tablename__ = "generations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), index=True)
+    checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    output: Mapped[str] = mapped_column(Text, default="")
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    user_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
+    guild_id: Mapped[int | None] = mapped_column(Snowflake)
+    channel_id: Mapped[int | None] = mapped_column(Snowflake)
+    message_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
+    interaction_id: Mapped[int | None] = mapped_column(Snowflake)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    persona: Mapped[Persona] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<Generation {self.id} persona={self.persona_id}>"
+
+
+class Schedule(Timestamped, Base):
+    """Post a sample into a channel every interval_seconds, or per a cron expression (exactly one)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        CheckConstraint("(interval_seconds IS NULL) <> (cron IS NULL)", name="interval_xor_cron"),
+        CheckConstraint("interval_seconds IS NULL OR interval_seconds > 0", name="interval_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(Snowflake, index=True)
+    channel_id: Mapped[int] = mapped_column(Snowflake)
+    persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), index=True)
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    interval_seconds: Mapped[int | None] = mapped_column(Integer)
+    cron: Mapped[str | None] = mapped_column(String(100))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[int | None] = mapped_column(Snowflake)
+    last_slot: Mapped[datetime | None]
+
+    persona: Mapped[Persona] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<Schedule {self.id} guild={self.guild_id} persona={self.persona_id}>"
+
+
+class SchedulePost(Base):
+    """The claim on one (schedule, slot): the row exists iff somebody owns posting that slot."""
+
+    __tablename__ = "schedule_posts"
+    __table_args__ = (UniqueConstraint("schedule_id", "slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    slot: Mapped[datetime]
+    status: Mapped[PostStatus] = mapped_column(str_enum(PostStatus, "status"), default=PostStatus.CLAIMED)
+    message_id: Mapped[int | None] = mapped_column(Snowflake)
+    generation_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    error: Mapped[str | None] = mapped_column(Text)
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    posted_at: Mapped[datetime | None]
+
+
+DEFAULT_MAX_QUEUED_JOBS = 1
+DEFAULT_COOLDOWN_SECONDS = 10
+DEFAULT_TRAIN_COOLDOWN_SECONDS = 600
+DEFAULT_MAX_UPLOAD_BYTES = 25_000_000
+
+
+class GuildSettings(Timestamped, Base):
+    """Per-guild policy. A guild without a row uses the defaults above (see db.queries.guild_settings)."""
+
+    __tablename__ = "guild_settings"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    trainer_role_id: Mapped[int | None] = mapped_column(Snowflake)  # None: only managers may train
+    max_queued_jobs_per_user: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_QUEUED_JOBS)
+    cooldown_seconds: Mapped[int] = mapped_column(Integer, default=DEFAULT_COOLDOWN_SECONDS)
+    train_cooldown_seconds: Mapped[int] = mapped_column(Integer, default=DEFAULT_TRAIN_COOLDOWN_SECONDS)
+    max_upload_bytes: Mapped[int] = mapped_column(BigInteger, default=DEFAULT_MAX_UPLOAD_BYTES)

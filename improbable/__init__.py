@@ -1,0 +1,3 @@
+"""Improbable: a Discord bot that talks in borrowed voices."""
+
+__version__ = "0.1.0"

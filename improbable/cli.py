@@ -1,0 +1,222 @@
+"""The `improbable` command: train, generate, evaluate, list corpora.
+
+Torch is imported inside the commands that need it, so `improbable --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .settings import get_settings
+
+app = typer.Typer(help="Improbable: small recurrent language models that talk in borrowed voices.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _load_corpus(name_or_path: str):
+    from trainer.corpus import CorpusError, load_corpus
+
+    try:
+        return load_corpus(name_or_path, get_settings().corpus_dirs or None)
+    except CorpusError as e:
+        _fail(str(e))
+
+
+@app.command()
+def corpora() -> None:
+    """List the corpora found on IMPROBABLE_CORPUS_PATH (names usable with --corpus)."""
+    from trainer.corpus import list_corpora
+
+    dirs = get_settings().corpus_dirs
+    entries = list_corpora(dirs or None)
+    if not entries:
+        _fail("no corpora found: set IMPROBABLE_CORPUS_PATH to folders of .txt files (or pass a file path)")
+    table = Table("name", "size", "path")
+    for entry in entries:
+        table.add_row(entry.name, f"{entry.n_bytes / 1e6:.2f} MB", str(entry.path))
+    console.print(table)
+
+
+@app.command()
+def train(
+    recipe: Optional[str] = typer.Option(None, help="Start from a checked-in recipe: alice, trump, shakespeare, movie-reviews, harry-potter."),
+    corpus: Optional[str] = typer.Option(None, help="Corpus name on IMPROBABLE_CORPUS_PATH, or a path to a text file."),
+    out: Optional[Path] = typer.Option(None, help="Run folder for checkpoints, history and loss.png [default: runs/<corpus>]."),
+    family: Optional[str] = typer.Option(None, help="char-rnn | word-gru | word-mlp."),
+    cell: Optional[str] = typer.Option(None, help="char-rnn cell: lstm | gru | rnn."),
+    layers: Optional[int] = typer.Option(None, help="Recurrent layers (1-3)."),
+    hidden: Optional[int] = typer.Option(None, help="Hidden units per layer."),
+    dropout: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per back-propagation window."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget, evaluation included."),
+    max_steps: Optional[int] = typer.Option(None),
+    epochs: Optional[float] = typer.Option(None),
+    eval_interval: Optional[int] = typer.Option(None, help="Steps between evaluations on the whole validation split."),
+    precision: Optional[str] = typer.Option(None, help="fp32 | bf16 (autocast)."),
+    word_vectors: Optional[str] = typer.Option(None, help="word-gru: word2vec-format vectors file (default: train word2vec)."),
+    seed: Optional[int] = typer.Option(None),
+    resume: bool = typer.Option(True, help="Continue from <out>/last.safetensors when it exists."),
+) -> None:
+    """Train a model; resumes an interrupted run in the same --out folder exactly where it stopped."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from trainer.recipes import load_recipe
+    from trainer.train import TrainConfig, TrainingDiverged
+    from trainer.train import train as run_training
+
+    try:
+        settings = load_recipe(recipe) if recipe else {}
+    except ValueError as e:
+        _fail(str(e))
+    overrides = {"corpus": corpus, "family": family, "cell": cell, "n_layers": layers, "n_hidden": hidden,
+                 "dropout": dropout, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "minutes": minutes,
+                 "max_steps": max_steps, "max_epochs": epochs, "eval_interval": eval_interval,
+                 "precision": precision, "word_vectors": word_vectors, "seed": seed}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if not settings.get("corpus"):
+        _fail("say what to train on: --recipe NAME or --corpus NAME_OR_PATH")
+    if not any(settings.get(k) for k in ("minutes", "max_steps", "max_epochs")):
+        settings["minutes"] = 3.0
+    settings["out_dir"] = str(out or Path("runs") / Path(settings["corpus"]).stem)
+    config = TrainConfig.from_dict(settings)
+    text = _load_corpus(config.corpus)
+    console.print(f"training [bold]{config.family}[/] on {config.corpus} ({text.n_chars:,} chars) → {config.out_dir}")
+    for warning in text.warnings:
+        console.print(f"[yellow]note:[/] {warning}")
+
+    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("training", total=1.0, status="")
+
+        def on_event(event: str, p, details: dict) -> None:
+            val = f" val {p.val_loss:.3f}" if p.val_loss is not None else ""
+            best = f" best {p.best_val_loss:.3f}" if p.best_val_loss is not None else ""
+            bar.update(task, completed=p.fraction,
+                       status=f"step {p.step} loss {p.loss:.3f}{val}{best} {p.tokens_per_s:,.0f} tok/s")
+            if event == "sample":
+                bar.console.print(f"[dim]sample at step {p.step}:[/] {details['text'][:300]!r}")
+            elif event == "warning":
+                bar.console.print(f"[yellow]warning:[/] {details['message']}")
+            elif event == "eval":
+                bar.console.print(f"step {p.step}: val {p.val_loss:.4f} nats/token"
+                                  f" ({details['metrics']['val_bpc']:.3f} bits/char)")
+
+        try:
+            result = run_training(config, text, callback=on_event, resume=resume)
+        except (TrainingDiverged, ValueError) as e:
+            _fail(str(e))
+    console.print(f"[green]done[/] ({result.stop_reason}) after {result.steps} steps, {result.elapsed:.0f} s: "
+                  f"best validation loss {result.best_val_loss:.4f} nats/token")
+    console.print(f"checkpoints: {result.out_dir}/best.safetensors, last.safetensors; curve: {result.out_dir}/loss.png")
+
+
+@app.command()
+def generate(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint (best.safetensors of a run)."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Text to continue (fed through the model first)."),
+    max_tokens: int = typer.Option(300, help="Characters (char models) or words (word models) to generate."),
+    temperature: float = typer.Option(0.8, help="0 = greedy; higher = wilder."),
+    top_k: int = typer.Option(0, help="Sample among the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (1 = off)."),
+    improbability: float = typer.Option(0.0, help="Improbability drive: pick the token whose probability is nearest this (0 = off)."),
+    tolerance: float = typer.Option(0.0, help="Improbability band, relative: sample among tokens within p·(1±tolerance)."),
+    repetition_penalty: float = typer.Option(1.0, help="> 1 discourages recently used tokens."),
+    stop: list[str] = typer.Option([], help="Stop when this text appears (repeatable)."),
+    sentence: bool = typer.Option(False, help="Stop at the end of the first sentence."),
+    seed: Optional[int] = typer.Option(None, help="Same checkpoint + prompt + parameters + seed ⇒ same text."),
+    n: int = typer.Option(1, "--n", "-n", help="Number of samples, generated together as one batch."),
+) -> None:
+    """Continue a prompt with a trained model."""
+    from trainer import checkpoint as ckpt
+    from trainer.sample import SamplingParams
+    from trainer.sample import generate as sample
+
+    try:
+        model = ckpt.load(checkpoint)
+        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 improbability=improbability, tolerance=tolerance,
+                                 repetition_penalty=repetition_penalty, stop=tuple(stop),
+                                 stop_at_sentence_end=sentence, seed=None if seed is None else seed + i)
+                  for i in range(n)]
+    except (ckpt.CheckpointError, ValueError) as e:
+        _fail(str(e))
+    streams = sample(model.model, model.tokenizer, [prompt] * n, params)
+    if streams[0].unknown:
+        policy = "dropped" if model.tokenizer.unknown_policy == "drop" else "read as <unk>"
+        console.print(f"[yellow]note:[/] not in the vocabulary, {policy}: {' '.join(map(repr, streams[0].unknown))}")
+    for stream in streams:
+        console.print(model.tokenizer.continue_text(prompt, stream.text), markup=False, highlight=False)
+        console.print(f"[dim]seed {stream.seed}, {len(stream.tokens)} tokens, stopped: {stream.finish_reason}[/]")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
+    corpus: Optional[str] = typer.Option(None, help="Score this text instead of the checkpoint's own validation split."),
+    whole: bool = typer.Option(False, help="With --corpus: score the whole text, not its last 10 %."),
+) -> None:
+    """Held-out loss in nats/token, bits/char and perplexity."""
+    import torch
+
+    from trainer import checkpoint as ckpt
+    from trainer.data import TokenStreams, split_train_val
+    from trainer.evaluate import describe
+    from trainer.evaluate import evaluate as score
+
+    try:
+        loaded = ckpt.load(checkpoint)
+    except ckpt.CheckpointError as e:
+        _fail(str(e))
+    config = loaded.meta.get("train_config", {})
+    text = _load_corpus(corpus or config.get("corpus", "")).text
+    if not whole:
+        val_fraction = config.get("val_fraction", 0.1)
+        ids = loaded.tokenizer.encode(text)
+        start = split_train_val(len(ids), val_fraction)
+        text_chars = len(text) - int(len(text) * (1 - val_fraction))
+        ids = ids[start:]
+    else:
+        ids, text_chars = loaded.tokenizer.encode(text), len(text)
+    data = TokenStreams(torch.tensor(ids), min(32, max(1, (len(ids) - 1) // 2)), 100)
+    nats = score(loaded.model, data)
+    result = describe(nats, len(ids), text_chars if loaded.tokenizer.kind == "word" else len(ids))
+    table = Table("metric", "value")
+    for key, value in result.items():
+        table.add_row(key, f"{value:.4f}")
+    table.add_row("tokens scored", f"{len(ids):,}")
+    console.print(table)
+    console.print_json(json.dumps({k: (v if math.isfinite(v) else None) for k, v in result.items()}))
+
+
+@app.command()
+def info(checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint.")) -> None:
+    """Show a checkpoint's metadata (family, hyperparameters, corpus, metrics) without loading torch weights."""
+    from trainer.checkpoint import CheckpointError, read_meta
+
+    try:
+        meta = read_meta(checkpoint)
+    except CheckpointError as e:
+        _fail(str(e))
+    meta["tokenizer"] = {k: (f"{len(v)} entries" if k == "vocab" else v) for k, v in meta["tokenizer"].items()}
+    meta.pop("history", None)
+    console.print_json(json.dumps(meta, default=str))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,34 @@
+"""Held-out loss: mean cross-entropy in nats per token over every token of a split, state carried
+through each stream exactly as in training. Bits per character and perplexity derive from it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .data import TokenStreams
+from .model import LanguageModel
+
+
+@torch.inference_mode()
+def evaluate(model: LanguageModel, data: TokenStreams) -> float:
+    was_training = model.training
+    model.eval()
+    state = model.init_state(data.x.size(0))
+    total, count = 0.0, 0
+    for x, y in data.all_chunks():
+        hidden, state = model(x, state)
+        total += model.head.loss(hidden, y).item() * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def describe(nats_per_token: float, tokens: int, chars: int) -> dict:
+    """The same loss in the units people compare: nats/token, perplexity, bits per character."""
+    return {
+        "nats_per_token": nats_per_token,
+        "perplexity": math.exp(min(nats_per_token, 50)),
+        "bits_per_char": nats_per_token * tokens / max(chars, 1) / math.log(2),
+    }

@@ -1,0 +1,374 @@
+"""Training loop shared by every model family.
+
+AdamW, gradient-norm clipping, warm-up then a linear warm-down over the last part of the budget (or
+reduce-on-plateau), evaluation on the whole validation split, early stopping, best + last
+checkpoints, a NaN/Inf guard, a wall-clock budget, periodic samples, a loss history, progress
+callbacks, and exact resume: `last.safetensors` holds the model, optimizer, schedule, step, RNG and
+carried RNN state, so an interrupted run that resumes reproduces the uninterrupted run's losses.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import checkpoint as ckpt
+from .corpus import DecodedCorpus, fit_batch_shape
+from .data import TokenStreams, split_train_val
+from .evaluate import evaluate
+from .model import LanguageModel, ModelConfig, build_model
+from .tokenizer import CharTokenizer, WordTokenizer
+
+
+@dataclass
+class TrainConfig:
+    # data and tokens
+    corpus: str = "shakespeare"  # a corpus name on the search path, or a file path
+    out_dir: str = "runs/shakespeare"
+    val_fraction: float = 0.1
+    max_vocab: int = 15_000  # word models: the rest become <unk>
+    lowercase: bool = False  # word models: applied identically at train and prompt time
+    # model (see ModelConfig)
+    family: str = "char-rnn"
+    cell: str = "lstm"
+    n_layers: int = 2
+    n_embd: int = 64
+    n_hidden: int = 256
+    dropout: float = 0.0
+    context: int = 4
+    head: str = "auto"  # full | adaptive | auto (adaptive above 5,000 tokens)
+    word_vectors: str = ""  # word-gru: a word2vec-format file; empty = train word2vec on the corpus
+    freeze_embedding: bool = False
+    recurrent_l2: float = 0.0
+    # optimisation
+    batch_size: int = 32
+    seq_len: int = 100
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    grad_clip: float = 5.0
+    schedule: str = "anneal"  # anneal: constant then linear warm-down; plateau: halve on a plateau
+    anneal_fraction: float = 0.3
+    precision: str = "fp32"  # fp32 | bf16 (autocast; uses AMX where the CPU has it)
+    # budget (whichever ends first; at least one must be set)
+    max_steps: int = 0
+    max_epochs: float = 0.0
+    minutes: float = 0.0
+    # evaluation, checkpoints, samples
+    eval_interval: int = 500
+    patience: int = 0  # early stopping after this many evaluations without improvement (0 = off)
+    sample_interval: int = 0
+    sample_length: int = 200
+    log_interval: int = 10
+    max_nan_restarts: int = 3
+    seed: int = 1337
+    threads: int = 0  # 0 = PyTorch's default
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        head = self.head if self.head != "auto" else ("adaptive" if vocab_size > 5_000 else "full")
+        return ModelConfig(family=self.family, vocab_size=vocab_size, cell=self.cell, n_layers=self.n_layers,
+                           n_embd=self.n_embd, n_hidden=self.n_hidden, dropout=self.dropout, context=self.context,
+                           head=head, freeze_embedding=self.freeze_embedding, recurrent_l2=self.recurrent_l2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int | None
+    epoch: float
+    loss: float  # smoothed training loss, nats/token
+    val_loss: float | None
+    best_val_loss: float | None
+    lr: float
+    tokens_per_s: float
+    elapsed: float
+    eta: float | None  # seconds
+    fraction: float  # 0..1 of the budget
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_val_loss: float
+    last_val_loss: float
+    steps: int
+    elapsed: float
+    stop_reason: str
+    history: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+Callback = Callable[[str, Progress, dict], None]  # (event, progress, details); events below
+
+
+def _corpus_sha(corpus: DecodedCorpus | str) -> str:
+    if isinstance(corpus, str):
+        return hashlib.sha256(corpus.encode("utf-8")).hexdigest()
+    return corpus.sha256
+
+
+def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callback | None = None,
+          should_stop: Callable[[], bool] | None = None, resume: bool = True) -> TrainResult:
+    """Train `config` on `corpus` (decoded text). Events passed to `callback`: "progress" every
+    `log_interval` steps, "eval", "sample", "checkpoint", "warning". `should_stop()` is polled every
+    step: returning True saves the last checkpoint and stops (cancellation, preemption)."""
+    if not (config.max_steps or config.max_epochs or config.minutes):
+        raise ValueError("set a budget: max_steps, max_epochs or minutes")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    emit = callback or (lambda *_: None)
+    text = corpus if isinstance(corpus, str) else corpus.text
+    out_dir = Path(config.out_dir)
+    last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
+    resuming = resume and last_path.exists()
+    warnings: list[str] = []
+
+    # Tokens: a resumed run keeps the tokenizer it started with.
+    if resuming:
+        saved = ckpt.load(last_path)
+        if saved.meta.get("corpus_sha256") != _corpus_sha(corpus):
+            raise ValueError(f"{last_path} was trained on a different corpus; use another out_dir or resume=False")
+        tokenizer = saved.tokenizer
+    elif config.family == "char-rnn":
+        tokenizer = CharTokenizer.build(text)
+    else:
+        tokenizer = WordTokenizer.build(text, config.max_vocab, config.lowercase)
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    split = split_train_val(len(ids), config.val_fraction)
+    train_ids, val_ids = ids[:split], ids[split:]
+    batch_size, seq_len, shrink = fit_batch_shape(len(train_ids), config.batch_size, config.seq_len)
+    if shrink:
+        warnings.append(shrink)
+    train_data = TokenStreams(train_ids, batch_size, seq_len)
+    val_batch, val_seq, _ = fit_batch_shape(max(len(val_ids), 2), min(32, batch_size), seq_len, min_seq_len=1)
+    val_data = TokenStreams(val_ids, val_batch, val_seq) if len(val_ids) > 1 else None
+    if val_data is None:
+        warnings.append("validation split is empty: best checkpoint chosen by training loss")
+
+    # Model and optimizer.
+    torch.manual_seed(config.seed)
+    model_config = config.model_config(len(tokenizer))
+    embedding = None
+    if config.family == "word-gru" and not resuming:
+        from .vectors import word_vectors_for
+
+        embedding = word_vectors_for(tokenizer, text, config.word_vectors, dim=config.n_embd, seed=config.seed)
+        model_config.n_embd = embedding.size(1)  # a vectors file decides the width
+    model = build_model(model_config, embedding)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  betas=(0.9, 0.99), weight_decay=config.weight_decay)
+    step, elapsed, lr_scale, best_val, bad_evals, history = 0, 0.0, 1.0, math.inf, 0, []
+    carry = model.init_state(batch_size)
+    if resuming:
+        model.load_state_dict({k[6:]: v for k, v in saved.tensors.items() if k.startswith("model.")})
+        _load_optimizer(optimizer, saved)
+        run = saved.meta["run"]
+        step, elapsed, lr_scale, bad_evals = run["step"], run["elapsed"], run["lr_scale"], run["bad_evals"]
+        best_val = run["best_val_loss"] if run["best_val_loss"] is not None else math.inf
+        history = saved.meta.get("history", [])
+        carry = tuple(saved.tensors[f"state.carry.{i}"] for i in range(len(carry)))
+        torch.set_rng_state(saved.tensors["state.rng"])
+    steps_per_epoch = train_data.n_chunks
+    total_steps = _total_steps(config, steps_per_epoch)
+    meta = {"corpus_sha256": _corpus_sha(corpus), "corpus": config.corpus, "train_config": asdict(config),
+            "n_params": model.n_params, "batch_shape": [batch_size, seq_len]}
+    good = _snapshot(model, optimizer)
+    nan_restarts = 0
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+    def fraction() -> float:
+        parts = [step / total_steps] if total_steps else []
+        if config.minutes:
+            parts.append(elapsed / (config.minutes * 60))
+        return min(1.0, max(parts))
+
+    def lr_now() -> float:
+        base = config.lr * lr_scale
+        if step < config.warmup_steps:
+            return base * (step + 1) / config.warmup_steps
+        if config.schedule == "anneal":
+            start = 1.0 - config.anneal_fraction
+            f = fraction()
+            if f > start:
+                floor = min(config.min_lr, base)
+                return base - (base - floor) * (f - start) / config.anneal_fraction
+        return base
+
+    def progress(loss: float, val_loss: float | None, tps: float) -> Progress:
+        f = fraction()
+        eta = elapsed * (1 - f) / f if f > 0 else None
+        return Progress(step, total_steps, step / steps_per_epoch, loss, val_loss,
+                        best_val if math.isfinite(best_val) else None, lr_now(), tps, elapsed, eta, f)
+
+    def save_last() -> None:
+        extra = {f"optim.{k}": v for k, v in _optimizer_tensors(optimizer).items()}
+        extra.update({f"state.carry.{i}": s.float() if s.is_floating_point() else s for i, s in enumerate(carry)})
+        extra["state.rng"] = torch.get_rng_state()
+        run = {"step": step, "elapsed": elapsed, "lr_scale": lr_scale,
+               "best_val_loss": best_val if math.isfinite(best_val) else None,
+               "bad_evals": bad_evals, "optimizer_groups": optimizer.state_dict()["param_groups"]}
+        ckpt.save(last_path, model, tokenizer, {**meta, "run": run, "history": history}, extra)
+
+    smooth, window_tokens, window_start, stop_reason = None, 0, time.perf_counter(), ""
+    tps, last_val = 0.0, math.nan
+    model.train()
+    while True:
+        if total_steps and step >= total_steps:
+            stop_reason = "finished"
+            break
+        if config.minutes and elapsed >= config.minutes * 60:
+            stop_reason = "time budget reached"
+            break
+        if should_stop and should_stop():
+            stop_reason = "stopped"
+            break
+        t0 = time.perf_counter()
+        lr = lr_now()
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if step and step % steps_per_epoch == 0:
+            carry = model.init_state(batch_size)  # a new epoch starts every stream afresh
+        x, y = train_data.chunk(step)
+        with autocast:
+            loss, carry = model.loss(x, y, carry)
+        carry = tuple(s.detach() for s in carry)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        loss_value = loss.item()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
+            nan_restarts += 1
+            if nan_restarts > config.max_nan_restarts:
+                save_last()
+                raise TrainingDiverged(
+                    f"loss became {loss_value} {nan_restarts} times at step {step}, even after restoring the "
+                    f"best weights and lowering the learning rate to {lr:.2e}; try a lower --lr or --grad-clip")
+            _restore(model, optimizer, good)
+            carry = model.init_state(batch_size)
+            lr_scale *= 0.5
+            msg = (f"non-finite loss at step {step}: restored the best weights and halved the learning rate "
+                   f"to {config.lr * lr_scale:.2e}")
+            warnings.append(msg)
+            emit("warning", progress(smooth or math.nan, None, tps), {"message": msg})
+            continue
+        optimizer.step()
+        step += 1
+        elapsed += time.perf_counter() - t0
+        smooth = loss_value if smooth is None else 0.95 * smooth + 0.05 * loss_value
+        window_tokens += x.numel()
+
+        if step % config.log_interval == 0 or step == 1:
+            now = time.perf_counter()
+            tps = window_tokens / max(now - window_start, 1e-9)
+            window_tokens, window_start = 0, now
+            emit("progress", progress(smooth, None, tps), {})
+
+        end_of_budget = (total_steps and step >= total_steps) or (config.minutes and elapsed >= config.minutes * 60)
+        if step % config.eval_interval == 0 or end_of_budget:
+            t_eval = time.perf_counter()
+            last_val = evaluate(model, val_data) if val_data else smooth
+            model.train()
+            improved = last_val < best_val
+            if improved:
+                best_val, bad_evals = last_val, 0
+                good = _snapshot(model, optimizer)
+            else:
+                bad_evals += 1
+                if config.schedule == "plateau" and bad_evals % 2 == 0:
+                    lr_scale *= 0.5
+            history.append({"step": step, "elapsed": round(elapsed, 2), "train_loss": smooth,
+                            "val_loss": last_val, "lr": lr})
+            metrics = _metrics(tokenizer, best_val if improved else last_val, val_ids, text, config)
+            if improved:
+                ckpt.save(best_path, model, tokenizer, {**meta, "metrics": metrics, "step": step,
+                                                        "history": history})
+            save_last()
+            elapsed += time.perf_counter() - t_eval  # the budget is wall clock: evaluation counts
+            emit("eval", progress(smooth, last_val, tps), {"improved": improved, "metrics": metrics})
+            emit("checkpoint", progress(smooth, last_val, tps), {"best": str(best_path), "last": str(last_path)})
+            if config.patience and bad_evals >= config.patience:
+                stop_reason = f"early stopping: no improvement in {config.patience} evaluations"
+                break
+            window_start = time.perf_counter()
+
+        if config.sample_interval and step % config.sample_interval == 0:
+            emit("sample", progress(smooth, None, tps), {"text": _sample(model, tokenizer, config)})
+            model.train()
+
+    save_last()
+    if not best_path.exists():  # stopped before the first evaluation
+        ckpt.save(best_path, model, tokenizer, {**meta, "step": step, "history": history,
+                                                "metrics": _metrics(tokenizer, smooth or math.nan, val_ids, text, config)})
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    if history:
+        from .plot import plot_history
+
+        plot_history(history, out_dir / "loss.png", title=f"{config.family} on {Path(config.corpus).name}")
+    return TrainResult(out_dir, best_val, last_val, step, elapsed, stop_reason, history, warnings)
+
+
+def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
+    limits = [config.max_steps] if config.max_steps else []
+    if config.max_epochs:
+        limits.append(max(1, round(config.max_epochs * steps_per_epoch)))
+    return min(limits) if limits else None
+
+
+def _metrics(tokenizer, val_loss: float, val_ids: torch.Tensor, text: str, config: TrainConfig) -> dict:
+    metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+    if tokenizer.kind == "char":
+        metrics["val_bpc"] = val_loss / math.log(2)
+    else:  # bits per character of the validation text, comparable across tokenizers
+        val_chars = len(text) - int(len(text) * (1 - config.val_fraction))
+        metrics["val_bpc"] = val_loss * len(val_ids) / max(val_chars, 1) / math.log(2)
+    return metrics
+
+
+def _sample(model: LanguageModel, tokenizer, config: TrainConfig) -> str:
+    from .sample import SamplingParams, generate
+
+    params = SamplingParams(max_tokens=config.sample_length, temperature=0.8, seed=config.seed)
+    return generate(model, tokenizer, [""], params)[0].text
+
+
+def _snapshot(model: LanguageModel, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+
+
+def _restore(model: LanguageModel, optimizer: torch.optim.Optimizer, snapshot: tuple[dict, dict]) -> None:
+    model.load_state_dict(snapshot[0])
+    optimizer.load_state_dict(snapshot[1])
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    return {f"{index}.{key}": value for index, slots in optimizer.state_dict()["state"].items()
+            for key, value in slots.items() if torch.is_tensor(value)}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: ckpt.Checkpoint) -> None:
+    state: dict[int, dict] = {}
+    for name, value in saved.tensors.items():
+        if name.startswith("optim."):
+            index, key = name[6:].split(".", 1)
+            state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": saved.meta["run"]["optimizer_groups"]})
