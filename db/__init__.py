@@ -1,0 +1,32 @@
+"""Persistence: SQL models and migrations, sessions, blob storage, corpus ingestion, persona registry.
+
+Torch-free (the bot imports it). Submodules: db.models, db.session, db.migrate, db.storage, db.ingest,
+db.personas, db.queries. Corpus ingestion lives in db.ingest (it imports the trainer's torch-free decoder).
+"""
+
+from db.migrate import current_revision, downgrade, head_revision, upgrade
+from db.models import (
+    Base,
+    Checkpoint,
+    Corpus,
+    Family,
+    Generation,
+    GuildSettings,
+    Persona,
+    PersonaCorpus,
+    PostStatus,
+    RunStatus,
+    Schedule,
+    SchedulePost,
+    TrainingRun,
+)
+from db.session import get_engine, get_sessionmaker, make_engine, session_scope
+from db.storage import Storage, open_storage
+
+__all__ = [
+    "Base", "Checkpoint", "Corpus", "Family", "Generation", "GuildSettings", "Persona", "PersonaCorpus",
+    "PostStatus", "RunStatus", "Schedule", "SchedulePost", "TrainingRun",
+    "current_revision", "downgrade", "head_revision", "upgrade",
+    "get_engine", "get_sessionmaker", "make_engine", "session_scope",
+    "Storage", "open_storage",
+]

@@ -35,6 +35,15 @@ def _sqlite_pragmas(wal: bool):
     return on_connect
 
 
+def _begin_before_savepoint(conn, name) -> None:
+    """pysqlite (legacy transaction mode) emits no BEGIN before a SAVEPOINT, so an outermost SAVEPOINT
+    would open the transaction itself and its RELEASE would COMMIT: begin_nested() would commit early and
+    a later rollback() would undo nothing. Open the real transaction first."""
+    dbapi_connection = conn.connection.dbapi_connection
+    if not dbapi_connection.in_transaction:
+        dbapi_connection.execute("BEGIN")
+
+
 def make_engine(url: str | None = None, **kwargs) -> Engine:
     """A new Engine. SQLite: creates the file's folder, turns foreign keys on, waits on locks."""
     u = make_url(database_url(url))
@@ -44,6 +53,7 @@ def make_engine(url: str | None = None, **kwargs) -> Engine:
             Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(u, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas(wal=on_disk))
+        event.listen(engine, "savepoint", _begin_before_savepoint)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(u, **kwargs)

@@ -15,7 +15,7 @@ from .model import LanguageModel
 def evaluate(model: LanguageModel, data: TokenStreams) -> float:
     was_training = model.training
     model.eval()
-    state = model.init_state(data.x.size(0))
+    state = model.init_state(data.x.size(0), data.x.device)
     total, count = 0.0, 0
     for x, y in data.all_chunks():
         hidden, state = model(x, state)

@@ -59,6 +59,7 @@ class TrainConfig:
     schedule: str = "anneal"  # anneal: constant then linear warm-down; plateau: halve on a plateau
     anneal_fraction: float = 0.3
     precision: str = "fp32"  # fp32 | bf16 (autocast; uses AMX where the CPU has it)
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     # budget (whichever ends first; at least one must be set)
     max_steps: int = 0
     max_epochs: float = 0.0
@@ -153,7 +154,8 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         tokenizer = CharTokenizer.build(text)
     else:
         tokenizer = WordTokenizer.build(text, config.max_vocab, config.lowercase)
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    device = torch.device(config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long, device=device)
     split = split_train_val(len(ids), config.val_fraction)
     train_ids, val_ids = ids[:split], ids[split:]
     batch_size, seq_len, shrink = fit_batch_shape(len(train_ids), config.batch_size, config.seq_len)
@@ -174,11 +176,11 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
 
         embedding = word_vectors_for(tokenizer, text, config.word_vectors, dim=config.n_embd, seed=config.seed)
         model_config.n_embd = embedding.size(1)  # a vectors file decides the width
-    model = build_model(model_config, embedding)
+    model = build_model(model_config, embedding).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   betas=(0.9, 0.99), weight_decay=config.weight_decay)
     step, elapsed, lr_scale, best_val, bad_evals, history = 0, 0.0, 1.0, math.inf, 0, []
-    carry = model.init_state(batch_size)
+    carry = model.init_state(batch_size, device)
     if resuming:
         model.load_state_dict({k[6:]: v for k, v in saved.tensors.items() if k.startswith("model.")})
         _load_optimizer(optimizer, saved)
@@ -186,15 +188,17 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         step, elapsed, lr_scale, bad_evals = run["step"], run["elapsed"], run["lr_scale"], run["bad_evals"]
         best_val = run["best_val_loss"] if run["best_val_loss"] is not None else math.inf
         history = saved.meta.get("history", [])
-        carry = tuple(saved.tensors[f"state.carry.{i}"] for i in range(len(carry)))
+        carry = tuple(saved.tensors[f"state.carry.{i}"].to(device) for i in range(len(carry)))
         torch.set_rng_state(saved.tensors["state.rng"])
+        if device.type == "cuda" and "state.cuda_rng" in saved.tensors:
+            torch.cuda.set_rng_state(saved.tensors["state.cuda_rng"], device)
     steps_per_epoch = train_data.n_chunks
     total_steps = _total_steps(config, steps_per_epoch)
     meta = {"corpus_sha256": _corpus_sha(corpus), "corpus": config.corpus, "train_config": asdict(config),
             "n_params": model.n_params, "batch_shape": [batch_size, seq_len]}
     good = _snapshot(model, optimizer)
     nan_restarts = 0
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
     def fraction() -> float:
         parts = [step / total_steps] if total_steps else []
@@ -224,6 +228,8 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         extra = {f"optim.{k}": v for k, v in _optimizer_tensors(optimizer).items()}
         extra.update({f"state.carry.{i}": s.float() if s.is_floating_point() else s for i, s in enumerate(carry)})
         extra["state.rng"] = torch.get_rng_state()
+        if device.type == "cuda":
+            extra["state.cuda_rng"] = torch.cuda.get_rng_state(device)
         run = {"step": step, "elapsed": elapsed, "lr_scale": lr_scale,
                "best_val_loss": best_val if math.isfinite(best_val) else None,
                "bad_evals": bad_evals, "optimizer_groups": optimizer.state_dict()["param_groups"]}
@@ -247,7 +253,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         for group in optimizer.param_groups:
             group["lr"] = lr
         if step and step % steps_per_epoch == 0:
-            carry = model.init_state(batch_size)  # a new epoch starts every stream afresh
+            carry = model.init_state(batch_size, device)  # a new epoch starts every stream afresh
         x, y = train_data.chunk(step)
         with autocast:
             loss, carry = model.loss(x, y, carry)
@@ -264,7 +270,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
                     f"loss became {loss_value} {nan_restarts} times at step {step}, even after restoring the "
                     f"best weights and lowering the learning rate to {lr:.2e}; try a lower --lr or --grad-clip")
             _restore(model, optimizer, good)
-            carry = model.init_state(batch_size)
+            carry = model.init_state(batch_size, device)
             lr_scale *= 0.5
             msg = (f"non-finite loss at step {step}: restored the best weights and halved the learning rate "
                    f"to {config.lr * lr_scale:.2e}")

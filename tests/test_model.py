@@ -1,0 +1,227 @@
+"""Model families (trainer/model.py): stepping token by token must give exactly what the fused forward
+gives (that is what makes stateful sampling correct), states are batch-first and can be split and
+joined, and the heads' losses are the cross-entropy of their logits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.model import (
+    LanguageModel,
+    ModelConfig,
+    OutputHead,
+    build_model,
+    cat_states,
+    default_cutoffs,
+    select_state,
+)
+
+V = 40
+
+CONFIGS = {
+    "char-lstm-2": dict(family="char-rnn", cell="lstm", n_layers=2),
+    "char-lstm-1": dict(family="char-rnn", cell="lstm", n_layers=1),
+    "char-gru-2": dict(family="char-rnn", cell="gru", n_layers=2),
+    "char-rnn-3": dict(family="char-rnn", cell="rnn", n_layers=3),
+    "char-lstm-adaptive": dict(family="char-rnn", cell="lstm", n_layers=2, head="adaptive", adaptive_cutoffs=[8, 20]),
+    "word-gru": dict(family="word-gru", cell="gru", n_layers=1, freeze_embedding=True, recurrent_l2=1e-3),
+    "word-gru-adaptive": dict(family="word-gru", cell="gru", n_layers=2, head="adaptive"),
+    "word-mlp": dict(family="word-mlp", context=4),
+    "word-mlp-adaptive": dict(family="word-mlp", context=3, head="adaptive", adaptive_cutoffs=[10]),
+}
+
+
+def make(name: str, seed: int = 0) -> LanguageModel:
+    torch.manual_seed(seed)
+    config = ModelConfig(vocab_size=V, n_embd=16, n_hidden=32, dropout=0.3, **CONFIGS[name])
+    model = build_model(config)
+    if config.family == "word-mlp":
+        # give batchnorm non-trivial running statistics, so eval mode is a real test of the step path
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randint(0, V, (8, 12)))
+    return model.eval()
+
+
+def random_state(model: LanguageModel, batch: int) -> tuple[torch.Tensor, ...]:
+    state = model.init_state(batch)
+    if model.config.family == "word-mlp":
+        return (torch.randint(0, V, state[0].shape),)
+    return tuple(torch.randn_like(s) * 0.5 for s in state)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_step_matches_fused_forward(name):
+    model = make(name)
+    B, T = 3, 17
+    idx = torch.randint(0, V, (B, T))
+    start = random_state(model, B)
+    with torch.no_grad():
+        hidden, fused_state = model(idx, start)
+        fused = model.head.logits(hidden.reshape(B * T, -1)).view(B, T, V)
+        state, stepped = start, []
+        for t in range(T):
+            logits, state = model.step(idx[:, t], state)
+            stepped.append(logits)
+    stepped = torch.stack(stepped, 1)
+    assert stepped.shape == fused.shape == (B, T, V)
+    torch.testing.assert_close(stepped, fused, atol=1e-5, rtol=1e-5)
+    assert len(state) == len(fused_state)
+    for s, f in zip(state, fused_state):
+        assert s.shape == f.shape
+        torch.testing.assert_close(s, f, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_chunked_forward_with_carried_state_equals_one_forward(name):
+    """Training carries the state across chunks (truncated BPTT); evaluation relies on it too."""
+    model = make(name)
+    idx = torch.randint(0, V, (2, 20))
+    with torch.no_grad():
+        whole, _ = model(idx)
+        a, state = model(idx[:, :7])
+        b, _ = model(idx[:, 7:], state)
+    torch.testing.assert_close(torch.cat([a, b], 1), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_state_is_a_batch_first_tuple(name):
+    model = make(name)
+    cfg = model.config
+    state = model.init_state(5)
+    assert isinstance(state, tuple)
+    if cfg.family == "word-mlp":
+        assert len(state) == 1
+        assert state[0].shape == (5, cfg.context) and state[0].dtype == torch.long
+        assert (state[0] == 0).all()  # padded with <unk>
+    else:
+        assert len(state) == (2 if cfg.cell == "lstm" else 1)
+        for s in state:
+            assert s.shape == (5, cfg.n_layers, cfg.n_hidden)
+            assert (s == 0).all()
+    with torch.no_grad():
+        _, after_forward = model(torch.randint(0, V, (5, 6)), state)
+        _, after_step = model.step(torch.randint(0, V, (5,)), state)
+    for new in (after_forward, after_step):
+        assert [tuple(s.shape) for s in new] == [tuple(s.shape) for s in state]
+
+
+@pytest.mark.parametrize("name", ["char-lstm-2", "char-gru-2", "word-mlp", "word-gru-adaptive"])
+def test_select_and_cat_states_split_and_join_requests(name):
+    model = make(name)
+    a, b, c = random_state(model, 1), random_state(model, 2), random_state(model, 1)
+    joined = cat_states([a, b, c])
+    assert all(s.size(0) == 4 for s in joined)
+    for part, rows in ((a, [0]), (b, [1, 2]), (c, [3])):
+        for s_part, s_joined in zip(part, joined):
+            assert torch.equal(s_joined[rows], s_part)
+    picked = select_state(joined, torch.tensor([3, 1]))
+    for s_pick, s_c, s_b in zip(picked, c, b):
+        assert torch.equal(s_pick[0], s_c[0]) and torch.equal(s_pick[1], s_b[0])
+    assert all(s.size(0) == 2 for s in select_state(joined, [0, 2]))
+
+
+@pytest.mark.parametrize("name", ["char-lstm-2", "char-rnn-3", "word-mlp", "word-gru-adaptive"])
+def test_batched_step_rows_are_independent(name):
+    """Stepping requests together gives each the logits it gets alone (the serving engine's batching)."""
+    model = make(name)
+    states = [random_state(model, 1) for _ in range(3)]
+    tokens = torch.tensor([5, 17, 33])
+    with torch.no_grad():
+        together, new = model.step(tokens, cat_states(states))
+        for row, state in enumerate(states):
+            alone, alone_state = model.step(tokens[row:row + 1], state)
+            torch.testing.assert_close(together[row:row + 1], alone, atol=1e-5, rtol=1e-5)
+            for s_new, s_alone in zip(select_state(new, [row]), alone_state):
+                torch.testing.assert_close(s_new, s_alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["full", "adaptive"])
+def test_head_loss_is_cross_entropy_of_its_logits(head):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=V, head=head, adaptive_cutoffs=[8, 20])
+    out = OutputHead(24, config)
+    hidden, targets = torch.randn(2, 9, 24), torch.randint(0, V, (2, 9))
+    with torch.no_grad():
+        logits = out.logits(hidden.reshape(18, 24))
+        expected = F.cross_entropy(logits, targets.reshape(-1))
+        assert out.loss(hidden, targets).item() == pytest.approx(expected.item(), rel=1e-5)
+        if head == "adaptive":  # log-probabilities: already normalised
+            torch.testing.assert_close(logits.logsumexp(-1), torch.zeros(18), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("head", ["full", "adaptive"])
+def test_head_logits_accept_batch_by_time_hidden(head):
+    """`model(idx)` returns hidden (B, T, H); scoring every position (per-token probabilities of a text)
+    needs head.logits on it. The full head accepts it; the adaptive head must too."""
+    torch.manual_seed(0)
+    out = OutputHead(24, ModelConfig(vocab_size=V, head=head, adaptive_cutoffs=[8, 20]))
+    hidden = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        flat = out.logits(hidden.reshape(18, 24))
+        logits = out.logits(hidden)
+    assert logits.shape == (2, 9, V)
+    torch.testing.assert_close(logits.reshape(18, V), flat)
+
+
+def test_untrained_loss_is_near_uniform():
+    model = make("char-lstm-2")
+    idx, targets = torch.randint(0, V, (4, 30)), torch.randint(0, V, (4, 30))
+    with torch.no_grad():
+        loss, state = model.loss(idx, targets)
+    assert abs(loss.item() - math.log(V)) < 0.3
+    assert state[0].shape == (4, 2, 32)
+
+
+def test_recurrent_l2_adds_the_penalty_on_recurrent_kernels():
+    model = make("word-gru")
+    expected = 1e-3 * model.rnn.weight_hh_l0.pow(2).sum().item()
+    idx, targets = torch.randint(0, V, (2, 5)), torch.randint(0, V, (2, 5))
+    with torch.no_grad():
+        hidden, _ = model(idx)
+        plain = model.head.loss(hidden, targets).item()
+        total, _ = model.loss(idx, targets)
+    assert expected > 0
+    assert total.item() == pytest.approx(plain + expected, rel=1e-5)
+
+
+def test_pretrained_frozen_embedding_is_copied_and_not_trained():
+    vectors = torch.randn(V, 16)
+    config = ModelConfig(family="word-gru", vocab_size=V, cell="gru", n_layers=1, n_embd=16, n_hidden=32,
+                         freeze_embedding=True)
+    model = build_model(config, vectors)
+    assert torch.equal(model.embed.weight.detach(), vectors)
+    assert not model.embed.weight.requires_grad
+    assert model.n_params == sum(p.numel() for n, p in model.named_parameters() if not n.startswith("embed"))
+    trainable = build_model(ModelConfig(**{**config.to_dict(), "freeze_embedding": False}), vectors)
+    assert trainable.embed.weight.requires_grad
+    assert trainable.n_params == model.n_params + V * 16
+
+
+def test_model_config_round_trip_ignores_unknown_keys():
+    config = ModelConfig(family="word-mlp", vocab_size=123, context=5, head="adaptive", adaptive_cutoffs=[50])
+    data = config.to_dict()
+    assert ModelConfig.from_dict(data) == config
+    assert ModelConfig.from_dict({**data, "from_the_future": 1}) == config
+
+
+def test_unknown_family_and_cell_are_rejected():
+    with pytest.raises(ValueError, match="unknown model family 'transformer'"):
+        build_model(ModelConfig(family="transformer", vocab_size=V))
+    with pytest.raises(ValueError, match="unknown cell 'mamba'"):
+        build_model(ModelConfig(family="char-rnn", vocab_size=V, cell="mamba"))
+
+
+def test_default_cutoffs_are_inside_the_vocabulary():
+    assert default_cutoffs(15_000) == [2_000, 10_000]
+    assert default_cutoffs(5_000) == [2_000]
+    assert default_cutoffs(100) == [50]
+    for v in (3, 10, 2_001, 2_002, 10_001, 10_002):
+        cutoffs = default_cutoffs(v)
+        assert all(0 < c < v for c in cutoffs), (v, cutoffs)
+        OutputHead(64, ModelConfig(vocab_size=v, head="adaptive"))  # constructs without error
