@@ -76,7 +76,8 @@ def upload_limit(session: Session, guild: int | None) -> int:
 def ingest(data: bytes, filename: str, uploader: int | None = None, guild: int | None = None, *,
            session: Session | None = None, storage: Storage | None = None,
            max_bytes: int | None = None) -> IngestResult:
-    """Validate, deduplicate, store and record an upload. Commits the session (its own if none given).
+    """Validate, deduplicate, store and record an upload. Commits the session when it adds a row (pending
+    work of a caller-supplied session is committed with it); uses its own session if none is given.
 
     Raises IngestError for anything the uploader should fix; storage or database failures propagate.
     """

@@ -8,7 +8,7 @@ Every schema change here needs an Alembic migration in db/migrations/versions (a
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -29,8 +29,19 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from db.types import Family, PostStatus, RunStatus, UTCDateTime, metadata, str_enum, utcnow
 
 __all__ = [
-    "Base", "Persona", "Corpus", "PersonaCorpus", "TrainingRun", "Checkpoint", "Generation",
-    "Schedule", "SchedulePost", "GuildSettings", "Family", "RunStatus", "PostStatus",
+    "Base",
+    "Checkpoint",
+    "Corpus",
+    "Family",
+    "Generation",
+    "GuildSettings",
+    "Persona",
+    "PersonaCorpus",
+    "PostStatus",
+    "RunStatus",
+    "Schedule",
+    "SchedulePost",
+    "TrainingRun",
 ]
 
 Snowflake = BigInteger  # Discord ids
@@ -38,7 +49,7 @@ Snowflake = BigInteger  # Discord ids
 
 class Base(DeclarativeBase):
     metadata = metadata()
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
 
 
 class Timestamped:

@@ -97,22 +97,24 @@ def cancel_run(session: Session, run: TrainingRun | int) -> TrainingRun:
 
 
 def request_cancel(session: Session, run: TrainingRun | int) -> TrainingRun:
-    """Ask a run to stop. A queued run is cancelled at once; a running one sees cancel_requested at its
-    next progress report and then calls cancel_run. Finished runs raise InvalidTransition."""
+    """Ask a run to stop. A queued run is cancelled at once; a running one gets cancel_requested, sees it
+    at its next progress report (update_progress returns True) and then calls cancel_run. A finished run
+    raises InvalidTransition."""
     run_id = run if isinstance(run, int) else run.id
+    now = utcnow()
+    queued = session.execute(update(TrainingRun)
+                             .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.QUEUED)
+                             .values(status=RunStatus.CANCELLED, cancel_requested=True, finished_at=now,
+                                     updated_at=now).execution_options(synchronize_session=False))
+    if queued.rowcount != 1:
+        session.execute(update(TrainingRun)
+                        .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.RUNNING)
+                        .values(cancel_requested=True, updated_at=now)
+                        .execution_options(synchronize_session=False))
     row = session.get(TrainingRun, run_id, populate_existing=True)
     if row is None:
         raise LookupError(f"no training run {run_id}")
-    try:
-        return cancel_run(session, run_id)  # queued -> cancelled
-    except InvalidTransition:
-        pass
-    result = session.execute(update(TrainingRun).where(TrainingRun.id == run_id,
-                                                       TrainingRun.status == RunStatus.RUNNING)
-                             .values(cancel_requested=True, updated_at=utcnow())
-                             .execution_options(synchronize_session=False))
-    row = session.get(TrainingRun, run_id, populate_existing=True)
-    if result.rowcount != 1:
+    if row.status.finished and queued.rowcount != 1:
         raise InvalidTransition(run_id, row.status, RunStatus.CANCELLED)
     return row
 

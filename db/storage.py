@@ -149,7 +149,7 @@ class Storage:
             return []
         found = self.fs.find(base)
         root = self.root.rstrip("/") + "/"
-        return sorted(k for k in (p[len(root):] if p.startswith(root) else p for p in found)
+        return sorted(k for k in (p.removeprefix(root) for p in found)
                       if not posixpath.basename(k).startswith(TMP_PREFIX))
 
     def __iter__(self) -> Iterator[str]:

@@ -173,17 +173,22 @@ def s3_endpoint():
     server.stop()
 
 
-@pytest.fixture
-def s3_storage(s3_endpoint) -> Storage:
-    """Storage in a fresh bucket on the moto server."""
+S3_OPTIONS = {"key": "testing", "secret": "testing", "client_kwargs": {"region_name": "eu-west-1"}}
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_endpoint) -> str:
     import s3fs
 
-    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "eu-west-1"}}
     bucket = f"improbable-{uuid.uuid4().hex[:12]}"
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
-    fs.mkdir(bucket)
-    return db.open_storage(f"s3://{bucket}/blobs", skip_instance_cache=True, **options)
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True, **S3_OPTIONS).mkdir(bucket)
+    return bucket
+
+
+@pytest.fixture
+def s3_storage(s3_endpoint, s3_bucket) -> Storage:
+    """Storage under a fresh prefix of a bucket on the moto server, opened like a service would."""
+    return db.open_storage(f"s3://{s3_bucket}/{uuid.uuid4().hex[:12]}", endpoint_url=s3_endpoint, **S3_OPTIONS)
 
 
 @pytest.fixture(scope="session")

@@ -195,3 +195,37 @@ def test_ingest_with_default_session_and_storage(migrated_url, tmp_path, monkeyp
 def test_non_bytes_is_a_type_error(session, storage):
     with pytest.raises(TypeError):
         ingest("a str", "a.txt", session=session, storage=storage)
+
+
+def test_concurrent_identical_uploads_on_postgresql(pg_url, storage, alice_text):
+    """Two uploads of the same text racing: one creates, the other deduplicates; one row, one blob."""
+    import threading
+
+    import db
+
+    engine = db.make_engine(pg_url, pool_size=2)
+    maker = db.get_sessionmaker(engine)
+    barrier, results, errors = threading.Barrier(2), [], []
+
+    def upload(i: int) -> None:
+        try:
+            with maker() as session:
+                session.connection()
+                barrier.wait(timeout=30)
+                results.append(ingest(alice_text.encode(), f"alice{i}.txt", i, GUILD, session=session,
+                                      storage=storage))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    engine.dispose()
+    assert not errors, errors
+    assert sorted(r.created for r in results) == [False, True]
+    assert results[0].corpus.id == results[1].corpus.id
+    with db.session_scope(pg_url) as session:
+        assert count_rows(session, Corpus) == 1
+    assert storage.keys() == [results[0].corpus.storage_key]

@@ -141,7 +141,7 @@ def test_resolve_returns_the_active_checkpoint(session):
     set_active_checkpoint(session, trump, second)
     session.commit()
     session.expire_all()
-    persona, ckpt = resolve_persona(session, "trump", None)
+    _, ckpt = resolve_persona(session, "trump", None)
     assert ckpt.id == second.id and ckpt.family is Family.CHAR_RNN and ckpt.val_loss == 1.2
 
     alice = get_persona(session, "alice", None)
@@ -169,10 +169,11 @@ def test_delete_persona_removes_only_what_it_alone_referenced(session, storage, 
     record_generation(session, bob, prompt="hi", output="there", checkpoint=b1)
     session.commit()
     assert len(storage.keys()) == 5
+    assert {c.id for c in bob.corpora} == {shared.id, own.id}
 
     removed = delete_persona(session, bob, storage)
 
-    assert sorted(removed) == sorted([b1.storage_key, "checkpoints/bob/%d/last.safetensors" % bob_run.id,
+    assert sorted(removed) == sorted([b1.storage_key, f"checkpoints/bob/{bob_run.id}/last.safetensors",
                                       own.storage_key])
     assert sorted(storage.keys()) == sorted([shared.storage_key, c1.storage_key])
     session.expire_all()
@@ -186,3 +187,14 @@ def test_delete_persona_removes_only_what_it_alone_referenced(session, storage, 
 
     delete_persona(session, get_persona(session, "carol", G1), storage)
     assert storage.keys() == [] and count_rows(session, Corpus) == 0
+
+
+def test_orm_delete_of_a_persona_with_an_active_checkpoint(session):
+    """session.delete() (not delete_persona) also works despite the persona <-> checkpoint cycle."""
+    bob = create_persona(session, "bob", family="word-gru", guild_id=G1)
+    add_checkpoint(session, bob, "checkpoints/bob/1/best.safetensors", activate=True)
+    session.commit()
+    session.delete(bob)
+    session.commit()
+    assert count_rows(session, Checkpoint) == 0
+    assert get_persona(session, "bob", G1) is None

@@ -1,0 +1,135 @@
+"""The Celery app: broker, queues, routes, reliability settings. Imports only celery, kombu and settings,
+so the bot can enqueue without importing torch (a test checks).
+
+    celery -A worker.app worker -Q generate --pool threads -c 64 -n generate@%h   # one per GPU / machine
+    celery -A worker.app worker -Q train --pool solo -n train@%h                  # one per training GPU
+    celery -A worker.app beat                                                     # exactly one
+
+Enqueue by name with `enqueue("improbable.generate", request)` (or `app.send_task`); the task names and
+their JSON payloads are documented in worker/tasks.py. With no broker configured (IMPROBABLE_BROKER_URL
+empty) `enqueue` runs the task in-process through the same code (Celery's eager mode): the embedded default.
+
+Why these settings:
+- JSON only: a message can never run code on the worker.
+- acks_late + reject_on_worker_lost: a job is acknowledged only when it is done, so a worker killed mid-job
+  gives it back. Safe here because generate is deterministic given its seed and train resumes from its last
+  checkpoint. On Redis, a message of a dead worker comes back after `visibility_timeout`, which must exceed
+  the longest job (a train run guards against the duplicate an overrun would cause; see worker/training.py).
+- prefetch multiplier 1: a trainer takes one run at a time; a generate worker holds as many jobs as threads.
+- Time limits are set per task; note that Celery enforces them only in the prefork pool, so the generate
+  task also enforces its own deadline and training its own time budget.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from improbable.settings import Settings, get_settings
+
+GENERATE_QUEUE, TRAIN_QUEUE = "generate", "train"
+TASK_NAMES = ("improbable.generate", "improbable.train", "improbable.dispatch_schedules", "improbable.post_scheduled")
+ROUTES = {
+    "improbable.generate": {"queue": GENERATE_QUEUE},
+    "improbable.post_scheduled": {"queue": GENERATE_QUEUE},  # it generates, so it runs where the models are
+    "improbable.dispatch_schedules": {"queue": GENERATE_QUEUE},  # cheap SQL; any generate worker will do
+    "improbable.train": {"queue": TRAIN_QUEUE},
+}
+DISPATCH_EVERY_SECONDS = 60.0
+
+
+def celery_config(settings: Settings) -> dict:
+    broker = settings.broker_url
+    connect_timeout = settings.broker_connect_timeout
+    transport_options = {
+        "visibility_timeout": settings.visibility_timeout,
+        # sweep for messages of dead workers often enough for a short visibility timeout
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": connect_timeout,
+        # The bot fails fast when the broker is down instead of hanging in connection retries.
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    }
+    conf = {
+        "broker_url": broker or None,
+        "result_backend": (settings.result_backend or broker) or None,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_queues": [Queue(GENERATE_QUEUE), Queue(TRAIN_QUEUE)],
+        "task_default_queue": GENERATE_QUEUE,
+        "task_routes": ROUTES,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_track_started": True,  # STARTED carries the worker's hostname and pid
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "result_expires": 24 * 3600,
+        "result_extended": True,
+        "broker_connection_timeout": connect_timeout,
+        "broker_connection_retry_on_startup": True,  # a worker waits for Redis; a publisher does not (below)
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "redis_socket_connect_timeout": connect_timeout,
+        "redis_retry_on_timeout": True,
+        "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                      "interval_max": 0.5},
+        "beat_schedule": {
+            "dispatch-schedules": {"task": "improbable.dispatch_schedules", "schedule": DISPATCH_EVERY_SECONDS,
+                                   "options": {"expires": DISPATCH_EVERY_SECONDS}},
+        },
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_always_eager": not broker,
+        "task_eager_propagates": True,
+        "task_store_eager_result": False,
+    }
+    return conf
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    app = Celery("improbable", include=["worker.tasks"], set_as_current=False)
+    app.conf.update(celery_config(settings or get_settings()))
+    return app
+
+
+app = make_app()
+
+
+def configure(settings: Settings | None = None) -> Celery:
+    """Re-read the settings into the shared app (tests and CLIs that change the environment late)."""
+    app.conf.update(celery_config(settings or get_settings()))
+    app._pool = None  # connections made with the old broker URL
+    return app
+
+
+def is_eager() -> bool:
+    return bool(app.conf.task_always_eager)
+
+
+def enqueue(name: str, *args, **options):
+    """Send task `name` with positional JSON arguments; returns its AsyncResult (EagerResult in-process).
+
+    With a broker this is `app.send_task` (a dead broker raises kombu.exceptions.OperationalError within
+    about broker_connect_timeout seconds). Without one, the task runs here and now."""
+    if is_eager():
+        import worker.tasks  # noqa: F401 - registers the tasks (and imports db, trainer lazily)
+
+        return app.tasks[name].apply(args=args, **options)
+    return app.send_task(name, args=args, **options)
+
+
+def broker_available(timeout: float = 1.0) -> bool:
+    """True when the broker answers within `timeout` seconds (always True in eager mode)."""
+    if is_eager():
+        return True
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not available"
+        return False
