@@ -32,3 +32,27 @@ def describe(nats_per_token: float, tokens: int, chars: int) -> dict:
         "perplexity": math.exp(min(nats_per_token, 50)),
         "bits_per_char": nats_per_token * tokens / max(chars, 1) / math.log(2),
     }
+
+
+def originality(generated: str, corpus: str, window: int = 20) -> float | None:
+    """Share of the generated text's `window`-character windows that do NOT occur verbatim in the
+    corpus (1.0 = nothing copied). None when the text is shorter than one window."""
+    windows = [generated[i:i + window] for i in range(0, len(generated) - window + 1)]
+    if not windows:
+        return None
+    copied = sum(1 for w in windows if w in corpus)
+    return 1.0 - copied / len(windows)
+
+
+def improbability_calibration(model: LanguageModel, tokenizer, target: float, steps: int = 1000,
+                              prompt: str = "", seed: int = 0) -> dict:
+    """Drive the model at a target probability for `steps` tokens and measure how close the chosen
+    tokens' probabilities were: mean |realised − target|, absolute and relative to the target."""
+    from .sample import SamplingParams, generate
+
+    stream = generate(model, tokenizer, [prompt], SamplingParams(max_tokens=steps, improbability=target, seed=seed))[0]
+    errors = [abs(p - target) for p in stream.probabilities]
+    mean_error = sum(errors) / len(errors)
+    return {"target": target, "steps": len(errors), "mean_abs_error": mean_error,
+            "relative_error": mean_error / target,
+            "mean_realised": sum(stream.probabilities) / len(errors)}
