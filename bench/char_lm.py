@@ -23,17 +23,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.corpus import load_corpus  # noqa: E402
-from trainer.model import ModelConfig, build_model  # noqa: E402
-from trainer.recipes import load_recipe  # noqa: E402
-from trainer.sample import BatchSampler, SamplingParams  # noqa: E402
-from trainer.tokenizer import CharTokenizer  # noqa: E402
-from trainer.train import TrainConfig, train  # noqa: E402
+from trainer.corpus import load_corpus
+from trainer.model import ModelConfig, build_model
+from trainer.recipes import load_recipe
+from trainer.sample import BatchSampler, SamplingParams
+from trainer.tokenizer import CharTokenizer
+from trainer.train import TrainConfig, train
 
 CORPORA = Path(os.environ.get("IMPROBABLE_CORPUS_PATH", ROOT.parent / "shared" / "corpora"))
 TARGETS = {"quality_3": 1.48, "quality_10": 1.40, "throughput_ratio": 0.95,

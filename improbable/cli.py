@@ -8,17 +8,28 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .settings import get_settings
+from .settings import SettingsError, get_settings
 
 app = typer.Typer(help="Improbable: small recurrent language models that talk in borrowed voices.",
                   no_args_is_help=True, add_completion=False)
 console = Console()
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _check_settings() -> None:
+    # Every command starts by validating the settings: a bad one stops it with a line naming the variable.
+    try:
+        get_settings()
+    except SettingsError as e:
+        for line in str(e).splitlines():
+            err_console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _fail(message: str) -> None:
@@ -52,24 +63,24 @@ def corpora() -> None:
 
 @app.command()
 def train(
-    recipe: Optional[str] = typer.Option(None, help="Start from a checked-in recipe: alice, trump, shakespeare, movie-reviews, harry-potter."),
-    corpus: Optional[str] = typer.Option(None, help="Corpus name on IMPROBABLE_CORPUS_PATH, or a path to a text file."),
-    out: Optional[Path] = typer.Option(None, help="Run folder for checkpoints, history and loss.png [default: runs/<corpus>]."),
-    family: Optional[str] = typer.Option(None, help="char-rnn | word-gru | word-mlp."),
-    cell: Optional[str] = typer.Option(None, help="char-rnn cell: lstm | gru | rnn."),
-    layers: Optional[int] = typer.Option(None, help="Recurrent layers (1-3)."),
-    hidden: Optional[int] = typer.Option(None, help="Hidden units per layer."),
-    dropout: Optional[float] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None),
-    seq_len: Optional[int] = typer.Option(None, help="Tokens per back-propagation window."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget, evaluation included."),
-    max_steps: Optional[int] = typer.Option(None),
-    epochs: Optional[float] = typer.Option(None),
-    eval_interval: Optional[int] = typer.Option(None, help="Steps between evaluations on the whole validation split."),
-    precision: Optional[str] = typer.Option(None, help="fp32 | bf16 (autocast)."),
-    word_vectors: Optional[str] = typer.Option(None, help="word-gru: word2vec-format vectors file (default: train word2vec)."),
-    seed: Optional[int] = typer.Option(None),
+    recipe: str | None = typer.Option(None, help="Start from a checked-in recipe: alice, trump, shakespeare, movie-reviews, harry-potter."),
+    corpus: str | None = typer.Option(None, help="Corpus name on IMPROBABLE_CORPUS_PATH, or a path to a text file."),
+    out: Path | None = typer.Option(None, help="Run folder for checkpoints, history and loss.png [default: runs/<corpus>]."),
+    family: str | None = typer.Option(None, help="char-rnn | word-gru | word-mlp."),
+    cell: str | None = typer.Option(None, help="char-rnn cell: lstm | gru | rnn."),
+    layers: int | None = typer.Option(None, help="Recurrent layers (1-3)."),
+    hidden: int | None = typer.Option(None, help="Hidden units per layer."),
+    dropout: float | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None),
+    seq_len: int | None = typer.Option(None, help="Tokens per back-propagation window."),
+    lr: float | None = typer.Option(None, help="Peak learning rate."),
+    minutes: float | None = typer.Option(None, help="Wall-clock budget, evaluation included."),
+    max_steps: int | None = typer.Option(None),
+    epochs: float | None = typer.Option(None),
+    eval_interval: int | None = typer.Option(None, help="Steps between evaluations on the whole validation split."),
+    precision: str | None = typer.Option(None, help="fp32 | bf16 (autocast)."),
+    word_vectors: str | None = typer.Option(None, help="word-gru: word2vec-format vectors file (default: train word2vec)."),
+    seed: int | None = typer.Option(None),
     resume: bool = typer.Option(True, help="Continue from <out>/last.safetensors when it exists."),
 ) -> None:
     """Train a model; resumes an interrupted run in the same --out folder exactly where it stopped."""
@@ -139,7 +150,7 @@ def generate(
     repetition_penalty: float = typer.Option(1.0, help="> 1 discourages recently used tokens."),
     stop: list[str] = typer.Option([], help="Stop when this text appears (repeatable)."),
     sentence: bool = typer.Option(False, help="Stop at the end of the first sentence."),
-    seed: Optional[int] = typer.Option(None, help="Same checkpoint + prompt + parameters + seed ⇒ same text."),
+    seed: int | None = typer.Option(None, help="Same checkpoint + prompt + parameters + seed ⇒ same text."),
     n: int = typer.Option(1, "--n", "-n", help="Number of samples, generated together as one batch."),
 ) -> None:
     """Continue a prompt with a trained model."""
@@ -161,14 +172,15 @@ def generate(
         policy = "dropped" if model.tokenizer.unknown_policy == "drop" else "read as <unk>"
         console.print(f"[yellow]note:[/] not in the vocabulary, {policy}: {' '.join(map(repr, streams[0].unknown))}")
     for stream in streams:
-        console.print(model.tokenizer.continue_text(prompt, stream.text), markup=False, highlight=False)
+        console.print(model.tokenizer.continue_text(prompt, stream.text), markup=False, highlight=False,
+                      soft_wrap=True)
         console.print(f"[dim]seed {stream.seed}, {len(stream.tokens)} tokens, stopped: {stream.finish_reason}[/]")
 
 
 @app.command()
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
-    corpus: Optional[str] = typer.Option(None, help="Score this text instead of the checkpoint's own validation split."),
+    corpus: str | None = typer.Option(None, help="Score this text instead of the checkpoint's own validation split."),
     whole: bool = typer.Option(False, help="With --corpus: score the whole text, not its last 10 %."),
 ) -> None:
     """Held-out loss in nats/token, bits/char and perplexity."""
@@ -216,6 +228,63 @@ def info(checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint.
     meta["tokenizer"] = {k: (f"{len(v)} entries" if k == "vocab" else v) for k, v in meta["tokenizer"].items()}
     meta.pop("history", None)
     console.print_json(json.dumps(meta, default=str))
+
+
+@app.command("config")
+def show_config(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    check: bool = typer.Option(False, "--check", help="Only validate: exit 0, or 2 naming each invalid setting."),
+) -> None:
+    """Print the effective settings (secrets masked) and warn about IMPROBABLE_ variables that set nothing."""
+    from rich.text import Text
+
+    from .settings import Settings, env_names, masked_value, unknown_env_vars
+
+    settings = get_settings()
+    for var, close in unknown_env_vars():
+        hint = f" (did you mean {close}?)" if close else ""
+        err_console.print(f"[yellow]warning:[/] {var} is not a setting{hint}", highlight=False, soft_wrap=True)
+    if check:
+        console.print("settings are valid", highlight=False)
+        return
+    effective = {"database_url": settings.effective_database_url, "storage_url": settings.effective_storage_url,
+                 "result_backend": settings.result_backend or settings.broker_url}
+    rows = []
+    for name in Settings.model_fields:
+        value = masked_value(name, getattr(settings, name))
+        if not value and effective.get(name):
+            value = f"({masked_value(name, effective[name])})"
+        rows.append((env_names(name)[0], value, "set" if name in settings.model_fields_set else "default"))
+    if as_json:
+        console.print_json(json.dumps({var: value for var, value, _ in rows}))
+        return
+    table = Table("setting", "value", "source")
+    for var, value, source in rows:
+        table.add_row(Text(var), Text(value), Text(source))
+    console.print(table)
+
+
+@app.command()
+def health(
+    checks: Optional[list[str]] = typer.Argument(
+        None, help="database, broker, storage, migrations, or an http(s):// URL [default: database broker storage]."),
+    timeout: float = typer.Option(3.0, help="Seconds each check may take."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Check that the database, broker and storage answer (compose healthchecks): exit 0 if all pass, else 1."""
+    from .health import run_checks
+
+    try:
+        results = run_checks(checks or None, timeout=timeout)
+    except ValueError as e:
+        _fail(str(e))
+    if as_json:
+        console.print_json(json.dumps([r.to_dict() for r in results]))
+    else:
+        for result in results:
+            console.print(result.line(), markup=False, highlight=False, soft_wrap=True)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

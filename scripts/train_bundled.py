@@ -21,12 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer import checkpoint as ckpt  # noqa: E402
-from trainer.datasets import load_named_corpus  # noqa: E402
-from trainer.evaluate import originality  # noqa: E402
-from trainer.recipes import RECIPES_DIR, load_recipe  # noqa: E402
-from trainer.sample import SamplingParams, generate  # noqa: E402
-from trainer.train import TrainConfig, train  # noqa: E402
+from trainer import checkpoint as ckpt
+from trainer.datasets import load_named_corpus
+from trainer.evaluate import originality
+from trainer.recipes import RECIPES_DIR, load_recipe
+from trainer.sample import SamplingParams, generate
+from trainer.train import TrainConfig, train
 
 BUNDLED_DIR = ROOT / "improbable" / "bundled"
 PERSONAS = {"trump": "America is", "alice": "Alice was", "shakespeare": "ROMEO:", "movie-reviews": "this movie"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,14 +33,12 @@ def trump_text(corpora_dir: Path) -> str:
     return _head(corpora_dir / "trump" / "speeches.txt", 40_000)
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads():
-    """The test machine is small and shared: one intra-op thread keeps timings stable and results
-    deterministic across runs."""
-    torch = sys.modules.get("torch")  # only modules that use torch have imported it
-    if torch is None:
-        yield
-        return
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread: the test machine is small and shared, and tiny models gain nothing from
+    more. Opt in with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -3,6 +3,8 @@ every kind of bad file is a CheckpointError that says what is wrong."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 import random
@@ -19,22 +21,36 @@ from trainer.model import ModelConfig, build_model
 from trainer.tokenizer import CharTokenizer, WordTokenizer
 from trainer.train import TrainConfig, train
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 META = {"corpus_sha256": "ab" * 32, "metrics": {"val_loss": 1.5, "val_bpc": 2.16}, "step": 7}
 
 
 def char_model(hidden: int = 32, seed: int = 0):
     tok = CharTokenizer.build("The quick brown fox jumps over the lazy dog.\n")
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(family="char-rnn", vocab_size=len(tok), cell="lstm", n_layers=2,
-                                    n_embd=16, n_hidden=hidden)).eval()
+    model = build_model(
+        ModelConfig(
+            family="char-rnn", vocab_size=len(tok), cell="lstm", n_layers=2, n_embd=16, n_hidden=hidden
+        )
+    ).eval()
     return model, tok
 
 
 def word_mlp_model():
     tok = WordTokenizer.build("the cat sat on the mat . the dog ran !", lowercase=True)
     torch.manual_seed(1)
-    model = build_model(ModelConfig(family="word-mlp", vocab_size=len(tok), n_embd=8, n_hidden=16, context=3,
-                                    head="adaptive", adaptive_cutoffs=[4]))
+    model = build_model(
+        ModelConfig(
+            family="word-mlp",
+            vocab_size=len(tok),
+            n_embd=8,
+            n_hidden=16,
+            context=3,
+            head="adaptive",
+            adaptive_cutoffs=[4],
+        )
+    )
     model.train()
     with torch.no_grad():  # non-trivial batchnorm running statistics
         model(torch.randint(0, len(tok), (4, 10)))
@@ -55,7 +71,7 @@ def logits_of(model, n_tokens: int, seed: int = 0) -> torch.Tensor:
 
 def header_of(data: bytes) -> dict:
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + n])
+    return json.loads(data[8 : 8 + n])
 
 
 @pytest.fixture
@@ -98,18 +114,24 @@ def test_metadata_fields_are_present(saved):
 
 
 def test_file_is_safetensors_not_pickle(saved):
+    """The whole file is a safetensors layout: an 8-byte little-endian header length, a JSON header,
+    then raw tensor bytes exactly covered by the header's offsets. No room for a pickle anywhere."""
     path, model, _ = saved
     data = path.read_bytes()
-    assert data[:2] != b"\x80\x02" and data[:1] != b"\x80"  # no pickle protocol marker
-    assert not data.startswith(b"PK")  # not a torch.save zip archive either
+    assert not data.startswith(b"PK")  # not a torch.save zip archive
     n = int.from_bytes(data[:8], "little")
     assert 8 + n <= len(data) and data[8:9] == b"{"
-    header = header_of(data)
-    assert set(header) == {"__metadata__"} | {f"model.{k}" for k in model.state_dict()}
+    header = header_of(data)  # valid JSON
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    assert set(tensors) == {f"model.{k}" for k in model.state_dict()}
+    spans = sorted(tuple(v["data_offsets"]) for v in tensors.values())
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    assert 8 + n + spans[-1][1] == len(data)  # the tensors end exactly at the end of the file
+    assert b"torch._utils" not in data and b"collections\nOrderedDict" not in data  # torch.save pickle names
     assert header["model.head.proj.weight"]["dtype"] == "F32"
     assert json.loads(header["__metadata__"]["improbable"])["format"] == ckpt.FORMAT
     # and it is readable by the plain safetensors loader
-    assert set(st_load(data)) == {f"model.{k}" for k in model.state_dict()}
+    assert set(st_load(data)) == set(tensors)
 
 
 def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
@@ -223,14 +245,18 @@ def test_one_flipped_byte_in_the_metadata_is_caught(saved):
     path, _, tok = saved
     data = bytearray(path.read_bytes())
     n = int.from_bytes(data[:8], "little")
-    header = bytes(data[8:8 + n])
+    header = bytes(data[8 : 8 + n])
     vocab_at = header.index(b'\\"vocab\\": [')
-    quote = header.index(b'\\"q\\"', vocab_at)  # the vocabulary entry "q" (an escaped JSON string inside JSON)
+    quote = header.index(
+        b'\\"q\\"', vocab_at
+    )  # the vocabulary entry "q" (an escaped JSON string inside JSON)
     data[8 + quote + 2] = ord("Q")  # "q" -> "Q": same length, still valid JSON, a different vocabulary
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError):
         loaded = ckpt.load(path)
-        assert loaded.tokenizer.vocab == tok.vocab, "the flipped byte went unnoticed and changed the vocabulary"
+        assert loaded.tokenizer.vocab == tok.vocab, (
+            "the flipped byte went unnoticed and changed the vocabulary"
+        )
 
 
 def test_flipped_byte_in_the_tensor_offsets(saved):
@@ -245,18 +271,17 @@ def test_flipped_byte_in_the_tensor_offsets(saved):
     new = f'"data_offsets":[{begin},{end + 1}]'.encode()
     if len(new) != len(old):  # keep the header length: pad is not possible inside the list, so pick another
         pytest.skip("offset digit count changed")
-    data[at:at + len(old)] = new
+    data[at : at + len(old)] = new
     path.write_bytes(bytes(data))
     expect_error(path, "corrupt tensor data")
 
 
-def rewrite(path: Path, change) -> None:
-    """Re-save the same tensors with edited metadata (a structurally valid safetensors file)."""
-    data = path.read_bytes()
-    meta = json.loads(header_of(data)["__metadata__"]["improbable"])
-    tensors = st_load(data)
-    meta = change(meta)
-    path.write_bytes(st_save(tensors, metadata=None if meta is None else {"improbable": json.dumps(meta)}))
+def save_misdescribed(tmp_path: Path, tokenizer=None, meta: dict | None = None, **config_changes) -> Path:
+    """A checkpoint written by the normal save path (so every checksum is valid) whose metadata
+    describes another model than its tensors: the config is changed after the weights were built."""
+    model, tok = char_model()
+    model.config = dataclasses.replace(model.config, **config_changes)
+    return ckpt.save(tmp_path / "misdescribed.safetensors", model, tokenizer or tok, {**META, **(meta or {})})
 
 
 def test_safetensors_file_without_our_metadata(tmp_path):
@@ -280,41 +305,36 @@ def test_metadata_json_that_is_not_an_object(tmp_path, payload):
     expect_error(path, "not an Improbable checkpoint")
 
 
-def test_newer_format_version_asks_for_an_upgrade(saved):
-    path, _, _ = saved
-    rewrite(path, lambda m: {**m, "format_version": ckpt.FORMAT_VERSION + 1})
+def test_newer_format_version_asks_for_an_upgrade(tmp_path):
+    path = save_misdescribed(tmp_path, meta={"format_version": ckpt.FORMAT_VERSION + 1})
     expect_error(path, "newer version.*upgrade")
 
 
-def test_metadata_describing_a_different_shape(saved):
-    path, _, _ = saved
-    rewrite(path, lambda m: {**m, "model": {**m["model"], "n_hidden": 48}})
+def test_metadata_describing_a_different_shape(tmp_path):
+    path = save_misdescribed(tmp_path, n_hidden=48)
     err = expect_error(path, "weights do not match the model its metadata describes")
     assert "size mismatch" in str(err)
 
 
-def test_metadata_describing_a_different_architecture(saved):
-    path, _, _ = saved
-    rewrite(path, lambda m: {**m, "model": {**m["model"], "cell": "gru"}})
+def test_metadata_describing_a_different_architecture(tmp_path):
+    path = save_misdescribed(tmp_path, cell="gru")
     expect_error(path, "weights do not match the model its metadata describes")
 
 
-def test_metadata_with_an_unknown_family(saved):
-    path, _, _ = saved
-    rewrite(path, lambda m: {**m, "model": {**m["model"], "family": "transformer"}})
+def test_metadata_describing_fewer_layers(tmp_path):
+    path = save_misdescribed(tmp_path, n_layers=1)  # the second layer's tensors are unexpected
+    expect_error(path, "weights do not match the model its metadata describes")
+
+
+def test_metadata_with_an_unknown_family(tmp_path):
+    path = save_misdescribed(tmp_path, family="transformer")
     expect_error(path, "weights do not match.*unknown model family 'transformer'")
 
 
-def test_tokenizer_size_that_does_not_match_the_model(saved):
-    path, _, tok = saved
-    rewrite(path, lambda m: {**m, "tokenizer": {"kind": "char", "vocab": tok.vocab[:-1]}})
+def test_tokenizer_size_that_does_not_match_the_model(tmp_path):
+    _, tok = char_model()
+    path = save_misdescribed(tmp_path, tokenizer=CharTokenizer(tok.vocab[:-1]))
     expect_error(path, f"tokenizer has {len(tok) - 1} tokens, model expects {len(tok)}")
-
-
-def test_metadata_without_the_model_section(saved):
-    path, _, _ = saved
-    rewrite(path, lambda m: {k: v for k, v in m.items() if k != "model"})
-    expect_error(path, "weights do not match the model its metadata describes")
 
 
 # -----------------------------------------------------------------------------
@@ -347,10 +367,20 @@ def test_read_meta_bad_files_raise_checkpoint_error(tmp_path, case):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, alice_text):
+def trained_run(tmp_path_factory, alice_text, single_thread):
     out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(corpus="alice-head", out_dir=str(out), n_layers=1, n_embd=16, n_hidden=32,
-                         batch_size=8, seq_len=32, max_steps=12, eval_interval=6, warmup_steps=2)
+    config = TrainConfig(
+        corpus="alice-head",
+        out_dir=str(out),
+        n_layers=1,
+        n_embd=16,
+        n_hidden=32,
+        batch_size=8,
+        seq_len=32,
+        max_steps=12,
+        eval_interval=6,
+        warmup_steps=2,
+    )
     result = train(config, alice_text[:8_000])
     return out, result, config
 
@@ -358,14 +388,17 @@ def trained_run(tmp_path_factory, alice_text):
 def test_training_checkpoints_carry_the_full_metadata(trained_run, alice_text):
     import hashlib
 
-    out, result, config = trained_run
+    out, result, _config = trained_run
     best, last = ckpt.load(out / "best.safetensors"), ckpt.load(out / "last.safetensors")
     sha = hashlib.sha256(alice_text[:8_000].encode()).hexdigest()
     for loaded in (best, last):
         meta = loaded.meta
         assert meta["corpus_sha256"] == sha
         assert meta["model"]["family"] == "char-rnn" and meta["model"]["n_hidden"] == 32
-        assert meta["tokenizer"]["kind"] == "char" and len(meta["tokenizer"]["vocab"]) == meta["model"]["vocab_size"]
+        assert (
+            meta["tokenizer"]["kind"] == "char"
+            and len(meta["tokenizer"]["vocab"]) == meta["model"]["vocab_size"]
+        )
         assert meta["train_config"]["max_steps"] == 12 and meta["corpus"] == "alice-head"
         assert meta["torch_version"] == torch.__version__ and meta["package_version"]
         assert meta["n_params"] == loaded.model.n_params

@@ -15,8 +15,19 @@ import torch
 from scipy import stats
 
 from trainer.model import LanguageModel, ModelConfig, build_model
-from trainer.sample import BatchSampler, SamplingParams, Stream, _RowParams, _seed_key, choose, generate, uniform
+from trainer.sample import (
+    BatchSampler,
+    SamplingParams,
+    Stream,
+    _RowParams,
+    _seed_key,
+    choose,
+    generate,
+    uniform,
+)
 from trainer.tokenizer import CharTokenizer, WordTokenizer
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 ALPHA = 1e-4
 N_DRAWS = 20_000
@@ -27,8 +38,13 @@ def softmax(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
     return torch.softmax(logits.double() / temperature, -1).numpy()
 
 
-def draw(logits: torch.Tensor, params: SamplingParams, n: int = N_DRAWS, recent: torch.Tensor | None = None,
-         first_seed: int = 0):
+def draw(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    n: int = N_DRAWS,
+    recent: torch.Tensor | None = None,
+    first_seed: int = 0,
+):
     """n independent draws: n rows with seeds first_seed.. first_seed+n-1, all with the same logits."""
     rows = _RowParams([Stream("", params, first_seed, [])], torch.device("cpu"))
     rows = rows.select(torch.zeros(n, dtype=torch.long))  # n copies of the row ...
@@ -47,7 +63,9 @@ def assert_matches(tokens: torch.Tensor, expected: np.ndarray) -> None:
     """Chi-square goodness of fit; tokens with expected probability 0 must never appear."""
     counts = counts_of(tokens, len(expected))
     impossible = expected <= 0
-    assert counts[impossible].sum() == 0, f"drew tokens {np.flatnonzero(impossible & (counts > 0))} of probability 0"
+    assert counts[impossible].sum() == 0, (
+        f"drew tokens {np.flatnonzero(impossible & (counts > 0))} of probability 0"
+    )
     possible = ~impossible
     n = counts.sum()
     if possible.sum() == 1:
@@ -55,7 +73,9 @@ def assert_matches(tokens: torch.Tensor, expected: np.ndarray) -> None:
         return
     result = stats.chisquare(counts[possible], n * expected[possible] / expected[possible].sum())
     assert result.pvalue > ALPHA, (
-        f"frequencies {np.round(counts / n, 4)} do not match {np.round(expected, 4)} (p = {result.pvalue:.2e})")
+        f"frequencies {np.round(counts / n, 4)} do not match {np.round(expected, 4)} "
+        f"(p = {result.pvalue:.2e})"
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -97,13 +117,16 @@ def test_top_k_larger_than_the_vocabulary_is_plain_sampling():
 PROBS = torch.tensor([0.1, 0.4, 0.05, 0.3, 0.15])  # sorted: 0.4 (1), 0.3 (3), 0.15 (4), 0.1 (0), 0.05 (2)
 
 
-@pytest.mark.parametrize("top_p, kept", [
-    (0.3, {1}),  # 0.4 alone already reaches 0.3
-    (0.65, {1, 3}),  # 0.4 + 0.3 = 0.7 >= 0.65
-    (0.75, {1, 3, 4}),  # 0.85 >= 0.75
-    (0.9, {1, 3, 4, 0}),  # 0.95 >= 0.9
-    (1.0, {0, 1, 2, 3, 4}),
-])
+@pytest.mark.parametrize(
+    "top_p, kept",
+    [
+        (0.3, {1}),  # 0.4 alone already reaches 0.3
+        (0.65, {1, 3}),  # 0.4 + 0.3 = 0.7 >= 0.65
+        (0.75, {1, 3, 4}),  # 0.85 >= 0.75
+        (0.9, {1, 3, 4, 0}),  # 0.95 >= 0.9
+        (1.0, {0, 1, 2, 3, 4}),
+    ],
+)
 def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
     tokens, _ = draw(PROBS.log(), SamplingParams(top_p=top_p))
     assert set(tokens.tolist()) == kept
@@ -125,7 +148,9 @@ def test_greedy_is_argmax_for_every_row():
 def test_improbability_picks_the_token_nearest_the_target(target):
     probs = torch.tensor([0.02, 0.35, 0.08, 0.15, 0.04, 0.1, 0.26])
     for temperature in (1.0, 0.5):  # the target is a probability under the model, whatever the temperature
-        tokens, chosen = draw(probs.log(), SamplingParams(improbability=target, temperature=temperature), n=200)
+        tokens, chosen = draw(
+            probs.log(), SamplingParams(improbability=target, temperature=temperature), n=200
+        )
         nearest = int((probs - target).abs().argmin())
         assert set(tokens.tolist()) == {nearest}
         assert chosen[0].item() == pytest.approx(probs[nearest].item(), rel=1e-5)
@@ -153,7 +178,9 @@ def test_improbability_band_samples_uniformly_within_the_band():
 def test_improbability_band_with_nothing_inside_falls_back_to_nearest():
     probs = torch.tensor([0.6, 0.3, 0.1])
     tokens, _ = draw(probs.log(), SamplingParams(improbability=0.2, tolerance=0.05), n=300)
-    assert set(tokens.tolist()) == {1}  # |0.3 - 0.2| = |0.1 - 0.2|, argmin takes the first; band [0.19, 0.21] empty
+    assert set(tokens.tolist()) == {
+        1
+    }  # |0.3 - 0.2| = |0.1 - 0.2|, argmin takes the first; band [0.19, 0.21] empty
 
 
 def test_repetition_penalty_matches_the_penalised_distribution():
@@ -162,7 +189,7 @@ def test_repetition_penalty_matches_the_penalised_distribution():
     recent = torch.full((n, window), -1, dtype=torch.long)
     recent[:, -2:] = torch.tensor([0, 2])  # tokens 0 (positive logit) and 2 (negative) were just used
     params = SamplingParams(repetition_penalty=2.0, repetition_window=window)
-    tokens, probs = draw(logits, params, recent=recent)
+    tokens, _probs = draw(logits, params, recent=recent)
     penalised = logits.clone()
     penalised[0] = 1.5 / 2.0
     penalised[2] = -0.5 * 2.0
@@ -186,10 +213,17 @@ def test_sampler_repetition_penalty_lowers_repeats_in_generated_text():
     model, tok = fixed_model(torch.full((6,), 2.0)), CharTokenizer(list("abcdef"))
 
     def repeat_rate(penalty: float) -> float:
-        streams = generate(model, tok, ["a"] * 20, [SamplingParams(max_tokens=150, repetition_penalty=penalty,
-                                                                  repetition_window=2, seed=s) for s in range(20)])
+        streams = generate(
+            model,
+            tok,
+            ["a"] * 20,
+            [
+                SamplingParams(max_tokens=150, repetition_penalty=penalty, repetition_window=2, seed=s)
+                for s in range(20)
+            ],
+        )
         text = "".join(s.text for s in streams)
-        return sum(text[i] in text[max(0, i - 2):i] for i in range(2, len(text))) / (len(text) - 2)
+        return sum(text[i] in text[max(0, i - 2) : i] for i in range(2, len(text))) / (len(text) - 2)
 
     plain, penalised = repeat_rate(1.0), repeat_rate(4.0)
     assert plain == pytest.approx(1 - (5 / 6) ** 2, abs=0.04)  # uniform over 6: P(in the last 2)
@@ -216,7 +250,7 @@ def test_uniform_is_uniform_on_the_unit_interval():
 
 def test_uniform_is_a_pure_function_of_seed_and_counter():
     seeds, counters = torch.tensor([7, 7, 8, 123456789]), torch.tensor([0, 1, 0, 5])
-    alone = torch.cat([uniform(seeds[i:i + 1], counters[i:i + 1]) for i in range(4)])
+    alone = torch.cat([uniform(seeds[i : i + 1], counters[i : i + 1]) for i in range(4)])
     assert torch.equal(uniform(seeds, counters), alone)
     assert len(set(alone.tolist())) == 4
 
@@ -272,8 +306,9 @@ def test_sampler_draws_match_the_model_distribution_step_after_step():
 
 def small_char_model(tok: CharTokenizer, seed: int = 0):
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(family="char-rnn", vocab_size=len(tok), cell="lstm", n_layers=2,
-                                    n_embd=16, n_hidden=32))
+    model = build_model(
+        ModelConfig(family="char-rnn", vocab_size=len(tok), cell="lstm", n_layers=2, n_embd=16, n_hidden=32)
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0)  # sharper, state-dependent distributions than a fresh init
@@ -324,10 +359,15 @@ def test_rows_joining_mid_generation_do_not_change_running_rows():
 def test_seed_reproduces_and_different_seeds_differ():
     model = small_char_model(ALPHABET)
     params = SamplingParams(max_tokens=80, temperature=1.0, seed=42)
-    first, again = run_alone(model, ALPHABET, "once upon", params), run_alone(model, ALPHABET, "once upon", params)
+    first, again = (
+        run_alone(model, ALPHABET, "once upon", params),
+        run_alone(model, ALPHABET, "once upon", params),
+    )
     assert first.text == again.text and first.seed == 42
-    others = {run_alone(model, ALPHABET, "once upon", SamplingParams(max_tokens=80, seed=s)).text
-              for s in range(43, 48)}
+    others = {
+        run_alone(model, ALPHABET, "once upon", SamplingParams(max_tokens=80, seed=s)).text
+        for s in range(43, 48)
+    }
     assert first.text not in others and len(others) == 5
 
 
@@ -426,23 +466,25 @@ def test_empty_batch_steps_are_harmless():
 
 
 INVALID = [
-    (dict(max_tokens=0), "max_tokens"),
-    (dict(temperature=-0.1), "temperature"),
-    (dict(temperature=float("nan")), "temperature"),
-    (dict(temperature=float("inf")), "temperature"),
-    (dict(top_k=-1), "top_k"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(improbability=-0.1), "improbability"),
-    (dict(improbability=1.01), "improbability"),
-    (dict(tolerance=-1), "tolerance"),
-    (dict(repetition_penalty=0.5), "repetition_penalty"),
-    (dict(repetition_window=0), "repetition_window"),
-    (dict(stop=("",)), "stop"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"),
+    ({"top_k": -1}, "top_k"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"improbability": -0.1}, "improbability"),
+    ({"improbability": 1.01}, "improbability"),
+    ({"tolerance": -1}, "tolerance"),
+    ({"repetition_penalty": 0.5}, "repetition_penalty"),
+    ({"repetition_window": 0}, "repetition_window"),
+    ({"stop": ("",)}, "stop"),
 ]
 
 
-@pytest.mark.parametrize("kwargs, field", INVALID, ids=[f"{k}={v}" for k, v in (next(iter(d.items())) for d, _ in INVALID)])
+@pytest.mark.parametrize(
+    "kwargs, field", INVALID, ids=[f"{k}={v}" for k, v in (next(iter(d.items())) for d, _ in INVALID)]
+)
 def test_invalid_sampling_params_raise_clear_value_errors(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**kwargs)

@@ -13,11 +13,14 @@ from trainer.tokenizer import UNK, CharTokenizer, WordTokenizer, detokenize, tok
 # -----------------------------------------------------------------------------
 # characters
 
-FAMILY = "\U0001F468\u200d\U0001F469\u200d\U0001F467"  # man ZWJ woman ZWJ girl: 5 code points
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # man ZWJ woman ZWJ girl: 5 code points
 ROUND_TRIP_TEXTS = [
     pytest.param("Alice was beginning to get very tired.\n", id="ascii"),
     pytest.param(f"party 🎉 family {FAMILY} flag 🇫🇷 skin 👍🏽\n", id="emoji"),
-    pytest.param("q\u0307 q\u0323\u0307 j\u0301\u0302 g\u0303 \u05e9\u05c1 \u0915\u093f", id="combining-marks-without-precomposed-forms"),
+    pytest.param(
+        "q\u0307 q\u0323\u0307 j\u0301\u0302 g\u0303 \u05e9\u05c1 \u0915\u093f",
+        id="combining-marks-without-precomposed-forms",
+    ),
     pytest.param("שלום עולם, مرحبا بالعالم!", id="rtl"),
     pytest.param("mixed: abc אבג 123 ١٢٣ \u200f\u200e end", id="bidi-controls"),
     pytest.param("東京 日本語テキスト\t\r\n", id="cjk-and-whitespace"),
@@ -75,9 +78,31 @@ def test_char_continue_text_and_sentence_ends():
 def test_word_tokenizer_splits_punctuation_into_tokens_and_keeps_words_whole():
     tok = WordTokenizer.build("x")
     assert tok.tokenize('Hello, world. "Yes," he said.') == [
-        "Hello", ",", "world", ".", '"', "Yes", ",", '"', "he", "said", "."]
+        "Hello",
+        ",",
+        "world",
+        ".",
+        '"',
+        "Yes",
+        ",",
+        '"',
+        "he",
+        "said",
+        ".",
+    ]
     assert tok.tokenize("don't well-known Alice’s (a) 3.5\nnext") == [
-        "don't", "well-known", "Alice’s", "(", "a", ")", "3", ".", "5", "\n", "next"]
+        "don't",
+        "well-known",
+        "Alice’s",
+        "(",
+        "a",
+        ")",
+        "3",
+        ".",
+        "5",
+        "\n",
+        "next",
+    ]
 
 
 def test_word_vocab_is_frequency_ordered_with_alphabetical_ties_and_unk_first():
@@ -193,11 +218,16 @@ def test_word_tokenizer_on_real_text(alice_text):
 # serialisation
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda: CharTokenizer.build("héllo 🎉 שלום\n"), id="char"),
-    pytest.param(lambda: WordTokenizer.build("The cat sat. The dog ran!", lowercase=True), id="word-lower"),
-    pytest.param(lambda: WordTokenizer.build("The cat sat. The dog ran!", max_vocab=4), id="word-capped"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: CharTokenizer.build("héllo 🎉 שלום\n"), id="char"),
+        pytest.param(
+            lambda: WordTokenizer.build("The cat sat. The dog ran!", lowercase=True), id="word-lower"
+        ),
+        pytest.param(lambda: WordTokenizer.build("The cat sat. The dog ran!", max_vocab=4), id="word-capped"),
+    ],
+)
 def test_to_dict_from_dict_round_trip_through_json(make):
     tok = make()
     data = json.loads(json.dumps(tok.to_dict()))

@@ -3,6 +3,7 @@ guard recovers or gives up clearly, and every budget stops where it says. Models
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,17 @@ from trainer.model import build_model
 from trainer.recipes import load_recipe, recipe_names
 from trainer.train import TrainConfig, TrainingDiverged, train
 
-TINY = dict(n_layers=1, n_embd=16, n_hidden=32, batch_size=8, seq_len=32, warmup_steps=2, eval_interval=10)
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY = {
+    "n_layers": 1,
+    "n_embd": 16,
+    "n_hidden": 32,
+    "batch_size": 8,
+    "seq_len": 32,
+    "warmup_steps": 2,
+    "eval_interval": 10,
+}
 
 
 class Events:
@@ -76,8 +87,20 @@ def captured_models(monkeypatch):
 
 def test_char_rnn_learns_real_text(tmp_path, alice_text):
     events = Events()
-    config = TrainConfig(out_dir=str(tmp_path), family="char-rnn", cell="lstm", n_layers=1, n_embd=32, n_hidden=64,
-                         batch_size=16, seq_len=64, lr=1e-2, warmup_steps=10, max_steps=200, eval_interval=50)
+    config = TrainConfig(
+        out_dir=str(tmp_path),
+        family="char-rnn",
+        cell="lstm",
+        n_layers=1,
+        n_embd=32,
+        n_hidden=64,
+        batch_size=16,
+        seq_len=64,
+        lr=1e-2,
+        warmup_steps=10,
+        max_steps=200,
+        eval_interval=50,
+    )
     result = train(config, alice_text, callback=events)
     vocab = len(set(alice_text))
     uniform = math.log(vocab)
@@ -85,21 +108,35 @@ def test_char_rnn_learns_real_text(tmp_path, alice_text):
     assert [h["step"] for h in result.history] == [50, 100, 150, 200]
     assert result.best_val_loss < 0.6 * uniform, (result.best_val_loss, uniform)
     assert vals[-1] < vals[0] - 0.3
-    assert all(b <= a + 0.02 for a, b in zip(vals, vals[1:])), vals  # no backsliding between evaluations
+    assert all(b <= a + 0.02 for a, b in itertools.pairwise(vals)), vals  # no backsliding between evaluations
     assert events.losses[0] == pytest.approx(uniform, abs=0.5)  # it started from (near) uniform
     assert result.stop_reason == "finished" and result.steps == 200
     best = ckpt.load(tmp_path / "best.safetensors")
     assert best.meta["metrics"]["val_bpc"] == pytest.approx(result.best_val_loss / math.log(2))
 
 
-@pytest.mark.parametrize("family, extra", [
-    ("word-mlp", dict(context=3, n_embd=16, n_hidden=64)),
-    ("word-gru", dict(cell="gru", n_layers=1, n_embd=24, n_hidden=64)),
-])
+@pytest.mark.parametrize(
+    "family, extra",
+    [
+        ("word-mlp", {"context": 3, "n_embd": 16, "n_hidden": 64}),
+        ("word-gru", {"cell": "gru", "n_layers": 1, "n_embd": 24, "n_hidden": 64}),
+    ],
+)
 def test_word_models_learn_real_text(tmp_path, trump_text, family, extra):
     events = Events()
-    config = TrainConfig(out_dir=str(tmp_path), family=family, max_vocab=500, lowercase=True, batch_size=16,
-                         seq_len=32, lr=5e-3, warmup_steps=5, max_steps=100, eval_interval=50, **extra)
+    config = TrainConfig(
+        out_dir=str(tmp_path),
+        family=family,
+        max_vocab=500,
+        lowercase=True,
+        batch_size=16,
+        seq_len=32,
+        lr=5e-3,
+        warmup_steps=5,
+        max_steps=100,
+        eval_interval=50,
+        **extra,
+    )
     result = train(config, trump_text, callback=events)
     uniform = math.log(500)
     initial = events.losses[0]  # the first step's loss: the untrained model
@@ -114,8 +151,16 @@ def test_word_models_learn_real_text(tmp_path, trump_text, family, extra):
 # -----------------------------------------------------------------------------
 # exact resume
 
-RESUME = dict(TINY, n_layers=2, dropout=0.3, max_steps=40, eval_interval=7, log_interval=1, warmup_steps=5,
-              anneal_fraction=0.5)
+RESUME = dict(
+    TINY,
+    n_layers=2,
+    dropout=0.3,
+    max_steps=40,
+    eval_interval=7,
+    log_interval=1,
+    warmup_steps=5,
+    anneal_fraction=0.5,
+)
 
 
 def stop_after(events: Events, n: int):
@@ -133,7 +178,7 @@ def run_interrupted(tmp_path: Path, text: str, config_kwargs: dict, stop_at: int
 
 
 @pytest.fixture(scope="module")
-def resume_runs(tmp_path_factory, alice_text):
+def resume_runs(tmp_path_factory, alice_text, single_thread):
     """Run A (uninterrupted), run B (20 steps, then resumed to 40) and run C (like B, but resuming
     without restoring the RNG state), with the raw per-step losses of each."""
     tmp_path = tmp_path_factory.mktemp("resume")
@@ -152,9 +197,18 @@ def resume_runs(tmp_path_factory, alice_text):
     finally:
         mp.undo()
     assert len(models) == 5
-    return dict(dir=tmp_path, a=a, a_events=a_events, b1=b1, b2=b2, b_first=b_first, b_second=b_second,
-                raw_a=models[0].raw_losses, raw_b=models[1].raw_losses + models[2].raw_losses,
-                raw_c=models[3].raw_losses + models[4].raw_losses)
+    return {
+        "dir": tmp_path,
+        "a": a,
+        "a_events": a_events,
+        "b1": b1,
+        "b2": b2,
+        "b_first": b_first,
+        "b_second": b_second,
+        "raw_a": models[0].raw_losses,
+        "raw_b": models[1].raw_losses + models[2].raw_losses,
+        "raw_c": models[3].raw_losses + models[4].raw_losses,
+    }
 
 
 def test_resume_reproduces_the_training_losses_and_weights(resume_runs):
@@ -172,8 +226,9 @@ def test_resume_reproduces_the_training_losses_and_weights(resume_runs):
     a_best = ckpt.load(r["dir"] / "a" / "best.safetensors")
     b_best = ckpt.load(r["dir"] / "b" / "best.safetensors")
     assert a_best.meta["step"] == b_best.meta["step"]
-    assert [h["val_loss"] for h in r["b2"].history] == pytest.approx([h["val_loss"] for h in r["a"].history],
-                                                                     abs=1e-6)
+    assert [h["val_loss"] for h in r["b2"].history] == pytest.approx(
+        [h["val_loss"] for h in r["a"].history], abs=1e-6
+    )
     assert [h["step"] for h in r["b2"].history] == [7, 14, 21, 28, 35, 40]
     assert r["b2"].best_val_loss == pytest.approx(r["a"].best_val_loss, abs=1e-6)
 
@@ -197,7 +252,8 @@ def test_resume_reports_the_same_progress_losses(resume_runs):
     b_losses = r["b_first"].losses + r["b_second"].losses
     assert b_losses == pytest.approx(r["a_events"].losses, abs=1e-6)
     assert [h["train_loss"] for h in r["b2"].history] == pytest.approx(
-        [h["train_loss"] for h in r["a"].history], abs=1e-6)
+        [h["train_loss"] for h in r["a"].history], abs=1e-6
+    )
 
 
 def test_resume_with_a_different_corpus_is_refused(tmp_path, alice_text):
@@ -228,13 +284,22 @@ def test_word_gru_with_a_vectors_file_of_another_width_resumes(tmp_path, trump_t
     g = torch.Generator().manual_seed(0)
     lines = [f"{len(tok) - 1} {dim}"] + [
         w + " " + " ".join(f"{x:.4f}" for x in torch.randn(dim, generator=g).tolist())
-        for w in tok.vocab[1:] if w.strip()]
+        for w in tok.vocab[1:]
+        if w.strip()
+    ]
     lines[0] = f"{len(lines) - 1} {dim}"
     vectors = tmp_path / "vectors.txt"
     vectors.write_text("\n".join(lines) + "\n")
-    config = TrainConfig(out_dir=str(tmp_path / "run"), family="word-gru", cell="gru", word_vectors=str(vectors),
-                         max_vocab=200, lowercase=True, freeze_embedding=True, **dict(TINY, n_embd=16, max_steps=6,
-                                                                                      log_interval=1))
+    config = TrainConfig(
+        out_dir=str(tmp_path / "run"),
+        family="word-gru",
+        cell="gru",
+        word_vectors=str(vectors),
+        max_vocab=200,
+        lowercase=True,
+        freeze_embedding=True,
+        **dict(TINY, n_embd=16, max_steps=6, log_interval=1),
+    )
     events = Events()
     first = train(config, text, callback=events, should_stop=stop_after(events, 3))
     assert first.steps == 3
@@ -256,11 +321,13 @@ def test_nan_guard_restores_halves_the_lr_and_finishes(tmp_path, alice_text, cap
         if event == "progress" and progress.step == 5 and not poisoned:
             model = captured_models[-1]
             with torch.no_grad():
-                model.rnn.weight_hh_l0.fill_(float("nan"))
+                model.head.proj.weight.fill_(float("nan"))
             poisoned.append(True)
 
-    config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, max_steps=15, log_interval=1, lr=4e-3,
-                                                      warmup_steps=0, eval_interval=3))
+    config = TrainConfig(
+        out_dir=str(tmp_path),
+        **dict(TINY, max_steps=15, log_interval=1, lr=4e-3, warmup_steps=0, eval_interval=3),
+    )
     result = train(config, alice_text[:8_000], callback=callback)
     warnings = events.of("warning")
     assert len(warnings) == 1
@@ -275,7 +342,9 @@ def test_nan_guard_restores_halves_the_lr_and_finishes(tmp_path, alice_text, cap
     assert events.steps == list(range(1, 16))
     lrs = {p.step: p.lr for p, _ in events.of("progress")}
     assert lrs[6] == pytest.approx(lrs[5] / 2, rel=0.01)
-    assert math.isnan(model.raw_losses[5]) and all(math.isfinite(v) for i, v in enumerate(model.raw_losses) if i != 5)
+    assert math.isnan(model.raw_losses[5]) and all(
+        math.isfinite(v) for i, v in enumerate(model.raw_losses) if i != 5
+    )
     assert len(model.raw_losses) == 16
 
 
@@ -287,7 +356,9 @@ def test_persistent_nan_raises_training_diverged(tmp_path, alice_text, captured_
         if event == "progress" and progress.step == 4:
             captured_models[-1].poison = True
 
-    config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, max_steps=30, log_interval=1, max_nan_restarts=3))
+    config = TrainConfig(
+        out_dir=str(tmp_path), **dict(TINY, max_steps=30, log_interval=1, max_nan_restarts=3)
+    )
     with pytest.raises(TrainingDiverged, match=r"loss became nan 4 times at step 4.*lower --lr"):
         train(config, alice_text[:8_000], callback=callback)
     assert len(events.of("warning")) == 3
@@ -312,7 +383,9 @@ def test_minutes_budget_stops(tmp_path, alice_text):
 def test_max_epochs_budget(tmp_path, alice_text):
     text = alice_text[:6_000]
     events = Events()
-    config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, max_epochs=1.5, log_interval=1, eval_interval=1000))
+    config = TrainConfig(
+        out_dir=str(tmp_path), **dict(TINY, max_epochs=1.5, log_interval=1, eval_interval=1000)
+    )
     result = train(config, text, callback=events)
     n_train = int(len(text) * 0.9)
     chunks_per_epoch = ((n_train - 1) // 8) // 32
@@ -323,8 +396,9 @@ def test_max_epochs_budget(tmp_path, alice_text):
 
 def test_early_stopping_with_patience(tmp_path, alice_text):
     # lr 0: the validation loss never improves after the first evaluation
-    config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, lr=0.0, min_lr=0.0, max_steps=500, eval_interval=4,
-                                                      patience=3))
+    config = TrainConfig(
+        out_dir=str(tmp_path), **dict(TINY, lr=0.0, min_lr=0.0, max_steps=500, eval_interval=4, patience=3)
+    )
     result = train(config, alice_text[:8_000])
     assert result.stop_reason == "early stopping: no improvement in 3 evaluations"
     assert result.steps == 16  # evaluations at 4 (best), 8, 12, 16 (third without improvement)
@@ -342,11 +416,17 @@ def test_tiny_corpus_shrinks_the_batch_shape_with_a_warning(tmp_path):
 
 def test_outputs_history_json_and_loss_png(tmp_path, alice_text):
     events = Events()
-    config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, max_steps=12, eval_interval=4, sample_interval=6,
-                                                      sample_length=30))
+    config = TrainConfig(
+        out_dir=str(tmp_path),
+        **dict(TINY, max_steps=12, eval_interval=4, sample_interval=6, sample_length=30),
+    )
     result = train(config, alice_text[:8_000], callback=events)
-    assert {p.name for p in tmp_path.iterdir()} == {"best.safetensors", "last.safetensors", "history.json",
-                                                    "loss.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "best.safetensors",
+        "last.safetensors",
+        "history.json",
+        "loss.png",
+    }
     history = json.loads((tmp_path / "history.json").read_text())
     assert history == json.loads(json.dumps(result.history))
     assert [h["step"] for h in history] == [4, 8, 12]
@@ -406,5 +486,6 @@ def test_recipe_names_and_unknown_recipe():
 
 
 def test_word_gru_family_defaults_to_a_gru_cell():
-    """`--family word-gru` without `--cell` must build a GRU (the family's name), not the char default LSTM."""
+    """`--family word-gru` without `--cell` must build a GRU (the family's name), not the char-rnn
+    default LSTM."""
     assert TrainConfig(family="word-gru").model_config(100).cell == "gru"

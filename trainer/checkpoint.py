@@ -71,7 +71,7 @@ def to_bytes(model: LanguageModel, tokenizer, meta: dict, extra: dict[str, torch
     tensors = {f"model.{k}": (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
     tensors.update({k: v.detach().cpu().contiguous() for k, v in (extra or {}).items()})
-    header = {
+    header: dict = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": model.config.to_dict(),
@@ -82,7 +82,13 @@ def to_bytes(model: LanguageModel, tokenizer, meta: dict, extra: dict[str, torch
         **meta,
         "tensors_sha256": _digest(tensors),
     }
+    header["meta_sha256"] = _meta_digest(header)
     return save_tensors_to_bytes(tensors, metadata={"improbable": json.dumps(header)})
+
+
+def _meta_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def save(path: str | Path, model: LanguageModel, tokenizer, meta: dict,
@@ -111,20 +117,28 @@ def _read_header(data: bytes, name: str) -> dict:
         meta = json.loads(header["__metadata__"]["improbable"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{name}: not an Improbable checkpoint (no readable metadata: {e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{name}: not an Improbable checkpoint (metadata is not a JSON object)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{name}: not an Improbable checkpoint (format {meta.get('format')!r})")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{name}: written by a newer version (format {meta['format_version']}); upgrade")
+    if meta.get("meta_sha256") != _meta_digest(meta):
+        raise CheckpointError(f"{name}: corrupt (metadata checksum mismatch); re-download or retrain")
     return meta
 
 
 def read_meta(path: str | Path) -> dict:
     """The JSON metadata alone, without building the model."""
     path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else 0
-        return _read_header(head + f.read(min(n, 100_000_000)), str(path))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            data = head + f.read(min(n, 100_000_000))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
+    return _read_header(data, str(path))
 
 
 def from_bytes(data: bytes, name: str = "checkpoint", device: str | torch.device = "cpu") -> Checkpoint:

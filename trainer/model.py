@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 State = tuple[torch.Tensor, ...]
 FAMILIES = ("char-rnn", "word-gru", "word-mlp")
@@ -65,7 +65,10 @@ class OutputHead(nn.Module):
             self.proj = nn.Linear(n_in, config.vocab_size)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.proj.log_prob(hidden) if self.adaptive else self.proj(hidden)
+        if not self.adaptive:
+            return self.proj(hidden)
+        flat = self.proj.log_prob(hidden.reshape(-1, hidden.size(-1)))  # log_prob takes 2-D input only
+        return flat.view(*hidden.shape[:-1], flat.size(-1))
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy in nats per token."""

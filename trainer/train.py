@@ -14,9 +14,9 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -38,7 +38,7 @@ class TrainConfig:
     lowercase: bool = False  # word models: applied identically at train and prompt time
     # model (see ModelConfig)
     family: str = "char-rnn"
-    cell: str = "lstm"
+    cell: str = ""  # lstm | gru | rnn; empty = gru for word-gru, lstm otherwise
     n_layers: int = 2
     n_embd: int = 64
     n_hidden: int = 256
@@ -76,7 +76,8 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         head = self.head if self.head != "auto" else ("adaptive" if vocab_size > 5_000 else "full")
-        return ModelConfig(family=self.family, vocab_size=vocab_size, cell=self.cell, n_layers=self.n_layers,
+        cell = self.cell or ("gru" if self.family == "word-gru" else "lstm")
+        return ModelConfig(family=self.family, vocab_size=vocab_size, cell=cell, n_layers=self.n_layers,
                            n_embd=self.n_embd, n_hidden=self.n_hidden, dropout=self.dropout, context=self.context,
                            head=head, freeze_embedding=self.freeze_embedding, recurrent_l2=self.recurrent_l2)
 
@@ -169,7 +170,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
 
     # Model and optimizer.
     torch.manual_seed(config.seed)
-    model_config = config.model_config(len(tokenizer))
+    model_config = ModelConfig.from_dict(saved.meta["model"]) if resuming else config.model_config(len(tokenizer))
     embedding = None
     if config.family == "word-gru" and not resuming:
         from .vectors import word_vectors_for
@@ -179,7 +180,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
     model = build_model(model_config, embedding).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   betas=(0.9, 0.99), weight_decay=config.weight_decay)
-    step, elapsed, lr_scale, best_val, bad_evals, history = 0, 0.0, 1.0, math.inf, 0, []
+    step, elapsed, lr_scale, best_val, bad_evals, history, smooth = 0, 0.0, 1.0, math.inf, 0, [], None
     carry = model.init_state(batch_size, device)
     if resuming:
         model.load_state_dict({k[6:]: v for k, v in saved.tensors.items() if k.startswith("model.")})
@@ -188,6 +189,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         step, elapsed, lr_scale, bad_evals = run["step"], run["elapsed"], run["lr_scale"], run["bad_evals"]
         best_val = run["best_val_loss"] if run["best_val_loss"] is not None else math.inf
         history = saved.meta.get("history", [])
+        smooth = run.get("smooth")
         carry = tuple(saved.tensors[f"state.carry.{i}"].to(device) for i in range(len(carry)))
         torch.set_rng_state(saved.tensors["state.rng"])
         if device.type == "cuda" and "state.cuda_rng" in saved.tensors:
@@ -232,10 +234,10 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
             extra["state.cuda_rng"] = torch.cuda.get_rng_state(device)
         run = {"step": step, "elapsed": elapsed, "lr_scale": lr_scale,
                "best_val_loss": best_val if math.isfinite(best_val) else None,
-               "bad_evals": bad_evals, "optimizer_groups": optimizer.state_dict()["param_groups"]}
+               "bad_evals": bad_evals, "smooth": smooth, "optimizer_groups": optimizer.state_dict()["param_groups"]}
         ckpt.save(last_path, model, tokenizer, {**meta, "run": run, "history": history}, extra)
 
-    smooth, window_tokens, window_start, stop_reason = None, 0, time.perf_counter(), ""
+    window_tokens, window_start, stop_reason = 0, time.perf_counter(), ""
     tps, last_val = 0.0, math.nan
     model.train()
     while True:

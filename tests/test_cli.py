@@ -1,0 +1,313 @@
+"""The `improbable` command (improbable/cli.py) through typer's CliRunner, with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from improbable.cli import app
+from improbable.settings import get_settings
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+runner = CliRunner()
+
+
+def flat(text: str) -> str:
+    """Rich wraps long lines at the console width; compare messages with whitespace collapsed."""
+    return " ".join(text.split())
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=True)
+
+
+def ok(*args: str):
+    result = invoke(*args)
+    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    return result
+
+
+def fails_cleanly(result, *phrases: str) -> str:
+    """Exit status 1, an `error:` line that says what is wrong, and no traceback."""
+    out = flat(result.output)
+    assert result.exit_code == 1, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert "error:" in out
+    for phrase in phrases:
+        assert flat(phrase) in out, f"{phrase!r} not in {out!r}"
+    return out
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch, tmp_path):
+    """No .env from the working directory, no corpus path from the environment; fresh settings."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IMPROBABLE_CORPUS_PATH", raising=False)
+    monkeypatch.setenv("IMPROBABLE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def use_corpora(monkeypatch, corpora_dir):
+    monkeypatch.setenv("IMPROBABLE_CORPUS_PATH", str(corpora_dir))
+    get_settings.cache_clear()
+    return corpora_dir
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, alice_text, single_thread):
+    """One tiny run through the CLI, shared by the generate/evaluate/info tests."""
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "alice-head.txt"
+    corpus.write_text(alice_text[:10_000], encoding="utf-8")
+    out = root / "run"
+    get_settings.cache_clear()
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--corpus",
+            str(corpus),
+            "--max-steps",
+            "20",
+            "--hidden",
+            "32",
+            "--layers",
+            "1",
+            "--batch-size",
+            "8",
+            "--seq-len",
+            "32",
+            "--eval-interval",
+            "10",
+            "--out",
+            str(out),
+        ],
+    )
+    return corpus, out, result
+
+
+def test_help_lists_the_commands():
+    out = ok("--help").output
+    for command in ("train", "generate", "evaluate", "corpora", "info"):
+        assert command in out
+
+
+def test_train_writes_checkpoints(trained):
+    _corpus, out, result = trained
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert "done (finished) after 20 steps" in text
+    assert "best validation loss" in text
+    for name in ("best.safetensors", "last.safetensors", "history.json", "loss.png"):
+        assert (out / name).is_file(), name
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == [10, 20]
+
+
+def test_generate_prints_text_and_is_reproducible_with_seed(trained):
+    _, out, _ = trained
+    args = ["generate", out / "best.safetensors", "--prompt", "Alice", "--max-tokens", "40", "--seed", "7"]
+    first, again = ok(*args), ok(*args)
+    assert first.output == again.output
+    assert first.output.startswith("Alice")
+    assert "seed 7, 40 tokens, stopped: length" in flat(first.output)
+    other = ok(*args[:-1], "8")
+    assert other.output != first.output
+
+
+def test_generate_prints_exactly_the_sampled_text(trained):
+    """The printed completion is the model's text, byte for byte: the console must not re-wrap it
+    (`improbable generate ... > sample.txt` is how people keep samples)."""
+    from trainer import checkpoint as ckpt
+    from trainer.sample import SamplingParams, generate
+
+    _, out, _ = trained
+    loaded = ckpt.load(out / "best.safetensors")
+    stream = generate(
+        loaded.model, loaded.tokenizer, ["Alice"], SamplingParams(max_tokens=300, temperature=0.8, seed=11)
+    )[0]
+    printed = ok(
+        "generate", out / "best.safetensors", "--prompt", "Alice", "--max-tokens", "300", "--seed", "11"
+    ).output
+    assert printed.startswith("Alice" + stream.text)
+
+
+def test_generate_several_samples_in_one_batch(trained):
+    _, out, _ = trained
+    result = ok(
+        "generate",
+        out / "best.safetensors",
+        "-n",
+        "3",
+        "--max-tokens",
+        "15",
+        "--seed",
+        "100",
+        "--temperature",
+        "1.0",
+    )
+    text = flat(result.output)
+    for seed in (100, 101, 102):
+        assert f"seed {seed}, 15 tokens" in text
+
+
+def test_generate_with_unknown_characters_notes_them(trained):
+    _, out, _ = trained
+    result = ok(
+        "generate", out / "best.safetensors", "--prompt", "Alice 🎉", "--max-tokens", "10", "--seed", "1"
+    )
+    assert "not in the vocabulary, dropped: '🎉'" in flat(result.output)
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--top-p", "0", "top_p must be in (0, 1]"),
+        ("--temperature", "-1", "temperature must be 0 (greedy) or positive"),
+        ("--improbability", "2", "improbability must be a probability"),
+        ("--max-tokens", "0", "max_tokens must be at least 1"),
+    ],
+)
+def test_generate_with_invalid_parameters(trained, option, value, message):
+    _, out, _ = trained
+    fails_cleanly(invoke("generate", out / "best.safetensors", option, value), message)
+
+
+@pytest.mark.parametrize("corruption", ["random", "truncated", "empty", "missing", "flipped"])
+def test_generate_on_a_bad_checkpoint_fails_cleanly(trained, tmp_path, corruption):
+    _, out, _ = trained
+    good = (out / "best.safetensors").read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    if corruption == "random":
+        bad.write_bytes(random.Random(0).randbytes(2048))
+    elif corruption == "truncated":
+        bad.write_bytes(good[: len(good) // 2])
+    elif corruption == "empty":
+        bad.write_bytes(b"")
+    elif corruption == "flipped":
+        data = bytearray(good)
+        data[-10] ^= 0xFF
+        bad.write_bytes(bytes(data))
+    out_text = fails_cleanly(invoke("generate", bad, "--max-tokens", "5"))
+    assert "bad.safetensors" in out_text
+
+
+def test_evaluate_reports_the_loss(trained):
+    corpus, out, _ = trained
+    result = ok("evaluate", out / "best.safetensors")
+    match = re.search(r"\{.*\}", result.output, re.DOTALL)
+    metrics = json.loads(match.group(0))
+    assert set(metrics) == {"nats_per_token", "perplexity", "bits_per_char"}
+    best_val = json.loads((out / "history.json").read_text())
+    assert metrics["nats_per_token"] == pytest.approx(min(h["val_loss"] for h in best_val), rel=0.05)
+    assert metrics["bits_per_char"] == pytest.approx(metrics["nats_per_token"] / 0.6931471805599453, rel=1e-3)
+    whole = ok("evaluate", out / "best.safetensors", "--corpus", corpus, "--whole")
+    assert "tokens scored" in whole.output and "10," in whole.output
+
+
+def test_evaluate_on_a_bad_checkpoint_fails_cleanly(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    fails_cleanly(invoke("evaluate", bad), "bad.safetensors")
+
+
+def test_info_shows_the_metadata(trained):
+    _, out, _ = trained
+    result = ok("info", out / "best.safetensors")
+    meta = json.loads(result.output)
+    assert meta["model"]["family"] == "char-rnn" and meta["model"]["n_hidden"] == 32
+    assert re.fullmatch(r"\d+ entries", meta["tokenizer"]["vocab"])
+    assert "history" not in meta and "corpus_sha256" in meta and "metrics" in meta
+
+
+def test_info_on_a_missing_file_fails_cleanly(tmp_path):
+    fails_cleanly(invoke("info", tmp_path / "nope.safetensors"), "nope.safetensors")
+
+
+def test_info_on_a_corrupt_file_fails_cleanly(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(random.Random(1).randbytes(512))
+    fails_cleanly(invoke("info", bad), "bad.safetensors")
+
+
+def test_corpora_lists_the_search_path(use_corpora):
+    result = ok("corpora")
+    text = flat(result.output)
+    for name in ("alice", "trump", "shakespeare", "imdb"):
+        assert name in text
+    assert "harry_potter" not in text  # a folder without a text is not a corpus
+
+
+def test_corpora_with_nothing_configured(tmp_path):
+    fails_cleanly(invoke("corpora"), "no corpora found", "IMPROBABLE_CORPUS_PATH")
+
+
+def test_train_with_an_unknown_recipe():
+    fails_cleanly(invoke("train", "--recipe", "nope"), "unknown recipe 'nope'", "known recipes:", "alice")
+
+
+def test_train_with_an_unknown_corpus(use_corpora):
+    fails_cleanly(
+        invoke("train", "--corpus", "alicee", "--max-steps", "1"),
+        "There is no corpus called 'alicee'",
+        "Did you mean alice",
+    )
+
+
+def test_train_with_a_missing_corpus_file(tmp_path):
+    fails_cleanly(
+        invoke("train", "--corpus", str(tmp_path / "missing.txt"), "--max-steps", "1"), "There is no file at"
+    )
+
+
+def test_train_without_a_corpus():
+    fails_cleanly(invoke("train", "--max-steps", "1"), "say what to train on")
+
+
+def test_train_from_a_recipe_by_corpus_name(use_corpora, tmp_path):
+    out = tmp_path / "alice-run"
+    result = ok(
+        "train",
+        "--recipe",
+        "alice",
+        "--max-steps",
+        "3",
+        "--hidden",
+        "16",
+        "--layers",
+        "1",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--out",
+        out,
+    )
+    assert "done (finished) after 3 steps" in flat(result.output)
+    meta = json.loads(ok("info", out / "last.safetensors").output)
+    assert meta["train_config"]["corpus"] == "alice"
+    assert meta["train_config"]["dropout"] == 0.2  # from the recipe
+    assert meta["model"]["n_hidden"] == 16  # from the command line
+
+
+def test_train_refuses_to_resume_on_another_corpus(trained, tmp_path):
+    corpus, out, _ = trained
+    other = tmp_path / "other.txt"
+    other.write_text(Path(corpus).read_text()[::-1], encoding="utf-8")
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "last.safetensors").write_bytes((out / "last.safetensors").read_bytes())
+    fails_cleanly(
+        invoke("train", "--corpus", other, "--max-steps", "1", "--out", target),
+        "trained on a different corpus",
+    )
