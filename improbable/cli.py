@@ -259,6 +259,8 @@ def show_config(
         console.print_json(json.dumps({var: value for var, value, _ in rows}))
         return
     table = Table("setting", "value", "source")
+    for column in table.columns:
+        column.overflow = "fold"
     for var, value, source in rows:
         table.add_row(Text(var), Text(value), Text(source))
     console.print(table)
@@ -266,7 +268,7 @@ def show_config(
 
 @app.command()
 def health(
-    checks: Optional[list[str]] = typer.Argument(
+    checks: list[str] | None = typer.Argument(
         None, help="database, broker, storage, migrations, or an http(s):// URL [default: database broker storage]."),
     timeout: float = typer.Option(3.0, help="Seconds each check may take."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),

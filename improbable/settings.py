@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+SECRETS_DIR = Path("/run/secrets")  # Docker/Compose secrets; a file named like the setting is read
 
 
 def default_data_dir() -> Path:
@@ -17,7 +21,9 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMPROBABLE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="IMPROBABLE_", env_file=".env", extra="ignore",
+                                      env_ignore_empty=True,  # `IMPROBABLE_X=` (empty) means the default
+                                      secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None)
 
     data_dir: Path = Field(default_factory=default_data_dir, description="Local state: SQLite, storage, runs.")
     corpus_path: str = Field("", description="Folders searched for corpora by name, separated by ':'.")
@@ -44,6 +50,55 @@ class Settings(BaseSettings):
     discord_api_base: str = Field("https://discord.com/api/v10",
                                   validation_alias=AliasChoices("IMPROBABLE_DISCORD_API_BASE", "DISCORD_API_BASE"),
                                   description="Discord REST base URL (a local fake in tests).")
+    # the Discord bot (bot/)
+    discord_gateway_url: str = Field("", validation_alias=AliasChoices("IMPROBABLE_DISCORD_GATEWAY_URL",
+                                                                       "DISCORD_GATEWAY_URL"),
+                                     description="Discord gateway websocket URL; empty means Discord's own.")
+    discord_sync_guild: int | None = Field(None, validation_alias=AliasChoices("IMPROBABLE_DISCORD_SYNC_GUILD",
+                                                                               "DISCORD_SYNC_GUILD"),
+                                           description="Sync slash commands to this guild only (instant; "
+                                           "for development). Empty: sync them globally.")
+    bot_enqueue_timeout: float = Field(2.0, description="Seconds the bot waits to hand a job to the broker "
+                                       "before telling the user the service is unavailable.")
+    bot_worker_check_after: float = Field(1.0, description="A generate job not started after this many seconds "
+                                          "makes the bot check that a worker is listening.")
+    bot_stream_interval: float = Field(1.0, description="Minimum seconds between edits of a message while "
+                                       "generated text streams in (at least 1).")
+    bot_progress_interval: float = Field(3.0, description="Minimum seconds between edits of a training "
+                                         "progress message.")
+    bot_job_timeout: float = Field(300.0, description="Seconds a generate job may spend queued and running "
+                                   "before the bot reports it timed out.")
+    bot_default_persona: str = Field("alice", description="Persona used when a mention names none.")
+
+    # operations (docker-compose.yml, improbable/observability.py, improbable/health.py)
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text, or one JSON "
+                                                "object per line (for log collectors).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Least severe level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's Prometheus endpoint "
+                              "(/metrics, /healthz, /readyz); 0 = off.")
+    metrics_addr: str = Field("0.0.0.0", description="Address the metrics endpoint listens on.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        """Precedence: arguments, environment, `<VARIABLE>_FILE` files, .env, files in /run/secrets."""
+        return init_settings, env_settings, FileEnvSource(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value, info):
+        if isinstance(value, str):
+            return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
+        return value
+
+    @field_validator("database_url", "broker_url", "result_backend")
+    @classmethod
+    def _url_has_scheme(cls, value: str) -> str:
+        if value and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+            raise ValueError("expected a URL like scheme://host/..., e.g. redis://localhost:6379/0 or "
+                             "postgresql+psycopg://user:password@host/db")
+        return value
 
     @property
     def corpus_dirs(self) -> list[Path]:
@@ -63,6 +118,91 @@ class Settings(BaseSettings):
         return self.data_dir / "runs"
 
 
+class FileEnvSource(EnvSettingsSource):
+    """`IMPROBABLE_DISCORD_TOKEN_FILE=/run/secrets/token` (any setting's variable + `_FILE`): the setting's
+    value is the file's content, without surrounding whitespace."""
+
+    def get_field_value(self, field, field_name: str):
+        for field_key, env_name, is_complex in self._extract_field_info(field, field_name):
+            path = self.env_vars.get(f"{env_name}_file")
+            if path:
+                try:
+                    return Path(path).read_text(encoding="utf-8").strip(), field_key, is_complex
+                except (OSError, UnicodeDecodeError) as e:
+                    reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+                    raise SettingsError(f"{env_name.upper()}_FILE={path}: cannot read it ({reason})") from None
+        return None, field_name, False
+
+
+class SettingsError(ValueError):
+    """Invalid configuration. The message has one line per bad setting and names its variable."""
+
+
+SECRET_FIELDS = frozenset({"discord_token"})  # shown as **** by `improbable config`
+URL_FIELDS = frozenset({"database_url", "broker_url", "result_backend", "storage_url"})  # passwords masked
+
+
+def env_names(field_name: str) -> list[str]:
+    """The environment variables that set a field (its aliases, else IMPROBABLE_<NAME>)."""
+    field = Settings.model_fields[field_name]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [a for a in alias.choices if isinstance(a, str)]
+    if isinstance(alias, str):
+        return [alias]
+    return [f"IMPROBABLE_{field_name.upper()}"]
+
+
+def mask_url(value: str) -> str:
+    """`scheme://user:secret@host` → `scheme://user:****@host`; `?password=x` → `?password=****`."""
+    value = re.sub(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/@:]*):[^/]*@", r"\1:****@", value)
+    return re.sub(r"(?i)([?&](?:password|passwd|secret|token|key)=)[^&]*", r"\1****", value)
+
+
+def masked_value(field_name: str, value) -> str:
+    """A setting's value as `improbable config` and error messages show it: secrets never in clear."""
+    text = "" if value is None else str(value)
+    if field_name in SECRET_FIELDS or re.search(r"(^|_)(token|password|secret|api_key)$", field_name):
+        return "****" if text else ""
+    return mask_url(text)
+
+
+def _describe(error: dict) -> str:
+    loc = [str(part) for part in error.get("loc", ())]
+    name = loc[0] if loc else "?"
+    field_name = next((f for f in Settings.model_fields if name == f or name in env_names(f)), None)
+    if field_name is None:
+        return f"invalid setting {name}: {error.get('msg')}"
+    var = name if name.isupper() else env_names(field_name)[0]
+    shown = masked_value(field_name, error.get("input")) if "input" in error else ""
+    message = str(error.get("msg", "")).removeprefix("Value error, ")
+    return f"invalid setting {var}={shown!r}: {message}"
+
+
+def unknown_env_vars(environ=None) -> list[tuple[str, str | None]]:
+    """IMPROBABLE_* variables that set nothing (typos), each with the closest real name (or None)."""
+    import difflib
+
+    known = {name for field in Settings.model_fields for name in env_names(field)}
+    known |= {f"{name}_FILE" for name in known}
+    environ = os.environ if environ is None else environ
+    return [(var, next(iter(difflib.get_close_matches(var.upper(), sorted(known), n=1)), None))
+            for var in sorted(environ) if var.upper().startswith("IMPROBABLE_") and var.upper() not in known
+            and not var.upper().startswith("IMPROBABLE_TEST_")]
+
+
+def load_settings(**values) -> Settings:
+    """Settings(**values), raising SettingsError (one line per bad setting, naming its variable)."""
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        raise SettingsError("\n".join(_describe(err) for err in e.errors())) from None
+    except ValueError as e:  # pydantic-settings wraps what a source raised (FileEnvSource's SettingsError)
+        if isinstance(e.__cause__, SettingsError):
+            raise e.__cause__ from None
+        raise
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()
