@@ -289,5 +289,23 @@ def health(
         raise typer.Exit(1)
 
 
+@app.command()
+def chat(
+    command: list[str] = typer.Option([], "--command", "-c", help="Run this command line and exit (repeatable)."),
+) -> None:
+    """The Discord bot's commands in a terminal (/help), on the embedded defaults: no token needed."""
+    from .chat import main as chat_main
+
+    raise typer.Exit(chat_main(command))
+
+
+@app.command()
+def bot() -> None:
+    """Run the Discord bot (needs DISCORD_TOKEN; without one, try `improbable chat`)."""
+    from bot.client import main as bot_main
+
+    raise typer.Exit(bot_main())
+
+
 if __name__ == "__main__":
     app()

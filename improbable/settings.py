@@ -36,7 +36,8 @@ class Settings(BaseSettings):
                                     "(after a worker died); keep it above the longest job.")
     broker_connect_timeout: float = Field(3.0, description="Seconds to reach the broker before failing.")
     device: str = Field("auto", description="Generation device: auto (CUDA when present), cpu, cuda, cuda:N.")
-    torch_threads: int = Field(0, description="Intra-op threads for generation and training; 0 = PyTorch's.")
+    torch_threads: int = Field(0, description="Intra-op threads for generation and training; 0 = automatic "
+                             "(generation: half the cores, at most 4; training: PyTorch's default).")
     model_cache_mb: int = Field(2048, description="Memory cap for checkpoints kept loaded by a worker.")
     generate_timeout: float = Field(120.0, description="Seconds a generate job may take before it fails.")
     max_generate_tokens: int = Field(2000, description="Upper bound on max_tokens of one generate job.")

@@ -1,0 +1,150 @@
+"""The Discord client: intents, commands, persistent buttons, the error handler, and `main()`.
+
+`main()` reads the settings (DISCORD_TOKEN, optional DISCORD_API_BASE / DISCORD_GATEWAY_URL for a local fake
+Discord, DISCORD_SYNC_GUILD to sync commands to one guild instantly), points discord.py at the configured
+API and gateway, migrates an embedded SQLite database, installs bundled checkpoints, and runs the bot.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import OrderedDict
+
+import discord
+import yarl
+from discord import app_commands
+
+from bot import chat, generate, guild, personas, queue, replies, schedules, service, training
+from bot.jobs import Jobs
+from bot.limits import Limits, Refusal, cooldown_message
+from bot.views import DYNAMIC_ITEMS
+from improbable import observability as obs
+from improbable.settings import Settings, get_settings
+
+log = logging.getLogger("bot")
+COMMAND_MODULES = (generate, personas, training, schedules, queue, guild)
+
+
+def intents() -> discord.Intents:
+    value = discord.Intents.default()
+    value.message_content = True  # mention chat reads the text (enable it in the developer portal)
+    return value
+
+
+def point_discord_at(settings: Settings) -> None:
+    """Send REST calls and the gateway connection where the settings say (a local fake Discord in tests).
+    discord.py has no setting for either: these two class attributes are what it reads."""
+    base = settings.discord_api_base.rstrip("/")
+    if base:
+        discord.http.Route.BASE = base
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+class Tree(app_commands.CommandTree):
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        command = interaction.command.qualified_name if interaction.command else "unknown"
+        obs.record_interaction(command, "error" if isinstance(error, app_commands.CommandInvokeError) else "refused")
+        if isinstance(error, app_commands.CommandOnCooldown):
+            message = cooldown_message(error)
+        elif isinstance(error, Refusal):
+            message = error.message
+        elif isinstance(error, app_commands.NoPrivateMessage):
+            message = "Use this command in a server."
+        elif isinstance(error, app_commands.CheckFailure):
+            message = "You cannot use this command here."
+        elif isinstance(error, app_commands.TransformerError):
+            message = f"`{error.value}` is not a valid value there."
+        elif isinstance(error, app_commands.CommandInvokeError) and isinstance(error.original, service.UserError):
+            message = error.original.message
+        else:
+            log.error("command %s failed", interaction.command and interaction.command.qualified_name,
+                      exc_info=error)
+            message = "Something went wrong on our side (it has been logged). Try again."
+        await replies.fail(interaction, message)
+
+
+class ImprobableBot(discord.Client):
+    def __init__(self, settings: Settings | None = None, jobs: Jobs | None = None, **options):
+        options.setdefault("intents", intents())
+        super().__init__(allowed_mentions=discord.AllowedMentions.none(), **options)
+        self.settings = settings or get_settings()
+        self.tree = Tree(self)
+        self.jobs = jobs or Jobs(self.settings)
+        self.limits = Limits()
+        self.training = training.TrainingWatcher(self)
+        self.generation_messages: OrderedDict[int, int] = OrderedDict()  # message id -> generation id
+        for module in COMMAND_MODULES:
+            for command in module.COMMANDS:
+                self.tree.add_command(command)
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        guild_id = self.settings.discord_sync_guild
+        if guild_id:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+        else:
+            synced = await self.tree.sync()
+        log.info("synced %d commands%s", len(synced), f" to guild {guild_id}" if guild_id else " globally")
+        await self.training.resume()
+
+    def remember_generation(self, message_id: int, generation_id: int) -> None:
+        """Recent results by message id (replies to them continue the text; the database has them too)."""
+        self.generation_messages[message_id] = generation_id
+        while len(self.generation_messages) > 1000:
+            self.generation_messages.popitem(last=False)
+
+    async def on_ready(self) -> None:
+        obs.set_ready("discord", True)
+        obs.BOT_GUILDS.set(len(self.guilds))
+        log.info("ready as %s in %d guild(s)", self.user, len(self.guilds))
+
+    async def on_resumed(self) -> None:
+        obs.set_ready("discord", True)
+
+    async def on_disconnect(self) -> None:
+        obs.set_ready("discord", False)
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        obs.BOT_GUILDS.set(len(self.guilds))
+
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        obs.BOT_GUILDS.set(len(self.guilds))
+
+    async def on_app_command_completion(self, interaction: discord.Interaction, command) -> None:
+        if command.qualified_name != "generate":  # generations are counted with their outcome when done
+            obs.record_interaction(command.qualified_name, "ok")
+
+    async def on_message(self, message: discord.Message) -> None:
+        try:
+            await chat.on_message(self, message)
+        except Exception:
+            log.exception("handling message %s", message.id)
+
+    async def close(self) -> None:
+        await self.training.close()
+        await super().close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = get_settings()
+    obs.setup_logging(settings, service="bot")  # text or JSON lines (IMPROBABLE_LOG_FORMAT)
+    obs.set_ready("discord", False)  # /readyz answers 200 once the gateway session is ready
+    try:
+        obs.start_metrics_server(settings=settings, cluster=True)  # IMPROBABLE_METRICS_PORT; 0 = off
+    except OSError as e:  # the port is taken: the bot still works, without metrics
+        log.error("metrics server not started: %s", e)
+    if not settings.discord_token:
+        print("DISCORD_TOKEN is not set. Set it to run the Discord bot, or try everything in a terminal with "
+              "`improbable chat`.", file=sys.stderr)
+        return 2
+    point_discord_at(settings)
+    installed = service.prepare_database(settings)
+    if installed:
+        log.info("installed bundled checkpoints: %s", ", ".join(installed))
+    client = ImprobableBot(settings)
+    client.run(settings.discord_token, log_handler=None)
+    return 0

@@ -1,0 +1,178 @@
+"""Message text: escaping generated text, the 2,000-character limit, progress bars and timestamps.
+
+Pure functions (no discord.py objects), shared by the Discord bot and the console chat.
+
+Generated text is untrusted: it may contain markdown that would swallow the rest of the message
+(``` fences, ||spoilers||, headers) and mentions (@everyone, <@&role>). `escape` neutralises both, and every
+send also carries AllowedMentions.none(), so even text that slips through can never ping anybody.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import discord.utils
+
+MESSAGE_LIMIT = 2000
+ELLIPSIS = "…"
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n\s*\n|\n")
+_MENTION = re.compile(r"@(everyone|here|[!&]?\d{15,21})")
+_ANGLE = re.compile(r"<(?=[@#:]|a:|t:|id:|/)")  # <@user> <#channel> <:emoji:> <t:time> </command:id>
+_NUMBERED = re.compile(r"^(\s*\d+)\.(?=\s)", re.MULTILINE)  # "1. " would become a list
+
+
+def escape(text: str) -> str:
+    """Text shown literally by Discord: markdown, mentions, timestamps and emoji escaped."""
+    text = discord.utils.escape_markdown(text, ignore_links=False)
+    text = _NUMBERED.sub(r"\1\\.", text)
+    text = _ANGLE.sub(r"\\<", text)
+    return _MENTION.sub("@\u200b\\1", text)
+
+
+def _cut_point(text: str, limit: int) -> int:
+    """The best index ≤ limit to cut at: after a sentence, else at a space, else hard (never inside an
+    escape sequence `\\x`)."""
+    if len(text) <= limit:
+        return len(text)
+    best = 0
+    for m in _SENTENCE_END.finditer(text, 0, limit + 1):
+        if m.end() <= limit:
+            best = m.end()
+    if best < limit // 3:  # a sentence boundary too early wastes the message: use a space instead
+        space = text.rfind(" ", 0, limit)
+        best = max(best, space + 1 if space > limit // 3 else 0)
+    if best == 0:
+        best = limit
+    while best > 1 and _ends_in_escape(text[:best]):
+        best -= 1
+    return best
+
+
+def _ends_in_escape(s: str) -> bool:
+    n = len(s) - len(s.rstrip("\\"))
+    return n % 2 == 1
+
+
+def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Chunks of at most `limit` characters, cut at sentence ends where possible (then spaces)."""
+    chunks: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        cut = _cut_point(rest, limit)
+        chunk = rest[:cut].rstrip()
+        chunks.append(chunk if chunk else rest[:cut])
+        rest = rest[cut:].lstrip("\n ")
+    if rest or not chunks:
+        chunks.append(rest)
+    return chunks
+
+
+def truncate(text: str, limit: int) -> str:
+    """At most `limit` characters, cut at a sentence (or word) boundary and ending in an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[:_cut_point(text, limit - 1)].rstrip() + ELLIPSIS
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One message: content that fits, and the full text as a .txt attachment when it did not."""
+
+    content: str
+    file: tuple[str, bytes] | None = None
+
+
+def fit(header: str, body: str, *, full_text: str | None = None, filename: str = "generated.txt",
+        limit: int = MESSAGE_LIMIT) -> Rendered:
+    """`header` + `body` in one message; when too long, the body is cut at a sentence boundary and the full
+    (unescaped) text is attached as a .txt file."""
+    content = f"{header}\n{body}" if header else body
+    if len(content) <= limit:
+        return Rendered(content)
+    note = "\n*(cut here: the whole text is attached)*"
+    room = limit - len(header) - 1 - len(note) if header else limit - len(note)
+    shown = truncate(body, max(room, 1))
+    attached = (full_text if full_text is not None else body).encode("utf-8")
+    return Rendered(f"{header}\n{shown}{note}" if header else f"{shown}{note}", (filename, attached))
+
+
+# -- generated text ----------------------------------------------------------------------------------------
+
+def describe_params(params: dict) -> str:
+    """The sampling settings worth showing, e.g. 'temperature 0.8 · improbability 0.05 · seed 7'."""
+    parts = []
+    if params.get("improbability"):
+        parts.append(f"improbability {params['improbability']:g}")
+    elif params.get("temperature") is not None:
+        parts.append(f"temperature {params['temperature']:g}")
+    if params.get("top_k"):
+        parts.append(f"top-k {params['top_k']}")
+    if params.get("top_p") not in (None, 1, 1.0):
+        parts.append(f"top-p {params['top_p']:g}")
+    if params.get("seed") is not None:
+        parts.append(f"seed {params['seed']}")
+    return " · ".join(parts)
+
+
+def render_generation(persona: str, prompt: str, completion: str, params: dict, *, partial: bool = False,
+                      note: str = "", limit: int = MESSAGE_LIMIT) -> Rendered:
+    """A result message: '**persona** · settings', then the prompt in bold and the completion, escaped."""
+    header = f"**{escape(persona)}** · {describe_params(params)}" if params else f"**{escape(persona)}**"
+    if note:
+        header += f"\n-# {escape(note)}"
+    shown_prompt = f"**{escape(prompt.strip())}**" if prompt.strip() else ""
+    sep = "" if not shown_prompt or completion[:1] in ("", " ", "\n", ",", ".", "!", "?", ";", ":") else " "
+    body = f"{shown_prompt}{sep}{escape(completion)}" if completion else (shown_prompt or "")
+    if partial:
+        body += " ▌"
+    elif not body.strip():
+        body = "*(the model produced no text; try another prompt or seed)*"
+    return fit(header, body, full_text=f"{prompt}{completion}", limit=limit)
+
+
+# -- progress ----------------------------------------------------------------------------------------------
+
+def progress_bar(fraction: float | None, width: int = 20) -> str:
+    """'█████░░░░░ 50%' (a text bar that renders the same everywhere)."""
+    f = 0.0 if fraction is None or not math.isfinite(fraction) else min(max(fraction, 0.0), 1.0)
+    full = int(round(f * width))
+    return f"`{'█' * full}{'░' * (width - full)}` {f:.0%}"
+
+
+def relative_time(epoch_seconds: float) -> str:
+    """A Discord timestamp that each reader's client shows as 'in 5 minutes'."""
+    return f"<t:{int(epoch_seconds)}:R>"
+
+
+def _num(value, fmt: str = ".3f") -> str | None:
+    return format(value, fmt) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def training_progress(name: str, status: str, progress: dict, *, now: float, queue_position: int | None = None,
+                      error: str | None = None) -> str:
+    """The live progress message of a training run: bar, step, loss, ETA as a relative timestamp."""
+    title = f"**Training `{name}`**"
+    if status == "queued":
+        where = f"position {queue_position} in the queue" if queue_position else "queued"
+        return f"{title} · waiting ({where})\n{progress_bar(0)}"
+    lines = [f"{title} · {status}"]
+    lines.append(progress_bar(progress.get("fraction")))
+    facts = []
+    if progress.get("step") is not None:
+        total = progress.get("total")
+        facts.append(f"step {progress['step']}" + (f"/{total}" if total else ""))
+    if (loss := _num(progress.get("loss"))) is not None:
+        facts.append(f"loss {loss}")
+    if (val := _num(progress.get("val_loss"))) is not None:
+        facts.append(f"validation {val}")
+    if (tps := _num(progress.get("tokens_per_s"), ",.0f")) is not None:
+        facts.append(f"{tps} tokens/s")
+    if status == "running" and isinstance(progress.get("eta"), int | float) and math.isfinite(progress["eta"]):
+        facts.append(f"done {relative_time(now + progress['eta'])}")
+    if facts:
+        lines.append(" · ".join(facts))
+    if error:
+        lines.append(f"Error: {escape(truncate(error, 1500))}")
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""`/settings show|set`: a server's limits (trainer role, cooldowns, queued jobs, upload size)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import discord
+from discord import app_commands
+
+from bot import replies, service
+from bot.limits import actor_of
+
+settings_group = app_commands.Group(name="settings", description="This server's Improbable limits.",
+                                    guild_only=True, default_permissions=discord.Permissions(manage_guild=True))
+
+
+@settings_group.command(name="show", description="Who may train, cooldowns, job and upload limits.")
+async def show(interaction: discord.Interaction) -> None:
+    await replies.defer(interaction, ephemeral=True)
+    pol = await asyncio.to_thread(service.policy, interaction.guild_id)
+    await replies.send(interaction, service.describe_policy(pol))
+
+
+@settings_group.command(name="set", description="Change this server's limits (Manage Server).")
+@app_commands.describe(trainer_role="Members with this role may train, delete and schedule personas",
+                       clear_trainer_role="Only Manage Server may train again",
+                       cooldown="Seconds between one member's generations (0 = none)",
+                       train_cooldown="Seconds between one member's training runs",
+                       max_jobs="Jobs one member may have waiting", max_upload_mb="Largest text upload, in MB")
+async def set_(interaction: discord.Interaction, trainer_role: discord.Role | None = None,
+               clear_trainer_role: bool = False, cooldown: app_commands.Range[int, 0, 86400] | None = None,
+               train_cooldown: app_commands.Range[int, 0, 604800] | None = None,
+               max_jobs: app_commands.Range[int, 1, 100] | None = None,
+               max_upload_mb: app_commands.Range[float, 0.01, 500.0] | None = None) -> None:
+    await replies.defer(interaction, ephemeral=True)
+    try:
+        pol = await asyncio.to_thread(service.update_policy, actor_of(interaction),
+                                      trainer_role_id=trainer_role.id if trainer_role else None,
+                                      clear_trainer_role=clear_trainer_role, cooldown_seconds=cooldown,
+                                      train_cooldown_seconds=train_cooldown, max_queued_jobs=max_jobs,
+                                      max_upload_mb=max_upload_mb)
+    except service.UserError as e:
+        await replies.fail(interaction, e.message)
+        return
+    interaction.client.limits.forget(interaction.guild_id)
+    await replies.send(interaction, "Saved.\n" + service.describe_policy(pol))
+
+
+COMMANDS = (settings_group,)

@@ -1,0 +1,285 @@
+"""The one place where the bot talks to Celery: enqueue by task name, follow a job, cancel it.
+
+Everything blocking (the broker, the result backend) runs in a thread, so the event loop never waits on
+Redis. A broker that does not take a job within `bot_enqueue_timeout` seconds, or a generate job that no
+worker is listening for, raises `Unavailable` quickly instead of leaving a user waiting.
+
+With no broker configured (the embedded default) `worker.app.enqueue` runs the task in-process (Celery's
+eager mode, which imports the worker's tasks and torch lazily, in that thread); there is no partial text
+and no queue then.
+
+The bot keeps the generate jobs it submitted in memory (`Jobs.of_user`, positions, cancel); training runs
+live in the database (see bot/service.py), so they survive restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from improbable.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+GENERATE, TRAIN = "improbable.generate", "improbable.train"
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+POLL_SECONDS = 0.25
+WORKER_CHECK_TTL = 15.0  # seconds a "workers are listening" answer is trusted
+
+
+class JobError(Exception):
+    """A job that did not produce a result; the message is for the user."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class Unavailable(JobError):
+    pass
+
+
+class JobTimeout(JobError):
+    pass
+
+
+class JobFailed(JobError):
+    pass
+
+
+class JobCancelled(JobError):
+    pass
+
+
+UNAVAILABLE = "The generator is unavailable right now (its queue or workers are down). Try again in a minute."
+
+
+@dataclass
+class Job:
+    """A job this bot submitted."""
+
+    id: str
+    name: str
+    user_id: int | None
+    guild_id: int | None
+    label: str
+    number: int  # order of submission (for queue positions)
+    submitted: float = field(default_factory=time.monotonic)
+    state: str = "PENDING"
+    cancelled: bool = False
+    result: Any = None  # Celery AsyncResult, or an asyncio task in eager mode
+
+    @property
+    def done(self) -> bool:
+        return self.state in READY_STATES or self.cancelled
+
+
+ProgressCallback = Callable[[str, dict], Awaitable[None]]
+
+
+class Jobs:
+    """Submit and follow jobs. One instance per bot process (or console)."""
+
+    def __init__(self, settings: Settings | None = None, app=None):
+        from worker import app as worker_app
+
+        self.settings = settings or get_settings()
+        self._module = worker_app
+        self.app = app or worker_app.app
+        self._jobs: dict[str, Job] = {}
+        self._numbers = itertools.count(1)
+        self._workers_seen: dict[str, float] = {}
+
+    @property
+    def eager(self) -> bool:
+        return bool(self.app.conf.task_always_eager)
+
+    # -- submitting ----------------------------------------------------------------------------------------
+
+    async def submit(self, name: str, *args: Any, user_id: int | None = None, guild_id: int | None = None,
+                     label: str = "", track: bool = True) -> Job:
+        """Enqueue task `name`; raises Unavailable when the broker does not take it in time. `track=False`:
+        nobody will wait for this job here (training runs are followed through the database)."""
+        number = next(self._numbers)
+        if self.eager:
+            job = Job(f"local-{number}", name, user_id, guild_id, label, number)
+            job.result = asyncio.create_task(asyncio.to_thread(self._module.enqueue, name, *args))
+            job.result.add_done_callback(_log_failure)
+            if track:
+                self._jobs[job.id] = job
+            return job
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, lambda: self._send(name, args))
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), self.settings.bot_enqueue_timeout)
+        except TimeoutError:
+            future.add_done_callback(self._revoke_late)
+            raise Unavailable(UNAVAILABLE) from None
+        except Exception as e:  # noqa: BLE001 - BrokerUnavailable, and any other failure to enqueue
+            log.warning("enqueue %s failed: %s", name, e)
+            raise Unavailable(UNAVAILABLE) from None
+        job = Job(result.id, name, user_id, guild_id, label, number, result=result)
+        if track:
+            self._jobs[job.id] = job
+        return job
+
+    def _send(self, name: str, args: tuple):
+        if self.app is self._module.app:
+            result = self._module.enqueue(name, *args)  # raises BrokerUnavailable with a clear message
+        else:
+            result = self.app.send_task(name, args=list(args))
+        # Celery's Redis backend subscribes this thread to the job's state messages, which only .get() would
+        # read; the bot polls the stored state instead, so unsubscribe before unread messages pile up.
+        consumer = getattr(result.backend, "result_consumer", None)
+        if consumer is not None:
+            try:
+                consumer.cancel_for(result.id)
+            except Exception:  # noqa: BLE001 - best effort; polling works either way
+                log.debug("could not unsubscribe from %s", result.id, exc_info=True)
+        return result
+
+    def _revoke_late(self, future: asyncio.Future) -> None:
+        """A job whose enqueue timed out but went through later: nobody waits for it any more."""
+        if not future.cancelled() and future.exception() is None:
+            try:
+                future.result().revoke()
+            except Exception:  # noqa: BLE001
+                log.warning("could not revoke a late job", exc_info=True)
+
+    # -- following -----------------------------------------------------------------------------------------
+
+    async def wait(self, job: Job, on_progress: ProgressCallback | None = None,
+                   timeout: float | None = None) -> dict:
+        """The job's result. `on_progress(state, meta)` is awaited whenever the state or its meta changes
+        (PENDING with {"position": n}, STARTED, PROGRESS with the task's meta)."""
+        timeout = self.settings.bot_job_timeout if timeout is None else timeout
+        try:
+            if self.eager:
+                return await self._wait_eager(job, timeout)
+            return await self._wait_remote(job, on_progress, timeout)
+        finally:
+            self._jobs.pop(job.id, None)
+
+    async def _wait_eager(self, job: Job, timeout: float) -> dict:
+        try:
+            result = await asyncio.wait_for(asyncio.shield(job.result), timeout)
+        except TimeoutError:
+            raise JobTimeout(f"Timed out: no result after {timeout:.0f} s.") from None
+        except Exception as e:  # noqa: BLE001 - the task's own error, raised in-process
+            raise JobFailed(_describe(e)) from None
+        if job.cancelled:
+            raise JobCancelled("Cancelled.")
+        job.state = "SUCCESS"
+        return result.get() if hasattr(result, "get") else result
+
+    async def _wait_remote(self, job: Job, on_progress: ProgressCallback | None, timeout: float) -> dict:
+        start = time.monotonic()
+        checked_workers = False
+        last: tuple | None = None
+        backend = self.app.backend
+        while True:
+            if job.cancelled:
+                raise JobCancelled("Cancelled.")
+            try:
+                meta = await asyncio.to_thread(backend.get_task_meta, job.id)
+            except Exception as e:  # noqa: BLE001 - the result backend (Redis) went away
+                log.warning("result backend failed for %s: %s", job.id, e)
+                raise Unavailable(UNAVAILABLE) from None
+            state, info = meta.get("status", "PENDING"), meta.get("result")
+            job.state = state
+            if state == "SUCCESS":
+                return info if isinstance(info, dict) else {"result": info}
+            if state in ("FAILURE", "REVOKED"):
+                raise JobFailed(_describe(info) if state == "FAILURE" else "The job was cancelled.")
+            elapsed = time.monotonic() - start
+            if state == "PENDING" and not checked_workers and job.name == GENERATE \
+                    and elapsed >= self.settings.bot_worker_check_after:
+                checked_workers = True
+                if not await self.workers_listening("generate"):
+                    await asyncio.to_thread(self._revoke, job)
+                    raise Unavailable(UNAVAILABLE)
+            if elapsed > timeout:
+                await asyncio.to_thread(self._revoke, job)
+                raise JobTimeout(f"Timed out: no result after {timeout:.0f} s. Try again, perhaps shorter.")
+            if on_progress is not None:
+                payload = dict(info) if isinstance(info, dict) else {}
+                if state == "PENDING":
+                    payload["position"] = self.position(job)
+                key = (state, repr(sorted(payload.items())))
+                if key != last:
+                    last = key
+                    await on_progress(state, payload)
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def workers_listening(self, queue: str) -> bool:
+        """Whether any worker consumes `queue` (asked over the broker, ~1 s; a yes is cached)."""
+        if self.eager:
+            return True
+        seen = self._workers_seen.get(queue)
+        if seen is not None and time.monotonic() - seen < WORKER_CHECK_TTL:
+            return True
+
+        def ask() -> bool:
+            replies = self.app.control.inspect(timeout=1.0).active_queues() or {}
+            return any(q.get("name") == queue for queues in replies.values() for q in queues or ())
+
+        try:
+            ok = await asyncio.to_thread(ask)
+        except Exception as e:  # noqa: BLE001
+            log.warning("cannot ask the workers: %s", e)
+            ok = False
+        if ok:
+            self._workers_seen[queue] = time.monotonic()
+        return ok
+
+    # -- the queue -----------------------------------------------------------------------------------------
+
+    def position(self, job: Job) -> int:
+        """1 + the number of this bot's jobs of the same kind submitted earlier and not started yet."""
+        return 1 + sum(1 for j in self._jobs.values()
+                       if j.name == job.name and j.number < job.number and j.state == "PENDING" and not j.done)
+
+    def of_user(self, user_id: int) -> list[Job]:
+        return sorted((j for j in self._jobs.values() if j.user_id == user_id and not j.done),
+                      key=lambda j: j.number)
+
+    def in_flight(self, user_id: int, name: str = GENERATE) -> int:
+        return sum(1 for j in self.of_user(user_id) if j.name == name)
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    async def cancel(self, job: Job) -> None:
+        """Stop following the job and revoke it (a job already running finishes, unseen)."""
+        job.cancelled = True
+        if not self.eager:
+            await asyncio.to_thread(self._revoke, job)
+
+    def _revoke(self, job: Job) -> None:
+        try:
+            self.app.control.revoke(job.id)
+        except Exception:  # noqa: BLE001 - best effort
+            log.warning("could not revoke %s", job.id, exc_info=True)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("in-process job failed: %s", task.exception())
+
+
+def _describe(error: Any) -> str:
+    """A worker's exception as one line for users."""
+    if isinstance(error, BaseException):
+        name = type(error).__name__
+        text = str(error) or name
+        if "Timeout" in name or "TimeLimit" in name:
+            return f"Timed out: {text}"
+        return text
+    if isinstance(error, dict):
+        return str(error.get("exc_message") or error.get("exc_type") or error)
+    return str(error or "the job failed")

@@ -1,0 +1,178 @@
+"""`/personas` and `/persona info|create|retrain|delete`."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Literal
+
+import discord
+from discord import app_commands
+
+from bot import replies, service
+from bot.autocomplete import forget_names, persona_autocomplete
+from bot.formatting import escape, fit, split_message, truncate
+from bot.jobs import GENERATE, JobError
+from bot.limits import actor_of, trainer_only, upload_limit
+from bot.training import start_run
+
+MINUTES = app_commands.Range[float, 0.05, 600.0]
+SAMPLE_TOKENS = 200
+SAMPLE_TIMEOUT = 30.0
+Families = Literal["char-rnn", "word-gru", "word-mlp"]
+
+
+def _status(p: service.PersonaSummary) -> str:
+    if p.training:
+        return "training"
+    return "ready" if p.ready else "no model yet"
+
+
+@app_commands.command(name="personas", description="The voices you can use here.")
+async def personas(interaction: discord.Interaction) -> None:
+    await replies.defer(interaction)
+    rows = await asyncio.to_thread(service.list_personas, interaction.guild_id)
+    lines = [f"**Personas** ({len(rows)}) · `/generate persona:<name>` · `/persona info <name>`"]
+    for p in rows:
+        label = service.FAMILY_LABELS.get(service.Family(p.family), p.family)
+        lines.append(f"`{p.slug}` · {escape(p.display_name)} · {label} · {p.scope} · {_status(p)}")
+    chunks = split_message("\n".join(lines))
+    await replies.send(interaction, chunks[0])
+    for chunk in chunks[1:]:
+        await replies.followup(interaction, chunk)
+
+
+persona_group = app_commands.Group(name="persona", description="Inspect, create, retrain and delete personas.")
+
+
+def _info_text(info: service.PersonaInfo) -> tuple[str, str]:
+    label = service.FAMILY_LABELS.get(service.Family(info.family), info.family)
+    header = f"**{escape(info.display_name)}** (`{info.slug}`, {info.scope}) · {info.family}: {label}"
+    lines = [escape(truncate(info.description, 400))] if info.description else []
+    for c in info.corpora[:3]:
+        lines.append(f"Corpus `{escape(c['filename'])}`: {c['n_chars']:,} characters, {c['n_words']:,} words, "
+                     f"{c['n_lines']:,} lines, {c['n_unique_chars']:,} distinct characters, "
+                     f"{c['n_unique_words']:,} distinct words")
+    if not info.corpora:
+        lines.append("Corpus: the recipe's built-in text" if info.scope == "built-in" else "Corpus: none")
+    if info.checkpoint_id is None:
+        lines.append("Model: **none yet**" + (f" (run {info.active_run} is training)" if info.active_run else
+                                               f" — train it with `/persona retrain {info.slug}`"))
+    else:
+        facts = [f"checkpoint {info.checkpoint_id}"]
+        if info.val_loss is not None:
+            facts.append(f"validation loss {info.val_loss:.3f} nats/token")
+        if isinstance(info.metrics.get("val_bpc"), int | float):
+            facts.append(f"{info.metrics['val_bpc']:.2f} bits/char")
+        if info.trained_at:
+            facts.append(f"trained <t:{int(discord.utils.parse_time(info.trained_at).timestamp())}:R>")
+        lines.append("Model: " + " · ".join(facts))
+        if info.originality is not None:
+            lines.append(f"Originality: {info.originality:.0%} of the sample's 20-character windows are not "
+                         "in the corpus")
+    body = "\n".join(lines)
+    if info.sample:
+        body += "\nSample:\n" + "\n".join("> " + line for line in escape(info.sample.strip()).splitlines())
+    return header, body
+
+
+async def _fresh_sample(interaction: discord.Interaction, slug: str) -> str | None:
+    """A short sample from the active model when training left none (e.g. a bundled checkpoint)."""
+    bot = interaction.client
+    try:
+        request = await asyncio.to_thread(service.prepare_generation, slug, "", actor_of(interaction),
+                                          {"max_tokens": SAMPLE_TOKENS})
+        job = await bot.jobs.submit(GENERATE, request.payload, user_id=None, guild_id=interaction.guild_id,
+                                    label=f"sample of {slug}")
+        result = await bot.jobs.wait(job, timeout=SAMPLE_TIMEOUT)
+    except (service.UserError, JobError):
+        return None
+    return result.get("text") or None
+
+
+@persona_group.command(name="info", description="A persona's corpus, model quality, loss curve and a sample.")
+@app_commands.describe(persona="Which persona")
+@app_commands.autocomplete(persona=persona_autocomplete)
+async def info(interaction: discord.Interaction, persona: str) -> None:
+    await replies.defer(interaction)
+    try:
+        data = await asyncio.to_thread(service.persona_info, persona, interaction.guild_id)
+    except service.UserError as e:
+        await replies.fail(interaction, e.message)
+        return
+    if data.checkpoint_id is not None and not data.sample:
+        data.sample = await _fresh_sample(interaction, data.slug)
+        await asyncio.to_thread(service.fill_originality, data)
+    header, body = _info_text(data)
+    rendered = fit(header, body, full_text=f"{header}\n{body}", filename=f"{data.slug}.txt")
+    files = [discord.File(io.BytesIO(data.loss_png), filename="loss.png")] if data.loss_png else []
+    if rendered.file:
+        files.append(discord.File(io.BytesIO(rendered.file[1]), filename=rendered.file[0]))
+    await replies.send(interaction, rendered.content, attachments=files)
+
+
+@persona_group.command(name="create", description="Create a persona from a text file and train it.")
+@app_commands.describe(name="Lower-case letters, digits and hyphens, e.g. my-poet", file="A plain-text file (.txt)",
+                       family="char-rnn: characters (default, best for small texts); word models need more text",
+                       description="One line about the voice",
+                       minutes="Training time budget (default: the family's recipe)")
+@trainer_only()
+@upload_limit()
+async def create(interaction: discord.Interaction, name: str, file: discord.Attachment,
+                 family: Families = "char-rnn", description: str = "", minutes: MINUTES | None = None) -> None:
+    await replies.defer(interaction)
+    try:
+        data = await file.read()
+    except discord.HTTPException:
+        await replies.fail(interaction, "Could not download the attachment from Discord; try again.")
+        return
+    try:
+        new = await asyncio.to_thread(service.create_persona, actor_of(interaction), name, data, file.filename,
+                                      family, description, minutes)
+    except service.UserError as e:
+        await replies.fail(interaction, e.message)
+        return
+    forget_names(interaction.guild_id)
+    await start_run(interaction, new)
+
+
+@persona_group.command(name="retrain", description="Train a persona again (on a new text, or its own).")
+@app_commands.describe(persona="Which persona", file="A new text to train on (optional)",
+                       minutes="Training time budget (default: the recipe's)")
+@app_commands.autocomplete(persona=persona_autocomplete)
+@trainer_only()
+@upload_limit()
+async def retrain(interaction: discord.Interaction, persona: str, file: discord.Attachment | None = None,
+                  minutes: MINUTES | None = None) -> None:
+    await replies.defer(interaction)
+    data = filename = None
+    if file is not None:
+        try:
+            data, filename = await file.read(), file.filename
+        except discord.HTTPException:
+            await replies.fail(interaction, "Could not download the attachment from Discord; try again.")
+            return
+    try:
+        new = await asyncio.to_thread(service.retrain, actor_of(interaction), persona, data, filename, minutes)
+    except service.UserError as e:
+        await replies.fail(interaction, e.message)
+        return
+    await start_run(interaction, new)
+
+
+@persona_group.command(name="delete", description="Delete one of this server's personas, its models and texts.")
+@app_commands.describe(persona="Which persona (this server's own)")
+@app_commands.autocomplete(persona=persona_autocomplete)
+@trainer_only()
+async def delete(interaction: discord.Interaction, persona: str) -> None:
+    await replies.defer(interaction, ephemeral=True)
+    try:
+        name = await asyncio.to_thread(service.delete_persona, actor_of(interaction), persona)
+    except service.UserError as e:
+        await replies.fail(interaction, e.message)
+        return
+    forget_names(interaction.guild_id)
+    await replies.send(interaction, f"Deleted `{name}` with its models, texts, schedules and history.")
+
+
+COMMANDS = (personas, persona_group)

@@ -1,0 +1,80 @@
+"""`/schedule add|list|remove`: a persona posts into a channel every interval or on a cron expression.
+
+The bot only manages the schedule rows; the worker's beat-driven `improbable.dispatch_schedules` claims each
+due slot once and `improbable.post_scheduled` posts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import discord
+from discord import app_commands
+
+from bot import replies, service
+from bot.autocomplete import persona_autocomplete
+from bot.formatting import escape, split_message, truncate
+from bot.limits import actor_of, trainer_only
+
+schedule_group = app_commands.Group(name="schedule", description="Scheduled posts of a persona into a channel.",
+                                    guild_only=True)
+
+
+@schedule_group.command(name="add", description="Post a persona's text into a channel on a schedule.")
+@app_commands.describe(persona="Whose voice", channel="Where to post",
+                       every="An interval: 30m, 2h, 1h30m, 1d (or use cron)",
+                       cron="A 5-field cron expression in UTC, e.g. '0 9 * * 1-5' (or use every)",
+                       prompt="Text each post continues (optional)")
+@app_commands.autocomplete(persona=persona_autocomplete)
+@trainer_only()
+async def add(interaction: discord.Interaction, persona: str, channel: discord.TextChannel,
+              every: str | None = None, cron: str | None = None, prompt: str = "") -> None:
+    await replies.defer(interaction, ephemeral=True)
+    try:
+        sched = await asyncio.to_thread(service.add_schedule, actor_of(interaction), persona, channel.id,
+                                        every=every, cron=cron, prompt=prompt)
+    except service.UserError as e:
+        await replies.fail(interaction, e.message)
+        return
+    await replies.send(interaction, f"Schedule {sched.id}: `{sched.persona_slug}` posts in <#{sched.channel_id}> "
+                                    f"{sched.every}" + (f", continuing “{escape(truncate(prompt, 200))}”." if prompt
+                                                        else "."))
+
+
+@schedule_group.command(name="list", description="This server's scheduled posts.")
+async def list_(interaction: discord.Interaction) -> None:
+    await replies.defer(interaction, ephemeral=True)
+    rows = await asyncio.to_thread(service.list_schedules, interaction.guild_id)
+    if not rows:
+        await replies.send(interaction, "No scheduled posts here. Add one with `/schedule add`.")
+        return
+    lines = [f"**{s.id}** · `{s.persona_slug}` in <#{s.channel_id}> · {s.every}"
+             + (f" · “{escape(truncate(s.prompt, 80))}”" if s.prompt else "") for s in rows]
+    chunks = split_message("\n".join(lines))
+    await replies.send(interaction, chunks[0])
+    for chunk in chunks[1:]:
+        await replies.followup(interaction, chunk, ephemeral=True)
+
+
+
+async def schedule_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
+    rows = await asyncio.to_thread(service.list_schedules, interaction.guild_id)
+    return [app_commands.Choice(name=f"{s.id}: {s.persona_slug} {s.every}"[:100], value=s.id)
+            for s in rows if current in str(s.id) or current.lower() in s.persona_slug][:25]
+
+
+@schedule_group.command(name="remove", description="Stop a scheduled post.")
+@app_commands.describe(schedule="The schedule's number (see /schedule list)")
+@app_commands.autocomplete(schedule=schedule_autocomplete)
+@trainer_only()
+async def remove(interaction: discord.Interaction, schedule: int) -> None:
+    await replies.defer(interaction, ephemeral=True)
+    try:
+        text = await asyncio.to_thread(service.remove_schedule, actor_of(interaction), schedule)
+    except service.UserError as e:
+        await replies.fail(interaction, e.message)
+        return
+    await replies.send(interaction, f"Removed {text}.")
+
+
+COMMANDS = (schedule_group,)

@@ -1,0 +1,219 @@
+"""Running one generate job for Discord: enqueue, show the queue position and the text as it arrives
+(edits at least `bot_stream_interval` seconds apart), then the result with its buttons.
+
+An `Output` is where the text goes: the deferred response of an interaction, or a reply to a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+
+import discord
+from discord.utils import MISSING
+
+from bot import replies, service
+from bot.formatting import MESSAGE_LIMIT, Rendered, render_generation, truncate
+from bot.jobs import GENERATE, JobError, Unavailable
+from bot.views import result_view
+from improbable import observability as obs
+
+log = logging.getLogger(__name__)
+NO_MENTIONS = discord.AllowedMentions.none()
+MIN_EDIT_INTERVAL = 1.0  # seconds between edits of one message, whatever the settings say
+
+
+def _files(rendered: Rendered) -> list[discord.File]:
+    if rendered.file is None:
+        return []
+    name, data = rendered.file
+    return [discord.File(io.BytesIO(data), filename=name)]
+
+
+class Output:
+    shown = False  # whether text (not just "thinking…") is visible
+    last = ""  # the content shown last
+
+    def stopped(self, message: str) -> str:
+        """The text shown so far with why it stopped under it."""
+        note = f"\n⚠️ {message}"
+        return truncate(self.last.removesuffix(" ▌"), MESSAGE_LIMIT - len(note)) + note
+
+    async def edit(self, rendered: Rendered, view: discord.ui.View | None = MISSING) -> int | None:
+        raise NotImplementedError
+
+    async def error(self, message: str) -> None:
+        raise NotImplementedError
+
+
+class InteractionOutput(Output):
+    """The deferred response of a slash command or a button (for a button deferred as an update, the
+    message the button is on)."""
+
+    def __init__(self, interaction: discord.Interaction):
+        self.interaction = interaction
+
+    async def edit(self, rendered: Rendered, view: discord.ui.View | None = MISSING) -> int | None:
+        message = await self.interaction.edit_original_response(
+            content=rendered.content, attachments=_files(rendered), view=view, allowed_mentions=NO_MENTIONS)
+        self.shown, self.last = True, rendered.content
+        return message.id
+
+    async def error(self, message: str) -> None:
+        if self.shown:  # the text so far stays, with why it stopped
+            with contextlib.suppress(discord.HTTPException):
+                await self.interaction.edit_original_response(content=self.stopped(message), view=None,
+                                                              allowed_mentions=NO_MENTIONS)
+            return
+        await replies.fail(self.interaction, message)
+
+
+class ReplyOutput(Output):
+    """A reply to a user's message (mention chat), created on the first edit."""
+
+    def __init__(self, message: discord.Message):
+        self.source = message
+        self.reply: discord.Message | None = None
+
+    async def edit(self, rendered: Rendered, view: discord.ui.View | None = MISSING) -> int | None:
+        if self.reply is None:
+            self.reply = await self.source.reply(rendered.content, files=_files(rendered), view=view,
+                                                 allowed_mentions=NO_MENTIONS, mention_author=False)
+        else:
+            self.reply = await self.reply.edit(content=rendered.content, attachments=_files(rendered), view=view,
+                                               allowed_mentions=NO_MENTIONS)
+        self.shown, self.last = True, rendered.content
+        return self.reply.id
+
+    async def error(self, message: str) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            if self.reply is not None:
+                await self.reply.edit(content=self.stopped(message), view=None, allowed_mentions=NO_MENTIONS)
+            else:
+                await self.source.reply(f"⚠️ {message}", allowed_mentions=NO_MENTIONS, mention_author=False)
+
+
+class Streamer:
+    """Edits of one Output at least `interval` seconds apart; only the latest pending text is shown."""
+
+    def __init__(self, output: Output, interval: float):
+        self.output = output
+        self.interval = max(interval, MIN_EDIT_INTERVAL)
+        self._pending: Rendered | None = None
+        self._last = -float("inf")
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    def update(self, rendered: Rendered) -> None:
+        self._pending = rendered
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending is not None:
+            delay = self._last + self.interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with self._lock:
+                rendered, self._pending = self._pending, None
+                if rendered is None:
+                    return
+                try:
+                    await self.output.edit(rendered)
+                except discord.HTTPException as e:
+                    log.warning("streaming edit failed: %s", e)
+                self._last = time.monotonic()
+
+    async def stop(self) -> None:
+        self._pending = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def finish(self, rendered: Rendered, view: discord.ui.View | None = MISSING) -> int | None:
+        await self.stop()
+        async with self._lock:
+            delay = self._last + self.interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            message_id = await self.output.edit(rendered, view)
+            self._last = time.monotonic()
+            return message_id
+
+
+def _unknown_note(result: dict, family: str) -> str:
+    unknown = result.get("unknown") or []
+    if not unknown:
+        return ""
+    what = "characters" if family == "char-rnn" else "words"
+    fate = "dropped" if family == "char-rnn" else "read as <unk>"
+    shown = ", ".join(repr(u) for u in unknown[:10]) + ("…" if len(unknown) > 10 else "")
+    return f"{what} this persona never saw were {fate}: {shown}"
+
+
+async def run_generation(bot, output: Output, request: service.GenerateRequest, *, user_id: int | None,
+                         guild_id: int | None, source: str = "generate") -> int | None:
+    """Enqueue, stream, show the result with its buttons; returns the generation id (None on failure).
+    Every failure ends in a message: nothing is left 'thinking…'. `source` (generate, button:…, mention,
+    reply) labels the metrics."""
+    started = time.monotonic()
+    gid = await _run_generation(bot, output, request, user_id=user_id, guild_id=guild_id)
+    obs.record_interaction(source, "ok" if gid is not None else "failed", time.monotonic() - started,
+                           kind="generate")
+    return gid
+
+
+async def _run_generation(bot, output: Output, request: service.GenerateRequest, *, user_id: int | None,
+                          guild_id: int | None) -> int | None:
+    streamer = Streamer(output, bot.settings.bot_stream_interval)
+    label = f"{request.payload['persona']}: {request.shown_prompt[:40]}"
+    try:
+        job = await bot.jobs.submit(GENERATE, request.payload, user_id=user_id, guild_id=guild_id, label=label)
+    except JobError as e:
+        if user_id is not None:
+            bot.limits.refund(user_id, guild_id)
+        await output.error(e.message)
+        return None
+
+    async def on_progress(state: str, meta: dict) -> None:
+        if state == "PROGRESS" and meta.get("text"):
+            streamer.update(render_generation(request.display_name, request.shown_prompt, meta["text"],
+                                              request.params, partial=True))
+        elif state == "PENDING" and (meta.get("position") or 1) > 1:
+            streamer.update(Rendered(f"⏳ Waiting for a generator: position {meta['position']} in the queue "
+                                     f"(`/queue` to see or cancel)."))
+
+    try:
+        result = await bot.jobs.wait(job, on_progress)
+    except JobError as e:
+        await streamer.stop()
+        if isinstance(e, Unavailable) and user_id is not None:
+            bot.limits.refund(user_id, guild_id)
+        await output.error(e.message)
+        return None
+    except Exception:
+        await streamer.stop()
+        log.exception("generate job %s", job.id)
+        await output.error("Something went wrong while generating; it has been logged. Try again.")
+        return None
+
+    params = {**request.params, "seed": result.get("seed", request.params.get("seed"))}
+    rendered = render_generation(request.display_name, request.shown_prompt, result.get("text", ""), params,
+                                 note=_unknown_note(result, request.family))
+    generation_id = result.get("generation_id")
+    view = result_view(generation_id, user_id) if generation_id else MISSING
+    try:
+        message_id = await streamer.finish(rendered, view)
+    except discord.HTTPException as e:
+        log.warning("could not show a result: %s", e)
+        await output.error("The text was generated but could not be shown (Discord refused the message).")
+        return None
+    if generation_id and message_id:
+        bot.remember_generation(message_id, generation_id)
+        await asyncio.to_thread(service.attach_message, generation_id, message_id)
+    return generation_id
+

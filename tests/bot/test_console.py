@@ -1,0 +1,52 @@
+"""`improbable chat`: the bot's commands in a terminal, on the embedded defaults (no broker: jobs run
+in-process), as a newcomer would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import db
+
+from .conftest import CORPORA, clean_env, install_checkpoint
+
+IMPROBABLE = str(Path(sys.executable).with_name("improbable"))
+
+
+@pytest.fixture
+def console_env(tmp_path, tiny_model):
+    url = f"sqlite:///{tmp_path / 'data' / 'improbable.db'}"
+    db.upgrade(url)
+    install_checkpoint(url, tmp_path / "data" / "storage", tiny_model)
+    return clean_env(IMPROBABLE_DATA_DIR=str(tmp_path / "data"), IMPROBABLE_CORPUS_PATH=str(CORPORA),
+                     IMPROBABLE_TORCH_THREADS="1")
+
+
+def chat(env: dict, *lines: str) -> str:
+    args = [IMPROBABLE, "chat"] + [a for line in lines for a in ("-c", line)]
+    out = subprocess.run(args, capture_output=True, text=True, env={**env, "COLUMNS": "200"}, timeout=120,
+                         cwd=Path(env["IMPROBABLE_DATA_DIR"]).parent)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_console_chat_runs_the_bot_commands(console_env):
+    out = chat(console_env, "/personas", "/generate alice Alice was --length 40 --seed 3",
+               "/generate alice Alice was --length 40 --seed 3", "/regenerate", "/more", "/continue and so",
+               "alice: Down the hole", "/generate alcie x", "/persona info alice", "/train status",
+               "/schedule list", "/nonsense", "/generate", "/quit", "/personas")
+    lines = out.splitlines()
+    assert any(line.startswith("alice") and "ready" in line for line in lines)
+    assert any(line.startswith("harry-potter") and "no model yet" in line for line in lines)
+    texts = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("Alice ·") and line.endswith("seed 3")]
+    assert len(texts) == 2 and texts[0] == texts[1] and texts[0].startswith("Alice was")  # same seed, same text
+    assert "improbability 0.2" in out and "Down the hole" in out
+    assert "Did you mean `alice`?" in out
+    assert "checkpoint" in out and "validation loss 3.100" in out and "Alice was here." in out
+    assert "nothing is training" in out and "Discord" in out and "unknown command /nonsense" in out
+    assert "usage" in out  # /generate without a persona
+    assert sum(line.startswith("harry-potter") for line in lines) == 1  # nothing runs after /quit
