@@ -51,6 +51,7 @@ from db.queries import (
 )
 from db.types import utcnow
 from improbable.settings import get_settings
+from trainer.originality import originality
 
 # Recipes an uploaded persona trains with, by family (trainer/recipes/*.json).
 FAMILY_RECIPES = {Family.CHAR_RNN: "alice", Family.WORD_GRU: "movie-reviews", Family.WORD_MLP: "harry-potter"}
@@ -355,15 +356,6 @@ class PersonaInfo:
     sample: str | None = None
     loss_png: bytes | None = None
     active_run: int | None = None
-
-
-def originality(generated: str, corpus: str, window: int = 20) -> float | None:
-    """Share of the text's `window`-character windows not found verbatim in the corpus (as
-    trainer.evaluate.originality, which the bot cannot import because it imports torch)."""
-    windows = [generated[i:i + window] for i in range(0, len(generated) - window + 1)]
-    if not windows or not corpus:
-        return None
-    return 1.0 - sum(1 for w in windows if w in corpus) / len(windows)
 
 
 def persona_info(slug: str, guild_id: int | None) -> PersonaInfo:

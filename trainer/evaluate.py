@@ -34,16 +34,6 @@ def describe(nats_per_token: float, tokens: int, chars: int) -> dict:
     }
 
 
-def originality(generated: str, corpus: str, window: int = 20) -> float | None:
-    """Share of the generated text's `window`-character windows that do NOT occur verbatim in the
-    corpus (1.0 = nothing copied). None when the text is shorter than one window."""
-    windows = [generated[i:i + window] for i in range(len(generated) - window + 1)]
-    if not windows:
-        return None
-    copied = sum(1 for w in windows if w in corpus)
-    return 1.0 - copied / len(windows)
-
-
 def improbability_calibration(model: LanguageModel, tokenizer, target: float, steps: int = 1000,
                               prompt: str = "", seed: int = 0) -> dict:
     """Drive the model at a target probability for `steps` tokens and measure how close the chosen

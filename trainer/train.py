@@ -155,7 +155,8 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         tokenizer = CharTokenizer.build(text)
     else:
         tokenizer = WordTokenizer.build(text, config.max_vocab, config.lowercase)
-    device = torch.device(config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    auto_device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto_device if config.device == "auto" else config.device)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long, device=device)
     split = split_train_val(len(ids), config.val_fraction)
     train_ids, val_ids = ids[:split], ids[split:]
@@ -325,8 +326,8 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
 
     save_last()
     if not best_path.exists():  # stopped before the first evaluation
-        ckpt.save(best_path, model, tokenizer, {**meta, "step": step, "history": history,
-                                                "metrics": _metrics(tokenizer, smooth or math.nan, val_ids, text, config)})
+        metrics = _metrics(tokenizer, smooth or math.nan, val_ids, text, config)
+        ckpt.save(best_path, model, tokenizer, {**meta, "step": step, "history": history, "metrics": metrics})
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     if history:
         from .plot import plot_history
