@@ -157,14 +157,19 @@ def generate(
     sentence: bool = typer.Option(False, help="Stop at the end of the first sentence."),
     seed: int | None = typer.Option(None, help="Same checkpoint + prompt + parameters + seed ⇒ same text."),
     n: int = typer.Option(1, "--n", "-n", help="Number of samples, generated together as one batch."),
+    precision: str = typer.Option("fp32", help="Weights while sampling: fp32, or bf16 (faster for big models)."),
 ) -> None:
     """Continue a prompt with a trained model."""
+    import torch
+
     from trainer import checkpoint as ckpt
     from trainer.sample import SamplingParams
     from trainer.sample import generate as sample
 
     try:
-        model = ckpt.load(checkpoint)
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"--precision must be fp32 or bf16, not {precision!r}")
+        model = ckpt.load(checkpoint, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                  improbability=improbability, tolerance=tolerance,
                                  repetition_penalty=repetition_penalty, stop=tuple(stop),

@@ -167,6 +167,20 @@ def test_half_precision_file_loads_as_float32_with_close_logits(tmp_path):
     assert torch.equal(got.argmax(-1), reference.argmax(-1))
 
 
+def test_bfloat16_serving_keeps_the_distribution_and_the_prefill(saved):
+    path, model, tok = saved
+    served = ckpt.load(path, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in served.model.parameters())
+    assert served.model.init_state(3)[0].dtype == torch.bfloat16
+    reference = torch.softmax(logits_of(model, len(tok)), -1)
+    got = torch.softmax(logits_of(served.model, len(tok)).float(), -1)
+    assert (got - reference).abs().max() < 0.02  # bf16 keeps ~3 significant digits
+    from trainer.sample import SamplingParams, generate
+
+    text = generate(served.model, served.tokenizer, ["abc abc"], SamplingParams(max_tokens=30, seed=3))[0].text
+    assert len(text) == 30
+
+
 def test_from_bytes_equals_load(saved):
     path, model, tok = saved
     loaded = ckpt.from_bytes(path.read_bytes(), "in-memory")

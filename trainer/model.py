@@ -133,7 +133,8 @@ class RecurrentLM(LanguageModel):
         self.head = OutputHead(config.n_hidden, config)
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
-        zeros = torch.zeros(batch_size, self.config.n_layers, self.config.n_hidden, device=device)
+        zeros = torch.zeros(batch_size, self.config.n_layers, self.config.n_hidden, device=device,
+                            dtype=self.embed.weight.dtype)  # bfloat16 when serving in bf16
         return (zeros, zeros.clone()) if self.config.cell == "lstm" else (zeros,)
 
     def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
