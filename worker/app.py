@@ -24,15 +24,19 @@ from __future__ import annotations
 
 from celery import Celery
 from kombu import Queue
+from kombu.utils.url import maybe_sanitize_url
 
+import improbable.observability  # noqa: F401 - JSON logs and Prometheus metrics of workers, via Celery signals
 from improbable.settings import Settings, get_settings
 
 GENERATE_QUEUE, TRAIN_QUEUE = "generate", "train"
-TASK_NAMES = ("improbable.generate", "improbable.train", "improbable.dispatch_schedules", "improbable.post_scheduled")
+TASK_NAMES = ("improbable.generate", "improbable.train", "improbable.dispatch_schedules", "improbable.post_scheduled",
+              "improbable.requeue_orphaned_runs")
 ROUTES = {
     "improbable.generate": {"queue": GENERATE_QUEUE},
     "improbable.post_scheduled": {"queue": GENERATE_QUEUE},  # it generates, so it runs where the models are
     "improbable.dispatch_schedules": {"queue": GENERATE_QUEUE},  # cheap SQL; any generate worker will do
+    "improbable.requeue_orphaned_runs": {"queue": GENERATE_QUEUE},  # (a busy trainer could not take it)
     "improbable.train": {"queue": TRAIN_QUEUE},
 }
 DISPATCH_EVERY_SECONDS = 60.0
@@ -47,11 +51,6 @@ def celery_config(settings: Settings) -> dict:
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
         "unacked_restore_throttle": 1,
         "socket_connect_timeout": connect_timeout,
-        # The bot fails fast when the broker is down instead of hanging in connection retries.
-        "max_retries": 1,
-        "interval_start": 0,
-        "interval_step": 0.2,
-        "interval_max": 0.5,
     }
     conf = {
         "broker_url": broker or None,
@@ -73,7 +72,9 @@ def celery_config(settings: Settings) -> dict:
         "broker_connection_timeout": connect_timeout,
         "broker_connection_retry_on_startup": True,  # a worker waits for Redis; a publisher does not (below)
         "broker_transport_options": transport_options,
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # The result store gives up after ~2 s too (Celery's default retries for 20 s).
+        "result_backend_transport_options": {"retry_policy": {"max_retries": 3, "interval_start": 0,
+                                                              "interval_step": 0.3, "interval_max": 1}},
         "redis_socket_connect_timeout": connect_timeout,
         "redis_retry_on_timeout": True,
         "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
@@ -81,6 +82,8 @@ def celery_config(settings: Settings) -> dict:
         "beat_schedule": {
             "dispatch-schedules": {"task": "improbable.dispatch_schedules", "schedule": DISPATCH_EVERY_SECONDS,
                                    "options": {"expires": DISPATCH_EVERY_SECONDS}},
+            "requeue-orphaned-runs": {"task": "improbable.requeue_orphaned_runs", "schedule": DISPATCH_EVERY_SECONDS,
+                                      "options": {"expires": DISPATCH_EVERY_SECONDS}},
         },
         "timezone": "UTC",
         "enable_utc": True,
@@ -107,6 +110,10 @@ def configure(settings: Settings | None = None) -> Celery:
     return app
 
 
+class BrokerUnavailable(ConnectionError):
+    """The job queue (Redis) cannot be reached: say so to the user instead of waiting."""
+
+
 def is_eager() -> bool:
     return bool(app.conf.task_always_eager)
 
@@ -114,13 +121,32 @@ def is_eager() -> bool:
 def enqueue(name: str, *args, **options):
     """Send task `name` with positional JSON arguments; returns its AsyncResult (EagerResult in-process).
 
-    With a broker this is `app.send_task` (a dead broker raises kombu.exceptions.OperationalError within
-    about broker_connect_timeout seconds). Without one, the task runs here and now."""
+    With a broker this is `app.send_task`; a dead broker raises BrokerUnavailable within a few seconds.
+    Without one, the task runs here and now."""
     if is_eager():
         import worker.tasks  # noqa: F401 - registers the tasks (and imports db, trainer lazily)
 
         return app.tasks[name].apply(args=args, **options)
-    return app.send_task(name, args=args, **options)
+    try:
+        return app.send_task(name, args=args, **options)
+    except Exception as e:
+        if _is_connection_error(e):
+            where = maybe_sanitize_url(app.conf.broker_url)
+            raise BrokerUnavailable(f"the job queue at {where} is unreachable; is Redis running?") from e
+        raise
+
+
+def _is_connection_error(error: BaseException | None) -> bool:
+    """kombu's OperationalError from the broker, or the result store's give-up (a RuntimeError caused by a
+    redis ConnectionError): anything along the cause chain that is a connection failure."""
+    from kombu.exceptions import OperationalError
+
+    while error is not None:
+        if isinstance(error, OperationalError | ConnectionError | TimeoutError) \
+                or type(error).__name__ in ("ConnectionError", "TimeoutError"):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def broker_available(timeout: float = 1.0) -> bool:

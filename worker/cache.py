@@ -1,0 +1,93 @@
+"""Checkpoints kept loaded in a generate worker: an LRU keyed by checkpoint id, under a memory cap.
+
+A checkpoint id names immutable bytes (a promoted checkpoint is a new id), so an entry never goes stale:
+a request for a newly promoted checkpoint simply loads the new id. Entries in use by running requests
+are never evicted; when everything is in use the cap is exceeded rather than failing a request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from trainer.checkpoint import Checkpoint
+
+
+@dataclass
+class Entry:
+    checkpoint_id: int
+    checkpoint: Checkpoint
+    persona_id: int | None
+    n_bytes: int
+    users: int = 0
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class CheckpointCache:
+    """`acquire(id)` → a loaded Entry (loading it at most once, however many threads ask); `release` it
+    when the request is done. `load(id)` returns (Checkpoint, persona_id) and is called without the lock."""
+
+    def __init__(self, load: Callable[[int], tuple[Checkpoint, int | None]], max_bytes: int):
+        self._load = load
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[int, Entry] = OrderedDict()
+        self._loading: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a checkpoint was read from storage (tests, metrics)
+
+    def acquire(self, checkpoint_id: int) -> Entry:
+        while True:
+            with self._lock:
+                entry = self._entries.get(checkpoint_id)
+                if entry is not None:
+                    self._entries.move_to_end(checkpoint_id)
+                    entry.users += 1
+                    return entry
+                waiting = self._loading.get(checkpoint_id)
+                if waiting is None:
+                    self._loading[checkpoint_id] = threading.Event()
+                    break
+            waiting.wait()  # another thread is loading it; then take it from the cache
+        try:
+            checkpoint, persona_id = self._load(checkpoint_id)
+        except BaseException:
+            with self._lock:
+                self._loading.pop(checkpoint_id).set()
+            raise
+        entry = Entry(checkpoint_id, checkpoint, persona_id, model_bytes(checkpoint.model), users=1)
+        entry.checkpoint.tensors.clear()  # optimizer moments etc.: generation needs only the model
+        with self._lock:
+            self._entries[checkpoint_id] = entry
+            self.loads += 1
+            self._evict()
+            self._loading.pop(checkpoint_id).set()
+        return entry
+
+    def release(self, entry: Entry) -> None:
+        with self._lock:
+            entry.users -= 1
+            self._evict()
+
+    def _evict(self) -> None:
+        total = sum(e.n_bytes for e in self._entries.values())
+        for cid in list(self._entries):
+            if total <= self.max_bytes:
+                break
+            entry = self._entries[cid]
+            if entry.users == 0:
+                del self._entries[cid]
+                total -= entry.n_bytes
+
+    def __contains__(self, checkpoint_id: int) -> bool:
+        return checkpoint_id in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,124 @@
+"""The batched generation engine: one thread per worker process owns the device and steps every request.
+
+Celery runs generate jobs on many threads (`--pool threads -c 64`); each job `submit()`s its request here
+and waits on a future. The engine thread keeps one `trainer.sample.BatchSampler` per checkpoint id. Between
+two steps it lets waiting requests join (their prompt is prefilled by `BatchSampler.add`), then advances
+every active batch by one token; a request that finishes leaves at that step boundary and its future is
+resolved. Every request keeps its own sampling parameters and seed, and the sampler's counter-based
+randomness makes its text independent of who else shares the batch.
+
+CUDA is touched only when the first engine is created, in the worker process that will use it (never in
+a parent that forks), and that device is used for every model afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from trainer.sample import BatchSampler, SamplingParams, Stream
+
+from .cache import Entry
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Job:
+    entry: Entry
+    prompt: str
+    params: SamplingParams
+    future: Future = field(default_factory=Future)
+    stream: Stream | None = None
+    batch_peak: int = 0  # the largest batch this request was stepped in (proof of batching)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def partial(self) -> str:
+        """The completion so far (read from another thread: a str attribute, swapped atomically)."""
+        return self.stream.text if self.stream is not None else ""
+
+
+@dataclass
+class _Batch:
+    sampler: BatchSampler
+    jobs: dict[int, Job] = field(default_factory=dict)  # id(stream) -> job
+
+
+class Engine:
+    def __init__(self, device: str | torch.device = "cpu", threads: int = 0):
+        self.device = torch.device(device)
+        self.threads = threads
+        self._inbox: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._batches: dict[int, _Batch] = {}
+        self.steps = 0  # batched steps taken
+        self.max_batch = 0
+        self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, entry: Entry, prompt: str, params: SamplingParams) -> Job:
+        job = Job(entry, prompt, params)
+        self._inbox.put(job)
+        return job
+
+    # -- the engine thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        while True:
+            if not self._batches:  # idle: sleep until a request arrives
+                self._join(self._inbox.get())
+            while True:  # everyone who arrived during the last step joins at this boundary
+                try:
+                    self._join(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for checkpoint_id in list(self._batches):
+                self._step(checkpoint_id)
+
+    def _join(self, job: Job) -> None:
+        checkpoint_id = job.entry.checkpoint_id
+        batch = self._batches.get(checkpoint_id)
+        try:
+            if batch is None:
+                ckpt = job.entry.checkpoint
+                batch = _Batch(BatchSampler(ckpt.model, ckpt.tokenizer, self.device))
+            job.stream = batch.sampler.add(job.prompt, job.params)
+        except Exception as e:  # noqa: BLE001 - a bad request fails alone
+            job.future.set_exception(e)
+            return
+        self._batches[checkpoint_id] = batch
+        batch.jobs[id(job.stream)] = job
+        size = len(batch.sampler)
+        self.max_batch = max(self.max_batch, size)
+        for other in batch.jobs.values():  # a batch only grows when somebody joins
+            other.batch_peak = max(other.batch_peak, size)
+
+    def _step(self, checkpoint_id: int) -> None:
+        batch = self._batches[checkpoint_id]
+        try:
+            finished = batch.sampler.step()
+        except Exception as e:
+            log.exception("generation step failed for checkpoint %s", checkpoint_id)
+            for job in batch.jobs.values():
+                job.future.set_exception(e)
+            del self._batches[checkpoint_id]
+            return
+        self.steps += 1
+        for stream in finished:
+            batch.jobs.pop(id(stream)).future.set_result(stream)
+        if not batch.jobs:
+            del self._batches[checkpoint_id]  # the sampler goes; the model stays in the cache

@@ -1,0 +1,159 @@
+"""Scheduled posts: which (schedule, slot) is due, claiming it exactly once, posting it to Discord.
+
+Slots are instants in UTC. An interval schedule's slots are aligned to the Unix epoch
+(db.queries.interval_slot); a cron schedule's are the minutes its 5-field expression matches (minute hour
+day-of-month month day-of-week, parsed by celery.schedules.crontab, all fields must match, Sunday = 0).
+A slot is due when it is the latest slot at or before now and later than the last claimed slot (or the
+schedule's creation). So after any downtime only that latest slot is due: at most one catch-up post.
+The claim is a unique row (db.queries.claim_slot), so two dispatchers racing post each slot once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from datetime import UTC, date, datetime, timedelta
+
+from celery.schedules import crontab
+from sqlalchemy import select
+
+from db import PostStatus, Schedule, SchedulePost, get_sessionmaker, session_scope
+from db.queries import claim_slot, enabled_schedules, finish_post, interval_slot
+from db.types import as_utc, utcnow
+from improbable.settings import get_settings
+
+log = logging.getLogger(__name__)
+MAX_CONTENT = 2000  # Discord's limit on a message's content
+CRON_LOOKBACK_DAYS = 4 * 366 + 1  # a "29 2 *" schedule fires every four years
+
+
+class DiscordError(RuntimeError):
+    """Discord refused the post (missing access, unknown channel...): retrying will not help."""
+
+
+class DiscordUnavailable(RuntimeError):
+    """Discord or the network failed transiently (5xx, 429, timeout): retry with backoff."""
+
+
+def parse_cron(expr: str) -> crontab:
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron expression {expr!r} needs 5 fields: minute hour day-of-month month day-of-week")
+    minute, hour, day_of_month, month, day_of_week = fields
+    return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
+                   day_of_week=day_of_week)
+
+
+def latest_cron_slot(expr: str, now: datetime, after: datetime) -> datetime | None:
+    """The latest minute at or before `now` that the expression matches, if it is after `after`."""
+    cron = parse_cron(expr)
+    now = as_utc(now).replace(second=0, microsecond=0)
+    for back in range(CRON_LOOKBACK_DAYS):
+        day: date = now.date() - timedelta(days=back)
+        if day < as_utc(after).date():
+            return None
+        if day.month not in cron.month_of_year or day.day not in cron.day_of_month \
+                or day.isoweekday() % 7 not in cron.day_of_week:
+            continue
+        for hour in sorted(cron.hour, reverse=True):
+            for minute in sorted(cron.minute, reverse=True):
+                slot = datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+                if slot <= now:
+                    return slot if slot > as_utc(after) else None
+    return None
+
+
+def due_slot(schedule: Schedule, now: datetime) -> datetime | None:
+    after = as_utc(schedule.last_slot or schedule.created_at)
+    if schedule.interval_seconds:
+        slot = interval_slot(schedule.interval_seconds, now)
+        return slot if slot > after else None
+    return latest_cron_slot(schedule.cron, now, after)
+
+
+def dispatch(now: datetime | None = None) -> list[tuple[int, str]]:
+    """Claim every due slot and enqueue its post. Returns the (schedule id, slot) pairs this call claimed."""
+    from .app import enqueue
+
+    now = as_utc(now or utcnow())
+    claimed = []
+    with get_sessionmaker()() as session:
+        for schedule in enabled_schedules(session):
+            try:
+                slot = due_slot(schedule, now)
+            except ValueError as e:  # a bad cron expression must not stop the other schedules
+                log.warning("schedule %s: %s", schedule.id, e)
+                continue
+            if slot is not None and claim_slot(session, schedule.id, slot):
+                claimed.append((schedule.id, slot.isoformat()))
+                enqueue("improbable.post_scheduled", schedule.id, slot.isoformat())
+    return claimed
+
+
+def post_message(channel_id: int, content: str, timeout: float = 10.0) -> int:
+    """POST a message to a channel through Discord's REST API; returns its id. Mentions never ping."""
+    settings = get_settings()
+    if not settings.discord_token:
+        raise DiscordError("no Discord token configured (IMPROBABLE_DISCORD_TOKEN)")
+    url = f"{settings.discord_api_base.rstrip('/')}/channels/{channel_id}/messages"
+    body = json.dumps({"content": content[:MAX_CONTENT], "allowed_mentions": {"parse": []}}).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Authorization": f"Bot {settings.discord_token}", "Content-Type": "application/json",
+        "User-Agent": "DiscordBot (https://github.com/improbable, 0.1)"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(json.load(response)["id"])
+    except urllib.error.HTTPError as e:
+        detail = e.read()[:300].decode("utf-8", "replace")
+        if e.code == 429 or e.code >= 500:
+            raise DiscordUnavailable(f"Discord answered {e.code}: {detail}") from None
+        raise DiscordError(f"Discord answered {e.code}: {detail}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        raise DiscordUnavailable(f"cannot reach Discord at {url}: {e}") from None
+
+
+def post_content(display_name: str, text: str) -> str:
+    head = f"**{display_name}**\n"
+    return head + text.strip()[: MAX_CONTENT - len(head)]
+
+
+def post(schedule_id: int, slot_iso: str) -> dict:
+    """Generate and post a claimed slot; idempotent (a redelivered job for a posted slot does nothing)."""
+    from .generation import generate
+
+    slot = as_utc(datetime.fromisoformat(slot_iso))
+    with session_scope() as session:
+        claim = session.scalars(select(SchedulePost).where(SchedulePost.schedule_id == schedule_id,
+                                                           SchedulePost.slot == slot)).first()
+        if claim is not None and claim.status is PostStatus.POSTED:
+            return {"status": "posted", "message_id": claim.message_id, "duplicate": True}
+        schedule = session.get(Schedule, schedule_id)
+        problem = None
+        if schedule is None:
+            return {"status": "failed", "error": "schedule deleted"}
+        persona = schedule.persona
+        if not schedule.enabled:
+            problem = "schedule disabled"
+        elif persona.active_checkpoint_id is None:
+            problem = f"persona {persona.slug} has no trained checkpoint yet"
+        if problem:
+            finish_post(session, schedule_id, slot, error=problem)
+            return {"status": "failed", "error": problem}
+        request = {"checkpoint_id": persona.active_checkpoint_id, "persona": persona.slug,
+                   "prompt": schedule.prompt, "guild_id": schedule.guild_id, "channel_id": schedule.channel_id,
+                   # the same slot always gets the same text, even when its job is redelivered
+                   "params": {**persona.sampling, **schedule.params,
+                              "seed": (schedule_id * 1_000_003 + int(slot.timestamp())) % 2**31}}
+        channel_id, display_name = schedule.channel_id, persona.display_name
+    result = generate(request)
+    try:
+        message_id = post_message(channel_id, post_content(display_name, result["full_text"]))
+    except DiscordError as e:
+        with session_scope() as session:
+            finish_post(session, schedule_id, slot, error=str(e), generation=result["generation_id"])
+        return {"status": "failed", "error": str(e)}
+    with session_scope() as session:
+        finish_post(session, schedule_id, slot, message_id=message_id, generation=result["generation_id"])
+    return {"status": "posted", "message_id": message_id, "generation_id": result["generation_id"]}

@@ -1,0 +1,331 @@
+"""The trainer service: one training run, from `queued` to a stored (and maybe promoted) checkpoint.
+
+    claim the run  →  corpus from storage  →  trainer.train.train(resume=True)  →  best checkpoint row,
+                                                  │ every few seconds: progress   loss.png, sample, promotion,
+                                                  │ every evaluation: checkpoints  run succeeded
+                                                  └ every ~1 s: cancel flag
+
+Crash safety. The `last` checkpoint (model, optimizer, RNG, data position) is copied to storage at every
+evaluation, atomically. When the job is redelivered after its trainer died, the run is still `running` and
+its progress heartbeat goes stale; the new trainer takes the run over (a conditional UPDATE, so only one
+can), fetches `last` into its local run folder and `train(..., resume=True)` continues from that step. A
+copy delivered while the first trainer is alive (Redis redelivers any job unacknowledged for longer than
+its visibility timeout) sees a fresh heartbeat and backs off (`Busy`, retried later), and a copy that
+arrives after the run ended does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from db import Checkpoint, Persona, RunStatus, TrainingRun, open_storage, session_scope
+from db.queries import InvalidTransition, cancel_run, fail_run, save_checkpoint, start_run, succeed_run
+from db.storage import Storage, checkpoint_key
+from db.types import utcnow
+from improbable.settings import get_settings
+
+log = logging.getLogger(__name__)
+CANCEL_CHECK_SECONDS = 1.0  # how stale the cancel flag may be
+SAMPLE_TOKENS = 200
+_active_runs: set[int] = set()  # runs this process is training right now
+
+
+class Busy(RuntimeError):
+    """Another live trainer owns this run (a duplicate delivery): try again later."""
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def loss_plot_key(run_id: int) -> str:
+    return f"runs/{run_id}/loss.png"
+
+
+def _finite(x):
+    return x if isinstance(x, float | int) and math.isfinite(x) else None
+
+
+def summary(run: TrainingRun) -> dict:
+    return {"run_id": run.id, "status": run.status.value, "error": run.error, **(run.metrics or {})}
+
+
+# -- claiming ---------------------------------------------------------------------------------------------
+
+def claim(run_id: int, task_id: str | None) -> dict | None:
+    """Make this process the run's trainer. Returns the run's settings, or None if it already ended."""
+    settings = get_settings()
+    with session_scope() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None:
+            raise LookupError(f"no training run {run_id}")
+        if run.status.finished:
+            return None
+        attempt = int(run.progress.get("attempt", 0)) + 1
+        progress = {**run.progress, "owner": owner_id(), "attempt": attempt, "heartbeat": time.time()}
+        if run.status is RunStatus.QUEUED:
+            try:
+                start_run(session, run, task_id)
+            except InvalidTransition:  # cancelled (or claimed) between our read and our write
+                return claim(run_id, task_id)
+            run.progress = progress
+        else:
+            if run_id in _active_runs:
+                raise Busy(f"run {run_id} is being trained in this process")
+            age = time.time() - float(run.progress.get("heartbeat") or 0)
+            if run.progress.get("owner") != owner_id() and age < settings.train_lease_seconds:
+                raise Busy(f"run {run_id} is being trained by {run.progress.get('owner')} "
+                           f"(progress {age:.0f} s ago)")
+            took = session.execute(update(TrainingRun).where(TrainingRun.id == run_id,
+                                                             TrainingRun.status == RunStatus.RUNNING,
+                                                             TrainingRun.updated_at == run.updated_at)
+                                   .values(progress=progress, updated_at=utcnow())
+                                   .execution_options(synchronize_session=False))
+            if took.rowcount != 1:
+                raise Busy(f"run {run_id} was just taken over by another trainer")
+            log.info("run %s: taking over from %s (attempt %s)", run_id, run.progress.get("owner"), attempt)
+        persona = run.persona
+        return {"run_id": run_id, "persona_id": persona.id, "slug": persona.slug,
+                "recipe": run.recipe or persona.recipe, "overrides": dict(run.config or {}),
+                "corpus_id": run.corpus_id, "attempt": attempt}
+
+
+def orphaned_runs(stale_after: float | None = None) -> list[int]:
+    """Running runs whose trainer has been silent for `stale_after` seconds (default 3 leases): their
+    trainer died. Redis gives their job back only after its visibility timeout (hours by default), so beat
+    re-enqueues them sooner; a duplicate is harmless (`claim` lets one trainer resume, the rest back off)."""
+    stale_after = stale_after if stale_after is not None else 3 * get_settings().train_lease_seconds
+    with session_scope() as session:
+        running = session.scalars(select(TrainingRun).where(TrainingRun.status == RunStatus.RUNNING)).all()
+        now = time.time()
+        return [run.id for run in running
+                if now - float(run.progress.get("heartbeat") or run.updated_at.timestamp()) > stale_after]
+
+
+# -- inputs -----------------------------------------------------------------------------------------------
+
+def train_config(job: dict, out_dir: Path):
+    from trainer.recipes import load_recipe
+    from trainer.train import TrainConfig
+
+    settings = get_settings()
+    cfg = {**load_recipe(job["recipe"]), **job["overrides"], "out_dir": str(out_dir)}
+    cap = settings.train_max_minutes
+    cfg["minutes"] = min(cfg.get("minutes") or cap, cap)  # every run has a time budget
+    cfg.setdefault("sample_interval", cfg.get("eval_interval", 500))  # a sample with every evaluation
+    if settings.torch_threads and not cfg.get("threads"):
+        cfg["threads"] = settings.torch_threads
+    return TrainConfig.from_dict(cfg)
+
+
+def corpus_text(job: dict, config, storage: Storage) -> str:
+    """The run's uploaded corpus from storage, or (bundled personas) the recipe's corpus by name."""
+    if job["corpus_id"] is not None:
+        from db import Corpus
+        from db.ingest import read_corpus_text
+
+        with session_scope() as session:
+            corpus = session.get(Corpus, job["corpus_id"])
+            if corpus is None:
+                raise LookupError(f"corpus {job['corpus_id']} of run {job['run_id']} was deleted")
+            return read_corpus_text(corpus, storage)
+    from trainer.corpus import load_corpus
+
+    return load_corpus(config.corpus, get_settings().corpus_dirs or None).text
+
+
+def _step_of(path: Path) -> int:
+    from trainer.checkpoint import read_meta
+
+    meta = read_meta(path)
+    return int(meta.get("run", {}).get("step", meta.get("step", 0)))
+
+
+RESUME_FILES = (("last", "last.safetensors"), ("running-best", "best.safetensors"))  # storage name, local file
+
+
+def fetch_checkpoints(job: dict, out_dir: Path, storage: Storage) -> int:
+    """Bring the run's checkpoints from storage into out_dir unless a newer local copy exists (a restart
+    on the same machine). Returns the step training will resume from (0: from scratch). A first attempt
+    starts clean: anything there belongs to no live run (e.g. a database that was reset)."""
+    if job["attempt"] == 1:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        for name, _ in RESUME_FILES:
+            storage.delete(checkpoint_key(job["slug"], job["run_id"], name))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, filename in RESUME_FILES:
+        key = checkpoint_key(job["slug"], job["run_id"], name)
+        if not storage.exists(key):
+            continue
+        local, incoming = out_dir / filename, out_dir / f".{filename}.incoming"
+        incoming.write_bytes(storage.get(key))
+        if not local.exists() or _step_of(local) < _step_of(incoming):
+            os.replace(incoming, local)
+        else:
+            incoming.unlink()
+    last = out_dir / "last.safetensors"
+    return _step_of(last) if last.exists() else 0
+
+
+# -- reporting --------------------------------------------------------------------------------------------
+
+class Reporter:
+    """The trainer's callback and should_stop: progress into the run row (every `report_seconds`, which
+    is also the heartbeat) and to `on_progress` (the task state), checkpoints to storage, the cancel flag."""
+
+    def __init__(self, job: dict, out_dir: Path, storage: Storage, on_progress: Callable[[dict], None] | None,
+                 resumed_from: int):
+        self.job, self.out_dir, self.storage, self.on_progress = job, out_dir, storage, on_progress
+        self.report_seconds = get_settings().train_report_seconds
+        self.latest: dict = {"resumed_from": resumed_from, "attempt": job["attempt"]}
+        self.last_write = self.last_check = time.monotonic()
+        self.cancelled = False
+        self._uploaded: dict[str, float] = {}
+
+    def callback(self, event: str, p, details: dict) -> None:
+        self.latest.update({
+            "step": p.step, "total": p.total_steps, "epoch": round(p.epoch, 3), "loss": _finite(p.loss),
+            "best_val_loss": _finite(p.best_val_loss), "tokens_per_s": round(p.tokens_per_s),
+            "eta": _finite(p.eta), "fraction": round(p.fraction, 4), "elapsed": round(p.elapsed, 1)})
+        self.latest.setdefault("first_step", p.step)  # > 0 on a resumed run
+        if p.val_loss is not None:
+            self.latest["val_loss"] = _finite(p.val_loss)
+        if event == "sample":
+            self.latest["sample"] = details.get("text", "")
+        if event == "warning":
+            self.latest["warning"] = details.get("message", "")
+        if event == "checkpoint":
+            self.upload()
+        if event != "progress" or time.monotonic() - self.last_write >= self.report_seconds:
+            self.flush()
+
+    def upload(self) -> None:
+        """Copy last (and best, when it changed) to storage; each put is atomic."""
+        for name, filename in RESUME_FILES:
+            path = self.out_dir / filename
+            if path.exists() and self._uploaded.get(name) != path.stat().st_mtime:
+                self.storage.put_file(checkpoint_key(self.job["slug"], self.job["run_id"], name), path)
+                self._uploaded[name] = path.stat().st_mtime
+
+    def flush(self) -> None:
+        from db.queries import update_progress
+
+        self.latest["heartbeat"] = time.time()
+        self.latest["owner"] = owner_id()
+        with session_scope() as session:
+            if update_progress(session, self.job["run_id"], **self.latest):
+                self.cancelled = True
+        self.last_write = self.last_check = time.monotonic()
+        if self.on_progress is not None:
+            self.on_progress(dict(self.latest))
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_write >= self.report_seconds:
+            self.flush()  # the heartbeat, even through long stretches without progress events
+        elif now - self.last_check >= CANCEL_CHECK_SECONDS:
+            with session_scope() as session:
+                flag = session.scalar(select(TrainingRun.cancel_requested).where(TrainingRun.id == self.job["run_id"]))
+            self.cancelled = self.cancelled or bool(flag)
+            self.last_check = now
+        return self.cancelled
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+
+def train_run(run_id: int, task_id: str | None = None, on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Train run `run_id` to the end (or resume it); returns the run's summary. Raises Busy when another
+    trainer owns it, and lets transient errors through for the task to retry (the run stays running and
+    the retry resumes it); any other error fails the run."""
+    job = claim(run_id, task_id)
+    if job is None:
+        with session_scope() as session:
+            return summary(session.get(TrainingRun, run_id))
+    _active_runs.add(run_id)
+    try:
+        return _train(job, on_progress)
+    except Exception as e:
+        if not is_transient(e):
+            log.exception("run %s failed", run_id)
+            try:
+                with session_scope() as session:
+                    fail_run(session, run_id, f"{type(e).__name__}: {e}"[:2000])
+            except InvalidTransition:
+                pass
+        raise
+    finally:
+        _active_runs.discard(run_id)
+
+
+def is_transient(error: BaseException) -> bool:
+    from .tasks import TRANSIENT_ERRORS
+
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+def _train(job: dict, on_progress) -> dict:
+    from trainer.train import train
+
+    settings = get_settings()
+    storage = open_storage()
+    out_dir = settings.runs_dir / f"run-{job['run_id']}"
+    config = train_config(job, out_dir)
+    text = corpus_text(job, config, storage)
+    resumed_from = fetch_checkpoints(job, out_dir, storage)
+    if resumed_from:
+        log.info("run %s: resuming from step %s", job["run_id"], resumed_from)
+    reporter = Reporter(job, out_dir, storage, on_progress, resumed_from)
+    reporter.flush()
+    result = train(config, text, callback=reporter.callback, should_stop=reporter.should_stop, resume=True)
+    reporter.upload()
+    if reporter.cancelled:
+        with session_scope() as session:
+            run = cancel_run(session, job["run_id"])
+            return summary(run)
+    return finish(job, out_dir, storage, result, reporter.latest)
+
+
+def finish(job: dict, out_dir: Path, storage: Storage, result, progress: dict) -> dict:
+    """Store the best checkpoint (a row), loss.png and a sample; promote when it beats the active one."""
+    from trainer.checkpoint import load
+    from trainer.sample import SamplingParams, generate
+
+    best_path = out_dir / "best.safetensors"
+    best = load(best_path)
+    val_loss = _finite(best.meta.get("metrics", {}).get("val_loss"))
+    sample = generate(best.model, best.tokenizer, [""],
+                      SamplingParams(max_tokens=SAMPLE_TOKENS, temperature=0.8, seed=job["run_id"]))[0].text
+    plot = out_dir / "loss.png"
+    if plot.exists():
+        storage.put_file(loss_plot_key(job["run_id"]), plot)
+    metrics = {"val_loss": val_loss, **{k: _finite(v) for k, v in best.meta.get("metrics", {}).items()},
+               "steps": result.steps, "elapsed": round(result.elapsed, 1), "stop_reason": result.stop_reason,
+               "resumed_from": progress.get("resumed_from", 0), "attempt": job["attempt"],
+               "loss_png": loss_plot_key(job["run_id"]) if plot.exists() else None, "sample": sample,
+               "warnings": result.warnings}
+    with session_scope() as session:
+        run = session.get(TrainingRun, job["run_id"])
+        # lock the persona so two runs finishing together compare against each other's promotion
+        persona = session.scalars(select(Persona).where(Persona.id == job["persona_id"]).with_for_update()).one()
+        active = persona.active_checkpoint
+        promote = active is None or active.val_loss is None or (val_loss is not None and val_loss < active.val_loss)
+        ckpt = session.scalars(select(Checkpoint).where(Checkpoint.run_id == run.id,
+                                                        Checkpoint.name == "best")).first()
+        if ckpt is None:  # (a redelivery after a crash right here finds the row already made)
+            ckpt = save_checkpoint(session, storage, persona, run, "best", best_path.read_bytes(),
+                                   val_loss=val_loss, metrics=best.meta.get("metrics", {}), activate=promote)
+        elif promote:
+            persona.active_checkpoint = ckpt
+        metrics.update(checkpoint_id=ckpt.id, promoted=promote,
+                       previous_checkpoint_id=active.id if active is not None else None)
+        return summary(succeed_run(session, run, metrics=metrics))
+
