@@ -1,0 +1,46 @@
+"""Bundled checkpoints: float16 safetensors for the default personas whose text is freely available,
+trained by scripts/train_bundled.py from the checked-in recipes (model cards beside them).
+
+`register_bundled()` makes each one its persona's active checkpoint when the persona has none yet, so
+a fresh install talks at once. Torch-free: the header's JSON is read directly, which is all it needs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from db.personas import get_persona
+from db.queries import add_checkpoint
+from db.storage import Storage, checkpoint_key
+
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+
+
+def bundled_checkpoints() -> dict[str, Path]:
+    return {path.stem: path for path in sorted(BUNDLED_DIR.glob("*.safetensors"))}
+
+
+def header_metadata(data: bytes) -> dict:
+    """The JSON metadata of a checkpoint, from the safetensors header, without torch."""
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(json.loads(data[8:8 + length])["__metadata__"]["improbable"])
+
+
+def register_bundled(session: Session, storage: Storage) -> list[str]:
+    """Store and activate bundled checkpoints for global personas without one; returns their slugs."""
+    registered = []
+    for slug, path in bundled_checkpoints().items():
+        persona = get_persona(session, slug, None)
+        if persona is None or persona.active_checkpoint_id is not None:
+            continue
+        data = path.read_bytes()
+        metrics = header_metadata(data).get("metrics", {})
+        key = checkpoint_key(slug, "bundled", "best")
+        storage.put(key, data)
+        add_checkpoint(session, persona, key, name="bundled", val_loss=metrics.get("val_loss"), metrics=metrics,
+                       size_bytes=len(data), activate=True)
+        registered.append(slug)
+    return registered
