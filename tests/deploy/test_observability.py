@@ -77,11 +77,11 @@ def test_celery_signals_count_jobs_latency_tokens_and_cache_hits():
     app = Celery("obs-test", set_as_current=False)
     app.conf.task_always_eager = True
 
-    @app.task(name="improbable.generate")
+    @app.task(name="improbable.generate", shared=False)  # not shared: the real app must not see it
     def generate(request):
         return {"text": "x" * 40, "tokens": 40, "latency_ms": 500, "load_ms": 100}
 
-    @app.task(name="improbable.train")
+    @app.task(name="improbable.train", shared=False)
     def train(request):
         raise RuntimeError("diverged")
 
