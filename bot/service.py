@@ -54,7 +54,6 @@ from improbable.settings import get_settings
 from trainer.originality import originality
 
 # Recipes an uploaded persona trains with, by family (trainer/recipes/*.json).
-FAMILY_RECIPES = {Family.CHAR_RNN: "alice", Family.WORD_GRU: "movie-reviews", Family.WORD_MLP: "harry-potter"}
 FAMILY_LABELS = {Family.CHAR_RNN: "characters (LSTM)", Family.WORD_GRU: "words (GRU over word vectors)",
                  Family.WORD_MLP: "words (Bengio MLP)"}
 PARAM_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "improbability", "tolerance", "repetition_penalty",
@@ -466,7 +465,7 @@ def create_persona(actor: Actor, name: str, data: bytes, filename: str, family: 
         _check_training_limits(session, actor, pol)
         uploaded = _ingest(session, actor, pol, data, filename)
         try:
-            persona = db_create_persona(session, slug, family=fam, recipe=FAMILY_RECIPES[fam],
+            persona = db_create_persona(session, slug, family=fam,
                                         guild_id=actor.guild_id, description=description[:1000],
                                         created_by=actor.user_id)
         except PersonaError as e:

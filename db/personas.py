@@ -21,8 +21,12 @@ from db.storage import Storage
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 
 # Sampling defaults by family; a persona's own `sampling` starts as a copy and may be edited.
+# The recipe (trainer/recipes/<name>.json) an uploaded persona of each family trains with.
+DEFAULT_RECIPES: dict[Family, str] = {Family.CHAR_RNN: "alice", Family.WORD_GRU: "movie-reviews",
+                                      Family.WORD_MLP: "harry-potter"}
+
 SAMPLING_DEFAULTS: dict[Family, dict[str, Any]] = {
-    Family.CHAR_RNN: {"temperature": 0.8, "top_k": None, "top_p": 0.95, "max_tokens": 500},
+    Family.CHAR_RNN: {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "max_tokens": 500},  # top_k 0 = off
     Family.WORD_GRU: {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "max_tokens": 80},
     Family.WORD_MLP: {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "max_tokens": 60},
 }
@@ -152,7 +156,7 @@ def create_persona(session: Session, slug: str, *, family: Family | str, recipe:
             if guild_id is not None else f"a persona in server {taken.guild_id}"
         raise PersonaExists(f"The name `{slug}` is already taken by {where}; choose another.")
     persona = Persona(slug=slug, guild_id=guild_id, display_name=display_name or slug.replace("-", " ").title(),
-                      description=description, family=family, recipe=recipe or family.value,
+                      description=description, family=family, recipe=recipe or DEFAULT_RECIPES[family],
                       sampling=sampling_for(family, sampling), created_by=created_by)
     session.add(persona)
     session.flush()  # the unique constraints catch a concurrent creation of the same name

@@ -75,7 +75,8 @@ def test_global_and_guild_namespaces(session):
     bob1 = create_persona(session, "bob", family=Family.CHAR_RNN, guild_id=G1, created_by=42)
     bob2 = create_persona(session, "Bob", family="word-gru", guild_id=G2)  # another guild: fine
     session.commit()
-    assert (bob1.slug, bob2.slug, bob1.recipe, bob2.recipe) == ("bob", "bob", "char-rnn", "word-gru")
+    # without a recipe, each family trains with its default recipe (a real trainer/recipes file)
+    assert (bob1.slug, bob2.slug, bob1.recipe, bob2.recipe) == ("bob", "bob", "alice", "movie-reviews")
     with pytest.raises(PersonaExists, match="this server"):
         create_persona(session, "bob", family="char-rnn", guild_id=G1)
     with pytest.raises(PersonaExists, match="built-in"):
