@@ -32,8 +32,8 @@ from kneser_ney import KneserNeyTrigram
 from trainer import checkpoint as ckpt
 from trainer.data import TokenStreams, split_train_val
 from trainer.datasets import load_named_corpus
-from trainer.evaluate import evaluate, improbability_calibration 
-from trainer.originality import originality 
+from trainer.evaluate import evaluate, improbability_calibration
+from trainer.originality import originality
 from trainer.sample import SamplingParams, generate
 
 CORPORA = [Path(p) for p in os.environ.get("IMPROBABLE_CORPUS_PATH", str(ROOT.parent / "shared" / "corpora")).split(os.pathsep)]
