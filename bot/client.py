@@ -45,7 +45,10 @@ def point_discord_at(settings: Settings) -> None:
 class Tree(app_commands.CommandTree):
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         command = interaction.command.qualified_name if interaction.command else "unknown"
-        obs.record_interaction(command, "error" if isinstance(error, app_commands.CommandInvokeError) else "refused")
+        invoked = isinstance(error, app_commands.CommandInvokeError)
+        user_error = invoked and isinstance(error.original, service.UserError)
+        failed = invoked and not user_error
+        obs.record_interaction(command, "error" if failed else "refused")
         if isinstance(error, app_commands.CommandOnCooldown):
             message = cooldown_message(error)
         elif isinstance(error, Refusal):
@@ -56,7 +59,7 @@ class Tree(app_commands.CommandTree):
             message = "You cannot use this command here."
         elif isinstance(error, app_commands.TransformerError):
             message = f"`{error.value}` is not a valid value there."
-        elif isinstance(error, app_commands.CommandInvokeError) and isinstance(error.original, service.UserError):
+        elif user_error:  # commands let the service's refusals reach here rather than catching each one
             message = error.original.message
         else:
             log.error("command %s failed", interaction.command and interaction.command.qualified_name,

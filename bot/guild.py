@@ -33,15 +33,11 @@ async def set_(interaction: discord.Interaction, trainer_role: discord.Role | No
                max_jobs: app_commands.Range[int, 1, 100] | None = None,
                max_upload_mb: app_commands.Range[float, 0.01, 500.0] | None = None) -> None:
     await replies.defer(interaction, ephemeral=True)
-    try:
-        pol = await asyncio.to_thread(service.update_policy, actor_of(interaction),
-                                      trainer_role_id=trainer_role.id if trainer_role else None,
-                                      clear_trainer_role=clear_trainer_role, cooldown_seconds=cooldown,
-                                      train_cooldown_seconds=train_cooldown, max_queued_jobs=max_jobs,
-                                      max_upload_mb=max_upload_mb)
-    except service.UserError as e:
-        await replies.fail(interaction, e.message)
-        return
+    pol = await asyncio.to_thread(service.update_policy, actor_of(interaction),
+                                  trainer_role_id=trainer_role.id if trainer_role else None,
+                                  clear_trainer_role=clear_trainer_role, cooldown_seconds=cooldown,
+                                  train_cooldown_seconds=train_cooldown, max_queued_jobs=max_jobs,
+                                  max_upload_mb=max_upload_mb)
     interaction.client.limits.forget(interaction.guild_id)
     await replies.send(interaction, "Saved.\n" + service.describe_policy(pol))
 

@@ -95,11 +95,7 @@ async def _fresh_sample(interaction: discord.Interaction, slug: str) -> str | No
 @app_commands.autocomplete(persona=persona_autocomplete)
 async def info(interaction: discord.Interaction, persona: str) -> None:
     await replies.defer(interaction)
-    try:
-        data = await asyncio.to_thread(service.persona_info, persona, interaction.guild_id)
-    except service.UserError as e:
-        await replies.fail(interaction, e.message)
-        return
+    data = await asyncio.to_thread(service.persona_info, persona, interaction.guild_id)
     if data.checkpoint_id is not None and not data.sample:
         data.sample = await _fresh_sample(interaction, data.slug)
         await asyncio.to_thread(service.fill_originality, data)
@@ -126,12 +122,8 @@ async def create(interaction: discord.Interaction, name: str, file: discord.Atta
     except discord.HTTPException:
         await replies.fail(interaction, "Could not download the attachment from Discord; try again.")
         return
-    try:
-        new = await asyncio.to_thread(service.create_persona, actor_of(interaction), name, data, file.filename,
-                                      family, description, minutes)
-    except service.UserError as e:
-        await replies.fail(interaction, e.message)
-        return
+    new = await asyncio.to_thread(service.create_persona, actor_of(interaction), name, data, file.filename,
+                                  family, description, minutes)
     forget_names(interaction.guild_id)
     await start_run(interaction, new)
 
@@ -152,11 +144,7 @@ async def retrain(interaction: discord.Interaction, persona: str, file: discord.
         except discord.HTTPException:
             await replies.fail(interaction, "Could not download the attachment from Discord; try again.")
             return
-    try:
-        new = await asyncio.to_thread(service.retrain, actor_of(interaction), persona, data, filename, minutes)
-    except service.UserError as e:
-        await replies.fail(interaction, e.message)
-        return
+    new = await asyncio.to_thread(service.retrain, actor_of(interaction), persona, data, filename, minutes)
     await start_run(interaction, new)
 
 
@@ -166,11 +154,7 @@ async def retrain(interaction: discord.Interaction, persona: str, file: discord.
 @trainer_only()
 async def delete(interaction: discord.Interaction, persona: str) -> None:
     await replies.defer(interaction, ephemeral=True)
-    try:
-        name = await asyncio.to_thread(service.delete_persona, actor_of(interaction), persona)
-    except service.UserError as e:
-        await replies.fail(interaction, e.message)
-        return
+    name = await asyncio.to_thread(service.delete_persona, actor_of(interaction), persona)
     forget_names(interaction.guild_id)
     await replies.send(interaction, f"Deleted `{name}` with its models, texts, schedules and history.")
 

@@ -30,12 +30,8 @@ schedule_group = app_commands.Group(name="schedule", description="Scheduled post
 async def add(interaction: discord.Interaction, persona: str, channel: discord.TextChannel,
               every: str | None = None, cron: str | None = None, prompt: str = "") -> None:
     await replies.defer(interaction, ephemeral=True)
-    try:
-        sched = await asyncio.to_thread(service.add_schedule, actor_of(interaction), persona, channel.id,
-                                        every=every, cron=cron, prompt=prompt)
-    except service.UserError as e:
-        await replies.fail(interaction, e.message)
-        return
+    sched = await asyncio.to_thread(service.add_schedule, actor_of(interaction), persona, channel.id,
+                                    every=every, cron=cron, prompt=prompt)
     await replies.send(interaction, f"Schedule {sched.id}: `{sched.persona_slug}` posts in <#{sched.channel_id}> "
                                     f"{sched.every}" + (f", continuing “{escape(truncate(prompt, 200))}”." if prompt
                                                         else "."))
@@ -69,11 +65,7 @@ async def schedule_autocomplete(interaction: discord.Interaction, current: str) 
 @trainer_only()
 async def remove(interaction: discord.Interaction, schedule: int) -> None:
     await replies.defer(interaction, ephemeral=True)
-    try:
-        text = await asyncio.to_thread(service.remove_schedule, actor_of(interaction), schedule)
-    except service.UserError as e:
-        await replies.fail(interaction, e.message)
-        return
+    text = await asyncio.to_thread(service.remove_schedule, actor_of(interaction), schedule)
     await replies.send(interaction, f"Removed {text}.")
 
 
