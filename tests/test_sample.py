@@ -144,43 +144,78 @@ def test_greedy_is_argmax_for_every_row():
     torch.testing.assert_close(probs, torch.softmax(logits, 1).max(1).values)
 
 
+NARROW = 1e-9  # a band so narrow that nothing is inside it: the drive takes the nearest token
+
+
 @pytest.mark.parametrize("target", [1.0, 0.5, 0.31, 0.2, 0.12, 0.05, 0.01, 1e-6])
-def test_improbability_picks_the_token_nearest_the_target(target):
+def test_improbability_without_a_band_picks_the_token_nearest_the_target_in_log_space(target):
     probs = torch.tensor([0.02, 0.35, 0.08, 0.15, 0.04, 0.1, 0.26])
     for temperature in (1.0, 0.5):  # the target is a probability under the model, whatever the temperature
         tokens, chosen = draw(
-            probs.log(), SamplingParams(improbability=target, temperature=temperature), n=200
+            probs.log(), SamplingParams(improbability=target, tolerance=NARROW, temperature=temperature), n=200
         )
-        nearest = int((probs - target).abs().argmin())
+        nearest = int((probs.log() - math.log(target)).abs().argmin())
         assert set(tokens.tolist()) == {nearest}
         assert chosen[0].item() == pytest.approx(probs[nearest].item(), rel=1e-5)
+
+
+def test_nearest_is_measured_in_log_space_not_linearly():
+    # target 0.1: 0.04 is 0.06 away linearly but a factor 2.5 off; 0.2 is 0.1 away but only a factor 2
+    probs = torch.tensor([0.76, 0.2, 0.04])
+    tokens, _ = draw(probs.log(), SamplingParams(improbability=0.1, tolerance=NARROW), n=50)
+    assert set(tokens.tolist()) == {1}
 
 
 def test_improbability_one_equals_greedy():
     torch.manual_seed(1)
     logits = torch.randn(300, 50) * 3
-    streams = [Stream("", SamplingParams(improbability=1.0), seed, []) for seed in range(300)]
+    streams = [Stream("", SamplingParams(improbability=1.0, tolerance=NARROW), seed, []) for seed in range(300)]
     tokens, _ = choose(logits, _RowParams(streams, torch.device("cpu")), torch.full((300, 32), -1))
     assert torch.equal(tokens, logits.argmax(1))
 
 
 def test_improbability_band_samples_uniformly_within_the_band():
-    # target 0.1, tolerance 0.2: the band is [0.08, 0.12]
+    # target 0.1, tolerance 0.2: the band is [0.1 / 1.2, 0.1 * 1.2] = [0.0833, 0.12]
     probs = torch.tensor([0.3, 0.115, 0.05, 0.1, 0.13, 0.085, 0.07, 0.15])
     probs = probs / probs.sum()
-    in_band = ((probs - 0.1).abs() <= 0.02).numpy()
+    in_band = ((probs >= 0.1 / 1.2) & (probs <= 0.12)).numpy()
     assert in_band.sum() == 3  # the fixture really has three tokens in the band, none on its edge
     tokens, _ = draw(probs.log(), SamplingParams(improbability=0.1, tolerance=0.2))
     expected = in_band / in_band.sum()
     assert_matches(tokens, expected)
 
 
+def test_default_band_is_a_factor_of_two_and_honours_the_seed():
+    # no tolerance given: every token within [p/2, 2p] is equally likely, the rest never drawn
+    probs = torch.tensor([0.3, 0.19, 0.12, 0.09, 0.06, 0.045, 0.04, 0.155])
+    probs = probs / probs.sum()
+    in_band = ((probs >= 0.05) & (probs <= 0.2)).numpy()
+    assert in_band.sum() == 5
+    tokens, chosen = draw(probs.log(), SamplingParams(improbability=0.1))
+    assert_matches(tokens, in_band / in_band.sum())
+    ratio = chosen.numpy() / 0.1
+    assert ratio.min() >= 0.5 - 1e-6 and ratio.max() <= 2 + 1e-6
+
+
 def test_improbability_band_with_nothing_inside_falls_back_to_nearest():
     probs = torch.tensor([0.6, 0.3, 0.1])
     tokens, _ = draw(probs.log(), SamplingParams(improbability=0.2, tolerance=0.05), n=300)
-    assert set(tokens.tolist()) == {
-        1
-    }  # |0.3 - 0.2| = |0.1 - 0.2|, argmin takes the first; band [0.19, 0.21] empty
+    assert set(tokens.tolist()) == {1}  # |log 0.3/0.2| < |log 0.1/0.2|; the band [0.19, 0.21] is empty
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(temperature=0), SamplingParams(temperature=3.0),
+                                    SamplingParams(top_k=2), SamplingParams(improbability=0.5),
+                                    SamplingParams(improbability=1e-4, tolerance=NARROW)],
+                         ids=["T1", "greedy", "T3", "top-k", "improbable", "improbable-nearest"])
+def test_banned_tokens_are_never_drawn_in_any_mode(params):
+    probs = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])  # token 0 (say <unk>) is the most likely
+    banned = torch.tensor([True, False, False, False, True])  # ... and token 4 the least likely
+    rows = _RowParams([Stream("", params, 0, [])], torch.device("cpu")).select(torch.zeros(2000, dtype=torch.long))
+    rows.seeds = torch.tensor([_seed_key(i) for i in range(2000)])
+    tokens, chosen = choose(probs.log().expand(2000, -1).clone(), rows, torch.full((2000, 32), -1), banned)
+    assert not banned[tokens].any()
+    # the reported probability is the model's over what it may write
+    np.testing.assert_allclose(chosen.numpy(), (probs[tokens] / probs[~banned].sum()).numpy(), rtol=1e-5)
 
 
 def test_repetition_penalty_matches_the_penalised_distribution():

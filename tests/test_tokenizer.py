@@ -193,6 +193,28 @@ def test_word_continue_text_spacing():
     assert tok.continue_text("", "world") == "world"
 
 
+@pytest.mark.parametrize("prompt, completion, joined", [
+    ("this movie was", "so bad", "this movie was so bad"),  # the bug report: was "this movie wasso bad"
+    ("this movie was ", "so bad", "this movie was so bad"),
+    ("I don", "'t know", "I don't know"),
+    ("He said (", "yes", "He said (yes"),
+    ('He said "', "hi", 'He said "hi'),  # an opening quote keeps its word
+    ('He said "hi"', "and left", 'He said "hi" and left'),  # after a closing quote: a space
+    ('He said "hi', '" and left', 'He said "hi" and left'),  # the completion closes the open quote
+    ("The end.", "Then", "The end. Then"),
+    ("it costs $", "5", "it costs $5"),
+])
+def test_word_continue_text_spaces_like_the_detokenizer(prompt, completion, joined):
+    assert WordTokenizer.build("x").continue_text(prompt, completion) == joined
+
+
+def test_word_prompt_with_unknown_words_is_shown_as_typed_and_fed_as_unk():
+    tok = WordTokenizer(["<unk>", "this", "movie", "was", "so", "bad"])
+    assert tok.encode("this flick was") == [1, 0, 3]  # the model reads <unk> for the unknown word
+    assert tok.unknown("this flick was") == ["flick"]
+    assert tok.continue_text("this flick was", tok.decode([4, 5])) == "this flick was so bad"  # shown as typed
+
+
 def test_word_sentence_ends_and_default_prime():
     tok = WordTokenizer.build("One. Two! Three? Four\nfive …")
     ends = {tok.vocab[i] for i in range(len(tok)) if tok.ends_sentence(i)}

@@ -7,9 +7,23 @@ uses it directly; `generate()` is the one-shot convenience.
 
 Per row: greedy (temperature 0), temperature, top-k, top-p, a repetition guard, stop sequences or
 stop at the end of a sentence, a length limit, a seed, and the *improbability drive*: a target
-probability p in (0, 1] picks, at each step, the token whose probability (under the model, at
-temperature 1) is nearest p; with a tolerance it samples uniformly among the tokens within
-p·(1 ± tolerance). p = 1 is greedy; small p walks the long tail.
+probability p in (0, 1] for what is written next, under the model at temperature 1.
+
+- Word models: at each step, sample (seeded, uniformly) among the tokens whose probability lies in
+  the band [p / (1 + tolerance), p · (1 + tolerance)]; tolerance 0 means the default, 1 (a factor of
+  2 either way). If the band is empty, take the token nearest p in log space. p = 1 is greedy.
+- Character models: the target applies to whole *words*. At a word boundary, when the model starts
+  a word, `WORD_CANDIDATES` candidate words are rolled out from the stream's state (batched, at a
+  mix of temperatures so the tail is explored), each scored by its probability under the model:
+  P(word | a word starts here) = P(first letter | a letter comes) · Π P(next letters) · P(a non-word
+  character follows). The candidate is chosen from that scored set exactly as a word model's token
+  is chosen from its vocabulary (seeded within the band, else nearest in log space), then written
+  letter by letter, and the character after it is forced to end the word. Between words the model
+  writes as usual at the row's temperature.
+
+Special tokens (`<unk>` and anything spelled `<...>`) are never generated in any mode: they are
+masked out of the logits, so every probability reported is the model's over what it may write.
+Each improbability pick is recorded on the stream: `Stream.picks` = [(word or token, probability)].
 
 Randomness comes from a counter-based hash of (seed, position), not from a shared generator, so a
 stream's draws do not depend on which other streams share its batch: same checkpoint, prompt,
@@ -26,6 +40,15 @@ import torch
 
 from .model import LanguageModel, State, cat_states, select_state
 
+DEFAULT_TOLERANCE = 1.0  # improbability band when none is given: [p/2, 2p]
+WORD_CANDIDATES = 48  # character models: rollouts per word boundary
+MAX_WORD_LETTERS = 20  # a candidate longer than this is dropped
+# Rollout temperatures, cycled over the candidates: half at the model's own distribution, the rest
+# hotter so that rare words (small targets) turn up among the candidates. Scores are always at T = 1.
+ROLLOUT_TEMPERATURES = (1.0, 1.0, 1.5, 2.0)
+PRUNE_BELOW_BAND = 100.0  # a rollout whose prefix is this far below the band can no longer matter
+APOSTROPHES = ("'", "’")  # inside a word (don't, o’er); a word always starts with a letter
+
 
 @dataclass
 class SamplingParams:
@@ -34,7 +57,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     improbability: float = 0.0  # target probability in (0, 1]; 0 = off
-    tolerance: float = 0.0  # improbability band, relative to the target
+    tolerance: float = 0.0  # band [p/(1+t), p·(1+t)]; 0 = DEFAULT_TOLERANCE (a factor of 2)
     repetition_penalty: float = 1.0  # > 1 discourages tokens seen in the last `repetition_window`
     repetition_window: int = 32
     stop: tuple[str, ...] = ()
@@ -79,6 +102,8 @@ class Stream:
     unknown: list[str]  # prompt characters/words outside the vocabulary (dropped or <unk>)
     tokens: list[int] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)  # model probability of each chosen token
+    # Improbability picks: (word, P(word)) for character models, (token, P(token)) for word models.
+    picks: list[tuple[str, float]] = field(default_factory=list)
     text: str = ""  # the completion so far
     done: bool = False
     finish_reason: str = ""  # length | stop | sentence
@@ -94,6 +119,18 @@ class BatchSampler:
         self.current = torch.empty(0, dtype=torch.long, device=self.device)  # next input token per row
         self.recent = torch.empty(0, 0, dtype=torch.long, device=self.device)  # repetition window per row
         self._rows: _RowParams | None = None
+        vocab = list(tokenizer.vocab)
+        self._banned = _mask(vocab, is_special, self.device)  # never generated, in any mode
+        self._any_banned = bool(self._banned.any())
+        # The word-level drive (character models only): which characters make up words.
+        self._words_by_rollout = tokenizer.kind == "char"
+        self._letters = _mask(vocab, str.isalpha, self.device)
+        self._word_chars = _mask(vocab, lambda ch: ch.isalpha() or ch in APOSTROPHES, self.device)
+        self._letter_ids = set(torch.nonzero(self._letters).flatten().tolist())
+        # Per row: letters of the chosen word still to write, and "the word just ended" (the next
+        # character must not extend it, or its scored probability would be a lie).
+        self._pending: list[list[int]] = []
+        self._end_word: list[bool] = []
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -115,6 +152,8 @@ class BatchSampler:
         self.current = torch.cat([self.current, prompt_ids[-1:]])
         self.recent = torch.cat([_widen(self.recent, window), recent])
         self.streams.append(stream)
+        self._pending.append([])
+        self._end_word.append(False)
         self._rows = None
         return stream
 
@@ -124,10 +163,15 @@ class BatchSampler:
         if not self.streams:
             return []
         if self._rows is None:
-            self._rows = _RowParams(self.streams, self.device)
+            self._rows = _RowParams(self.streams, self.device, token_level=not self._words_by_rollout)
+        rows = self._rows
         logits, self.state = self.model.step(self.current, self.state)
-        tokens, probs = choose(logits, self._rows, self.recent)
-        self._rows.counters += 1
+        tokens, probs, model_probs = _choose(logits, rows, self.recent, self._step_mask())
+        if self._words_by_rollout and rows.any_word_target:
+            tokens, probs = self._drive_words(logits, tokens, probs, model_probs)
+        elif rows.any_improbable:
+            self._record_token_picks(tokens, probs)
+        rows.counters += 1
         self.current = tokens
         self.recent = torch.cat([self.recent[:, 1:], tokens[:, None]], 1)
         finished, keep = [], []
@@ -144,6 +188,109 @@ class BatchSampler:
     def run(self) -> None:
         while self.streams:
             self.step()
+
+    def _step_mask(self) -> torch.Tensor | None:
+        """Tokens no row may pick this step: special tokens, and word characters right after a driven word."""
+        if not any(self._end_word):
+            return self._banned if self._any_banned else None
+        ended = torch.tensor(self._end_word, device=self.device)
+        self._end_word = [False] * len(self._end_word)
+        return self._banned | (ended[:, None] & self._word_chars)
+
+    def _record_token_picks(self, tokens: torch.Tensor, probs: torch.Tensor) -> None:
+        for stream, token, p in zip(self.streams, tokens.tolist(), probs.tolist()):
+            if stream.params.improbability > 0:
+                stream.picks.append((self.tokenizer.vocab[token], p))
+
+    def _drive_words(self, logits, tokens, probs, model_probs):
+        """Character rows with a target: write pending letters, or choose a whole word where one starts."""
+        tokens, probs = tokens.tolist(), probs.tolist()
+        previous = self.current.tolist()
+        starting = []
+        for row, stream in enumerate(self.streams):
+            if stream.params.improbability <= 0:
+                continue
+            if self._pending[row]:
+                tokens[row] = self._pending[row].pop(0)
+                probs[row] = float(model_probs[row, tokens[row]])
+                self._end_word[row] = not self._pending[row]
+            elif tokens[row] in self._letter_ids and previous[row] not in self._letter_ids:
+                starting.append(row)  # the model starts a word here: the drive decides which
+        if starting:
+            for row, choice in zip(starting, self._choose_words(starting, logits)):
+                if choice is None:  # no usable candidate (very rare): the sampled letter stands
+                    continue
+                word, letters, probability = choice
+                self.streams[row].picks.append((word, probability))
+                tokens[row], self._pending[row] = letters[0], letters[1:]
+                probs[row] = float(model_probs[row, letters[0]])
+                self._end_word[row] = not self._pending[row]
+        return (torch.tensor(tokens, dtype=torch.long, device=self.device),
+                torch.tensor(probs, dtype=torch.float32, device=self.device))
+
+    def _choose_words(self, rows: list[int], logits: torch.Tensor) -> list[tuple[str, list[int], float] | None]:
+        """Roll out candidate words for each row (all rows' candidates in one batch), score and choose."""
+        K, L = WORD_CANDIDATES, MAX_WORD_LETTERS
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        params = self._rows.select(index)
+        n = len(rows) * K
+        owner = torch.arange(len(rows), device=self.device).repeat_interleave(K)
+        temps = torch.tensor(ROLLOUT_TEMPERATURES, device=self.device).repeat(K)[:K].repeat(len(rows))
+        seeds = _mix32(params.seeds ^ 0x5BD1E995)[owner]  # a stream of draws apart from the main one
+        # Candidate k of a row draws its letters at counters position·K(L+1) + k(L+1) + j: all distinct.
+        candidate = torch.arange(K, device=self.device).repeat(len(rows))
+        counters = params.counters[owner] * (K * (L + 1)) + candidate * (L + 1)
+        tolerance = _effective_tolerance(params.tolerance)
+        log_target = params.word_target.double().log()
+        prune = (log_target - torch.log1p(tolerance.double()) - math.log(PRUNE_BELOW_BAND))[owner]
+
+        # First letter: the model's distribution given that a letter comes (a word starts here).
+        logp = torch.log_softmax(logits[index].float(), 1).masked_fill(~self._letters, -math.inf)
+        logp = (logp - logp.logsumexp(1, keepdim=True))[owner]
+        char = _inverse_cdf(torch.softmax(logp / temps[:, None], 1), uniform(seeds, counters).float())
+        score = logp.gather(1, char[:, None]).squeeze(1).double()
+        spelled = torch.full((n, L), -1, dtype=torch.long, device=self.device)
+        spelled[:, 0] = char
+        final = torch.full((n,), math.nan, dtype=torch.float64, device=self.device)
+        alive = torch.arange(n, device=self.device)
+        state = select_state(self.state, index[owner])
+        for j in range(1, L + 1):
+            step_logits, state = self.model.step(char, state)
+            logp = torch.log_softmax(step_logits.float(), 1)
+            u = uniform(seeds[alive], counters[alive] + j).float()
+            nxt = _inverse_cdf(torch.softmax(step_logits.float() / temps[alive, None], 1), u)
+            ends = ~self._word_chars[nxt]
+            end_logp = logp.masked_fill(self._word_chars, -math.inf).logsumexp(1).double()
+            final[alive[ends]] = score[ends] + end_logp[ends]
+            score = score + logp.gather(1, nxt[:, None]).squeeze(1).double()
+            go_on = ~ends & (score >= prune[alive])
+            if j == L or not bool(go_on.any()):
+                break
+            spelled[alive[go_on], j] = nxt[go_on]
+            alive, score, char = alive[go_on], score[go_on], nxt[go_on]
+            state = select_state(state, go_on.nonzero().flatten())
+
+        choices = []
+        u_choice = uniform(_mix32(params.seeds ^ 0x2545F491), params.counters).tolist()
+        finals, spelled_rows = final.view(len(rows), K).tolist(), spelled.view(len(rows), K, L).tolist()
+        for r in range(len(rows)):
+            candidates = {}
+            for log_p, ids in zip(finals[r], spelled_rows[r]):
+                if not math.isnan(log_p):
+                    letters = [c for c in ids if c >= 0]
+                    candidates.setdefault("".join(self.tokenizer.vocab[c] for c in letters), (log_p, letters))
+            if not candidates:
+                choices.append(None)
+                continue
+            words = sorted(candidates)  # a fixed order, so the seeded pick depends on nothing else
+            distance = [abs(candidates[w][0] - float(log_target[r])) for w in words]
+            band = [w for w, d in zip(words, distance) if d <= math.log1p(float(tolerance[r])) + 1e-12]
+            if band:
+                word = band[min(int(u_choice[r] * len(band)), len(band) - 1)]
+            else:
+                word = words[distance.index(min(distance))]
+            choices.append((word, candidates[word][1], math.exp(candidates[word][0])))
+        return choices
 
     def _append(self, stream: Stream, token: int, probability: float) -> None:
         stream.tokens.append(token)
@@ -166,9 +313,20 @@ class BatchSampler:
     def _leave(self, keep: list[int]) -> None:
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.streams = [self.streams[i] for i in keep]
+        self._pending = [self._pending[i] for i in keep]
+        self._end_word = [self._end_word[i] for i in keep]
         self.state = select_state(self.state, index) if keep else None
         self.current, self.recent = self.current[index], self.recent[index]
         self._rows = self._rows.select(index) if keep else None
+
+
+def is_special(token: str) -> bool:
+    """`<unk>` and any other `<name>` marker: never written, in any sampling mode."""
+    return len(token) > 2 and token.startswith("<") and token.endswith(">")
+
+
+def _mask(vocab: list[str], predicate, device: torch.device) -> torch.Tensor:
+    return torch.tensor([bool(predicate(t)) for t in vocab], dtype=torch.bool, device=device)
 
 
 def _widen(recent: torch.Tensor, window: int) -> torch.Tensor:
@@ -180,9 +338,12 @@ def _widen(recent: torch.Tensor, window: int) -> torch.Tensor:
 
 
 class _RowParams:
-    """Per-row sampling parameters as tensors, rebuilt only when rows join."""
+    """Per-row sampling parameters as tensors, rebuilt only when rows join.
 
-    def __init__(self, streams: list[Stream], device: torch.device):
+    `token_level` False (character models) moves the improbability target from the token choice to
+    `word_target`, which the sampler's word-level drive uses."""
+
+    def __init__(self, streams: list[Stream], device: torch.device, token_level: bool = True):
         def col(values, dtype=torch.float32):
             return torch.tensor(values, dtype=dtype, device=device)
 
@@ -190,7 +351,9 @@ class _RowParams:
         self.temperature = col([p.temperature for p in ps])
         self.top_k = col([p.top_k for p in ps], torch.long)
         self.top_p = col([p.top_p for p in ps])
-        self.target = col([p.improbability for p in ps])
+        targets = [p.improbability for p in ps]
+        self.target = col(targets if token_level else [0.0] * len(ps))
+        self.word_target = col([0.0] * len(ps) if token_level else targets)
         self.tolerance = col([p.tolerance for p in ps])
         self.penalty = col([p.repetition_penalty for p in ps])
         self.window = col([p.repetition_window for p in ps], torch.long)
@@ -201,8 +364,8 @@ class _RowParams:
         self.any_temperature = any(p.temperature not in (0.0, 1.0) for p in ps)
         self.any_top_k = any(p.top_k for p in ps)
         self.any_top_p = any(p.top_p < 1 for p in ps)
-        self.any_improbable = any(p.improbability > 0 for p in ps)
-        self.any_tolerance = any(p.tolerance > 0 and p.improbability > 0 for p in ps)
+        self.any_improbable = token_level and any(t > 0 for t in targets)
+        self.any_word_target = not token_level and any(t > 0 for t in targets)
         self.any_penalty = any(p.repetition_penalty > 1 for p in ps)
 
     def select(self, index: torch.Tensor) -> _RowParams:
@@ -232,10 +395,21 @@ def uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
     return x.double() / 2.0**32
 
 
-def choose(logits: torch.Tensor, rows: _RowParams, recent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row. Returns (tokens, probability of each token under the model at T=1)."""
+def choose(logits: torch.Tensor, rows: _RowParams, recent: torch.Tensor,
+           banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row. Returns (tokens, probability of each token under the model at T=1).
+
+    `banned` (V or B×V, bool) marks tokens that must not be picked; the reported probabilities are
+    then the model's renormalised over the rest."""
+    tokens, probs, _ = _choose(logits, rows, recent, banned)
+    return tokens, probs
+
+
+def _choose(logits, rows, recent, banned=None):
     logits = logits.float()
     V = logits.size(1)
+    if banned is not None:
+        logits = logits.masked_fill(banned, -math.inf)
     if rows.any_penalty:
         seen = torch.zeros(logits.size(0), V + 1, device=logits.device)
         window_mask = torch.arange(recent.size(1), device=logits.device) >= recent.size(1) - rows.window[:, None]
@@ -262,15 +436,22 @@ def choose(logits: torch.Tensor, rows: _RowParams, recent: torch.Tensor) -> tupl
     if rows.any_greedy:
         tokens = torch.where(rows.temperature == 0, logits.argmax(1), tokens)
     if rows.any_improbable:
-        distance = (model_probs - rows.target[:, None]).abs()
-        improbable = distance.argmin(1)
-        if rows.any_tolerance:
-            band = (distance <= (rows.target * rows.tolerance)[:, None]).float()
-            in_band = band.sum(1) > 0
-            banded = _inverse_cdf(band, u)
-            improbable = torch.where(in_band & (rows.tolerance > 0), banded, improbable)
-        tokens = torch.where(rows.target > 0, improbable, tokens)
-    return tokens, model_probs.gather(1, tokens[:, None]).squeeze(1)
+        tokens = torch.where(rows.target > 0, _improbable_tokens(logits, rows, u), tokens)
+    return tokens, model_probs.gather(1, tokens[:, None]).squeeze(1), model_probs
+
+
+def _improbable_tokens(logits: torch.Tensor, rows: _RowParams, u: torch.Tensor) -> torch.Tensor:
+    """Per row: uniform among the tokens whose probability is within the band around the target,
+    else the token nearest the target in log space."""
+    log_probs = torch.log_softmax(logits, dim=1)  # banned tokens: -inf, never near anything
+    distance = (log_probs - rows.target.clamp_min(1e-30).log()[:, None]).abs()
+    band = (distance <= torch.log1p(_effective_tolerance(rows.tolerance))[:, None] + 1e-6).float()
+    nearest = distance.argmin(1)
+    return torch.where(band.sum(1) > 0, _inverse_cdf(band, u), nearest)
+
+
+def _effective_tolerance(tolerance: torch.Tensor) -> torch.Tensor:
+    return torch.where(tolerance > 0, tolerance, torch.full_like(tolerance, DEFAULT_TOLERANCE))
 
 
 def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

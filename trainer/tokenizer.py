@@ -4,7 +4,10 @@ Both map text to integer ids and back, serialise to a JSON-able dict for checkpo
 happens to text the vocabulary has never seen:
 
 - characters: unseen characters in a prompt are dropped (a character model has no <unk> to feed);
-- words: unseen words become `<unk>` (id 0), which the word models were trained on.
+- words: unseen words become `<unk>` (id 0), which the word models were trained on, so the model
+  reads "some word it does not know" there. The user's prompt is still *shown* as typed:
+  `continue_text(prompt, completion)` joins the original prompt text to the completion, and the
+  sampler never generates `<unk>` (trainer/sample.py), so `<unk>` never appears in any output.
 
 `unknown(text)` lists what the policy will drop or replace, so callers can tell the user.
 """
@@ -107,10 +110,19 @@ class WordTokenizer:
         return detokenize([self.vocab[i] for i in ids])
 
     def continue_text(self, prompt: str, completion: str) -> str:
+        """The prompt as typed, then the completion, with the space between them that the detokenizer
+        would put there: "this movie was" + "so bad" → "this movie was so bad", but "Hello" + ", world",
+        "don" + "'t", "(" + "yes" and an open quote + "hi" are glued."""
         prompt = prompt.rstrip(" ")
-        if not prompt or not completion or prompt.endswith("\n") or completion[0] in ",.!?;:'\n":
+        if not prompt or not completion or prompt.endswith("\n") or completion[0].isspace() \
+                or completion[0] in "'’":  # an apostrophe continues the word before it (don + 't)
             return prompt + completion
-        return prompt + " " + completion
+        first = _WORD_RE.findall(completion)
+        context = _WORD_RE.findall(prompt.rsplit("\n", 1)[-1])  # quote state resets at a newline
+        if not first or not context:
+            return prompt + completion
+        joined = detokenize(context + first[:1])
+        return prompt + (" " if joined[-len(first[0]) - 1] == " " else "") + completion
 
     def default_prime(self) -> str:
         return "\n" if "\n" in self.index else "."
