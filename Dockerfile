@@ -27,13 +27,15 @@ RUN case "$TORCH_VARIANT" in \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY improbable ./improbable
+COPY core ./core
+COPY service ./service
 COPY trainer ./trainer
 COPY worker ./worker
 COPY bot ./bot
 COPY db ./db
 # deploy: Flower; s3: object storage through s3fs (IMPROBABLE_STORAGE_URL=s3://bucket/prefix)
 RUN pip install ".[deploy,s3]" \
- && python -c "import improbable.cli, improbable.observability, improbable.health, db, worker.app, bot"
+ && python -c "import improbable.cli, improbable.health, core.metrics, service, db, worker.app, bot"
 
 FROM python:${PYTHON_VERSION}-slim
 ARG TORCH_VARIANT=cuda

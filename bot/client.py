@@ -19,8 +19,8 @@ from bot import chat, generate, guild, personas, queue, replies, schedules, serv
 from bot.jobs import Jobs
 from bot.limits import Limits, Refusal, cooldown_message
 from bot.views import DYNAMIC_ITEMS
-from improbable import observability as obs
-from improbable.settings import Settings, get_settings
+from core import logs, metrics
+from core.settings import Settings, get_settings
 
 log = logging.getLogger("bot")
 COMMAND_MODULES = (generate, personas, training, schedules, queue, guild)
@@ -48,7 +48,7 @@ class Tree(app_commands.CommandTree):
         invoked = isinstance(error, app_commands.CommandInvokeError)
         user_error = invoked and isinstance(error.original, service.UserError)
         failed = invoked and not user_error
-        obs.record_interaction(command, "error" if failed else "refused")
+        metrics.record_interaction(command, "error" if failed else "refused")
         if isinstance(error, app_commands.CommandOnCooldown):
             message = cooldown_message(error)
         elif isinstance(error, Refusal):
@@ -101,25 +101,25 @@ class ImprobableBot(discord.Client):
             self.generation_messages.popitem(last=False)
 
     async def on_ready(self) -> None:
-        obs.set_ready("discord", True)
-        obs.BOT_GUILDS.set(len(self.guilds))
+        metrics.set_ready("discord", True)
+        metrics.BOT_GUILDS.set(len(self.guilds))
         log.info("ready as %s in %d guild(s)", self.user, len(self.guilds))
 
     async def on_resumed(self) -> None:
-        obs.set_ready("discord", True)
+        metrics.set_ready("discord", True)
 
     async def on_disconnect(self) -> None:
-        obs.set_ready("discord", False)
+        metrics.set_ready("discord", False)
 
     async def on_guild_join(self, guild: discord.Guild) -> None:
-        obs.BOT_GUILDS.set(len(self.guilds))
+        metrics.BOT_GUILDS.set(len(self.guilds))
 
     async def on_guild_remove(self, guild: discord.Guild) -> None:
-        obs.BOT_GUILDS.set(len(self.guilds))
+        metrics.BOT_GUILDS.set(len(self.guilds))
 
     async def on_app_command_completion(self, interaction: discord.Interaction, command) -> None:
         if command.qualified_name != "generate":  # generations are counted with their outcome when done
-            obs.record_interaction(command.qualified_name, "ok")
+            metrics.record_interaction(command.qualified_name, "ok")
 
     async def on_message(self, message: discord.Message) -> None:
         try:
@@ -132,12 +132,21 @@ class ImprobableBot(discord.Client):
         await super().close()
 
 
+def cluster_collectors(settings: Settings) -> list:
+    """The gauges no single worker knows, served by the bot alone: training runs, and the broker's queues
+    (none without a broker: jobs then run in-process)."""
+    from service.training import TrainingCollector
+    from worker.app import QueueDepthCollector
+
+    return [TrainingCollector()] + ([QueueDepthCollector()] if settings.broker_url else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
-    obs.setup_logging(settings, service="bot")  # text or JSON lines (IMPROBABLE_LOG_FORMAT)
-    obs.set_ready("discord", False)  # /readyz answers 200 once the gateway session is ready
+    logs.setup_logging(settings, service="bot")  # text or JSON lines (IMPROBABLE_LOG_FORMAT)
+    metrics.set_ready("discord", False)  # /readyz answers 200 once the gateway session is ready
     try:
-        obs.start_metrics_server(settings=settings, cluster=True)  # IMPROBABLE_METRICS_PORT; 0 = off
+        metrics.start_metrics_server(settings=settings, collectors=cluster_collectors(settings))  # 0 = off
     except OSError as e:  # the port is taken: the bot still works, without metrics
         log.error("metrics server not started: %s", e)
     if not settings.discord_token:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from core.settings import get_settings
 from db import Checkpoint, Family, Generation, Persona, RunStatus, Schedule, TrainingRun, open_storage, session_scope
 from db.ingest import IngestError, ingest
 from db.models import (
@@ -50,7 +51,6 @@ from db.queries import (
     update_guild_settings,
 )
 from db.types import utcnow
-from improbable.settings import get_settings
 from trainer.originality import originality
 
 # Recipes an uploaded persona trains with, by family (trainer/recipes/*.json).

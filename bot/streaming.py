@@ -19,7 +19,7 @@ from bot import replies, service
 from bot.formatting import MESSAGE_LIMIT, Rendered, render_generation, truncate
 from bot.jobs import GENERATE, JobError, Unavailable
 from bot.views import result_view
-from improbable import observability as obs
+from core import metrics
 
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -162,7 +162,7 @@ async def run_generation(bot, output: Output, request: service.GenerateRequest, 
     reply) labels the metrics."""
     started = time.monotonic()
     gid = await _run_generation(bot, output, request, user_id=user_id, guild_id=guild_id)
-    obs.record_interaction(source, "ok" if gid is not None else "failed", time.monotonic() - started,
+    metrics.record_interaction(source, "ok" if gid is not None else "failed", time.monotonic() - started,
                            kind="generate")
     return gid
 

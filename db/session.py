@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from improbable.settings import get_settings
+from core.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

@@ -23,7 +23,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from improbable.settings import get_settings
+from core.settings import get_settings
 
 TMP_PREFIX = ".tmp-"
 # protocols whose single whole-object write is atomic (no rename needed, and rename would copy)

@@ -206,7 +206,7 @@ class Chat:
         if info.originality is not None:
             self.say(f"originality: {info.originality:.0%} of the sample's 20-character windows are new")
         if info.loss_png:
-            from improbable.settings import get_settings
+            from core.settings import get_settings
 
             path = get_settings().data_dir / "plots" / f"{info.slug}-loss.png"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .settings import SettingsError, get_settings
+from core.settings import SettingsError, get_settings
 
 app = typer.Typer(help="Improbable: small recurrent language models that talk in borrowed voices.",
                   no_args_is_help=True, add_completion=False)
@@ -248,7 +248,7 @@ def show_config(
     """Print the effective settings (secrets masked) and warn about IMPROBABLE_ variables that set nothing."""
     from rich.text import Text
 
-    from .settings import Settings, env_names, masked_value, unknown_env_vars
+    from core.settings import Settings, env_names, masked_value, unknown_env_vars
 
     settings = get_settings()
     for var, close in unknown_env_vars():

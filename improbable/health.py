@@ -3,7 +3,7 @@
 Checks: `database` (connect and SELECT 1), `broker` (ping the Celery broker, and the result backend when
 it is another Redis), `storage` (write, read back and delete a probe object), `migrations` (the database
 is at the newest Alembic revision), and any `http://` / `https://` URL (answers 2xx within the timeout:
-the process's own /healthz or /readyz, see improbable/observability.py). docker-compose.yml uses them as
+the process's own /healthz or /readyz, see core/metrics.py). docker-compose.yml uses them as
 healthchecks. Every check is bounded by a timeout and reports one line that says what failed and where
 (URLs with their passwords masked).
 """
@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
-from improbable.settings import Settings, get_settings, mask_url
+from core.settings import Settings, get_settings, mask_url
 
 CHECKS = ("database", "broker", "storage", "migrations")
 DEFAULT_CHECKS = ("database", "broker", "storage")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from core.settings import get_settings
 from improbable.cli import app
-from improbable.settings import get_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,5 +1,6 @@
-"""The Celery app: broker, queues, routes, reliability settings. Imports only celery, kombu and settings,
-so the bot can enqueue without importing torch (a test checks).
+"""The Celery app: broker, queues, routes, reliability settings. Imports only celery, kombu and core (and
+worker.signals, the logs and metrics of workers), so the bot can enqueue without importing torch (a test
+checks).
 
     celery -A worker.app worker -Q generate --pool threads -c 64 -n generate@%h   # one per GPU / machine
     celery -A worker.app worker -Q train --pool solo -n train@%h                  # one per training GPU
@@ -22,13 +23,18 @@ Why these settings:
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from kombu import Queue
 from kombu.utils.url import maybe_sanitize_url
 
-import improbable.observability  # noqa: F401 - JSON logs and Prometheus metrics of workers, via Celery signals
-from improbable.settings import Settings, get_settings
+from core.settings import Settings, get_settings
+from worker import signals
 
+signals.connect()  # JSON logs and Prometheus metrics of workers (and of what the bot enqueues)
+
+log = logging.getLogger(__name__)
 GENERATE_QUEUE, TRAIN_QUEUE = "generate", "train"
 TASK_NAMES = ("improbable.generate", "improbable.train", "improbable.dispatch_schedules", "improbable.post_scheduled",
               "improbable.requeue_orphaned_runs")
@@ -159,3 +165,51 @@ def broker_available(timeout: float = 1.0) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "not available"
         return False
+
+
+class QueueDepthCollector:
+    """Cluster gauges from the broker, through kombu's and Celery's public API: jobs waiting in each queue
+    (a passive queue declare; on Redis kombu sums the queue's priority lists) and jobs reserved by workers
+    but not yet acknowledged (running or prefetched, as the workers report them to `inspect`)."""
+
+    def __init__(self, celery_app: Celery | None = None, queues: tuple[str, ...] = (GENERATE_QUEUE, TRAIN_QUEUE),
+                 timeout: float = 1.0):
+        self.app, self.queues, self.timeout = celery_app or app, queues, timeout
+
+    def _depth(self, conn, queue: str) -> int:
+        from amqp.exceptions import NotFound
+        from kombu.exceptions import ChannelError
+
+        channel = conn.channel()  # one per queue: on AMQP a refused passive declare closes its channel
+        try:
+            return channel.queue_declare(queue=queue, passive=True).message_count
+        except (ChannelError, NotFound):  # never declared, or empty (a Redis queue is its non-empty lists)
+            return 0
+        finally:
+            channel.close()
+
+    def _reserved(self) -> int:
+        inspect = self.app.control.inspect(timeout=self.timeout)
+        replies = [inspect.active() or {}, inspect.reserved() or {}]
+        return sum(len(jobs or ()) for answer in replies for jobs in answer.values())
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        depth = GaugeMetricFamily("improbable_queue_depth", "Jobs waiting in a Celery queue.", labels=["queue"])
+        reserved = GaugeMetricFamily("improbable_jobs_reserved", "Jobs taken by workers and not yet "
+                                     "acknowledged (running or prefetched).")
+        up = GaugeMetricFamily("improbable_broker_up", "1 if the broker answered this scrape.")
+        try:
+            with self.app.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=1, timeout=self.timeout)
+                for queue in self.queues:
+                    depth.add_metric([queue], self._depth(conn, queue))
+            reserved.add_metric([], self._reserved())
+            up.add_metric([], 1)
+            yield depth
+            yield reserved
+        except Exception as e:  # noqa: BLE001 - a scrape must not fail because the broker is away
+            log.warning("queue depth: broker %s unreachable: %s", maybe_sanitize_url(self.app.conf.broker_url), e)
+            up.add_metric([], 0)
+        yield up

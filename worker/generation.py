@@ -1,5 +1,5 @@
 """One generate request, end to end: checkpoint from the cache, text from the shared engine, a row in
-`generations`. The generate task and scheduled posts both come through `generate()`.
+`generations`. The generate task and scheduled posts both come through `serve_request()`.
 
 The engine and the cache are created on first use in the process that serves requests (a Celery worker
 child, or the bot's own process in eager mode), never at import time.
@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from improbable.settings import get_settings
+from core import metrics
+from core.contracts import GenerateRequest, SamplingError, parse_sampling
+from core.settings import get_settings
 
 # ids from the request that are echoed in the result, so the bot can route it without keeping state
 ROUTING_KEYS = ("persona", "guild_id", "channel_id", "user_id", "interaction_id", "reply_to")
@@ -69,35 +71,48 @@ def cache():
             from .cache import CheckpointCache
 
             _cache = CheckpointCache(load_checkpoint, get_settings().model_cache_mb * 2**20)
+            metrics.CHECKPOINT_CACHE_ENTRIES.set_function(lambda: len(_cache))
+            metrics.CHECKPOINT_CACHE_LOADS.set_function(lambda: _cache.loads)
         return _cache
 
 
+def is_cached(checkpoint_id: int) -> bool:
+    """Whether this process has the checkpoint loaded (False before the cache exists; creates none)."""
+    return _cache is not None and checkpoint_id in _cache
+
+
 def sampling_params(params: dict | None, max_tokens_cap: int):
-    """SamplingParams from a request's JSON, with a seed always set. None values mean "default"."""
+    """The sampler's SamplingParams from a request's JSON, validated by the contract (core.contracts), with
+    a seed always set and max_tokens capped. None values mean "default"."""
     from trainer.sample import SamplingParams
 
-    given = {k: v for k, v in (params or {}).items() if v is not None}
     try:
-        sp = SamplingParams.from_dict(given)
-    except (TypeError, ValueError) as e:
-        raise BadRequest(f"invalid sampling parameters: {e}") from None
+        checked = parse_sampling(params)
+    except SamplingError as e:
+        raise BadRequest(f"invalid sampling parameters: {e.message}") from None
+    sp = SamplingParams(**checked.model_dump())
     sp.max_tokens = min(sp.max_tokens, max_tokens_cap)
     if sp.seed is None:
         sp.seed = secrets.randbits(31)
     return sp
 
 
-def generate(request: dict, on_partial: Callable[[str], None] | None = None, record: bool = True) -> dict:
-    """Serve one request (the `improbable.generate` payload; see worker/tasks.py). `on_partial(text)` is
-    called with the completion so far, at most every `partial_interval` seconds, while it grows."""
+def serve_request(request: dict, on_partial: Callable[[str], None] | None = None, record: bool = True) -> dict:
+    """Serve one request (the `improbable.generate` payload, core.contracts.GenerateRequest; see
+    worker/tasks.py). `on_partial(text)` is called with the completion so far, at most every
+    `partial_interval` seconds, while it grows."""
+    from pydantic import ValidationError
+
     settings = get_settings()
     started = time.perf_counter()
+    if not isinstance(request, dict) or not isinstance(request.get("checkpoint_id"), int | str):
+        raise BadRequest("a generate request needs an integer checkpoint_id")
     try:
-        checkpoint_id = int(request["checkpoint_id"])
-    except (KeyError, TypeError, ValueError):
-        raise BadRequest("a generate request needs an integer checkpoint_id") from None
-    prompt = str(request.get("prompt") or "")
-    params = sampling_params(request.get("params"), settings.max_generate_tokens)
+        checked = GenerateRequest.model_validate(request)
+    except ValidationError as e:
+        raise BadRequest(f"invalid generate request: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+    checkpoint_id, prompt = checked.checkpoint_id, checked.prompt
+    params = sampling_params(checked.params, settings.max_generate_tokens)
 
     entry = cache().acquire(checkpoint_id)
     try:

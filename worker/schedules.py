@@ -19,10 +19,11 @@ from datetime import UTC, date, datetime, timedelta
 from celery.schedules import crontab
 from sqlalchemy import select
 
+from core.contracts import GenerateRequest, merge_sampling
+from core.settings import get_settings
 from db import PostStatus, Schedule, SchedulePost, get_sessionmaker, session_scope
 from db.queries import claim_slot, enabled_schedules, finish_post, interval_slot
 from db.types import as_utc, utcnow
-from improbable.settings import get_settings
 
 log = logging.getLogger(__name__)
 MAX_CONTENT = 2000  # Discord's limit on a message's content
@@ -121,7 +122,7 @@ def post_content(display_name: str, text: str) -> str:
 
 def post(schedule_id: int, slot_iso: str) -> dict:
     """Generate and post a claimed slot; idempotent (a redelivered job for a posted slot does nothing)."""
-    from .generation import generate
+    from .generation import serve_request
 
     slot = as_utc(datetime.fromisoformat(slot_iso))
     with session_scope() as session:
@@ -141,13 +142,13 @@ def post(schedule_id: int, slot_iso: str) -> dict:
         if problem:
             finish_post(session, schedule_id, slot, error=problem)
             return {"status": "failed", "error": problem}
-        request = {"checkpoint_id": persona.active_checkpoint_id, "persona": persona.slug,
-                   "prompt": schedule.prompt, "guild_id": schedule.guild_id, "channel_id": schedule.channel_id,
-                   # the same slot always gets the same text, even when its job is redelivered
-                   "params": {**persona.sampling, **schedule.params,
-                              "seed": (schedule_id * 1_000_003 + int(slot.timestamp())) % 2**31}}
+        # the same slot always gets the same text, even when its job is redelivered
+        seed = (schedule_id * 1_000_003 + int(slot.timestamp())) % 2**31
+        request = GenerateRequest(checkpoint_id=persona.active_checkpoint_id, persona=persona.slug,
+                                  prompt=schedule.prompt, guild_id=schedule.guild_id, channel_id=schedule.channel_id,
+                                  params=merge_sampling(persona.sampling, schedule.params, {"seed": seed})).payload()
         channel_id, display_name = schedule.channel_id, persona.display_name
-    result = generate(request)
+    result = serve_request(request)
     try:
         message_id = post_message(channel_id, post_content(display_name, result["full_text"]))
     except DiscordError as e:

@@ -2,9 +2,9 @@
 `app.send_task(name, args=[...])`) and never imports this module. Payloads and results are JSON.
 
 improbable.generate(request) — queue `generate`
-    request: {"checkpoint_id": int (resolved by the bot: the persona's active checkpoint),
-              "persona": slug, "prompt": str,
-              "params": trainer.sample.SamplingParams.to_dict() (seed set by the caller; None values and
+    request: core.contracts.GenerateRequest: {"checkpoint_id": int (resolved by the bot: the persona's
+              active checkpoint), "persona": slug, "prompt": str,
+              "params": core.contracts.SamplingParams values (seed set by the caller; None values and
                         missing keys mean the defaults; max_tokens is capped by IMPROBABLE_MAX_GENERATE_TOKENS),
               "guild_id", "channel_id", "user_id": ints or null,
               optional "interaction_id", "reply_to" (echoed back), "parent_generation_id" (regenerate)}
@@ -22,7 +22,8 @@ improbable.generate(request) — queue `generate`
 improbable.train(run_id: int) — queue `train`
     Trains the run's persona on the run's corpus (or, for bundled personas, the recipe's corpus by name)
     with the recipe `run.recipe` + overrides `run.config` (TrainConfig fields, e.g. {"minutes": 5}).
-    Progress: the `training_runs.progress` JSON and the task's PROGRESS meta, every few seconds:
+    Progress: core.contracts.RunProgress, in the `training_runs.progress` JSON and the task's PROGRESS
+              meta, every few seconds:
               {"step", "total", "epoch", "loss", "val_loss", "best_val_loss", "tokens_per_s", "eta" (s),
                "fraction" (0..1), "elapsed", "sample" (when the recipe samples), "resumed_from" (step),
                "first_step", "attempt", "owner", "heartbeat"}.
@@ -58,7 +59,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError as SQLOperationalError
 
-from improbable.settings import get_settings
+from core.settings import get_settings
 
 from .app import GENERATE_QUEUE, app
 from .schedules import DiscordUnavailable
@@ -72,8 +73,8 @@ RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "retry_backof
 
 @app.task(name="improbable.generate", bind=True, acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=150, time_limit=180, **RETRY)
-def generate(self, request: dict) -> dict:
-    from .generation import generate as serve
+def generate_task(self, request: dict) -> dict:
+    from .generation import serve_request as serve
 
     def publish(text: str) -> None:
         if not self.request.called_directly and not self.request.is_eager:
@@ -90,7 +91,7 @@ TRAIN_TIME_LIMIT = get_settings().train_max_minutes * 60 + 900
 
 @app.task(name="improbable.train", bind=True, acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=TRAIN_TIME_LIMIT, time_limit=TRAIN_TIME_LIMIT + 60, **RETRY)
-def train(self, run_id: int) -> dict:
+def train_task(self, run_id: int) -> dict:
     from .training import Busy, train_run
 
     def publish(progress: dict) -> None:

@@ -27,11 +27,12 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from core.contracts import RunProgress
+from core.settings import get_settings
 from db import Checkpoint, Persona, RunStatus, TrainingRun, open_storage, session_scope
 from db.queries import InvalidTransition, cancel_run, fail_run, save_checkpoint, start_run, succeed_run
 from db.storage import Storage, checkpoint_key
 from db.types import utcnow
-from improbable.settings import get_settings
 
 log = logging.getLogger(__name__)
 CANCEL_CHECK_SECONDS = 1.0  # how stale the cancel flag may be
@@ -192,17 +193,17 @@ class Reporter:
         self._uploaded: dict[str, float] = {}
 
     def callback(self, event: str, p, details: dict) -> None:
-        self.latest.update({
-            "step": p.step, "total": p.total_steps, "epoch": round(p.epoch, 3), "loss": _finite(p.loss),
-            "best_val_loss": _finite(p.best_val_loss), "tokens_per_s": round(p.tokens_per_s),
-            "eta": _finite(p.eta), "fraction": round(p.fraction, 4), "elapsed": round(p.elapsed, 1)})
-        self.latest.setdefault("first_step", p.step)  # > 0 on a resumed run
+        progress = RunProgress(step=p.step, total=p.total_steps, epoch=round(p.epoch, 3), loss=p.loss,
+                               best_val_loss=p.best_val_loss, tokens_per_s=round(p.tokens_per_s), eta=p.eta,
+                               fraction=round(p.fraction, 4), elapsed=round(p.elapsed, 1))
         if p.val_loss is not None:
-            self.latest["val_loss"] = _finite(p.val_loss)
+            progress.val_loss = _finite(p.val_loss)
         if event == "sample":
-            self.latest["sample"] = details.get("text", "")
+            progress.sample = details.get("text", "")
         if event == "warning":
-            self.latest["warning"] = details.get("message", "")
+            progress.warning = details.get("message", "")
+        self.latest.update(progress.model_dump(exclude_unset=True))  # non-finite values stored as null
+        self.latest.setdefault("first_step", p.step)  # > 0 on a resumed run
         if event == "checkpoint":
             self.upload()
         if event != "progress" or time.monotonic() - self.last_write >= self.report_seconds:
@@ -297,12 +298,13 @@ def _train(job: dict, on_progress) -> dict:
 def finish(job: dict, out_dir: Path, storage: Storage, result, progress: dict) -> dict:
     """Store the best checkpoint (a row), loss.png and a sample; promote when it beats the active one."""
     from trainer.checkpoint import load
-    from trainer.sample import SamplingParams, generate
+    from trainer.sample import SamplingParams
+    from trainer.sample import generate as sample_text
 
     best_path = out_dir / "best.safetensors"
     best = load(best_path)
     val_loss = _finite(best.meta.get("metrics", {}).get("val_loss"))
-    sample = generate(best.model, best.tokenizer, [""],
+    sample = sample_text(best.model, best.tokenizer, [""],
                       SamplingParams(max_tokens=SAMPLE_TOKENS, temperature=0.8, seed=job["run_id"]))[0].text
     plot = out_dir / "loss.png"
     if plot.exists():

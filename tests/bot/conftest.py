@@ -109,7 +109,7 @@ class Stack:
 
     def celery(self):
         """A Celery app on the test broker (for the test itself to enqueue, e.g. the schedule dispatcher)."""
-        from improbable.settings import Settings
+        from core.settings import Settings
         from worker.app import make_app
 
         return make_app(Settings(broker_url=self.redis_url, _env_file=None))

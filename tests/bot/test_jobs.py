@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bot.jobs import GENERATE, Jobs, JobTimeout, Unavailable
-from improbable.settings import Settings
+from core.settings import Settings
 
 from .conftest import free_port, start_redis
 

@@ -31,8 +31,8 @@ def _template(tmp_path_factory):
 @pytest.fixture
 def env(tmp_path, _template):
     """The configured database and storage point at a fresh copy of a migrated, seeded database."""
+    from core.settings import get_settings
     from db.session import _cached_engine
-    from improbable.settings import get_settings
 
     shutil.copyfile(_template, tmp_path / "improbable.db")
     values = {"IMPROBABLE_DATABASE_URL": f"sqlite:///{tmp_path / 'improbable.db'}",

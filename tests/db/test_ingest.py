@@ -179,7 +179,7 @@ def test_ingest_into_s3(session, s3_storage, alice_text):
 
 
 def test_ingest_with_default_session_and_storage(migrated_url, tmp_path, monkeypatch, alice_text):
-    from improbable.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setenv("IMPROBABLE_DATABASE_URL", migrated_url)
     monkeypatch.setenv("IMPROBABLE_STORAGE_URL", str(tmp_path / "store"))

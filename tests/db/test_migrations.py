@@ -66,7 +66,7 @@ def test_alembic_command_line_uses_alembic_ini(tmp_path):
 
 
 def test_settings_url_is_the_default(tmp_path, monkeypatch):
-    from improbable.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setenv("IMPROBABLE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("IMPROBABLE_DATABASE_URL", raising=False)

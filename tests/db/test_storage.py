@@ -147,7 +147,7 @@ def test_reader_never_sees_a_partial_object(storage):
 
 
 def test_open_storage_defaults_to_data_dir(tmp_path, monkeypatch):
-    from improbable.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setenv("IMPROBABLE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("IMPROBABLE_STORAGE_URL", raising=False)

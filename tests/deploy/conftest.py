@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from improbable.settings import get_settings
+from core.settings import get_settings
 
 PG_URL = os.environ.get("IMPROBABLE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("IMPROBABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

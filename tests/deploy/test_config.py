@@ -8,8 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from core.settings import Settings, SettingsError, get_settings, load_settings, mask_url
 from improbable.cli import app
-from improbable.settings import Settings, SettingsError, get_settings, load_settings, mask_url
 
 runner = CliRunner()
 

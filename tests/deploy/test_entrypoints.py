@@ -140,7 +140,7 @@ def wheel(tmp_path_factory):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for package in ("improbable", "trainer", "worker", "bot", "db"):
+    for package in ("improbable", "core", "service", "trainer", "worker", "bot", "db"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     code = "import sys; from setuptools import build_meta as b; print(b.build_wheel(sys.argv[1]))"
     done = subprocess.run([sys.executable, "-c", code, str(tmp / "dist")], cwd=src, capture_output=True,
@@ -153,7 +153,8 @@ def wheel(tmp_path_factory):
 def test_the_wheel_has_what_the_services_run(wheel):
     names = set(wheel)
     for needed in ("bot/__main__.py", "db/__main__.py", "db/migrations/env.py", "db/migrations/script.py.mako",
-                   "worker/app.py", "improbable/cli.py", "improbable/observability.py", "improbable/health.py"):
+                   "worker/app.py", "worker/signals.py", "improbable/cli.py", "core/metrics.py",
+                   "improbable/health.py"):
         assert needed in names, f"{needed} is missing from the wheel"
     assert any(re.fullmatch(r"db/migrations/versions/\w+\.py", n) for n in names), "no migration in the wheel"
     assert any(re.fullmatch(r"trainer/recipes/[\w-]+\.json", n) for n in names), "no recipe in the wheel"

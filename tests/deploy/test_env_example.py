@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from improbable.settings import Settings, env_names
+from core.settings import Settings, env_names
 
 from .deploytools import ENV_EXAMPLE, compose_variables, env_file_entries
 

@@ -7,7 +7,7 @@ import json
 
 from typer.testing import CliRunner
 
-from improbable import observability as obs
+from core import metrics
 from improbable.cli import app
 
 from .conftest import closed_port, free_port
@@ -76,17 +76,17 @@ def test_migrations_check_says_what_to_run(clean_env, tmp_path):
 
 def test_http_checks_use_the_process_endpoint(clean_env):
     port = free_port()
-    obs.start_metrics_server(port, "127.0.0.1")
+    metrics.start_metrics_server(port, "127.0.0.1")
     try:
         ok = runner.invoke(app, ["health", f"http://127.0.0.1:{port}/readyz"], terminal_width=300)
         assert ok.exit_code == 0, ok.output
-        obs.set_ready("celery", False)
+        metrics.set_ready("celery", False)
         waiting = runner.invoke(app, ["health", f"http://127.0.0.1:{port}/readyz"], terminal_width=300)
         assert waiting.exit_code == 1
         assert "answered 503: not ready: celery" in flat(waiting.stdout)
     finally:
-        obs.stop_metrics_server()
-        obs._ready.clear()
+        metrics.stop_metrics_server()
+        metrics.clear_readiness()
     down = runner.invoke(app, ["health", f"http://127.0.0.1:{closed_port()}/healthz"], terminal_width=300)
     assert down.exit_code == 1 and "refused" in down.stdout.lower()
 

@@ -1,4 +1,5 @@
-"""Structured logs, Prometheus metrics (from Celery signals and cluster collectors) and the HTTP endpoint."""
+"""Structured logs (core.logs), Prometheus metrics (core.metrics, filled by worker/signals.py, and the cluster
+collectors of the broker and the database) and the HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 from celery import Celery
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from improbable import observability as obs
+from core import logs, metrics
+from service.training import TrainingCollector
+from worker.app import QueueDepthCollector
 
 from .conftest import closed_port, free_port
 
@@ -25,11 +28,11 @@ def log_stream(clean_env):
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_improbable", False)]:
         root.removeHandler(handler)
-    obs.set_service(None)
+    logs.set_service(None)
 
 
 def test_json_log_lines_parse_as_json(log_stream):
-    obs.setup_logging(fmt="json", level="DEBUG", service="bot", stream=log_stream)
+    logs.setup_logging(fmt="json", level="DEBUG", service="bot", stream=log_stream)
     log = logging.getLogger("improbable.test")
     log.info("generated %d tokens", 42, extra={"persona": "alice", "latency_ms": 87})
     try:
@@ -49,13 +52,13 @@ def test_json_log_lines_parse_as_json(log_stream):
 def test_log_format_and_level_come_from_the_settings(log_stream, clean_env):
     clean_env.setenv("IMPROBABLE_LOG_FORMAT", "json")
     clean_env.setenv("IMPROBABLE_LOG_LEVEL", "warning")
-    obs.setup_logging(stream=log_stream)
+    logs.setup_logging(stream=log_stream)
     logging.getLogger("x").info("not shown")
     logging.getLogger("x").warning("shown")
     assert [json.loads(line)["message"] for line in log_stream.getvalue().splitlines()] == ["shown"]
 
     text = io.StringIO()
-    obs.setup_logging(fmt="text", level="INFO", service="beat", stream=text)  # replaces the JSON handler
+    logs.setup_logging(fmt="text", level="INFO", service="beat", stream=text)  # replaces the JSON handler
     logging.getLogger("x").info("plain")
     assert log_stream.getvalue().count("\n") == 1
     assert text.getvalue().startswith("[beat] ") and "INFO    x: plain" in text.getvalue()
@@ -64,7 +67,7 @@ def test_log_format_and_level_come_from_the_settings(log_stream, clean_env):
 
 def test_metrics_render():
     text = generate_latest(REGISTRY).decode()
-    for name in obs.METRIC_NAMES:
+    for name in metrics.METRIC_NAMES:
         assert f"# TYPE {name.removesuffix('_total')}" in text or name in text, name
     assert 'improbable_build_info{' in text
 
@@ -103,9 +106,13 @@ def test_celery_signals_count_jobs_latency_tokens_and_cache_hits():
     assert _value("improbable_jobs_total", {"task": "improbable.train", "state": "failure"}) == before["failed"] + 1
 
 
-def test_publishing_a_job_counts_it(redis_url):
-    import redis
+def _purge(app: Celery, queue: str) -> None:
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+        conn.default_channel.queue_delete(queue)
 
+
+def test_publishing_a_job_counts_it(redis_url):
     app = Celery("obs-publish", broker=redis_url, set_as_current=False)
     queue = f"test-publish-{uuid.uuid4().hex[:8]}"
     before = _value("improbable_jobs_enqueued_total", {"task": "improbable.test_publish"})
@@ -113,32 +120,34 @@ def test_publishing_a_job_counts_it(redis_url):
         app.send_task("improbable.test_publish", args=(1,), queue=queue)
         assert _value("improbable_jobs_enqueued_total", {"task": "improbable.test_publish"}) == before + 1
     finally:
-        redis.Redis.from_url(redis_url).delete(*obs.queue_keys(queue), f"_kombu.binding.{queue}",
-                                              f"_kombu.binding_permanent.{queue}")
+        _purge(app, queue)
 
 
-def test_queue_depth_from_redis(redis_url):
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
+def test_queue_depth_from_the_broker(redis_url):
+    """Real messages published through Celery (two of them with a priority, which the Redis transport keeps
+    in another list) are counted through kombu's public API."""
+    app = Celery("obs-depth", broker=redis_url, set_as_current=False)
     queue = f"test-queue-{uuid.uuid4().hex[:8]}"
-    keys = obs.queue_keys(queue)
     try:
-        client.rpush(keys[0], "a", "b", "c")
-        client.rpush(keys[2], "d", "e")  # priority 6
+        for i in range(3):
+            app.send_task("improbable.test_depth", args=(i,), queue=queue)
+        for i in range(2):
+            app.send_task("improbable.test_depth", args=(i,), queue=queue, priority=6)
         registry = CollectorRegistry()
-        registry.register(obs.QueueDepthCollector(redis_url, queues=(queue, "absent-queue")))
+        registry.register(QueueDepthCollector(app, queues=(queue, "absent-queue"), timeout=0.5))
         assert registry.get_sample_value("improbable_queue_depth", {"queue": queue}) == 5
         assert registry.get_sample_value("improbable_queue_depth", {"queue": "absent-queue"}) == 0
         assert registry.get_sample_value("improbable_broker_up") == 1
-        assert registry.get_sample_value("improbable_jobs_reserved") is not None
+        assert registry.get_sample_value("improbable_jobs_reserved") == 0  # no worker consumes these queues
     finally:
-        client.delete(*keys)
+        _purge(app, queue)
 
 
 def test_an_unreachable_broker_is_a_gauge_not_a_failed_scrape():
+    app = Celery("obs-dead", broker=f"redis://127.0.0.1:{closed_port()}/0", set_as_current=False)
+    app.conf.broker_connection_timeout = 0.5
     registry = CollectorRegistry()
-    registry.register(obs.QueueDepthCollector(f"redis://127.0.0.1:{closed_port()}/0", timeout=0.5))
+    registry.register(QueueDepthCollector(app, timeout=0.5))
     assert registry.get_sample_value("improbable_broker_up") == 0
     assert registry.get_sample_value("improbable_queue_depth", {"queue": "generate"}) is None
 
@@ -154,12 +163,12 @@ def test_training_progress_from_the_database(clean_env, tmp_path):
         persona = session.query(Persona).first()
         session.add(TrainingRun(persona_id=persona.id, status=RunStatus.RUNNING,
                                 progress={"step": 250, "total": 1000, "loss": 1.5, "val_loss": 1.7,
-                                          "tokens_per_s": 12000.0, "eta_s": 90}))
+                                          "tokens_per_s": 12000.0, "eta": 90}))
         session.add(TrainingRun(persona_id=persona.id, status=RunStatus.QUEUED))
         session.flush()
         run_id, slug = session.query(TrainingRun.id).filter_by(status=RunStatus.RUNNING).scalar(), persona.slug
     registry = CollectorRegistry()
-    registry.register(obs.TrainingCollector())
+    registry.register(TrainingCollector())
     labels = {"run": str(run_id), "persona": slug}
     assert registry.get_sample_value("improbable_training_progress_ratio", labels) == 0.25
     assert registry.get_sample_value("improbable_training_step", labels) == 250
@@ -180,21 +189,21 @@ def _get(url: str) -> tuple[int, str]:
 
 def test_metrics_health_and_readiness_endpoint(clean_env):
     port = free_port()
-    server = obs.start_metrics_server(port, "127.0.0.1")
+    server = metrics.start_metrics_server(port, "127.0.0.1")
     try:
-        assert obs.start_metrics_server(port, "127.0.0.1") is server  # once per process
+        assert metrics.start_metrics_server(port, "127.0.0.1") is server  # once per process
         status, body = _get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200 and "improbable_jobs_total" in body and "improbable_build_info" in body
         assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
         assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
-        obs.set_ready("discord", False)
+        metrics.set_ready("discord", False)
         assert _get(f"http://127.0.0.1:{port}/readyz") == (503, "not ready: discord\n")
-        obs.set_ready("discord", True)
+        metrics.set_ready("discord", True)
         assert _get(f"http://127.0.0.1:{port}/readyz") == (200, "ready\n")
     finally:
-        obs.stop_metrics_server()
-        obs._ready.clear()
+        metrics.stop_metrics_server()
+        metrics.clear_readiness()
 
 
 def test_metrics_server_is_off_by_default(clean_env):
-    assert obs.start_metrics_server() is None
+    assert metrics.start_metrics_server() is None

@@ -6,7 +6,7 @@ import re
 
 import discord
 
-from improbable import observability as obs
+from core import metrics
 
 from .deploytools import ROOT
 
@@ -46,7 +46,7 @@ def test_metric_names_in_the_readme_exist():
     deployment = _section("Deployment")
     observability = deployment[deployment.index("### Observability"):]
     for name in re.findall(r"`(improbable_[a-z_]+)", observability):
-        known = obs.METRIC_NAMES + obs.CLUSTER_METRIC_NAMES + ("improbable_build_info",)
+        known = metrics.METRIC_NAMES + metrics.CLUSTER_METRIC_NAMES + ("improbable_build_info",)
         assert name in known, f"README names {name}, which no collector exports"
     for name in ("improbable_jobs_total", "improbable_queue_depth", "improbable_generate_latency_seconds",
                  "improbable_generate_tokens_per_second", "improbable_checkpoint_cache_requests_total",

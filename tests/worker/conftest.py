@@ -71,8 +71,8 @@ def _pg_schema() -> tuple[str, callable]:
 @pytest.fixture(scope="package")
 def services(tmp_path_factory):
     import db
+    from core.settings import get_settings
     from db.session import _cached_engine
-    from improbable.settings import get_settings
     from worker import app as worker_app
 
     redis_client = _redis()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from improbable.settings import Settings
+from core.settings import Settings
 from worker import app as worker_app
 from worker.app import TASK_NAMES, celery_config, make_app
 

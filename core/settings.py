@@ -73,7 +73,7 @@ class Settings(BaseSettings):
                                    "before the bot reports it timed out.")
     bot_default_persona: str = Field("alice", description="Persona used when a mention names none.")
 
-    # operations (docker-compose.yml, improbable/observability.py, improbable/health.py)
+    # operations (docker-compose.yml, core/logs.py, core/metrics.py, improbable/health.py)
     log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text, or one JSON "
                                                 "object per line (for log collectors).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
@@ -142,7 +142,6 @@ class SettingsError(ValueError):
 
 
 SECRET_FIELDS = frozenset({"discord_token"})  # shown as **** by `improbable config`
-URL_FIELDS = frozenset({"database_url", "broker_url", "result_backend", "storage_url"})  # passwords masked
 
 
 def env_names(field_name: str) -> list[str]:

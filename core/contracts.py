@@ -1,0 +1,214 @@
+"""The contracts between the bot, the console, the CLI and the workers, as torch-free pydantic models.
+
+- `SamplingParams`: every sampling parameter with its default, bounds and help, defined once. The Discord
+  options, the typer options and the console parser take bounds and help from it (`bounds`, `help_of`);
+  the service checks requests with it (`parse_sampling`) and the worker validates the same model before
+  building the sampler's own dataclass (trainer.sample.SamplingParams, same fields and defaults).
+- `GenerateRequest`: the payload of the `improbable.generate` task (see worker/tasks.py).
+- `RunProgress`: the progress record of a training run (the `training_runs.progress` JSON and the train
+  task's PROGRESS meta), written by the trainer service and read by the bot, the console and the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from annotated_types import Ge, Gt, Le
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_TOKENS_CEILING = 100_000  # a sanity bound; deployments cap lower (IMPROBABLE_MAX_GENERATE_TOKENS)
+SEED_MAX = 2**63 - 1  # generations.seed is a signed 64-bit column
+
+
+class SamplingParams(BaseModel):
+    """How to sample one text. Missing keys and None mean the default."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_tokens: int = Field(200, ge=1, le=MAX_TOKENS_CEILING, title="length",
+                            description="How many characters (character personas) or words (word personas)")
+    temperature: float = Field(1.0, ge=0, le=5, json_schema_extra={"zero": "greedy"},
+                               description="0 = always the likeliest token; higher = wilder")
+    top_k: int = Field(0, ge=0, le=10_000, title="top-k", json_schema_extra={"zero": "off"},
+                       description="Sample among the k likeliest tokens only (0 = off)")
+    top_p: float = Field(1.0, gt=0, le=1, title="top-p", description="Nucleus sampling mass (1 = off)")
+    improbability: float = Field(0.0, ge=0, le=1, json_schema_extra={"zero": "off"},
+                                 description="Improbability drive: pick tokens whose probability is nearest "
+                                 "this (0 = off)")
+    tolerance: float = Field(0.0, ge=0, le=10,
+                             description="Improbability band: sample among tokens within p·(1±tolerance)")
+    repetition_penalty: float = Field(1.0, ge=1, le=10, title="repetition penalty",
+                                      description="> 1 discourages recently used tokens")
+    repetition_window: int = Field(32, ge=1, le=4096, title="repetition window",
+                                   description="How many recent tokens the repetition penalty looks at")
+    stop: tuple[str, ...] = Field((), description="Stop when this text appears (repeatable)")
+    stop_at_sentence_end: bool = Field(False, description="Stop at the end of the first sentence")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX,
+                             description="Same persona, prompt, settings and seed ⇒ same text")
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not all(value):
+            raise ValueError("stop sequences must not be empty")
+        return value
+
+
+SAMPLING_KEYS = tuple(SamplingParams.model_fields)
+
+
+def bounds(name: str) -> tuple[float, float]:
+    """(lowest, highest) allowed value of a numeric sampling parameter (an open low end: its limit)."""
+    low = high = None
+    for rule in SamplingParams.model_fields[name].metadata:
+        if isinstance(rule, Ge | Gt):
+            low = rule.ge if isinstance(rule, Ge) else rule.gt
+        elif isinstance(rule, Le):
+            high = rule.le
+    if low is None or high is None:
+        raise KeyError(f"{name} has no numeric bounds")
+    return low, high
+
+
+def low_is_open(name: str) -> bool:
+    return any(isinstance(rule, Gt) for rule in SamplingParams.model_fields[name].metadata)
+
+
+def help_of(name: str) -> str:
+    return SamplingParams.model_fields[name].description or name
+
+
+def label_of(name: str) -> str:
+    """The name users see in messages (`length` for max_tokens, `top-p` for top_p)."""
+    return SamplingParams.model_fields[name].title or name
+
+
+def rule_of(name: str, high: float | None = None) -> str:
+    """'must be between 0 (greedy) and 5', from the bounds (`high` overrides the upper bound)."""
+    low, top = bounds(name)
+    top = top if high is None else high
+    extra = SamplingParams.model_fields[name].json_schema_extra or {}
+    zero = f" ({extra['zero']})" if isinstance(extra, dict) and extra.get("zero") else ""
+    if low_is_open(name):
+        return f"must be more than {low:g} and at most {top:g}"
+    return f"must be between {low:g}{zero} and {top:g}"
+
+
+class SamplingError(ValueError):
+    """Invalid sampling parameters; the message names the parameter and its allowed range."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _explain(error: dict, labels: bool) -> str:
+    loc = error.get("loc") or ("?",)
+    name = str(loc[0])
+    if error.get("type") == "extra_forbidden":
+        return f"unknown sampling parameter: {name}"
+    shown = label_of(name) if labels and name in SamplingParams.model_fields else name
+    if error.get("type") in ("greater_than_equal", "less_than_equal", "greater_than", "less_than") \
+            and name in SamplingParams.model_fields:
+        try:
+            return f"{shown} {rule_of(name)}"
+        except KeyError:
+            pass
+    return f"{shown}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
+
+
+def parse_sampling(values: dict | None, *, labels: bool = False) -> SamplingParams:
+    """SamplingParams from JSON-like values (None values mean the default), or SamplingError saying what is
+    wrong. `labels=True` names parameters as users see them (length, top-p) instead of by field."""
+    given = {k: v for k, v in (values or {}).items() if v is not None}
+    try:
+        return SamplingParams.model_validate(given)
+    except ValidationError as e:
+        raise SamplingError("; ".join(_explain(err, labels) for err in e.errors())) from None
+
+
+def merge_sampling(*layers: dict | None) -> dict:
+    """The sampling keys of each layer (a persona's defaults, a schedule's or a user's overrides), later
+    layers winning; None values and unknown keys are left out."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in (layer or {}).items() if k in SAMPLING_KEYS and v is not None})
+    return merged
+
+
+class GenerateRequest(BaseModel):
+    """The `improbable.generate` payload. Built by the service (and scheduled posts); the worker
+    validates it. Unknown top-level keys are ignored (older bots), unknown sampling keys are not."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    checkpoint_id: int = Field(description="The checkpoint row to generate with (the persona's active one)")
+    persona: str = ""
+    prompt: str = ""
+    params: dict[str, Any] = Field(default_factory=dict, description="SamplingParams values; seed set by "
+                                   "the caller")
+    guild_id: int | None = None
+    channel_id: int | None = None
+    user_id: int | None = None
+    interaction_id: int | None = None
+    reply_to: int | None = None
+    parent_generation_id: int | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _no_prompt_is_empty(cls, value):
+        return "" if value is None else value
+
+    def payload(self) -> dict:
+        """The JSON sent to the worker (optional ids left out when unset)."""
+        return self.model_dump(mode="json", exclude={k for k in ("interaction_id", "reply_to", "parent_generation_id")
+                                                                 if getattr(self, k) is None})
+
+    def sampling(self) -> SamplingParams:
+        return parse_sampling(self.params)
+
+
+def _finite(value: Any) -> Any:
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+class RunProgress(BaseModel):
+    """A training run's progress. Every key is optional (a queued run has none); unknown keys are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int | None = None
+    total: int | None = None  # steps the run is expected to take
+    epoch: float | None = None
+    loss: float | None = None  # smoothed training loss, nats/token
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    tokens_per_s: float | None = None
+    eta: float | None = None  # seconds left
+    fraction: float | None = None  # 0..1
+    elapsed: float | None = None  # seconds
+    sample: str | None = None
+    warning: str | None = None
+    resumed_from: int | None = None  # step a resumed run started from
+    first_step: int | None = None
+    attempt: int | None = None
+    owner: str | None = None  # host:pid of the trainer
+    heartbeat: float | None = None  # time.time() of its last write
+
+    @field_validator("epoch", "loss", "val_loss", "best_val_loss", "tokens_per_s", "eta", "fraction", "elapsed")
+    @classmethod
+    def _finite_or_none(cls, value):
+        return _finite(value)
+
+    def done_fraction(self) -> float | None:
+        """`fraction`, else step/total."""
+        if self.fraction is not None:
+            return self.fraction
+        if self.step is not None and self.total:
+            return self.step / self.total
+        return None
+
+    def record(self) -> dict:
+        """The JSON stored in the run row (None values left out)."""
+        return self.model_dump(exclude_none=True)

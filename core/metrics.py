@@ -1,0 +1,217 @@
+"""Prometheus metrics of every Improbable process, defined once, and the endpoint that serves them.
+
+- Workers fill theirs from Celery signals (worker/signals.py), so the task code needs no metric calls:
+  jobs by task and final state, jobs in progress, job duration, generate latency, tokens generated and
+  tokens/s, checkpoint-cache hits. The bot adds interaction counts and request latency.
+- Cluster gauges that no single worker knows (queue depth, jobs reserved, training runs and their
+  progress) are collectors that the one process serving them registers when it starts the endpoint
+  (the bot: `worker.app.QueueDepthCollector`, `service.training.TrainingCollector`), so they are not
+  duplicated per worker. They are computed when scraped.
+- `start_metrics_server(port)`: a daemon thread serving prometheus_client's own WSGI app on `/metrics`,
+  plus `/healthz` (the process is alive) and `/readyz` (every component that registered with `set_ready`
+  says it is ready), on IMPROBABLE_METRICS_PORT. With the prefork pool, set PROMETHEUS_MULTIPROC_DIR to an
+  empty folder so that the children's metrics are aggregated (prometheus_client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+
+from core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200)
+RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+BUILD = Info("improbable_build", "Version of the running Improbable code.")
+JOBS = Counter("improbable_jobs", "Celery jobs finished by this process, by task and final state "
+               "(success, failure, retry, revoked).", ["task", "state"])
+JOBS_ENQUEUED = Counter("improbable_jobs_enqueued", "Celery jobs this process sent to the broker (the bot: "
+                        "user requests; beat: schedule dispatches), by task.", ["task"])
+JOBS_IN_PROGRESS = Gauge("improbable_jobs_in_progress", "Celery jobs running in this process.", ["task"],
+                         multiprocess_mode="livesum")
+JOB_DURATION = Histogram("improbable_job_duration_seconds", "Time a worker spent on a job, by task.",
+                         ["task"], buckets=DURATION_BUCKETS)
+GENERATE_LATENCY = Histogram("improbable_generate_latency_seconds", "Generate jobs: time from the start of "
+                             "the job to its last token (checkpoint load included).", buckets=LATENCY_BUCKETS)
+GENERATED_TOKENS = Counter("improbable_generated_tokens", "Tokens (characters or words) generated.")
+GENERATE_TOKENS_PER_SECOND = Histogram("improbable_generate_tokens_per_second", "Generate jobs: tokens per "
+                                       "second of generation (checkpoint load excluded).",
+                                       buckets=RATE_BUCKETS)
+CHECKPOINT_CACHE = Counter("improbable_checkpoint_cache_requests", "Generate jobs whose checkpoint was "
+                           "already loaded in the worker (hit) or had to be read from storage (miss).",
+                           ["result"])
+# set_function()-ed by the worker's checkpoint cache when it is created (0 in processes without one)
+CHECKPOINT_CACHE_ENTRIES = Gauge("improbable_checkpoint_cache_entries", "Checkpoints loaded in this "
+                                 "worker's memory.", multiprocess_mode="livesum")
+CHECKPOINT_CACHE_LOADS = Gauge("improbable_checkpoint_cache_loads", "Checkpoints read from storage by this "
+                               "worker since it started.", multiprocess_mode="livesum")
+BOT_INTERACTIONS = Counter("improbable_bot_interactions", "Discord interactions and mentions handled by "
+                           "the bot, by command and outcome.", ["command", "outcome"])
+BOT_REQUEST_LATENCY = Histogram("improbable_bot_request_latency_seconds", "From a user's command to the "
+                                "finished answer (enqueue, queue wait, generation, reply), by kind.",
+                                ["kind"], buckets=LATENCY_BUCKETS)
+BOT_GUILDS = Gauge("improbable_bot_guilds", "Guilds the bot is in.", multiprocess_mode="max")
+
+METRIC_NAMES = (  # what /metrics shows (tests and the README list them)
+    "improbable_build_info", "improbable_jobs_enqueued_total", "improbable_jobs_total", "improbable_jobs_in_progress",
+    "improbable_job_duration_seconds", "improbable_generate_latency_seconds", "improbable_generated_tokens_total",
+    "improbable_generate_tokens_per_second", "improbable_checkpoint_cache_requests_total",
+    "improbable_checkpoint_cache_entries", "improbable_bot_interactions_total",
+    "improbable_bot_request_latency_seconds", "improbable_bot_guilds",
+)
+CLUSTER_METRIC_NAMES = (
+    "improbable_queue_depth", "improbable_jobs_reserved", "improbable_broker_up", "improbable_training_runs",
+    "improbable_training_progress_ratio", "improbable_training_step", "improbable_training_loss",
+    "improbable_training_val_loss", "improbable_training_tokens_per_second", "improbable_training_eta_seconds",
+    "improbable_database_up",
+)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("improbable")
+    except Exception:  # noqa: BLE001 - not installed (a source checkout)
+        return "unknown"
+
+
+BUILD.info({"version": _version(), "python": sys.version.split()[0]})
+
+
+def record_interaction(command: str, outcome: str = "ok", seconds: float | None = None,
+                       kind: str | None = None) -> None:
+    """Bot: one handled interaction; with `seconds`, also the time until the user had the answer."""
+    BOT_INTERACTIONS.labels(command, outcome).inc()
+    if seconds is not None:
+        BOT_REQUEST_LATENCY.labels(kind or command).observe(seconds)
+
+
+def observe_generation(result: dict) -> None:
+    """Worker: latency, tokens and tokens/s of one finished generate job (its result dict)."""
+    tokens = result.get("tokens")
+    latency_ms = result.get("latency_ms")
+    if isinstance(tokens, int):
+        GENERATED_TOKENS.inc(tokens)
+    if isinstance(latency_ms, (int, float)):
+        GENERATE_LATENCY.observe(latency_ms / 1000)
+        seconds = (latency_ms - (result.get("load_ms") or 0)) / 1000
+        if isinstance(tokens, int) and tokens and seconds > 0:
+            GENERATE_TOKENS_PER_SECOND.observe(tokens / seconds)
+
+
+# -- readiness and the HTTP endpoint ------------------------------------------------------------------
+
+_ready: dict[str, bool] = {}
+_ready_lock = threading.Lock()
+
+
+def set_ready(component: str, ready: bool = True) -> None:
+    """Readiness of a part of this process (`/readyz` answers 200 only when every part is ready)."""
+    with _ready_lock:
+        _ready[component] = ready
+
+
+def readiness() -> dict[str, bool]:
+    with _ready_lock:
+        return dict(_ready)
+
+
+def clear_readiness() -> None:
+    with _ready_lock:
+        _ready.clear()
+
+
+def _metrics_registry() -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def _plain(start_response, status: str, body: bytes) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def health_app(registry: CollectorRegistry | None = None):
+    """WSGI app: /healthz, /readyz, and prometheus_client's metrics app on every other path."""
+    metrics = make_wsgi_app(registry or _metrics_registry())
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            return _plain(start_response, "200 OK", b"ok\n")
+        if path == "/readyz":
+            waiting = sorted(name for name, ok in readiness().items() if not ok)
+            if waiting:
+                return _plain(start_response, "503 Service Unavailable",
+                              f"not ready: {', '.join(waiting)}\n".encode())
+            return _plain(start_response, "200 OK", b"ready\n")
+        return metrics(environ, start_response)
+
+    return app
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's signature
+        pass
+
+
+_server: WSGIServer | None = None
+_registered: set[int] = set()  # ids of collectors already added to REGISTRY
+
+
+def register_collectors(collectors: Iterable, registry: CollectorRegistry = REGISTRY) -> None:
+    """Add cluster-wide collectors to `registry`, each once."""
+    for collector in collectors:
+        if id(collector) not in _registered:
+            registry.register(collector)
+            _registered.add(id(collector))
+
+
+def start_metrics_server(port: int | None = None, addr: str | None = None, *, collectors: Iterable = (),
+                         settings: Settings | None = None) -> WSGIServer | None:
+    """Serve /metrics, /healthz and /readyz on `port` (default IMPROBABLE_METRICS_PORT; 0 = off) in a
+    daemon thread; `collectors` (the cluster-wide gauges) are registered first. Returns the server, or
+    None when off. One server per process: a second call returns the first server."""
+    global _server
+    settings = settings or get_settings()
+    port = settings.metrics_port if port is None else port
+    if not port:
+        return None
+    if _server is not None:
+        return _server
+    register_collectors(collectors)
+    server = make_server(addr or settings.metrics_addr, port, health_app(), _Server, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    _server = server
+    log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", addr or settings.metrics_addr, port)
+    return server
+
+
+def stop_metrics_server() -> None:
+    global _server
+    if _server is not None:
+        _server.shutdown()
+        _server.server_close()
+        _server = None
