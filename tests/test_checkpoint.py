@@ -342,7 +342,7 @@ def test_metadata_describing_fewer_layers(tmp_path):
 
 def test_metadata_with_an_unknown_family(tmp_path):
     path = save_misdescribed(tmp_path, family="transformer")
-    expect_error(path, "weights do not match.*unknown model family 'transformer'")
+    expect_error(path, r"invalid model metadata \(unknown model family 'transformer'")
 
 
 def test_tokenizer_size_that_does_not_match_the_model(tmp_path):
@@ -359,8 +359,20 @@ def test_read_meta_reads_only_the_header(saved):
     path, _, _ = saved
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
-    path.write_bytes(data[: 8 + n])  # tensor data gone: the metadata is still readable
+    path.write_bytes(data[: 8 + n] + b"\xff" * (len(data) - 8 - n))  # tensor data all NaN: never read
     assert ckpt.read_meta(path)["step"] == 7
+    expect_error(path, r"corrupt \(tensor checksum mismatch\)")
+
+
+def test_read_meta_refuses_a_truncated_file(saved):
+    """`improbable info` prints read_meta's metadata: it must not vouch for a file whose tensors are cut off."""
+    path, _, _ = saved
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    for size in (8 + n, len(data) - 1):
+        path.write_bytes(data[:size])
+        with pytest.raises(CheckpointError, match=r"truncated \(the header describes [\d,]+ bytes of tensor data"):
+            ckpt.read_meta(path)
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "random"])
