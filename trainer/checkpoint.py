@@ -56,7 +56,7 @@ FORMAT_VERSION = 1
 # to spare; loading needs at most a few times the file size (bytes, tensors, float32 copies).
 MAX_CHECKPOINT_BYTES = 512 * 2**20
 # The JSON header: the biggest real one is 200 KB (a 15,000-word vocabulary); 100,000 words of a non-Latin
-# script written with \u escapes (as before ensure_ascii=False) take about 6 MB. Parsing JSON builds Python
+# script, whose letters the header stores as 7-byte \\uXXXX escapes, take about 6 MB. Parsing JSON builds Python
 # objects several times the text's size: up to ~12x for short strings, ~25x for empty objects/arrays, so
 # objects and arrays are counted before parsing (a real header has one per tensor and per history entry).
 MAX_HEADER_BYTES = 8 * 2**20
@@ -147,8 +147,11 @@ def to_bytes(model: LanguageModel, tokenizer, meta: dict, extra: dict[str, torch
         "tensors_sha256": _digest(tensors),
     }
     header["meta_sha256"] = _meta_digest(header)
-    # UTF-8 rather than \u escapes: a non-Latin vocabulary takes a third of the header bytes (readers are the same)
-    return save_tensors_to_bytes(tensors, metadata={"improbable": json.dumps(header, ensure_ascii=False)})
+    data = save_tensors_to_bytes(tensors, metadata={"improbable": json.dumps(header)})
+    # Never write what `load` would refuse (a model beyond the safe maxima, a header over its cap): the error
+    # belongs to the run that made the file, not to every worker that later tries to serve it.
+    validate_header(data, len(data), "checkpoint being saved")
+    return data
 
 
 def _meta_digest(meta: dict) -> str:
@@ -329,10 +332,9 @@ def validate_model_config(config: Any, name: str = "checkpoint") -> dict:
     vocab_size = integer("vocab_size", 1, MAX_VOCAB_SIZE)
     integer("n_embd", 1, MAX_WIDTH)
     integer("n_hidden", 1, MAX_WIDTH)
-    if family == "word-mlp":
-        integer("context", 1, MAX_CONTEXT)
-    else:
-        integer("n_layers", 1, MAX_LAYERS)
+    integer("context", 1, MAX_CONTEXT)  # both always written; checked for every family, as code may read them
+    integer("n_layers", 1, MAX_LAYERS)
+    if family != "word-mlp":
         if config.get("cell") not in CELLS:
             raise invalid(f"unknown cell {_short(config.get('cell'))}; known: {', '.join(CELLS)}")
     head = config.get("head")
