@@ -1,8 +1,9 @@
-"""The Discord bot: slash commands, buttons, mention chat, progress messages. Imports `db` and
-`worker.app` only (never torch): jobs go to the workers by task name (bot/jobs.py).
+"""The Discord bot (and its terminal twin, the console): slash commands, buttons, mention chat, progress
+messages. Imports `service`, `core` and `worker.app` only (never torch, never `db` or `worker.tasks`: an
+import-linter contract): jobs go to the workers by task name (bot/jobs.py).
 
     client.py      the discord.py client, error handler, `main()` (python -m bot)
-    service.py     what the commands do, without Discord (shared with the console chat, improbable/chat.py)
+    console.py     `improbable chat`: the same commands in a terminal (the service does the work for both)
     jobs.py        the one place that talks to Celery
     generate.py    /generate and the result buttons        views.py      the persistent buttons
     personas.py    /personas, /persona info|create|retrain|delete

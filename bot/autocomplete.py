@@ -8,7 +8,9 @@ import time
 import discord
 from discord import app_commands
 
-from bot import service
+import service.personas
+import service.policy
+import service.training
 
 NAMES_TTL = 10.0
 _names: dict[int | None, tuple[float, list[str]]] = {}
@@ -18,7 +20,7 @@ async def persona_names(guild_id: int | None) -> list[str]:
     hit = _names.get(guild_id)
     if hit is not None and time.monotonic() - hit[0] < NAMES_TTL:
         return hit[1]
-    names = await asyncio.to_thread(service.persona_names, guild_id)
+    names = await asyncio.to_thread(service.personas.persona_names, guild_id)
     _names[guild_id] = (time.monotonic(), names)
     return names
 
@@ -41,7 +43,7 @@ async def persona_autocomplete(interaction: discord.Interaction, current: str) -
 
 
 async def run_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
-    actor = service.Actor(interaction.user.id, interaction.guild_id)
-    runs = await asyncio.to_thread(service.training_runs, actor)
+    actor = service.policy.Actor(interaction.user.id, interaction.guild_id)
+    runs = await asyncio.to_thread(service.training.training_runs, actor)
     return [app_commands.Choice(name=f"run {r.id}: {r.persona_slug} ({r.status})", value=r.id)
             for r in runs if current in str(r.id) or current.lower() in r.persona_slug][:25]

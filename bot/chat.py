@@ -10,7 +10,8 @@ import re
 import discord
 from discord import app_commands
 
-from bot import service
+import service.generation
+import service.policy
 from bot.limits import Refusal, cooldown_message
 from bot.streaming import ReplyOutput, run_generation
 
@@ -34,12 +35,12 @@ async def generation_of(bot, message_id: int, *, wait: bool) -> int | None:
     stored (a fast user, or a test), so for a message we know is ours, look again for a moment."""
     for delay in (0.1, 0.2, 0.4, 0.8, 1.0) if wait else ():
         found = bot.generation_messages.get(message_id) or \
-            await asyncio.to_thread(service.generation_of_message, message_id)
+            await asyncio.to_thread(service.generation.generation_of_message, message_id)
         if found is not None:
             return found
         await asyncio.sleep(delay)
     return bot.generation_messages.get(message_id) or \
-        await asyncio.to_thread(service.generation_of_message, message_id)
+        await asyncio.to_thread(service.generation.generation_of_message, message_id)
 
 
 async def on_message(bot, message: discord.Message) -> None:
@@ -57,7 +58,7 @@ async def on_message(bot, message: discord.Message) -> None:
     if previous is None and not (mentioned and re.search(rf"<@!?{me.id}>", message.content)):
         return
     text = strip_mentions(message.content, me.id)
-    actor = service.Actor(message.author.id, message.guild.id if message.guild else None, message.channel.id)
+    actor = service.policy.Actor(message.author.id, message.guild.id if message.guild else None, message.channel.id)
     try:
         await bot.limits.check_generate(actor.user_id, actor.guild_id, bot.jobs.in_flight(actor.user_id))
     except Refusal as e:
@@ -68,11 +69,11 @@ async def on_message(bot, message: discord.Message) -> None:
         return
     try:
         if previous is not None:
-            request = await asyncio.to_thread(service.follow_up, previous, "continue", actor, text)
+            request = await asyncio.to_thread(service.generation.follow_up, previous, "continue", actor, text)
         else:
-            slug, prompt = await asyncio.to_thread(service.parse_chat, text, actor.guild_id)
-            request = await asyncio.to_thread(service.prepare_generation, slug, prompt, actor)
-    except service.UserError as e:
+            slug, prompt = await asyncio.to_thread(service.generation.parse_chat, text, actor.guild_id)
+            request = await asyncio.to_thread(service.generation.prepare_generation, slug, prompt, actor)
+    except service.policy.UserError as e:
         bot.limits.refund(actor.user_id, actor.guild_id)
         await _refuse(message, e.message)
         return

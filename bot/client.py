@@ -15,7 +15,10 @@ import discord
 import yarl
 from discord import app_commands
 
-from bot import chat, generate, guild, personas, queue, replies, schedules, service, training
+import service.personas
+import service.policy
+from bot import chat, generate, guild, personas, queue, replies, schedules, training
+from bot.formatting import relative_time
 from bot.jobs import Jobs
 from bot.limits import Limits, Refusal, cooldown_message
 from bot.views import DYNAMIC_ITEMS
@@ -46,7 +49,7 @@ class Tree(app_commands.CommandTree):
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         command = interaction.command.qualified_name if interaction.command else "unknown"
         invoked = isinstance(error, app_commands.CommandInvokeError)
-        user_error = invoked and isinstance(error.original, service.UserError)
+        user_error = invoked and isinstance(error.original, service.policy.UserError)
         failed = invoked and not user_error
         metrics.record_interaction(command, "error" if failed else "refused")
         if isinstance(error, app_commands.CommandOnCooldown):
@@ -60,7 +63,7 @@ class Tree(app_commands.CommandTree):
         elif isinstance(error, app_commands.TransformerError):
             message = f"`{error.value}` is not a valid value there."
         elif user_error:  # commands let the service's refusals reach here rather than catching each one
-            message = error.original.message
+            message = error.original.render(lambda when: relative_time(when.timestamp()))
         else:
             log.error("command %s failed", interaction.command and interaction.command.qualified_name,
                       exc_info=error)
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
               "`improbable chat`.", file=sys.stderr)
         return 2
     point_discord_at(settings)
-    installed = service.prepare_database(settings)
+    installed = service.personas.prepare_database(settings)
     if installed:
         log.info("installed bundled checkpoints: %s", ", ".join(installed))
     client = ImprobableBot(settings)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import discord.utils
 
+from core.contracts import RunProgress
+
 MESSAGE_LIMIT = 2000
 ELLIPSIS = "…"
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n\s*\n|\n")
@@ -150,27 +152,27 @@ def _num(value, fmt: str = ".3f") -> str | None:
     return format(value, fmt) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def training_progress(name: str, status: str, progress: dict, *, now: float, queue_position: int | None = None,
-                      error: str | None = None) -> str:
+def training_progress(name: str, status: str, progress: RunProgress | dict, *, now: float,
+                      queue_position: int | None = None, error: str | None = None) -> str:
     """The live progress message of a training run: bar, step, loss, ETA as a relative timestamp."""
+    p = progress if isinstance(progress, RunProgress) else RunProgress.model_validate(progress)
     title = f"**Training `{name}`**"
     if status == "queued":
         where = f"position {queue_position} in the queue" if queue_position else "queued"
         return f"{title} · waiting ({where})\n{progress_bar(0)}"
     lines = [f"{title} · {status}"]
-    lines.append(progress_bar(progress.get("fraction")))
+    lines.append(progress_bar(p.fraction))
     facts = []
-    if progress.get("step") is not None:
-        total = progress.get("total")
-        facts.append(f"step {progress['step']}" + (f"/{total}" if total else ""))
-    if (loss := _num(progress.get("loss"))) is not None:
+    if p.step is not None:
+        facts.append(f"step {p.step}" + (f"/{p.total}" if p.total else ""))
+    if (loss := _num(p.loss)) is not None:
         facts.append(f"loss {loss}")
-    if (val := _num(progress.get("val_loss"))) is not None:
+    if (val := _num(p.val_loss)) is not None:
         facts.append(f"validation {val}")
-    if (tps := _num(progress.get("tokens_per_s"), ",.0f")) is not None:
+    if (tps := _num(p.tokens_per_s, ",.0f")) is not None:
         facts.append(f"{tps} tokens/s")
-    if status == "running" and isinstance(progress.get("eta"), int | float) and math.isfinite(progress["eta"]):
-        facts.append(f"done {relative_time(now + progress['eta'])}")
+    if status == "running" and p.eta is not None:
+        facts.append(f"done {relative_time(now + p.eta)}")
     if facts:
         lines.append(" · ".join(facts))
     if error:

@@ -7,41 +7,53 @@ import asyncio
 import discord
 from discord import app_commands
 
-from bot import replies, service
+import service.generation
+import service.policy
+from bot import replies
 from bot.autocomplete import persona_autocomplete
 from bot.limits import Refusal, actor_of, cooldown_message, generate_limits
 from bot.streaming import InteractionOutput, run_generation
+from core.contracts import bounds, help_of
+from core.settings import Settings
 
-MAX_LENGTH = 2000
+DISCORD_INT_MAX = 2**53  # the largest integer option Discord accepts
+MAX_LENGTH = int(Settings.model_fields["max_generate_tokens"].default)  # a deployment may cap it lower
+
+
+def _range(kind: type, field: str, high: float | None = None):
+    """A Discord option range from the contract's bounds (core.contracts.SamplingParams)."""
+    low, top = bounds(field)
+    return app_commands.Range[kind, kind(low), kind(min(top if high is None else high, DISCORD_INT_MAX))]
+
+
+def _describe(field: str) -> str:
+    return help_of(field)[:100]  # Discord's limit on an option description
 
 
 @app_commands.command(name="generate", description="Continue a prompt in a persona's voice.")
 @app_commands.describe(
     persona="Whose voice (see /personas)", prompt="Text to continue (may be empty)",
-    length="How many characters (character personas) or words (word personas)",
-    temperature="0 = always the likeliest token; higher = wilder (default: the persona's)",
-    top_k="Sample among the k likeliest tokens only (0 = off)", top_p="Nucleus sampling mass (1 = off)",
-    improbability="Improbability drive: pick tokens whose probability is nearest this (0 = off)",
-    tolerance="Improbability band: sample among tokens within p·(1±tolerance)",
-    seed="Same persona, prompt, settings and seed ⇒ same text")
+    length=_describe("max_tokens"), temperature=_describe("temperature"), top_k=_describe("top_k"),
+    top_p=_describe("top_p"), improbability=_describe("improbability"), tolerance=_describe("tolerance"),
+    seed=_describe("seed"))
 @app_commands.autocomplete(persona=persona_autocomplete)
 @generate_limits()
-async def generate(interaction: discord.Interaction, persona: str, prompt: str = "",
-                   length: app_commands.Range[int, 1, MAX_LENGTH] | None = None,
-                   temperature: app_commands.Range[float, 0.0, 5.0] | None = None,
-                   top_k: app_commands.Range[int, 0, 1000] | None = None,
-                   top_p: app_commands.Range[float, 0.01, 1.0] | None = None,
-                   improbability: app_commands.Range[float, 0.0, 1.0] | None = None,
-                   tolerance: app_commands.Range[float, 0.0, 10.0] | None = None,
-                   seed: app_commands.Range[int, 0, 2**31 - 1] | None = None) -> None:
+async def generate_command(interaction: discord.Interaction, persona: str, prompt: str = "",
+                           length: _range(int, "max_tokens", MAX_LENGTH) | None = None,
+                           temperature: _range(float, "temperature") | None = None,
+                           top_k: _range(int, "top_k") | None = None,
+                           top_p: _range(float, "top_p") | None = None,
+                           improbability: _range(float, "improbability") | None = None,
+                           tolerance: _range(float, "tolerance") | None = None,
+                           seed: _range(int, "seed") | None = None) -> None:
     await replies.defer(interaction)
     bot = interaction.client
     actor = actor_of(interaction)
     overrides = {"max_tokens": length, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                  "improbability": improbability, "tolerance": tolerance, "seed": seed}
     try:
-        request = await asyncio.to_thread(service.prepare_generation, persona, prompt, actor, overrides)
-    except service.UserError as e:
+        request = await asyncio.to_thread(service.generation.prepare_generation, persona, prompt, actor, overrides)
+    except service.policy.UserError as e:
         bot.limits.refund(actor.user_id, actor.guild_id)
         await replies.fail(interaction, e.message)
         return
@@ -76,8 +88,8 @@ async def follow_up(interaction: discord.Interaction, generation_id: int, mode: 
         await replies.defer_update(interaction)
     actor = actor_of(interaction)
     try:
-        request = await asyncio.to_thread(service.follow_up, generation_id, mode, actor)
-    except service.UserError as e:
+        request = await asyncio.to_thread(service.generation.follow_up, generation_id, mode, actor)
+    except service.policy.UserError as e:
         bot.limits.refund(actor.user_id, actor.guild_id)
         await replies.fail(interaction, e.message)
         return
@@ -85,4 +97,4 @@ async def follow_up(interaction: discord.Interaction, generation_id: int, mode: 
                          guild_id=actor.guild_id, source=f"button:{mode}")
 
 
-COMMANDS = (generate,)
+COMMANDS = (generate_command,)

@@ -7,8 +7,18 @@ import asyncio
 import discord
 from discord import app_commands
 
-from bot import replies, service
+import service.policy
+from bot import replies
 from bot.limits import actor_of
+
+
+def describe_policy(pol: service.policy.Policy) -> str:
+    role = f"<@&{pol.trainer_role_id}>" if pol.trainer_role_id else "none (Manage Server only)"
+    return (f"Trainer role: {role}\nCooldown between generations: {pol.cooldown_seconds} s per member\n"
+            f"Cooldown between training runs: {pol.train_cooldown_seconds} s per member\n"
+            f"Jobs a member may have waiting: {pol.max_queued_jobs}\n"
+            f"Largest upload: {pol.max_upload_bytes / 1e6:g} MB")
+
 
 settings_group = app_commands.Group(name="settings", description="This server's Improbable limits.",
                                     guild_only=True, default_permissions=discord.Permissions(manage_guild=True))
@@ -17,8 +27,8 @@ settings_group = app_commands.Group(name="settings", description="This server's 
 @settings_group.command(name="show", description="Who may train, cooldowns, job and upload limits.")
 async def show(interaction: discord.Interaction) -> None:
     await replies.defer(interaction, ephemeral=True)
-    pol = await asyncio.to_thread(service.policy, interaction.guild_id)
-    await replies.send(interaction, service.describe_policy(pol))
+    pol = await asyncio.to_thread(service.policy.policy, interaction.guild_id)
+    await replies.send(interaction, describe_policy(pol))
 
 
 @settings_group.command(name="set", description="Change this server's limits (Manage Server).")
@@ -33,13 +43,13 @@ async def set_(interaction: discord.Interaction, trainer_role: discord.Role | No
                max_jobs: app_commands.Range[int, 1, 100] | None = None,
                max_upload_mb: app_commands.Range[float, 0.01, 500.0] | None = None) -> None:
     await replies.defer(interaction, ephemeral=True)
-    pol = await asyncio.to_thread(service.update_policy, actor_of(interaction),
+    pol = await asyncio.to_thread(service.policy.update_policy, actor_of(interaction),
                                   trainer_role_id=trainer_role.id if trainer_role else None,
                                   clear_trainer_role=clear_trainer_role, cooldown_seconds=cooldown,
                                   train_cooldown_seconds=train_cooldown, max_queued_jobs=max_jobs,
                                   max_upload_mb=max_upload_mb)
     interaction.client.limits.forget(interaction.guild_id)
-    await replies.send(interaction, "Saved.\n" + service.describe_policy(pol))
+    await replies.send(interaction, "Saved.\n" + describe_policy(pol))
 
 
 COMMANDS = (settings_group,)

@@ -9,7 +9,7 @@ eager mode, which imports the worker's tasks and torch lazily, in that thread); 
 and no queue then.
 
 The bot keeps the generate jobs it submitted in memory (`Jobs.of_user`, positions, cancel); training runs
-live in the database (see bot/service.py), so they survive restarts.
+live in the database (see service/training.py), so they survive restarts.
 """
 
 from __future__ import annotations

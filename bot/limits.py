@@ -15,8 +15,8 @@ from collections.abc import Callable, Hashable
 import discord
 from discord import app_commands
 
-from bot import service
-from bot.service import Actor, Policy
+import service.policy
+from service.policy import Actor, Policy
 
 POLICY_TTL = 10.0
 
@@ -66,7 +66,7 @@ class Cooldowns:
 
 
 class Limits:
-    def __init__(self, load: Callable[[int | None], Policy] = service.policy, ttl: float = POLICY_TTL):
+    def __init__(self, load: Callable[[int | None], Policy] = service.policy.policy, ttl: float = POLICY_TTL):
         self._load = load
         self._ttl = ttl
         self._cache: dict[int | None, tuple[float, Policy]] = {}
@@ -98,7 +98,7 @@ class Limits:
         self.cooldowns.reset(("generate", guild_id, user_id))
 
     async def may_train(self, actor: Actor) -> bool:
-        return service.may_train(actor, await self.policy(actor.guild_id))
+        return service.policy.may_train(actor, await self.policy(actor.guild_id))
 
 
 def actor_of(interaction: discord.Interaction) -> Actor:

@@ -9,20 +9,25 @@ from typing import Literal
 import discord
 from discord import app_commands
 
-from bot import replies, service
+import service.generation
+import service.personas
+import service.policy
+from bot import replies
 from bot.autocomplete import forget_names, persona_autocomplete
 from bot.formatting import escape, fit, split_message, truncate
 from bot.jobs import GENERATE, JobError
 from bot.limits import actor_of, trainer_only, upload_limit
 from bot.training import start_run
+from core.settings import Settings
 
-MINUTES = app_commands.Range[float, 0.05, 600.0]
+# the service refuses more than IMPROBABLE_TRAIN_MAX_MINUTES; offer what a default deployment accepts
+MINUTES = app_commands.Range[float, 0.05, float(Settings.model_fields["train_max_minutes"].default)]
 SAMPLE_TOKENS = 200
 SAMPLE_TIMEOUT = 30.0
 Families = Literal["char-rnn", "word-gru", "word-mlp"]
 
 
-def _status(p: service.PersonaSummary) -> str:
+def _status(p: service.personas.PersonaSummary) -> str:
     if p.training:
         return "training"
     return "ready" if p.ready else "no model yet"
@@ -31,10 +36,10 @@ def _status(p: service.PersonaSummary) -> str:
 @app_commands.command(name="personas", description="The voices you can use here.")
 async def personas(interaction: discord.Interaction) -> None:
     await replies.defer(interaction)
-    rows = await asyncio.to_thread(service.list_personas, interaction.guild_id)
+    rows = await asyncio.to_thread(service.personas.list_personas, interaction.guild_id)
     lines = [f"**Personas** ({len(rows)}) · `/generate persona:<name>` · `/persona info <name>`"]
     for p in rows:
-        label = service.FAMILY_LABELS.get(service.Family(p.family), p.family)
+        label = service.personas.FAMILY_LABELS.get(p.family, p.family)
         lines.append(f"`{p.slug}` · {escape(p.display_name)} · {label} · {p.scope} · {_status(p)}")
     chunks = split_message("\n".join(lines))
     await replies.send(interaction, chunks[0])
@@ -45,8 +50,8 @@ async def personas(interaction: discord.Interaction) -> None:
 persona_group = app_commands.Group(name="persona", description="Inspect, create, retrain and delete personas.")
 
 
-def _info_text(info: service.PersonaInfo) -> tuple[str, str]:
-    label = service.FAMILY_LABELS.get(service.Family(info.family), info.family)
+def _info_text(info: service.personas.PersonaInfo) -> tuple[str, str]:
+    label = service.personas.FAMILY_LABELS.get(info.family, info.family)
     header = f"**{escape(info.display_name)}** (`{info.slug}`, {info.scope}) · {info.family}: {label}"
     lines = [escape(truncate(info.description, 400))] if info.description else []
     for c in info.corpora[:3]:
@@ -80,12 +85,12 @@ async def _fresh_sample(interaction: discord.Interaction, slug: str) -> str | No
     """A short sample from the active model when training left none (e.g. a bundled checkpoint)."""
     bot = interaction.client
     try:
-        request = await asyncio.to_thread(service.prepare_generation, slug, "", actor_of(interaction),
+        request = await asyncio.to_thread(service.generation.prepare_generation, slug, "", actor_of(interaction),
                                           {"max_tokens": SAMPLE_TOKENS})
         job = await bot.jobs.submit(GENERATE, request.payload, user_id=None, guild_id=interaction.guild_id,
                                     label=f"sample of {slug}")
         result = await bot.jobs.wait(job, timeout=SAMPLE_TIMEOUT)
-    except (service.UserError, JobError):
+    except (service.policy.UserError, JobError):
         return None
     return result.get("text") or None
 
@@ -95,10 +100,10 @@ async def _fresh_sample(interaction: discord.Interaction, slug: str) -> str | No
 @app_commands.autocomplete(persona=persona_autocomplete)
 async def info(interaction: discord.Interaction, persona: str) -> None:
     await replies.defer(interaction)
-    data = await asyncio.to_thread(service.persona_info, persona, interaction.guild_id)
+    data = await asyncio.to_thread(service.personas.persona_info, persona, interaction.guild_id)
     if data.checkpoint_id is not None and not data.sample:
         data.sample = await _fresh_sample(interaction, data.slug)
-        await asyncio.to_thread(service.fill_originality, data)
+        await asyncio.to_thread(service.personas.fill_originality, data)
     header, body = _info_text(data)
     rendered = fit(header, body, full_text=f"{header}\n{body}", filename=f"{data.slug}.txt")
     files = [discord.File(io.BytesIO(data.loss_png), filename="loss.png")] if data.loss_png else []
@@ -122,7 +127,7 @@ async def create(interaction: discord.Interaction, name: str, file: discord.Atta
     except discord.HTTPException:
         await replies.fail(interaction, "Could not download the attachment from Discord; try again.")
         return
-    new = await asyncio.to_thread(service.create_persona, actor_of(interaction), name, data, file.filename,
+    new = await asyncio.to_thread(service.personas.create_persona, actor_of(interaction), name, data, file.filename,
                                   family, description, minutes)
     forget_names(interaction.guild_id)
     await start_run(interaction, new)
@@ -144,7 +149,7 @@ async def retrain(interaction: discord.Interaction, persona: str, file: discord.
         except discord.HTTPException:
             await replies.fail(interaction, "Could not download the attachment from Discord; try again.")
             return
-    new = await asyncio.to_thread(service.retrain, actor_of(interaction), persona, data, filename, minutes)
+    new = await asyncio.to_thread(service.personas.retrain, actor_of(interaction), persona, data, filename, minutes)
     await start_run(interaction, new)
 
 
@@ -154,7 +159,7 @@ async def retrain(interaction: discord.Interaction, persona: str, file: discord.
 @trainer_only()
 async def delete(interaction: discord.Interaction, persona: str) -> None:
     await replies.defer(interaction, ephemeral=True)
-    name = await asyncio.to_thread(service.delete_persona, actor_of(interaction), persona)
+    name = await asyncio.to_thread(service.personas.delete_persona, actor_of(interaction), persona)
     forget_names(interaction.guild_id)
     await replies.send(interaction, f"Deleted `{name}` with its models, texts, schedules and history.")
 

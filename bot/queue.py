@@ -7,7 +7,9 @@ import asyncio
 import discord
 from discord import app_commands
 
-from bot import replies, service
+import service.policy
+import service.training
+from bot import replies
 from bot.formatting import escape, split_message
 from bot.limits import actor_of
 
@@ -15,7 +17,7 @@ from bot.limits import actor_of
 async def job_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
     bot = interaction.client
     choices = [(f"generate {escape(j.label)}"[:100], f"job:{j.id}") for j in bot.jobs.of_user(interaction.user.id)]
-    runs = await asyncio.to_thread(service.training_runs, actor_of(interaction), mine=True)
+    runs = await asyncio.to_thread(service.training.training_runs, actor_of(interaction), mine=True)
     choices += [(f"training run {r.id}: {r.persona_slug} ({r.status})"[:100], f"run:{r.id}") for r in runs]
     return [app_commands.Choice(name=n, value=v) for n, v in choices if current.lower() in n.lower()][:25]
 
@@ -35,8 +37,8 @@ async def queue(interaction: discord.Interaction, cancel: str | None = None) -> 
             return
         if kind == "run" and ident.isdigit():
             try:
-                view = await asyncio.to_thread(service.cancel_training, actor, int(ident))
-            except service.UserError as e:
+                view = await asyncio.to_thread(service.training.cancel_training, actor, int(ident))
+            except service.policy.UserError as e:
                 await replies.fail(interaction, e.message)
                 return
             await replies.send(interaction, f"Run {view.id} (`{view.persona_slug}`): {view.status}"
@@ -45,7 +47,7 @@ async def queue(interaction: discord.Interaction, cancel: str | None = None) -> 
         await replies.fail(interaction, "That job is not waiting any more (or is not yours).")
         return
     jobs = bot.jobs.of_user(actor.user_id)
-    runs = await asyncio.to_thread(service.training_runs, actor, mine=True)
+    runs = await asyncio.to_thread(service.training.training_runs, actor, mine=True)
     if not jobs and not runs:
         await replies.send(interaction, "You have nothing queued.")
         return
@@ -54,7 +56,7 @@ async def queue(interaction: discord.Interaction, cancel: str | None = None) -> 
         where = f"position {bot.jobs.position(j)}" if j.state == "PENDING" else j.state.lower()
         lines.append(f"generate · {escape(j.label)} · {where}")
     for r in runs:
-        where = f"position {r.position}" if r.position else f"{r.status}, {r.progress.get('fraction', 0):.0%}"
+        where = f"position {r.position}" if r.position else f"{r.status}, {r.progress.done_fraction() or 0:.0%}"
         lines.append(f"training run {r.id} · `{r.persona_slug}` · {where}")
     lines.append("-# Cancel one with `/queue cancel:`.")
     await replies.send(interaction, split_message("\n".join(lines))[0])

@@ -11,7 +11,8 @@ import asyncio
 import discord
 from discord import app_commands
 
-from bot import replies, service
+import service.schedules
+from bot import replies
 from bot.autocomplete import persona_autocomplete
 from bot.formatting import escape, split_message, truncate
 from bot.limits import actor_of, trainer_only
@@ -30,7 +31,7 @@ schedule_group = app_commands.Group(name="schedule", description="Scheduled post
 async def add(interaction: discord.Interaction, persona: str, channel: discord.TextChannel,
               every: str | None = None, cron: str | None = None, prompt: str = "") -> None:
     await replies.defer(interaction, ephemeral=True)
-    sched = await asyncio.to_thread(service.add_schedule, actor_of(interaction), persona, channel.id,
+    sched = await asyncio.to_thread(service.schedules.add_schedule, actor_of(interaction), persona, channel.id,
                                     every=every, cron=cron, prompt=prompt)
     await replies.send(interaction, f"Schedule {sched.id}: `{sched.persona_slug}` posts in <#{sched.channel_id}> "
                                     f"{sched.every}" + (f", continuing “{escape(truncate(prompt, 200))}”." if prompt
@@ -40,7 +41,7 @@ async def add(interaction: discord.Interaction, persona: str, channel: discord.T
 @schedule_group.command(name="list", description="This server's scheduled posts.")
 async def list_(interaction: discord.Interaction) -> None:
     await replies.defer(interaction, ephemeral=True)
-    rows = await asyncio.to_thread(service.list_schedules, interaction.guild_id)
+    rows = await asyncio.to_thread(service.schedules.list_schedules, interaction.guild_id)
     if not rows:
         await replies.send(interaction, "No scheduled posts here. Add one with `/schedule add`.")
         return
@@ -54,7 +55,7 @@ async def list_(interaction: discord.Interaction) -> None:
 
 
 async def schedule_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
-    rows = await asyncio.to_thread(service.list_schedules, interaction.guild_id)
+    rows = await asyncio.to_thread(service.schedules.list_schedules, interaction.guild_id)
     return [app_commands.Choice(name=f"{s.id}: {s.persona_slug} {s.every}"[:100], value=s.id)
             for s in rows if current in str(s.id) or current.lower() in s.persona_slug][:25]
 
@@ -65,8 +66,9 @@ async def schedule_autocomplete(interaction: discord.Interaction, current: str) 
 @trainer_only()
 async def remove(interaction: discord.Interaction, schedule: int) -> None:
     await replies.defer(interaction, ephemeral=True)
-    text = await asyncio.to_thread(service.remove_schedule, actor_of(interaction), schedule)
-    await replies.send(interaction, f"Removed {text}.")
+    removed = await asyncio.to_thread(service.schedules.remove_schedule, actor_of(interaction), schedule)
+    await replies.send(interaction, f"Removed schedule {removed.id} ({removed.persona_slug} in "
+                                    f"<#{removed.channel_id}>, {removed.every}).")
 
 
 COMMANDS = (schedule_group,)

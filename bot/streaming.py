@@ -15,7 +15,8 @@ import time
 import discord
 from discord.utils import MISSING
 
-from bot import replies, service
+import service.generation
+from bot import replies
 from bot.formatting import MESSAGE_LIMIT, Rendered, render_generation, truncate
 from bot.jobs import GENERATE, JobError, Unavailable
 from bot.views import result_view
@@ -155,7 +156,7 @@ def _unknown_note(result: dict, family: str) -> str:
     return f"{what} this persona never saw were {fate}: {shown}"
 
 
-async def run_generation(bot, output: Output, request: service.GenerateRequest, *, user_id: int | None,
+async def run_generation(bot, output: Output, request: service.generation.PreparedGeneration, *, user_id: int | None,
                          guild_id: int | None, source: str = "generate") -> int | None:
     """Enqueue, stream, show the result with its buttons; returns the generation id (None on failure).
     Every failure ends in a message: nothing is left 'thinking…'. `source` (generate, button:…, mention,
@@ -167,7 +168,7 @@ async def run_generation(bot, output: Output, request: service.GenerateRequest, 
     return gid
 
 
-async def _run_generation(bot, output: Output, request: service.GenerateRequest, *, user_id: int | None,
+async def _run_generation(bot, output: Output, request: service.generation.PreparedGeneration, *, user_id: int | None,
                           guild_id: int | None) -> int | None:
     streamer = Streamer(output, bot.settings.bot_stream_interval)
     label = f"{request.payload['persona']}: {request.shown_prompt[:40]}"
@@ -214,6 +215,6 @@ async def _run_generation(bot, output: Output, request: service.GenerateRequest,
         return None
     if generation_id and message_id:
         bot.remember_generation(message_id, generation_id)
-        await asyncio.to_thread(service.attach_message, generation_id, message_id)
+        await asyncio.to_thread(service.generation.attach_message, generation_id, message_id)
     return generation_id
 

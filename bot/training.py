@@ -19,7 +19,9 @@ from datetime import timedelta
 import discord
 from discord import app_commands
 
-from bot import replies, service
+import service.policy
+import service.training
+from bot import replies
 from bot.autocomplete import forget_names, run_autocomplete
 from bot.formatting import escape, progress_bar, split_message, training_progress, truncate
 from bot.jobs import TRAIN, JobError
@@ -81,7 +83,7 @@ class TrainingWatcher:
     async def resume(self) -> None:
         """Pick up the progress messages of runs that were active when the bot stopped."""
         try:
-            runs = await asyncio.to_thread(service.runs_to_watch)
+            runs = await asyncio.to_thread(service.training.runs_to_watch)
         except Exception:  # noqa: BLE001 - a broken database must not stop the bot from starting
             log.exception("could not list active training runs")
             return
@@ -99,7 +101,7 @@ class TrainingWatcher:
         try:
             while True:
                 try:
-                    view = await asyncio.to_thread(service.run_status, run_id)
+                    view = await asyncio.to_thread(service.training.run_status, run_id)
                 except Exception as e:  # noqa: BLE001 - the database hiccuped: keep watching
                     log.warning("run %s: cannot read its progress: %s", run_id, e)
                     await asyncio.sleep(DB_RETRY_SECONDS)
@@ -131,15 +133,15 @@ class TrainingWatcher:
         finally:
             self.tasks.pop(run_id, None)
 
-    async def _finish(self, view: service.RunView, message: ProgressMessage, interval: float) -> None:
+    async def _finish(self, view: service.training.RunView, message: ProgressMessage, interval: float) -> None:
         delay = message.last_edit + interval - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         name = view.display_name
         if view.status == "succeeded":
             await message.edit(f"**Trained `{view.persona_slug}`** · done\n{progress_bar(1.0)}\n"
-                               f"{service.describe_run_result(view)}")
-            png = await asyncio.to_thread(service.loss_curve, view)
+                               f"{service.training.describe_run_result(view)}")
+            png = await asyncio.to_thread(service.training.loss_curve, view)
             sample = view.metrics.get("sample") or ""
             text = f"✅ **{escape(name)}** is ready: `/generate persona:{view.persona_slug}`"
             if sample.strip():
@@ -148,7 +150,7 @@ class TrainingWatcher:
             await message.post(truncate(text, 2000), file)
         elif view.status == "cancelled":
             await message.edit(f"**Training `{view.persona_slug}`** · cancelled at step "
-                               f"{view.progress.get('step', 0)}.")
+                               f"{view.progress.step or 0}.")
         else:
             error = truncate(view.error or "unknown error", 1500)
             await message.edit(f"**Training `{view.persona_slug}`** · failed\n{escape(error)}")
@@ -158,25 +160,25 @@ def _quote(text: str) -> str:
     return "\n".join("> " + line for line in text.splitlines())
 
 
-async def start_run(interaction: discord.Interaction, new: service.NewRun) -> None:
+async def start_run(interaction: discord.Interaction, new: service.training.NewRun) -> None:
     """Enqueue a created run and show its progress message (the deferred response)."""
     bot = interaction.client
     try:
         await bot.jobs.submit(TRAIN, new.run_id, user_id=interaction.user.id, guild_id=interaction.guild_id,
                               label=f"train {new.persona_slug}", track=False)
     except JobError as e:
-        await asyncio.to_thread(service.abandon_run, new.run_id, delete_persona=new.created_persona)
+        await asyncio.to_thread(service.training.abandon_run, new.run_id, delete_persona=new.created_persona)
         forget_names(interaction.guild_id)
         await replies.fail(interaction, e.message)
         return
-    view = await asyncio.to_thread(service.run_status, new.run_id)
+    view = await asyncio.to_thread(service.training.run_status, new.run_id)
     notes = "".join(f"\n-# {escape(w)}" for w in new.warnings)
     if new.deduplicated:
         notes += "\n-# This text was uploaded before; the stored copy is used."
     content = training_progress(new.display_name, view.status if view else "queued", {}, now=time.time(),
                                 queue_position=view.position if view else None) + notes
     sent = await replies.send(interaction, content)
-    await asyncio.to_thread(service.set_run_message, new.run_id, interaction.channel_id, sent.id)
+    await asyncio.to_thread(service.training.set_run_message, new.run_id, interaction.channel_id, sent.id)
     message = ProgressMessage(bot, interaction.channel_id, sent.id, interaction)
     message.last_edit, message.shown = time.monotonic(), content
     bot.training.watch(new.run_id, message)
@@ -189,7 +191,8 @@ train_group = app_commands.Group(name="train", description="Training runs: progr
 @train_group.command(name="status", description="Training runs queued or running in this server.")
 async def status(interaction: discord.Interaction) -> None:
     await replies.defer(interaction, ephemeral=True)
-    runs = await asyncio.to_thread(service.training_runs, service.Actor(interaction.user.id, interaction.guild_id))
+    actor = service.policy.Actor(interaction.user.id, interaction.guild_id)
+    runs = await asyncio.to_thread(service.training.training_runs, actor)
     if not runs:
         await replies.send(interaction, "Nothing is training here right now.")
         return
@@ -211,8 +214,8 @@ async def cancel(interaction: discord.Interaction, run: int | None = None) -> No
     from bot.limits import actor_of
 
     try:
-        view = await asyncio.to_thread(service.cancel_training, actor_of(interaction), run)
-    except service.UserError as e:
+        view = await asyncio.to_thread(service.training.cancel_training, actor_of(interaction), run)
+    except service.policy.UserError as e:
         await replies.fail(interaction, e.message)
         return
     state = "cancelled" if view.status == "cancelled" else "stopping (it keeps its last checkpoint)"

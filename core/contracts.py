@@ -7,10 +7,13 @@
 - `GenerateRequest`: the payload of the `improbable.generate` task (see worker/tasks.py).
 - `RunProgress`: the progress record of a training run (the `training_runs.progress` JSON and the train
   task's PROGRESS meta), written by the trainer service and read by the bot, the console and the metrics.
+- `parse_cron`: a schedule's cron expression, checked by the service and evaluated by the worker.
+- `checkpoint_metadata`: the JSON metadata of a checkpoint file (safetensors header), read without torch.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -37,7 +40,7 @@ class SamplingParams(BaseModel):
                                  description="Improbability drive: pick tokens whose probability is nearest "
                                  "this (0 = off)")
     tolerance: float = Field(0.0, ge=0, le=10,
-                             description="Improbability band: sample among tokens within p·(1±tolerance)")
+                             description="Improbability band: tokens within p/(1+t) to p·(1+t) (0 = a factor of 2)")
     repetition_penalty: float = Field(1.0, ge=1, le=10, title="repetition penalty",
                                       description="> 1 discourages recently used tokens")
     repetition_window: int = Field(32, ge=1, le=4096, title="repetition window",
@@ -137,6 +140,25 @@ def merge_sampling(*layers: dict | None) -> dict:
     return merged
 
 
+CRON_FIELDS = "minute hour day-of-month month day-of-week"
+
+
+def parse_cron(expr: str):
+    """A schedule's 5-field cron expression (UTC) as celery's crontab: the one parser of the service
+    (which checks what users type) and the worker (which finds the due slots). ValueError when invalid."""
+    from celery.schedules import crontab
+
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"it needs 5 fields ({CRON_FIELDS}), e.g. `0 9 * * 1-5`")
+    minute, hour, day_of_month, month, day_of_week = fields
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
+                       day_of_week=day_of_week)
+    except Exception as e:  # noqa: BLE001 - celery raises ValueError and friends
+        raise ValueError(str(e)) from None
+
+
 class GenerateRequest(BaseModel):
     """The `improbable.generate` payload. Built by the service (and scheduled posts); the worker
     validates it. Unknown top-level keys are ignored (older bots), unknown sampling keys are not."""
@@ -212,3 +234,22 @@ class RunProgress(BaseModel):
     def record(self) -> dict:
         """The JSON stored in the run row (None values left out)."""
         return self.model_dump(exclude_none=True)
+
+
+def checkpoint_metadata(data: bytes, name: str = "checkpoint") -> dict:
+    """The Improbable metadata of a checkpoint (the JSON under `__metadata__["improbable"]` in the
+    safetensors header), without torch and without reading the tensors. ValueError, naming the file and
+    what is wrong, when it is not such a file. trainer.checkpoint adds its format and checksum checks."""
+    if len(data) < 8:
+        raise ValueError(f"{name}: not a checkpoint (only {len(data)} bytes)")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > len(data) - 8:
+        raise ValueError(f"{name}: truncated or not a safetensors file "
+                         f"(header says {header_len} bytes, file has {len(data)})")
+    try:
+        meta = json.loads(json.loads(data[8:8 + header_len])["__metadata__"]["improbable"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{name}: not an Improbable checkpoint (no readable metadata: {e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{name}: not an Improbable checkpoint (metadata is not a JSON object)")
+    return meta

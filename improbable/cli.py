@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.contracts import SamplingError, bounds, help_of, parse_sampling
 from core.settings import SettingsError, get_settings
 
 app = typer.Typer(help="Improbable: small recurrent language models that talk in borrowed voices.",
@@ -140,22 +141,26 @@ def train(
     console.print(f"checkpoints: {result.out_dir}/best.safetensors, last.safetensors; curve: {result.out_dir}/loss.png")
 
 
-@app.command()
-def generate(
+def _sampling_help(field: str, note: str = "") -> str:
+    """An option's help from the contract (core.contracts.SamplingParams), with its bounds."""
+    low, high = bounds(field)
+    return f"{help_of(field)}{note} [{low:g} to {high:g}]"
+
+
+@app.command("generate")
+def generate_text(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint (best.safetensors of a run)."),
     prompt: str = typer.Option("", "--prompt", "-p", help="Text to continue (fed through the model first)."),
-    max_tokens: int = typer.Option(300, help="Characters (char models) or words (word models) to generate."),
-    temperature: float = typer.Option(0.8, help="0 = greedy; higher = wilder."),
-    top_k: int = typer.Option(0, help="Sample among the k most likely tokens (0 = off)."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (1 = off)."),
-    improbability: float = typer.Option(
-        0.0, help="Improbability drive: pick the token whose probability is nearest this (0 = off)."),
-    tolerance: float = typer.Option(
-        0.0, help="Improbability band, relative: sample among tokens within p·(1±tolerance)."),
-    repetition_penalty: float = typer.Option(1.0, help="> 1 discourages recently used tokens."),
-    stop: list[str] = typer.Option([], help="Stop when this text appears (repeatable)."),
-    sentence: bool = typer.Option(False, help="Stop at the end of the first sentence."),
-    seed: int | None = typer.Option(None, help="Same checkpoint + prompt + parameters + seed ⇒ same text."),
+    max_tokens: int = typer.Option(300, help=_sampling_help("max_tokens")),
+    temperature: float = typer.Option(0.8, help=_sampling_help("temperature")),
+    top_k: int = typer.Option(0, help=_sampling_help("top_k")),
+    top_p: float = typer.Option(1.0, help=_sampling_help("top_p")),
+    improbability: float = typer.Option(0.0, help=_sampling_help("improbability")),
+    tolerance: float = typer.Option(0.0, help=_sampling_help("tolerance")),
+    repetition_penalty: float = typer.Option(1.0, help=_sampling_help("repetition_penalty")),
+    stop: list[str] = typer.Option([], help=help_of("stop") + "."),
+    sentence: bool = typer.Option(False, help=help_of("stop_at_sentence_end") + "."),
+    seed: int | None = typer.Option(None, help=_sampling_help("seed", " (each of --n adds 1)")),
     n: int = typer.Option(1, "--n", "-n", help="Number of samples, generated together as one batch."),
     precision: str = typer.Option("fp32", help="Weights while sampling: fp32, or bf16 (faster for big models)."),
 ) -> None:
@@ -169,12 +174,15 @@ def generate(
     try:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"--precision must be fp32 or bf16, not {precision!r}")
+        checked = [parse_sampling(dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       improbability=improbability, tolerance=tolerance,
+                                       repetition_penalty=repetition_penalty, stop=tuple(stop),
+                                       stop_at_sentence_end=sentence, seed=None if seed is None else seed + i))
+                   for i in range(n)]
         model = ckpt.load(checkpoint, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
-        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 improbability=improbability, tolerance=tolerance,
-                                 repetition_penalty=repetition_penalty, stop=tuple(stop),
-                                 stop_at_sentence_end=sentence, seed=None if seed is None else seed + i)
-                  for i in range(n)]
+        params = [SamplingParams(**p.model_dump()) for p in checked]
+    except SamplingError as e:
+        _fail(e.message)
     except (ckpt.CheckpointError, ValueError) as e:
         _fail(str(e))
     streams = sample(model.model, model.tokenizer, [prompt] * n, params)
@@ -284,7 +292,7 @@ def health(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Check that the database, broker and storage answer (compose healthchecks): exit 0 if all pass, else 1."""
-    from .health import run_checks
+    from improbable.health import run_checks
 
     try:
         results = run_checks(checks or None, timeout=timeout)
@@ -304,7 +312,7 @@ def chat(
     command: list[str] = typer.Option([], "--command", "-c", help="Run this command line and exit (repeatable)."),
 ) -> None:
     """The Discord bot's commands in a terminal (/help), on the embedded defaults: no token needed."""
-    from .chat import main as chat_main
+    from bot.console import main as chat_main
 
     raise typer.Exit(chat_main(command))
 

@@ -1,5 +1,5 @@
 """Train the bundled default personas from their checked-in recipes and write them, as float16
-safetensors with a model card each, to improbable/bundled/ (the embedded defaults load them).
+safetensors with a model card each, to db/bundled/ (the embedded defaults load them).
 
     .venv/bin/python scripts/train_bundled.py                 # every persona whose text is available
     .venv/bin/python scripts/train_bundled.py alice trump     # some of them
@@ -28,7 +28,7 @@ from trainer.recipes import RECIPES_DIR, load_recipe
 from trainer.sample import SamplingParams, generate
 from trainer.train import TrainConfig, train
 
-BUNDLED_DIR = ROOT / "improbable" / "bundled"
+BUNDLED_DIR = ROOT / "db" / "bundled"
 PERSONAS = {"trump": "America is", "alice": "Alice was", "shakespeare": "ROMEO:", "movie-reviews": "this movie"}
 CORPORA = [Path(p) for p in os.environ.get("IMPROBABLE_CORPUS_PATH", str(ROOT.parent / "shared" / "corpora")).split(os.pathsep)]
 

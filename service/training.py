@@ -1,12 +1,190 @@
-"""Training runs: starting, watching and cancelling them, and their cluster metrics."""
+"""Training runs: their limits (overrides, cooldown, queued runs), views of a run for the bot and the
+console, cancelling, the result line, and the cluster metrics of runs (TrainingCollector)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import timedelta
 
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
 
 from core.contracts import RunProgress
+from core.settings import get_settings
+from db import RunStatus, TrainingRun, open_storage, session_scope
+from db.personas import delete_persona as db_delete_persona
+from db.queries import (
+    ACTIVE_STATUSES,
+    InvalidTransition,
+    active_runs,
+    last_run_requested,
+    request_cancel,
+)
+from db.types import as_utc, utcnow
+from service.policy import Actor, NotAllowed, Policy, UserError, may_train, policy
+
+
+@dataclass
+class NewRun:
+    run_id: int
+    persona_slug: str
+    display_name: str
+    created_persona: bool
+    warnings: tuple[str, ...] = ()
+    deduplicated: bool = False
+
+
+def train_overrides(minutes: float | None) -> dict:
+    if minutes is None:
+        return {}
+    cap = get_settings().train_max_minutes
+    if not 0 < minutes <= cap:
+        raise UserError(f"minutes must be more than 0 and at most {cap:g}.")
+    return {"minutes": float(minutes)}
+
+
+def check_training_limits(session, actor: Actor, pol: Policy) -> None:
+    if actor.user_id is None:
+        return
+    mine = active_runs(session, requested_by=actor.user_id)
+    if len(mine) >= max(pol.max_queued_jobs, 1):
+        raise UserError(f"You already have {len(mine)} training run(s) queued or running (the limit here is "
+                        f"{pol.max_queued_jobs}); wait for it or cancel it with `/train cancel`.")
+    if pol.train_cooldown_seconds > 0 and not actor.can_manage:
+        last = last_run_requested(session, actor.user_id, actor.guild_id)
+        if last is not None:
+            ready = last.created_at + timedelta(seconds=pol.train_cooldown_seconds)
+            if ready > utcnow():
+                raise UserError("You can start another training run {when}.", when=as_utc(ready))
+
+
+
+def abandon_run(run_id: int, *, delete_persona: bool) -> None:
+    """The run could not be enqueued: cancel it (and remove a persona created just for it)."""
+    with session_scope() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None:
+            return
+        persona = run.persona
+        try:
+            request_cancel(session, run)
+        except InvalidTransition:
+            pass
+        session.commit()
+        if delete_persona and persona.active_checkpoint_id is None:
+            db_delete_persona(session, persona, open_storage())
+
+
+
+@dataclass
+class RunView:
+    id: int
+    persona_slug: str
+    display_name: str
+    status: str
+    progress: RunProgress
+    metrics: dict
+    error: str | None
+    requested_by: int | None
+    guild_id: int | None
+    channel_id: int | None
+    message_id: int | None
+    position: int | None  # in the training queue, when queued
+    cancel_requested: bool
+
+    @property
+    def finished(self) -> bool:
+        return RunStatus(self.status).finished
+
+
+def _view(session, run: TrainingRun) -> RunView:
+    position = None
+    if run.status is RunStatus.QUEUED:
+        ahead = session.scalar(select(func.count()).select_from(TrainingRun)
+                               .where(TrainingRun.status.in_(ACTIVE_STATUSES), TrainingRun.id < run.id)) or 0
+        position = ahead + 1
+    return RunView(run.id, run.persona.slug, run.persona.display_name, run.status.value,
+                   RunProgress.model_validate(run.progress or {}),
+                   dict(run.metrics or {}), run.error, run.requested_by, run.guild_id, run.channel_id,
+                   run.message_id, position, run.cancel_requested)
+
+
+def run_status(run_id: int) -> RunView | None:
+    with session_scope() as session:
+        run = session.get(TrainingRun, run_id)
+        return _view(session, run) if run is not None else None
+
+
+def set_run_message(run_id: int, channel_id: int | None, message_id: int | None) -> None:
+    with session_scope() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is not None:
+            run.channel_id, run.message_id = channel_id, message_id
+
+
+def training_runs(actor: Actor, *, mine: bool = False) -> list[RunView]:
+    """Active runs in the actor's guild (or the actor's own), oldest first."""
+    with session_scope() as session:
+        runs = active_runs(session, requested_by=actor.user_id if mine else None, guild_id=actor.guild_id)
+        return [_view(session, r) for r in runs]
+
+
+def runs_to_watch() -> list[RunView]:
+    """Active runs with a progress message (the bot resumes watching them after a restart)."""
+    with session_scope() as session:
+        runs = [r for r in active_runs(session) if r.message_id is not None and r.channel_id is not None]
+        return [_view(session, r) for r in runs]
+
+
+def cancel_training(actor: Actor, run_id: int | None = None) -> RunView:
+    """Cancel a run (default: the actor's latest active one). Its requester or a trainer may."""
+    with session_scope() as session:
+        if run_id is None:
+            mine = active_runs(session, requested_by=actor.user_id)
+            if not mine:
+                raise UserError("You have no training run queued or running.")
+            run = mine[-1]
+        else:
+            run = session.get(TrainingRun, run_id)
+            if run is None or (actor.guild_id is not None and run.guild_id not in (None, actor.guild_id)):
+                raise UserError(f"There is no training run {run_id} here.")
+        if run.requested_by != actor.user_id and not may_train(actor, policy(actor.guild_id)):
+            raise NotAllowed("Only whoever started a run, or somebody who may train personas, can cancel it.")
+        try:
+            run = request_cancel(session, run)
+        except InvalidTransition:
+            raise UserError(f"Run {run.id} already {run.status.value}.") from None
+        return _view(session, run)
+
+
+def loss_curve(view: RunView) -> bytes | None:
+    key = view.metrics.get("loss_png")
+    if not key:
+        return None
+    try:
+        return open_storage().get(key)
+    except FileNotFoundError:
+        return None
+
+
+
+def describe_run_result(view: RunView) -> str:
+    m = view.metrics
+    facts = []
+    if isinstance(m.get("val_loss"), int | float):
+        facts.append(f"validation loss {m['val_loss']:.3f} nats/token")
+    if isinstance(m.get("val_bpc"), int | float):
+        facts.append(f"{m['val_bpc']:.2f} bits/char")
+    if m.get("steps"):
+        facts.append(f"{m['steps']} steps")
+    if isinstance(m.get("elapsed"), int | float):
+        facts.append(f"{m['elapsed']:.0f} s")
+    promoted = m.get("promoted")
+    tail = "" if promoted is None else (" · now active" if promoted else " · kept the previous model (it was better)")
+    return " · ".join(facts) + tail
+
+
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +234,4 @@ class TrainingCollector:
             log.warning("training metrics: database unreachable: %s", e)
             up.add_metric([], 0)
         yield up
+

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from improbable.bundled import BUNDLED_DIR, bundled_checkpoints, header_metadata, register_bundled
+from core.contracts import checkpoint_metadata
+from db.bundled import BUNDLED_DIR, bundled_checkpoints, register_bundled
 from trainer import checkpoint as ckpt
 from trainer.sample import SamplingParams, generate
 
@@ -17,7 +18,7 @@ def test_bundle_is_small_and_every_checkpoint_has_a_model_card():
     assert sum(p.stat().st_size for p in files.values()) <= 25_000_000
     for slug, path in files.items():
         card = (BUNDLED_DIR / f"{slug}.md").read_text()
-        meta = header_metadata(path.read_bytes())
+        meta = checkpoint_metadata(path.read_bytes())
         assert meta["corpus_sha256"] in card and "held-out loss" in card
 
 

@@ -172,10 +172,10 @@ def test_generate_with_unknown_characters_notes_them(trained):
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("--top-p", "0", "top_p must be in (0, 1]"),
-        ("--temperature", "-1", "temperature must be 0 (greedy) or positive"),
-        ("--improbability", "2", "improbability must be a probability"),
-        ("--max-tokens", "0", "max_tokens must be at least 1"),
+        ("--top-p", "0", "top_p must be more than 0 and at most 1"),  # core.contracts.SamplingParams' bounds
+        ("--temperature", "-1", "temperature must be between 0 (greedy) and 5"),
+        ("--improbability", "2", "improbability must be between 0 (off) and 1"),
+        ("--max-tokens", "0", "max_tokens must be between 1 and 100000"),
     ],
 )
 def test_generate_with_invalid_parameters(trained, option, value, message):

@@ -1,13 +1,8 @@
-"""Originality of generated text: how much of it is new rather than copied from the corpus.
-Torch-free, so the bot can compute it for /persona info."""
+"""Originality of generated text: lives in core.text (torch-free, shared with the service); re-exported
+here so trainer code and scripts keep their import."""
 
 from __future__ import annotations
 
+from core.text import originality
 
-def originality(generated: str, corpus: str, window: int = 20) -> float | None:
-    """Share of the generated text's `window`-character windows that do NOT occur verbatim in the
-    corpus (1.0 = nothing copied). None when the text is shorter than one window or there is no corpus."""
-    windows = [generated[i:i + window] for i in range(0, len(generated) - window + 1)]
-    if not windows or not corpus:
-        return None
-    return 1.0 - sum(1 for w in windows if w in corpus) / len(windows)
+__all__ = ["originality"]

@@ -2,7 +2,7 @@
 
 Slots are instants in UTC. An interval schedule's slots are aligned to the Unix epoch
 (db.queries.interval_slot); a cron schedule's are the minutes its 5-field expression matches (minute hour
-day-of-month month day-of-week, parsed by celery.schedules.crontab, all fields must match, Sunday = 0).
+day-of-month month day-of-week, parsed by core.contracts.parse_cron, all fields must match, Sunday = 0).
 A slot is due when it is the latest slot at or before now and later than the last claimed slot (or the
 schedule's creation). So after any downtime only that latest slot is due: at most one catch-up post.
 The claim is a unique row (db.queries.claim_slot), so two dispatchers racing post each slot once.
@@ -16,10 +16,9 @@ import urllib.error
 import urllib.request
 from datetime import UTC, date, datetime, timedelta
 
-from celery.schedules import crontab
 from sqlalchemy import select
 
-from core.contracts import GenerateRequest, merge_sampling
+from core.contracts import GenerateRequest, merge_sampling, parse_cron
 from core.settings import get_settings
 from db import PostStatus, Schedule, SchedulePost, get_sessionmaker, session_scope
 from db.queries import claim_slot, enabled_schedules, finish_post, interval_slot
@@ -36,15 +35,6 @@ class DiscordError(RuntimeError):
 
 class DiscordUnavailable(RuntimeError):
     """Discord or the network failed transiently (5xx, 429, timeout): retry with backoff."""
-
-
-def parse_cron(expr: str) -> crontab:
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"cron expression {expr!r} needs 5 fields: minute hour day-of-month month day-of-week")
-    minute, hour, day_of_month, month, day_of_week = fields
-    return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
-                   day_of_week=day_of_week)
 
 
 def latest_cron_slot(expr: str, now: datetime, after: datetime) -> datetime | None:

@@ -128,3 +128,11 @@ def test_training_progress_message():
     assert "position 3 in the queue" in queued
     failed = training_progress("Poet", "failed", {}, now=0, error="**boom** @everyone")
     assert "\\*\\*boom" in failed and "@everyone" not in failed
+
+
+def test_guild_policy_text():
+    from bot.guild import describe_policy
+    from service.policy import Policy
+
+    assert "none (Manage Server only)" in describe_policy(Policy())
+    assert "<@&42>" in describe_policy(Policy(trainer_role_id=42))

@@ -1,4 +1,4 @@
-"""The bot never imports torch (it talks to the models only through Celery)."""
+"""The bot and the service never import torch (they talk to the models only through Celery)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 CODE = """
 import sys
 import bot.client, bot.chat, bot.generate, bot.jobs, bot.limits, bot.personas, bot.queue, bot.replies
-import bot.schedules, bot.service, bot.streaming, bot.training, bot.views, improbable.chat
+import bot.schedules, bot.streaming, bot.training, bot.views, bot.console
+import service.generation, service.personas, service.policy, service.schedules, service.training
 from bot.client import ImprobableBot
 from bot.jobs import Jobs
 client = ImprobableBot()

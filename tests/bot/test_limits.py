@@ -9,7 +9,7 @@ import pytest
 from discord import app_commands
 
 from bot.limits import Cooldowns, Limits, Refusal, actor_of, cooldown_message
-from bot.service import Actor, Policy
+from service.policy import Actor, Policy
 
 
 class Clock:

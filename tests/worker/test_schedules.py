@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import update
 
 import db
+from core.contracts import parse_cron
 from db.models import PostStatus, Schedule
 from db.personas import get_persona
 from db.queries import create_schedule, posts_of
 from worker.app import enqueue
-from worker.schedules import due_slot, latest_cron_slot, parse_cron, post_content
+from worker.schedules import due_slot, latest_cron_slot, post_content
 
 NOW = datetime(2026, 6, 10, 12, 34, 56, tzinfo=UTC)  # a Wednesday
 

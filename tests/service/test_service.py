@@ -1,4 +1,4 @@
-"""The command logic shared by Discord and the console (bot/service.py), on a real migrated SQLite file."""
+"""The command logic shared by Discord and the console (service/), on a real migrated SQLite file."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ import shutil
 import pytest
 
 import db
-from bot import service
-from bot.service import Actor, NotAllowed, UserError
+import service.generation
+import service.personas
+import service.policy
+import service.schedules
+import service.training
+from core.text import originality
 from db.personas import get_persona
 from db.queries import add_checkpoint, record_generation, update_guild_settings
+from service.policy import Actor, NotAllowed, UserError
 
 GUILD = 111
 TRAINER_ROLE = 999
@@ -66,7 +71,7 @@ def _activate(slug: str = "alice") -> int:
 
 def test_generate_request_resolves_the_active_checkpoint(env):
     ckpt = _activate()
-    request = service.prepare_generation("Alice", "Once", MEMBER, {"temperature": 0.5, "max_tokens": None})
+    request = service.generation.prepare_generation("Alice", "Once", MEMBER, {"temperature": 0.5, "max_tokens": None})
     p = request.payload
     assert p["checkpoint_id"] == ckpt and p["persona"] == "alice" and p["prompt"] == "Once"
     assert p["params"]["temperature"] == 0.5 and p["params"]["max_tokens"] == 500  # the persona's default
@@ -76,14 +81,14 @@ def test_generate_request_resolves_the_active_checkpoint(env):
 
 def test_unknown_persona_suggests_close_names(env):
     with pytest.raises(UserError, match="`alice`"):
-        service.prepare_generation("alcie", "", MEMBER)
+        service.generation.prepare_generation("alcie", "", MEMBER)
 
 
 def test_persona_without_a_model_says_how_to_get_one(env):
     with pytest.raises(UserError, match="/persona retrain"):
-        service.prepare_generation("harry-potter", "", MEMBER)
+        service.generation.prepare_generation("harry-potter", "", MEMBER)
     with pytest.raises(UserError, match="improbable train --recipe trump"):
-        service.prepare_generation("trump", "", MEMBER)
+        service.generation.prepare_generation("trump", "", MEMBER)
 
 
 @pytest.mark.parametrize("params, message", [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top-p"),
@@ -91,7 +96,7 @@ def test_persona_without_a_model_says_how_to_get_one(env):
 def test_out_of_range_parameters_are_refused(env, params, message):
     _activate()
     with pytest.raises(UserError, match=message):
-        service.prepare_generation("alice", "", MEMBER, params)
+        service.generation.prepare_generation("alice", "", MEMBER, params)
 
 
 def test_follow_ups_keep_or_change_the_parameters(env):
@@ -101,44 +106,44 @@ def test_follow_ups_keep_or_change_the_parameters(env):
         gen = record_generation(session, persona, prompt="Alice was", output=" tired.", checkpoint=ckpt,
                                 params={"temperature": 0.7, "seed": 5, "improbability": 0.0}, seed=5)
         gid = gen.id
-    regen = service.follow_up(gid, "regenerate", MEMBER)
+    regen = service.generation.follow_up(gid, "regenerate", MEMBER)
     assert regen.payload["prompt"] == "Alice was" and regen.params["temperature"] == 0.7
     assert regen.payload["parent_generation_id"] == gid
-    more = service.follow_up(gid, "improbable", MEMBER)
+    more = service.generation.follow_up(gid, "improbable", MEMBER)
     assert more.params["improbability"] == 0.2 and more.params["seed"] == 5
-    cont = service.follow_up(gid, "continue", MEMBER, "And then")
+    cont = service.generation.follow_up(gid, "continue", MEMBER, "And then")
     assert cont.payload["prompt"] == "Alice was tired.\nAnd then"
     with pytest.raises(UserError):
-        service.follow_up(10**6, "regenerate", MEMBER)
+        service.generation.follow_up(10**6, "regenerate", MEMBER)
 
 
 def test_more_improbable_goes_down_by_quarters():
-    assert service.lower_improbability(0) == 0.2
-    assert service.lower_improbability(0.2) == 0.05
-    assert service.lower_improbability(0.0002) == 1e-4
+    assert service.generation.lower_improbability(0) == 0.2
+    assert service.generation.lower_improbability(0.2) == 0.05
+    assert service.generation.lower_improbability(0.0002) == 1e-4
 
 
 def test_join_text_by_family():
-    assert service.join_text("Alice", " was", "char-rnn") == "Alice was"
-    assert service.join_text("the movie", "was good", "word-gru") == "the movie was good"
-    assert service.join_text("the movie", ", sadly", "word-gru") == "the movie, sadly"
+    assert service.generation.join_text("Alice", " was", "char-rnn") == "Alice was"
+    assert service.generation.join_text("the movie", "was good", "word-gru") == "the movie was good"
+    assert service.generation.join_text("the movie", ", sadly", "word-gru") == "the movie, sadly"
 
 
 def test_parse_chat(env):
-    assert service.parse_chat("trump: make the wall", GUILD) == ("trump", "make the wall")
-    assert service.parse_chat("Note: not a persona", GUILD) == ("alice", "Note: not a persona")
-    assert service.parse_chat("just text", GUILD) == ("alice", "just text")
+    assert service.generation.parse_chat("trump: make the wall", GUILD) == ("trump", "make the wall")
+    assert service.generation.parse_chat("Note: not a persona", GUILD) == ("alice", "Note: not a persona")
+    assert service.generation.parse_chat("just text", GUILD) == ("alice", "just text")
     with pytest.raises(UserError, match="`trump`"):
-        service.parse_chat("trmp: typo", GUILD)
+        service.generation.parse_chat("trmp: typo", GUILD)
 
 
 # -- permissions and limits -------------------------------------------------------------------------------
 
 def test_training_needs_manage_server_or_the_trainer_role(env):
     with pytest.raises(NotAllowed, match="Manage Server"):
-        service.create_persona(MEMBER, "poet", TEXT, "poet.txt")
-    new = service.create_persona(TRAINER, "poet", TEXT, "poet.txt", "char-rnn", "A poet", 0.5)
-    view = service.run_status(new.run_id)
+        service.personas.create_persona(MEMBER, "poet", TEXT, "poet.txt")
+    new = service.personas.create_persona(TRAINER, "poet", TEXT, "poet.txt", "char-rnn", "A poet", 0.5)
+    view = service.training.run_status(new.run_id)
     assert view.status == "queued" and view.position == 1 and view.persona_slug == "poet"
     with db.session_scope() as session:
         persona = get_persona(session, "poet", GUILD)
@@ -153,64 +158,66 @@ def get_persona_or_none(slug, guild):
 
 
 def test_queued_runs_per_user_and_cooldown(env):
-    service.create_persona(TRAINER, "one", TEXT, "one.txt")
+    service.personas.create_persona(TRAINER, "one", TEXT, "one.txt")
     with pytest.raises(UserError, match="already have 1 training run"):
-        service.create_persona(TRAINER, "two", TEXT, "two.txt")
-    service.cancel_training(TRAINER)
+        service.personas.create_persona(TRAINER, "two", TEXT, "two.txt")
+    service.training.cancel_training(TRAINER)
     with db.session_scope() as session:
         update_guild_settings(session, GUILD, train_cooldown_seconds=600)
-    with pytest.raises(UserError, match="<t:"):
-        service.create_persona(TRAINER, "two", TEXT, "two.txt")
-    service.create_persona(MANAGER, "three", TEXT, "three.txt")  # managers are not cooled down
+    with pytest.raises(UserError, match="another training run in ") as refused:
+        service.personas.create_persona(TRAINER, "two", TEXT, "two.txt")
+    assert refused.value.when is not None  # the bot shows it as a Discord timestamp
+    assert "<t:" in refused.value.render(lambda t: f"<t:{int(t.timestamp())}:R>")
+    service.personas.create_persona(MANAGER, "three", TEXT, "three.txt")  # managers are not cooled down
 
 
 def test_bad_uploads_and_names_are_explained(env):
     with pytest.raises(UserError, match="limit here is 0.1 MB"):
-        service.create_persona(MANAGER, "big", b"x" * 200_000, "big.txt")
+        service.personas.create_persona(MANAGER, "big", b"x" * 200_000, "big.txt")
     with pytest.raises(UserError, match="cannot be used"):
-        service.create_persona(MANAGER, "bin", b"\x89PNG\r\n\x1a\n" + b"\0" * 500, "bin.txt")
+        service.personas.create_persona(MANAGER, "bin", b"\x89PNG\r\n\x1a\n" + b"\0" * 500, "bin.txt")
     with pytest.raises(UserError, match="not a valid persona name"):
-        service.create_persona(MANAGER, "Bad Name!", TEXT, "a.txt")
+        service.personas.create_persona(MANAGER, "Bad Name!", TEXT, "a.txt")
     with pytest.raises(UserError, match="already taken"):
-        service.create_persona(MANAGER, "alice", TEXT, "a.txt")
+        service.personas.create_persona(MANAGER, "alice", TEXT, "a.txt")
 
 
 def test_cancel_is_for_the_requester_or_trainers(env):
-    new = service.create_persona(TRAINER, "poet", TEXT, "poet.txt")
+    new = service.personas.create_persona(TRAINER, "poet", TEXT, "poet.txt")
     with pytest.raises(NotAllowed):
-        service.cancel_training(MEMBER, new.run_id)
-    assert service.cancel_training(MANAGER, new.run_id).status == "cancelled"
+        service.training.cancel_training(MEMBER, new.run_id)
+    assert service.training.cancel_training(MANAGER, new.run_id).status == "cancelled"
     with pytest.raises(UserError, match="already cancelled"):
-        service.cancel_training(TRAINER, new.run_id)
+        service.training.cancel_training(TRAINER, new.run_id)
 
 
 def test_abandoned_run_removes_the_new_persona(env):
-    new = service.create_persona(MANAGER, "poet", TEXT, "poet.txt")
-    service.abandon_run(new.run_id, delete_persona=True)
+    new = service.personas.create_persona(MANAGER, "poet", TEXT, "poet.txt")
+    service.training.abandon_run(new.run_id, delete_persona=True)
     assert get_persona_or_none("poet", GUILD) is None
 
 
 def test_delete_only_own_personas(env):
     with pytest.raises(UserError, match="built-in"):
-        service.delete_persona(MANAGER, "alice")
-    service.create_persona(MANAGER, "poet", TEXT, "poet.txt")
+        service.personas.delete_persona(MANAGER, "alice")
+    service.personas.create_persona(MANAGER, "poet", TEXT, "poet.txt")
     with pytest.raises(NotAllowed):
-        service.delete_persona(MEMBER, "poet")
-    assert service.delete_persona(MANAGER, "poet") == "poet"
+        service.personas.delete_persona(MEMBER, "poet")
+    assert service.personas.delete_persona(MANAGER, "poet") == "poet"
     assert get_persona_or_none("poet", GUILD) is None
 
 
 def test_retrain_reuses_the_corpus_and_refuses_while_training(env):
-    new = service.create_persona(MANAGER, "poet", TEXT, "poet.txt", minutes=1)
+    new = service.personas.create_persona(MANAGER, "poet", TEXT, "poet.txt", minutes=1)
     with pytest.raises(UserError, match="already training"):
-        service.retrain(MANAGER, "poet")
-    service.cancel_training(MANAGER, new.run_id)
-    again = service.retrain(MANAGER, "poet", minutes=2)
+        service.personas.retrain(MANAGER, "poet")
+    service.training.cancel_training(MANAGER, new.run_id)
+    again = service.personas.retrain(MANAGER, "poet", minutes=2)
     with db.session_scope() as session:
         run = session.get(db.TrainingRun, again.run_id)
         assert run.corpus is not None and run.corpus.filename == "poet.txt" and run.config == {"minutes": 2.0}
     with pytest.raises(UserError, match="copyrighted"):
-        service.retrain(Actor(9, GUILD, can_manage=True), "harry-potter")
+        service.personas.retrain(Actor(9, GUILD, can_manage=True), "harry-potter")
 
 
 # -- schedules --------------------------------------------------------------------------------------------
@@ -218,65 +225,65 @@ def test_retrain_reuses_the_corpus_and_refuses_while_training(env):
 @pytest.mark.parametrize("text, seconds", [("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1 d", 86400),
                                            ("90s", 90), ("1w", 604800)])
 def test_intervals(text, seconds):
-    assert service.parse_interval(text) == seconds
+    assert service.schedules.parse_interval(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "soon", "10", "30s", "5x", "1h and 2m"])
 def test_bad_intervals(text):
     with pytest.raises(UserError):
-        service.parse_interval(text)
+        service.schedules.parse_interval(text)
 
 
 def test_cron_expressions():
-    assert service.check_cron(" 0 9  * * 1-5 ") == "0 9 * * 1-5"
+    assert service.schedules.check_cron(" 0 9  * * 1-5 ") == "0 9 * * 1-5"
     for bad in ("* * *", "61 * * * *", "a b c d e"):
         with pytest.raises(UserError):
-            service.check_cron(bad)
+            service.schedules.check_cron(bad)
 
 
 def test_schedules_add_list_remove(env):
     with pytest.raises(NotAllowed):
-        service.add_schedule(MEMBER, "alice", 42, every="1h")
+        service.schedules.add_schedule(MEMBER, "alice", 42, every="1h")
     with pytest.raises(UserError, match="exactly one"):
-        service.add_schedule(MANAGER, "alice", 42, every="1h", cron="0 * * * *")
-    a = service.add_schedule(MANAGER, "alice", 42, every="1h", prompt="Once")
-    b = service.add_schedule(TRAINER, "trump", 43, cron="0 9 * * *")
+        service.schedules.add_schedule(MANAGER, "alice", 42, every="1h", cron="0 * * * *")
+    a = service.schedules.add_schedule(MANAGER, "alice", 42, every="1h", prompt="Once")
+    b = service.schedules.add_schedule(TRAINER, "trump", 43, cron="0 9 * * *")
     assert a.every == "every 1h" and b.every == "cron `0 9 * * *` (UTC)"
-    assert [s.id for s in service.list_schedules(GUILD)] == [a.id, b.id]
-    assert service.list_schedules(GUILD + 1) == []
+    assert [s.id for s in service.schedules.list_schedules(GUILD)] == [a.id, b.id]
+    assert service.schedules.list_schedules(GUILD + 1) == []
     with pytest.raises(UserError):
-        service.remove_schedule(Actor(1, GUILD + 1, can_manage=True), a.id)
-    assert "alice" in service.remove_schedule(MANAGER, a.id)
-    assert [s.id for s in service.list_schedules(GUILD)] == [b.id]
+        service.schedules.remove_schedule(Actor(1, GUILD + 1, can_manage=True), a.id)
+    assert service.schedules.remove_schedule(MANAGER, a.id).persona_slug == "alice"
+    assert [s.id for s in service.schedules.list_schedules(GUILD)] == [b.id]
 
 
 def test_policy_defaults_and_guild_values(env):
-    assert service.policy(None) == service.Policy()
-    pol = service.policy(GUILD)
+    assert service.policy.policy(None) == service.policy.Policy()
+    pol = service.policy.policy(GUILD)
     assert pol.trainer_role_id == TRAINER_ROLE and pol.max_upload_bytes == 100_000
-    assert service.may_train(TRAINER, pol) and not service.may_train(MEMBER, pol)
+    assert service.policy.may_train(TRAINER, pol) and not service.policy.may_train(MEMBER, pol)
 
 
 def test_guild_settings_need_manage_server(env):
     with pytest.raises(NotAllowed):
-        service.update_policy(TRAINER, cooldown_seconds=5)
+        service.policy.update_policy(TRAINER, cooldown_seconds=5)
     with pytest.raises(UserError, match="max jobs"):
-        service.update_policy(MANAGER, max_queued_jobs=0)
-    pol = service.update_policy(MANAGER, cooldown_seconds=5, max_upload_mb=2.5, trainer_role_id=4242)
+        service.policy.update_policy(MANAGER, max_queued_jobs=0)
+    pol = service.policy.update_policy(MANAGER, cooldown_seconds=5, max_upload_mb=2.5, trainer_role_id=4242)
     assert (pol.cooldown_seconds, pol.max_upload_bytes, pol.trainer_role_id) == (5, 2_500_000, 4242)
-    assert service.update_policy(MANAGER, clear_trainer_role=True).trainer_role_id is None
-    assert service.policy(GUILD).cooldown_seconds == 5  # untouched values stay
-    assert "Manage Server only" in service.describe_policy(service.policy(GUILD))
+    assert service.policy.update_policy(MANAGER, clear_trainer_role=True).trainer_role_id is None
+    assert service.policy.policy(GUILD).cooldown_seconds == 5  # untouched values stay
+    assert service.policy.policy(GUILD).trainer_role_id is None
 
 
 def test_persona_listing_and_info(env):
     _activate()
-    service.create_persona(MANAGER, "poet", TEXT, "poet.txt")
-    rows = {p.slug: p for p in service.list_personas(GUILD)}
+    service.personas.create_persona(MANAGER, "poet", TEXT, "poet.txt")
+    rows = {p.slug: p for p in service.personas.list_personas(GUILD)}
     assert rows["alice"].ready and rows["alice"].scope == "built-in"
     assert rows["poet"].training and rows["poet"].scope == "this server" and not rows["poet"].ready
-    assert "poet" not in {p.slug for p in service.list_personas(None)}
-    info = service.persona_info("poet", GUILD)
+    assert "poet" not in {p.slug for p in service.personas.list_personas(None)}
+    info = service.personas.persona_info("poet", GUILD)
     assert info.corpora[0]["n_chars"] > 1000 and info.checkpoint_id is None and info.active_run
-    assert service.originality("abcdefghijklmnopqrstuvwxyz", "xx abcdefghijklmnopqrst yy") == pytest.approx(6 / 7)
+    assert originality("abcdefghijklmnopqrstuvwxyz", "xx abcdefghijklmnopqrst yy") == pytest.approx(6 / 7)
 

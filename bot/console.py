@@ -4,8 +4,9 @@ Without any configuration it uses a SQLite file in the data dir, runs jobs in-pr
 mode: no broker, no worker) and the bundled or locally trained checkpoints, so a newcomer can try
 everything without a Discord token. With IMPROBABLE_BROKER_URL set, the same commands go to the workers.
 
-The commands are the bot's (bot/service.py does the work for both); type /help. A line without a slash is
-a chat message: `trump: make the wall`, or just text for the default persona.
+The commands are the bot's (the service/ package does the work for both); type /help. A line without a
+slash is a chat message: `trump: make the wall`, or just text for the default persona. The sampling
+options take their type, bounds and help from core.contracts.SamplingParams, like Discord's.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape as rich_escape
 
-from bot import service
+import service.generation
+import service.personas
+import service.policy
+import service.training
 from bot.formatting import describe_params
 from bot.jobs import GENERATE, TRAIN, JobError, Jobs
+from core.contracts import SamplingParams, bounds, help_of
 
 HELP = """\
 [bold]Chat[/]
@@ -67,10 +72,19 @@ def _parser(name: str, *positional: tuple[str, dict], **options: dict) -> _Parse
     return p
 
 
+# console option → SamplingParams field (the same names as the Discord options of /generate)
+SAMPLING_OPTIONS = {"length": "max_tokens", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+                    "improbability": "improbability", "tolerance": "tolerance", "seed": "seed"}
+
+
+def _sampling_option(field: str) -> dict:
+    low, high = bounds(field)
+    kind = float if SamplingParams.model_fields[field].annotation is float else int  # seed: int | None
+    return {"type": kind, "help": f"{help_of(field)} [{low:g} to {high:g}]"}
+
+
 GENERATE_PARSER = _parser("/generate", ("persona", {}), ("prompt", {"nargs": "*"}),
-                          length={"type": int}, temperature={"type": float}, top_k={"type": int},
-                          top_p={"type": float}, improbability={"type": float}, tolerance={"type": float},
-                          seed={"type": int})
+                          **{option: _sampling_option(field) for option, field in SAMPLING_OPTIONS.items()})
 CREATE_PARSER = _parser("/persona create", ("name", {}), ("file", {}), family={"default": "char-rnn"},
                         description={"default": ""}, minutes={"type": float})
 RETRAIN_PARSER = _parser("/persona retrain", ("name", {}), ("file", {"nargs": "?"}), minutes={"type": float})
@@ -82,7 +96,7 @@ class Chat:
     def __init__(self, console: Console | None = None, jobs: Jobs | None = None):
         self.console = console or Console(highlight=False)
         self.jobs = jobs or Jobs()
-        self.actor = service.Actor(user_id=None, can_manage=True)
+        self.actor = service.policy.Actor(user_id=None, can_manage=True)
         self.last_generation: int | None = None
 
     def say(self, text: str, style: str = "") -> None:
@@ -111,7 +125,7 @@ class Chat:
             if handler is None:
                 raise ChatError(f"unknown command {words[0]}; type /help")
             await handler(self, args)
-        except (ChatError, service.UserError, JobError) as e:
+        except (ChatError, service.policy.UserError, JobError) as e:
             self.error(getattr(e, "message", None) or str(e))
         except ValueError as e:  # shlex: unbalanced quotes
             self.error(str(e))
@@ -120,22 +134,21 @@ class Chat:
     # -- generation ----------------------------------------------------------------------------------------
 
     async def chat(self, text: str) -> None:
-        slug, prompt = await asyncio.to_thread(service.parse_chat, text, None)
-        request = await asyncio.to_thread(service.prepare_generation, slug, prompt, self.actor)
+        slug, prompt = await asyncio.to_thread(service.generation.parse_chat, text, None)
+        request = await asyncio.to_thread(service.generation.prepare_generation, slug, prompt, self.actor)
         await self.generate_request(request)
 
     async def cmd_generate(self, args: list[str]) -> None:
         a = GENERATE_PARSER.parse_intermixed_args(args)
-        overrides = {"max_tokens": a.length, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
-                     "improbability": a.improbability, "tolerance": a.tolerance, "seed": a.seed}
-        request = await asyncio.to_thread(service.prepare_generation, a.persona, " ".join(a.prompt), self.actor,
-                                          overrides)
+        overrides = {field: getattr(a, option) for option, field in SAMPLING_OPTIONS.items()}
+        request = await asyncio.to_thread(service.generation.prepare_generation, a.persona, " ".join(a.prompt),
+                                          self.actor, overrides)
         await self.generate_request(request)
 
     async def _follow_up(self, mode: str, text: str = "") -> None:
         if self.last_generation is None:
             raise ChatError("nothing to go on yet: generate something first")
-        request = await asyncio.to_thread(service.follow_up, self.last_generation, mode, self.actor, text)
+        request = await asyncio.to_thread(service.generation.follow_up, self.last_generation, mode, self.actor, text)
         await self.generate_request(request)
 
     async def cmd_regenerate(self, args: list[str]) -> None:
@@ -147,7 +160,7 @@ class Chat:
     async def cmd_more(self, args: list[str]) -> None:
         await self._follow_up("improbable")
 
-    async def generate_request(self, request: service.GenerateRequest) -> None:
+    async def generate_request(self, request: service.generation.PreparedGeneration) -> None:
         shown = {"n": 0}
         self.say(f"{request.display_name} · {describe_params(request.params)}", "dim")
         if request.shown_prompt:
@@ -182,7 +195,7 @@ class Chat:
     # -- personas ------------------------------------------------------------------------------------------
 
     async def cmd_personas(self, args: list[str]) -> None:
-        for p in await asyncio.to_thread(service.list_personas, None):
+        for p in await asyncio.to_thread(service.personas.list_personas, None):
             status = "training" if p.training else "ready" if p.ready else "no model yet"
             style = "green" if p.ready else "yellow"
             self.console.print(f"[bold]{p.slug:<16}[/] {rich_escape(p.display_name):<16} {p.family:<9} "
@@ -191,7 +204,7 @@ class Chat:
     async def cmd_persona_info(self, args: list[str]) -> None:
         if len(args) != 1:
             raise ChatError("usage: /persona info NAME")
-        info = await asyncio.to_thread(service.persona_info, args[0], None)
+        info = await asyncio.to_thread(service.personas.persona_info, args[0], None)
         self.say(f"{info.display_name} ({info.slug}, {info.scope}) · {info.family}", "bold")
         if info.description:
             self.say(info.description)
@@ -221,7 +234,7 @@ class Chat:
         path = Path(a.file).expanduser()
         if not path.is_file():
             raise ChatError(f"no such file: {path}")
-        new = await asyncio.to_thread(service.create_persona, self.actor, a.name, path.read_bytes(), path.name,
+        new = await asyncio.to_thread(service.personas.create_persona, self.actor, a.name, path.read_bytes(), path.name,
                                       a.family, a.description, a.minutes)
         await self.train(new)
 
@@ -233,31 +246,31 @@ class Chat:
             if not path.is_file():
                 raise ChatError(f"no such file: {path}")
             data, name = path.read_bytes(), path.name
-        new = await asyncio.to_thread(service.retrain, self.actor, a.name, data, name, a.minutes)
+        new = await asyncio.to_thread(service.personas.retrain, self.actor, a.name, data, name, a.minutes)
         await self.train(new)
 
     async def cmd_persona_delete(self, args: list[str]) -> None:
         if len(args) != 1:
             raise ChatError("usage: /persona delete NAME")
-        name = await asyncio.to_thread(service.delete_persona, self.actor, args[0])
+        name = await asyncio.to_thread(service.personas.delete_persona, self.actor, args[0])
         self.say(f"deleted {name}")
 
     # -- training ------------------------------------------------------------------------------------------
 
-    async def train(self, new: service.NewRun) -> None:
+    async def train(self, new: service.training.NewRun) -> None:
         """Enqueue the run (in-process without a broker) and show its progress until it ends."""
         for warning in new.warnings:
             self.say(f"note: {warning}", "yellow")
         try:
             await self.jobs.submit(TRAIN, new.run_id, label=f"train {new.persona_slug}", track=False)
         except JobError:
-            await asyncio.to_thread(service.abandon_run, new.run_id, delete_persona=new.created_persona)
+            await asyncio.to_thread(service.training.abandon_run, new.run_id, delete_persona=new.created_persona)
             raise
         self.say(f"training {new.persona_slug} (run {new.run_id}); Ctrl-C cancels", "bold")
         last, view = "", None
         try:
             while True:
-                view = await asyncio.to_thread(service.run_status, new.run_id)
+                view = await asyncio.to_thread(service.training.run_status, new.run_id)
                 if view is None or view.finished:
                     break
                 line = self._progress_line(view)
@@ -266,13 +279,13 @@ class Chat:
                     last = line
                 await asyncio.sleep(1.0)
         except (KeyboardInterrupt, asyncio.CancelledError):
-            await asyncio.to_thread(service.cancel_training, self.actor, new.run_id)
+            await asyncio.to_thread(service.training.cancel_training, self.actor, new.run_id)
             self.error("cancelling…")
             return
         if view is None:
             self.error("the run was deleted")
         elif view.status == "succeeded":
-            self.say(f"done: {service.describe_run_result(view)}", "green")
+            self.say(f"done: {service.training.describe_run_result(view)}", "green")
             sample = view.metrics.get("sample")
             if sample:
                 self.say("sample:", "dim")
@@ -281,25 +294,25 @@ class Chat:
             self.error(f"run {view.id} {view.status}" + (f": {view.error}" if view.error else ""))
 
     @staticmethod
-    def _progress_line(view: service.RunView) -> str:
+    def _progress_line(view: service.training.RunView) -> str:
         if view.status == "queued":
             return f"queued (position {view.position})"
         p = view.progress
-        f = p.get("fraction") or 0.0
+        f = p.done_fraction() or 0.0
         bar = "█" * int(f * 20) + "░" * (20 - int(f * 20))
         parts = [f"{bar} {f:.0%}"]
-        if p.get("step") is not None:
-            parts.append(f"step {p['step']}" + (f"/{p['total']}" if p.get("total") else ""))
-        if isinstance(p.get("loss"), int | float):
-            parts.append(f"loss {p['loss']:.3f}")
-        if isinstance(p.get("val_loss"), int | float):
-            parts.append(f"val {p['val_loss']:.3f}")
-        if isinstance(p.get("eta"), int | float):
-            parts.append(f"{p['eta']:.0f} s left")
+        if p.step is not None:
+            parts.append(f"step {p.step}" + (f"/{p.total}" if p.total else ""))
+        if p.loss is not None:
+            parts.append(f"loss {p.loss:.3f}")
+        if p.val_loss is not None:
+            parts.append(f"val {p.val_loss:.3f}")
+        if p.eta is not None:
+            parts.append(f"{p.eta:.0f} s left")
         return " · ".join(parts)
 
     async def cmd_train_status(self, args: list[str]) -> None:
-        runs = await asyncio.to_thread(service.training_runs, self.actor)
+        runs = await asyncio.to_thread(service.training.training_runs, self.actor)
         if not runs:
             self.say("nothing is training")
         for view in runs:
@@ -307,7 +320,7 @@ class Chat:
 
     async def cmd_train_cancel(self, args: list[str]) -> None:
         run_id = int(args[0]) if args and args[0].isdigit() else None
-        view = await asyncio.to_thread(service.cancel_training, self.actor, run_id)
+        view = await asyncio.to_thread(service.training.cancel_training, self.actor, run_id)
         self.say(f"run {view.id} ({view.persona_slug}): {view.status}")
 
     async def cmd_queue(self, args: list[str]) -> None:
@@ -390,7 +403,7 @@ def main(commands: list[str] | None = None) -> int:
     """Prepare the database (migrate SQLite, install bundled checkpoints), then run the commands given,
     or read them from the terminal."""
     console = Console(highlight=False)
-    installed = service.prepare_database()
+    installed = service.personas.prepare_database()
     if installed:
         console.print(f"[dim]installed bundled models: {', '.join(installed)}[/]")
     chat = Chat(console)

@@ -1,17 +1,18 @@
-"""Bundled checkpoints: float16 safetensors for the default personas whose text is freely available,
-trained by scripts/train_bundled.py from the checked-in recipes (model cards beside them).
+"""Bundled checkpoints (db/bundled/): float16 safetensors for the default personas whose text is freely
+available, trained by scripts/train_bundled.py from the checked-in recipes (model cards beside them).
 
-`register_bundled()` makes each one its persona's active checkpoint when the persona has none yet, so
-a fresh install talks at once. Torch-free: the header's JSON is read directly, which is all it needs.
+`register_bundled()` makes each one its persona's active checkpoint when the persona has none yet, so a
+fresh install talks at once. Torch-free: the header's JSON is read directly
+(core.contracts.checkpoint_metadata), which is all it needs.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from core.contracts import checkpoint_metadata
 from db.personas import get_persona
 from db.queries import add_checkpoint
 from db.storage import Storage, checkpoint_key
@@ -23,12 +24,6 @@ def bundled_checkpoints() -> dict[str, Path]:
     return {path.stem: path for path in sorted(BUNDLED_DIR.glob("*.safetensors"))}
 
 
-def header_metadata(data: bytes) -> dict:
-    """The JSON metadata of a checkpoint, from the safetensors header, without torch."""
-    length = int.from_bytes(data[:8], "little")
-    return json.loads(json.loads(data[8:8 + length])["__metadata__"]["improbable"])
-
-
 def register_bundled(session: Session, storage: Storage) -> list[str]:
     """Store and activate bundled checkpoints for global personas without one; returns their slugs."""
     registered = []
@@ -37,7 +32,7 @@ def register_bundled(session: Session, storage: Storage) -> list[str]:
         if persona is None or persona.active_checkpoint_id is not None:
             continue
         data = path.read_bytes()
-        metrics = header_metadata(data).get("metrics", {})
+        metrics = checkpoint_metadata(data, path.name).get("metrics", {})
         key = checkpoint_key(slug, "bundled", "best")
         storage.put(key, data)
         add_checkpoint(session, persona, key, name="bundled", val_loss=metrics.get("val_loss"), metrics=metrics,

@@ -1,0 +1,180 @@
+"""Generation requests: resolve the persona and its checkpoint, merge its sampling defaults with the user's
+overrides, check them against the contract (core.contracts), and build the generate payload; follow-ups
+(regenerate, continue, more improbable) of an earlier generation; chat lines (`trump: make the wall`).
+Jobs are not enqueued here (that is bot/jobs.py): functions return the request to enqueue."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from core.contracts import (
+    SAMPLING_KEYS,
+    GenerateRequest,
+    SamplingError,
+    label_of,
+    merge_sampling,
+    parse_sampling,
+    rule_of,
+)
+from core.settings import get_settings
+from db import Checkpoint, Family, Generation, Persona, session_scope
+from db.personas import (
+    PersonaError,
+    resolve_persona,
+)
+from db.queries import (
+    active_runs,
+    generation_for_message,
+    set_generation_message,
+)
+from service.policy import Actor, UserError, unknown_persona
+
+MAX_PROMPT_CHARS = 1500
+MAX_CONTINUE_CHARS = 2000
+
+
+def new_seed() -> int:
+    return secrets.randbits(31)
+
+
+@dataclass
+class PreparedGeneration:
+    """A generate job to enqueue (`payload`: core.contracts.GenerateRequest as JSON) and how to show it."""
+
+    payload: dict
+    display_name: str
+    shown_prompt: str
+    family: str
+
+    @property
+    def params(self) -> dict:
+        return self.payload["params"]
+
+
+def check_params(params: dict) -> dict:
+    """Refuse out-of-range sampling parameters (the contract's bounds, which Discord's options and the
+    console show too; length also within this deployment's IMPROBABLE_MAX_GENERATE_TOKENS)."""
+    try:
+        parse_sampling(params, labels=True)
+    except SamplingError as e:
+        raise UserError(e.message + ".") from None
+    cap = get_settings().max_generate_tokens
+    if params.get("max_tokens") is not None and params["max_tokens"] > cap:
+        raise UserError(f"{label_of('max_tokens')} {rule_of('max_tokens', high=cap)}.")
+    return params
+
+
+def sampling(persona: Persona, overrides: dict | None = None) -> dict:
+    """The persona's sampling defaults, then the overrides; None values are left out; a seed is set."""
+    params = merge_sampling(persona.sampling, overrides)
+    if params.get("seed") is None:
+        params["seed"] = new_seed()
+    return check_params(params)
+
+
+def _checkpoint_or_explain(persona: Persona, checkpoint: Checkpoint | None, session) -> Checkpoint:
+    if checkpoint is not None:
+        return checkpoint
+    running = active_runs(session, persona=persona)
+    if running:
+        raise UserError(f"`{persona.slug}` is still training (run {running[0].id}, {running[0].status.value}); "
+                        "try again when it is done (`/train status`).")
+    hint = ("Upload your own copy of the text with `/persona retrain`" if persona.slug == "harry-potter"
+            else f"Train it with `/persona retrain {persona.slug}` (or `improbable train --recipe {persona.recipe}` "
+                 "on the command line)")
+    raise UserError(f"`{persona.slug}` has no trained model yet. {hint}.")
+
+
+def prepare_generation(slug: str, prompt: str, actor: Actor, overrides: dict | None = None) -> PreparedGeneration:
+    """Resolve the persona (closest names when unknown) and build the generate request."""
+    prompt = (prompt or "")[:MAX_PROMPT_CHARS]
+    with session_scope() as session:
+        try:
+            persona, checkpoint = resolve_persona(session, slug, actor.guild_id)
+        except PersonaError as e:
+            raise unknown_persona(e) from None
+        checkpoint = _checkpoint_or_explain(persona, checkpoint, session)
+        return _request(persona, checkpoint.id, prompt, sampling(persona, overrides), actor, shown=prompt)
+
+
+def _request(persona: Persona, checkpoint_id: int, prompt: str, params: dict, actor: Actor, *, shown: str,
+             parent: int | None = None) -> PreparedGeneration:
+    request = GenerateRequest(checkpoint_id=checkpoint_id, persona=persona.slug, prompt=prompt, params=params,
+                              guild_id=actor.guild_id, channel_id=actor.channel_id, user_id=actor.user_id,
+                              parent_generation_id=parent)
+    return PreparedGeneration(request.payload(), persona.display_name, shown, persona.family.value)
+
+
+def join_text(prompt: str, completion: str, family: str) -> str:
+    """Prompt and completion as one text (word models join words with a space)."""
+    if family != Family.CHAR_RNN.value and prompt and completion and not prompt[-1].isspace() \
+            and not completion[0].isspace() and completion[0] not in ".,;:!?'\")]":
+        return f"{prompt} {completion}"
+    return prompt + completion
+
+
+def lower_improbability(p: float | None) -> float:
+    """The next 'more improbable' target: 0.2 to begin with, then a quarter each time (at least 1e-4)."""
+    if not p:
+        return 0.2
+    return max(round(p / 4, 6), 1e-4)
+
+
+def follow_up(generation_id: int, mode: str, actor: Actor, extra_prompt: str = "") -> PreparedGeneration:
+    """A request derived from an earlier generation. mode: "regenerate" (same parameters, new seed),
+    "continue" (its text as the prompt, new seed) or "improbable" (lower target probability)."""
+    with session_scope() as session:
+        gen = session.get(Generation, generation_id)
+        if gen is None:
+            raise UserError("That text is no longer in the database (its persona may have been deleted).")
+        persona = gen.persona
+        checkpoint = _checkpoint_or_explain(persona, persona.active_checkpoint, session)
+        params = {k: v for k, v in (gen.params or {}).items() if k in SAMPLING_KEYS}
+        if mode == "regenerate":
+            params["seed"] = new_seed()
+            prompt, shown = gen.prompt, gen.prompt
+        elif mode == "improbable":
+            params["improbability"] = lower_improbability(params.get("improbability"))
+            prompt, shown = gen.prompt, gen.prompt
+        elif mode == "continue":
+            params["seed"] = new_seed()
+            text = join_text(gen.prompt, gen.output, persona.family.value)
+            if extra_prompt.strip():
+                text = join_text(text.rstrip() + "\n", extra_prompt.strip(), persona.family.value)
+            prompt = text[-MAX_CONTINUE_CHARS:]
+            shown = "…" + prompt[-120:].lstrip() if len(prompt) > 120 else prompt
+        else:
+            raise ValueError(f"unknown follow-up mode {mode!r}")
+        return _request(persona, checkpoint.id, prompt, check_params(params), actor, shown=shown, parent=gen.id)
+
+
+def generation_of_message(message_id: int) -> int | None:
+    with session_scope() as session:
+        gen = generation_for_message(session, message_id)
+        return gen.id if gen is not None else None
+
+
+def attach_message(generation_id: int, message_id: int) -> None:
+    with session_scope() as session:
+        set_generation_message(session, generation_id, message_id)
+
+
+def parse_chat(text: str, guild_id: int | None) -> tuple[str, str]:
+    """'trump: make the wall' → ('trump', 'make the wall'); without a known persona prefix the default
+    persona gets the whole text. A prefix that is close to a persona's name raises with suggestions."""
+    m = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9-]{0,31})\s*:\s*(.*)$", text, re.DOTALL)
+    default = get_settings().bot_default_persona
+    if not m:
+        return default, text.strip()
+    slug, prompt = m.group(1).lower(), m.group(2).strip()
+    with session_scope() as session:
+        try:
+            resolve_persona(session, slug, guild_id)
+        except PersonaError as e:
+            if getattr(e, "suggestions", None):
+                raise unknown_persona(e) from None
+            return default, text.strip()
+    return slug, prompt
+

@@ -1,0 +1,242 @@
+"""Personas: the list and details users see, creating, retraining and deleting them (with the upload
+ingested and a run queued), and the first start's bootstrap (migrations, bundled checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from core.settings import get_settings
+from core.text import originality
+from db import Family, Persona, TrainingRun, open_storage, session_scope
+from db.ingest import IngestError, ingest
+from db.personas import (
+    DEFAULT_PERSONAS,
+    PersonaError,
+    get_persona,
+    link_corpus,
+    resolve_persona,
+    validate_slug,
+    visible_personas,
+)
+from db.personas import create_persona as db_create_persona
+from db.personas import delete_persona as db_delete_persona
+from db.queries import (
+    ACTIVE_STATUSES,
+    InvalidTransition,
+    active_runs,
+    create_run,
+    request_cancel,
+)
+from service.policy import Actor, Policy, UserError, policy, require_trainer, unknown_persona
+from service.training import NewRun, check_training_limits, train_overrides
+
+FAMILY_LABELS = {Family.CHAR_RNN.value: "characters (LSTM)", Family.WORD_GRU.value: "words (GRU over word vectors)",
+                 Family.WORD_MLP.value: "words (Bengio MLP)"}  # by family name, as the views carry it
+
+
+def _scope(persona: Persona) -> str:
+    if persona.guild_id is not None:
+        return "this server"
+    return "built-in" if persona.slug in {spec.slug for spec in DEFAULT_PERSONAS} else "global"
+
+
+
+@dataclass
+class PersonaSummary:
+    slug: str
+    display_name: str
+    family: str
+    scope: str  # "built-in" | "this server"
+    ready: bool
+    training: bool
+    description: str
+
+
+def list_personas(guild_id: int | None) -> list[PersonaSummary]:
+    with session_scope() as session:
+        training = set(session.scalars(select(TrainingRun.persona_id)
+                                       .where(TrainingRun.status.in_(ACTIVE_STATUSES))))
+        return [PersonaSummary(p.slug, p.display_name, p.family.value, _scope(p),
+                               p.active_checkpoint_id is not None, p.id in training, p.description)
+                for p in visible_personas(session, guild_id)]
+
+
+def persona_names(guild_id: int | None) -> list[str]:
+    with session_scope() as session:
+        return [p.slug for p in visible_personas(session, guild_id)]
+
+
+@dataclass
+class PersonaInfo:
+    slug: str
+    display_name: str
+    description: str
+    family: str
+    scope: str
+    corpora: list[dict] = field(default_factory=list)  # filename, n_chars, n_words, n_unique_chars, ...
+    checkpoint_id: int | None = None
+    val_loss: float | None = None
+    metrics: dict = field(default_factory=dict)
+    trained_at: str | None = None
+    originality: float | None = None
+    sample: str | None = None
+    loss_png: bytes | None = None
+    active_run: int | None = None
+
+
+def persona_info(slug: str, guild_id: int | None) -> PersonaInfo:
+    storage = open_storage()
+    with session_scope() as session:
+        try:
+            persona, checkpoint = resolve_persona(session, slug, guild_id)
+        except PersonaError as e:
+            raise unknown_persona(e) from None
+        info = PersonaInfo(persona.slug, persona.display_name, persona.description, persona.family.value,
+                           _scope(persona))
+        for corpus in persona.corpora:
+            info.corpora.append({"filename": corpus.filename, "n_chars": corpus.n_chars, "n_words": corpus.n_words,
+                                 "n_lines": corpus.n_lines, "n_unique_chars": corpus.n_unique_chars,
+                                 "n_unique_words": corpus.n_unique_words, "encoding": corpus.encoding,
+                                 "storage_key": corpus.storage_key})
+        running = active_runs(session, persona=persona)
+        info.active_run = running[0].id if running else None
+        if checkpoint is None:
+            return info
+        info.checkpoint_id, info.val_loss = checkpoint.id, checkpoint.val_loss
+        info.metrics = dict(checkpoint.metrics or {})
+        info.trained_at = checkpoint.created_at.isoformat() if checkpoint.created_at else None
+        run_metrics = dict(checkpoint.run.metrics or {}) if checkpoint.run is not None else {}
+    info.sample = run_metrics.get("sample") or info.metrics.get("sample")
+    info.originality = run_metrics.get("originality", info.metrics.get("originality"))
+    if run_metrics.get("loss_png"):
+        try:
+            info.loss_png = storage.get(run_metrics["loss_png"])
+        except FileNotFoundError:
+            info.loss_png = None
+    fill_originality(info)
+    return info
+
+
+def fill_originality(info: PersonaInfo) -> None:
+    """Compare the sample with the persona's (first) uploaded corpus, when both exist."""
+    if info.originality is not None or not info.sample or not info.corpora:
+        return
+    try:
+        text = open_storage().get(info.corpora[0]["storage_key"]).decode("utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return
+    info.originality = originality(info.sample, text)
+
+
+def _ingest(session, actor: Actor, pol: Policy, data: bytes, filename: str):
+    if len(data) > pol.max_upload_bytes:
+        raise UserError(f"The file is {len(data) / 1e6:.1f} MB; the limit here is {pol.max_upload_bytes / 1e6:.1f} MB.")
+    try:
+        return ingest(data, filename, actor.user_id, actor.guild_id, session=session,
+                      max_bytes=pol.max_upload_bytes)
+    except IngestError as e:
+        raise UserError(f"That file cannot be used: {e.message}") from None
+
+
+def create_persona(actor: Actor, name: str, data: bytes, filename: str, family: str = "char-rnn",
+                   description: str = "", minutes: float | None = None) -> NewRun:
+    """A new persona in the actor's guild, trained on the uploaded text: ingest, persona, queued run."""
+    pol = policy(actor.guild_id)
+    require_trainer(actor, pol)
+    try:
+        slug = validate_slug(name)
+        fam = Family(family)
+    except PersonaError as e:
+        raise UserError(e.message) from None
+    except ValueError:
+        raise UserError(f"Unknown family `{family}`; choose one of {', '.join(f.value for f in Family)}.") from None
+    overrides = train_overrides(minutes)
+    with session_scope() as session:
+        if get_persona(session, slug, actor.guild_id) is not None:
+            raise UserError(f"The name `{slug}` is already taken here; choose another, or use "
+                            f"`/persona retrain {slug}` to train it again.")
+        check_training_limits(session, actor, pol)
+        uploaded = _ingest(session, actor, pol, data, filename)
+        try:
+            persona = db_create_persona(session, slug, family=fam,
+                                        guild_id=actor.guild_id, description=description[:1000],
+                                        created_by=actor.user_id)
+        except PersonaError as e:
+            raise UserError(e.message) from None
+        link_corpus(session, persona, uploaded.corpus, actor.user_id)
+        run = create_run(session, persona, corpus=uploaded.corpus, config=overrides, requested_by=actor.user_id,
+                         guild_id=actor.guild_id, channel_id=actor.channel_id)
+        return NewRun(run.id, persona.slug, persona.display_name, True, uploaded.warnings, not uploaded.created)
+
+
+def retrain(actor: Actor, slug: str, data: bytes | None = None, filename: str | None = None,
+            minutes: float | None = None) -> NewRun:
+    """Train a persona again: on a new upload, else on its latest corpus, else on its recipe's corpus."""
+    pol = policy(actor.guild_id)
+    require_trainer(actor, pol)
+    overrides = train_overrides(minutes)
+    with session_scope() as session:
+        try:
+            persona, _ = resolve_persona(session, slug, actor.guild_id)
+        except PersonaError as e:
+            raise unknown_persona(e) from None
+        if active_runs(session, persona=persona):
+            raise UserError(f"`{persona.slug}` is already training; see `/train status`.")
+        check_training_limits(session, actor, pol)
+        corpus, warnings, dedup = None, (), False
+        if data is not None:
+            uploaded = _ingest(session, actor, pol, data, filename or "upload.txt")
+            corpus, warnings, dedup = uploaded.corpus, uploaded.warnings, not uploaded.created
+            link_corpus(session, persona, corpus, actor.user_id)
+        elif persona.corpora:
+            corpus = max(persona.corpora, key=lambda c: c.id)
+        elif persona.slug == "harry-potter":
+            raise UserError("Harry Potter is copyrighted, so no text ships with Improbable: attach your own copy "
+                            "(a .txt file) to `/persona retrain`.")
+        run = create_run(session, persona, corpus=corpus, config=overrides, requested_by=actor.user_id,
+                         guild_id=actor.guild_id, channel_id=actor.channel_id)
+        return NewRun(run.id, persona.slug, persona.display_name, False, tuple(warnings), dedup)
+
+
+def delete_persona(actor: Actor, slug: str) -> str:
+    require_trainer(actor)
+    with session_scope() as session:
+        try:
+            persona, _ = resolve_persona(session, slug, actor.guild_id)
+        except PersonaError as e:
+            raise unknown_persona(e) from None
+        if persona.guild_id is None and actor.guild_id is not None:
+            raise UserError(f"`{persona.slug}` is a built-in persona; only this server's own personas can be deleted.")
+        for run in active_runs(session, persona=persona):
+            try:
+                request_cancel(session, run)
+            except InvalidTransition:
+                pass
+        name = persona.slug
+        db_delete_persona(session, persona, open_storage())
+    return name
+
+
+
+def prepare_database(settings=None) -> list[str]:
+    """Migrate an embedded SQLite database (a server database has its own migration step), then activate
+    bundled checkpoints of built-in personas without one. Returns the slugs installed."""
+    from sqlalchemy.engine import make_url
+
+    import db
+
+    settings = settings or get_settings()
+    if make_url(settings.effective_database_url).get_backend_name() == "sqlite":
+        db.upgrade()
+    return install_bundled()
+
+
+def install_bundled() -> list[str]:
+    """Activate the bundled checkpoints (db/bundled/) of built-in personas that have none yet."""
+    from db.bundled import register_bundled
+
+    with session_scope() as session:
+        return register_bundled(session, open_storage())
+

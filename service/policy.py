@@ -1,0 +1,118 @@
+"""Who may do what, and a guild's limits: the actor of a request, the guild's policy (db guild_settings), the
+errors a user has to act on. The console is an actor with can_manage=True and no guild."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from db import session_scope
+from db.models import (
+    DEFAULT_COOLDOWN_SECONDS,
+    DEFAULT_MAX_QUEUED_JOBS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_TRAIN_COOLDOWN_SECONDS,
+)
+from db.personas import (
+    PersonaError,
+)
+from db.queries import (
+    guild_settings,
+    update_guild_settings,
+)
+
+
+class UserError(Exception):
+    """A request the user has to change; the message says how. A message about a moment (`{when}` in the
+    text, `when` a UTC datetime) reads "in 4 min" here; `render` lets the bot show a Discord timestamp."""
+
+    def __init__(self, message: str, *, when: datetime | None = None):
+        self.template, self.when = message, when
+        self.message = self.render(_in_minutes)
+        super().__init__(self.message)
+
+    def render(self, show_time: Callable[[datetime], str]) -> str:
+        return self.template.format(when=show_time(self.when)) if self.when is not None else self.template
+
+
+def _in_minutes(when: datetime) -> str:
+    seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return f"in {seconds:.0f} s" if seconds < 90 else f"in {seconds / 60:.0f} min"
+
+
+class NotAllowed(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks, and from where. The console is an actor with can_manage=True and no guild."""
+
+    user_id: int | None
+    guild_id: int | None = None
+    channel_id: int | None = None
+    can_manage: bool = False  # Manage Server in that channel
+    role_ids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A guild's limits (db guild_settings, or the defaults)."""
+
+    cooldown_seconds: int = DEFAULT_COOLDOWN_SECONDS
+    train_cooldown_seconds: int = DEFAULT_TRAIN_COOLDOWN_SECONDS
+    max_queued_jobs: int = DEFAULT_MAX_QUEUED_JOBS
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    trainer_role_id: int | None = None
+
+
+def policy(guild_id: int | None) -> Policy:
+    if guild_id is None:
+        return Policy()
+    with session_scope() as session:
+        row = guild_settings(session, guild_id)
+        return Policy(row.cooldown_seconds, row.train_cooldown_seconds, row.max_queued_jobs_per_user,
+                      row.max_upload_bytes, row.trainer_role_id)
+
+
+def update_policy(actor: Actor, *, trainer_role_id: int | None = None, clear_trainer_role: bool = False,
+                  cooldown_seconds: int | None = None, train_cooldown_seconds: int | None = None,
+                  max_queued_jobs: int | None = None, max_upload_mb: float | None = None) -> Policy:
+    """Change the guild's limits (Manage Server only); None leaves a value as it is."""
+    if actor.guild_id is None:
+        raise UserError("These settings belong to a server: use this command in one.")
+    if not actor.can_manage:
+        raise NotAllowed("Only members with the **Manage Server** permission can change these settings.")
+    checks = [(cooldown_seconds, 0, 86_400, "cooldown"), (train_cooldown_seconds, 0, 604_800, "train cooldown"),
+              (max_queued_jobs, 1, 100, "max jobs"), (max_upload_mb, 0.01, 500, "max upload")]
+    for value, low, high, name in checks:
+        if value is not None and not low <= value <= high:
+            raise UserError(f"{name} must be between {low:g} and {high:g}.")
+    values: dict[str, Any] = {"cooldown_seconds": cooldown_seconds, "train_cooldown_seconds": train_cooldown_seconds,
+                              "max_queued_jobs_per_user": max_queued_jobs}
+    if max_upload_mb is not None:
+        values["max_upload_bytes"] = int(max_upload_mb * 1_000_000)
+    if trainer_role_id is not None or clear_trainer_role:
+        values["trainer_role_id"] = None if clear_trainer_role else trainer_role_id
+    with session_scope() as session:
+        update_guild_settings(session, actor.guild_id, **{k: v for k, v in values.items()
+                                                          if v is not None or k == "trainer_role_id"})
+    return policy(actor.guild_id)
+
+
+def may_train(actor: Actor, pol: Policy) -> bool:
+    return actor.can_manage or (pol.trainer_role_id is not None and pol.trainer_role_id in actor.role_ids)
+
+
+def require_trainer(actor: Actor, pol: Policy | None = None) -> None:
+    pol = pol or policy(actor.guild_id)
+    if not may_train(actor, pol):
+        role = " or this server's trainer role" if pol.trainer_role_id else ""
+        raise NotAllowed(f"You need the Manage Server permission{role} to train, delete or schedule personas.")
+
+
+def unknown_persona(e: PersonaError) -> UserError:
+    """A persona lookup that failed, as the message to show (it names the closest personas)."""
+    return UserError(e.message)

@@ -1,0 +1,106 @@
+"""Scheduled posts: parsing `every` and `cron`, adding, listing and removing a guild's schedules (the worker's
+beat-driven dispatcher posts them)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from core.contracts import parse_cron
+from db import Schedule, session_scope
+from db.personas import (
+    PersonaError,
+    resolve_persona,
+)
+from db.queries import (
+    create_schedule,
+    enabled_schedules,
+)
+from service.generation import MAX_PROMPT_CHARS
+from service.policy import Actor, UserError, require_trainer, unknown_persona
+
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, "w": 604800}
+MIN_INTERVAL_SECONDS = 60
+
+
+def parse_interval(text: str) -> int:
+    """'90m', '1h30m', '2 h', '1d' → seconds (at least a minute)."""
+    s = text.strip().lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d+)?)(s|sec|min|m|hr|h|d|w)", s)
+    if not parts or "".join(n + u for n, u in parts) != s:
+        raise UserError(f"`{text}` is not an interval: write something like `30m`, `2h`, `1h30m` or `1d`.")
+    seconds = int(sum(float(n) * _UNITS[u] for n, u in parts))
+    if seconds < MIN_INTERVAL_SECONDS:
+        raise UserError("Schedules run at most once a minute: use an interval of at least `1m`.")
+    return seconds
+
+
+def check_cron(expr: str) -> str:
+    """The expression, normalised, or UserError saying what is wrong with it."""
+    try:
+        parse_cron(expr)
+    except ValueError as e:
+        raise UserError(f"`{expr}` is not a valid cron expression: {e}") from None
+    return " ".join(expr.split())
+
+
+def describe_every(interval_seconds: int | None, cron: str | None) -> str:
+    if cron:
+        return f"cron `{cron}` (UTC)"
+    s = interval_seconds or 0
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s % n == 0:
+            return f"every {s // n}{unit}"
+    return f"every {s}s"
+
+
+@dataclass
+class ScheduleView:
+    id: int
+    persona_slug: str
+    channel_id: int
+    every: str
+    prompt: str
+    enabled: bool
+
+
+def add_schedule(actor: Actor, slug: str, channel_id: int, *, every: str | None = None, cron: str | None = None,
+                 prompt: str = "") -> ScheduleView:
+    if actor.guild_id is None:
+        raise UserError("Schedules post into a server's channels: use this command in a server.")
+    require_trainer(actor)
+    if bool(every) == bool(cron):
+        raise UserError("Give exactly one of `every` (like `2h`) or `cron` (like `0 9 * * *`).")
+    interval = parse_interval(every) if every else None
+    cron = check_cron(cron) if cron else None
+    with session_scope() as session:
+        try:
+            persona, checkpoint = resolve_persona(session, slug, actor.guild_id)
+        except PersonaError as e:
+            raise unknown_persona(e) from None
+        sched = create_schedule(session, persona, guild_id=actor.guild_id, channel_id=channel_id,
+                                prompt=(prompt or "")[:MAX_PROMPT_CHARS], interval_seconds=interval, cron=cron,
+                                created_by=actor.user_id)
+        return ScheduleView(sched.id, persona.slug, channel_id, describe_every(interval, cron), sched.prompt, True)
+
+
+def list_schedules(guild_id: int | None) -> list[ScheduleView]:
+    if guild_id is None:
+        return []
+    with session_scope() as session:
+        return [ScheduleView(s.id, s.persona.slug, s.channel_id, describe_every(s.interval_seconds, s.cron),
+                             s.prompt, s.enabled) for s in enabled_schedules(session, guild_id)]
+
+
+def remove_schedule(actor: Actor, schedule_id: int) -> ScheduleView:
+    """Delete one of the guild's schedules; returns what it was."""
+    require_trainer(actor)
+    with session_scope() as session:
+        sched = session.get(Schedule, schedule_id)
+        if sched is None or sched.guild_id != actor.guild_id:
+            raise UserError(f"There is no schedule {schedule_id} in this server (see `/schedule list`).")
+        removed = ScheduleView(sched.id, sched.persona.slug, sched.channel_id,
+                               describe_every(sched.interval_seconds, sched.cron), sched.prompt, False)
+        session.delete(sched)
+    return removed
+
