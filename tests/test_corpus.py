@@ -299,6 +299,7 @@ def test_never_crashes_on_random_bytes():
 
 REAL = {
     "alice": "alice/alice.txt",
+    "base": "base",  # a folder of 42 books: a multi-document corpus
     "imdb": "imdb/train.txt",
     "shakespeare": "shakespeare/input.txt",
     "trump": "trump/speeches.txt",
@@ -328,7 +329,9 @@ def test_without_a_search_path_names_are_not_found(monkeypatch):
 @needs_corpora
 def test_lists_the_real_corpora():
     entries = list_corpora([CORPORA])
-    assert entries == [CorpusEntry(name, CORPORA / rel, (CORPORA / rel).stat().st_size) for name, rel in REAL.items()]
+    sizes = {name: sum(p.stat().st_size for p in (CORPORA / rel).glob("*.txt")) if (CORPORA / rel).is_dir()
+             else (CORPORA / rel).stat().st_size for name, rel in REAL.items()}
+    assert entries == [CorpusEntry(name, CORPORA / rel, sizes[name]) for name, rel in REAL.items()]
     assert "harry_potter" not in [e.name for e in entries]
 
 
@@ -338,7 +341,7 @@ def test_harry_potter_has_no_text():
         find_corpus("harry_potter", [CORPORA])
     assert info.value.code == "not_found"
     assert "harry_potter has no text file (it has NOTES.md)" in str(info.value)
-    assert "Available corpora: alice, imdb, shakespeare, trump." in str(info.value)
+    assert "Available corpora: alice, base, imdb, shakespeare, trump." in str(info.value)
 
 
 @needs_corpora
@@ -347,7 +350,7 @@ def test_unknown_name_suggests_close_matches():
         find_corpus("shakespere", [CORPORA])
     assert info.value.code == "not_found"
     assert str(info.value) == ("There is no corpus called 'shakespere'. Did you mean shakespeare? "
-                               "Available corpora: alice, imdb, shakespeare, trump.")
+                               "Available corpora: alice, base, imdb, shakespeare, trump.")
 
 
 @needs_corpora
@@ -389,9 +392,8 @@ def test_folder_rules(tmp_path):
     assert find_corpus("both", [root]) == root / "both" / "train.txt"
     assert find_corpus("named", [root]) == root / "named" / "named.txt"
     assert find_corpus("single", [root]) == root / "single" / "book.txt"
-    with pytest.raises(CorpusError, match="several text files"):
-        find_corpus("several", [root])
-    assert [e.name for e in list_corpora([root])] == ["both", "flat", "named", "single"]
+    assert find_corpus("several", [root]) == root / "several"  # a multi-document corpus
+    assert [e.name for e in list_corpora([root])] == ["both", "flat", "named", "several", "single"]
     assert list_corpora([root])[1] == CorpusEntry("flat", root / "flat.txt", 1)
 
 

@@ -23,6 +23,9 @@ DEFAULT_MIN_CHARS = 200
 MAX_CONTROL_FRACTION = 0.10  # above this share of control characters a "text" is really binary data
 HTML_LINE_FRACTION = 0.30  # above this share of lines that open with a tag, the text is markup
 CORPUS_PATH_ENV = "IMPROBABLE_CORPUS_PATH"
+# Between the documents of a multi-document corpus: a paragraph break the model can learn to read as
+# "a new text starts here", made only of characters every corpus has.
+DOCUMENT_SEPARATOR = "\n\n\n"
 
 
 class CorpusError(ValueError):
@@ -49,6 +52,19 @@ class DecodedCorpus:
     n_unique_chars: int
     n_unique_words: int  # lower-cased runs of letters, digits and marks (apostrophes kept inside words)
     warnings: tuple[str, ...] = ()
+    # A multi-document corpus: the character length of each document in `text`, where the documents are
+    # joined by DOCUMENT_SEPARATOR. Empty for a single text. Splits and batching keep documents apart.
+    documents: tuple[int, ...] = ()
+
+    def document_texts(self) -> list[str]:
+        """The documents, in order (a single text is one document)."""
+        if not self.documents:
+            return [self.text]
+        texts, start = [], 0
+        for length in self.documents:
+            texts.append(self.text[start:start + length])
+            start += length + len(DOCUMENT_SEPARATOR)
+        return texts
 
     def stats(self) -> dict:
         return {
@@ -265,19 +281,23 @@ def _search_path(search_path: Sequence[Path] | None) -> list[Path]:
     return [Path(d) for d in search_path]
 
 
+def _documents_in_folder(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.txt") if p.is_file() and not p.name.endswith(".labels.txt")
+                  and p.name not in _NOT_TRAINING_TEXT)
+
+
 def _text_in_folder(folder: Path) -> Path:
-    """The training text of a corpus folder, or CorpusError('not_found') saying why there is none."""
+    """The training text of a corpus folder: train.txt, input.txt, <folder>.txt or its only .txt file; a folder
+    of several .txt files is a multi-document corpus and resolves to the folder itself. CorpusError('not_found')
+    says why there is none."""
     for filename in (*_FOLDER_FILES, f"{folder.name}.txt"):
         if (folder / filename).is_file():
             return folder / filename
-    candidates = sorted(p for p in folder.glob("*.txt") if p.is_file() and not p.name.endswith(".labels.txt")
-                        and p.name not in _NOT_TRAINING_TEXT)
+    candidates = _documents_in_folder(folder)
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
-        names = ", ".join(p.name for p in candidates)
-        raise CorpusError("not_found", f"The folder {folder} has several text files ({names}); rename the "
-                                       "training text to train.txt or give its path.")
+        return folder
     present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
     raise CorpusError("not_found", f"The folder {folder} has no text file (it has {present}).")
 
@@ -343,18 +363,59 @@ def find_corpus(name_or_path: str | Path, search_path: Sequence[Path] | None = N
 
 def list_corpora(search_path: Sequence[Path] | None = None) -> list[CorpusEntry]:
     """Every corpus name that find_corpus resolves in the search path, sorted by name."""
-    return [CorpusEntry(name, path, path.stat().st_size)
+    return [CorpusEntry(name, path, _corpus_bytes(path))
             for name, path in sorted(_entries(_search_path(search_path)).items())]
+
+
+def _corpus_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in _documents_in_folder(path)) if path.is_dir() else path.stat().st_size
 
 
 def load_corpus(name_or_path: str | Path, search_path: Sequence[Path] | None = None,
                 **limits: int) -> DecodedCorpus:
-    """find_corpus + decode_corpus; limits are decode_corpus's keyword arguments."""
+    """find_corpus + decode_corpus; limits are decode_corpus's keyword arguments. A folder of several
+    .txt files loads as one multi-document corpus (max_bytes then applies to the whole folder)."""
     path = find_corpus(name_or_path, search_path)
-    n_bytes, max_bytes = path.stat().st_size, limits.get("max_bytes", DEFAULT_MAX_BYTES)
+    max_bytes = limits.get("max_bytes", DEFAULT_MAX_BYTES)
+    n_bytes = _corpus_bytes(path)
     if n_bytes > max_bytes:  # refuse before reading a huge file into memory
         raise _too_large(n_bytes, max_bytes)
+    if path.is_dir():
+        return join_documents([_decode_document(p, limits) for p in _documents_in_folder(path)])
     return decode_corpus(path.read_bytes(), **limits)
+
+
+def _decode_document(path: Path, limits: dict) -> DecodedCorpus:
+    try:
+        return decode_corpus(path.read_bytes(), **limits)
+    except CorpusError as e:
+        raise CorpusError(e.code, f"{path.name}: {e.message}") from None
+
+
+def join_documents(documents: Sequence[DecodedCorpus]) -> DecodedCorpus:
+    """One corpus made of several decoded documents (a folder, or an upload of several attachments).
+    Its address is the sha256 of the documents' own addresses in order, so the same files give the same corpus."""
+    if not documents:
+        raise CorpusError("empty", "No documents were given.")
+    if len(documents) == 1:
+        return documents[0]
+    texts = [d.text.strip("\n") for d in documents]
+    text = DOCUMENT_SEPARATOR.join(texts)
+    tokens, unique_chars = text.split(), set(text)
+    encodings = sorted({d.encoding for d in documents})
+    return DecodedCorpus(
+        text=text,
+        encoding=encodings[0] if len(encodings) == 1 else "mixed: " + ", ".join(encodings),
+        sha256=hashlib.sha256("".join(d.sha256 for d in documents).encode()).hexdigest(),
+        n_bytes=sum(d.n_bytes for d in documents),
+        n_chars=len(text),
+        n_lines=text.count("\n") + 1,
+        n_words=len(tokens),
+        n_unique_chars=len(unique_chars),
+        n_unique_words=_unique_words(set(tokens), unique_chars),
+        warnings=tuple(w for d in documents for w in d.warnings),
+        documents=tuple(len(t) for t in texts),
+    )
 
 
 # -----------------------------------------------------------------------------

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .corpus import DecodedCorpus, fit_batch_shape
-from .data import TokenStreams, split_train_val
-from .evaluate import evaluate
+from .corpus import DOCUMENT_SEPARATOR, DecodedCorpus, fit_batch_shape
+from .data import BLOCK_TOKENS, TokenStreams, split_documents
+from .evaluate import evaluate, unigram_loss
 from .model import LanguageModel, ModelConfig, build_model
+from .pretrained import resolve_init
 from .tokenizer import CharTokenizer, WordTokenizer
 
 
@@ -34,6 +35,8 @@ class TrainConfig:
     corpus: str = "shakespeare"  # a corpus name on the search path, or a file path
     out_dir: str = "runs/shakespeare"
     val_fraction: float = 0.1
+    split: str = "spread"  # spread: held-out blocks or documents spread through the corpus | tail: nanoGPT's last 10 %
+    init: str = ""  # fine-tune from: "base" (shipped in trainer/pretrained/) or a char checkpoint path; "" = scratch
     max_vocab: int = 15_000  # word models: the rest become <unk>
     lowercase: bool = False  # word models: applied identically at train and prompt time
     # model (see ModelConfig)
@@ -66,6 +69,7 @@ class TrainConfig:
     minutes: float = 0.0
     # evaluation, checkpoints, samples
     eval_interval: int = 500
+    eval_tokens: int = 0  # cap each evaluation at this many held-out tokens, in blocks spread evenly (0 = all)
     patience: int = 0  # early stopping after this many evaluations without improvement (0 = off)
     sample_interval: int = 0
     sample_length: int = 200
@@ -145,40 +149,63 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
     resuming = resume and last_path.exists()
     warnings: list[str] = []
 
-    # Tokens: a resumed run keeps the tokenizer it started with.
+    # Tokens: a resumed run keeps the tokenizer it started with; a fine-tune extends its base's.
+    base = None
     if resuming:
         saved = ckpt.load(last_path)
         if saved.meta.get("corpus_sha256") != _corpus_sha(corpus):
             raise ValueError(f"{last_path} was trained on a different corpus; use another out_dir or resume=False")
         tokenizer = saved.tokenizer
+    elif config.init:
+        base = ckpt.load(resolve_init(config.init))
+        if base.tokenizer.kind != "char" or config.family != "char-rnn":
+            raise ValueError(f"--init fine-tunes character models only; {config.init} is a "
+                             f"{base.family} model and this run trains {config.family}")
+        tokenizer = extend_vocabulary(base.tokenizer, text)
     elif config.family == "char-rnn":
         tokenizer = CharTokenizer.build(text)
     else:
         tokenizer = WordTokenizer.build(text, config.max_vocab, config.lowercase)
     auto_device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto_device if config.device == "auto" else config.device)
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long, device=device)
-    split = split_train_val(len(ids), config.val_fraction)
-    train_ids, val_ids = ids[:split], ids[split:]
+    documents = corpus.document_texts() if isinstance(corpus, DecodedCorpus) else [text]
+    separator = torch.tensor(tokenizer.encode(DOCUMENT_SEPARATOR), dtype=torch.long)
+    train_ids, val_ids = split_documents([torch.tensor(tokenizer.encode(d), dtype=torch.long) for d in documents],
+                                         config.val_fraction, config.split, BLOCK_TOKENS[tokenizer.kind], separator)
+    train_ids, val_ids = train_ids.to(device), val_ids.to(device)
     batch_size, seq_len, shrink = fit_batch_shape(len(train_ids), config.batch_size, config.seq_len)
     if shrink:
         warnings.append(shrink)
     train_data = TokenStreams(train_ids, batch_size, seq_len)
     val_batch, val_seq, _ = fit_batch_shape(max(len(val_ids), 2), min(32, batch_size), seq_len, min_seq_len=1)
+    if config.eval_tokens and len(val_ids) > config.eval_tokens:  # a big corpus: score an even spread of it
+        blocks = val_ids.split(BLOCK_TOKENS[tokenizer.kind])
+        stride = max(1, round(len(blocks) * BLOCK_TOKENS[tokenizer.kind] / config.eval_tokens))
+        val_ids = torch.cat(blocks[stride // 2::stride])
+        val_batch, val_seq, _ = fit_batch_shape(len(val_ids), min(32, batch_size), seq_len, min_seq_len=1)
     val_data = TokenStreams(val_ids, val_batch, val_seq) if len(val_ids) > 1 else None
     if val_data is None:
         warnings.append("validation split is empty: best checkpoint chosen by training loss")
 
     # Model and optimizer.
     torch.manual_seed(config.seed)
-    model_config = ModelConfig.from_dict(saved.meta["model"]) if resuming else config.model_config(len(tokenizer))
+    if resuming:
+        model_config = ModelConfig.from_dict(saved.meta["model"])
+    elif base is not None:  # the base decides the architecture; the run decides dropout
+        model_config = ModelConfig.from_dict({**base.meta["model"], "vocab_size": len(tokenizer),
+                                              "dropout": config.dropout})
+    else:
+        model_config = config.model_config(len(tokenizer))
     embedding = None
     if config.family == "word-gru" and not resuming:
         from .vectors import word_vectors_for
 
         embedding = word_vectors_for(tokenizer, text, config.word_vectors, dim=config.n_embd, seed=config.seed)
         model_config.n_embd = embedding.size(1)  # a vectors file decides the width
-    model = build_model(model_config, embedding).to(device)
+    model = build_model(model_config, embedding)
+    if base is not None:
+        load_base_weights(model, base.model)
+    model = model.to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   betas=(0.9, 0.99), weight_decay=config.weight_decay)
     step, elapsed, lr_scale, best_val, bad_evals, history, smooth = 0, 0.0, 1.0, math.inf, 0, [], None
@@ -196,9 +223,15 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         if device.type == "cuda" and "state.cuda_rng" in saved.tensors:
             torch.cuda.set_rng_state(saved.tensors["state.cuda_rng"], device)
     steps_per_epoch = train_data.n_chunks
+    unigram = unigram_loss(train_ids, val_ids if len(val_ids) else train_ids, len(tokenizer))
     total_steps = _total_steps(config, steps_per_epoch)
     meta = {"corpus_sha256": _corpus_sha(corpus), "corpus": config.corpus, "train_config": asdict(config),
-            "n_params": model.n_params, "batch_shape": [batch_size, seq_len]}
+            "n_params": model.n_params, "batch_shape": [batch_size, seq_len],
+            "split": {"mode": config.split, "val_fraction": config.val_fraction, "val_tokens": len(val_ids),
+                      "train_tokens": len(train_ids), "documents": len(documents)}}
+    if config.init:
+        meta["init"] = {"checkpoint": Path(config.init).name, "corpus": base.meta.get("corpus") if base else None,
+                        "corpus_sha256": base.meta.get("corpus_sha256") if base else None}
     good = _snapshot(model, optimizer)
     nan_restarts = 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
@@ -307,7 +340,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
                     lr_scale *= 0.5
             history.append({"step": step, "elapsed": round(elapsed, 2), "train_loss": smooth,
                             "val_loss": last_val, "lr": lr})
-            metrics = _metrics(tokenizer, best_val if improved else last_val, val_ids, text, config)
+            metrics = _metrics(tokenizer, best_val if improved else last_val, val_ids, text, config, unigram)
             if improved:
                 ckpt.save(best_path, model, tokenizer, {**meta, "metrics": metrics, "step": step,
                                                         "history": history})
@@ -326,7 +359,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
 
     save_last()
     if not best_path.exists():  # stopped before the first evaluation
-        metrics = _metrics(tokenizer, smooth or math.nan, val_ids, text, config)
+        metrics = _metrics(tokenizer, smooth or math.nan, val_ids, text, config, unigram)
         ckpt.save(best_path, model, tokenizer, {**meta, "step": step, "history": history, "metrics": metrics})
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     if history:
@@ -336,6 +369,37 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
     return TrainResult(out_dir, best_val, last_val, step, elapsed, stop_reason, history, warnings)
 
 
+def extend_vocabulary(tokenizer: CharTokenizer, text: str) -> CharTokenizer:
+    """The base's characters in their order (so its weights keep their rows), then the characters of
+    `text` the base never saw."""
+    known = set(tokenizer.vocab)
+    return CharTokenizer(tokenizer.vocab + sorted(set(CharTokenizer.build(text).vocab) - known))
+
+
+@torch.no_grad()
+def load_base_weights(model: LanguageModel, base: LanguageModel) -> None:
+    """Copy a base model's weights into `model`, whose vocabulary extends the base's at the end.
+    New characters get the mean embedding of the known ones (an "unremarkable character" to the
+    recurrent layers) and an output row that predicts them as rarely as the base's rarest character,
+    so before fine-tuning the model behaves exactly like the base on the base's characters."""
+    own, theirs = model.state_dict(), base.state_dict()
+    n_old = base.config.vocab_size
+    for name, value in theirs.items():
+        target = own[name]
+        if target.shape == value.shape:
+            target.copy_(value)
+            continue
+        if target.shape[1:] != value.shape[1:] or target.shape[0] < n_old:
+            raise ValueError(f"the base's {name} has shape {tuple(value.shape)}, "
+                             f"this model needs {tuple(target.shape)}")
+        target[:n_old] = value
+        if name.endswith("bias"):
+            target[n_old:] = value.min()
+        else:
+            target[n_old:] = value.mean(0)
+    model.load_state_dict(own)
+
+
 def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
     limits = [config.max_steps] if config.max_steps else []
     if config.max_epochs:
@@ -343,12 +407,13 @@ def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
     return min(limits) if limits else None
 
 
-def _metrics(tokenizer, val_loss: float, val_ids: torch.Tensor, text: str, config: TrainConfig) -> dict:
-    metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+def _metrics(tokenizer, val_loss: float, val_ids: torch.Tensor, text: str, config: TrainConfig,
+             unigram: float) -> dict:
+    metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "unigram_loss": unigram}
     if tokenizer.kind == "char":
         metrics["val_bpc"] = val_loss / math.log(2)
     else:  # bits per character of the validation text, comparable across tokenizers
-        val_chars = len(text) - int(len(text) * (1 - config.val_fraction))
+        val_chars = len(text) * config.val_fraction  # the spread split holds out about this share
         metrics["val_bpc"] = val_loss * len(val_ids) / max(val_chars, 1) / math.log(2)
     return metrics
 
