@@ -58,7 +58,7 @@ pip_install() {
   "$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off "$@" >>"$LOG" 2>&1 &
   local pid=$!
   while kill -0 "$pid" 2>/dev/null; do
-    sleep 1
+    sleep 0.5
     show_progress
   done
   wait "$pid" || status=$?

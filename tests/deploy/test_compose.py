@@ -4,11 +4,22 @@ compose-spec.SOURCE.md) and shaped as an operator needs it. No Docker engine run
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 
 import jsonschema
 import pytest
 
-from .deploytools import SCHEMA_FILE, compose_variables, env_file_entries, env_file_values, load_compose
+from .deploytools import (
+    DOCKERFILE,
+    ENV_EXAMPLE,
+    ROOT,
+    SCHEMA_FILE,
+    compose_variables,
+    env_file_entries,
+    env_file_values,
+    load_compose,
+)
 
 IMAGE_SERVICES = {"migrate", "bot", "worker", "trainer", "worker-cpu", "trainer-cpu", "beat", "flower"}
 GPU_SERVICES = {"worker", "trainer"}
@@ -26,6 +37,20 @@ def validator():
 @pytest.fixture(scope="module")
 def compose():
     return load_compose(env_file_values())  # as after `cp .env.example .env`
+
+
+def _init_env(path):
+    return subprocess.run(["bash", str(ROOT / "scripts" / "init-env.sh"), str(path)], capture_output=True,
+                          text=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def initialised_env(tmp_path_factory):
+    """The .env that `scripts/init-env.sh` writes: .env.example with random passwords."""
+    path = tmp_path_factory.mktemp("env") / ".env"
+    done = _init_env(path)
+    assert done.returncode == 0, done.stderr
+    return env_file_values(path)
 
 
 @pytest.mark.parametrize("env", ["from .env.example", "no .env"])
@@ -99,13 +124,16 @@ def test_gpu_workers_reserve_one_nvidia_gpu_each(compose):
     assert "train" in services["trainer"]["command"] and "solo" in services["trainer"]["command"]
 
 
-def test_shared_storage_volume_and_settings(compose):
+def test_shared_storage_volume_and_settings(initialised_env):
+    compose = load_compose(initialised_env)
     services = compose["services"]
+    password = initialised_env["POSTGRES_PASSWORD"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
     for name in IMAGE_SERVICES:
         service = services[name]
         assert "data:/data" in service["volumes"]
         env = service["environment"]
-        assert env["IMPROBABLE_DATABASE_URL"].startswith("postgresql+psycopg://improbable:change-me@postgres:5432/")
+        assert env["IMPROBABLE_DATABASE_URL"].startswith(f"postgresql+psycopg://improbable:{password}@postgres:5432/")
         assert env["IMPROBABLE_BROKER_URL"] == "redis://redis:6379/0"
         assert env["IMPROBABLE_DATA_DIR"] == "/data"
         assert env["IMPROBABLE_METRICS_PORT"] == "9100"
@@ -127,3 +155,93 @@ def test_every_compose_variable_is_documented_in_env_example():
     documented = {name for name, _value, _commented in env_file_entries()}
     missing = sorted(compose_variables() - documented)
     assert not missing, f"add these to .env.example: {missing}"
+
+
+PLACEHOLDERS = ("change-me", "changeme", "admin:change-me")
+
+
+def test_env_example_ships_no_password_and_init_env_writes_random_ones(initialised_env, tmp_path):
+    shipped = env_file_values()
+    assert shipped["POSTGRES_PASSWORD"] == "" and shipped["FLOWER_BASIC_AUTH"] == ""
+    text = ENV_EXAMPLE.read_text(encoding="utf-8").lower()
+    for placeholder in PLACEHOLDERS:
+        assert f"={placeholder}" not in text
+    assert re.fullmatch(r"[0-9a-f]{48}", initialised_env["POSTGRES_PASSWORD"])
+    assert re.fullmatch(r"admin:[0-9a-f]{32}", initialised_env["FLOWER_BASIC_AUTH"])
+    # everything else as shipped
+    assert {k: v for k, v in initialised_env.items() if k not in ("POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH")} == {
+        k: v for k, v in shipped.items() if k not in ("POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH")}
+    second = tmp_path / ".env"
+    assert _init_env(second).returncode == 0
+    assert env_file_values(second)["POSTGRES_PASSWORD"] != initialised_env["POSTGRES_PASSWORD"]
+    assert second.stat().st_mode & 0o077 == 0, "the .env holds secrets: owner-only"
+    refused = _init_env(second)  # never overwrites an existing .env
+    assert refused.returncode != 0 and "exists" in refused.stderr
+
+
+def test_env_example_as_shipped_is_the_cpu_deployment(compose):
+    shipped = env_file_values()
+    assert shipped["COMPOSE_PROFILES"] == "cpu" and shipped["TORCH_VARIANT"] == "cpu"
+    for name in IMAGE_SERVICES:
+        assert compose["services"][name]["build"]["args"]["TORCH_VARIANT"] == "cpu"
+    # with no .env at all, too: a CPU image unless TORCH_VARIANT says otherwise
+    assert load_compose({})["services"]["bot"]["build"]["args"]["TORCH_VARIANT"] == "cpu"
+
+
+def test_flower_gets_its_login_from_env(initialised_env):
+    flower = load_compose(initialised_env)["services"]["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == initialised_env["FLOWER_BASIC_AUTH"]
+    assert flower["environment"]["IMPROBABLE_BROKER_URL"] == "redis://redis:6379/0"
+    assert "--basic-auth" not in " ".join(flower["command"]), "a password on the command line shows in `ps`"
+
+
+def test_postgres_has_no_default_password():
+    doc = load_compose({})
+    assert doc["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == ""
+    assert ":@postgres:" in doc["services"]["bot"]["environment"]["IMPROBABLE_DATABASE_URL"]
+
+
+def test_corpora_mount_needs_no_missing_folder(compose):
+    assert env_file_values()["CORPORA_DIR"] == ""
+    bot = compose["services"]["bot"]
+    assert "corpora:/corpora:ro" in bot["volumes"], "without CORPORA_DIR: the named volume, not ./corpora"
+    assert "corpora" in compose["volumes"]
+    mounted = load_compose({**env_file_values(), "CORPORA_DIR": "../shared/corpora"})["services"]["bot"]
+    assert "../shared/corpora:/corpora:ro" in mounted["volumes"]
+
+
+def _dockerfile_arg(name: str) -> str:
+    match = re.search(rf"^ARG {name}=(.*)$", DOCKERFILE.read_text(encoding="utf-8"), re.M)
+    assert match, f"the Dockerfile has no ARG {name}=..."
+    return match.group(1)
+
+
+def test_images_are_pinned_to_exact_releases(compose):
+    base = _dockerfile_arg("BASE_IMAGE")
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
+    assert compose["services"]["bot"]["build"]["args"]["BASE_IMAGE"] == base
+    assert load_compose({})["services"]["bot"]["build"]["args"]["BASE_IMAGE"] == base
+    for name in ("redis", "postgres"):
+        image = compose["services"][name]["image"]
+        # a patch release (PostgreSQL numbers them MAJOR.MINOR), never a floating `7` or `16-alpine`
+        assert re.fullmatch(r"[\w./-]+:\d+\.\d+(\.\d+)?-[\w.-]+(@sha256:[0-9a-f]{64})?", image), image
+
+
+def test_dockerfile_needs_no_registry_frontend_nor_buildkit():
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a syntax line makes Docker pull a frontend image"
+    for buildkit_only in ("--mount=", "--chmod=", "--link", "<<"):
+        assert buildkit_only not in text, f"{buildkit_only}: BuildKit only; the classic builder must build this"
+    assert re.search(r'^ENTRYPOINT \["/bin/sh", "/usr/local/bin/improbable-entrypoint"\]$', text, re.M)
+    assert "!scripts/docker-entrypoint.sh" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+
+
+def test_dockerfile_build_arguments_for_torch_and_indexes():
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    for name in ("TORCH_VARIANT", "TORCH_VERSION", "TORCH_INDEX_URL", "PACKAGE_INDEX_URL", "OFFLINE"):
+        assert re.search(rf"^ARG {name}=", text, re.M), name
+    assert _dockerfile_arg("TORCH_VERSION") == "2.13.0"
+    assert "-c requirements.lock" in text, "every package at the lockfile's version"
+    assert "--find-links /wheels" in text and "--no-index" in text, "offline builds from wheels/"
+    for name in ("TORCH_INDEX_URL", "PACKAGE_INDEX_URL", "OFFLINE"):
+        assert name in load_compose({})["services"]["bot"]["build"]["args"], f"compose passes {name}"
