@@ -45,7 +45,7 @@ def shakespeare():
 
 
 def recipe_config(minutes: float, out_dir: str, **overrides) -> TrainConfig:
-    recipe = {**load_recipe("shakespeare"), "minutes": minutes, "out_dir": out_dir, **overrides}
+    recipe = {**load_recipe("shakespeare-3min"), "minutes": minutes, "out_dir": out_dir, **overrides}
     return TrainConfig.from_dict(recipe)
 
 

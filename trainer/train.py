@@ -25,6 +25,7 @@ from .corpus import DOCUMENT_SEPARATOR, DecodedCorpus, fit_batch_shape
 from .data import BLOCK_TOKENS, TokenStreams, split_documents
 from .evaluate import evaluate, unigram_loss
 from .model import LanguageModel, ModelConfig, build_model
+from .precision import resolve_precision
 from .pretrained import resolve_init
 from .tokenizer import CharTokenizer, WordTokenizer
 
@@ -61,7 +62,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     schedule: str = "anneal"  # anneal: constant then linear warm-down; plateau: halve on a plateau
     anneal_fraction: float = 0.3
-    precision: str = "fp32"  # fp32 | bf16 (autocast; uses AMX where the CPU has it)
+    precision: str = "auto"  # auto (bf16 only where measured faster, trainer/precision.py) | fp32 | bf16 (autocast)
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     # budget (whichever ends first; at least one must be set)
     max_steps: int = 0
@@ -234,7 +235,9 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
                         "corpus_sha256": base.meta.get("corpus_sha256") if base else None}
     good = _snapshot(model, optimizer)
     nan_restarts = 0
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    precision = resolve_precision(config.precision, device)
+    meta["precision"] = precision
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def fraction() -> float:
         parts = [step / total_steps] if total_steps else []
