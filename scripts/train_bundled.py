@@ -102,7 +102,10 @@ def main() -> None:
         corpus = load_named_corpus(recipe["corpus"], CORPORA)
         if args.from_run:
             best_path = args.from_run / "best.safetensors"
-            path = export(persona, best_path, json.loads((args.from_run / "history.json").read_text()), recipe, corpus)
+            history_file = args.from_run / "history.json"  # written at the end; a run still going has it in meta
+            history = (json.loads(history_file.read_text()) if history_file.exists()
+                       else ckpt.read_meta(best_path).get("history", []))
+            path = export(persona, best_path, history, recipe, corpus)
             print(f"{persona}: exported {best_path} → {path} ({path.stat().st_size / 1e6:.2f} MB)")
             continue
         with tempfile.TemporaryDirectory() as tmp:

@@ -181,7 +181,12 @@ def describe_run_result(view: RunView) -> str:
     if isinstance(m.get("elapsed"), int | float):
         facts.append(f"{m['elapsed']:.0f} s")
     promoted = m.get("promoted")
-    tail = "" if promoted is None else (" · now active" if promoted else " · kept the previous model (it was better)")
+    if promoted is None:
+        tail = ""
+    elif promoted:
+        tail = " · now active"
+    else:  # the quality gate's sentence says why and what to do (train longer, upload more text)
+        tail = f" · not promoted: {m.get('gate') or 'the previous model is better'}"
     return " · ".join(facts) + tail
 
 

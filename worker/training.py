@@ -298,6 +298,7 @@ def _train(job: dict, on_progress) -> dict:
 def finish(job: dict, out_dir: Path, storage: Storage, result, progress: dict) -> dict:
     """Store the best checkpoint (a row), loss.png and a sample; promote when it beats the active one."""
     from trainer.checkpoint import load
+    from trainer.evaluate import quality_gate
     from trainer.sample import SamplingParams
     from trainer.sample import generate as sample_text
 
@@ -319,7 +320,10 @@ def finish(job: dict, out_dir: Path, storage: Storage, result, progress: dict) -
         # lock the persona so two runs finishing together compare against each other's promotion
         persona = session.scalars(select(Persona).where(Persona.id == job["persona_id"]).with_for_update()).one()
         active = persona.active_checkpoint
-        promote = active is None or active.val_loss is None or (val_loss is not None and val_loss < active.val_loss)
+        # the quality gate: below the family's share of the unigram baseline, or better than the active model
+        verdict = quality_gate(best.family, val_loss, _finite(best.meta.get("metrics", {}).get("unigram_loss")),
+                               active.val_loss if active is not None else None)
+        promote = verdict.passed
         ckpt = session.scalars(select(Checkpoint).where(Checkpoint.run_id == run.id,
                                                         Checkpoint.name == "best")).first()
         if ckpt is None:  # (a redelivery after a crash right here finds the row already made)
@@ -327,7 +331,7 @@ def finish(job: dict, out_dir: Path, storage: Storage, result, progress: dict) -
                                    val_loss=val_loss, metrics=best.meta.get("metrics", {}), activate=promote)
         elif promote:
             persona.active_checkpoint = ckpt
-        metrics.update(checkpoint_id=ckpt.id, promoted=promote,
+        metrics.update(checkpoint_id=ckpt.id, promoted=promote, gate=verdict.reason,
                        previous_checkpoint_id=active.id if active is not None else None)
         return summary(succeed_run(session, run, metrics=metrics))
 

@@ -18,7 +18,7 @@ from worker.app import enqueue
 from .support import generate_request
 
 # A 1x32 char LSTM, evaluated (and checkpointed) every 100 steps, for a few seconds of wall clock.
-TINY = {"n_layers": 1, "n_hidden": 32, "n_embd": 16, "batch_size": 8, "seq_len": 32, "dropout": 0.0,
+TINY = {"init": "", "n_layers": 1, "n_hidden": 32, "n_embd": 16, "batch_size": 8, "seq_len": 32, "dropout": 0.0,
         "eval_interval": 100, "log_interval": 10, "patience": 0, "max_steps": 0}
 
 
