@@ -143,9 +143,15 @@ class TrainingWatcher:
                                f"{service.training.describe_run_result(view)}")
             png = await asyncio.to_thread(service.training.loss_curve, view)
             sample = view.metrics.get("sample") or ""
-            text = f"✅ **{escape(name)}** is ready: `/generate persona:{view.persona_slug}`"
+            if view.metrics.get("promoted", True):
+                text = f"✅ **{escape(name)}** is ready: `/generate persona:{view.persona_slug}`"
+                heading = "A sample"
+            else:  # refused by the quality gate: say why, with the number, and what to do
+                reason = view.metrics.get("gate") or "it is not better than the active model"
+                text = f"⚠️ **{escape(name)}** is not good enough yet: {escape(reason)}."
+                heading = "What it writes so far"
             if sample.strip():
-                text += "\nA sample:\n" + _quote(escape(truncate(sample.strip(), 1500)))
+                text += f"\n{heading}:\n" + _quote(escape(truncate(sample.strip(), 1500)))
             file = discord.File(io.BytesIO(png), filename="loss.png") if png else None
             await message.post(truncate(text, 2000), file)
         elif view.status == "cancelled":
