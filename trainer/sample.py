@@ -253,22 +253,28 @@ class BatchSampler:
         spelled[:, 0] = char
         final = torch.full((n,), math.nan, dtype=torch.float64, device=self.device)
         alive = torch.arange(n, device=self.device)
-        state = select_state(self.state, index[owner])
+        # Candidates that share a prefix share its model state, so the rollout steps each distinct prefix
+        # (a node of the candidates' trie) once: `nodes` = parent · V + last letter, `node_of` per candidate.
+        V = logits.size(1)
+        nodes, node_of = torch.unique(owner * V + char, return_inverse=True)
+        state = select_state(self.state, index[nodes // V])
         for j in range(1, L + 1):
-            step_logits, state = self.model.step(char, state)
-            logp = torch.log_softmax(step_logits.float(), 1)
+            step_logits, state = self.model.step(nodes % V, state)
+            step_logits = step_logits.float()
+            logp = torch.log_softmax(step_logits, 1)
+            end_logp = logp.masked_fill(self._word_chars, -math.inf).logsumexp(1).double()[node_of]
             u = uniform(seeds[alive], counters[alive] + j).float()
-            nxt = _inverse_cdf(torch.softmax(step_logits.float() / temps[alive, None], 1), u)
+            nxt = _inverse_cdf(torch.softmax(step_logits[node_of] / temps[alive, None], 1), u)
             ends = ~self._word_chars[nxt]
-            end_logp = logp.masked_fill(self._word_chars, -math.inf).logsumexp(1).double()
             final[alive[ends]] = score[ends] + end_logp[ends]
-            score = score + logp.gather(1, nxt[:, None]).squeeze(1).double()
+            score = score + logp[node_of, nxt].double()
             go_on = ~ends & (score >= prune[alive])
             if j == L or not bool(go_on.any()):
                 break
             spelled[alive[go_on], j] = nxt[go_on]
-            alive, score, char = alive[go_on], score[go_on], nxt[go_on]
-            state = select_state(state, go_on.nonzero().flatten())
+            alive, score = alive[go_on], score[go_on]
+            nodes, node_of = torch.unique(node_of[go_on] * V + nxt[go_on], return_inverse=True)
+            state = select_state(state, nodes // V)
 
         choices = []
         u_choice = uniform(_mix32(params.seeds ^ 0x2545F491), params.counters).tolist()
