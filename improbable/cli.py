@@ -81,7 +81,11 @@ def train(
     max_steps: int | None = typer.Option(None),
     epochs: float | None = typer.Option(None),
     eval_interval: int | None = typer.Option(None, help="Steps between evaluations on the whole validation split."),
-    precision: str | None = typer.Option(None, help="fp32 | bf16 (autocast)."),
+    precision: str | None = typer.Option(None, help="auto (bf16 only where measured faster) | fp32 | bf16."),
+    init: str | None = typer.Option(
+        None, help="char-rnn: fine-tune from 'base' (the shipped pretrained model) or a checkpoint path; "
+                   "'' trains from scratch. The char persona recipes start from base."),
+    split: str | None = typer.Option(None, help="spread (held-out blocks through the corpus) | tail (last 10 %)."),
     word_vectors: str | None = typer.Option(
         None, help="word-gru: word2vec-format vectors file (default: train word2vec)."),
     seed: int | None = typer.Option(None),
@@ -101,7 +105,7 @@ def train(
     overrides = {"corpus": corpus, "family": family, "cell": cell, "n_layers": layers, "n_hidden": hidden,
                  "dropout": dropout, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "minutes": minutes,
                  "max_steps": max_steps, "max_epochs": epochs, "eval_interval": eval_interval,
-                 "precision": precision, "word_vectors": word_vectors, "seed": seed}
+                 "precision": precision, "init": init, "split": split, "word_vectors": word_vectors, "seed": seed}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if not settings.get("corpus"):
         _fail("say what to train on: --recipe NAME or --corpus NAME_OR_PATH")
@@ -128,6 +132,9 @@ def train(
                 bar.console.print(f"[dim]sample at step {p.step}:[/] {details['text'][:300]!r}")
             elif event == "warning":
                 bar.console.print(f"[yellow]warning:[/] {details['message']}")
+            elif event == "progress" and not console.is_terminal and p.step % (10 * config.log_interval) == 0:
+                bar.console.print(f"step {p.step}: loss {p.loss:.3f}, {p.tokens_per_s:,.0f} tokens/s, "
+                                  f"{p.fraction:.0%} of the budget")  # no live bar in a log file
             elif event == "eval":
                 bar.console.print(f"step {p.step}: val {p.val_loss:.4f} nats/token"
                                   f" ({details['metrics']['val_bpc']:.3f} bits/char)")
