@@ -28,7 +28,7 @@ import service.generation
 import service.personas
 import service.policy
 import service.training
-from bot.formatting import describe_params
+from bot.formatting import describe_params, progress_line
 from bot.jobs import GENERATE, TRAIN, JobError, Jobs
 from core.contracts import SamplingParams, bounds, help_of
 
@@ -273,7 +273,7 @@ class Chat:
                 view = await asyncio.to_thread(service.training.run_status, new.run_id)
                 if view is None or view.finished:
                     break
-                line = self._progress_line(view)
+                line = progress_line(view.status, view.progress, view.position)
                 if line != last:
                     self.say(line, "dim")
                     last = line
@@ -293,30 +293,12 @@ class Chat:
         else:
             self.error(f"run {view.id} {view.status}" + (f": {view.error}" if view.error else ""))
 
-    @staticmethod
-    def _progress_line(view: service.training.RunView) -> str:
-        if view.status == "queued":
-            return f"queued (position {view.position})"
-        p = view.progress
-        f = p.done_fraction() or 0.0
-        bar = "█" * int(f * 20) + "░" * (20 - int(f * 20))
-        parts = [f"{bar} {f:.0%}"]
-        if p.step is not None:
-            parts.append(f"step {p.step}" + (f"/{p.total}" if p.total else ""))
-        if p.loss is not None:
-            parts.append(f"loss {p.loss:.3f}")
-        if p.val_loss is not None:
-            parts.append(f"val {p.val_loss:.3f}")
-        if p.eta is not None:
-            parts.append(f"{p.eta:.0f} s left")
-        return " · ".join(parts)
-
     async def cmd_train_status(self, args: list[str]) -> None:
         runs = await asyncio.to_thread(service.training.training_runs, self.actor)
         if not runs:
             self.say("nothing is training")
         for view in runs:
-            self.say(f"run {view.id} {view.persona_slug}: {self._progress_line(view)}")
+            self.say(f"run {view.id} {view.persona_slug}: {progress_line(view.status, view.progress, view.position)}")
 
     async def cmd_train_cancel(self, args: list[str]) -> None:
         run_id = int(args[0]) if args and args[0].isdigit() else None

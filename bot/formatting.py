@@ -178,3 +178,21 @@ def training_progress(name: str, status: str, progress: RunProgress | dict, *, n
     if error:
         lines.append(f"Error: {escape(truncate(error, 1500))}")
     return "\n".join(lines)
+
+
+def progress_line(status: str, progress: RunProgress, queue_position: int | None = None) -> str:
+    """A run's progress on one plain line (the console): bar, step, losses, seconds left."""
+    if status == "queued":
+        return f"queued (position {queue_position})"
+    f = progress.done_fraction() or 0.0
+    bar = "█" * int(f * 20) + "░" * (20 - int(f * 20))
+    parts = [f"{bar} {f:.0%}"]
+    if progress.step is not None:
+        parts.append(f"step {progress.step}" + (f"/{progress.total}" if progress.total else ""))
+    if progress.loss is not None:
+        parts.append(f"loss {progress.loss:.3f}")
+    if progress.val_loss is not None:
+        parts.append(f"val {progress.val_loss:.3f}")
+    if progress.eta is not None:
+        parts.append(f"{progress.eta:.0f} s left")
+    return " · ".join(parts)

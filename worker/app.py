@@ -130,8 +130,9 @@ def enqueue(name: str, *args, **options):
     With a broker this is `app.send_task`; a dead broker raises BrokerUnavailable within a few seconds.
     Without one, the task runs here and now."""
     if is_eager():
-        import worker.tasks  # noqa: F401 - registers the tasks (and imports db, trainer lazily)
-
+        # registers the tasks (the app's `include`, worker.tasks): by name, so that importing this module,
+        # as the bot does, never pulls in the tasks and what they import
+        app.loader.import_default_modules()
         return app.tasks[name].apply(args=args, **options)
     try:
         return app.send_task(name, args=args, **options)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from core import metrics
 from core.contracts import GenerateRequest, SamplingError, parse_sampling
 from core.settings import get_settings
+from worker import signals
 
 # ids from the request that are echoed in the result, so the bot can route it without keeping state
 ROUTING_KEYS = ("persona", "guild_id", "channel_id", "user_id", "interaction_id", "reply_to")
@@ -73,12 +74,8 @@ def cache():
             _cache = CheckpointCache(load_checkpoint, get_settings().model_cache_mb * 2**20)
             metrics.CHECKPOINT_CACHE_ENTRIES.set_function(lambda: len(_cache))
             metrics.CHECKPOINT_CACHE_LOADS.set_function(lambda: _cache.loads)
+            signals.cache_probe = _cache.__contains__  # cache hits and misses, counted at task start
         return _cache
-
-
-def is_cached(checkpoint_id: int) -> bool:
-    """Whether this process has the checkpoint loaded (False before the cache exists; creates none)."""
-    return _cache is not None and checkpoint_id in _cache
 
 
 def sampling_params(params: dict | None, max_tokens_cap: int):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from celery import current_task, signals
 
@@ -20,6 +21,9 @@ from core import logs, metrics
 log = logging.getLogger(__name__)
 GENERATE_TASK = "improbable.generate"
 
+# whether a checkpoint is loaded in this process: set by worker.generation when it creates its cache (this
+# module, imported with worker.app by the bot, must not import the generation code)
+cache_probe: Callable[[int], bool] | None = None
 _started: dict[str, float] = {}  # task id → perf_counter at start
 _started_lock = threading.Lock()
 
@@ -76,12 +80,11 @@ def _on_task_prerun(task_id=None, task=None, args=None, **_kwargs) -> None:
         _started[task_id] = time.perf_counter()
     metrics.JOBS_IN_PROGRESS.labels(name).inc()
     if name == GENERATE_TASK and args and isinstance(args[0], dict):
-        from worker.generation import is_cached  # torch-free; creates no cache
-
         try:
-            hit = is_cached(int(args[0].get("checkpoint_id")))
+            checkpoint_id = int(args[0].get("checkpoint_id"))
         except (TypeError, ValueError):
             return
+        hit = cache_probe is not None and cache_probe(checkpoint_id)
         metrics.CHECKPOINT_CACHE.labels("hit" if hit else "miss").inc()
 
 
