@@ -14,6 +14,7 @@ from trainer.model import (
     LanguageModel,
     ModelConfig,
     OutputHead,
+    TiedHead,
     build_model,
     cat_states,
     default_cutoffs,
@@ -44,7 +45,11 @@ CONFIGS = {
         "recurrent_l2": 1e-3,
     },
     "word-gru-adaptive": {"family": "word-gru", "cell": "gru", "n_layers": 2, "head": "adaptive"},
+    "word-gru-tied": {"family": "word-gru", "cell": "gru", "n_layers": 1, "head": "tied"},
+    "word-gru-tied-adaptive": {"family": "word-gru", "cell": "gru", "n_layers": 2, "head": "tied-adaptive",
+                               "adaptive_cutoffs": [8, 20]},
     "word-mlp": {"family": "word-mlp", "context": 4},
+    "word-mlp-tied-adaptive": {"family": "word-mlp", "context": 3, "head": "tied-adaptive", "adaptive_cutoffs": [10]},
     "word-mlp-adaptive": {"family": "word-mlp", "context": 3, "head": "adaptive", "adaptive_cutoffs": [10]},
 }
 
@@ -242,3 +247,122 @@ def test_default_cutoffs_are_inside_the_vocabulary():
         cutoffs = default_cutoffs(v)
         assert all(0 < c < v for c in cutoffs), (v, cutoffs)
         OutputHead(64, ModelConfig(vocab_size=v, head="adaptive"))  # constructs without error
+
+
+@pytest.mark.parametrize("head", ["full", "adaptive"])
+def test_token_log_probs_are_the_log_softmax_of_the_targets(head):
+    """The per-token scores a comparison with the Kneser–Ney baseline uses: log P(target) at each position,
+    the same numbers as the logits' log-softmax and, averaged, minus the head's loss."""
+    torch.manual_seed(0)
+    out = OutputHead(24, ModelConfig(vocab_size=V, head=head, adaptive_cutoffs=[8, 20]))
+    hidden, targets = torch.randn(3, 7, 24), torch.randint(0, V, (3, 7))
+    with torch.no_grad():
+        scores = out.token_log_probs(hidden, targets)
+        expected = F.log_softmax(out.logits(hidden), -1).gather(-1, targets[..., None]).squeeze(-1)
+        loss = out.loss(hidden, targets)
+    assert scores.shape == targets.shape
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+    assert -scores.mean().item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_unfrozen_pretrained_embedding_learns():
+    """movie-reviews fine-tunes its word2vec vectors: they start as the vectors and one optimizer step moves
+    the rows of the words it saw (and only those: an embedding's gradient is zero for unseen words)."""
+    torch.manual_seed(0)
+    vectors = torch.randn(V, 16)
+    config = ModelConfig(family="word-gru", vocab_size=V, cell="gru", n_layers=1, n_embd=16, n_hidden=32,
+                         head="adaptive", adaptive_cutoffs=[8, 20], freeze_embedding=False)
+    model = build_model(config, vectors)
+    assert torch.equal(model.embed.weight.detach(), vectors)
+    idx, targets = torch.randint(0, 20, (2, 6)), torch.randint(0, V, (2, 6))
+    loss, _ = model.loss(idx, targets)
+    loss.backward()
+    grad = model.embed.weight.grad
+    seen = torch.zeros(V, dtype=torch.bool)
+    seen[idx.unique()] = True
+    assert grad[seen].abs().sum(-1).gt(0).all()
+    assert grad[~seen].abs().sum() == 0
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    moved = (model.embed.weight.detach() - vectors).abs().sum(-1) > 0
+    assert torch.equal(moved, seen)
+
+
+@pytest.mark.parametrize("head", ["tied", "tied-adaptive"])
+@pytest.mark.parametrize("n_hidden", [16, 32])
+def test_tied_head_shares_the_embedding_and_is_a_distribution(head, n_hidden):
+    """The output vectors are the embedding itself (one tensor, saved once; a projection only when the
+    widths differ), the logits are normalised log-probabilities, and the loss is their cross-entropy."""
+    torch.manual_seed(0)
+    config = ModelConfig(family="word-gru", vocab_size=V, cell="gru", n_layers=1, n_embd=16, n_hidden=n_hidden,
+                         head=head, adaptive_cutoffs=[8, 20])
+    model = build_model(config).eval()
+    assert isinstance(model.head, TiedHead)
+    assert model.head.weight.data_ptr() == model.embed.weight.data_ptr()
+    names = list(model.state_dict())
+    assert names.count("embed.weight") == 1 and not any(n.startswith("head.") and "weight" in n and "proj" not in n
+                                                        and "cluster" not in n for n in names)
+    assert ("head.proj.weight" in names) == (n_hidden != 16)
+    assert ("head.cluster.weight" in names) == (head == "tied-adaptive")
+    idx, targets = torch.randint(0, V, (3, 9)), torch.randint(0, V, (3, 9))
+    with torch.no_grad():
+        hidden, _ = model(idx)
+        logits = model.head.logits(hidden)
+        torch.testing.assert_close(logits.logsumexp(-1), torch.zeros(3, 9), atol=1e-5, rtol=0)
+        expected = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
+        assert model.head.loss(hidden, targets).item() == pytest.approx(expected.item(), rel=1e-5)
+    # a model rebuilt from its state dict (a checkpoint) is tied again, to the loaded vectors
+    clone = build_model(config)
+    clone.load_state_dict(model.state_dict())
+    assert clone.head.weight.data_ptr() == clone.embed.weight.data_ptr()
+    torch.testing.assert_close(clone.head.logits(hidden.detach()), logits)
+
+
+def test_tied_embedding_trains_from_both_ends():
+    """With tied vectors the target words' rows get gradient from the output side too (the input side
+    alone only reaches the words that were read), and training lowers the loss."""
+    torch.manual_seed(0)
+    config = ModelConfig(family="word-gru", vocab_size=V, cell="gru", n_layers=1, n_embd=16, n_hidden=32,
+                         head="tied-adaptive", adaptive_cutoffs=[8, 20])
+    model = build_model(config, torch.randn(V, 16))
+    idx, targets = torch.randint(0, 10, (4, 12)), torch.randint(20, V, (4, 12))
+    loss, _ = model.loss(idx, targets)
+    loss.backward()
+    grad_norms = model.embed.weight.grad.abs().sum(-1)
+    assert grad_norms[targets.unique()].gt(0).all()  # never read, only predicted: the output side trains them
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = loss.item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss, _ = model.loss(idx, targets)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first - 1.0
+
+
+def test_unknown_head_is_rejected():
+    with pytest.raises(ValueError, match="unknown head 'sampled'"):
+        build_model(ModelConfig(family="word-gru", vocab_size=V, cell="gru", head="sampled"))
+
+
+@pytest.mark.parametrize("head", ["tied", "tied-adaptive"])
+@pytest.mark.parametrize("family,n_hidden", [("word-gru", 16), ("word-gru", 48), ("word-mlp", 48)])
+def test_tied_checkpoints_validate_and_load_tied(tmp_path, head, family, n_hidden):
+    """trainer/checkpoint.py checks every tensor against shapes it computes without building the model: they
+    must be the tied model's, and a saved (fp16, as bundled) tied model must load with its head still tied."""
+    from trainer import checkpoint as ckpt
+    from trainer.tokenizer import WordTokenizer
+
+    config = ModelConfig(family=family, vocab_size=300, cell="gru", n_layers=1, n_embd=16, n_hidden=n_hidden,
+                         context=3, head=head, adaptive_cutoffs=[20, 100] if head == "tied-adaptive" else [])
+    ckpt.validate_model_config(config.to_dict())
+    model = build_model(config)
+    actual = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    assert ckpt.expected_model_shapes(config.to_dict()) == actual
+    tokenizer = WordTokenizer(["<unk>"] + [f"w{i}" for i in range(299)])
+    path = ckpt.save(tmp_path / "tied.safetensors", model.eval(), tokenizer, {}, half=True)
+    loaded = ckpt.load(path).model
+    assert loaded.head.weight.data_ptr() == loaded.embed.weight.data_ptr()
+    idx = torch.randint(0, 300, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.head.logits(loaded(idx)[0]), model.head.logits(model(idx)[0]),
+                                   atol=0.05, rtol=0.05)

@@ -72,7 +72,7 @@ MAX_TENSOR_RANK = 8  # no tensor here has more than 3 dimensions
 
 FAMILIES = ("char-rnn", "word-gru", "word-mlp")  # the families trainer/model.py builds (tests keep them equal)
 CELLS = {"lstm": 4, "gru": 3, "rnn": 1}  # recurrent cell → gates, i.e. rows of its weight matrices per unit
-HEADS = ("full", "adaptive")
+HEADS = ("full", "adaptive", "tied", "tied-adaptive")  # tied*: trainer/model.py TiedHead (output = embed.weight)
 ADAPTIVE_DIV_VALUE = 4  # trainer/model.py's AdaptiveLogSoftmaxWithLoss(div_value=4.0)
 
 # safetensors dtype → bytes per element; anything else (fp8, complex, ...) is refused
@@ -340,7 +340,7 @@ def validate_model_config(config: Any, name: str = "checkpoint") -> dict:
     head = config.get("head")
     if head not in HEADS:
         raise invalid(f"unknown head {_short(head)}; known: {', '.join(HEADS)}")
-    if head == "adaptive":
+    if head in ("adaptive", "tied-adaptive"):
         cutoffs = config.get("adaptive_cutoffs", [])
         if not isinstance(cutoffs, list) or len(cutoffs) > MAX_ADAPTIVE_CUTOFFS:
             raise invalid(f"adaptive_cutoffs must be a list of at most {MAX_ADAPTIVE_CUTOFFS} integers")
@@ -378,7 +378,15 @@ def expected_model_shapes(config: dict) -> dict[str, tuple[int, ...]]:
             shapes[f"layers.{i}.weight_hh_l0"] = (rows, hidden)
             shapes[f"layers.{i}.bias_ih_l0"] = (rows,)
             shapes[f"layers.{i}.bias_hh_l0"] = (rows,)
-    if config["head"] == "adaptive":
+    if config["head"] in ("tied", "tied-adaptive"):  # the output vectors are embed.weight, stored once
+        shapes["head.bias"] = (vocab,)
+        if hidden != embd:
+            shapes["head.proj.weight"] = (embd, hidden)
+        if config["head"] == "tied-adaptive":
+            clusters = len(config.get("adaptive_cutoffs") or default_cutoffs(vocab))
+            shapes["head.cluster.weight"] = (clusters, embd)
+            shapes["head.cluster.bias"] = (clusters,)
+    elif config["head"] == "adaptive":
         bounds = (config.get("adaptive_cutoffs") or default_cutoffs(vocab)) + [vocab]
         shapes["head.proj.head.weight"] = (bounds[0] + len(bounds) - 1, hidden)
         for i in range(len(bounds) - 1):

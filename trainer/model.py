@@ -36,7 +36,7 @@ class ModelConfig:
     n_hidden: int = 256
     dropout: float = 0.0
     context: int = 4  # word-mlp: words of context
-    head: str = "full"  # full | adaptive (adaptive softmax for large vocabularies)
+    head: str = "full"  # full | adaptive (adaptive softmax for large vocabularies) | tied | tied-adaptive (TiedHead)
     adaptive_cutoffs: list[int] = field(default_factory=list)
     freeze_embedding: bool = False  # word-gru: pretrained vectors stay fixed
     recurrent_l2: float = 0.0  # L2 penalty on the recurrent kernel (word-gru recipe: 1e-3)
@@ -67,15 +67,107 @@ class OutputHead(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.adaptive:
             return self.proj(hidden)
-        flat = self.proj.log_prob(hidden.reshape(-1, hidden.size(-1)))  # log_prob takes 2-D input only
-        return flat.view(*hidden.shape[:-1], flat.size(-1))
+        with _no_autocast(hidden):
+            flat = self.proj.log_prob(hidden.reshape(-1, hidden.size(-1)).to(self.proj.head.weight.dtype))
+        return flat.view(*hidden.shape[:-1], flat.size(-1))  # log_prob takes 2-D input only
+
+    def token_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log P(target) at every position, shaped like `targets`: what a per-token comparison with
+        another model (the Kneser–Ney baseline) needs. The adaptive head scores only the target's
+        cluster, so this is as cheap as the loss, not a full distribution per position."""
+        flat_hidden, flat_targets = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
+        if self.adaptive:
+            with _no_autocast(hidden):
+                return self.proj(flat_hidden.to(self.proj.head.weight.dtype), flat_targets).output.view_as(targets)
+        log_probs = F.log_softmax(self.proj(flat_hidden).float(), dim=-1)
+        return log_probs.gather(1, flat_targets[:, None]).view_as(targets)
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy in nats per token."""
         hidden, targets = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
         if self.adaptive:
-            return self.proj(hidden.float(), targets).loss
+            with _no_autocast(hidden):
+                return self.proj(hidden.to(self.proj.head.weight.dtype), targets).loss.float()
         return F.cross_entropy(self.proj(hidden).float(), targets)
+
+
+def _no_autocast(hidden: torch.Tensor):
+    """The adaptive softmax in float32 even under bf16 autocast (`precision: bf16`/`auto`): its forward
+    index_copy_s bf16 cluster scores into a float32 buffer and fails, and a 15,000-word softmax wants
+    float32 scores anyway. The recurrent layers, where bf16 pays, stay under autocast."""
+    return torch.autocast(hidden.device.type, enabled=False)
+
+
+class TiedHead(nn.Module):
+    """An output layer that shares the input embedding's vectors (Press & Wolf 2017; Inan et al. 2017):
+    a word's score is its embedding · the projected hidden state + a per-word bias. It halves the word
+    parameters and, when the embedding starts as word2vec, the output side starts knowing which words are
+    alike, which is what a model trained for about one epoch lacks most. A projection maps the hidden
+    width to the embedding width when they differ.
+
+    `tied` is a full softmax; `tied-adaptive` factors it like the adaptive softmax (Grave et al. 2017): the
+    frequent words and one entry per cluster of rarer words share the first softmax, and P(rare word) =
+    P(its cluster) · P(word | cluster), each cluster scored only for the positions whose target is in it
+    during training. The embedding is held outside the module tree, so a checkpoint stores it once."""
+
+    def __init__(self, n_in: int, config: ModelConfig, embedding: nn.Embedding):
+        super().__init__()
+        self.adaptive = True  # logits() returns normalised log-probabilities, like the adaptive head
+        self._embedding = (embedding,)  # a tuple is not registered: embed.weight is saved and moved once
+        width = embedding.embedding_dim
+        self.proj = nn.Linear(n_in, width, bias=False) if n_in != width else nn.Identity()
+        vocab = config.vocab_size
+        cutoffs = (config.adaptive_cutoffs or default_cutoffs(vocab)) if config.head == "tied-adaptive" else []
+        self.bounds = [0, *cutoffs, vocab]
+        self.bias = nn.Parameter(torch.zeros(vocab))
+        self.cluster = nn.Linear(width, len(cutoffs)) if cutoffs else None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._embedding[0].weight
+
+    def _scores(self, z: torch.Tensor, part: int) -> torch.Tensor:
+        low, high = self.bounds[part], self.bounds[part + 1]
+        return F.linear(z, self.weight[low:high], self.bias[low:high]).float()
+
+    def _head_log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        scores = self._scores(z, 0)
+        if self.cluster is not None:
+            scores = torch.cat([scores, self.cluster(z).float()], -1)
+        return F.log_softmax(scores, -1)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        z = self.proj(hidden)
+        head = self._head_log_probs(z)
+        shortlist = self.bounds[1]
+        parts = [head[..., :shortlist]]
+        for i in range(1, len(self.bounds) - 1):
+            parts.append(head[..., shortlist + i - 1, None] + F.log_softmax(self._scores(z, i), -1))
+        return torch.cat(parts, -1)
+
+    def token_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z, flat = self.proj(hidden.reshape(-1, hidden.size(-1))), targets.reshape(-1)
+        head = self._head_log_probs(z)
+        shortlist = self.bounds[1]
+        out = head.gather(1, flat.clamp(max=shortlist - 1)[:, None]).squeeze(1)
+        for i in range(1, len(self.bounds) - 1):
+            low, high = self.bounds[i], self.bounds[i + 1]
+            rows = ((flat >= low) & (flat < high)).nonzero().squeeze(1)
+            if len(rows):
+                within = F.log_softmax(self._scores(z[rows], i), -1).gather(1, (flat[rows] - low)[:, None]).squeeze(1)
+                out = out.index_copy(0, rows, head[rows, shortlist + i - 1] + within)
+        return out.view_as(targets)
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return -self.token_log_probs(hidden, targets).mean()
+
+
+def build_head(n_in: int, config: ModelConfig, embedding: nn.Embedding) -> OutputHead | TiedHead:
+    if config.head in ("tied", "tied-adaptive"):
+        return TiedHead(n_in, config, embedding)
+    if config.head not in ("full", "adaptive"):
+        raise ValueError(f"unknown head {config.head!r}; choose full, adaptive, tied or tied-adaptive")
+    return OutputHead(n_in, config)
 
 
 def default_cutoffs(vocab_size: int) -> list[int]:
@@ -87,7 +179,7 @@ class LanguageModel(nn.Module):
     """Shared plumbing: the head, the loss, and the default (fused-call) step."""
 
     config: ModelConfig
-    head: OutputHead
+    head: OutputHead | TiedHead
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         raise NotImplementedError
@@ -130,7 +222,7 @@ class RecurrentLM(LanguageModel):
         # leaves oneDNN's fast path on CPU (measured 15x slower training at 2x256).
         self.layers = nn.ModuleList(rnn_class(config.n_embd if i == 0 else config.n_hidden, config.n_hidden,
                                               batch_first=True) for i in range(config.n_layers))
-        self.head = OutputHead(config.n_hidden, config)
+        self.head = build_head(config.n_hidden, config, self.embed)
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         zeros = torch.zeros(batch_size, self.config.n_layers, self.config.n_hidden, device=device,
@@ -184,7 +276,7 @@ class MLPLM(LanguageModel):
         self.hidden = nn.Linear(config.context * config.n_embd, config.n_hidden, bias=False)
         self.norm = nn.BatchNorm1d(config.n_hidden)
         self.drop = nn.Dropout(config.dropout)
-        self.head = OutputHead(config.n_hidden, config)
+        self.head = build_head(config.n_hidden, config, self.embed)
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         # Token 0 (<unk>) pads the context at the start of a stream.
