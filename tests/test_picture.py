@@ -238,3 +238,10 @@ def test_a_real_generation_with_the_drive_renders():
         sum(math.log(p) for p in stream.probabilities[:len(stream.text)]), rel=1e-6)
     picture = render_picture(pieces, *describe_sampling("shakespeare", params.to_dict(), stream.seed))
     assert picture.png.startswith(PNG_SIGNATURE) and len(picture.png) < 300_000
+
+
+def test_runs_of_blank_lines_are_drawn_as_one():
+    def height(text: str) -> int:
+        return render_picture(char_pieces(text, [0.5] * len(text)), "t").height
+
+    assert height("one\n\n\n\n\ntwo") == height("one\n\ntwo") > height("one\ntwo") > height("one two")

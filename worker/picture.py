@@ -288,14 +288,18 @@ def _layout(pieces: Sequence[Piece], font, left: int, right: int, top: int):
                 text = text[fits:]
         group.clear()
 
+    newlines = 0  # in a row: more than two (one blank line) are not drawn, the picture is about the words
     for i, piece in enumerate(pieces):
         if not piece.is_space:
             group.append(i)
+            newlines = 0
             continue
         flush()
         for ch in piece.text:
             if ch == "\n":
-                x, y = left, y + LINE_HEIGHT
+                newlines += 1
+                if newlines <= 2:
+                    x, y = left, y + LINE_HEIGHT
             elif x > left:  # a space at the start of a wrapped line is not drawn
                 x += space
     flush()
