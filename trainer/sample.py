@@ -9,9 +9,10 @@ Per row: greedy (temperature 0), temperature, top-k, top-p, a repetition guard, 
 stop at the end of a sentence, a length limit, a seed, and the *improbability drive*: a target
 probability p in (0, 1] for what is written next, under the model at temperature 1.
 
-- Word models: at each step, sample (seeded, uniformly) among the tokens whose probability lies in
-  the band [p / (1 + tolerance), p · (1 + tolerance)]; tolerance 0 means the default, 1 (a factor of
-  2 either way). If the band is empty, take the token nearest p in log space. p = 1 is greedy.
+- Word models: at each step, draw (seeded) from the model's distribution restricted to the tokens
+  whose probability lies in the band [p / (1 + tolerance), p · (1 + tolerance)]; tolerance 0 means the
+  default, 1 (a factor of 2 either way). If the band is empty, take the token nearest p in log space.
+  p = 1 is greedy.
 - Character models: the target applies to whole *words*. At a word boundary, when the model starts
   a word, `WORD_CANDIDATES` candidate words are rolled out from the stream's state (batched, at a
   mix of temperatures so the tail is explored), each scored by its probability under the model:
@@ -291,8 +292,14 @@ class BatchSampler:
             words = sorted(candidates)  # a fixed order, so the seeded pick depends on nothing else
             distance = [abs(candidates[w][0] - float(log_target[r])) for w in words]
             band = [w for w, d in zip(words, distance) if d <= math.log1p(float(tolerance[r])) + 1e-12]
-            if band:
-                word = band[min(int(u_choice[r] * len(band)), len(band) - 1)]
+            if band:  # a draw from the model's distribution over the band's words, as for word models
+                weights = [math.exp(candidates[w][0]) for w in band]
+                x, word = u_choice[r] * sum(weights), band[-1]
+                for w, weight in zip(band, weights):
+                    if x < weight:
+                        word = w
+                        break
+                    x -= weight
             else:
                 word = words[distance.index(min(distance))]
             choices.append((word, candidates[word][1], math.exp(candidates[word][0])))
@@ -447,13 +454,16 @@ def _choose(logits, rows, recent, banned=None):
 
 
 def _improbable_tokens(logits: torch.Tensor, rows: _RowParams, u: torch.Tensor) -> torch.Tensor:
-    """Per row: uniform among the tokens whose probability is within the band around the target,
-    else the token nearest the target in log space."""
+    """Per row: a draw from the model's distribution restricted to the band around the target, else the
+    token nearest the target in log space."""
     log_probs = torch.log_softmax(logits, dim=1)  # banned tokens: -inf, never near anything
     distance = (log_probs - rows.target.clamp_min(1e-30).log()[:, None]).abs()
-    band = (distance <= torch.log1p(_effective_tolerance(rows.tolerance))[:, None] + 1e-6).float()
+    band = distance <= torch.log1p(_effective_tolerance(rows.tolerance))[:, None] + 1e-6
     nearest = distance.argmin(1)
-    return torch.where(band.sum(1) > 0, _inverse_cdf(band, u), nearest)
+    # Weighting by probability (not uniform) keeps the median realised probability near the target:
+    # a band holds more of the rarer tokens than of the likelier ones.
+    weights = torch.where(band, log_probs.exp(), torch.zeros_like(log_probs))
+    return torch.where(band.any(1), _inverse_cdf(weights, u), nearest)
 
 
 def _effective_tolerance(tolerance: torch.Tensor) -> torch.Tensor:
