@@ -116,7 +116,16 @@ def test_bf16_that_fails_to_run_means_fp32(monkeypatch):
     assert record["precision"] == "fp32" and "not implemented" in record["note"]
 
 
-def test_a_real_measurement_times_both_and_leaves_the_random_streams_alone(small_step):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: a busy machine's OpenMP barriers can make a 2-thread step take seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_real_measurement_times_both_and_leaves_the_random_streams_alone(small_step, one_thread):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
@@ -127,6 +136,7 @@ def test_a_real_measurement_times_both_and_leaves_the_random_streams_alone(small
     assert record["speedup"] == pytest.approx(speedup, rel=0.05)
     assert record["precision"] == ("bf16" if record["speedup"] >= precision.MIN_SPEEDUP else "fp32")
     assert record["cpu"] == precision.cpu_model() and record["torch"] == torch.__version__
+    assert record["threads"] == 1 and "|threads 1" in precision.cache_key()
 
 
 @pytest.mark.parametrize(("capability", "expected"), [((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp32")])
