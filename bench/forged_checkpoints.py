@@ -180,23 +180,20 @@ class Case:
         return path
 
 
-def _torch_pickle(base: Base) -> bytes:
-    return torch_save_bytes(base)
-
-
-def bundled(name: str) -> Callable[[Base], bytes]:
-    """A shipped checkpoint as a second control (db/bundled, formerly improbable/bundled)."""
+def shipped(name: str) -> Callable[[Base], bytes]:
+    """A shipped checkpoint as a realistic control (db/bundled, formerly improbable/bundled; trainer/pretrained)."""
     def read(_: Base) -> bytes:
-        for directory in ("db/bundled", "improbable/bundled"):
+        for directory in ("db/bundled", "improbable/bundled", "trainer/pretrained"):
             if (ROOT / directory / f"{name}.safetensors").is_file():
                 return (ROOT / directory / f"{name}.safetensors").read_bytes()
-        raise FileNotFoundError(f"no bundled checkpoint {name}")
+        raise FileNotFoundError(f"no shipped checkpoint {name}")
     return read
 
 
 CASES: list[Case] = [
     Case("valid-control", "", lambda b: b.data, accept=True),
-    Case("valid-bundled-movie-reviews", "", bundled("movie-reviews"), accept=True),
+    Case("valid-bundled-movie-reviews", "", shipped("movie-reviews"), accept=True),
+    Case("valid-pretrained-base", "", shipped("base"), accept=True),
     # metadata that would size a huge model (the issue's forgeries, checksums recomputed)
     Case("n_layers-1000", r"n_layers=1000 is outside the safe range", lambda b: reforge(b, {"n_layers": 1000})),
     Case("n_layers-10000", r"n_layers=10000 is outside", lambda b: reforge(b, {"n_layers": 10_000})),
@@ -275,7 +272,7 @@ CASES: list[Case] = [
     Case("newer-format-version", r"written by a newer version \(format 99\); upgrade",
          lambda b: reforge(b, meta={"format_version": 99})),
     # not safetensors at all
-    Case("torch.save-renamed", r"a pickle or torch.save file, not a safetensors checkpoint", _torch_pickle),
+    Case("torch.save-renamed", r"a pickle or torch.save file, not a safetensors checkpoint", torch_save_bytes),
     Case("pickle-renamed", r"a pickle or torch.save file", lambda b: pickle.dumps({"weights": [1.0] * 100}, 4)),
     Case("zero-bytes", r"not a checkpoint \(only 0 bytes\)", lambda b: b""),
     Case("seven-bytes", r"not a checkpoint \(only 7 bytes\)", lambda b: b"\x10" * 7),
