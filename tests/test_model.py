@@ -366,3 +366,22 @@ def test_tied_checkpoints_validate_and_load_tied(tmp_path, head, family, n_hidde
     with torch.no_grad():
         torch.testing.assert_close(loaded.head.logits(loaded(idx)[0]), model.head.logits(model(idx)[0]),
                                    atol=0.05, rtol=0.05)
+
+
+def test_word_vectors_from_training_ids_see_only_those_words():
+    """word2vec can learn from the training split's ids alone, so held-out text never shapes the vectors:
+    a word that occurs only in the held-out text keeps its small random vector."""
+    pytest.importorskip("gensim")
+    from trainer.tokenizer import WordTokenizer
+    from trainer.vectors import _sentences, word_vectors_for
+
+    train_text = "the cat sat on the mat .\nthe dog sat on the log .\n" * 20
+    tokenizer = WordTokenizer.build(train_text + "a zebra appeared .\n", max_vocab=100)
+    train_ids = torch.tensor(tokenizer.encode(train_text))
+    assert _sentences(tokenizer, train_ids)[:2] == [["the", "cat", "sat", "on", "the", "mat", "."],
+                                                    ["the", "dog", "sat", "on", "the", "log", "."]]
+    vectors = word_vectors_for(tokenizer, train_ids, dim=8, epochs=1)
+    assert vectors.shape == (len(tokenizer), 8)
+    assert vectors[tokenizer.index["zebra"]].abs().max() < 0.5  # rng.normal(0, 0.1): never trained
+    from_text = word_vectors_for(tokenizer, train_text, dim=8, epochs=1)
+    torch.testing.assert_close(from_text[tokenizer.index["cat"]], vectors[tokenizer.index["cat"]])
