@@ -117,10 +117,16 @@ CONFIGS = [
     ModelConfig(family="word-gru", vocab_size=2, n_layers=1, n_embd=4, n_hidden=8, head="adaptive"),
     ModelConfig(family="word-mlp", vocab_size=40, n_embd=8, n_hidden=16, context=3),
     ModelConfig(family="word-mlp", vocab_size=12_000, n_embd=30, n_hidden=300, context=4, head="adaptive"),
+] + [  # tied heads: the output vectors are embed.weight; a projection only where the widths differ
+    ModelConfig(family=family, vocab_size=vocab, cell="gru", n_layers=1, n_embd=embd, n_hidden=24, context=3,
+                head=head, adaptive_cutoffs=cutoffs)
+    for family in ("word-gru", "word-mlp") for head in ("tied", "tied-adaptive") for embd in (24, 16)
+    for vocab, cutoffs in ((3_000, []), (300, [10, 50, 120]))
 ]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.family}-{c.cell}-{c.n_layers}-{c.head}")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.family}-{c.cell}-{c.n_layers}-{c.head}-{c.n_embd}-"
+                                                        f"{c.vocab_size}")
 def test_expected_shapes_equal_the_model_built_on_the_meta_device(config):
     ckpt.validate_model_config(config.to_dict())
     with torch.device("meta"):  # no memory: only shapes
