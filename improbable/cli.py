@@ -107,6 +107,11 @@ def train(
                  "max_steps": max_steps, "max_epochs": epochs, "eval_interval": eval_interval,
                  "precision": precision, "init": init, "split": split, "word_vectors": word_vectors, "seed": seed}
     settings.update({k: v for k, v in overrides.items() if v is not None})
+    shape = [f"--{name}" for name, value in (("layers", layers), ("hidden", hidden), ("cell", cell))
+             if value is not None]
+    if settings.get("init") and shape:
+        _fail(f"{' and '.join(shape)} set the architecture, but --init {settings['init']} fine-tunes a model whose "
+              "architecture is fixed; drop them, or train from scratch with --init ''")
     if not settings.get("corpus"):
         _fail("say what to train on: --recipe NAME or --corpus NAME_OR_PATH")
     if not any(settings.get(k) for k in ("minutes", "max_steps", "max_epochs")):

@@ -280,6 +280,8 @@ def test_train_from_a_recipe_by_corpus_name(use_corpora, tmp_path):
         "train",
         "--recipe",
         "alice",
+        "--init",
+        "",  # from scratch: the base would decide the architecture
         "--max-steps",
         "3",
         "--hidden",
@@ -296,7 +298,7 @@ def test_train_from_a_recipe_by_corpus_name(use_corpora, tmp_path):
     assert "done (finished) after 3 steps" in flat(result.output)
     meta = json.loads(ok("info", out / "last.safetensors").output)
     assert meta["train_config"]["corpus"] == "alice"
-    assert meta["train_config"]["dropout"] == 0.2  # from the recipe
+    assert meta["train_config"]["dropout"] == 0.1  # from the recipe
     assert meta["model"]["n_hidden"] == 16  # from the command line
 
 
