@@ -5,7 +5,7 @@ import-linter contract): jobs go to the workers by task name (bot/jobs.py).
     client.py      the discord.py client, error handler, `main()` (python -m bot)
     console.py     `improbable chat`: the same commands in a terminal (the service does the work for both)
     jobs.py        the one place that talks to Celery
-    generate.py    /generate and the result buttons        views.py      the persistent buttons
+    generate.py    /generate                               views.py      the persistent result buttons
     personas.py    /personas, /persona info|create|retrain|delete
     training.py    live training progress, /train status|cancel
     schedules.py   /schedule add|list|remove              queue.py      /queue

@@ -14,6 +14,7 @@ import service.generation
 import service.policy
 from bot.limits import Refusal, cooldown_message
 from bot.streaming import ReplyOutput, run_generation
+from bot.views import result_view
 
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -81,5 +82,6 @@ async def on_message(bot, message: discord.Message) -> None:
         await message.channel.typing()
     except discord.HTTPException:
         pass
-    await run_generation(bot, ReplyOutput(message), request, user_id=actor.user_id, guild_id=actor.guild_id,
+    await run_generation(bot, ReplyOutput(message), request, result_view, user_id=actor.user_id,
+                         guild_id=actor.guild_id,
                          source="mention" if previous is None else "reply")

@@ -1,4 +1,4 @@
-"""`/generate` and the result buttons (regenerate, continue, more improbable)."""
+"""`/generate`: a persona continues a prompt (the result buttons are bot/views.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import service.generation
 import service.policy
 from bot import replies
 from bot.autocomplete import persona_autocomplete
-from bot.limits import Refusal, actor_of, cooldown_message, generate_limits
+from bot.limits import actor_of, generate_limits
 from bot.streaming import InteractionOutput, run_generation
+from bot.views import result_view
 from core.contracts import bounds, help_of
 from core.settings import Settings
 
@@ -57,44 +58,8 @@ async def generate_command(interaction: discord.Interaction, persona: str, promp
         bot.limits.refund(actor.user_id, actor.guild_id)
         await replies.fail(interaction, e.message)
         return
-    await run_generation(bot, InteractionOutput(interaction), request, user_id=actor.user_id,
+    await run_generation(bot, InteractionOutput(interaction), request, result_view, user_id=actor.user_id,
                          guild_id=actor.guild_id)
-
-
-ACTIONS = {"regenerate": "regenerate", "improbable": "make more improbable", "continue": "continue"}
-
-
-async def follow_up(interaction: discord.Interaction, generation_id: int, mode: str, *,
-                    owner_id: int | None) -> None:
-    """A result button. Regenerate and more-improbable edit the message, so only its requester may use
-    them; continue posts a new message and is open to everyone."""
-    bot = interaction.client
-    if owner_id and interaction.user.id != owner_id:
-        await replies.fail(interaction, f"Only <@{owner_id}>, who asked for this text, can {ACTIONS[mode]} it. "
-                                        "Press **Continue**, or ask for your own with `/generate`.")
-        return
-    try:
-        await bot.limits.check_generate(interaction.user.id, interaction.guild_id,
-                                        bot.jobs.in_flight(interaction.user.id))
-    except Refusal as e:
-        await replies.fail(interaction, e.message)
-        return
-    except app_commands.CommandOnCooldown as e:
-        await replies.fail(interaction, cooldown_message(e))
-        return
-    if mode == "continue":
-        await replies.defer(interaction)
-    else:
-        await replies.defer_update(interaction)
-    actor = actor_of(interaction)
-    try:
-        request = await asyncio.to_thread(service.generation.follow_up, generation_id, mode, actor)
-    except service.policy.UserError as e:
-        bot.limits.refund(actor.user_id, actor.guild_id)
-        await replies.fail(interaction, e.message)
-        return
-    await run_generation(bot, InteractionOutput(interaction), request, user_id=actor.user_id,
-                         guild_id=actor.guild_id, source=f"button:{mode}")
 
 
 COMMANDS = (generate_command,)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import time
+from collections.abc import Callable
 
 import discord
 from discord.utils import MISSING
@@ -19,11 +20,11 @@ import service.generation
 from bot import replies
 from bot.formatting import MESSAGE_LIMIT, Rendered, render_generation, truncate
 from bot.jobs import GENERATE, JobError, Unavailable
-from bot.views import result_view
 from core import metrics
 
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
+Buttons = Callable[[int, int | None], discord.ui.View]  # (generation id, requester) → the result's buttons
 MIN_EDIT_INTERVAL = 1.0  # seconds between edits of one message, whatever the settings say
 
 
@@ -156,20 +157,20 @@ def _unknown_note(result: dict, family: str) -> str:
     return f"{what} this persona never saw were {fate}: {shown}"
 
 
-async def run_generation(bot, output: Output, request: service.generation.PreparedGeneration, *, user_id: int | None,
-                         guild_id: int | None, source: str = "generate") -> int | None:
-    """Enqueue, stream, show the result with its buttons; returns the generation id (None on failure).
-    Every failure ends in a message: nothing is left 'thinking…'. `source` (generate, button:…, mention,
-    reply) labels the metrics."""
+async def run_generation(bot, output: Output, request: service.generation.PreparedGeneration, buttons: Buttons, *,
+                         user_id: int | None, guild_id: int | None, source: str = "generate") -> int | None:
+    """Enqueue, stream, show the result with `buttons(generation_id, user_id)` under it (bot.views); returns
+    the generation id (None on failure). Every failure ends in a message: nothing is left 'thinking…'.
+    `source` (generate, button:…, mention, reply) labels the metrics."""
     started = time.monotonic()
-    gid = await _run_generation(bot, output, request, user_id=user_id, guild_id=guild_id)
+    gid = await _run_generation(bot, output, request, buttons, user_id=user_id, guild_id=guild_id)
     metrics.record_interaction(source, "ok" if gid is not None else "failed", time.monotonic() - started,
                            kind="generate")
     return gid
 
 
-async def _run_generation(bot, output: Output, request: service.generation.PreparedGeneration, *, user_id: int | None,
-                          guild_id: int | None) -> int | None:
+async def _run_generation(bot, output: Output, request: service.generation.PreparedGeneration, buttons: Buttons, *,
+                          user_id: int | None, guild_id: int | None) -> int | None:
     streamer = Streamer(output, bot.settings.bot_stream_interval)
     label = f"{request.payload['persona']}: {request.shown_prompt[:40]}"
     try:
@@ -206,7 +207,7 @@ async def _run_generation(bot, output: Output, request: service.generation.Prepa
     rendered = render_generation(request.display_name, request.shown_prompt, result.get("text", ""), params,
                                  note=_unknown_note(result, request.family))
     generation_id = result.get("generation_id")
-    view = result_view(generation_id, user_id) if generation_id else MISSING
+    view = buttons(generation_id, user_id) if generation_id else MISSING
     try:
         message_id = await streamer.finish(rendered, view)
     except discord.HTTPException as e:

@@ -1,78 +1,106 @@
-"""The buttons under every generated text, persistent across restarts.
-
-Each button is a `DynamicItem`: its custom_id carries the generation id (and the requester's user id for
-the buttons that change the message), and the classes are registered at start-up
-(`Client.add_dynamic_items`), so a click on a message posted before a restart still works.
+"""The buttons under every generated text, persistent across restarts: one `DynamicItem` class whose
+custom_id carries the action, the generation id and (for the actions that change the message) the
+requester's user id. The class is registered at start-up (`Client.add_dynamic_items`), so a click on a
+message posted before a restart still works.
 
     improbable:regen:<generation_id>:<user_id>   Regenerate: same parameters, new seed (edits the message)
     improbable:more:<generation_id>:<user_id>    More improbable: lower target probability (edits it)
     improbable:cont:<generation_id>              Continue: a new message continuing the text (anyone)
+
+Regenerate and more-improbable edit the message, so only its requester may use them (`interaction_check`);
+continue posts a new message and is open to everyone. User id 0: anybody may change it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from dataclasses import dataclass
 
 import discord
+from discord import app_commands
+
+import service.generation
+from bot import replies
+from bot.limits import Refusal, actor_of, cooldown_message
+from bot.streaming import InteractionOutput, run_generation
 
 
-class RegenerateButton(discord.ui.DynamicItem[discord.ui.Button],
-                       template=r"improbable:regen:(?P<gid>[0-9]+):(?P<uid>[0-9]+)"):
-    def __init__(self, generation_id: int, user_id: int):
-        super().__init__(discord.ui.Button(label="Regenerate", emoji="🎲", style=discord.ButtonStyle.secondary,
-                                           custom_id=f"improbable:regen:{generation_id}:{user_id}"))
-        self.generation_id, self.user_id = generation_id, user_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
-        return cls(int(match["gid"]), int(match["uid"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        from bot.generate import follow_up
-
-        await follow_up(interaction, self.generation_id, "regenerate", owner_id=self.user_id)
+@dataclass(frozen=True)
+class Action:
+    key: str  # in the custom id
+    mode: str  # service.generation.follow_up's mode
+    label: str
+    emoji: str
+    style: discord.ButtonStyle
+    verb: str  # "Only <@owner> can {verb} it"
+    owner_only: bool  # edits the message, so only its requester may press it
 
 
-class MoreImprobableButton(discord.ui.DynamicItem[discord.ui.Button],
-                           template=r"improbable:more:(?P<gid>[0-9]+):(?P<uid>[0-9]+)"):
-    def __init__(self, generation_id: int, user_id: int):
-        super().__init__(discord.ui.Button(label="More improbable", emoji="🌀", style=discord.ButtonStyle.secondary,
-                                           custom_id=f"improbable:more:{generation_id}:{user_id}"))
-        self.generation_id, self.user_id = generation_id, user_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
-        return cls(int(match["gid"]), int(match["uid"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        from bot.generate import follow_up
-
-        await follow_up(interaction, self.generation_id, "improbable", owner_id=self.user_id)
+ACTIONS = {a.key: a for a in (
+    Action("regen", "regenerate", "Regenerate", "🎲", discord.ButtonStyle.secondary, "regenerate", True),
+    Action("cont", "continue", "Continue", "➡️", discord.ButtonStyle.primary, "continue", False),
+    Action("more", "improbable", "More improbable", "🌀", discord.ButtonStyle.secondary, "make more improbable", True),
+)}
 
 
-class ContinueButton(discord.ui.DynamicItem[discord.ui.Button], template=r"improbable:cont:(?P<gid>[0-9]+)"):
-    def __init__(self, generation_id: int):
-        super().__init__(discord.ui.Button(label="Continue", emoji="➡️", style=discord.ButtonStyle.primary,
-                                           custom_id=f"improbable:cont:{generation_id}"))
-        self.generation_id = generation_id
+class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
+                   template=r"improbable:(?P<action>regen|cont|more):(?P<gid>[0-9]+)(?::(?P<uid>[0-9]+))?"):
+    def __init__(self, action: str, generation_id: int, user_id: int = 0):
+        self.action, self.generation_id, self.user_id = ACTIONS[action], generation_id, user_id
+        custom_id = f"improbable:{action}:{generation_id}" + (f":{user_id}" if self.action.owner_only else "")
+        super().__init__(discord.ui.Button(label=self.action.label, emoji=self.action.emoji,
+                                           style=self.action.style, custom_id=custom_id))
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
-        return cls(int(match["gid"]))
+        return cls(match["action"], int(match["gid"]), int(match["uid"] or 0))
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if self.action.owner_only and self.user_id and interaction.user.id != self.user_id:
+            await replies.fail(interaction, f"Only <@{self.user_id}>, who asked for this text, can "
+                                            f"{self.action.verb} it. Press **Continue**, or ask for your own "
+                                            "with `/generate`.")
+            return False
+        return True
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        from bot.generate import follow_up
-
-        await follow_up(interaction, self.generation_id, "continue", owner_id=None)
+        await follow_up(interaction, self.generation_id, self.action)
 
 
-DYNAMIC_ITEMS = (RegenerateButton, MoreImprobableButton, ContinueButton)
+DYNAMIC_ITEMS = (ResultButton,)
 
 
 def result_view(generation_id: int, user_id: int | None) -> discord.ui.View:
-    """The buttons for one result (user_id 0: anybody may change it)."""
+    """The buttons for one result (user_id 0 or None: anybody may change it)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(RegenerateButton(generation_id, user_id or 0))
-    view.add_item(ContinueButton(generation_id))
-    view.add_item(MoreImprobableButton(generation_id, user_id or 0))
+    for key in ("regen", "cont", "more"):
+        view.add_item(ResultButton(key, generation_id, user_id or 0))
     return view
+
+
+async def follow_up(interaction: discord.Interaction, generation_id: int, action: Action) -> None:
+    """A pressed result button: the same limits as /generate, then the derived request, streamed."""
+    bot = interaction.client
+    try:
+        await bot.limits.check_generate(interaction.user.id, interaction.guild_id,
+                                        bot.jobs.in_flight(interaction.user.id))
+    except Refusal as e:
+        await replies.fail(interaction, e.message)
+        return
+    except app_commands.CommandOnCooldown as e:
+        await replies.fail(interaction, cooldown_message(e))
+        return
+    if action.owner_only:
+        await replies.defer_update(interaction)
+    else:
+        await replies.defer(interaction)
+    actor = actor_of(interaction)
+    try:
+        request = await asyncio.to_thread(service.generation.follow_up, generation_id, action.mode, actor)
+    except service.policy.UserError as e:
+        bot.limits.refund(actor.user_id, actor.guild_id)
+        await replies.fail(interaction, e.message)
+        return
+    await run_generation(bot, InteractionOutput(interaction), request, result_view, user_id=actor.user_id,
+                         guild_id=actor.guild_id, source=f"button:{action.mode}")

@@ -76,6 +76,3 @@ def current_revision(url: str | Engine | None = None) -> str | None:
         if own:
             engine.dispose()
 
-
-def is_up_to_date(url: str | Engine | None = None) -> bool:
-    return current_revision(url) == head_revision()

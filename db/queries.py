@@ -186,25 +186,25 @@ def save_checkpoint(session: Session, storage: Storage, persona: Persona, run: T
         raise
 
 
-def checkpoints_of(session: Session, persona: Persona) -> list[Checkpoint]:
-    return list(session.scalars(select(Checkpoint).where(Checkpoint.persona_id == persona.id)
-                                .order_by(Checkpoint.id)))
-
-
 # -- generations -----------------------------------------------------------------------------------------
 
-def record_generation(session: Session, persona: Persona, *, prompt: str, output: str,
-                      params: dict[str, Any] | None = None, seed: int | None = None,
-                      checkpoint: Checkpoint | int | None = None, latency_ms: int | None = None,
-                      user_id: int | None = None, guild_id: int | None = None, channel_id: int | None = None,
-                      message_id: int | None = None, interaction_id: int | None = None,
-                      parent: Generation | int | None = None) -> Generation:
-    """Store what was generated, with everything a regenerate button needs to do it again."""
-    gen = Generation(persona_id=persona.id, prompt=prompt, output=output, params=dict(params or {}), seed=seed,
-                     checkpoint_id=checkpoint.id if isinstance(checkpoint, Checkpoint) else checkpoint,
-                     latency_ms=latency_ms, user_id=user_id, guild_id=guild_id, channel_id=channel_id,
-                     message_id=message_id, interaction_id=interaction_id,
-                     parent_id=parent.id if isinstance(parent, Generation) else parent)
+def generation_row(persona_id: int, *, prompt: str, output: str, params: dict[str, Any] | None = None,
+                   seed: int | None = None, checkpoint: Checkpoint | int | None = None, latency_ms: int | None = None,
+                   user_id: int | None = None, guild_id: int | None = None, channel_id: int | None = None,
+                   message_id: int | None = None, interaction_id: int | None = None,
+                   parent: Generation | int | None = None) -> dict[str, Any]:
+    """The `generations` columns of one generated text, with everything a regenerate button needs to do it
+    again. The workers insert such rows in batches (worker/recording.py); `record_generation` adds one."""
+    return {"persona_id": persona_id, "prompt": prompt, "output": output, "params": dict(params or {}),
+            "seed": seed, "checkpoint_id": checkpoint.id if isinstance(checkpoint, Checkpoint) else checkpoint,
+            "latency_ms": latency_ms, "user_id": user_id, "guild_id": guild_id, "channel_id": channel_id,
+            "message_id": message_id, "interaction_id": interaction_id,
+            "parent_id": parent.id if isinstance(parent, Generation) else parent}
+
+
+def record_generation(session: Session, persona: Persona, **fields: Any) -> Generation:
+    """Store one generated text (the fields of `generation_row`)."""
+    gen = Generation(**generation_row(persona.id, **fields))
     session.add(gen)
     session.flush()
     return gen

@@ -36,7 +36,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 @dataclass
-class Job:
+class EngineRequest:
     entry: Entry
     prompt: str
     params: SamplingParams
@@ -54,22 +54,22 @@ class Job:
 @dataclass
 class _Batch:
     sampler: BatchSampler
-    jobs: dict[int, Job] = field(default_factory=dict)  # id(stream) -> job
+    jobs: dict[int, EngineRequest] = field(default_factory=dict)  # id(stream) -> job
 
 
 class Engine:
     def __init__(self, device: str | torch.device = "cpu", threads: int = 0):
         self.device = torch.device(device)
         self.threads = threads
-        self._inbox: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[EngineRequest] = queue.SimpleQueue()
         self._batches: dict[int, _Batch] = {}
         self.steps = 0  # batched steps taken
         self.max_batch = 0
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, entry: Entry, prompt: str, params: SamplingParams) -> Job:
-        job = Job(entry, prompt, params)
+    def submit(self, entry: Entry, prompt: str, params: SamplingParams) -> EngineRequest:
+        job = EngineRequest(entry, prompt, params)
         self._inbox.put(job)
         return job
 
@@ -89,7 +89,7 @@ class Engine:
             for checkpoint_id in list(self._batches):
                 self._step(checkpoint_id)
 
-    def _join(self, job: Job) -> None:
+    def _join(self, job: EngineRequest) -> None:
         checkpoint_id = job.entry.checkpoint_id
         batch = self._batches.get(checkpoint_id)
         try:

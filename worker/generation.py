@@ -153,15 +153,16 @@ def serve_request(request: dict, on_partial: Callable[[str], None] | None = None
 
 def _record(request: dict, persona_id: int, prompt: str, params, result: dict) -> int | None:
     """The `generations` row, with everything a regenerate button needs to do it again."""
+    from db.queries import generation_row
+
     global _recorder
     with _lock:
         if _recorder is None:
             from .recording import Recorder
 
             _recorder = Recorder()
-    return _recorder.record({
-        "persona_id": persona_id, "prompt": prompt, "output": result["text"], "params": params.to_dict(),
-        "seed": result["seed"], "checkpoint_id": result["checkpoint_id"], "latency_ms": result["latency_ms"],
-        "user_id": request.get("user_id"), "guild_id": request.get("guild_id"),
-        "channel_id": request.get("channel_id"), "interaction_id": request.get("interaction_id"),
-        "parent_id": request.get("parent_generation_id")})
+    return _recorder.record(generation_row(
+        persona_id, prompt=prompt, output=result["text"], params=params.to_dict(), seed=result["seed"],
+        checkpoint=result["checkpoint_id"], latency_ms=result["latency_ms"], user_id=request.get("user_id"),
+        guild_id=request.get("guild_id"), channel_id=request.get("channel_id"),
+        interaction_id=request.get("interaction_id"), parent=request.get("parent_generation_id")))

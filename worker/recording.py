@@ -3,8 +3,8 @@
 Requests stepped in one batch finish together; 32 of them recording their row each through its own
 session cost ~200 ms of commits and ORM work on 2 cores (measured), added to every answer. Here each
 request hands its row to the recorder thread and waits for its id; the thread writes whatever has
-arrived in one INSERT ... RETURNING (one commit) and resolves the waiters. Same columns as
-db.queries.record_generation.
+arrived in one INSERT ... RETURNING (one commit) and resolves the waiters. The rows come from
+db.queries.generation_row, like db.queries.record_generation's.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def train_task(self, run_id: int) -> dict:
             self.update_state(state="PROGRESS", meta=progress)
 
     try:
-        return train_run(int(run_id), task_id=self.request.id, on_progress=publish)
+        return train_run(int(run_id), task_id=self.request.id, on_progress=publish, transient=TRANSIENT_ERRORS)
     except Busy:
         # A duplicate delivery while another trainer works. Look again after a lease (the run may be
         # orphaned by then), as a fresh message under the same id: a Celery retry would overwrite the

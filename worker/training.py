@@ -30,6 +30,7 @@ from sqlalchemy import select, update
 from core.contracts import RunProgress
 from core.settings import get_settings
 from db import Checkpoint, Persona, RunStatus, TrainingRun, open_storage, session_scope
+from db.personas import set_active_checkpoint
 from db.queries import InvalidTransition, cancel_run, fail_run, save_checkpoint, start_run, succeed_run
 from db.storage import Storage, checkpoint_key
 from db.types import utcnow
@@ -243,9 +244,10 @@ class Reporter:
 
 # -- the run ----------------------------------------------------------------------------------------------
 
-def train_run(run_id: int, task_id: str | None = None, on_progress: Callable[[dict], None] | None = None) -> dict:
+def train_run(run_id: int, task_id: str | None = None, on_progress: Callable[[dict], None] | None = None,
+              transient: tuple[type[BaseException], ...] = ()) -> dict:
     """Train run `run_id` to the end (or resume it); returns the run's summary. Raises Busy when another
-    trainer owns it, and lets transient errors through for the task to retry (the run stays running and
+    trainer owns it, and lets `transient` errors through for the task to retry (the run stays running and
     the retry resumes it); any other error fails the run."""
     job = claim(run_id, task_id)
     if job is None:
@@ -255,7 +257,7 @@ def train_run(run_id: int, task_id: str | None = None, on_progress: Callable[[di
     try:
         return _train(job, on_progress)
     except Exception as e:
-        if not is_transient(e):
+        if not isinstance(e, transient):
             log.exception("run %s failed", run_id)
             try:
                 with session_scope() as session:
@@ -265,12 +267,6 @@ def train_run(run_id: int, task_id: str | None = None, on_progress: Callable[[di
         raise
     finally:
         _active_runs.discard(run_id)
-
-
-def is_transient(error: BaseException) -> bool:
-    from .tasks import TRANSIENT_ERRORS
-
-    return isinstance(error, TRANSIENT_ERRORS)
 
 
 def _train(job: dict, on_progress) -> dict:
@@ -330,7 +326,7 @@ def finish(job: dict, out_dir: Path, storage: Storage, result, progress: dict) -
             ckpt = save_checkpoint(session, storage, persona, run, "best", best_path.read_bytes(),
                                    val_loss=val_loss, metrics=best.meta.get("metrics", {}), activate=promote)
         elif promote:
-            persona.active_checkpoint = ckpt
+            set_active_checkpoint(session, persona, ckpt)
         metrics.update(checkpoint_id=ckpt.id, promoted=promote, gate=verdict.reason,
                        previous_checkpoint_id=active.id if active is not None else None)
         return summary(succeed_run(session, run, metrics=metrics))
