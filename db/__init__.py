@@ -1,7 +1,7 @@
 """Persistence: SQL models and migrations, sessions, blob storage, corpus ingestion, persona registry.
 
 Torch-free (the bot imports it). Submodules: db.models, db.session, db.migrate, db.storage, db.ingest,
-db.personas, db.queries. Corpus ingestion lives in db.ingest (it imports the trainer's torch-free decoder).
+db.personas, db.queries, db.bundled. Corpus ingestion lives in db.ingest (core.text decodes the upload).
 """
 
 from db.migrate import current_revision, downgrade, head_revision, upgrade

@@ -1,6 +1,6 @@
 """Corpus ingestion: uploaded bytes -> validated, deduplicated corpus row + one UTF-8 blob, or IngestError.
 
-Validation is the trainer's decoder (trainer.corpus.decode_corpus, torch-free) plus a file-name check and
+Validation is the shared decoder (core.text.decode_corpus, torch-free) plus a file-name check and
 the guild's upload cap. The stored text is what the decoder returns (NFC, LF newlines, Project Gutenberg
 boilerplate removed), and the corpus is addressed by the sha256 of that stored text: the same text
 uploaded twice, in any encoding, is one row and one blob. The raw upload's hash is kept as raw_sha256.
@@ -19,10 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.text import CorpusError, decode_corpus
 from db.models import DEFAULT_MAX_UPLOAD_BYTES, Corpus, GuildSettings
 from db.session import get_sessionmaker
 from db.storage import Storage, corpus_key, open_storage
-from trainer.corpus import CorpusError, decode_corpus
 
 TEXT_EXTENSIONS = (".txt", ".text", ".md", ".markdown", ".rst", ".csv", ".tsv")
 MAX_FILENAME_CHARS = 255

@@ -1,270 +1,41 @@
-"""Corpus decoding, validation and lookup by name.
+"""Corpus lookup by name, loading (single texts and folders of documents) and batch shapes.
 
-Turns the raw bytes of an uploaded or bundled text into clean training text, or into a CorpusError whose
-message a Discord user can act on. Standard library only: the bot and the database layer import this
-module and never import torch.
+Decoding and validation are torch-free and live in core.text (the database layer and the service use them
+too); the names are re-exported here so trainer code keeps importing them from trainer.corpus. Standard
+library only: the bot and the database layer never import torch.
 """
 
 from __future__ import annotations
 
-import codecs
 import difflib
-import hashlib
 import os
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MAX_BYTES = 50_000_000
-DEFAULT_MAX_LINE_CHARS = 100_000
-DEFAULT_MIN_CHARS = 200
-MAX_CONTROL_FRACTION = 0.10  # above this share of control characters a "text" is really binary data
-HTML_LINE_FRACTION = 0.30  # above this share of lines that open with a tag, the text is markup
+from core.text import (  # noqa: F401 - re-exported: trainer code and scripts import them from here
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_LINE_CHARS,
+    DEFAULT_MIN_CHARS,
+    DOCUMENT_SEPARATOR,
+    HTML_LINE_FRACTION,
+    MAX_CONTROL_FRACTION,
+    CorpusError,
+    DecodedCorpus,
+    decode_corpus,
+    join_documents,
+    plural,
+    too_large,
+)
+
 CORPUS_PATH_ENV = "IMPROBABLE_CORPUS_PATH"
-# Between the documents of a multi-document corpus: a paragraph break the model can learn to read as
-# "a new text starts here", made only of characters every corpus has.
-DOCUMENT_SEPARATOR = "\n\n\n"
-
-
-class CorpusError(ValueError):
-    """A corpus that cannot be used, with a machine-readable code and a message a Discord user can read."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@dataclass(frozen=True)
-class DecodedCorpus:
-    text: str  # NFC, "\n" newlines, Project Gutenberg boilerplate removed
-    encoding: str  # "utf-8", "utf-8-sig", "utf-16-le", "utf-16-be" or "cp1252"
-    sha256: str  # of the raw bytes, so the same upload always gets the same address
-    n_bytes: int
-    n_chars: int  # code points: what the char tokenizer sees
-    n_lines: int
-    n_words: int  # whitespace-separated
-    n_unique_chars: int
-    n_unique_words: int  # lower-cased runs of letters, digits and marks (apostrophes kept inside words)
-    warnings: tuple[str, ...] = ()
-    # A multi-document corpus: the character length of each document in `text`, where the documents are
-    # joined by DOCUMENT_SEPARATOR. Empty for a single text. Splits and batching keep documents apart.
-    documents: tuple[int, ...] = ()
-
-    def document_texts(self) -> list[str]:
-        """The documents, in order (a single text is one document)."""
-        if not self.documents:
-            return [self.text]
-        texts, start = [], 0
-        for length in self.documents:
-            texts.append(self.text[start:start + length])
-            start += length + len(DOCUMENT_SEPARATOR)
-        return texts
-
-    def stats(self) -> dict:
-        return {
-            "encoding": self.encoding,
-            "sha256": self.sha256,
-            "n_bytes": self.n_bytes,
-            "n_chars": self.n_chars,
-            "n_lines": self.n_lines,
-            "n_words": self.n_words,
-            "n_unique_chars": self.n_unique_chars,
-            "n_unique_words": self.n_unique_words,
-        }
-
 
 @dataclass(frozen=True)
 class CorpusEntry:
     name: str
     path: Path
     n_bytes: int
-
-
-# -----------------------------------------------------------------------------
-# decoding
-
-# (leading bytes as a regex, code, what it is, what to do instead). Checked before decoding: these formats
-# can decode "successfully" as cp1252 and would otherwise train a model on garbage.
-_UNPACK = "decompress it and upload the .txt inside"
-_PLAIN = "upload a plain .txt file"
-_SAVE_AS_TEXT = "save it as plain text (.txt) and upload that"
-_MAGIC = [(re.compile(pattern, re.DOTALL), code, what, todo) for pattern, code, what, todo in [
-    (rb"\x1f\x8b", "compressed", "a gzip archive", _UNPACK),
-    (rb"PK\x03\x04", "compressed", "a zip archive (.docx, .epub and .odt files are zip archives too)",
-     "extract the text and upload it as a .txt file"),
-    (rb"PK\x05\x06", "compressed", "an empty zip archive", _PLAIN),
-    (rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)", "compressed", "a bzip2 archive", _UNPACK),
-    (rb"\xfd7zXZ\x00", "compressed", "an xz archive", _UNPACK),
-    (rb"7z\xbc\xaf\x27\x1c", "compressed", "a 7-Zip archive", _UNPACK),
-    (rb"Rar!\x1a\x07", "compressed", "a RAR archive", _UNPACK),
-    (rb"\x28\xb5\x2f\xfd", "compressed", "a zstd archive", _UNPACK),
-    (rb"%PDF", "binary", "a PDF document", "copy or export its text into a .txt file and upload that"),
-    (rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "binary", "an old Microsoft Office document", _SAVE_AS_TEXT),
-    (rb"\{\\rtf", "binary", "an RTF document", _SAVE_AS_TEXT),
-    (rb"\x89PNG\r\n\x1a\n", "binary", "a PNG image", _PLAIN),
-    (rb"\xff\xd8\xff", "binary", "a JPEG image", _PLAIN),
-    (rb"GIF8[79]a", "binary", "a GIF image", _PLAIN),
-    (rb"\x7fELF", "binary", "a program (ELF executable)", _PLAIN),
-    (rb"MZ\x90\x00", "binary", "a Windows program", _PLAIN),
-]]
-
-# cp1252 leaves 0x81 0x8D 0x8F 0x90 0x9D undefined; we map them as latin-1 does (to the C1 controls
-# U+0081...) instead of failing, so the fallback decodes any byte string. They count as control characters.
-_CP1252_TABLE = "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in range(256))
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # Cc, minus \t \n \f \r
-_TAG_LINE = re.compile(r"^[ \t]*</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.MULTILINE)
-_NONBLANK_LINE = re.compile(r"^[ \t]*\S", re.MULTILINE)
-# a literal "\*\*\*" prefix and no ^ anchor let re skip ahead: ~10x faster than "^\*{3}" on 25 MB
-_PG_START = re.compile(r"\*\*\*[ \t]*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK\b[^\n]*", re.IGNORECASE)
-_PG_END = re.compile(r"\*\*\*[ \t]*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK\b", re.IGNORECASE)
-# older books also carry a plain "End of the Project Gutenberg EBook of ..." line just before the footer
-_PG_END_LINE = re.compile(r"\n[ \t]*End of (?:the )?Project Gutenberg'?s?\b[^\n]*\s*\Z", re.IGNORECASE)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
-
-
-def _size(n: int) -> str:
-    if n >= 1_000_000:
-        return f"{n / 1e6:.1f} MB"
-    if n >= 1_000:
-        return f"{n / 1e3:.1f} KB"
-    return _plural(n, "byte")
-
-
-def _too_large(n_bytes: int, max_bytes: int) -> CorpusError:
-    big, limit = _size(n_bytes), _size(max_bytes)
-    if big == limit:  # "50.0 MB; the limit is 50.0 MB" would read as a bug
-        big, limit = _plural(n_bytes, "byte"), _plural(max_bytes, "byte")
-    return CorpusError("too_large", f"The file is {big}; the limit is {limit}. Upload a smaller part of it.")
-
-
-def _check_magic(data: bytes) -> None:
-    for magic, code, what, todo in _MAGIC:
-        if magic.match(data):
-            raise CorpusError(code, f"This looks like {what}, not text: {todo}.")
-
-
-def _decode(data: bytes) -> tuple[str, str, list[str]]:
-    """Return (text, encoding, warnings): BOM first, then strict UTF-8, then cp1252."""
-    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
-        raise CorpusError("encoding", "The file is UTF-32 text, which is not supported: save it as UTF-8.")
-    for bom, encoding in ((b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
-        if data.startswith(bom):
-            try:
-                return data[len(bom):].decode(encoding), encoding, []
-            except UnicodeDecodeError as e:
-                raise CorpusError("encoding", f"The file starts like UTF-16 text but is not valid UTF-16 "
-                                              f"(at byte {e.start + len(bom):,}): save it as UTF-8.") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        try:
-            return data[3:].decode("utf-8"), "utf-8-sig", []
-        except UnicodeDecodeError:
-            pass  # a BOM followed by non-UTF-8 bytes: fall through to cp1252 like any other invalid UTF-8
-    if b"\x00" in data:
-        raise CorpusError("binary", "The file contains NUL bytes, so it is not plain text (if it is UTF-16 "
-                                    "text without a byte-order mark, save it as UTF-8).")
-    try:
-        return data.decode("utf-8"), "utf-8", []
-    except UnicodeDecodeError:
-        text, _ = codecs.charmap_decode(data.removeprefix(b"\xef\xbb\xbf"), "strict", _CP1252_TABLE)
-        return text, "cp1252", ["Decoded as cp1252 (not valid UTF-8)."]
-
-
-def _looks_like_html(text: str) -> bool:
-    head = text[:4096].lstrip().lower()
-    if head.startswith(("<!doctype html", "<html")) or (head.startswith("<?xml") and "<html" in head):
-        return True
-    tag_lines = len(_TAG_LINE.findall(text))
-    return tag_lines >= 3 and tag_lines > HTML_LINE_FRACTION * len(_NONBLANK_LINE.findall(text))
-
-
-def _strip_gutenberg(text: str) -> tuple[str, str | None]:
-    """Drop the Project Gutenberg header and footer; return (text, warning or None)."""
-    start = _PG_START.search(text)
-    end = _PG_END.search(text, start.end() if start else 0)
-    if not start and not end:
-        return text, None
-    body_start = start.end() if start else 0
-    body_end = text.rfind("\n", 0, end.start()) + 1 if end else len(text)  # the whole footer line goes
-    body = text[body_start:body_end]
-    body = _PG_END_LINE.sub("", body).strip("\n") + "\n"
-    removed = " and ".join(part for part, found in (("header", start), ("footer", end)) if found)
-    return body, f"Removed Project Gutenberg {removed}."
-
-
-def _unique_words(unique_tokens: set[str], unique_chars: set[str]) -> int:
-    # \w misses combining marks, which would split Hindi or un-composed words apart, so add the marks
-    # that actually occur in this text to the word class.
-    marks = "".join(sorted(c for c in unique_chars if unicodedata.category(c).startswith("M")))
-    w = rf"[\w{re.escape(marks)}]" if marks else r"\w"
-    # split only the distinct whitespace tokens: a fraction of the text, so 5x faster on big corpora
-    words = " ".join(unique_tokens).lower().replace("’", "'")  # don’t and don't are one word
-    return len(set(re.findall(rf"{w}+(?:'{w}+)*", words)))
-
-
-def decode_corpus(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                  max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
-                  min_chars: int = DEFAULT_MIN_CHARS) -> DecodedCorpus:
-    """Decode, validate and normalise a corpus. Raises CorpusError for anything unusable; never anything else."""
-    data = bytes(data)
-    # cheap checks on the raw bytes first
-    if len(data) > max_bytes:
-        raise _too_large(len(data), max_bytes)
-    if not data:
-        raise CorpusError("empty", "The file is empty.")
-    _check_magic(data)
-
-    text, encoding, warnings = _decode(data)
-    if not text.strip():
-        raise CorpusError("empty", "The file contains only whitespace, no text.")
-    n_control = len(_CONTROL.findall(text))
-    if n_control > MAX_CONTROL_FRACTION * len(text):
-        raise CorpusError("binary", f"{n_control / len(text):.0%} of the characters are control characters, so "
-                                    "this is binary data, not text: upload a plain .txt file.")
-
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if _looks_like_html(text):
-        raise CorpusError("html", "This looks like an HTML page; save it as plain text (in a browser: "
-                                  "select all, copy, paste into a .txt file) and upload that.")
-    text = unicodedata.normalize("NFC", text)
-    text, pg_warning = _strip_gutenberg(text)
-    if pg_warning:
-        warnings.append(pg_warning)
-        if not text.strip():
-            raise CorpusError("empty", "Nothing is left after removing the Project Gutenberg header and footer.")
-
-    lines = text.split("\n")
-    if max(map(len, lines)) > max_line_chars:
-        i, line = next((i, line) for i, line in enumerate(lines) if len(line) > max_line_chars)
-        raise CorpusError("line_too_long", f"Line {i + 1:,} is {len(line):,} characters long; the limit is "
-                                           f"{max_line_chars:,}. Break the text into shorter lines "
-                                           "(for example one paragraph per line).")
-    if len(text) < min_chars:
-        raise CorpusError("too_small", f"The text has {_plural(len(text), 'character')}; at least "
-                                       f"{min_chars:,} are needed to train.")
-
-    tokens, unique_chars = text.split(), set(text)
-    return DecodedCorpus(
-        text=text,
-        encoding=encoding,
-        sha256=hashlib.sha256(data).hexdigest(),
-        n_bytes=len(data),
-        n_chars=len(text),
-        n_lines=len(lines) - (1 if text.endswith("\n") else 0),
-        n_words=len(tokens),
-        n_unique_chars=len(unique_chars),
-        n_unique_words=_unique_words(set(tokens), unique_chars),
-        warnings=tuple(warnings),
-    )
 
 
 # -----------------------------------------------------------------------------
@@ -379,7 +150,7 @@ def load_corpus(name_or_path: str | Path, search_path: Sequence[Path] | None = N
     max_bytes = limits.get("max_bytes", DEFAULT_MAX_BYTES)
     n_bytes = _corpus_bytes(path)
     if n_bytes > max_bytes:  # refuse before reading a huge file into memory
-        raise _too_large(n_bytes, max_bytes)
+        raise too_large(n_bytes, max_bytes)
     if path.is_dir():
         return join_documents([_decode_document(p, limits) for p in _documents_in_folder(path)])
     return decode_corpus(path.read_bytes(), **limits)
@@ -390,32 +161,6 @@ def _decode_document(path: Path, limits: dict) -> DecodedCorpus:
         return decode_corpus(path.read_bytes(), **limits)
     except CorpusError as e:
         raise CorpusError(e.code, f"{path.name}: {e.message}") from None
-
-
-def join_documents(documents: Sequence[DecodedCorpus]) -> DecodedCorpus:
-    """One corpus made of several decoded documents (a folder, or an upload of several attachments).
-    Its address is the sha256 of the documents' own addresses in order, so the same files give the same corpus."""
-    if not documents:
-        raise CorpusError("empty", "No documents were given.")
-    if len(documents) == 1:
-        return documents[0]
-    texts = [d.text.strip("\n") for d in documents]
-    text = DOCUMENT_SEPARATOR.join(texts)
-    tokens, unique_chars = text.split(), set(text)
-    encodings = sorted({d.encoding for d in documents})
-    return DecodedCorpus(
-        text=text,
-        encoding=encodings[0] if len(encodings) == 1 else "mixed: " + ", ".join(encodings),
-        sha256=hashlib.sha256("".join(d.sha256 for d in documents).encode()).hexdigest(),
-        n_bytes=sum(d.n_bytes for d in documents),
-        n_chars=len(text),
-        n_lines=text.count("\n") + 1,
-        n_words=len(tokens),
-        n_unique_chars=len(unique_chars),
-        n_unique_words=_unique_words(set(tokens), unique_chars),
-        warnings=tuple(w for d in documents for w in d.warnings),
-        documents=tuple(len(t) for t in texts),
-    )
 
 
 # -----------------------------------------------------------------------------
@@ -433,13 +178,13 @@ def fit_batch_shape(n_tokens: int, batch_size: int, seq_len: int,
         raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
     if n_tokens >= batch_size * (seq_len + 1):
         return batch_size, seq_len, None
-    have = f"Corpus has {_plural(n_tokens, 'token')}"
+    have = f"Corpus has {plural(n_tokens, 'token')}"
     if n_tokens >= seq_len + 1:
         fitted = n_tokens // (seq_len + 1)
         return fitted, seq_len, f"{have}: batch size reduced from {batch_size} to {fitted} to fit."
     shortest = min(seq_len, min_seq_len)
     if n_tokens < shortest + 1:
-        raise CorpusError("too_small", f"The corpus has {_plural(n_tokens, 'token')}; at least {shortest + 1} "
+        raise CorpusError("too_small", f"The corpus has {plural(n_tokens, 'token')}; at least {shortest + 1} "
                                        f"are needed (one sequence of {shortest} plus the next token).")
     fitted_seq = n_tokens - 1
     batch_note = f"batch size reduced from {batch_size} to 1 and " if batch_size > 1 else ""
