@@ -148,14 +148,17 @@ def test_char_pieces_group_words_and_multiply_their_characters():
     assert not any(p.picked for p in pieces)
 
 
-def test_char_pieces_place_picks_on_the_letter_runs_the_drive_chose():
-    # The drive chooses letter runs that start after a non-letter, in order: "it's" is "it" then "s".
+def test_char_pieces_place_picks_on_the_words_the_drive_chose():
+    # The drive chooses words that start with a letter after a non-letter and run on through letters and
+    # apostrophes, in order, one pick per word.
     text = "Hi, it's me, me."
     probabilities = [0.5] * len(text)
     pieces = char_pieces(text, probabilities, picks=[("Hi", 0.01), ("me", 0.02)])
-    picked = [p.text for p in pieces if p.picked]
-    assert picked == ["Hi", "me"]  # the first "me" only: picks are matched in order, once each
-    pieces = char_pieces(text, probabilities, picks=[("Hi", 0.01), ("it", 0.01), ("s", 0.01), ("me", 0.01)])
+    assert [p.text for p in pieces if p.picked] == ["Hi", "me"]  # the first "me" only: matched in order, once each
+    pieces = char_pieces(text, probabilities, picks=[("Hi", 0.01), ("it's", 0.01), ("me", 0.01), ("me", 0.01)])
+    assert [p.text for p in pieces if p.picked] == ["Hi", "it's", "me", "me"]
+    # A pick that never reached the text (cut by a stop sequence) does not hide the picks after it.
+    pieces = char_pieces(text, probabilities, picks=[("Hi", 0.01), ("lost", 0.01), ("it's", 0.01), ("me", 0.01)])
     assert [p.text for p in pieces if p.picked] == ["Hi", "it's", "me"]
     cut = char_pieces("so wond", [0.5] * 7, picks=[("so", 0.1), ("wonderful", 0.01)])  # cut off by max_tokens
     assert [p.text for p in cut if p.picked] == ["so", "wond"]
@@ -231,7 +234,7 @@ def test_a_real_generation_with_the_drive_renders():
     pieces = pieces_from_stream(stream, checkpoint.tokenizer)
     assert "".join(p.text for p in pieces) == "ROMEO:" + stream.text
     picked = [p for p in pieces if p.picked]
-    assert len(picked) >= len(stream.picks) // 2 > 0
+    assert len(stream.picks) > 0 and len(picked) >= len(stream.picks) - 1  # the last may be cut by max_tokens
     # A word's probability is the product of its characters' (the drive's P(word) is conditioned differently).
     written = [p for p in pieces if p.probability is not None]
     assert sum(math.log(p.probability) for p in written) == pytest.approx(

@@ -93,24 +93,31 @@ def _runs(text: str) -> list[tuple[int, int]]:
 
 
 def _picked_positions(full: str, offset: int, picks: Sequence[tuple[str, float]]) -> set[int]:
-    """Positions (in `full`) of the letters the word drive chose. The sampler drives every letter run that
-    starts after a non-letter, in order, so pick j is the next such run spelled like it (a run cut short
-    by the end of the text or a stop sequence may be a prefix of its pick)."""
+    """Positions (in `full`) of the words the drive chose. The sampler drives, in order, every word that starts
+    with a letter after a non-letter and runs on through letters and apostrophes (I’ll, don't), so pick j is
+    the next such run spelled like it. A run cut short by the end of the text may be a prefix of its pick; a
+    pick that matches no run (cut by a stop sequence) is skipped when the run matches the one after it."""
     positions: set[int] = set()
     j, i = 0, offset
     while i < len(full) and j < len(picks):
         if full[i].isalpha() and (i == 0 or not full[i - 1].isalpha()):
             end = i
-            while end < len(full) and full[end].isalpha():
+            while end < len(full) and (full[end].isalpha() or full[end] in APOSTROPHES):
                 end += 1
-            word = picks[j][0]
-            if full[i:end] == word or (end == len(full) and word.startswith(full[i:end])):
+            run, at_end = full[i:end], end == len(full)
+            if not _spells(run, picks[j][0], at_end) and j + 1 < len(picks) and _spells(run, picks[j + 1][0], at_end):
+                j += 1
+            if _spells(run, picks[j][0], at_end):
                 positions.update(range(i, end))
                 j += 1
             i = end
         else:
             i += 1
     return positions
+
+
+def _spells(run: str, word: str, at_end: bool) -> bool:
+    return run == word or (at_end and word.startswith(run))
 
 
 def _prompt_pieces(prompt: str) -> list[Piece]:
