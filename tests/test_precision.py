@@ -100,7 +100,7 @@ def test_the_default_cache_lies_in_the_user_cache_folder(monkeypatch, tmp_path):
     (1.0, 2.15, "fp32"),  # the Intel host of issue 13: bf16 2.15x slower
 ])
 def test_bf16_is_picked_only_when_clearly_faster(monkeypatch, fp32_s, bf16_s, expected):
-    monkeypatch.setattr(precision, "_interleaved_step_times", lambda seconds: (fp32_s, bf16_s))
+    monkeypatch.setattr(precision, "_interleaved_step_times", lambda seconds: (fp32_s, bf16_s, 20))
     record = precision.measure_cpu()
     assert record["precision"] == expected
     assert record["speedup"] == pytest.approx(fp32_s / bf16_s, abs=1e-3)
@@ -134,7 +134,9 @@ def test_a_real_measurement_times_both_and_leaves_the_random_streams_alone(small
     assert record["fp32_chars_per_s"] > 0 and record["bf16_chars_per_s"] > 0
     speedup = record["bf16_chars_per_s"] / record["fp32_chars_per_s"]
     assert record["speedup"] == pytest.approx(speedup, rel=0.05)
-    assert record["precision"] == ("bf16" if record["speedup"] >= precision.MIN_SPEEDUP else "fp32")
+    assert record["rounds"] >= 1 and record["conclusive"] == (record["rounds"] >= precision.MIN_ROUNDS)
+    clearly_faster = record["conclusive"] and record["speedup"] >= precision.MIN_SPEEDUP
+    assert record["precision"] == ("bf16" if clearly_faster else "fp32")
     assert record["cpu"] == precision.cpu_model() and record["torch"] == torch.__version__
     assert record["threads"] == 1 and "|threads 1" in precision.cache_key()
 
@@ -151,3 +153,16 @@ def test_cuda_without_a_gpu_and_other_devices_mean_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert precision.pick_precision("cuda") == "fp32"
     assert precision.pick_precision("meta") == "fp32"
+
+
+def test_too_few_rounds_decide_nothing_and_are_not_cached(monkeypatch, cache_file):
+    """On an overloaded machine a 2-thread step can take seconds: two rounds showing bf16 1.2x faster (seen
+    here at load 13) must not be cached as this CPU's answer."""
+    monkeypatch.setattr(precision, "_interleaved_step_times", lambda seconds: (1.2, 1.0, 2))
+    record = precision.measure_cpu()
+    assert record["precision"] == "fp32" and not record["conclusive"] and "too busy" in record["note"]
+    assert precision.pick_precision("cpu", cache_file=cache_file) == "fp32"
+    assert not cache_file.exists()
+    monkeypatch.setattr(precision, "_interleaved_step_times", lambda seconds: (1.2, 1.0, 12))
+    assert precision.pick_precision("cpu", cache_file=cache_file) == "bf16"
+    assert json.loads(cache_file.read_text())[precision.cache_key()]["rounds"] == 12

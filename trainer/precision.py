@@ -30,6 +30,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # bf16 must beat fp32 by this factor to be picked: a tie within the measurement's noise keeps fp32, whose
 # numerics are the safer default ("never slower than fp32")
 MIN_SPEEDUP = 1.10
+# fewer rounds than this in the time given (an overloaded machine, where a step can take seconds) decide
+# nothing: fp32 for now, and the answer is not cached, so the next run measures again
+MIN_ROUNDS = 3
 CACHE_VERSION = 1  # bump when the measurement changes, so old answers are measured again
 
 # the measured step: a char-level model like the trainer's (per-layer fused nn.LSTM, clipping, an update)
@@ -65,7 +68,8 @@ def pick_precision(device: torch.device | str = "cpu", *, cache_file: Path | Non
         if isinstance(cached, dict) and cached.get("precision") in ("bf16", "fp32"):
             return cached["precision"]
     result = measure_cpu(seconds=seconds)
-    _write_cache(cache_file, key, result)
+    if result.get("conclusive", True):
+        _write_cache(cache_file, key, result)
     return result["precision"]
 
 
@@ -79,20 +83,25 @@ def measure_cpu(seconds: float = 2.0) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         try:
-            fp32, bf16 = _interleaved_step_times(seconds)
+            fp32, bf16, rounds = _interleaved_step_times(seconds)
         except RuntimeError as e:  # a CPU build without bf16 kernels for some op
             record.update(fp32_chars_per_s=None, bf16_chars_per_s=None, speedup=None, precision="fp32",
                           note=f"bf16 autocast failed: {e}"[:300])
             return record
     chars = _BATCH * _SEQ
     speedup = fp32 / bf16
+    conclusive = rounds >= MIN_ROUNDS
     record.update(fp32_chars_per_s=round(chars / fp32), bf16_chars_per_s=round(chars / bf16),
-                  speedup=round(speedup, 3), precision="bf16" if speedup >= MIN_SPEEDUP else "fp32")
+                  speedup=round(speedup, 3), rounds=rounds, conclusive=conclusive,
+                  precision="bf16" if conclusive and speedup >= MIN_SPEEDUP else "fp32")
+    if not conclusive:
+        record["note"] = f"only {rounds} round(s) in {seconds} s: the machine is too busy to tell; fp32, not cached"
     return record
 
 
-def _interleaved_step_times(seconds: float) -> tuple[float, float]:
-    """Median seconds per training step in fp32 and in bf16 autocast, measured in alternating rounds."""
+def _interleaved_step_times(seconds: float) -> tuple[float, float, int]:
+    """Median seconds per training step in fp32 and in bf16 autocast, measured in alternating rounds, and the
+    number of rounds."""
     fp32_step, bf16_step = _training_step(bf16=False), _training_step(bf16=True)
     for step in (fp32_step, bf16_step):  # warm-up: oneDNN creates and caches its kernels on the first call
         step()
@@ -107,7 +116,7 @@ def _interleaved_step_times(seconds: float) -> tuple[float, float]:
             times[bf16].append(time.perf_counter() - t0)
         if len(times[True]) >= 50:
             break
-    return statistics.median(times[False]), statistics.median(times[True])
+    return statistics.median(times[False]), statistics.median(times[True]), len(times[True])
 
 
 class _CharLSTM(nn.Module):
