@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from core.text import DOCUMENT_SEPARATOR
+
 from .model import LanguageModel, State, cat_states, select_state
 
 DEFAULT_TOLERANCE = 1.0  # improbability band when none is given: [p/2, 2p]
@@ -141,6 +143,11 @@ class BatchSampler:
         seed = params.seed if params.seed is not None else secrets.randbits(31)
         stream = Stream(prompt, params, seed, self.tokenizer.unknown(prompt))
         ids = self.tokenizer.encode(prompt) or self.tokenizer.encode(self.tokenizer.default_prime())
+        if self.tokenizer.kind == "char":
+            # Read a document break first: training carries the state through the whole stream, so a zero
+            # state is almost never seen, and from one a capitalised prompt ("ROMEO:") can lock a model into
+            # a junk character ("££££"); after a break the model is where every document of its corpus starts.
+            ids = self.tokenizer.encode(DOCUMENT_SEPARATOR) + ids
         prompt_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         state = self.model.init_state(1, self.device)
         if len(ids) > 1:
