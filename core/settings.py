@@ -26,7 +26,8 @@ class Settings(BaseSettings):
                                       secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None)
 
     data_dir: Path = Field(default_factory=default_data_dir, description="Local state: SQLite, storage, runs.")
-    corpus_path: str = Field("", description="Folders searched for corpora by name, separated by ':'.")
+    corpus_path: str = Field("", description="Folders searched for corpora by name, separated by ':'; empty: "
+                             "data_dir/corpora, plus ../shared/corpora beside a checkout.")
     database_url: str = Field("", description="SQLAlchemy URL; empty means a SQLite file in data_dir.")
     storage_url: str = Field("", description="fsspec URL for blobs; empty means data_dir/storage.")
     broker_url: str = Field("", description="Celery broker (Redis); empty means tasks run in-process.")
@@ -105,7 +106,13 @@ class Settings(BaseSettings):
 
     @property
     def corpus_dirs(self) -> list[Path]:
-        return [Path(p).expanduser() for p in self.corpus_path.split(os.pathsep) if p]
+        """IMPROBABLE_CORPUS_PATH's folders; unset: data_dir/corpora, plus ../shared/corpora beside a checkout
+        (where the project's corpora live), so `improbable corpora` works with no configuration."""
+        if self.corpus_path:
+            return [Path(p).expanduser() for p in self.corpus_path.split(os.pathsep) if p]
+        checkout = Path(__file__).resolve().parent.parent
+        shared = [checkout.parent / "shared" / "corpora"] if (checkout / "pyproject.toml").is_file() else []
+        return [self.data_dir / "corpora", *[d for d in shared if d.is_dir()]]
 
     @property
     def effective_database_url(self) -> str:

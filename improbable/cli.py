@@ -19,6 +19,7 @@ from core.settings import SettingsError, get_settings
 app = typer.Typer(help="Improbable: small recurrent language models that talk in borrowed voices.",
                   no_args_is_help=True, add_completion=False)
 console = Console()
+MODEL_HELP = "A .safetensors checkpoint (best.safetensors of a run), or a persona's name (alice, trump, ...)."
 err_console = Console(stderr=True)
 
 
@@ -34,17 +35,47 @@ def _check_settings() -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, even in a log
     raise typer.Exit(1)
+
+
+def _checkpoint(name_or_path: str) -> Path:
+    """A checkpoint path or a persona name (improbable/checkpoints.py) as a file, or one error line."""
+    from improbable.checkpoints import ModelNotFound, resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(name_or_path, get_settings())
+    except ModelNotFound as e:
+        _fail(str(e))
+
+
+def _saved_config(out_dir: Path) -> dict:
+    """The training settings of the run in out_dir ({} when there is none or it is unreadable)."""
+    from trainer.checkpoint import CheckpointError, read_meta
+
+    try:
+        return read_meta(out_dir / "last.safetensors").get("train_config", {})
+    except (CheckpointError, OSError):
+        return {}
+
+
+def _corpus_file(name_or_path: str) -> Path:
+    from trainer.corpus import find_corpus
+
+    return find_corpus(name_or_path, get_settings().corpus_dirs)
 
 
 def _load_corpus(name_or_path: str):
     from trainer.corpus import CorpusError, load_corpus
 
+    dirs = get_settings().corpus_dirs
     try:
-        return load_corpus(name_or_path, get_settings().corpus_dirs or None)
+        return load_corpus(name_or_path, dirs)
     except CorpusError as e:
-        _fail(str(e))
+        searched = ", ".join(map(str, dirs)) or "no folders"
+        hint = "" if e.code != "not_found" or Path(name_or_path).suffix else (
+            f" (searched {searched}): put it there, or set IMPROBABLE_CORPUS_PATH to the folder that holds it")
+        _fail(f"{e}{hint}")
 
 
 @app.command()
@@ -53,9 +84,11 @@ def corpora() -> None:
     from trainer.corpus import list_corpora
 
     dirs = get_settings().corpus_dirs
-    entries = list_corpora(dirs or None)
+    entries = list_corpora(dirs)
     if not entries:
-        _fail("no corpora found: set IMPROBABLE_CORPUS_PATH to folders of .txt files (or pass a file path)")
+        searched = ", ".join(map(str, dirs)) or "no folders"
+        _fail(f"no corpora found (searched {searched}): put .txt files or folders of them there, or set "
+              "IMPROBABLE_CORPUS_PATH to such folders (or pass a file path to --corpus)")
     table = Table("name", "size", "path")
     for entry in entries:
         table.add_row(entry.name, f"{entry.n_bytes / 1e6:.2f} MB", str(entry.path))
@@ -77,7 +110,8 @@ def train(
     batch_size: int | None = typer.Option(None),
     seq_len: int | None = typer.Option(None, help="Tokens per back-propagation window."),
     lr: float | None = typer.Option(None, help="Peak learning rate."),
-    minutes: float | None = typer.Option(None, help="Wall-clock budget, evaluation included."),
+    minutes: float | None = typer.Option(
+        None, help="Total wall-clock budget of the run folder, evaluation included: re-run with more to continue."),
     max_steps: int | None = typer.Option(None),
     epochs: float | None = typer.Option(None),
     eval_interval: int | None = typer.Option(None, help="Steps between evaluations on the whole validation split."),
@@ -114,11 +148,15 @@ def train(
               "architecture is fixed; drop them, or train from scratch with --init ''")
     if not settings.get("corpus"):
         _fail("say what to train on: --recipe NAME or --corpus NAME_OR_PATH")
-    if not any(settings.get(k) for k in ("minutes", "max_steps", "max_epochs")):
-        settings["minutes"] = 3.0
     settings["out_dir"] = str(out or Path("runs") / Path(settings["corpus"]).stem)
+    budget = ("minutes", "max_steps", "max_epochs")
+    if not any(settings.get(k) for k in budget):  # a resumed run keeps its budget; a new one gets 3 minutes
+        saved = _saved_config(Path(settings["out_dir"])) if resume else {}
+        settings.update({k: saved[k] for k in budget if saved.get(k)} or {"minutes": 3.0})
+    settings.setdefault("name", recipe or Path(settings["out_dir"]).name)
     config = TrainConfig.from_dict(settings)
     text = _load_corpus(config.corpus)
+    config.corpus_path = str(_corpus_file(config.corpus).resolve())
     console.print(f"training [bold]{config.family}[/] on {config.corpus} ({text.n_chars:,} chars) → {config.out_dir}")
     for warning in text.warnings:
         console.print(f"[yellow]note:[/] {warning}")
@@ -133,7 +171,9 @@ def train(
             best = f" best {p.best_val_loss:.3f}" if p.best_val_loss is not None else ""
             bar.update(task, completed=p.fraction,
                        status=f"step {p.step} loss {p.loss:.3f}{val}{best} {p.tokens_per_s:,.0f} tok/s")
-            if event == "sample":
+            if event == "resume":
+                bar.console.print(details["message"], highlight=False)
+            elif event == "sample":
                 bar.console.print(f"[dim]sample at step {p.step}:[/] {details['text'][:300]!r}")
             elif event == "warning":
                 bar.console.print(f"[yellow]warning:[/] {details['message']}")
@@ -148,6 +188,8 @@ def train(
             result = run_training(config, text, callback=on_event, resume=resume)
         except (TrainingDiverged, ValueError) as e:
             _fail(str(e))
+    if result.stop_reason == "already done":
+        return
     console.print(f"[green]done[/] ({result.stop_reason}) after {result.steps} steps, {result.elapsed:.0f} s: "
                   f"best validation loss {result.best_val_loss:.4f} nats/token")
     console.print(f"checkpoints: {result.out_dir}/best.safetensors, last.safetensors; curve: {result.out_dir}/loss.png")
@@ -161,7 +203,7 @@ def _sampling_help(field: str, note: str = "") -> str:
 
 @app.command("generate")
 def generate_text(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint (best.safetensors of a run)."),
+    checkpoint: str = typer.Argument(..., help=MODEL_HELP),
     prompt: str = typer.Option("", "--prompt", "-p", help="Text to continue (fed through the model first)."),
     max_tokens: int = typer.Option(300, help=_sampling_help("max_tokens")),
     temperature: float = typer.Option(0.8, help=_sampling_help("temperature")),
@@ -191,7 +233,7 @@ def generate_text(
                                        repetition_penalty=repetition_penalty, stop=tuple(stop),
                                        stop_at_sentence_end=sentence, seed=None if seed is None else seed + i))
                    for i in range(n)]
-        model = ckpt.load(checkpoint, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+        model = ckpt.load(_checkpoint(checkpoint), dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         params = [SamplingParams(**p.model_dump()) for p in checked]
     except SamplingError as e:
         _fail(e.message)
@@ -209,7 +251,7 @@ def generate_text(
 
 @app.command()
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
+    checkpoint: str = typer.Argument(..., help=MODEL_HELP),
     corpus: str | None = typer.Option(None, help="Score this text instead of the checkpoint's own validation split."),
     whole: bool = typer.Option(False, help="With --corpus: score the whole text, not its last 10 %."),
 ) -> None:
@@ -222,11 +264,19 @@ def evaluate(
     from trainer.evaluate import evaluate as score
 
     try:
-        loaded = ckpt.load(checkpoint)
+        loaded = ckpt.load(_checkpoint(checkpoint))
     except ckpt.CheckpointError as e:
         _fail(str(e))
     config = loaded.meta.get("train_config", {})
-    text = _load_corpus(corpus or config.get("corpus", "")).text
+    if corpus:
+        text = _load_corpus(corpus).text
+    else:
+        from improbable.checkpoints import ModelNotFound, training_corpus
+
+        try:
+            text = training_corpus(loaded.meta, get_settings()).text
+        except ModelNotFound as e:
+            _fail(str(e))
     if not whole:
         val_fraction = config.get("val_fraction", 0.1)
         ids = loaded.tokenizer.encode(text)
@@ -247,16 +297,17 @@ def evaluate(
 
 
 @app.command()
-def info(checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint.")) -> None:
+def info(checkpoint: str = typer.Argument(..., help=MODEL_HELP)) -> None:
     """Show a checkpoint's metadata (family, hyperparameters, corpus, metrics) without loading torch weights."""
     from trainer.checkpoint import CheckpointError, read_meta
 
     try:
-        meta = read_meta(checkpoint)
+        meta = read_meta(_checkpoint(checkpoint))
     except CheckpointError as e:
         _fail(str(e))
     meta["tokenizer"] = {k: (f"{len(v)} entries" if k == "vocab" else v) for k, v in meta["tokenizer"].items()}
     meta.pop("history", None)
+    meta.pop("train_log", None)
     console.print_json(json.dumps(meta, default=str))
 
 
@@ -332,9 +383,12 @@ def chat(
 @app.command()
 def bot() -> None:
     """Run the Discord bot (needs DISCORD_TOKEN; without one, try `improbable chat`)."""
-    from bot.client import main as bot_main
+    from improbable.startup import run_bot
 
-    raise typer.Exit(bot_main())
+    status, error = run_bot()  # a bad token, missing intents, no network: one line, no traceback
+    if error:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(status)
 
 
 if __name__ == "__main__":

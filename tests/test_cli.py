@@ -248,8 +248,78 @@ def test_corpora_lists_the_search_path(use_corpora):
     assert "harry_potter" not in text  # a folder without a text is not a corpus
 
 
-def test_corpora_with_nothing_configured(tmp_path):
-    fails_cleanly(invoke("corpora"), "no corpora found", "IMPROBABLE_CORPUS_PATH")
+def test_corpora_in_an_empty_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMPROBABLE_CORPUS_PATH", str(tmp_path))
+    get_settings.cache_clear()
+    fails_cleanly(invoke("corpora"), "no corpora found", str(tmp_path), "IMPROBABLE_CORPUS_PATH")
+
+
+def test_corpora_by_default_are_the_data_dir_and_the_shared_folder_beside_the_checkout(tmp_path):
+    """Nothing configured: data_dir/corpora, plus ../shared/corpora when that exists beside the checkout."""
+    mine = tmp_path / "data" / "corpora"
+    mine.mkdir(parents=True)
+    (mine / "my-notes.txt").write_text("a text of my own " * 50, encoding="utf-8")
+    dirs = get_settings().corpus_dirs
+    shared = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+    assert dirs == [mine, *([shared] if shared.is_dir() else [])]
+    assert "my-notes" in flat(ok("corpora").output)
+
+
+def test_generate_info_and_evaluate_take_a_persona_name():
+    """A name is the bundled checkpoint (no database in this data dir); a wrong one lists the names."""
+    result = ok("generate", "trump", "-p", "We will", "--max-tokens", "20", "--seed", "3")
+    assert result.output.startswith("We will")
+    assert json.loads(ok("info", "shakespeare").output)["model"]["family"] == "char-rnn"
+    fails_cleanly(invoke("generate", "trumpp"), "trumpp", "alice, movie-reviews, shakespeare, trump")
+
+
+def test_a_persona_name_uses_the_active_checkpoint_of_the_database(trained, tmp_path):
+    """With the embedded database present, a name is the persona's active checkpoint there, not the bundle."""
+    from db.bundled import register_bundled
+    from db.migrate import upgrade
+    from db.personas import get_persona, set_active_checkpoint
+    from db.queries import add_checkpoint
+    from db.session import make_engine, session_scope
+    from db.storage import checkpoint_key, open_storage
+
+    _, out, _ = trained
+    settings = get_settings()
+    upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    storage = open_storage(settings.effective_storage_url)
+    with session_scope(engine) as session:
+        register_bundled(session, storage)
+        persona = get_persona(session, "alice", None)
+        key = checkpoint_key("alice", "mine", "best")
+        storage.put(key, (out / "best.safetensors").read_bytes())
+        set_active_checkpoint(session, persona, add_checkpoint(session, persona, key))
+    engine.dispose()
+    assert json.loads(ok("info", "alice").output)["model"]["n_hidden"] == 32  # the tiny run, not the bundled 256
+
+
+def test_evaluate_from_another_folder_finds_the_training_text(trained, tmp_path, monkeypatch):
+    """The checkpoint keeps the corpus's absolute path; when that file is gone, a corpus on the path with the
+    same content (sha256) is used; a text that is nowhere is one clear error."""
+    corpus, _, _ = trained
+    text = tmp_path / "mine.txt"
+    text.write_bytes(Path(corpus).read_bytes())
+    ok("train", "--corpus", "mine.txt", "--max-steps", "2", "--hidden", "16", "--layers", "1", "--batch-size", "4",
+       "--seq-len", "16", "--out", tmp_path / "run")
+    best = tmp_path / "run" / "best.safetensors"
+    assert json.loads(ok("info", best).output)["train_config"]["corpus_path"] == str(text.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert "nats_per_token" in ok("evaluate", best).output
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    text.rename(moved / "renamed.txt")
+    monkeypatch.setenv("IMPROBABLE_CORPUS_PATH", str(moved))
+    get_settings.cache_clear()
+    assert "nats_per_token" in ok("evaluate", best).output  # found by content, under another name
+    monkeypatch.setenv("IMPROBABLE_CORPUS_PATH", str(elsewhere))
+    get_settings.cache_clear()
+    fails_cleanly(invoke("evaluate", best), "training text", "--corpus")
 
 
 def test_train_with_an_unknown_recipe():

@@ -12,8 +12,9 @@ from trainer import checkpoint as ckpt
 from trainer.corpus import DOCUMENT_SEPARATOR, CorpusError, load_corpus
 from trainer.data import split_documents
 from trainer.evaluate import quality_gate, unigram_loss
+from trainer.finetune import extend_vocabulary, load_base_weights
 from trainer.pretrained import resolve_init
-from trainer.train import TrainConfig, extend_vocabulary, load_base_weights, train
+from trainer.train import TrainConfig, train
 
 from .conftest import CORPORA_DIR as CORPORA
 

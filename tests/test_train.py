@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -266,11 +267,47 @@ def test_resume_with_a_different_corpus_is_refused(tmp_path, alice_text):
     assert result.steps == 3
 
 
-def test_resume_after_the_budget_is_spent_does_nothing_more(tmp_path, alice_text):
+def test_resume_after_the_budget_is_spent_says_so_and_how_to_continue(tmp_path, alice_text):
+    """The budget is the total for the run folder: the same budget again trains nothing and says how to go on;
+    a bigger one continues from where the run stopped and says so."""
     config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, max_steps=4))
     train(config, alice_text[:5_000])
-    again = train(config, alice_text[:5_000])
-    assert again.steps == 4 and again.stop_reason == "finished"
+    events = Events()
+    again = train(config, alice_text[:5_000], callback=events)
+    assert again.steps == 4 and again.stop_reason == "already done"
+    [(_, details)] = events.of("resume")
+    assert re.fullmatch(rf"{re.escape(str(tmp_path))} finished at step 4 after \d+ s; pass --max-steps 104 "
+                        r"\(the total\) to train more, or --no-resume to start afresh", details["message"])
+    assert not events.of("progress")
+    events = Events()
+    more = train(TrainConfig(out_dir=str(tmp_path), **dict(TINY, max_steps=6)), alice_text[:5_000], callback=events)
+    assert more.steps == 6 and more.stop_reason == "finished"
+    [(_, details)] = events.of("resume")
+    assert details["message"] == f"resuming {tmp_path} from step 4, 2 steps left of 6"
+
+
+def test_resume_message_of_a_time_budget():
+    from trainer.run_state import resume_message
+
+    assert resume_message("runs/x", 420, 180, 10, None) == ("resuming runs/x from step 420, 7 min left of 10 min",
+                                                            False)
+    message, done = resume_message("run-3", 420, 600.4, 10, None)
+    assert done and message.startswith("run-3 finished at step 420 after 10 min; pass --minutes 15 (the total)")
+
+
+def test_continuing_with_a_bigger_budget_goes_on_down_from_the_annealed_lr(tmp_path, alice_text):
+    """A finished run's lr has warmed down to min_lr; continuing must not jump back to the peak but go on
+    from there to min_lr at the end of the new budget."""
+    kwargs = dict(TINY, max_steps=20, warmup_steps=2, anneal_fraction=0.5, log_interval=1, lr=4e-3, min_lr=4e-4)
+    first = Events()
+    train(TrainConfig(out_dir=str(tmp_path), **kwargs), alice_text[:8_000], callback=first)
+    last_lr = first.of("progress")[-1][0].lr
+    assert last_lr < 1e-3
+    second = Events()
+    train(TrainConfig(out_dir=str(tmp_path), **{**kwargs, "max_steps": 40}), alice_text[:8_000], callback=second)
+    lrs = [p.lr for p, _ in second.of("progress")]
+    assert len(lrs) == 20 and max(lrs) <= last_lr * 1.001
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(4e-4, rel=0.1)
 
 
 def test_word_gru_with_a_vectors_file_of_another_width_resumes(tmp_path, trump_text):
@@ -377,7 +414,8 @@ def test_minutes_budget_stops(tmp_path, alice_text):
     assert result.stop_reason == "time budget reached"
     assert 0.6 <= result.elapsed < 5
     assert result.steps > 0
-    assert [h["step"] for h in result.history] == [result.steps]  # the end of the budget is evaluated
+    # evaluated every tenth of the budget (eval_interval is far away), and at its end
+    assert 3 <= len(result.history) <= 11 and result.history[-1]["step"] == result.steps
 
 
 def test_max_epochs_budget(tmp_path, alice_text):
@@ -432,6 +470,8 @@ def test_outputs_history_json_and_loss_png(tmp_path, alice_text):
     assert [h["step"] for h in history] == [4, 8, 12]
     assert set(history[0]) >= {"step", "elapsed", "train_loss", "val_loss", "lr"}
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    train_log = ckpt.read_meta(tmp_path / "last.safetensors")["train_log"]  # the plot's line between evaluations
+    assert [t["step"] for t in train_log] == [1, *range(config.log_interval, 13, config.log_interval)]
     assert len(events.of("eval")) == 3 and len(events.of("checkpoint")) == 3
     samples = events.of("sample")
     assert [p.step for p, _ in samples] == [6, 12]
@@ -489,3 +529,35 @@ def test_word_gru_family_defaults_to_a_gru_cell():
     """`--family word-gru` without `--cell` must build a GRU (the family's name), not the char-rnn
     default LSTM."""
     assert TrainConfig(family="word-gru").model_config(100).cell == "gru"
+
+
+def test_loss_plot_reads_well(tmp_path):
+    """Title, bits/char axis, the best checkpoint's marker and the train line's note (matplotlib's objects)."""
+    import matplotlib.pyplot as plt
+
+    from trainer import plot
+    from trainer.run_report import plot_title
+
+    history = [{"step": 10, "train_loss": 2.0, "val_loss": 1.9}, {"step": 20, "train_loss": 1.5, "val_loss": 1.6},
+               {"step": 30, "train_loss": 1.4, "val_loss": 1.7}]
+    log = [{"step": s, "train_loss": 2.5 - s / 30} for s in range(1, 31)]
+    seen = {}
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig, path, *args, **kwargs):
+        ax = fig.axes[0]
+        seen.update(title=ax.get_title(), ylabel=ax.get_ylabel(),
+                    labels=[t.get_text() for t in ax.get_legend().get_texts()])
+        return real_savefig(fig, path, *args, **kwargs)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(plt.Figure, "savefig", capture)
+    try:
+        title = plot_title(TrainConfig(name="trump", corpus="uploads/speeches.txt", out_dir="runs/17"))
+        plot.plot_history(history, tmp_path / "loss.png", title=title, train_log=log, bits_per_token=True)
+    finally:
+        mp.undo()
+    assert seen["title"] == "trump (char-rnn, speeches)" and seen["ylabel"] == "loss (bits/char)"
+    assert any("moving average" in label for label in seen["labels"])
+    assert f"best checkpoint: step 20, {1.6 / math.log(2):.3f}" in seen["labels"]
+    assert plot_title(TrainConfig(corpus="alice", out_dir="runs/alice")) == "alice"

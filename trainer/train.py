@@ -9,7 +9,6 @@ carried RNN state, so an interrupted run that resumes reproduces the uninterrupt
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -24,9 +23,12 @@ from . import checkpoint as ckpt
 from .corpus import DOCUMENT_SEPARATOR, DecodedCorpus, fit_batch_shape
 from .data import BLOCK_TOKENS, TokenStreams, split_documents
 from .evaluate import evaluate, unigram_loss
-from .model import LanguageModel, ModelConfig, build_model
+from .finetune import extend_vocabulary, load_base_weights
+from .model import ModelConfig, build_model
 from .precision import resolve_precision
 from .pretrained import resolve_init
+from .run_report import continued_anneal, plot_title, run_metrics, sample_text
+from .run_state import load_optimizer, optimizer_tensors, restore, resume_message, snapshot, total_steps_of
 from .tokenizer import CharTokenizer, WordTokenizer
 
 
@@ -34,6 +36,8 @@ from .tokenizer import CharTokenizer, WordTokenizer
 class TrainConfig:
     # data and tokens
     corpus: str = "shakespeare"  # a corpus name on the search path, or a file path
+    corpus_path: str = ""  # the resolved absolute path, so `improbable evaluate` finds the text from anywhere
+    name: str = ""  # the persona or run shown as the loss plot's title (default: the out_dir's name)
     out_dir: str = "runs/shakespeare"
     val_fraction: float = 0.1
     split: str = "spread"  # spread: held-out blocks or documents spread through the corpus | tail: nanoGPT's last 10 %
@@ -210,22 +214,32 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   betas=(0.9, 0.99), weight_decay=config.weight_decay)
     step, elapsed, lr_scale, best_val, bad_evals, history, smooth = 0, 0.0, 1.0, math.inf, 0, [], None
+    train_log: list[dict] = []  # the smoothed training loss every log_interval steps, for the plot
+    anneal: list[float] | None = None  # [budget fraction, lr] where a continued run's warm-down starts
     carry = model.init_state(batch_size, device)
     if resuming:
         model.load_state_dict({k[6:]: v for k, v in saved.tensors.items() if k.startswith("model.")})
-        _load_optimizer(optimizer, saved)
+        load_optimizer(optimizer, saved)
         run = saved.meta["run"]
         step, elapsed, lr_scale, bad_evals = run["step"], run["elapsed"], run["lr_scale"], run["bad_evals"]
         best_val = run["best_val_loss"] if run["best_val_loss"] is not None else math.inf
-        history = saved.meta.get("history", [])
-        smooth = run.get("smooth")
+        history, train_log = saved.meta.get("history", []), saved.meta.get("train_log", [])
+        smooth, anneal = run.get("smooth"), run.get("anneal")
         carry = tuple(saved.tensors[f"state.carry.{i}"].to(device) for i in range(len(carry)))
         torch.set_rng_state(saved.tensors["state.rng"])
         if device.type == "cuda" and "state.cuda_rng" in saved.tensors:
             torch.cuda.set_rng_state(saved.tensors["state.cuda_rng"], device)
     steps_per_epoch = train_data.n_chunks
     unigram = unigram_loss(train_ids, val_ids if len(val_ids) else train_ids, len(tokenizer))
-    total_steps = _total_steps(config, steps_per_epoch)
+    total_steps = total_steps_of(config, steps_per_epoch)
+    if resuming:
+        message, done = resume_message(out_dir, step, elapsed, config.minutes, total_steps)
+        emit("resume", Progress(step, total_steps, step / steps_per_epoch, smooth or math.nan, None, None,
+                                config.lr, 0.0, elapsed, None, 1.0 if done else 0.0), {"message": message})
+        if done:
+            last = history[-1]["val_loss"] if history else math.nan
+            return TrainResult(out_dir, best_val, last, step, elapsed, "already done", history, warnings)
+        anneal = anneal or continued_anneal(config, saved.meta, step, elapsed, total_steps)
     meta = {"corpus_sha256": _corpus_sha(corpus), "corpus": config.corpus, "train_config": asdict(config),
             "n_params": model.n_params, "batch_shape": [batch_size, seq_len],
             "split": {"mode": config.split, "val_fraction": config.val_fraction, "val_tokens": len(val_ids),
@@ -233,7 +247,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
     if config.init:
         meta["init"] = {"checkpoint": Path(config.init).name, "corpus": base.meta.get("corpus") if base else None,
                         "corpus_sha256": base.meta.get("corpus_sha256") if base else None}
-    good = _snapshot(model, optimizer)
+    good = snapshot(model, optimizer)
     nan_restarts = 0
     precision = resolve_precision(config.precision, device)
     meta["precision"] = precision
@@ -251,10 +265,12 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
             return base * (step + 1) / config.warmup_steps
         if config.schedule == "anneal":
             start = 1.0 - config.anneal_fraction
+            if anneal:  # a continued run goes on down from where it was, never back up to the peak
+                start, base = max(start, anneal[0]), min(base, anneal[1])
             f = fraction()
             if f > start:
                 floor = min(config.min_lr, base)
-                return base - (base - floor) * (f - start) / config.anneal_fraction
+                return base - (base - floor) * (f - start) / max(1.0 - start, 1e-9)
         return base
 
     def progress(loss: float, val_loss: float | None, tps: float) -> Progress:
@@ -264,18 +280,23 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
                         best_val if math.isfinite(best_val) else None, lr_now(), tps, elapsed, eta, f)
 
     def save_last() -> None:
-        extra = {f"optim.{k}": v for k, v in _optimizer_tensors(optimizer).items()}
+        extra = {f"optim.{k}": v for k, v in optimizer_tensors(optimizer).items()}
         extra.update({f"state.carry.{i}": s.float() if s.is_floating_point() else s for i, s in enumerate(carry)})
         extra["state.rng"] = torch.get_rng_state()
         if device.type == "cuda":
             extra["state.cuda_rng"] = torch.cuda.get_rng_state(device)
         run = {"step": step, "elapsed": elapsed, "lr_scale": lr_scale,
                "best_val_loss": best_val if math.isfinite(best_val) else None,
-               "bad_evals": bad_evals, "smooth": smooth, "optimizer_groups": optimizer.state_dict()["param_groups"]}
-        ckpt.save(last_path, model, tokenizer, {**meta, "run": run, "history": history}, extra)
+               "bad_evals": bad_evals, "smooth": smooth, "anneal": anneal, "lr": lr_now(),
+               "optimizer_groups": optimizer.state_dict()["param_groups"]}
+        ckpt.save(last_path, model, tokenizer, {**meta, "run": run, "history": history, "train_log": train_log},
+                  extra)
 
     window_tokens, window_start, stop_reason = 0, time.perf_counter(), ""
     tps, last_val = 0.0, math.nan
+    # A time budget is evaluated at least 10 times whatever its length (a 1-minute run is not one dot).
+    eval_every_s = config.minutes * 60 / 10 if config.minutes else math.inf
+    next_eval_s = (math.floor(elapsed / eval_every_s) + 1) * eval_every_s if config.minutes else math.inf
     model.train()
     while True:
         if total_steps and step >= total_steps:
@@ -308,7 +329,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
                 raise TrainingDiverged(
                     f"loss became {loss_value} {nan_restarts} times at step {step}, even after restoring the "
                     f"best weights and lowering the learning rate to {lr:.2e}; try a lower --lr or --grad-clip")
-            _restore(model, optimizer, good)
+            restore(model, optimizer, good)
             carry = model.init_state(batch_size, device)
             lr_scale *= 0.5
             msg = (f"non-finite loss at step {step}: restored the best weights and halved the learning rate "
@@ -327,23 +348,25 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
             tps = window_tokens / max(now - window_start, 1e-9)
             window_tokens, window_start = 0, now
             emit("progress", progress(smooth, None, tps), {})
+            train_log.append({"step": step, "elapsed": round(elapsed, 2), "train_loss": round(smooth, 5)})
 
         end_of_budget = (total_steps and step >= total_steps) or (config.minutes and elapsed >= config.minutes * 60)
-        if step % config.eval_interval == 0 or end_of_budget:
+        if step % config.eval_interval == 0 or end_of_budget or elapsed >= next_eval_s:
+            next_eval_s = (math.floor(elapsed / eval_every_s) + 1) * eval_every_s if config.minutes else math.inf
             t_eval = time.perf_counter()
             last_val = evaluate(model, val_data) if val_data else smooth
             model.train()
             improved = last_val < best_val
             if improved:
                 best_val, bad_evals = last_val, 0
-                good = _snapshot(model, optimizer)
+                good = snapshot(model, optimizer)
             else:
                 bad_evals += 1
                 if config.schedule == "plateau" and bad_evals % 2 == 0:
                     lr_scale *= 0.5
             history.append({"step": step, "elapsed": round(elapsed, 2), "train_loss": smooth,
                             "val_loss": last_val, "lr": lr})
-            metrics = _metrics(tokenizer, best_val if improved else last_val, val_ids, text, config, unigram)
+            metrics = run_metrics(tokenizer, best_val if improved else last_val, val_ids, text, config, unigram)
             if improved:
                 ckpt.save(best_path, model, tokenizer, {**meta, "metrics": metrics, "step": step,
                                                         "history": history})
@@ -357,95 +380,17 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
             window_start = time.perf_counter()
 
         if config.sample_interval and step % config.sample_interval == 0:
-            emit("sample", progress(smooth, None, tps), {"text": _sample(model, tokenizer, config)})
+            emit("sample", progress(smooth, None, tps), {"text": sample_text(model, tokenizer, config)})
             model.train()
 
     save_last()
     if not best_path.exists():  # stopped before the first evaluation
-        metrics = _metrics(tokenizer, smooth or math.nan, val_ids, text, config, unigram)
+        metrics = run_metrics(tokenizer, smooth or math.nan, val_ids, text, config, unigram)
         ckpt.save(best_path, model, tokenizer, {**meta, "step": step, "history": history, "metrics": metrics})
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     if history:
         from .plot import plot_history
 
-        plot_history(history, out_dir / "loss.png", title=f"{config.family} on {Path(config.corpus).name}")
+        plot_history(history, out_dir / "loss.png", title=plot_title(config), train_log=train_log,
+                     bits_per_token=tokenizer.kind == "char")
     return TrainResult(out_dir, best_val, last_val, step, elapsed, stop_reason, history, warnings)
-
-
-def extend_vocabulary(tokenizer: CharTokenizer, text: str) -> CharTokenizer:
-    """The base's characters in their order (so its weights keep their rows), then the characters of
-    `text` the base never saw."""
-    known = set(tokenizer.vocab)
-    return CharTokenizer(tokenizer.vocab + sorted(set(CharTokenizer.build(text).vocab) - known))
-
-
-@torch.no_grad()
-def load_base_weights(model: LanguageModel, base: LanguageModel) -> None:
-    """Copy a base model's weights into `model`, whose vocabulary extends the base's at the end.
-    New characters get the mean embedding of the known ones (an "unremarkable character" to the
-    recurrent layers) and an output row that predicts them as rarely as the base's rarest character,
-    so before fine-tuning the model behaves exactly like the base on the base's characters."""
-    own, theirs = model.state_dict(), base.state_dict()
-    n_old = base.config.vocab_size
-    for name, value in theirs.items():
-        target = own[name]
-        if target.shape == value.shape:
-            target.copy_(value)
-            continue
-        if target.shape[1:] != value.shape[1:] or target.shape[0] < n_old:
-            raise ValueError(f"the base's {name} has shape {tuple(value.shape)}, "
-                             f"this model needs {tuple(target.shape)}")
-        target[:n_old] = value
-        if name.endswith("bias"):
-            target[n_old:] = value.min()
-        else:
-            target[n_old:] = value.mean(0)
-    model.load_state_dict(own)
-
-
-def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
-    limits = [config.max_steps] if config.max_steps else []
-    if config.max_epochs:
-        limits.append(max(1, round(config.max_epochs * steps_per_epoch)))
-    return min(limits) if limits else None
-
-
-def _metrics(tokenizer, val_loss: float, val_ids: torch.Tensor, text: str, config: TrainConfig,
-             unigram: float) -> dict:
-    metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "unigram_loss": unigram}
-    if tokenizer.kind == "char":
-        metrics["val_bpc"] = val_loss / math.log(2)
-    else:  # bits per character of the validation text, comparable across tokenizers
-        val_chars = len(text) * config.val_fraction  # the spread split holds out about this share
-        metrics["val_bpc"] = val_loss * len(val_ids) / max(val_chars, 1) / math.log(2)
-    return metrics
-
-
-def _sample(model: LanguageModel, tokenizer, config: TrainConfig) -> str:
-    from .sample import SamplingParams, generate
-
-    params = SamplingParams(max_tokens=config.sample_length, temperature=0.8, seed=config.seed)
-    return generate(model, tokenizer, [""], params)[0].text
-
-
-def _snapshot(model: LanguageModel, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    return copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-
-
-def _restore(model: LanguageModel, optimizer: torch.optim.Optimizer, snapshot: tuple[dict, dict]) -> None:
-    model.load_state_dict(snapshot[0])
-    optimizer.load_state_dict(snapshot[1])
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    return {f"{index}.{key}": value for index, slots in optimizer.state_dict()["state"].items()
-            for key, value in slots.items() if torch.is_tensor(value)}
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, saved: ckpt.Checkpoint) -> None:
-    state: dict[int, dict] = {}
-    for name, value in saved.tensors.items():
-        if name.startswith("optim."):
-            index, key = name[6:].split(".", 1)
-            state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": saved.meta["run"]["optimizer_groups"]})
