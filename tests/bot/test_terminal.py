@@ -1,0 +1,63 @@
+"""The console chat's terminal (bot/terminal.py): Discord markdown shown as plain text, and a line-editing
+history kept in a file."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.formatting import escape, training_progress
+from bot.terminal import enable_line_editing, plain_text, remember
+
+
+@pytest.mark.parametrize("markdown, plain", [
+    ("Only members with the **Manage Server** permission can change these settings.",
+     "Only members with the Manage Server permission can change these settings."),
+    ("Did you mean `alice`?", "Did you mean alice?"),
+    ("**Training `poet`** · running", "Training poet · running"),
+    ("*italics*, _too_, __underlined__, ~~struck~~, ||spoiler||, ***both***",
+     "italics, too, underlined, struck, spoiler, both"),
+    ("code stays verbatim: `a **b** _c_`", "code stays verbatim: a **b** _c_"),
+    ("```\nprint(*args)\n```", "print(*args)\n"),
+    ("snake_case_name and 2*3*4 are not styles", "snake_case_name and 2*3*4 are not styles"),
+    ("asked by <@123456789012345678> in <#42> for <@&7> :) <:pog:99> </persona info:5>",
+     "asked by @user-123456789012345678 in #channel-42 for @role-7 :) :pog: /persona info"),
+    ("# Heading\n-# small print", "Heading\nsmall print"),
+    ("see [the docs](https://example.com/x)", "see the docs (https://example.com/x)"),
+    ("<t:0:f>", "1970-01-01 00:00 UTC"),
+])
+def test_plain_text(markdown, plain):
+    assert plain_text(markdown) == plain
+
+
+def test_escaped_generated_text_reads_as_written():
+    """What the bot escapes for Discord (formatting.escape) reads exactly as the model wrote it."""
+    written = "Alice *was* here_ly, 1. @everyone <@12345678901234567> `x` ||y|| # no"
+    assert plain_text(escape(written)) == written
+
+
+def test_training_progress_reads_plainly():
+    text = plain_text(training_progress("poet", "running", {"fraction": 0.5, "step": 10}, now=0.0))
+    assert "**" not in text and "`" not in text and "Training poet · running" in text
+
+
+def test_relative_times_read_as_durations():
+    import time
+
+    assert plain_text(f"done <t:{int(time.time()) + 300}:R>") in ("done in 5 min", "done in 4 min")
+    assert plain_text(f"<t:{int(time.time()) - 7200}:R>") == "2 h ago"
+
+
+def test_history_is_kept_in_a_file(tmp_path):
+    readline = pytest.importorskip("readline")
+    history = tmp_path / "data" / "chat_history"
+    readline.clear_history()
+    assert enable_line_editing(history)
+    readline.add_history("/personas")
+    remember(history)
+    readline.add_history("alice: Down the hole")
+    remember(history)
+    assert history.read_text().split("\n")[-3:-1] == ["/personas", "alice: Down the hole"]
+    readline.clear_history()
+    enable_line_editing(history)  # the next session starts with the last one's lines
+    assert [readline.get_history_item(i) for i in (1, 2)] == ["/personas", "alice: Down the hole"]
+    readline.clear_history()
