@@ -54,6 +54,16 @@ def _from_database(name: str, settings: Settings) -> Path | None:
         return None
 
 
+def saved_run_config(out_dir: Path) -> dict:
+    """The training settings of the run in out_dir ({} when there is none or it is unreadable)."""
+    from trainer.checkpoint import CheckpointError, read_meta
+
+    try:
+        return read_meta(out_dir / "last.safetensors").get("train_config", {})
+    except (CheckpointError, OSError):
+        return {}
+
+
 def persona_names(settings: Settings) -> list[str]:
     from db.bundled import bundled_checkpoints
 

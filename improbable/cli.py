@@ -49,22 +49,6 @@ def _checkpoint(name_or_path: str) -> Path:
         _fail(str(e))
 
 
-def _saved_config(out_dir: Path) -> dict:
-    """The training settings of the run in out_dir ({} when there is none or it is unreadable)."""
-    from trainer.checkpoint import CheckpointError, read_meta
-
-    try:
-        return read_meta(out_dir / "last.safetensors").get("train_config", {})
-    except (CheckpointError, OSError):
-        return {}
-
-
-def _corpus_file(name_or_path: str) -> Path:
-    from trainer.corpus import find_corpus
-
-    return find_corpus(name_or_path, get_settings().corpus_dirs)
-
-
 def _load_corpus(name_or_path: str):
     from trainer.corpus import CorpusError, load_corpus
 
@@ -128,6 +112,8 @@ def train(
     """Train a model; resumes an interrupted run in the same --out folder exactly where it stopped."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from improbable.checkpoints import saved_run_config
+    from trainer.corpus import find_corpus
     from trainer.recipes import load_recipe
     from trainer.train import TrainConfig, TrainingDiverged
     from trainer.train import train as run_training
@@ -150,13 +136,18 @@ def train(
         _fail("say what to train on: --recipe NAME or --corpus NAME_OR_PATH")
     settings["out_dir"] = str(out or Path("runs") / Path(settings["corpus"]).stem)
     budget = ("minutes", "max_steps", "max_epochs")
-    if not any(settings.get(k) for k in budget):  # a resumed run keeps its budget; a new one gets 3 minutes
-        saved = _saved_config(Path(settings["out_dir"])) if resume else {}
-        settings.update({k: saved[k] for k in budget if saved.get(k)} or {"minutes": 3.0})
+    # Resuming: the run's own settings (batch shape, budget...) unless the command line says otherwise;
+    # a budget on the command line replaces the run's whole budget (it is the new total).
+    saved = saved_run_config(Path(settings["out_dir"])) if resume else {}
+    given_budget = any(v is not None for v in (minutes, max_steps, epochs))
+    settings = {**{k: v for k, v in saved.items() if k not in ("out_dir", "name", "corpus_path")
+                   and not (given_budget and k in budget)}, **settings}
+    if not any(settings.get(k) for k in budget):
+        settings["minutes"] = 3.0
     settings.setdefault("name", recipe or Path(settings["out_dir"]).name)
     config = TrainConfig.from_dict(settings)
     text = _load_corpus(config.corpus)
-    config.corpus_path = str(_corpus_file(config.corpus).resolve())
+    config.corpus_path = str(find_corpus(config.corpus, get_settings().corpus_dirs).resolve())
     console.print(f"training [bold]{config.family}[/] on {config.corpus} ({text.n_chars:,} chars) → {config.out_dir}")
     for warning in text.warnings:
         console.print(f"[yellow]note:[/] {warning}")
@@ -172,7 +163,7 @@ def train(
             bar.update(task, completed=p.fraction,
                        status=f"step {p.step} loss {p.loss:.3f}{val}{best} {p.tokens_per_s:,.0f} tok/s")
             if event == "resume":
-                bar.console.print(details["message"], highlight=False)
+                bar.console.print(details["message"], highlight=False, soft_wrap=True)
             elif event == "sample":
                 bar.console.print(f"[dim]sample at step {p.step}:[/] {details['text'][:300]!r}")
             elif event == "warning":

@@ -383,3 +383,19 @@ def test_train_refuses_to_resume_on_another_corpus(trained, tmp_path):
         invoke("train", "--corpus", other, "--max-steps", "1", "--out", target),
         "trained on a different corpus",
     )
+
+
+def test_rerunning_a_run_keeps_its_settings_and_the_budget_is_the_total(trained, tmp_path):
+    """The same folder again: its own batch shape and model; a bigger --max-steps continues and says so; the
+    same budget again says the run is done and how to go on."""
+    corpus, _, _ = trained
+    out = tmp_path / "run"
+    ok("train", "--corpus", corpus, "--max-steps", "3", "--hidden", "16", "--layers", "1", "--batch-size", "4",
+       "--seq-len", "16", "--init", "", "--out", out)
+    more = flat(ok("train", "--corpus", corpus, "--max-steps", "5", "--out", out).output)
+    assert f"resuming {out} from step 3, 2 steps left of 5" in more and "done (finished) after 5 steps" in more
+    again = flat(ok("train", "--corpus", corpus, "--out", out).output)
+    assert f"{out} finished at step 5 after" in again and "pass --max-steps 105 (the total)" in again
+    assert "done (" not in again
+    fails_cleanly(invoke("train", "--corpus", corpus, "--max-steps", "9", "--batch-size", "8", "--out", out),
+                  "was trained with batch size, seq len [4, 16]", "--no-resume")

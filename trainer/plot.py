@@ -24,7 +24,7 @@ def plot_history(history: list[dict], path: str | Path, title: str = "training",
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     train = train_log or [{"step": h["step"], "train_loss": h["train_loss"]} for h in history]
     ax.plot([t["step"] for t in train], [t["train_loss"] * scale for t in train], color="#888888", linewidth=1,
-            label="train (moving average: lags behind, and dropout is on)")
+            label="train (moving average of recent batches: it lags behind)")
     evals = [h for h in history if h.get("val_loss") is not None and math.isfinite(h["val_loss"])]
     if evals:
         ax.plot([h["step"] for h in evals], [h["val_loss"] * scale for h in evals], color="#c2410c", marker="o",

@@ -181,6 +181,9 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
     batch_size, seq_len, shrink = fit_batch_shape(len(train_ids), config.batch_size, config.seq_len)
     if shrink:
         warnings.append(shrink)
+    if resuming and saved.meta.get("batch_shape", [batch_size, seq_len]) != [batch_size, seq_len]:
+        raise ValueError(f"{last_path} was trained with batch size, seq len {saved.meta['batch_shape']}: resume it "
+                         f"with those (not {batch_size}, {seq_len}), or start afresh (resume=False, --no-resume)")
     train_data = TokenStreams(train_ids, batch_size, seq_len)
     val_batch, val_seq, _ = fit_batch_shape(max(len(val_ids), 2), min(32, batch_size), seq_len, min_seq_len=1)
     if config.eval_tokens and len(val_ids) > config.eval_tokens:  # a big corpus: score an even spread of it
