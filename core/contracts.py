@@ -8,17 +8,18 @@
 - `RunProgress`: the progress record of a training run (the `training_runs.progress` JSON and the train
   task's PROGRESS meta), written by the trainer service and read by the bot, the console and the metrics.
 - `parse_cron`: a schedule's cron expression, checked by the service and evaluated by the worker.
-- `checkpoint_metadata`: the JSON metadata of a checkpoint file (safetensors header), read without torch.
+- `checkpoint_metadata`: a checkpoint's validated metadata, torch-free (core.checkpoints.meta_from_bytes).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core.checkpoints import meta_from_bytes
 
 MAX_TOKENS_CEILING = 100_000  # a sanity bound; deployments cap lower (IMPROBABLE_MAX_GENERATE_TOKENS)
 SEED_MAX = 2**63 - 1  # generations.seed is a signed 64-bit column
@@ -40,7 +41,8 @@ class SamplingParams(BaseModel):
                                  description="Improbability drive: pick tokens whose probability is nearest "
                                  "this (0 = off)")
     tolerance: float = Field(0.0, ge=0, le=10,
-                             description="Improbability band: tokens within p/(1+t) to p·(1+t) (0 = a factor of 2)")
+                             description="Improbability band [p/(1+t), p·(1+t)]; 0 = the default band, a factor of "
+                             "2 either way")
     repetition_penalty: float = Field(1.0, ge=1, le=10, title="repetition penalty",
                                       description="> 1 discourages recently used tokens")
     repetition_window: int = Field(32, ge=1, le=4096, title="repetition window",
@@ -237,19 +239,6 @@ class RunProgress(BaseModel):
 
 
 def checkpoint_metadata(data: bytes, name: str = "checkpoint") -> dict:
-    """The Improbable metadata of a checkpoint (the JSON under `__metadata__["improbable"]` in the
-    safetensors header), without torch and without reading the tensors. ValueError, naming the file and
-    what is wrong, when it is not such a file. trainer.checkpoint adds its format and checksum checks."""
-    if len(data) < 8:
-        raise ValueError(f"{name}: not a checkpoint (only {len(data)} bytes)")
-    header_len = int.from_bytes(data[:8], "little")
-    if header_len > len(data) - 8:
-        raise ValueError(f"{name}: truncated or not a safetensors file "
-                         f"(header says {header_len} bytes, file has {len(data)})")
-    try:
-        meta = json.loads(json.loads(data[8:8 + header_len])["__metadata__"]["improbable"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{name}: not an Improbable checkpoint (no readable metadata: {e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{name}: not an Improbable checkpoint (metadata is not a JSON object)")
-    return meta
+    """The validated metadata of a checkpoint in memory, torch-free: core.checkpoints.meta_from_bytes, the one
+    header reader (kept under this name for its callers). CheckpointError, a ValueError, when it is refused."""
+    return meta_from_bytes(data, name)

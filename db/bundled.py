@@ -2,8 +2,8 @@
 available, trained by scripts/train_bundled.py from the checked-in recipes (model cards beside them).
 
 `register_bundled()` makes each one its persona's active checkpoint when the persona has none yet, so a
-fresh install talks at once. Torch-free: the header's JSON is read directly
-(core.contracts.checkpoint_metadata), which is all it needs.
+fresh install talks at once. Torch-free: the metadata comes from the one header reader
+(core.checkpoints.meta_from_bytes), which refuses a bad file as the trainer's loader would.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from core.contracts import checkpoint_metadata
+from core.checkpoints import meta_from_bytes
 from db.personas import get_persona
 from db.queries import add_checkpoint
 from db.storage import Storage, checkpoint_key
@@ -32,7 +32,7 @@ def register_bundled(session: Session, storage: Storage) -> list[str]:
         if persona is None or persona.active_checkpoint_id is not None:
             continue
         data = path.read_bytes()
-        metrics = checkpoint_metadata(data, path.name).get("metrics", {})
+        metrics = meta_from_bytes(data, path.name).get("metrics", {})
         key = checkpoint_key(slug, "bundled", "best")
         storage.put(key, data)
         add_checkpoint(session, persona, key, name="bundled", val_loss=metrics.get("val_loss"), metrics=metrics,
