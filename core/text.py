@@ -11,7 +11,6 @@ Standard library only.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import re
 import unicodedata
@@ -22,6 +21,8 @@ DEFAULT_MAX_BYTES = 50_000_000
 DEFAULT_MAX_LINE_CHARS = 100_000
 DEFAULT_MIN_CHARS = 200
 MAX_CONTROL_FRACTION = 0.10  # above this share of control characters a "text" is really binary data
+MAX_INVISIBLE_FRACTION = 0.50  # above this share of invisible non-space characters there is no text to learn
+_INVISIBLE = {"Cf", "Co", "Cn", "Cs"}  # format (bidi, zero-width), private use, unassigned, surrogates
 HTML_LINE_FRACTION = 0.30  # above this share of lines that open with a tag, the text is markup
 # Between the documents of a multi-document corpus: a paragraph break the model can learn to read as
 # "a new text starts here", made only of characters every corpus has.
@@ -43,7 +44,7 @@ class CorpusError(ValueError):
 @dataclass(frozen=True)
 class DecodedCorpus:
     text: str  # NFC, "\n" newlines, Project Gutenberg boilerplate removed
-    encoding: str  # "utf-8", "utf-8-sig", "utf-16-le", "utf-16-be" or "cp1252"
+    encoding: str  # "utf-8", "utf-8-sig", "utf-16-le", "utf-16-be", or the legacy one found ("cp1252", "cp932", ...)
     sha256: str  # of the raw bytes, so the same upload always gets the same address
     n_bytes: int
     n_chars: int  # code points: what the char tokenizer sees
@@ -108,9 +109,10 @@ _MAGIC = [(re.compile(pattern, re.DOTALL), code, what, todo) for pattern, code, 
     (rb"MZ\x90\x00", "binary", "a Windows program", _PLAIN),
 ]]
 
-# cp1252 leaves 0x81 0x8D 0x8F 0x90 0x9D undefined; we map them as latin-1 does (to the C1 controls
-# U+0081...) instead of failing, so the fallback decodes any byte string. They count as control characters.
-_CP1252_TABLE = "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in range(256))
+# UTF-8 with stray bytes is repaired (the stray bytes dropped) only when its correct multi-byte characters
+# outnumber the broken ones this many times; below that it is mixed or legacy-encoded text.
+MIN_GOOD_PER_BAD_BYTE = 10
+MAX_MESS = 0.10  # charset-normalizer's "chaos" of a legacy decoding: above it the result would be mojibake
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # Cc, minus \t \n \f \r
 _TAG_LINE = re.compile(r"^[ \t]*</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.MULTILINE)
@@ -150,7 +152,8 @@ def _check_magic(data: bytes) -> None:
 
 
 def _decode(data: bytes) -> tuple[str, str, list[str]]:
-    """Return (text, encoding, warnings): BOM first, then strict UTF-8, then cp1252."""
+    """Return (text, encoding, warnings): BOM first, then UTF-8 (strict, or repaired when only a few stray
+    bytes are broken), then the legacy encoding charset-normalizer finds, or CorpusError("encoding")."""
     if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         raise CorpusError("encoding", "The file is UTF-32 text, which is not supported: save it as UTF-8.")
     for bom, encoding in ((b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
@@ -164,15 +167,69 @@ def _decode(data: bytes) -> tuple[str, str, list[str]]:
         try:
             return data[3:].decode("utf-8"), "utf-8-sig", []
         except UnicodeDecodeError:
-            pass  # a BOM followed by non-UTF-8 bytes: fall through to cp1252 like any other invalid UTF-8
+            data = data[3:]  # a BOM followed by non-UTF-8 bytes: judged like any other invalid UTF-8
     if b"\x00" in data:
         raise CorpusError("binary", "The file contains NUL bytes, so it is not plain text (if it is UTF-16 "
                                     "text without a byte-order mark, save it as UTF-8).")
     try:
         return data.decode("utf-8"), "utf-8", []
+    except UnicodeDecodeError as e:
+        first_bad = e.start
+    # A UTF-8 text with a few stray bytes (a bad copy-paste, a truncated last character): decoding it all as a
+    # legacy encoding would turn every correct curly quote into "â€œ", so drop the stray bytes instead. Only
+    # when correct multi-byte characters clearly outnumber the broken ones: half and half is mixed encodings.
+    repaired = data.decode("utf-8", "ignore")
+    n_bad = data.decode("utf-8", "replace").count("\ufffd") - repaired.count("\ufffd")
+    n_good = len(repaired) - len(repaired.encode("ascii", "ignore"))
+    if n_good >= MIN_GOOD_PER_BAD_BYTE * n_bad:
+        return repaired, "utf-8", [f"Removed {plural(n_bad, 'byte')} that {'was' if n_bad == 1 else 'were'} not "
+                                   f"valid UTF-8 (the first at byte {first_bad:,})."]
+    found = _legacy_encoding(data)
+    if found is None:
+        mixed = " Parts of it are UTF-8 and parts are not (mixed encodings)." if n_good else ""
+        raise CorpusError("encoding", "The file is not UTF-8, and no other text encoding fits it with confidence."
+                                      f"{mixed} Open it in a text editor and save it as UTF-8.")
+    return found[0], found[1], [f"Decoded as {found[1]} (not valid UTF-8)."]
+
+
+def _legacy_encoding(data: bytes) -> tuple[str, str] | None:
+    """(text, encoding) of non-UTF-8 bytes by charset-normalizer, or None when nothing fits confidently
+    (binary data, mixed encodings). Among equally good candidates cp1252 wins when it reads the bytes the
+    same way: the detector often names cp1250 or cp1257 for Western text, which would show "è" as "č"."""
+    import charset_normalizer  # imported here: only non-UTF-8 uploads pay for it
+
+    results = list(charset_normalizer.from_bytes(data))
+    if not results:
+        return None
+    best = results[0]
+    if best.chaos > MAX_MESS:
+        return None
+    try:
+        as_cp1252 = data.decode("cp1252")
     except UnicodeDecodeError:
-        text, _ = codecs.charmap_decode(data.removeprefix(b"\xef\xbb\xbf"), "strict", _CP1252_TABLE)
-        return text, "cp1252", ["Decoded as cp1252 (not valid UTF-8)."]
+        as_cp1252 = None
+    tied = [r for r in results if r.chaos <= best.chaos + 0.01 and r.coherence >= best.coherence - 0.01]
+    if as_cp1252 is not None and any(r.encoding == "cp1252" or str(r) == as_cp1252 for r in tied):
+        return as_cp1252, "cp1252"
+    try:
+        return data.decode(best.encoding), best.encoding.replace("_", "-")
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def _check_visible(text: str) -> None:
+    """CorpusError("no_text") for a text made (almost) only of invisible characters: bidi and other format
+    controls, private-use or unassigned code points, with whitespace. Counted over distinct characters
+    first, so a 50 MB text costs one count per invisible character that occurs, not per code point."""
+    invisible = [c for c in set(text) if unicodedata.category(c) in _INVISIBLE]
+    if not invisible:
+        return
+    n_invisible = sum(text.count(c) for c in invisible)
+    n_visible = sum(map(len, text.split())) - n_invisible  # str.split: whitespace counted in C, not per char
+    if n_visible <= 0 or n_invisible > MAX_INVISIBLE_FRACTION * (n_visible + n_invisible):
+        raise CorpusError("no_text", f"The file has no readable text: {n_invisible / len(text):.0%} of its "
+                                     "characters are invisible (direction marks, format or private-use "
+                                     "characters). Upload a plain .txt file with the text itself.")
 
 
 def _looks_like_html(text: str) -> bool:
@@ -222,10 +279,17 @@ def decode_corpus(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
     text, encoding, warnings = _decode(data)
     if not text.strip():
         raise CorpusError("empty", "The file contains only whitespace, no text.")
+    if "\x00" in text:  # UTF-16 can carry U+0000 past the NUL-byte check; it must never reach a vocabulary
+        raise CorpusError("binary", "The text contains NUL characters (U+0000), so it is not plain text: "
+                                    "upload a plain .txt file.")
     n_control = len(_CONTROL.findall(text))
     if n_control > MAX_CONTROL_FRACTION * len(text):
         raise CorpusError("binary", f"{n_control / len(text):.0%} of the characters are control characters, so "
                                     "this is binary data, not text: upload a plain .txt file.")
+    if n_control:  # a few escape or backspace characters: noise a model would learn and print into Discord
+        text = _CONTROL.sub("", text)
+        warnings.append(f"Removed {plural(n_control, 'control character')}.")
+    _check_visible(text)
 
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if _looks_like_html(text):

@@ -54,8 +54,6 @@ DECODES = [
     ("utf-16-le", b"\xff\xfe" + "café 🎉\n".encode("utf-16-le"), "café 🎉\n", "utf-16-le"),
     ("utf-16-be", b"\xfe\xff" + "café 🎉\n".encode("utf-16-be"), "café 🎉\n", "utf-16-be"),
     ("cp1252", b"caf\xe9 \x93quoted\x94 \x80 5\n", "café “quoted” € 5\n", "cp1252"),
-    ("cp1252-undefined-bytes-as-latin-1", b"caf\xe9 au lait, \x81 and \x8d\n", "café au lait, \x81 and \x8d\n",
-     "cp1252"),
     ("cp1252-after-bom", b"\xef\xbb\xbfcaf\xe9\n", "café\n", "cp1252"),
     ("nfc", "cafe\u0301 n\u0303\n".encode(), "café ñ\n", "utf-8"),
     ("crlf", b"one\r\ntwo\r\n", "one\ntwo\n", "utf-8"),
@@ -63,7 +61,7 @@ DECODES = [
     ("mixed-newlines", b"a\r\n\rb\nc", "a\n\nb\nc", "utf-8"),
     ("emoji-rtl-zwj", f"{FAMILY} שלום مرحبا a\u200db 👍🏽\n".encode(), f"{FAMILY} שלום مرحبا a\u200db 👍🏽\n", "utf-8"),
     ("utf-16-astral-nfc", b"\xff\xfe" + "e\u0301 𝄞\r\n".encode("utf-16-le"), "é 𝄞\n", "utf-16-le"),
-    ("few-control-chars-kept", b"text with a \x1b escape and a \x0b tab\n", "text with a \x1b escape and a \x0b tab\n",
+    ("few-control-chars-removed", b"text with a \x1b escape and a \x0b tab\n", "text with a  escape and a  tab\n",
      "utf-8"),
     ("br-tags-inside-lines", b"Great film.<br /><br />Loved it.\nAwful <i>movie</i>.\n",
      "Great film.<br /><br />Loved it.\nAwful <i>movie</i>.\n", "utf-8"),
@@ -83,6 +81,50 @@ def test_decodes(raw, text, encoding):
 def test_cp1252_fallback_warns_and_utf8_does_not():
     assert decode(b"caf\xe9 au lait\n").warnings == ("Decoded as cp1252 (not valid UTF-8).",)
     assert decode("café au lait\n".encode()).warnings == ()
+
+
+# issue 12: legacy encodings through charset-normalizer, never mojibake
+PROSE = "It was the best of times. \u201cQuoted,\u201d she said \u2014 caf\u00e9 na\u00efve, tr\u00e8s bien. " * 20
+
+
+def test_shift_jis_is_decoded_as_japanese_not_cp1252_mojibake():
+    text = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n" * 10
+    corpus = decode(text.encode("shift_jis"))
+    assert corpus.text == text and corpus.encoding == "cp932"
+
+
+def test_western_legacy_text_is_cp1252_so_e_grave_stays_e_grave():
+    corpus = decode(PROSE.encode("cp1252"))
+    assert (corpus.text, corpus.encoding) == (PROSE, "cp1252")  # the detector alone names cp1250: "è" -> "č"
+
+
+def test_utf8_with_a_few_stray_bytes_keeps_its_curly_quotes():
+    good = PROSE.encode()
+    raw = good[:300] + b"\x93" + good[300:] + b"\xff\xfe"
+    corpus = decode(raw)
+    assert corpus.text == PROSE and corpus.encoding == "utf-8" and "â€" not in corpus.text
+    assert corpus.warnings == ("Removed 3 bytes that were not valid UTF-8 (the first at byte 300).",)
+
+
+def test_mixed_utf8_and_cp1252_is_refused():
+    err = error(PROSE.encode() + PROSE.encode("cp1252"))
+    assert err.code == "encoding" and "mixed encodings" in err.message
+
+
+def test_utf16_with_nul_characters_is_refused():
+    err = error(b"\xff\xfe" + ("abc\x00def " * 50).encode("utf-16-le"))
+    assert err.code == "binary" and "U+0000" in err.message
+
+
+@pytest.mark.parametrize("raw", ["\u202e\u200f\u2066\u2069\n".encode() * 100, "\u200b \ue000 \u200d\n".encode() * 100,
+                                 ("\u202e\u2066a" * 300).encode()], ids=["bidi-only", "zero-width-private", "mostly-bidi"])
+def test_invisible_only_text_is_refused(raw):
+    assert error(raw).code == "no_text"
+
+
+def test_rtl_text_with_direction_marks_is_kept():
+    text = "\u200fשלום עולם, مرحبا بالعالم\n" * 20
+    assert decode(text.encode()).text == text
 
 
 def test_odd_unicode_counts_code_points():
@@ -291,7 +333,7 @@ def test_never_crashes_on_random_bytes():
             decode(raw)
         except CorpusError as err:
             assert err.code in {"empty", "too_small", "binary", "compressed", "html", "too_large",
-                                "line_too_long", "encoding"}
+                                "line_too_long", "encoding", "no_text"}
 
 
 # -----------------------------------------------------------------------------
