@@ -13,22 +13,16 @@ probability p in (0, 1] for what is written next, under the model at temperature
   whose probability lies in the band [p / (1 + tolerance), p · (1 + tolerance)]; tolerance 0 means the
   default, 1 (a factor of 2 either way). If the band is empty, take the token nearest p in log space.
   p = 1 is greedy.
-- Character models: the target applies to whole *words*. At a word boundary, when the model starts
-  a word, `WORD_CANDIDATES` candidate words are rolled out from the stream's state (batched, at a
-  mix of temperatures so the tail is explored), each scored by its probability under the model:
-  P(word | a word starts here) = P(first letter | a letter comes) · Π P(next letters) · P(a non-word
-  character follows). The candidate is chosen from that scored set exactly as a word model's token
-  is chosen from its vocabulary (seeded within the band, else nearest in log space), then written
-  letter by letter, and the character after it is forced to end the word. Between words the model
-  writes as usual at the row's temperature.
+- Character models: the target applies to whole *words*, chosen among candidate words rolled out and
+  scored at each word boundary: trainer/word_drive.py.
 
 Special tokens (`<unk>` and anything spelled `<...>`) are never generated in any mode: they are
 masked out of the logits, so every probability reported is the model's over what it may write.
 Each improbability pick is recorded on the stream: `Stream.picks` = [(word or token, probability)].
 
-Randomness comes from a counter-based hash of (seed, position), not from a shared generator, so a
-stream's draws do not depend on which other streams share its batch: same checkpoint, prompt,
-parameters and seed give the same text.
+Randomness comes from a counter-based hash of (seed, position) (trainer/draws.py), so a stream's draws do
+not depend on which other streams share its batch: same checkpoint, prompt, parameters and seed give the
+same text.
 """
 
 from __future__ import annotations
@@ -41,16 +35,14 @@ import torch
 
 from core.text import DOCUMENT_SEPARATOR
 
+from .draws import DEFAULT_TOLERANCE, effective_tolerance, inverse_cdf, uniform, vocab_mask
+from .draws import seed_key as _seed_key
 from .model import LanguageModel, State, cat_states, select_state
+from .word_drive import WordDrive
 
-DEFAULT_TOLERANCE = 1.0  # improbability band when none is given: [p/2, 2p]
-WORD_CANDIDATES = 48  # character models: rollouts per word boundary
-MAX_WORD_LETTERS = 20  # a candidate longer than this is dropped
-# Rollout temperatures, cycled over the candidates: half at the model's own distribution, the rest
-# hotter so that rare words (small targets) turn up among the candidates. Scores are always at T = 1.
-ROLLOUT_TEMPERATURES = (1.0, 1.0, 1.5, 2.0)
-PRUNE_BELOW_BAND = 100.0  # a rollout whose prefix is this far below the band can no longer matter
-APOSTROPHES = ("'", "’")  # inside a word (don't, o’er); a word always starts with a letter
+# uniform and DEFAULT_TOLERANCE are re-exported: callers and tests know them as trainer.sample's.
+__all__ = ["BatchSampler", "SamplingParams", "Stream", "generate", "choose", "uniform", "is_special",
+           "DEFAULT_TOLERANCE"]
 
 
 @dataclass
@@ -123,17 +115,10 @@ class BatchSampler:
         self.recent = torch.empty(0, 0, dtype=torch.long, device=self.device)  # repetition window per row
         self._rows: _RowParams | None = None
         vocab = list(tokenizer.vocab)
-        self._banned = _mask(vocab, is_special, self.device)  # never generated, in any mode
+        self._banned = vocab_mask(vocab, is_special, self.device)  # never generated, in any mode
         self._any_banned = bool(self._banned.any())
-        # The word-level drive (character models only): which characters make up words.
-        self._words_by_rollout = tokenizer.kind == "char"
-        self._letters = _mask(vocab, str.isalpha, self.device)
-        self._word_chars = _mask(vocab, lambda ch: ch.isalpha() or ch in APOSTROPHES, self.device)
-        self._letter_ids = set(torch.nonzero(self._letters).flatten().tolist())
-        # Per row: letters of the chosen word still to write, and "the word just ended" (the next
-        # character must not extend it, or its scored probability would be a lie).
-        self._pending: list[list[int]] = []
-        self._end_word: list[bool] = []
+        # The word-level improbability drive, for character models only (word models pick tokens directly).
+        self._words = WordDrive(self.model, vocab, self.device) if tokenizer.kind == "char" else None
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -160,8 +145,8 @@ class BatchSampler:
         self.current = torch.cat([self.current, prompt_ids[-1:]])
         self.recent = torch.cat([_widen(self.recent, window), recent])
         self.streams.append(stream)
-        self._pending.append([])
-        self._end_word.append(False)
+        if self._words is not None:
+            self._words.join()
         self._rows = None
         return stream
 
@@ -171,12 +156,13 @@ class BatchSampler:
         if not self.streams:
             return []
         if self._rows is None:
-            self._rows = _RowParams(self.streams, self.device, token_level=not self._words_by_rollout)
+            self._rows = _RowParams(self.streams, self.device, token_level=self._words is None)
         rows = self._rows
         logits, self.state = self.model.step(self.current, self.state)
         tokens, probs, model_probs = _choose(logits, rows, self.recent, self._step_mask())
-        if self._words_by_rollout and rows.any_word_target:
-            tokens, probs = self._drive_words(logits, tokens, probs, model_probs)
+        if self._words is not None and rows.any_word_target:
+            tokens, probs = self._words.drive(self.streams, rows, self.state, self.current, logits, tokens, probs,
+                                              model_probs)
         elif rows.any_improbable:
             self._record_token_picks(tokens, probs)
         rows.counters += 1
@@ -199,118 +185,15 @@ class BatchSampler:
 
     def _step_mask(self) -> torch.Tensor | None:
         """Tokens no row may pick this step: special tokens, and word characters right after a driven word."""
-        if not any(self._end_word):
-            return self._banned if self._any_banned else None
-        ended = torch.tensor(self._end_word, device=self.device)
-        self._end_word = [False] * len(self._end_word)
-        return self._banned | (ended[:, None] & self._word_chars)
+        ended_words = self._words.step_mask(self._banned) if self._words is not None else None
+        if ended_words is not None:
+            return ended_words
+        return self._banned if self._any_banned else None
 
     def _record_token_picks(self, tokens: torch.Tensor, probs: torch.Tensor) -> None:
         for stream, token, p in zip(self.streams, tokens.tolist(), probs.tolist()):
             if stream.params.improbability > 0:
                 stream.picks.append((self.tokenizer.vocab[token], p))
-
-    def _drive_words(self, logits, tokens, probs, model_probs):
-        """Character rows with a target: write pending letters, or choose a whole word where one starts."""
-        tokens, probs = tokens.tolist(), probs.tolist()
-        previous = self.current.tolist()
-        starting = []
-        for row, stream in enumerate(self.streams):
-            if stream.params.improbability <= 0:
-                continue
-            if self._pending[row]:
-                tokens[row] = self._pending[row].pop(0)
-                probs[row] = float(model_probs[row, tokens[row]])
-                self._end_word[row] = not self._pending[row]
-            elif tokens[row] in self._letter_ids and previous[row] not in self._letter_ids:
-                starting.append(row)  # the model starts a word here: the drive decides which
-        if starting:
-            for row, choice in zip(starting, self._choose_words(starting, logits)):
-                if choice is None:  # no usable candidate (very rare): the sampled letter stands
-                    continue
-                word, letters, probability = choice
-                self.streams[row].picks.append((word, probability))
-                tokens[row], self._pending[row] = letters[0], letters[1:]
-                probs[row] = float(model_probs[row, letters[0]])
-                self._end_word[row] = not self._pending[row]
-        return (torch.tensor(tokens, dtype=torch.long, device=self.device),
-                torch.tensor(probs, dtype=torch.float32, device=self.device))
-
-    def _choose_words(self, rows: list[int], logits: torch.Tensor) -> list[tuple[str, list[int], float] | None]:
-        """Roll out candidate words for each row (all rows' candidates in one batch), score and choose."""
-        K, L = WORD_CANDIDATES, MAX_WORD_LETTERS
-        index = torch.tensor(rows, dtype=torch.long, device=self.device)
-        params = self._rows.select(index)
-        n = len(rows) * K
-        owner = torch.arange(len(rows), device=self.device).repeat_interleave(K)
-        temps = torch.tensor(ROLLOUT_TEMPERATURES, device=self.device).repeat(K)[:K].repeat(len(rows))
-        seeds = _mix32(params.seeds ^ 0x5BD1E995)[owner]  # a stream of draws apart from the main one
-        # Candidate k of a row draws its letters at counters position·K(L+1) + k(L+1) + j: all distinct.
-        candidate = torch.arange(K, device=self.device).repeat(len(rows))
-        counters = params.counters[owner] * (K * (L + 1)) + candidate * (L + 1)
-        tolerance = _effective_tolerance(params.tolerance)
-        log_target = params.word_target.double().log()
-        prune = (log_target - torch.log1p(tolerance.double()) - math.log(PRUNE_BELOW_BAND))[owner]
-
-        # First letter: the model's distribution given that a letter comes (a word starts here).
-        logp = torch.log_softmax(logits[index].float(), 1).masked_fill(~self._letters, -math.inf)
-        logp = (logp - logp.logsumexp(1, keepdim=True))[owner]
-        char = _inverse_cdf(torch.softmax(logp / temps[:, None], 1), uniform(seeds, counters).float())
-        score = logp.gather(1, char[:, None]).squeeze(1).double()
-        spelled = torch.full((n, L), -1, dtype=torch.long, device=self.device)
-        spelled[:, 0] = char
-        final = torch.full((n,), math.nan, dtype=torch.float64, device=self.device)
-        alive = torch.arange(n, device=self.device)
-        # Candidates that share a prefix share its model state, so the rollout steps each distinct prefix
-        # (a node of the candidates' trie) once: `nodes` = parent · V + last letter, `node_of` per candidate.
-        V = logits.size(1)
-        nodes, node_of = torch.unique(owner * V + char, return_inverse=True)
-        state = select_state(self.state, index[nodes // V])
-        for j in range(1, L + 1):
-            step_logits, state = self.model.step(nodes % V, state)
-            step_logits = step_logits.float()
-            logp = torch.log_softmax(step_logits, 1)
-            end_logp = logp.masked_fill(self._word_chars, -math.inf).logsumexp(1).double()[node_of]
-            u = uniform(seeds[alive], counters[alive] + j).float()
-            nxt = _inverse_cdf(torch.softmax(step_logits[node_of] / temps[alive, None], 1), u)
-            ends = ~self._word_chars[nxt]
-            final[alive[ends]] = score[ends] + end_logp[ends]
-            score = score + logp[node_of, nxt].double()
-            go_on = ~ends & (score >= prune[alive])
-            if j == L or not bool(go_on.any()):
-                break
-            spelled[alive[go_on], j] = nxt[go_on]
-            alive, score = alive[go_on], score[go_on]
-            nodes, node_of = torch.unique(node_of[go_on] * V + nxt[go_on], return_inverse=True)
-            state = select_state(state, nodes // V)
-
-        choices = []
-        u_choice = uniform(_mix32(params.seeds ^ 0x2545F491), params.counters).tolist()
-        finals, spelled_rows = final.view(len(rows), K).tolist(), spelled.view(len(rows), K, L).tolist()
-        for r in range(len(rows)):
-            candidates = {}
-            for log_p, ids in zip(finals[r], spelled_rows[r]):
-                if not math.isnan(log_p):
-                    letters = [c for c in ids if c >= 0]
-                    candidates.setdefault("".join(self.tokenizer.vocab[c] for c in letters), (log_p, letters))
-            if not candidates:
-                choices.append(None)
-                continue
-            words = sorted(candidates)  # a fixed order, so the seeded pick depends on nothing else
-            distance = [abs(candidates[w][0] - float(log_target[r])) for w in words]
-            band = [w for w, d in zip(words, distance) if d <= math.log1p(float(tolerance[r])) + 1e-12]
-            if band:  # a draw from the model's distribution over the band's words, as for word models
-                weights = [math.exp(candidates[w][0]) for w in band]
-                x, word = u_choice[r] * sum(weights), band[-1]
-                for w, weight in zip(band, weights):
-                    if x < weight:
-                        word = w
-                        break
-                    x -= weight
-            else:
-                word = words[distance.index(min(distance))]
-            choices.append((word, candidates[word][1], math.exp(candidates[word][0])))
-        return choices
 
     def _append(self, stream: Stream, token: int, probability: float) -> None:
         stream.tokens.append(token)
@@ -333,8 +216,8 @@ class BatchSampler:
     def _leave(self, keep: list[int]) -> None:
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.streams = [self.streams[i] for i in keep]
-        self._pending = [self._pending[i] for i in keep]
-        self._end_word = [self._end_word[i] for i in keep]
+        if self._words is not None:
+            self._words.keep(keep)
         self.state = select_state(self.state, index) if keep else None
         self.current, self.recent = self.current[index], self.recent[index]
         self._rows = self._rows.select(index) if keep else None
@@ -343,10 +226,6 @@ class BatchSampler:
 def is_special(token: str) -> bool:
     """`<unk>` and any other `<name>` marker: never written, in any sampling mode."""
     return len(token) > 2 and token.startswith("<") and token.endswith(">")
-
-
-def _mask(vocab: list[str], predicate, device: torch.device) -> torch.Tensor:
-    return torch.tensor([bool(predicate(t)) for t in vocab], dtype=torch.bool, device=device)
 
 
 def _widen(recent: torch.Tensor, window: int) -> torch.Tensor:
@@ -395,26 +274,6 @@ class _RowParams:
         return new
 
 
-_M32 = 0xFFFFFFFF
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    # A well-mixing 32-bit integer hash; all products stay below 2**63 in int64.
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
-    return (x >> 16) ^ x
-
-
-def _seed_key(seed: int) -> int:
-    return (seed ^ (seed >> 32) * 0x9E3779B1) & _M32
-
-
-def uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
-    """U[0, 1) for each (seed, counter), independent of batch composition."""
-    x = _mix32(_mix32(seeds) ^ ((counters * 0x27D4EB2F) & _M32))
-    return x.double() / 2.0**32
-
-
 def choose(logits: torch.Tensor, rows: _RowParams, recent: torch.Tensor,
            banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row. Returns (tokens, probability of each token under the model at T=1).
@@ -452,7 +311,7 @@ def _choose(logits, rows, recent, banned=None):
         probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs.masked_fill(drop, 0.0))
 
     u = uniform(rows.seeds, rows.counters).to(probs.dtype)
-    tokens = _inverse_cdf(probs, u)
+    tokens = inverse_cdf(probs, u)
     if rows.any_greedy:
         tokens = torch.where(rows.temperature == 0, logits.argmax(1), tokens)
     if rows.any_improbable:
@@ -465,22 +324,12 @@ def _improbable_tokens(logits: torch.Tensor, rows: _RowParams, u: torch.Tensor) 
     token nearest the target in log space."""
     log_probs = torch.log_softmax(logits, dim=1)  # banned tokens: -inf, never near anything
     distance = (log_probs - rows.target.clamp_min(1e-30).log()[:, None]).abs()
-    band = distance <= torch.log1p(_effective_tolerance(rows.tolerance))[:, None] + 1e-6
+    band = distance <= torch.log1p(effective_tolerance(rows.tolerance))[:, None] + 1e-6
     nearest = distance.argmin(1)
     # Weighting by probability (not uniform) keeps the median realised probability near the target:
     # a band holds more of the rarer tokens than of the likelier ones.
     weights = torch.where(band, log_probs.exp(), torch.zeros_like(log_probs))
-    return torch.where(band.any(1), _inverse_cdf(weights, u), nearest)
-
-
-def _effective_tolerance(tolerance: torch.Tensor) -> torch.Tensor:
-    return torch.where(tolerance > 0, tolerance, torch.full_like(tolerance, DEFAULT_TOLERANCE))
-
-
-def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    cdf = weights.cumsum(1)
-    index = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-    return index.clamp_max(weights.size(1) - 1)
+    return torch.where(band.any(1), inverse_cdf(weights, u), nearest)
 
 
 def generate(model: LanguageModel, tokenizer, prompts: list[str],
