@@ -30,7 +30,9 @@ import service.policy
 import service.training
 from bot.formatting import describe_params, progress_line
 from bot.jobs import GENERATE, TRAIN, JobError, Jobs
+from bot.terminal import enable_line_editing, plain_text, start_reader
 from core.contracts import SamplingParams, bounds, help_of
+from core.settings import get_settings
 
 HELP = """\
 [bold]Chat[/]
@@ -98,12 +100,15 @@ class Chat:
         self.jobs = jobs or Jobs()
         self.actor = service.policy.Actor(user_id=None, can_manage=True)
         self.last_generation: int | None = None
+        self.failed = False  # a command ended in an error: `improbable chat -c ...` exits 1
 
-    def say(self, text: str, style: str = "") -> None:
-        self.console.print(f"[{style}]{rich_escape(text)}[/]" if style else rich_escape(text), soft_wrap=True)
+    def say(self, text: str, style: str = "", markdown: bool = True) -> None:  # markdown: the service's Discord text
+        text = rich_escape(plain_text(text) if markdown else text)
+        self.console.print(f"[{style}]{text}[/]" if style else text, soft_wrap=True)
 
     def error(self, text: str) -> None:
-        self.console.print(f"[bold red]![/] {rich_escape(text)}", soft_wrap=True)
+        self.failed = True
+        self.console.print(f"[bold red]![/] {rich_escape(plain_text(text))}", soft_wrap=True)
 
     # -- dispatch ------------------------------------------------------------------------------------------
 
@@ -227,7 +232,7 @@ class Chat:
             self.say(f"loss curve: {path}")
         if info.sample:
             self.say("sample:", "dim")
-            self.say(info.sample.strip())
+            self.say(info.sample.strip(), markdown=False)
 
     async def cmd_persona_create(self, args: list[str]) -> None:
         a = CREATE_PARSER.parse_args(args)
@@ -289,7 +294,7 @@ class Chat:
             sample = view.metrics.get("sample")
             if sample:
                 self.say("sample:", "dim")
-                self.say(sample.strip())
+                self.say(sample.strip(), markdown=False)
         else:
             self.error(f"run {view.id} {view.status}" + (f": {view.error}" if view.error else ""))
 
@@ -331,18 +336,9 @@ class Chat:
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         wanted = threading.Semaphore(0)
 
-        def read() -> None:  # a daemon thread, so a pending input() never blocks the exit
-            while True:
-                wanted.acquire()
-                try:
-                    line = input(PROMPT if interactive else "")
-                except (EOFError, OSError):
-                    line = None
-                loop.call_soon_threadsafe(queue.put_nowait, line)
-                if line is None:
-                    return
-
-        threading.Thread(target=read, name="chat-input", daemon=True).start()
+        history = get_settings().data_dir / "chat_history"  # line editing and history at a terminal only
+        start_reader(loop, queue, wanted, PROMPT if interactive else "", history if interactive
+                     and enable_line_editing(history) else None)
         running: list[asyncio.Task] = []
 
         def interrupt() -> None:  # Ctrl-C: stop the running command, or quit at the prompt
@@ -391,4 +387,4 @@ def main(commands: list[str] | None = None) -> int:
     chat = Chat(console)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(chat.repl(commands or None))
-    return 0
+    return 1 if commands and chat.failed else 0  # scripts see a failed -c command

@@ -101,3 +101,25 @@ def remember(history_file: Path) -> None:
         readline.write_history_file(history_file)
     except (ImportError, OSError):
         pass  # no readline, or a read-only data dir: the session goes on without saving
+
+
+def start_reader(loop, queue, wanted, prompt: str, history_file: Path | None) -> None:
+    """Read lines with input() in a daemon thread (so a pending input() never blocks the exit), one each
+    time `wanted` is released, onto the asyncio `queue` (None at end of input); each line read is saved to
+    `history_file` when there is one."""
+    import threading
+
+    def read() -> None:
+        while True:
+            wanted.acquire()
+            try:
+                line = input(prompt)
+            except (EOFError, OSError):
+                line = None
+            if line and line.strip() and history_file is not None:
+                remember(history_file)
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+            if line is None:
+                return
+
+    threading.Thread(target=read, name="chat-input", daemon=True).start()

@@ -25,11 +25,12 @@ def console_env(tmp_path, tiny_model):
                      IMPROBABLE_TORCH_THREADS="1")
 
 
-def chat(env: dict, *lines: str) -> str:
+def chat(env: dict, *lines: str, status: int = 0) -> str:
+    """The output of `improbable chat -c LINE ...`, which exits 1 when a command failed."""
     args = [IMPROBABLE, "chat"] + [a for line in lines for a in ("-c", line)]
     out = subprocess.run(args, capture_output=True, text=True, env={**env, "COLUMNS": "200"}, timeout=120,
                          cwd=Path(env["IMPROBABLE_DATA_DIR"]).parent)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == status, out.stdout + out.stderr
     return out.stdout
 
 
@@ -38,15 +39,23 @@ def test_console_chat_runs_the_bot_commands(console_env):
     out = chat(console_env, "/personas", "/generate alice Alice was --length 40 --seed 3",
                "/generate alice Alice was --length 40 --seed 3", "/regenerate", "/more", "/continue and so",
                "alice: Down the hole", "/generate alcie x", "/persona info alice", "/train status",
-               "/schedule list", "/nonsense", "/generate", "/quit", "/personas")
+               "/schedule list", "/nonsense", "/generate", "/quit", "/personas", status=1)
     lines = out.splitlines()
     assert any(line.startswith("alice") and "ready" in line for line in lines)
     assert any(line.startswith("harry-potter") and "no model yet" in line for line in lines)
     texts = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("Alice ·") and line.endswith("seed 3")]
     assert len(texts) == 2 and texts[0] == texts[1] and texts[0].startswith("Alice was")  # same seed, same text
     assert "improbability 0.2" in out and "Down the hole" in out
-    assert "Did you mean `alice`?" in out
+    assert "Did you mean alice?" in out  # Discord's markdown as plain text
+    assert "`alice`" not in out
     assert "checkpoint" in out and "validation loss 3.100" in out and "Alice was here." in out
     assert "nothing is training" in out and "Discord" in out and "unknown command /nonsense" in out
     assert "usage" in out  # /generate without a persona
     assert sum(line.startswith("harry-potter") for line in lines) == 1  # nothing runs after /quit
+
+
+@pytest.mark.slow
+def test_a_failed_command_exits_non_zero(console_env):
+    """Scripts can rely on the exit status: 1 after any failed -c command, 0 when all worked."""
+    assert "unknown command /nonsense" in chat(console_env, "/personas", "/nonsense", status=1)
+    assert "alice" in chat(console_env, "/personas")
