@@ -56,7 +56,22 @@ class JobCancelled(JobError):
     pass
 
 
+class JobStalled(JobError):
+    pass
+
+
 UNAVAILABLE = "The generator is unavailable right now (its queue or workers are down). Try again in a minute."
+STALLED = ("The generator working on this stopped answering (its worker probably died) and no other one took "
+           "it over. Nothing more is coming: press Regenerate or try again.")
+# A running generate job publishes its partial text, or the same again as a heartbeat, every ~2 s
+# (worker/generation.py). Silence for STALL_NOTICE_SECONDS is reported to the caller (state STALLED); a
+# worker that died has its job re-published by another within ~15 s (worker/leases.py), which shows as a new
+# state; silence for STALL_SECONDS means nobody took it over, and the user is told so instead of waiting.
+STALL_NOTICE_SECONDS = 12.0
+STALL_SECONDS = 45.0
+STARTED_GRACE_SECONDS = 60.0  # more silence allowed while a job is STARTED (loading) and has no text yet
+# The result store (Redis) briefly away, e.g. restarting: keep following the job for this long first.
+OUTAGE_SECONDS = 30.0
 
 
 @dataclass
@@ -182,16 +197,35 @@ class Jobs:
         checked_workers = False
         last: tuple | None = None
         backend = self.app.backend
+        unreachable_since: float | None = None
+        heard, heard_at, stall_told = None, start, False
         while True:
             if job.cancelled:
                 raise JobCancelled("Cancelled.")
             try:
                 meta = await asyncio.to_thread(backend.get_task_meta, job.id)
+                unreachable_since = None
             except Exception as e:  # noqa: BLE001 - the result backend (Redis) went away
-                log.warning("result backend failed for %s: %s", job.id, e)
-                raise Unavailable(UNAVAILABLE) from None
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since > OUTAGE_SECONDS:
+                    log.warning("result backend failed for %s: %s", job.id, e)
+                    raise Unavailable(UNAVAILABLE) from None
+                await asyncio.sleep(1.0)  # the job keeps running on its worker: wait for Redis to return
+                continue
             state, info = meta.get("status", "PENDING"), meta.get("result")
             job.state = state
+            if (state, repr(info)) != heard:  # any change, a heartbeat included, proves the job alive
+                heard, heard_at, stall_told = (state, repr(info)), time.monotonic(), False
+            elif job.name == GENERATE and state in ("STARTED", "PROGRESS"):
+                # a job beats only once its text flows; before that it may be loading its checkpoint
+                silent = time.monotonic() - heard_at - (0 if state == "PROGRESS" else STARTED_GRACE_SECONDS)
+                if silent > STALL_SECONDS:
+                    await asyncio.to_thread(self._revoke, job)
+                    raise JobStalled(STALLED)
+                if silent > STALL_NOTICE_SECONDS and not stall_told and on_progress is not None:
+                    stall_told = True
+                    await on_progress("STALLED", {"silent": round(silent)})
             if state == "SUCCESS":
                 return info if isinstance(info, dict) else {"result": info}
             if state in ("FAILURE", "REVOKED"):
@@ -208,6 +242,7 @@ class Jobs:
                 raise JobTimeout(f"Timed out: no result after {timeout:.0f} s. Try again, perhaps shorter.")
             if on_progress is not None:
                 payload = dict(info) if isinstance(info, dict) else {}
+                payload.pop("beat", None)  # a heartbeat alone is no news for the user
                 if state == "PENDING":
                     payload["position"] = self.position(job)
                 key = (state, repr(sorted(payload.items())))

@@ -184,6 +184,9 @@ class Generation(Base):
     __tablename__ = "generations"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The idempotency key: the generate job's request id (its Celery task id). A job run twice (redelivered,
+    # or re-published by the lease reaper) records one row; see worker/recording.py.
+    request_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), index=True)
     checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))

@@ -192,14 +192,17 @@ def generation_row(persona_id: int, *, prompt: str, output: str, params: dict[st
                    seed: int | None = None, checkpoint: Checkpoint | int | None = None, latency_ms: int | None = None,
                    user_id: int | None = None, guild_id: int | None = None, channel_id: int | None = None,
                    message_id: int | None = None, interaction_id: int | None = None,
-                   parent: Generation | int | None = None) -> dict[str, Any]:
+                   parent: Generation | int | None = None, request_id: str | None = None) -> dict[str, Any]:
     """The `generations` columns of one generated text, with everything a regenerate button needs to do it
-    again. The workers insert such rows in batches (worker/recording.py); `record_generation` adds one."""
+    again. The workers insert such rows in batches (worker/recording.py); `record_generation` adds one.
+    `request_id` is the idempotency key (the job's id). NUL characters are dropped: PostgreSQL text cannot
+    hold them, and one would fail the whole batch insert it travels in."""
+    prompt, output = prompt.replace("\x00", ""), output.replace("\x00", "")
     return {"persona_id": persona_id, "prompt": prompt, "output": output, "params": dict(params or {}),
             "seed": seed, "checkpoint_id": checkpoint.id if isinstance(checkpoint, Checkpoint) else checkpoint,
             "latency_ms": latency_ms, "user_id": user_id, "guild_id": guild_id, "channel_id": channel_id,
             "message_id": message_id, "interaction_id": interaction_id,
-            "parent_id": parent.id if isinstance(parent, Generation) else parent}
+            "parent_id": parent.id if isinstance(parent, Generation) else parent, "request_id": request_id}
 
 
 def record_generation(session: Session, persona: Persona, **fields: Any) -> Generation:

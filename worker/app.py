@@ -13,9 +13,11 @@ empty) `enqueue` runs the task in-process through the same code (Celery's eager 
 Why these settings:
 - JSON only: a message can never run code on the worker.
 - acks_late + reject_on_worker_lost: a job is acknowledged only when it is done, so a worker killed mid-job
-  gives it back. Safe here because generate is deterministic given its seed and train resumes from its last
-  checkpoint. On Redis, a message of a dead worker comes back after `visibility_timeout`, which must exceed
-  the longest job (a train run guards against the duplicate an overrun would cause; see worker/training.py).
+  gives it back. Safe here because a generate job records one row per request id (generations.request_id)
+  and train resumes from its last checkpoint. On Redis, a message of a dead worker comes back after
+  `visibility_timeout` (2 h), which must exceed the longest job (a train run guards against the duplicate an
+  overrun would cause; see worker/training.py). Generate jobs do not wait for it: they hold a lease renewed by
+  their worker's heartbeat, and any generate worker re-publishes the jobs of a dead one (worker/leases.py).
 - prefetch multiplier 1: a trainer takes one run at a time; a generate worker holds as many jobs as threads.
 - Time limits are set per task; note that Celery enforces them only in the prefork pool, so the generate
   task also enforces its own deadline and training its own time budget.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
+from celery.signals import celeryd_init
 from kombu import Queue
 from kombu.utils.url import maybe_sanitize_url
 
@@ -98,6 +101,18 @@ def celery_config(settings: Settings) -> dict:
         "task_store_eager_result": False,
     }
     return conf
+
+
+# Workers, unlike the bot, wait out a result store that is away for up to ~35 s (a Redis restart): a finished
+# job whose result cannot be stored is a lost answer. (The bot keeps the short policy above: it must fail
+# fast when it enqueues, and it rides out outages while following a job itself, bot/jobs.py.)
+WORKER_RESULT_RETRY = {"max_retries": 20, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 2}
+
+
+@celeryd_init.connect
+def _workers_wait_out_outages(conf=None, **_) -> None:
+    if conf is not None:
+        conf.result_backend_transport_options = {"retry_policy": WORKER_RESULT_RETRY}
 
 
 def make_app(settings: Settings | None = None) -> Celery:

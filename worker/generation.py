@@ -20,6 +20,7 @@ from worker import signals
 
 # ids from the request that are echoed in the result, so the bot can route it without keeping state
 ROUTING_KEYS = ("persona", "guild_id", "channel_id", "user_id", "interaction_id", "reply_to")
+PARTIAL_HEARTBEAT = 2.0  # seconds between partial-text updates even when the text has not grown
 
 _lock = threading.Lock()
 _engine = None
@@ -94,10 +95,12 @@ def sampling_params(params: dict | None, max_tokens_cap: int):
     return sp
 
 
-def serve_request(request: dict, on_partial: Callable[[str], None] | None = None, record: bool = True) -> dict:
+def serve_request(request: dict, on_partial: Callable[[str], None] | None = None, record: bool = True,
+                  maybe_done: bool = False) -> dict:
     """Serve one request (the `improbable.generate` payload, core.contracts.GenerateRequest; see
     worker/tasks.py). `on_partial(text)` is called with the completion so far, at most every
-    `partial_interval` seconds, while it grows."""
+    `partial_interval` seconds, while it grows. `maybe_done`: the job may have run before (redelivered,
+    re-published, retried): look for its row first. (Any run records once; this only saves the work.)"""
     from pydantic import ValidationError
 
     settings = get_settings()
@@ -110,12 +113,17 @@ def serve_request(request: dict, on_partial: Callable[[str], None] | None = None
         raise BadRequest(f"invalid generate request: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
     checkpoint_id, prompt = checked.checkpoint_id, checked.prompt
     params = sampling_params(checked.params, settings.max_generate_tokens)
+    request_id = request.get("request_id") if isinstance(request.get("request_id"), str) else None
+    if record and request_id and maybe_done:
+        earlier = recorded_result(request_id, request)
+        if earlier is not None:  # this request ran before (a redelivery): its answer, not a second one
+            return earlier
 
     entry = cache().acquire(checkpoint_id)
     try:
         job = engine().submit(entry, prompt, params)
         deadline = started + settings.generate_timeout
-        sent = ""
+        sent, sent_at = "", time.perf_counter()
         while True:
             try:
                 stream = job.future.result(timeout=settings.partial_interval)
@@ -124,9 +132,10 @@ def serve_request(request: dict, on_partial: Callable[[str], None] | None = None
                 if time.perf_counter() > deadline:
                     raise TimeoutError(f"generation took more than {settings.generate_timeout:.0f} s") from None
                 text = job.partial
-                if on_partial is not None and text != sent:
+                # new text, or the same again as a heartbeat: the bot takes a silent job for a dead one
+                if on_partial is not None and (text != sent or time.perf_counter() - sent_at > PARTIAL_HEARTBEAT):
                     on_partial(text)
-                    sent = text
+                    sent, sent_at = text, time.perf_counter()
     finally:
         cache().release(entry)
 
@@ -143,16 +152,58 @@ def serve_request(request: dict, on_partial: Callable[[str], None] | None = None
         "load_ms": round((job.submitted - started) * 1000),  # checkpoint load (0 when cached)
         "batch_peak": job.batch_peak,
         "checkpoint_id": checkpoint_id,
+        "probability": probability_summary(stream),
         "generation_id": None,
         **{k: request[k] for k in ROUTING_KEYS if k in request},
     }
     if record and entry.persona_id is not None:
-        result["generation_id"] = _record(request, entry.persona_id, prompt, params, result)
+        recorded = _record(request, entry.persona_id, prompt, params, result)
+        if recorded.duplicate and recorded.id is not None:  # another run of this request recorded first
+            return recorded_result(request_id, request) or {**result, "generation_id": recorded.id}
+        result["generation_id"] = recorded.id
     return result
 
 
-def _record(request: dict, persona_id: int, prompt: str, params, result: dict) -> int | None:
-    """The `generations` row, with everything a regenerate button needs to do it again."""
+MAX_PICKS_KEPT = 40  # improbability picks kept in the result and the row (the Info button shows a few)
+
+
+def probability_summary(stream) -> dict:
+    """What the Info button shows about a finished stream: the mean and minimum probability the model gave
+    its chosen tokens, and the improbability drive's picks [(word, probability)] (the first MAX_PICKS_KEPT)."""
+    probs = [float(p) for p in stream.probabilities]
+    return {"mean": sum(probs) / len(probs) if probs else None, "min": min(probs) if probs else None,
+            "picks": [[word, float(p)] for word, p in stream.picks[:MAX_PICKS_KEPT]], "n_picks": len(stream.picks),
+            "tokens": len(stream.tokens)}
+
+
+def recorded_result(request_id: str, request: dict) -> dict | None:
+    """The result of a request recorded earlier (by another run of the same job), rebuilt from its row, or
+    None. A redelivered job answers with what the first run wrote, even if its seed was not fixed."""
+    from sqlalchemy import select
+
+    from db import Generation, session_scope
+
+    with session_scope() as session:
+        row = session.scalars(select(Generation).where(Generation.request_id == request_id)).first()
+        if row is None:
+            return None
+        found = {"text": row.output, "prompt": row.prompt, "seed": row.seed, "generation_id": row.id,
+                 "checkpoint_id": row.checkpoint_id, "latency_ms": row.latency_ms}
+    entry = cache().acquire(found["checkpoint_id"]) if found["checkpoint_id"] is not None else None
+    try:
+        full_text = (entry.checkpoint.tokenizer.continue_text(found["prompt"], found["text"]) if entry
+                     else found["prompt"] + found["text"])
+    finally:
+        if entry is not None:
+            cache().release(entry)
+    return {"text": found["text"], "full_text": full_text, "seed": found["seed"], "tokens": None,
+            "finish_reason": None, "unknown": [], "latency_ms": found["latency_ms"], "load_ms": 0, "batch_peak": 0,
+            "checkpoint_id": found["checkpoint_id"], "generation_id": found["generation_id"], "duplicate": True,
+            **{k: request[k] for k in ROUTING_KEYS if k in request}}
+
+
+def _record(request: dict, persona_id: int, prompt: str, params, result: dict):
+    """The `generations` row, with everything a regenerate button needs to do it again (a Recorded)."""
     from db.queries import generation_row
 
     global _recorder
@@ -162,7 +213,10 @@ def _record(request: dict, persona_id: int, prompt: str, params, result: dict) -
 
             _recorder = Recorder()
     return _recorder.record(generation_row(
-        persona_id, prompt=prompt, output=result["text"], params=params.to_dict(), seed=result["seed"],
+        # the probability summary rides in the params JSON (the Info button reads it; follow-ups ignore it)
+        persona_id, prompt=prompt, output=result["text"], seed=result["seed"],
+        params={**params.to_dict(), "probability": result.get("probability")},
         checkpoint=result["checkpoint_id"], latency_ms=result["latency_ms"], user_id=request.get("user_id"),
         guild_id=request.get("guild_id"), channel_id=request.get("channel_id"),
-        interaction_id=request.get("interaction_id"), parent=request.get("parent_generation_id")))
+        interaction_id=request.get("interaction_id"), parent=request.get("parent_generation_id"),
+        request_id=request.get("request_id") if isinstance(request.get("request_id"), str) else None))

@@ -83,13 +83,17 @@ def dispatch(now: datetime | None = None) -> list[tuple[int, str]]:
     return claimed
 
 
-def post_message(channel_id: int, content: str, timeout: float = 10.0) -> int:
-    """POST a message to a channel through Discord's REST API; returns its id. Mentions never ping."""
+def post_message(channel_id: int, content: str, timeout: float = 10.0, nonce: str | None = None) -> int:
+    """POST a message to a channel through Discord's REST API; returns its id. Mentions never ping. With a
+    `nonce` (at most 25 characters) Discord refuses to create a second message with it (enforce_nonce)."""
     settings = get_settings()
     if not settings.discord_token:
         raise DiscordError("no Discord token configured (IMPROBABLE_DISCORD_TOKEN)")
     url = f"{settings.discord_api_base.rstrip('/')}/channels/{channel_id}/messages"
-    body = json.dumps({"content": content[:MAX_CONTENT], "allowed_mentions": {"parse": []}}).encode()
+    message = {"content": content[:MAX_CONTENT], "allowed_mentions": {"parse": []}}
+    if nonce:
+        message.update(nonce=nonce, enforce_nonce=True)
+    body = json.dumps(message).encode()
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Authorization": f"Bot {settings.discord_token}", "Content-Type": "application/json",
         "User-Agent": "DiscordBot (https://github.com/improbable, 0.1)"})
@@ -137,14 +141,23 @@ def post(schedule_id: int, slot_iso: str) -> dict:
         request = GenerateRequest(checkpoint_id=persona.active_checkpoint_id, persona=persona.slug,
                                   prompt=schedule.prompt, guild_id=schedule.guild_id, channel_id=schedule.channel_id,
                                   params=merge_sampling(persona.sampling, schedule.params, {"seed": seed})).payload()
+        request["request_id"] = f"schedule-{schedule_id}-{int(slot.timestamp())}"  # one row per slot, ever
         channel_id, display_name = schedule.channel_id, persona.display_name
-    result = serve_request(request)
-    try:
-        message_id = post_message(channel_id, post_content(display_name, result["full_text"]))
-    except DiscordError as e:
-        with session_scope() as session:
-            finish_post(session, schedule_id, slot, error=str(e), generation=result["generation_id"])
-        return {"status": "failed", "error": str(e)}
+    result = serve_request(request, maybe_done=True)
+    # One message per slot even when two runs of this job overlap (a redelivery, a job re-published by the
+    # lease reaper while its worker was only slow): the slot's row stays locked from the check to the
+    # record, so the second run waits and then finds it posted. Discord's enforced nonce covers a run that
+    # died between posting and recording.
     with session_scope() as session:
+        claim = session.scalars(select(SchedulePost).where(SchedulePost.schedule_id == schedule_id,
+                                                           SchedulePost.slot == slot).with_for_update()).first()
+        if claim is not None and claim.status is PostStatus.POSTED:
+            return {"status": "posted", "message_id": claim.message_id, "duplicate": True}
+        try:
+            message_id = post_message(channel_id, post_content(display_name, result["full_text"]),
+                                      nonce=f"s{schedule_id}-{int(slot.timestamp())}"[:25])
+        except DiscordError as e:
+            finish_post(session, schedule_id, slot, error=str(e), generation=result["generation_id"])
+            return {"status": "failed", "error": str(e)}
         finish_post(session, schedule_id, slot, message_id=message_id, generation=result["generation_id"])
     return {"status": "posted", "message_id": message_id, "generation_id": result["generation_id"]}

@@ -49,11 +49,13 @@ improbable.post_scheduled(schedule_id: int, slot_iso: str) — queue `generate`
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
+import time
 
 from celery.exceptions import Ignore
-from celery.signals import worker_ready
+from celery.signals import task_postrun, task_received, worker_ready
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -64,6 +66,7 @@ from core.settings import get_settings
 from .app import GENERATE_QUEUE, app
 from .schedules import DiscordUnavailable
 
+log = logging.getLogger(__name__)
 # Only errors that a retry can fix: the broker, the database or Discord briefly unreachable.
 TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, KombuOperationalError, SQLOperationalError,
                     DiscordUnavailable)
@@ -76,21 +79,66 @@ RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "retry_backof
 def generate_task(self, request: dict) -> dict:
     from .generation import serve_request as serve
 
-    def publish(text: str) -> None:
-        if not self.request.called_directly and not self.request.is_eager:
-            self.update_state(state="PROGRESS", meta={"text": text})
+    remote = not self.request.called_directly and not self.request.is_eager
+    if isinstance(request, dict) and self.request.id and not isinstance(request.get("request_id"), str):
+        # the idempotency key of the `generations` row: a redelivered or re-published job keeps its task id
+        request = {**request, "request_id": self.request.id}
 
-    result = serve(request, on_partial=publish)
+    def publish(text: str) -> None:
+        # Partial text is a courtesy, and its timestamp the job's heartbeat for the bot (bot/jobs.py): a
+        # result store that is briefly away (Redis restarting) must not fail the job itself.
+        try:
+            self.update_state(state="PROGRESS", meta={"text": text, "beat": time.time()})
+        except Exception as e:  # noqa: BLE001
+            log.warning("partial text of %s not published: %s", self.request.id, e)
+
+    # a message Redis restored, a job the lease reaper re-published, or a retry may have been answered already
+    maybe_done = bool((self.request.delivery_info or {}).get("redelivered") or self.request.retries
+                      or getattr(self.request, "republished", False))
+    result = serve(request, on_partial=publish if remote else None, maybe_done=maybe_done)
     result["worker"] = socket.gethostname() if self.request.hostname is None else self.request.hostname
     return result
+
+
+# Jobs that hold a lease from the moment their worker receives them until they end (worker/leases.py): if
+# the worker dies, another generate worker re-publishes them under the same id within a lease plus a sweep.
+# From receipt, not from the start of the task: a job taken (prefetched) but not started yet is covered too.
+LEASED_TASKS = frozenset({"improbable.generate", "improbable.post_scheduled"})
+
+
+@task_received.connect
+def _lease_on_receipt(request=None, **_) -> None:
+    if request is None or request.name not in LEASED_TASKS:
+        return
+    from .leases import leases
+
+    holder = leases()
+    if holder is not None:
+        holder.hold(request.id, request.name, list(request.args or ()))
+
+
+@task_postrun.connect
+def _release_lease(task_id=None, task=None, state=None, **_) -> None:
+    if task is None or task.name not in LEASED_TASKS or state == "RETRY" or task.request.is_eager:
+        return  # a retry is a new message under the same id: its receipt leases it again
+    from .leases import leases
+
+    holder = leases()
+    if holder is not None:
+        holder.release(task_id)
 
 
 # The run's own time budget (capped by IMPROBABLE_TRAIN_MAX_MINUTES) ends it; this is the backstop.
 TRAIN_TIME_LIMIT = get_settings().train_max_minutes * 60 + 900
 
 
+# A run outlives a database or broker outage: it trains on through one (worker/training.py) and otherwise
+# retries for ~2 minutes (1, 2, 4, 8, 16, 30, 30, 30 s) before failing, resuming from its last checkpoint.
+TRAIN_RETRY = {**RETRY, "max_retries": 8, "retry_backoff_max": 30}
+
+
 @app.task(name="improbable.train", bind=True, acks_late=True, reject_on_worker_lost=True,
-          soft_time_limit=TRAIN_TIME_LIMIT, time_limit=TRAIN_TIME_LIMIT + 60, **RETRY)
+          soft_time_limit=TRAIN_TIME_LIMIT, time_limit=TRAIN_TIME_LIMIT + 60, **TRAIN_RETRY)
 def train_task(self, run_id: int) -> dict:
     from .training import Busy, train_run
 
@@ -151,7 +199,20 @@ def warm_up(sender, **_) -> None:
         queues = {q.name for q in sender.task_consumer.queues}
     except Exception:  # noqa: BLE001 - warming up is an optimisation; never break the worker over it
         return
+    if GENERATE_QUEUE in queues and sender.app.conf.broker_url.startswith(("redis", "unix")):
+        # When the broker connection drops (Redis restarting), kombu's Redis channel tries to put the running
+        # jobs back on the queue as it closes; with the connection gone that raises AttributeError inside
+        # kombu (5.7), which Celery treats as unrecoverable: the worker exits, and its jobs with it (seen in
+        # tests/faults). Without that restore the running jobs simply finish, and stay covered by their
+        # lease and the visibility timeout (a late redelivery answers from its recorded row).
+        from kombu.transport.redis import Channel
+
+        Channel.do_restore = False
     if GENERATE_QUEUE in queues and not prefork:
         from .generation import engine
+        from .leases import leases
 
         threading.Thread(target=engine, name="warm-up", daemon=True).start()
+        holder = leases()
+        if holder is not None:  # the reaper runs in every generate worker, busy or idle
+            holder.start()

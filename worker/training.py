@@ -23,9 +23,11 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError as SQLOperationalError
 
 from core.contracts import RunProgress
 from core.settings import get_settings
@@ -37,6 +39,7 @@ from db.types import utcnow
 
 log = logging.getLogger(__name__)
 CANCEL_CHECK_SECONDS = 1.0  # how stale the cancel flag may be
+DATABASE_OUTAGE_SECONDS = 60.0  # a run trains on through a database outage this long (see Reporter)
 SAMPLE_TOKENS = 200
 _active_runs: set[int] = set()  # runs this process is training right now
 
@@ -191,6 +194,7 @@ class Reporter:
         self.latest: dict = {"resumed_from": resumed_from, "attempt": job["attempt"]}
         self.last_write = self.last_check = time.monotonic()
         self.cancelled = False
+        self.database_away_since: float | None = None
         self._uploaded: dict[str, float] = {}
 
     def callback(self, event: str, p, details: dict) -> None:
@@ -223,23 +227,45 @@ class Reporter:
 
         self.latest["heartbeat"] = time.time()
         self.latest["owner"] = owner_id()
-        with session_scope() as session:
-            if update_progress(session, self.job["run_id"], **self.latest):
-                self.cancelled = True
+        with self.database_may_be_away():
+            with session_scope() as session:
+                if update_progress(session, self.job["run_id"], **self.latest):
+                    self.cancelled = True
         self.last_write = self.last_check = time.monotonic()
         if self.on_progress is not None:
-            self.on_progress(dict(self.latest))
+            try:
+                self.on_progress(dict(self.latest))
+            except Exception as e:  # noqa: BLE001 - the task state (Redis) is a courtesy; the row is the record
+                log.warning("run %s: progress not published: %s", self.job["run_id"], e)
 
     def should_stop(self) -> bool:
         now = time.monotonic()
         if now - self.last_write >= self.report_seconds:
             self.flush()  # the heartbeat, even through long stretches without progress events
         elif now - self.last_check >= CANCEL_CHECK_SECONDS:
-            with session_scope() as session:
-                flag = session.scalar(select(TrainingRun.cancel_requested).where(TrainingRun.id == self.job["run_id"]))
-            self.cancelled = self.cancelled or bool(flag)
+            with self.database_may_be_away():
+                with session_scope() as session:
+                    flag = session.scalar(select(TrainingRun.cancel_requested)
+                                          .where(TrainingRun.id == self.job["run_id"]))
+                self.cancelled = self.cancelled or bool(flag)
             self.last_check = now
         return self.cancelled
+
+    @contextmanager
+    def database_may_be_away(self):
+        """Training needs the database only to report: while it is away (PostgreSQL restarting) the run goes
+        on and its progress writes are skipped, for up to DATABASE_OUTAGE_SECONDS; then the error reaches the
+        task, which retries (the run stays running and resumes from its last checkpoint)."""
+        try:
+            yield
+            self.database_away_since = None
+        except SQLOperationalError as e:
+            now = time.monotonic()
+            self.database_away_since = self.database_away_since or now
+            if now - self.database_away_since > DATABASE_OUTAGE_SECONDS:
+                raise
+            log.warning("run %s: database unreachable for %.0f s, training on: %s", self.job["run_id"],
+                        now - self.database_away_since, type(e.orig or e).__name__)
 
 
 # -- the run ----------------------------------------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""Generate jobs survive the death of their worker: a lease per running job in Redis, kept alive by its
+worker process's heartbeat, and a reaper in every generate worker that re-publishes the jobs of a dead
+worker under the same task id. The bot follows the task id, so its answer simply comes from another worker.
+
+    improbable:generate:leases  hash  task id → "<owner>\\n" + {"task": name, "args": [...]}
+    improbable:generate:owners  hash  owner (host:pid) → Redis time of its last heartbeat
+
+Why a lease and not a shorter visibility timeout (Redis's own redelivery of unacknowledged messages):
+- A dead worker's job must be answered within a minute, but a generate job may legitimately run for
+  `generate_timeout` (120 s). A visibility timeout short enough for the first would redeliver every long
+  job while it still runs, doubling the work exactly when the workers are busiest. A heartbeat proves the
+  worker alive whatever its jobs' length, so the lease can be short (LEASE_SECONDS, 10 s).
+- The visibility timeout is per connection, but kombu keeps one `unacked` hash per broker database and any
+  consumer's restore sweep redelivers what is older than *its* timeout: a generate worker with a short one
+  would redeliver the training jobs (which keep 2 h and their own lease in the database, worker/training.py).
+- No Celery internals: the reaper only publishes a task, and the lease keys are ours.
+Redis's redelivery stays as the backstop (a reaper that died between taking a lease and publishing, a job
+whose lease could not be written): after `visibility_timeout` the dead worker's message runs again, finds
+its request's row (generations.request_id) and answers with it without generating again.
+
+Outages: a reaper trusts staleness only after its own connection has been up for a whole lease, so after a
+Redis restart every live worker has renewed its heartbeat before anyone's jobs are taken away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+
+from core.settings import get_settings
+
+log = logging.getLogger(__name__)
+LEASES, OWNERS = "improbable:generate:leases", "improbable:generate:owners"
+# Seconds without a heartbeat after which a worker is taken to be dead (the settings have no field yet).
+LEASE_SECONDS = float(os.environ.get("IMPROBABLE_GENERATE_LEASE_SECONDS") or 10.0)
+FORGET_OWNERS_AFTER = 3600.0  # heartbeats of workers gone this long (and holding nothing) are dropped
+
+# take/release only what is still as we saw it (a lease renewed, re-taken or released meanwhile is not ours)
+_TAKE = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end " \
+        "return 0"
+_RELEASE = "local v = redis.call('HGET', KEYS[1], ARGV[1]) " \
+           "if v and string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] then return redis.call('HDEL', KEYS[1], " \
+           "ARGV[1]) end return 0"
+_BEAT = "local t = redis.call('TIME') redis.call('HSET', KEYS[1], ARGV[1], t[1] + t[2] / 1e6) return 1"
+
+
+def owner_id() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Leases:
+    """The leases of this worker process, its heartbeat, and the reaper (one daemon thread)."""
+
+    def __init__(self, client, republish, owner: str | None = None, lease: float = LEASE_SECONDS):
+        self.client, self.republish, self.lease = client, republish, lease
+        self.owner = owner or owner_id()
+        self._unreleased: set[str] = set()  # releases that failed while Redis was away: retried by the thread
+        self._lock = threading.Lock()
+        self._connected_since: float | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Leases:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="generate-leases", daemon=True)
+                self._thread.start()
+        return self
+
+    def hold(self, task_id: str, task: str, args: list) -> bool:
+        """Lease a job that starts running here. False: Redis is away (the job runs unprotected)."""
+        self.start()
+        value = f"{self.owner}\n" + json.dumps({"task": task, "args": args})
+        try:
+            with self.client.pipeline(transaction=False) as pipe:  # one round trip
+                pipe.eval(_BEAT, 1, OWNERS, self.owner)  # a lease is never older than its owner's heartbeat
+                pipe.hset(LEASES, task_id, value)
+                pipe.execute()
+            return True
+        except Exception as e:  # noqa: BLE001 - leasing protects the job; it must never fail it
+            log.warning("job %s runs without a lease (Redis: %s)", task_id, e)
+            return False
+
+    def release(self, task_id: str) -> None:
+        try:
+            self.client.eval(_RELEASE, 1, LEASES, task_id, f"{self.owner}\n")
+        except Exception:  # noqa: BLE001 - retried by the heartbeat thread
+            with self._lock:
+                self._unreleased.add(task_id)
+
+    def beat(self) -> None:
+        self.client.eval(_BEAT, 1, OWNERS, self.owner)
+        with self._lock:
+            pending, self._unreleased = self._unreleased, set()
+        for task_id in pending:
+            self.release(task_id)
+
+    def reap(self) -> list[str]:
+        """Re-publish the jobs whose owner's heartbeat is older than a lease; returns their task ids."""
+        seconds, micros = self.client.time()
+        now = seconds + micros / 1e6
+        owners = {k: float(v) for k, v in self.client.hgetall(OWNERS).items()}
+        taken = []
+        holders = set()
+        for task_id, value in self.client.hgetall(LEASES).items():
+            owner, _, job = value.partition("\n")
+            holders.add(owner)
+            if now - owners.get(owner, 0.0) < self.lease:
+                continue
+            if self.client.eval(_TAKE, 1, LEASES, task_id, value) != 1:
+                continue  # renewed, released or taken by another reaper meanwhile
+            job = json.loads(job)
+            log.warning("job %s: its worker %s stopped (no heartbeat for %.0f s); re-publishing it",
+                        task_id, owner, now - owners.get(owner, 0.0))
+            try:
+                self.republish(job["task"], job["args"], task_id)
+            except Exception:
+                self.client.hset(LEASES, task_id, value)  # give it back: the next sweep tries again
+                raise
+            taken.append(task_id)
+        gone = [o for o, t in owners.items() if now - t > FORGET_OWNERS_AFTER and o not in holders]
+        if gone:
+            self.client.hdel(OWNERS, *gone)
+        return taken
+
+    def _run(self) -> None:
+        interval = max(0.2, self.lease / 5)
+        while True:
+            try:
+                self.beat()
+                now = time.monotonic()
+                if self._connected_since is None:
+                    self._connected_since = now
+                if now - self._connected_since >= self.lease:
+                    self.reap()
+            except Exception as e:  # noqa: BLE001 - Redis away: keep beating; don't trust staleness for a lease
+                if self._connected_since is not None:
+                    log.warning("generate leases: Redis unreachable (%s)", e)
+                self._connected_since = None
+            time.sleep(interval)
+
+
+_leases: Leases | None = None
+_leases_lock = threading.Lock()
+
+
+def leases() -> Leases | None:
+    """This process's Leases, or None when the broker is not Redis (AMQP gives a dead consumer's messages
+    back at once; eager mode has no broker)."""
+    global _leases
+    with _leases_lock:
+        if _leases is None:
+            url = get_settings().broker_url
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                return None
+            import redis
+
+            client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, decode_responses=True)
+            _leases = Leases(client, _republish)
+        return _leases
+
+
+def _republish(task: str, args: list, task_id: str) -> None:
+    from .app import app
+
+    app.send_task(task, args=args, task_id=task_id, headers={"republished": True})
