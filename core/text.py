@@ -112,7 +112,10 @@ _MAGIC = [(re.compile(pattern, re.DOTALL), code, what, todo) for pattern, code, 
 # UTF-8 with stray bytes is repaired (the stray bytes dropped) only when its correct multi-byte characters
 # outnumber the broken ones this many times; below that it is mixed or legacy-encoded text.
 MIN_GOOD_PER_BAD_BYTE = 10
-MAX_MESS = 0.10  # charset-normalizer's "chaos" of a legacy decoding: above it the result would be mojibake
+MIN_MIXED_CHARS = 20  # non-ASCII characters a part needs before its encoding is judged on its own
+LEGACY_PARTS = 8  # a legacy-encoded file is checked in this many windows for mixed encodings
+LEGACY_WINDOW_BYTES = 16_384
+MAX_MESS = 0.20  # charset-normalizer's "chaos" of a legacy decoding (its own default cut-off; its estimate is noisy)
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # Cc, minus \t \n \f \r
 _TAG_LINE = re.compile(r"^[ \t]*</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.MULTILINE)
@@ -185,8 +188,10 @@ def _decode(data: bytes) -> tuple[str, str, list[str]]:
         return repaired, "utf-8", [f"Removed {plural(n_bad, 'byte')} that {'was' if n_bad == 1 else 'were'} not "
                                    f"valid UTF-8 (the first at byte {first_bad:,})."]
     found = _legacy_encoding(data)
+    if found is not None and not _same_encoding_throughout(data, found[1]):
+        found, n_good = None, max(n_good, MIN_MIXED_CHARS)
     if found is None:
-        mixed = " Parts of it are UTF-8 and parts are not (mixed encodings)." if n_good else ""
+        mixed = " Parts of it seem to use different encodings." if n_good >= MIN_MIXED_CHARS else ""
         raise CorpusError("encoding", "The file is not UTF-8, and no other text encoding fits it with confidence."
                                       f"{mixed} Open it in a text editor and save it as UTF-8.")
     return found[0], found[1], [f"Decoded as {found[1]} (not valid UTF-8)."]
@@ -230,6 +235,24 @@ def _check_visible(text: str) -> None:
         raise CorpusError("no_text", f"The file has no readable text: {n_invisible / len(text):.0%} of its "
                                      "characters are invisible (direction marks, format or private-use "
                                      "characters). Upload a plain .txt file with the text itself.")
+
+
+def _same_encoding_throughout(data: bytes, encoding: str) -> bool:
+    """Whether the whole file reads cleanly in the encoding found for it. The detector samples the file, so a
+    file of cp1252 text followed by Shift-JIS text gets one compromise (cp1256, say) that garbles both
+    halves: decoded windows spread over the file would show that as "mess" (charset-normalizer's measure of
+    implausible character sequences). Windows end at a newline, which is never inside a character here."""
+    from charset_normalizer.md import mess_ratio
+
+    codec = encoding.replace("-", "_")
+    for i in range(LEGACY_PARTS):
+        start = data.find(b"\n", len(data) * i // LEGACY_PARTS) + 1 if i else 0
+        window = data[start:start + LEGACY_WINDOW_BYTES]
+        if len(window) == LEGACY_WINDOW_BYTES and b"\n" in window:
+            window = window[:window.rindex(b"\n") + 1]
+        if window and mess_ratio(window.decode(codec, "replace"), MAX_MESS) > MAX_MESS:
+            return False
+    return True
 
 
 def _looks_like_html(text: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import unicodedata
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -26,6 +27,7 @@ from db.storage import Storage, corpus_key, open_storage
 
 TEXT_EXTENSIONS = (".txt", ".text", ".md", ".markdown", ".rst", ".csv", ".tsv")
 MAX_FILENAME_CHARS = 255
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class IngestError(ValueError):
@@ -53,6 +55,12 @@ class IngestResult:
 
 def check_filename(filename: str) -> str:
     """The upload's base name, or IngestError if it does not name a plain-text file."""
+    # A NUL would fail the row's INSERT on PostgreSQL (psycopg.DataError), a lone surrogate cannot be
+    # stored as UTF-8, and bidi overrides make "txt.exe" read as "exe.txt": refuse them all up front.
+    bad = next((c for c in filename or "" if unicodedata.category(c) in ("Cc", "Cs") or c in BIDI_CONTROLS), None)
+    if bad is not None:
+        raise IngestError("bad_filename", f"The file name contains an invisible control character "
+                                          f"(U+{ord(bad):04X}); rename the file and upload it again.")
     name = posixpath.basename((filename or "").replace("\\", "/")).strip()
     if not name:
         raise IngestError("bad_filename", "The upload has no file name; upload a .txt file.")

@@ -108,7 +108,7 @@ def test_utf8_with_a_few_stray_bytes_keeps_its_curly_quotes():
 
 def test_mixed_utf8_and_cp1252_is_refused():
     err = error(PROSE.encode() + PROSE.encode("cp1252"))
-    assert err.code == "encoding" and "mixed encodings" in err.message
+    assert err.code == "encoding" and "different encodings" in err.message
 
 
 def test_utf16_with_nul_characters_is_refused():
