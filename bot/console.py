@@ -28,7 +28,7 @@ import service.generation
 import service.personas
 import service.policy
 import service.training
-from bot.formatting import describe_params, progress_line
+from bot.formatting import describe_params, progress_line, separator
 from bot.jobs import GENERATE, TRAIN, JobError, Jobs
 from bot.terminal import enable_line_editing, plain_text, start_reader
 from core.contracts import SamplingParams, bounds, help_of
@@ -167,14 +167,18 @@ class Chat:
 
     async def generate_request(self, request: service.generation.PreparedGeneration) -> None:
         shown = {"n": 0}
-        self.say(f"{request.display_name} · {describe_params(request.params)}", "dim")
-        if request.shown_prompt:
-            self.console.print(f"[bold]{rich_escape(request.shown_prompt)}[/]", end="", soft_wrap=True)
+        head = f"{request.display_name} · {describe_params(request.params)}"
+        self.say(head + (request.note and f"\n{request.note}"), "dim")  # the note: e.g. the target used
+        prompt = request.shown_prompt.strip()
+        if prompt:
+            self.console.print(f"[bold]{rich_escape(prompt)}[/]", end="", soft_wrap=True)
 
+        def gap(text: str, joined: str | None = None) -> str:  # between prompt and completion, as the model joins
+            return separator(prompt, text, joined or service.generation.join_text(prompt, text, request.family))
         async def on_progress(state: str, meta: dict) -> None:
             text = meta.get("text") or ""
             if state == "PROGRESS" and len(text) > shown["n"] and text.startswith(text[:shown["n"]]):
-                self.console.file.write(text[shown["n"]:])
+                self.console.file.write((gap(text) if not shown["n"] else "") + text[shown["n"]:])
                 self.console.file.flush()
                 shown["n"] = len(text)
 
@@ -189,6 +193,8 @@ class Chat:
         if shown["n"] and not text.startswith(text[:shown["n"]]):
             self.console.print()
             shown["n"] = 0
+        if not shown["n"]:  # nothing streamed: the worker's join of prompt and completion decides the gap
+            self.console.file.write(gap(text, result.get("full_text") if prompt == request.payload["prompt"] else ""))
         self.console.print(rich_escape(text[shown["n"]:]), soft_wrap=True, highlight=False)
         facts = [f"seed {result.get('seed')}", f"{result.get('tokens', 0)} tokens",
                  f"stopped: {result.get('finish_reason')}", f"{result.get('latency_ms', 0)} ms"]

@@ -118,20 +118,36 @@ def describe_params(params: dict) -> str:
     return " · ".join(parts)
 
 
+def separator(prompt: str, completion: str, joined: str | None) -> str:
+    """The whitespace to show between the (stripped, bold) prompt and the completion. From `joined`, the two
+    as the model's tokenizer joins them ("this movie was" + "so bad" → "this movie was so bad"; a char
+    model's completion carries its own spaces), when `joined` is that join; else a space unless the
+    completion starts with a space or punctuation."""
+    if not prompt.strip() or not completion:
+        return ""
+    head = joined[:len(joined) - len(completion)] if joined is not None and joined.endswith(completion) else None
+    if head is not None and head.rstrip() and head.strip() == prompt.strip():
+        return head[len(head.rstrip()):]
+    return "" if completion[0] in " \n,.!?;:" else " "
+
+
 def render_generation(persona: str, prompt: str, completion: str, params: dict, *, partial: bool = False,
-                      note: str = "", limit: int = MESSAGE_LIMIT) -> Rendered:
-    """A result message: '**persona** · settings', then the prompt in bold and the completion, escaped."""
+                      note: str = "", limit: int = MESSAGE_LIMIT, joined: str | None = None) -> Rendered:
+    """A result message: '**persona** · settings', then the prompt in bold and the completion, escaped.
+    `joined`: prompt and completion as the persona's tokenizer joins them (the worker's full_text), which
+    decides the space between them; markdown needs it outside the bold ("**was** so", never "**was**so")."""
     header = f"**{escape(persona)}** · {describe_params(params)}" if params else f"**{escape(persona)}**"
-    if note:
-        header += f"\n-# {escape(note)}"
+    for line in note.splitlines():
+        header += f"\n-# {escape(line)}"
     shown_prompt = f"**{escape(prompt.strip())}**" if prompt.strip() else ""
-    sep = "" if not shown_prompt or completion[:1] in ("", " ", "\n", ",", ".", "!", "?", ";", ":") else " "
+    sep = separator(prompt, completion, joined)
     body = f"{shown_prompt}{sep}{escape(completion)}" if completion else (shown_prompt or "")
     if partial:
         body += " ▌"
     elif not body.strip():
         body = "*(the model produced no text; try another prompt or seed)*"
-    return fit(header, body, full_text=f"{prompt}{completion}", limit=limit)
+    full = f"{prompt.strip()}{sep}{completion}" if prompt.strip() else completion
+    return fit(header, body, full_text=full, limit=limit)
 
 
 # -- progress ----------------------------------------------------------------------------------------------

@@ -155,6 +155,10 @@ def upload_limit():
                 if int(att.get("size", 0)) > pol.max_upload_bytes:
                     raise Refusal(f"`{att.get('filename', 'the file')}` is {int(att['size']) / 1e6:.1f} MB; the "
                                   f"limit here is {pol.max_upload_bytes / 1e6:.1f} MB.")
+            total = sum(int(att.get("size", 0)) for att in resolved.values())  # several files: one corpus
+            if total > pol.max_upload_bytes:
+                raise Refusal(f"The {len(resolved)} files are {total / 1e6:.1f} MB together; the limit here is "
+                              f"{pol.max_upload_bytes / 1e6:.1f} MB.")
         return True
 
     return app_commands.check(predicate)

@@ -112,44 +112,61 @@ async def info(interaction: discord.Interaction, persona: str) -> None:
     await replies.send(interaction, rendered.content, attachments=files)
 
 
-@persona_group.command(name="create", description="Create a persona from a text file and train it.")
+MORE_FILES = "Another .txt file of the same voice (kept apart from the others in training)"
+
+
+async def _download(interaction: discord.Interaction, files: list[discord.Attachment | None]) -> list | None:
+    """(data, filename) of each attachment given, in order; None (the user told) when Discord fails us."""
+    try:
+        return [(await f.read(), f.filename) for f in files if f is not None]
+    except discord.HTTPException:
+        await replies.fail(interaction, "Could not download the attachment from Discord; try again.")
+        return None
+
+
+# Discord has no "several files" option, so a command takes file, file2 … file5: an upload of several texts
+# (e.g. one book per file) becomes one corpus whose documents training keeps apart.
+@persona_group.command(name="create", description="Create a persona from text files and train it.")
 @app_commands.describe(name="Lower-case letters, digits and hyphens, e.g. my-poet", file="A plain-text file (.txt)",
                        family="char-rnn: characters (default, best for small texts); word models need more text",
                        description="One line about the voice",
-                       minutes="Training time budget (default: the family's recipe)")
+                       minutes="Training time budget (default: the family's recipe)",
+                       file2=MORE_FILES, file3=MORE_FILES, file4=MORE_FILES, file5=MORE_FILES)
 @trainer_only()
 @upload_limit()
 async def create(interaction: discord.Interaction, name: str, file: discord.Attachment,
-                 family: Families = "char-rnn", description: str = "", minutes: MINUTES | None = None) -> None:
+                 family: Families = "char-rnn", description: str = "", minutes: MINUTES | None = None,
+                 file2: discord.Attachment | None = None, file3: discord.Attachment | None = None,
+                 file4: discord.Attachment | None = None, file5: discord.Attachment | None = None) -> None:
     await replies.defer(interaction)
-    try:
-        data = await file.read()
-    except discord.HTTPException:
-        await replies.fail(interaction, "Could not download the attachment from Discord; try again.")
+    files = await _download(interaction, [file, file2, file3, file4, file5])
+    if files is None:
         return
-    new = await asyncio.to_thread(service.personas.create_persona, actor_of(interaction), name, data, file.filename,
-                                  family, description, minutes)
+    (data, filename), *more = files
+    new = await asyncio.to_thread(service.personas.create_persona, actor_of(interaction), name, data, filename,
+                                  family, description, minutes, more)
     forget_names(interaction.guild_id)
     await start_run(interaction, new)
 
 
-@persona_group.command(name="retrain", description="Train a persona again (on a new text, or its own).")
+@persona_group.command(name="retrain", description="Train a persona again (on new texts, or its own).")
 @app_commands.describe(persona="Which persona", file="A new text to train on (optional)",
-                       minutes="Training time budget (default: the recipe's)")
+                       minutes="Training time budget (default: the recipe's)",
+                       file2=MORE_FILES, file3=MORE_FILES, file4=MORE_FILES, file5=MORE_FILES)
 @app_commands.autocomplete(persona=persona_autocomplete)
 @trainer_only()
 @upload_limit()
 async def retrain(interaction: discord.Interaction, persona: str, file: discord.Attachment | None = None,
-                  minutes: MINUTES | None = None) -> None:
+                  minutes: MINUTES | None = None, file2: discord.Attachment | None = None,
+                  file3: discord.Attachment | None = None, file4: discord.Attachment | None = None,
+                  file5: discord.Attachment | None = None) -> None:
     await replies.defer(interaction)
-    data = filename = None
-    if file is not None:
-        try:
-            data, filename = await file.read(), file.filename
-        except discord.HTTPException:
-            await replies.fail(interaction, "Could not download the attachment from Discord; try again.")
-            return
-    new = await asyncio.to_thread(service.personas.retrain, actor_of(interaction), persona, data, filename, minutes)
+    files = await _download(interaction, [file, file2, file3, file4, file5])
+    if files is None:
+        return
+    (data, filename), *more = files or [(None, None)]
+    new = await asyncio.to_thread(service.personas.retrain, actor_of(interaction), persona, data, filename, minutes,
+                                  more)
     await start_run(interaction, new)
 
 

@@ -152,9 +152,16 @@ def _unknown_note(result: dict, family: str) -> str:
     if not unknown:
         return ""
     what = "characters" if family == "char-rnn" else "words"
-    fate = "dropped" if family == "char-rnn" else "read as <unk>"
+    # never the token's name: users should not see "<unk>", only that the model did not know the word
+    fate = "dropped" if family == "char-rnn" else "read as an unknown word"
     shown = ", ".join(repr(u) for u in unknown[:10]) + ("…" if len(unknown) > 10 else "")
     return f"{what} this persona never saw were {fate}: {shown}"
+
+
+def _joined(request: service.generation.PreparedGeneration, completion: str) -> str:
+    """The shown prompt and the completion as the persona's tokenizer would join them (word models put a
+    space between words that the completion does not start with)."""
+    return service.generation.join_text(request.shown_prompt, completion, request.family)
 
 
 async def run_generation(bot, output: Output, request: service.generation.PreparedGeneration, buttons: Buttons, *,
@@ -184,7 +191,8 @@ async def _run_generation(bot, output: Output, request: service.generation.Prepa
     async def on_progress(state: str, meta: dict) -> None:
         if state == "PROGRESS" and meta.get("text"):
             streamer.update(render_generation(request.display_name, request.shown_prompt, meta["text"],
-                                              request.params, partial=True))
+                                              request.params, partial=True, note=request.note,
+                                              joined=_joined(request, meta["text"])))
         elif state == "PENDING" and (meta.get("position") or 1) > 1:
             streamer.update(Rendered(f"⏳ Waiting for a generator: position {meta['position']} in the queue "
                                      f"(`/queue` to see or cancel)."))
@@ -204,8 +212,13 @@ async def _run_generation(bot, output: Output, request: service.generation.Prepa
         return None
 
     params = {**request.params, "seed": result.get("seed", request.params.get("seed"))}
-    rendered = render_generation(request.display_name, request.shown_prompt, result.get("text", ""), params,
-                                 note=_unknown_note(result, request.family))
+    notes = [n for n in (request.note, _unknown_note(result, request.family)) if n]
+    text = result.get("text", "")
+    # The worker joins prompt and completion with the model's own detokenizer (full_text); a continued
+    # text's shown prompt is only its tail, so the separator is taken from the join rule then.
+    joined = result.get("full_text") if request.shown_prompt == request.payload["prompt"] else None
+    rendered = render_generation(request.display_name, request.shown_prompt, text, params, note="\n".join(notes),
+                                 joined=joined or _joined(request, text))
     generation_id = result.get("generation_id")
     view = buttons(generation_id, user_id) if generation_id else MISSING
     try:

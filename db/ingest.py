@@ -5,6 +5,11 @@ the guild's upload cap. The stored text is what the decoder returns (NFC, LF new
 boilerplate removed), and the corpus is addressed by the sha256 of that stored text: the same text
 uploaded twice, in any encoding, is one row and one blob. The raw upload's hash is kept as raw_sha256.
 
+An upload of several files (`more=`) becomes one multi-document corpus: each file is decoded on its own
+and they are joined with core.text.join_documents; the documents' lengths and names are kept in the row's
+`stats` ("documents", "document_names"), so training can keep them apart (DecodedCorpus.documents) without a
+schema change.
+
 Nothing partial is ever left behind: a rejection happens before any write, the row is only committed after
 its blob is stored, and a blob this call created is removed again if the commit fails.
 """
@@ -14,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.text import CorpusError, decode_corpus
+from core.text import DOCUMENT_SEPARATOR, CorpusError, DecodedCorpus, decode_corpus, join_documents
 from db.models import DEFAULT_MAX_UPLOAD_BYTES, Corpus, GuildSettings
 from db.session import get_sessionmaker
 from db.storage import Storage, corpus_key, open_storage
@@ -81,25 +87,51 @@ def upload_limit(session: Session, guild: int | None) -> int:
     return DEFAULT_MAX_UPLOAD_BYTES
 
 
+def _decode_all(files: list[tuple[bytes, str]], limit: int) -> tuple[DecodedCorpus, str, list[str]]:
+    """Decode every file (each checked on its own, all together within `limit` bytes) and join them:
+    the corpus, the name to show for it, and the names of its documents."""
+    names = []
+    for _, filename in files:
+        try:
+            names.append(check_filename(filename))
+        except IngestError as e:
+            if len(files) == 1:
+                raise
+            raise IngestError(e.code, f"{filename}: {e.message}") from e
+    total = sum(len(data) for data, _ in files)
+    if len(files) > 1 and total > limit:  # one file: the decoder says it in its own words
+        raise IngestError("too_large", f"The files are {total / 1e6:.1f} MB together; the limit here is "
+                                       f"{limit / 1e6:.1f} MB.")
+    documents = []
+    for (data, _), name in zip(files, names, strict=True):
+        try:
+            documents.append(decode_corpus(bytes(data), max_bytes=limit))
+        except CorpusError as e:
+            # with several files, say which one: the uploader has to fix that one
+            raise IngestError(e.code, f"{name}: {e.message}" if len(files) > 1 else e.message) from e
+    shown = names[0] if len(names) == 1 else f"{names[0][:200]} (+{len(names) - 1} more)"
+    return join_documents(documents), shown, names
+
+
 def ingest(data: bytes, filename: str, uploader: int | None = None, guild: int | None = None, *,
            session: Session | None = None, storage: Storage | None = None,
-           max_bytes: int | None = None) -> IngestResult:
+           max_bytes: int | None = None, more: Sequence[tuple[bytes, str]] = ()) -> IngestResult:
     """Validate, deduplicate, store and record an upload. Commits the session when it adds a row (pending
     work of a caller-supplied session is committed with it); uses its own session if none is given.
+    `more`: further (data, filename) files of the same upload, the documents after the first.
 
     Raises IngestError for anything the uploader should fix; storage or database failures propagate.
     """
     if session is None:
         with get_sessionmaker()() as own:
-            return ingest(data, filename, uploader, guild, session=own, storage=storage, max_bytes=max_bytes)
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"ingest() needs the uploaded bytes, not {type(data).__name__}")
-    name = check_filename(filename)
+            return ingest(data, filename, uploader, guild, session=own, storage=storage, max_bytes=max_bytes,
+                          more=more)
+    files = [(data, filename), *more]
+    for blob, _ in files:
+        if not isinstance(blob, bytes | bytearray | memoryview):
+            raise TypeError(f"ingest() needs the uploaded bytes, not {type(blob).__name__}")
     limit = max_bytes if max_bytes is not None else upload_limit(session, guild)
-    try:
-        decoded = decode_corpus(bytes(data), max_bytes=limit)
-    except CorpusError as e:
-        raise IngestError(e.code, e.message) from e
+    decoded, name, names = _decode_all(files, limit)
 
     text = decoded.text.encode("utf-8")
     sha = hashlib.sha256(text).hexdigest()
@@ -115,7 +147,8 @@ def ingest(data: bytes, filename: str, uploader: int | None = None, guild: int |
         n_bytes=decoded.n_bytes, n_chars=decoded.n_chars, n_lines=decoded.n_lines, n_words=decoded.n_words,
         n_unique_chars=decoded.n_unique_chars, n_unique_words=decoded.n_unique_words,
         stats={**decoded.stats(), "sha256": sha, "raw_sha256": decoded.sha256,
-               "warnings": list(decoded.warnings)},
+               "warnings": list(decoded.warnings),
+               **({"documents": list(decoded.documents), "document_names": names} if decoded.documents else {})},
         uploaded_by=uploader, guild_id=guild)
     try:
         # On PostgreSQL the flushed unique key also makes a concurrent upload of the same text wait for us.
@@ -148,3 +181,17 @@ def _ensure_blob(storage: Storage, key: str, text: bytes) -> None:
 def read_corpus_text(corpus: Corpus, storage: Storage | None = None) -> str:
     """The stored UTF-8 text of a corpus."""
     return (storage or open_storage()).get(corpus.storage_key).decode("utf-8")
+
+
+def read_corpus(corpus: Corpus, storage: Storage | None = None) -> DecodedCorpus:
+    """The stored corpus with its document boundaries (an upload of several files: `stats["documents"]`),
+    addressed by the stored text's sha256. Lengths that do not fit the text (a row edited by hand) are
+    ignored rather than trusted: the text is then one document."""
+    text = read_corpus_text(corpus, storage)
+    lengths = tuple(int(n) for n in (corpus.stats or {}).get("documents") or ())
+    if len(lengths) < 2 or sum(lengths) + len(DOCUMENT_SEPARATOR) * (len(lengths) - 1) != len(text):
+        lengths = ()
+    return DecodedCorpus(text=text, encoding=corpus.encoding, sha256=corpus.sha256, n_bytes=corpus.n_bytes,
+                         n_chars=corpus.n_chars, n_lines=corpus.n_lines, n_words=corpus.n_words,
+                         n_unique_chars=corpus.n_unique_chars, n_unique_words=corpus.n_unique_words,
+                         warnings=tuple((corpus.stats or {}).get("warnings") or ()), documents=lengths)

@@ -80,10 +80,12 @@ DEFAULT_PERSONAS: tuple[PersonaSpec, ...] = (
     PersonaSpec("movie-reviews", "Movie reviews", Family.WORD_GRU, "movie-reviews",
                 "IMDB movie reviews, word by word (GRU over pretrained word vectors)."),
     PersonaSpec("harry-potter", "Harry Potter", Family.WORD_MLP, "harry-potter",
-                "Harry Potter, word by word (a Bengio-style MLP over the last 4 words). The books are "
-                "copyrighted, so none are shipped: the operator uploads their own copy with "
-                "`/persona retrain` or trains from a local file with `improbable train harry-potter "
-                "--corpus <file>`. Until then this persona has no checkpoint."),
+                "Harry Potter, word by word (a Bengio-style MLP over the last 8 words). The books are "
+                "copyrighted, so none are shipped: attach your own copy (one .txt file per book, up to five) "
+                "to `/persona retrain harry-potter`, or train on the command line with `improbable train "
+                "--recipe harry-potter --corpus <a .txt file or a folder of them> --out runs/hp`, then "
+                "`improbable persona attach harry-potter runs/hp/best.safetensors`. Until then this persona "
+                "has no model."),
 )
 
 

@@ -47,6 +47,7 @@ class PreparedGeneration:
     display_name: str
     shown_prompt: str
     family: str
+    note: str = ""  # a line for the user about how the request was derived (e.g. the target used)
 
     @property
     def params(self) -> dict:
@@ -115,16 +116,36 @@ def join_text(prompt: str, completion: str, family: str) -> str:
     return prompt + completion
 
 
+MIN_IMPROBABILITY = 1e-4  # below this a target picks among words the model practically never writes
+FIRST_IMPROBABILITY = 0.1  # "more improbable" on a text written without the drive
+IMPROBABILITY_STEP = 5  # each press divides the target by this
+
+
 def lower_improbability(p: float | None) -> float:
-    """The next 'more improbable' target: 0.2 to begin with, then a quarter each time (at least 1e-4)."""
+    """The next 'more improbable' target: 0.1 when the drive was off, then a fifth each time, never below
+    MIN_IMPROBABILITY."""
     if not p:
-        return 0.2
-    return max(round(p / 4, 6), 1e-4)
+        return FIRST_IMPROBABILITY
+    return max(float(f"{p / IMPROBABILITY_STEP:.3g}"), MIN_IMPROBABILITY)
+
+
+def _more_improbable(params: dict) -> str:
+    """Lower the target in `params` (with a new seed, so the text never repeats); the note to show."""
+    before = params.get("improbability")
+    params["improbability"] = lower_improbability(before)
+    params["seed"] = new_seed()
+    if before and before <= MIN_IMPROBABILITY:
+        return (f"improbability target {params['improbability']:g}: already the lowest it goes "
+                f"({MIN_IMPROBABILITY:g}), so only the seed changed")
+    if before:
+        return f"improbability target lowered from {before:g} to {params['improbability']:g}"
+    return f"improbability drive on: target {params['improbability']:g} (each word about that probable)"
 
 
 def follow_up(generation_id: int, mode: str, actor: Actor, extra_prompt: str = "") -> PreparedGeneration:
     """A request derived from an earlier generation. mode: "regenerate" (same parameters, new seed),
-    "continue" (its text as the prompt, new seed) or "improbable" (lower target probability)."""
+    "continue" (its text as the prompt, new seed) or "improbable" (lower target probability and a new seed,
+    so pressing it twice never gives the same text)."""
     with session_scope() as session:
         gen = session.get(Generation, generation_id)
         if gen is None:
@@ -132,11 +153,12 @@ def follow_up(generation_id: int, mode: str, actor: Actor, extra_prompt: str = "
         persona = gen.persona
         checkpoint = _checkpoint_or_explain(persona, persona.active_checkpoint, session)
         params = {k: v for k, v in (gen.params or {}).items() if k in SAMPLING_KEYS}
+        note = ""
         if mode == "regenerate":
             params["seed"] = new_seed()
             prompt, shown = gen.prompt, gen.prompt
         elif mode == "improbable":
-            params["improbability"] = lower_improbability(params.get("improbability"))
+            note = _more_improbable(params)
             prompt, shown = gen.prompt, gen.prompt
         elif mode == "continue":
             params["seed"] = new_seed()
@@ -147,7 +169,9 @@ def follow_up(generation_id: int, mode: str, actor: Actor, extra_prompt: str = "
             shown = "…" + prompt[-120:].lstrip() if len(prompt) > 120 else prompt
         else:
             raise ValueError(f"unknown follow-up mode {mode!r}")
-        return _request(persona, checkpoint.id, prompt, check_params(params), actor, shown=shown, parent=gen.id)
+        request = _request(persona, checkpoint.id, prompt, check_params(params), actor, shown=shown, parent=gen.id)
+        request.note = note
+        return request
 
 
 def generation_of_message(message_id: int) -> int | None:

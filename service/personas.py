@@ -3,10 +3,13 @@ ingested and a run queued), and the first start's bootstrap (migrations, bundled
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
+from core.contracts import checkpoint_metadata
 from core.settings import get_settings
 from core.text import originality
 from db import Family, Persona, TrainingRun, open_storage, session_scope
@@ -28,6 +31,9 @@ from db.queries import (
     active_runs,
     create_run,
     request_cancel,
+    save_checkpoint,
+    start_run,
+    succeed_run,
 )
 from service.policy import Actor, Policy, UserError, policy, require_trainer, unknown_persona
 from service.training import NewRun, check_training_limits, train_overrides
@@ -130,19 +136,26 @@ def fill_originality(info: PersonaInfo) -> None:
     info.originality = originality(info.sample, text)
 
 
-def _ingest(session, actor: Actor, pol: Policy, data: bytes, filename: str):
-    if len(data) > pol.max_upload_bytes:
-        raise UserError(f"The file is {len(data) / 1e6:.1f} MB; the limit here is {pol.max_upload_bytes / 1e6:.1f} MB.")
+Upload = tuple[bytes, str]  # (data, filename) of one attached file
+
+
+def _ingest(session, actor: Actor, pol: Policy, data: bytes, filename: str, more: Sequence[Upload] = ()):
+    """The upload as a corpus; several files (`more`) become one corpus of several documents."""
+    size = len(data) + sum(len(d) for d, _ in more)
+    if size > pol.max_upload_bytes:
+        what = "The file is" if not more else f"The {len(more) + 1} files are together"
+        raise UserError(f"{what} {size / 1e6:.1f} MB; the limit here is {pol.max_upload_bytes / 1e6:.1f} MB.")
     try:
         return ingest(data, filename, actor.user_id, actor.guild_id, session=session,
-                      max_bytes=pol.max_upload_bytes)
+                      max_bytes=pol.max_upload_bytes, more=more)
     except IngestError as e:
         raise UserError(f"That file cannot be used: {e.message}") from None
 
 
 def create_persona(actor: Actor, name: str, data: bytes, filename: str, family: str = "char-rnn",
-                   description: str = "", minutes: float | None = None) -> NewRun:
-    """A new persona in the actor's guild, trained on the uploaded text: ingest, persona, queued run."""
+                   description: str = "", minutes: float | None = None, more: Sequence[Upload] = ()) -> NewRun:
+    """A new persona in the actor's guild, trained on the uploaded text (with `more` files: one corpus of
+    several documents, kept apart in training): ingest, persona, queued run."""
     pol = policy(actor.guild_id)
     require_trainer(actor, pol)
     try:
@@ -158,7 +171,7 @@ def create_persona(actor: Actor, name: str, data: bytes, filename: str, family: 
             raise UserError(f"The name `{slug}` is already taken here; choose another, or use "
                             f"`/persona retrain {slug}` to train it again.")
         check_training_limits(session, actor, pol)
-        uploaded = _ingest(session, actor, pol, data, filename)
+        uploaded = _ingest(session, actor, pol, data, filename, more)
         try:
             persona = db_create_persona(session, slug, family=fam,
                                         guild_id=actor.guild_id, description=description[:1000],
@@ -172,8 +185,9 @@ def create_persona(actor: Actor, name: str, data: bytes, filename: str, family: 
 
 
 def retrain(actor: Actor, slug: str, data: bytes | None = None, filename: str | None = None,
-            minutes: float | None = None) -> NewRun:
-    """Train a persona again: on a new upload, else on its latest corpus, else on its recipe's corpus."""
+            minutes: float | None = None, more: Sequence[Upload] = ()) -> NewRun:
+    """Train a persona again: on a new upload (one file, or several with `more`), else on its latest
+    corpus, else on its recipe's corpus."""
     pol = policy(actor.guild_id)
     require_trainer(actor, pol)
     overrides = train_overrides(minutes)
@@ -187,7 +201,7 @@ def retrain(actor: Actor, slug: str, data: bytes | None = None, filename: str | 
         check_training_limits(session, actor, pol)
         corpus, warnings, dedup = None, (), False
         if data is not None:
-            uploaded = _ingest(session, actor, pol, data, filename or "upload.txt")
+            uploaded = _ingest(session, actor, pol, data, filename or "upload.txt", more)
             corpus, warnings, dedup = uploaded.corpus, uploaded.warnings, not uploaded.created
             link_corpus(session, persona, corpus, actor.user_id)
         elif persona.corpora:
@@ -198,6 +212,49 @@ def retrain(actor: Actor, slug: str, data: bytes | None = None, filename: str | 
         run = create_run(session, persona, corpus=corpus, config=overrides, requested_by=actor.user_id,
                          guild_id=actor.guild_id, channel_id=actor.channel_id)
         return NewRun(run.id, persona.slug, persona.display_name, False, tuple(warnings), dedup)
+
+
+@dataclass
+class Attached:
+    slug: str
+    family: str
+    checkpoint_id: int
+    run_id: int
+    val_loss: float | None
+
+
+def attach_checkpoint(slug: str, data: bytes, source: str, guild_id: int | None = None) -> Attached:
+    """Make a checkpoint trained elsewhere (`improbable train ... --out runs/hp`) a persona's active model.
+    Its family must be the persona's. It is stored the way the trainer stores one (a finished run with its
+    best checkpoint, db.queries.save_checkpoint with activate), so the next generate request uses it and
+    `/persona info` shows it. The caller validates the file itself (trainer.checkpoint.read_meta); this
+    reads the header torch-free (core.contracts.checkpoint_metadata)."""
+    try:
+        meta = checkpoint_metadata(data, source)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    storage = open_storage()
+    with session_scope() as session:
+        try:
+            persona, _ = resolve_persona(session, slug, guild_id)
+        except PersonaError as e:
+            raise unknown_persona(e) from None
+        family = (meta.get("model") or {}).get("family")
+        if family != persona.family.value:
+            raise UserError(f"{source} is a {family or 'unknown'} model, but `{persona.slug}` is a "
+                            f"{persona.family.value} persona: train one with `improbable train --recipe "
+                            f"{persona.recipe} --corpus <your text> --out runs/{persona.slug}`.")
+        # JSON columns on PostgreSQL refuse NaN and infinity: keep the finite numbers and the rest as they are
+        metrics = {k: v for k, v in (meta.get("metrics") or {}).items()
+                   if not (isinstance(v, float) and not math.isfinite(v))}
+        val_loss = metrics.get("val_loss") if isinstance(metrics.get("val_loss"), int | float) else None
+        run = create_run(session, persona, config={"attached": source})
+        start_run(session, run)
+        ckpt = save_checkpoint(session, storage, persona, run, "best", data, val_loss=val_loss, metrics=metrics,
+                               activate=True)
+        succeed_run(session, run, metrics={**metrics, "attached": source, "checkpoint_id": ckpt.id,
+                                           "promoted": True})
+        return Attached(persona.slug, persona.family.value, ckpt.id, run.id, val_loss)
 
 
 def delete_persona(actor: Actor, slug: str) -> str:

@@ -132,20 +132,22 @@ def train_config(job: dict, out_dir: Path):
     return TrainConfig.from_dict(cfg)
 
 
-def corpus_text(job: dict, config, storage: Storage) -> str:
-    """The run's uploaded corpus from storage, or (bundled personas) the recipe's corpus by name."""
+def corpus_text(job: dict, config, storage: Storage):
+    """The run's corpus (core.text.DecodedCorpus, with its document boundaries so that training keeps the
+    documents of a multi-file upload or a corpus folder apart): the uploaded one from storage, or (bundled
+    personas) the recipe's corpus by name."""
     if job["corpus_id"] is not None:
         from db import Corpus
-        from db.ingest import read_corpus_text
+        from db.ingest import read_corpus
 
         with session_scope() as session:
             corpus = session.get(Corpus, job["corpus_id"])
             if corpus is None:
                 raise LookupError(f"corpus {job['corpus_id']} of run {job['run_id']} was deleted")
-            return read_corpus_text(corpus, storage)
+            return read_corpus(corpus, storage)
     from trainer.corpus import load_corpus
 
-    return load_corpus(config.corpus, get_settings().corpus_dirs or None).text
+    return load_corpus(config.corpus, get_settings().corpus_dirs or None)
 
 
 def _step_of(path: Path) -> int:

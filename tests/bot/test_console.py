@@ -3,6 +3,7 @@ in-process), as a newcomer would run it."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,13 +46,28 @@ def test_console_chat_runs_the_bot_commands(console_env):
     assert any(line.startswith("harry-potter") and "no model yet" in line for line in lines)
     texts = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("Alice ·") and line.endswith("seed 3")]
     assert len(texts) == 2 and texts[0] == texts[1] and texts[0].startswith("Alice was")  # same seed, same text
-    assert "improbability 0.2" in out and "Down the hole" in out
+    assert "improbability 0.1" in out and "target 0.1" in out and "Down the hole" in out
     assert "Did you mean alice?" in out  # Discord's markdown as plain text
     assert "`alice`" not in out
     assert "checkpoint" in out and "validation loss 3.100" in out and "Alice was here." in out
     assert "nothing is training" in out and "Discord" in out and "unknown command /nonsense" in out
     assert "usage" in out  # /generate without a persona
     assert sum(line.startswith("harry-potter") for line in lines) == 1  # nothing runs after /quit
+
+
+@pytest.mark.slow
+def test_console_joins_a_word_model_s_prompt_and_completion(console_env):
+    """The bundled movie-reviews model: "this movie was" + "so bad" reads "this movie was so bad", never
+    "this movie wasso bad", and `<unk>` is never shown, even for a prompt with words it never saw."""
+    out = chat(console_env, "/generate movie-reviews this movie was --length 12 --seed 1",
+               "/generate movie-reviews this movie was --length 12 --seed 2",
+               "/generate movie-reviews this zzqxv movie was --length 12 --seed 3")
+    texts = [line for line in out.splitlines() if line.startswith("this ")]
+    assert len(texts) == 3, out
+    for line in texts:
+        assert not re.match(r"this movie was[A-Za-z0-9]", line), line
+        assert re.match(r"this (zzqxv )?movie was[ ,.!?;:'\"]", line), line
+    assert "<unk>" not in out and "zzqxv" in out
 
 
 @pytest.mark.slow

@@ -108,7 +108,7 @@ def test_buttons_regenerate_continue_and_owner_only(e2e):
     assert "**The Queen**" in edited["content"]
 
     more_click = fake.click(edited, custom_ids(edited)[2], user=fake.bob)
-    improbable = fake.wait_for(lambda: (m := fake.message(int(msg["id"]))) and "improbability 0.2" in m["content"]
+    improbable = fake.wait_for(lambda: (m := fake.message(int(msg["id"]))) and "improbability 0.1" in m["content"]
                                and m, TIMEOUT, "the more improbable text")
     assert more_click.acks[0][0] == 6 and improbable
 

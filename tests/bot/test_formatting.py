@@ -106,6 +106,28 @@ def test_render_long_generation_fits_with_attachment():
     assert r.file[1].decode() == "Alice was" + " and then. " * 400
 
 
+@pytest.mark.parametrize("prompt, completion, joined, shown", [
+    ("this movie was", "so bad", "this movie was so bad", "**this movie was** so bad"),  # never "was**so**"
+    ("this movie was", "so bad", None, "**this movie was** so bad"),  # no join given: a space between words
+    ("Hello", ", world", "Hello, world", "**Hello**, world"),
+    ("don", "'t", "don't", "**don**'t"),
+    ("Alice was", " tired", "Alice was tired", "**Alice was** tired"),  # a char model writes its own spaces
+    ("Alice ", "was", "Alice was", "**Alice** was"),  # the prompt's trailing space goes outside the bold
+    ("  ", "text", None, "text"),
+])
+def test_prompt_and_completion_are_joined_as_the_model_joins_them(prompt, completion, joined, shown):
+    r = render_generation("Movie reviews", prompt, completion, {}, joined=joined)
+    assert r.content.split("\n", 1)[1] == shown
+
+
+def test_notes_are_small_lines_under_the_header():
+    r = render_generation("Alice", "A", " b", {"improbability": 0.02, "seed": 9},
+                          note="improbability target lowered from 0.1 to 0.02\nwords this persona never saw")
+    lines = r.content.splitlines()
+    assert lines[0] == "**Alice** · improbability 0.02 · seed 9"
+    assert lines[1] == "-# improbability target lowered from 0.1 to 0.02" and lines[2].startswith("-# words")
+
+
 def test_improbability_shows_instead_of_temperature():
     r = render_generation("Alice", "", "x", {"temperature": 0.8, "improbability": 0.05, "seed": 3})
     assert "improbability 0.05" in r.content and "temperature" not in r.content

@@ -229,3 +229,32 @@ def test_concurrent_identical_uploads_on_postgresql(pg_url, storage, alice_text)
     with db.session_scope(pg_url) as session:
         assert count_rows(session, Corpus) == 1
     assert storage.keys() == [results[0].corpus.storage_key]
+
+
+def test_several_files_are_one_corpus_of_documents(session, storage, alice_text):
+    from db.ingest import read_corpus
+
+    first, second = alice_text[:2500], alice_text[2500:]
+    result = ingest(first.encode(), "one.txt", USER, GUILD, session=session, storage=storage,
+                    more=[(second.encode("utf-16"), "two.txt")])
+    c = result.corpus
+    assert result.created and c.filename == "one.txt (+1 more)" and c.stats["document_names"] == ["one.txt", "two.txt"]
+    decoded = read_corpus(c, storage)
+    assert [d.strip() for d in decoded.document_texts()] == [first.strip(), second.strip()]
+    assert decoded.sha256 == c.sha256 == hashlib.sha256(read_corpus_text(c, storage).encode()).hexdigest()
+    again = ingest(first.encode(), "a.txt", session=session, storage=storage, more=[(second.encode(), "b.txt")])
+    assert not again.created and again.corpus.id == c.id  # the same documents: the same corpus
+    with pytest.raises(IngestError, match="two.txt: ") as refused:
+        ingest(first.encode(), "one.txt", session=session, storage=storage, more=[(b"abc\x00def\n" * 100, "two.txt")])
+    assert refused.value.code == "binary" and count_rows(session, Corpus) == 1
+
+
+def test_document_lengths_that_do_not_fit_are_ignored(session, storage, alice_text):
+    from db.ingest import read_corpus
+
+    c = ingest(alice_text[:2000].encode(), "one.txt", session=session, storage=storage,
+               more=[(alice_text[2000:4000].encode(), "two.txt")]).corpus
+    c.stats = {**c.stats, "documents": [1, 2]}  # edited by hand: not the text's documents
+    assert read_corpus(c, storage).document_texts() == [read_corpus_text(c, storage)]
+    single = ingest(alice_text[4000:].encode(), "x.txt", session=session, storage=storage).corpus
+    assert "documents" not in single.stats and read_corpus(single, storage).documents == ()

@@ -110,17 +110,21 @@ def test_follow_ups_keep_or_change_the_parameters(env):
     assert regen.payload["prompt"] == "Alice was" and regen.params["temperature"] == 0.7
     assert regen.payload["parent_generation_id"] == gid
     more = service.generation.follow_up(gid, "improbable", MEMBER)
-    assert more.params["improbability"] == 0.2 and more.params["seed"] == 5
+    assert more.params["improbability"] == 0.1 and more.params["seed"] != 5  # a new seed: never the same text
+    assert "target 0.1" in more.note
     cont = service.generation.follow_up(gid, "continue", MEMBER, "And then")
     assert cont.payload["prompt"] == "Alice was tired.\nAnd then"
     with pytest.raises(UserError):
         service.generation.follow_up(10**6, "regenerate", MEMBER)
 
 
-def test_more_improbable_goes_down_by_quarters():
-    assert service.generation.lower_improbability(0) == 0.2
-    assert service.generation.lower_improbability(0.2) == 0.05
-    assert service.generation.lower_improbability(0.0002) == 1e-4
+def test_more_improbable_goes_down_by_fifths():
+    assert service.generation.lower_improbability(0) == 0.1
+    assert service.generation.lower_improbability(None) == 0.1
+    assert service.generation.lower_improbability(0.1) == 0.02
+    assert service.generation.lower_improbability(0.02) == 0.004
+    assert service.generation.lower_improbability(0.0003) == 1e-4
+    assert service.generation.lower_improbability(1e-4) == 1e-4
 
 
 def test_join_text_by_family():
