@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from core.text import HARD_MAX_BYTES as HARD_MAX_UPLOAD_BYTES
+
 SECRETS_DIR = Path("/run/secrets")  # Docker/Compose secrets; a file named like the setting is read
 
 
@@ -151,6 +153,16 @@ class SettingsError(ValueError):
 SECRET_FIELDS = frozenset({"discord_token"})  # shown as **** by `improbable config`
 
 
+def check_upload_cap(max_upload_mb: float) -> int:
+    """A server's upload cap in MB → bytes, or SettingsError: no setting may raise it past
+    HARD_MAX_UPLOAD_BYTES (core.text refuses bigger files whatever a setting says)."""
+    ceiling = HARD_MAX_UPLOAD_BYTES / 1e6
+    if not 0 < max_upload_mb <= ceiling:
+        raise SettingsError(f"max upload must be more than 0 and at most {ceiling:g} MB (got {max_upload_mb:g} MB): "
+                            "bigger files need gigabytes of memory to decode.")
+    return int(max_upload_mb * 1_000_000)
+
+
 def env_names(field_name: str) -> list[str]:
     """The environment variables that set a field (its aliases, else IMPROBABLE_<NAME>)."""
     field = Settings.model_fields[field_name]
@@ -163,8 +175,11 @@ def env_names(field_name: str) -> list[str]:
 
 
 def mask_url(value: str) -> str:
-    """`scheme://user:secret@host` → `scheme://user:****@host`; `?password=x` → `?password=****`."""
-    value = re.sub(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/@:]*):[^/]*@", r"\1:****@", value)
+    """`scheme://user:secret@host` → `scheme://user:****@host`; `?password=x` → `?password=****`.
+    The secret runs to the last "@": an unencoded password may hold "/", "@", "?" or "#" (issue 12: a "/"
+    used to end the match, printing the password in clear). Masking too much beats showing a secret."""
+    scheme = r"[A-Za-z][A-Za-z0-9+.-]*://" if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value) else ""
+    value = re.sub(rf"^({scheme}[^/@:\s]*):\S*@", r"\1:****@", value)
     return re.sub(r"(?i)([?&](?:password|passwd|secret|token|key)=)[^&]*", r"\1****", value)
 
 
