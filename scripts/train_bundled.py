@@ -93,12 +93,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("personas", nargs="*", default=[p for p in PERSONAS if p != "base"])
     parser.add_argument("--minutes", type=float, help="override each recipe's time budget")
+    parser.add_argument("--threads", type=int, help="torch threads (on a busy machine 1 can be several times faster)")
     parser.add_argument("--from-run", type=Path, help="export this finished run's best checkpoint instead of training")
     args = parser.parse_args()
     for persona in args.personas:
         recipe = load_recipe(persona)
         if args.minutes:
             recipe["minutes"] = args.minutes
+        if args.threads:
+            recipe["threads"] = args.threads
         corpus = load_named_corpus(recipe["corpus"], CORPORA)
         if args.from_run:
             best_path = args.from_run / "best.safetensors"

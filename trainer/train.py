@@ -208,7 +208,8 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
     if config.family == "word-gru" and not resuming:
         from .vectors import word_vectors_for
 
-        embedding = word_vectors_for(tokenizer, text, config.word_vectors, dim=config.n_embd, seed=config.seed)
+        embedding = word_vectors_for(tokenizer, train_ids.cpu(), config.word_vectors,  # held-out text stays unseen
+                                     dim=config.n_embd, seed=config.seed)
         model_config.n_embd = embedding.size(1)  # a vectors file decides the width
     model = build_model(model_config, embedding)
     if base is not None:
