@@ -41,7 +41,7 @@ async def set_(interaction: discord.Interaction, trainer_role: discord.Role | No
                clear_trainer_role: bool = False, cooldown: app_commands.Range[int, 0, 86400] | None = None,
                train_cooldown: app_commands.Range[int, 0, 604800] | None = None,
                max_jobs: app_commands.Range[int, 1, 100] | None = None,
-               max_upload_mb: app_commands.Range[float, 0.01, 500.0] | None = None) -> None:
+               max_upload_mb: app_commands.Range[float, 0.01, 100.0] | None = None) -> None:
     await replies.defer(interaction, ephemeral=True)
     pol = await asyncio.to_thread(service.policy.update_policy, actor_of(interaction),
                                   trainer_role_id=trainer_role.id if trainer_role else None,

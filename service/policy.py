@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from core.settings import HARD_MAX_UPLOAD_BYTES, SettingsError, check_upload_cap
 from db import session_scope
 from db.models import (
     DEFAULT_COOLDOWN_SECONDS,
@@ -73,8 +74,10 @@ def policy(guild_id: int | None) -> Policy:
         return Policy()
     with session_scope() as session:
         row = guild_settings(session, guild_id)
+        # a cap stored before the ceiling existed (up to 500 MB) is read as the ceiling, so the bot refuses a
+        # bigger attachment before downloading it
         return Policy(row.cooldown_seconds, row.train_cooldown_seconds, row.max_queued_jobs_per_user,
-                      row.max_upload_bytes, row.trainer_role_id)
+                      min(row.max_upload_bytes, HARD_MAX_UPLOAD_BYTES), row.trainer_role_id)
 
 
 def update_policy(actor: Actor, *, trainer_role_id: int | None = None, clear_trainer_role: bool = False,
@@ -86,14 +89,17 @@ def update_policy(actor: Actor, *, trainer_role_id: int | None = None, clear_tra
     if not actor.can_manage:
         raise NotAllowed("Only members with the **Manage Server** permission can change these settings.")
     checks = [(cooldown_seconds, 0, 86_400, "cooldown"), (train_cooldown_seconds, 0, 604_800, "train cooldown"),
-              (max_queued_jobs, 1, 100, "max jobs"), (max_upload_mb, 0.01, 500, "max upload")]
+              (max_queued_jobs, 1, 100, "max jobs")]
     for value, low, high, name in checks:
         if value is not None and not low <= value <= high:
             raise UserError(f"{name} must be between {low:g} and {high:g}.")
     values: dict[str, Any] = {"cooldown_seconds": cooldown_seconds, "train_cooldown_seconds": train_cooldown_seconds,
                               "max_queued_jobs_per_user": max_queued_jobs}
     if max_upload_mb is not None:
-        values["max_upload_bytes"] = int(max_upload_mb * 1_000_000)
+        try:  # no server may raise its cap past the hard ceiling (issue 12: 1.7 GB of memory at 100 MB)
+            values["max_upload_bytes"] = check_upload_cap(max_upload_mb)
+        except SettingsError as e:
+            raise UserError(str(e)) from None
     if trainer_role_id is not None or clear_trainer_role:
         values["trainer_role_id"] = None if clear_trainer_role else trainer_role_id
     with session_scope() as session:
