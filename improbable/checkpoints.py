@@ -114,3 +114,20 @@ def training_corpus(meta: dict, settings: Settings):
             return corpus
     raise ModelNotFound(f"the checkpoint's training text ({' or '.join(tried) or 'unnamed'}) is not found with the "
                         "same content on the corpus path; pass it with --corpus PATH, or set IMPROBABLE_CORPUS_PATH")
+
+
+def validation_split(meta: dict, tokenizer, corpus):
+    """(token ids, characters) of the held-out part of `corpus` exactly as training split it (the meta's
+    split mode and fraction: spread blocks or the tail), so `evaluate` reproduces the run's validation loss."""
+    import torch
+
+    from trainer.corpus import DOCUMENT_SEPARATOR
+    from trainer.data import BLOCK_TOKENS, split_documents
+
+    config, split = meta.get("train_config", {}), meta.get("split", {})
+    fraction = split.get("val_fraction", config.get("val_fraction", 0.1))
+    mode = split.get("mode", config.get("split", "tail"))  # checkpoints from before the spread split: the tail
+    documents = [torch.tensor(tokenizer.encode(d), dtype=torch.long) for d in corpus.document_texts()]
+    separator = torch.tensor(tokenizer.encode(DOCUMENT_SEPARATOR), dtype=torch.long)
+    _, val_ids = split_documents(documents, fraction, mode, BLOCK_TOKENS[tokenizer.kind], separator)
+    return val_ids, int(len(corpus.text) * fraction)

@@ -245,40 +245,29 @@ def generate_text(
 @app.command()
 def evaluate(
     checkpoint: str = typer.Argument(..., help=MODEL_HELP),
-    corpus: str | None = typer.Option(None, help="Score this text instead of the checkpoint's own validation split."),
-    whole: bool = typer.Option(False, help="With --corpus: score the whole text, not its last 10 %."),
+    corpus: str | None = typer.Option(
+        None, help="Score this text (its held-out part, split as in training) instead of the checkpoint's own."),
+    whole: bool = typer.Option(False, help="Score the whole text, not its held-out part."),
 ) -> None:
     """Held-out loss in nats/token, bits/char and perplexity."""
     import torch
 
+    from improbable.checkpoints import ModelNotFound, training_corpus, validation_split
     from trainer import checkpoint as ckpt
-    from trainer.data import TokenStreams, split_train_val
+    from trainer.data import TokenStreams
     from trainer.evaluate import describe
     from trainer.evaluate import evaluate as score
 
     try:
         loaded = ckpt.load(_checkpoint(checkpoint))
-    except ckpt.CheckpointError as e:
+        text = _load_corpus(corpus) if corpus else training_corpus(loaded.meta, get_settings())
+    except (ckpt.CheckpointError, ModelNotFound) as e:
         _fail(str(e))
-    config = loaded.meta.get("train_config", {})
-    if corpus:
-        text = _load_corpus(corpus).text
-    else:
-        from improbable.checkpoints import ModelNotFound, training_corpus
-
-        try:
-            text = training_corpus(loaded.meta, get_settings()).text
-        except ModelNotFound as e:
-            _fail(str(e))
-    if not whole:
-        val_fraction = config.get("val_fraction", 0.1)
-        ids = loaded.tokenizer.encode(text)
-        start = split_train_val(len(ids), val_fraction)
-        text_chars = len(text) - int(len(text) * (1 - val_fraction))
-        ids = ids[start:]
-    else:
-        ids, text_chars = loaded.tokenizer.encode(text), len(text)
-    data = TokenStreams(torch.tensor(ids), min(32, max(1, (len(ids) - 1) // 2)), 100)
+    if whole:
+        ids, text_chars = loaded.tokenizer.encode(text.text), len(text.text)
+    else:  # the held-out part, split as training split it
+        ids, text_chars = validation_split(loaded.meta, loaded.tokenizer, text)
+    data = TokenStreams(torch.as_tensor(ids), min(32, max(1, (len(ids) - 1) // 2)), 100)
     nats = score(loaded.model, data)
     result = describe(nats, len(ids), text_chars if loaded.tokenizer.kind == "word" else len(ids))
     table = Table("metric", "value")
