@@ -21,6 +21,17 @@ schedule_group = app_commands.Group(name="schedule", description="Scheduled post
                                     guild_only=True)
 
 
+def bot_can_post(channel) -> bool | None:
+    """Whether the bot may view and send messages in the channel, from the cached guild and its overwrites;
+    None when the cache cannot tell (the worker then pauses the schedule at its first refused post)."""
+    guild = getattr(channel, "guild", None)
+    me = guild.me if guild is not None else None
+    if me is None or not isinstance(channel, discord.abc.GuildChannel):
+        return None
+    permissions = channel.permissions_for(me)
+    return permissions.view_channel and permissions.send_messages
+
+
 @schedule_group.command(name="add", description="Post a persona's text into a channel on a schedule.")
 @app_commands.describe(persona="Whose voice", channel="Where to post",
                        every="An interval: 30m, 2h, 1h30m, 1d (or use cron)",
@@ -32,7 +43,7 @@ async def add(interaction: discord.Interaction, persona: str, channel: discord.T
               every: str | None = None, cron: str | None = None, prompt: str = "") -> None:
     await replies.defer(interaction, ephemeral=True)
     sched = await asyncio.to_thread(service.schedules.add_schedule, actor_of(interaction), persona, channel.id,
-                                    every=every, cron=cron, prompt=prompt)
+                                    every=every, cron=cron, prompt=prompt, bot_can_post=bot_can_post(channel))
     await replies.send(interaction, f"Schedule {sched.id}: `{sched.persona_slug}` posts in <#{sched.channel_id}> "
                                     f"{sched.every}" + (f", continuing “{escape(truncate(prompt, 200))}”." if prompt
                                                         else "."))
@@ -46,7 +57,9 @@ async def list_(interaction: discord.Interaction) -> None:
         await replies.send(interaction, "No scheduled posts here. Add one with `/schedule add`.")
         return
     lines = [f"**{s.id}** · `{s.persona_slug}` in <#{s.channel_id}> · {s.every}"
-             + (f" · “{escape(truncate(s.prompt, 80))}”" if s.prompt else "") for s in rows]
+             + (f" · “{escape(truncate(s.prompt, 80))}”" if s.prompt else "")
+             + ("" if s.enabled else f"\n  ⏸ paused: {escape(truncate(s.problem or 'posting failed', 150))} "
+                "(fix the channel's permissions, then remove it and add it again)") for s in rows]
     chunks = split_message("\n".join(lines))
     await replies.send(interaction, chunks[0])
     for chunk in chunks[1:]:

@@ -6,16 +6,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
 from core.contracts import parse_cron
-from db import Schedule, session_scope
+from db import Schedule, SchedulePost, session_scope
 from db.personas import (
     PersonaError,
     resolve_persona,
 )
-from db.queries import (
-    create_schedule,
-    enabled_schedules,
-)
+from db.queries import create_schedule
 from service.generation import MAX_PROMPT_CHARS
 from service.policy import Actor, UserError, require_trainer, unknown_persona
 
@@ -62,13 +61,19 @@ class ScheduleView:
     every: str
     prompt: str
     enabled: bool
+    problem: str = ""  # why a paused schedule stopped (the last refused post), shown by /schedule list
 
 
 def add_schedule(actor: Actor, slug: str, channel_id: int, *, every: str | None = None, cron: str | None = None,
-                 prompt: str = "") -> ScheduleView:
+                 prompt: str = "", bot_can_post: bool | None = None) -> ScheduleView:
+    """`bot_can_post`: whether the bot may view and send messages in the channel (the bot knows, the service
+    does not); False refuses the schedule instead of letting it fail at every slot. None: unknown."""
     if actor.guild_id is None:
         raise UserError("Schedules post into a server's channels: use this command in a server.")
     require_trainer(actor)
+    if bot_can_post is False:
+        raise UserError(f"I cannot post in <#{channel_id}>: give me the **View Channel** and **Send Messages** "
+                        "permissions there, then add the schedule again.")
     if bool(every) == bool(cron):
         raise UserError("Give exactly one of `every` (like `2h`) or `cron` (like `0 9 * * *`).")
     interval = parse_interval(every) if every else None
@@ -88,8 +93,16 @@ def list_schedules(guild_id: int | None) -> list[ScheduleView]:
     if guild_id is None:
         return []
     with session_scope() as session:
+        schedules = session.scalars(select(Schedule).where(Schedule.guild_id == guild_id).order_by(Schedule.id))
         return [ScheduleView(s.id, s.persona.slug, s.channel_id, describe_every(s.interval_seconds, s.cron),
-                             s.prompt, s.enabled) for s in enabled_schedules(session, guild_id)]
+                             s.prompt, s.enabled, "" if s.enabled else _last_error(session, s.id))
+                for s in schedules]
+
+
+def _last_error(session, schedule_id: int) -> str:
+    return session.scalar(select(SchedulePost.error).where(SchedulePost.schedule_id == schedule_id,
+                                                           SchedulePost.error.is_not(None))
+                          .order_by(SchedulePost.slot.desc()).limit(1)) or ""
 
 
 def remove_schedule(actor: Actor, schedule_id: int) -> ScheduleView:

@@ -32,6 +32,15 @@ CRON_LOOKBACK_DAYS = 4 * 366 + 1  # a "29 2 *" schedule fires every four years
 class DiscordError(RuntimeError):
     """Discord refused the post (missing access, unknown channel...): retrying will not help."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status Discord answered, None when nothing was sent
+
+
+# Discord's answers that mean the bot cannot post in the channel at all (403 Missing Access or Permissions,
+# 404 Unknown Channel): the schedule is paused, instead of failing the same way at every slot forever.
+PAUSE_ON_STATUS = frozenset({403, 404})
+
 
 class DiscordUnavailable(RuntimeError):
     """Discord or the network failed transiently (5xx, 429, timeout): retry with backoff."""
@@ -104,7 +113,7 @@ def post_message(channel_id: int, content: str, timeout: float = 10.0, nonce: st
         detail = e.read()[:300].decode("utf-8", "replace")
         if e.code == 429 or e.code >= 500:
             raise DiscordUnavailable(f"Discord answered {e.code}: {detail}") from None
-        raise DiscordError(f"Discord answered {e.code}: {detail}") from None
+        raise DiscordError(f"Discord answered {e.code}: {detail}", e.code) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         raise DiscordUnavailable(f"cannot reach Discord at {url}: {e}") from None
 
@@ -158,6 +167,10 @@ def post(schedule_id: int, slot_iso: str) -> dict:
                                       nonce=f"s{schedule_id}-{int(slot.timestamp())}"[:25])
         except DiscordError as e:
             finish_post(session, schedule_id, slot, error=str(e), generation=result["generation_id"])
-            return {"status": "failed", "error": str(e)}
+            paused = e.status in PAUSE_ON_STATUS
+            if paused and (schedule := session.get(Schedule, schedule_id)) is not None:
+                schedule.enabled = False  # /schedule list shows it paused, with this post's error
+                log.warning("schedule %s paused: posting into channel %s failed: %s", schedule_id, channel_id, e)
+            return {"status": "failed", "error": str(e), "paused": paused}
         finish_post(session, schedule_id, slot, message_id=message_id, generation=result["generation_id"])
     return {"status": "posted", "message_id": message_id, "generation_id": result["generation_id"]}
