@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import discord
 from discord import app_commands
@@ -12,11 +13,13 @@ import service.policy
 from bot import replies
 from bot.autocomplete import persona_autocomplete
 from bot.limits import actor_of, generate_limits
+from bot.pictures import picture_file
 from bot.streaming import InteractionOutput, run_generation
 from bot.views import result_view
 from core.contracts import bounds, help_of
 from core.settings import Settings
 
+log = logging.getLogger(__name__)
 DISCORD_INT_MAX = 2**53  # the largest integer option Discord accepts
 MAX_LENGTH = int(Settings.model_fields["max_generate_tokens"].default)  # a deployment may cap it lower
 
@@ -36,7 +39,8 @@ def _describe(field: str) -> str:
     persona="Whose voice (see /personas)", prompt="Text to continue (may be empty)",
     length=_describe("max_tokens"), temperature=_describe("temperature"), top_k=_describe("top_k"),
     top_p=_describe("top_p"), improbability=_describe("improbability"), tolerance=_describe("tolerance"),
-    seed=_describe("seed"))
+    seed=_describe("seed"), show="probabilities: attach a picture of each word's probability")
+@app_commands.choices(show=[app_commands.Choice(name="probabilities", value="probabilities")])
 @app_commands.autocomplete(persona=persona_autocomplete)
 @generate_limits()
 async def generate_command(interaction: discord.Interaction, persona: str, prompt: str = "",
@@ -46,7 +50,7 @@ async def generate_command(interaction: discord.Interaction, persona: str, promp
                            top_p: _range(float, "top_p") | None = None,
                            improbability: _range(float, "improbability") | None = None,
                            tolerance: _range(float, "tolerance") | None = None,
-                           seed: _range(int, "seed") | None = None) -> None:
+                           seed: _range(int, "seed") | None = None, show: str | None = None) -> None:
     await replies.defer(interaction)
     bot = interaction.client
     actor = actor_of(interaction)
@@ -58,8 +62,29 @@ async def generate_command(interaction: discord.Interaction, persona: str, promp
         bot.limits.refund(actor.user_id, actor.guild_id)
         await replies.fail(interaction, e.message)
         return
-    await run_generation(bot, InteractionOutput(interaction), request, result_view, user_id=actor.user_id,
-                         guild_id=actor.guild_id)
+    generation_id = await run_generation(bot, InteractionOutput(interaction), request, result_view,
+                                         user_id=actor.user_id, guild_id=actor.guild_id)
+    if show == "probabilities" and generation_id:
+        await attach_picture(interaction, generation_id)
+
+
+PICTURE_EDIT_GAP = 1.1  # seconds after the result's last edit: Discord rate-limits edits of one message
+
+
+async def attach_picture(interaction: discord.Interaction, generation_id: int) -> None:
+    """Add the probability picture (bot/pictures.py) to the result message, keeping its attachments."""
+    picture = await picture_file(generation_id)
+    if picture is None:
+        await replies.followup(interaction, "The probability picture of this text could not be drawn.",
+                               ephemeral=True)
+        return
+    await asyncio.sleep(PICTURE_EDIT_GAP)
+    try:
+        message = await interaction.original_response()
+        await interaction.edit_original_response(attachments=[*message.attachments,
+                                                              picture])
+    except discord.HTTPException:
+        log.warning("could not attach the probability picture of generation %s", generation_id, exc_info=True)
 
 
 COMMANDS = (generate_command,)

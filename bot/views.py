@@ -6,6 +6,8 @@ message posted before a restart still works.
     improbable:regen:<generation_id>:<user_id>   Regenerate: same parameters, new seed (edits the message)
     improbable:more:<generation_id>:<user_id>    More improbable: lower target probability (edits it)
     improbable:cont:<generation_id>              Continue: a new message continuing the text (anyone)
+    improbable:info:<generation_id>              Info: how the text was made, shown to the presser alone
+    improbable:del:<generation_id>               Delete: the requester or a manager (checked against the row)
 
 Regenerate and more-improbable edit the message, so only its requester may use them (`interaction_check`);
 continue posts a new message and is open to everyone. User id 0: anybody may change it.
@@ -20,9 +22,11 @@ from dataclasses import dataclass
 import discord
 from discord import app_commands
 
+import service.controls
 import service.generation
 from bot import replies
 from bot.limits import Refusal, actor_of, cooldown_message
+from bot.pictures import picture_file
 from bot.streaming import InteractionOutput, run_generation
 
 
@@ -41,11 +45,15 @@ ACTIONS = {a.key: a for a in (
     Action("regen", "regenerate", "Regenerate", "🎲", discord.ButtonStyle.secondary, "regenerate", True),
     Action("cont", "continue", "Continue", "➡️", discord.ButtonStyle.primary, "continue", False),
     Action("more", "improbable", "More improbable", "🌀", discord.ButtonStyle.secondary, "make more improbable", True),
+    # not owner_only by user id: Delete also lets managers in, so service.controls checks it against the row
+    Action("info", "info", "Info", "ℹ️", discord.ButtonStyle.secondary, "inspect", False),
+    Action("del", "delete", "Delete", "🗑️", discord.ButtonStyle.danger, "delete", False),
 )}
+CONTROLS = ("info", "del")  # answered here, not by a new generation
 
 
 class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=r"improbable:(?P<action>regen|cont|more):(?P<gid>[0-9]+)(?::(?P<uid>[0-9]+))?"):
+                   template=r"improbable:(?P<action>regen|cont|more|info|del):(?P<gid>[0-9]+)(?::(?P<uid>[0-9]+))?"):
     def __init__(self, action: str, generation_id: int, user_id: int = 0):
         self.action, self.generation_id, self.user_id = ACTIONS[action], generation_id, user_id
         custom_id = f"improbable:{action}:{generation_id}" + (f":{user_id}" if self.action.owner_only else "")
@@ -65,7 +73,12 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
         return True
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await follow_up(interaction, self.generation_id, self.action)
+        if self.action.key == "info":
+            await show_info(interaction, self.generation_id)
+        elif self.action.key == "del":
+            await delete_result(interaction, self.generation_id)
+        else:
+            await follow_up(interaction, self.generation_id, self.action)
 
 
 DYNAMIC_ITEMS = (ResultButton,)
@@ -74,9 +87,36 @@ DYNAMIC_ITEMS = (ResultButton,)
 def result_view(generation_id: int, user_id: int | None) -> discord.ui.View:
     """The buttons for one result (user_id 0 or None: anybody may change it)."""
     view = discord.ui.View(timeout=None)
-    for key in ("regen", "cont", "more"):
+    for key in ("regen", "cont", "more", "info", "del"):
         view.add_item(ResultButton(key, generation_id, user_id or 0))
     return view
+
+
+async def show_info(interaction: discord.Interaction, generation_id: int) -> None:
+    """Info: an ephemeral summary of how the text was made (service.controls.generation_info), with the
+    probability picture attached (bot/pictures.py)."""
+    try:
+        text = await asyncio.to_thread(service.controls.generation_info, generation_id)
+    except service.policy.UserError as e:
+        await replies.fail(interaction, e.message)
+        return
+    picture = await picture_file(generation_id)
+    await interaction.response.send_message(text, ephemeral=True, files=[picture] if picture else [],
+                                            allowed_mentions=replies.NO_MENTIONS)
+
+
+async def delete_result(interaction: discord.Interaction, generation_id: int) -> None:
+    """Delete: the requester or a manager; the row is marked deleted, then the message removed."""
+    try:
+        await asyncio.to_thread(service.controls.delete_generation, generation_id, actor_of(interaction))
+    except service.policy.UserError as e:
+        await replies.fail(interaction, e.message)
+        return
+    await replies.defer_update(interaction)
+    try:
+        await interaction.message.delete()
+    except discord.NotFound:
+        pass  # already gone (deleted twice, or by a moderator)
 
 
 async def follow_up(interaction: discord.Interaction, generation_id: int, action: Action) -> None:

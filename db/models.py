@@ -201,6 +201,8 @@ class Generation(Base):
     message_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
     interaction_id: Mapped[int | None] = mapped_column(Snowflake)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Set by the result's Delete button (the message is gone; the row stays for statistics and follow-up links)
+    deleted_at: Mapped[datetime | None]
 
     persona: Mapped[Persona] = relationship()
 
