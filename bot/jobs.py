@@ -235,8 +235,10 @@ class Jobs:
                     and elapsed >= self.settings.bot_worker_check_after:
                 checked_workers = True
                 if not await self.workers_listening("generate"):
-                    await asyncio.to_thread(self._revoke, job)
-                    raise Unavailable(UNAVAILABLE)
+                    if await asyncio.to_thread(self._broker_reachable):  # up, and truly nobody listening
+                        await asyncio.to_thread(self._revoke, job)
+                        raise Unavailable(UNAVAILABLE)
+                    checked_workers = False  # the broker is away (restarting): the queue keeps the job; ask later
             if elapsed > timeout:
                 await asyncio.to_thread(self._revoke, job)
                 raise JobTimeout(f"Timed out: no result after {timeout:.0f} s. Try again, perhaps shorter.")
@@ -271,6 +273,14 @@ class Jobs:
         if ok:
             self._workers_seen[queue] = time.monotonic()
         return ok
+
+    def _broker_reachable(self) -> bool:
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=1.0)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            return False
 
     # -- the queue -----------------------------------------------------------------------------------------
 

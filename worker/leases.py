@@ -60,6 +60,8 @@ class Leases:
         self.client, self.republish, self.lease = client, republish, lease
         self.owner = owner or owner_id()
         self._unreleased: set[str] = set()  # releases that failed while Redis was away: retried by the thread
+        self._holding: dict[str, str] = {}  # leases received and not yet written (task id -> value)
+        self._wake = threading.Event()
         self._lock = threading.Lock()
         self._connected_since: float | None = None
         self._thread: threading.Thread | None = None
@@ -71,26 +73,40 @@ class Leases:
                 self._thread.start()
         return self
 
-    def hold(self, task_id: str, task: str, args: list) -> bool:
-        """Lease a job that starts running here. False: Redis is away (the job runs unprotected)."""
+    def hold(self, task_id: str, task: str, args: list) -> None:
+        """Lease a job this worker has just received. Written by the lease thread within milliseconds, in
+        one round trip for all jobs received meanwhile: the worker's consumer thread, which calls this for
+        every message, never waits on Redis (a round trip per message spread out the start of jobs that
+        arrive together, and so the batches they share)."""
         self.start()
-        value = f"{self.owner}\n" + json.dumps({"task": task, "args": args})
-        try:
-            with self.client.pipeline(transaction=False) as pipe:  # one round trip
-                pipe.eval(_BEAT, 1, OWNERS, self.owner)  # a lease is never older than its owner's heartbeat
-                pipe.hset(LEASES, task_id, value)
-                pipe.execute()
-            return True
-        except Exception as e:  # noqa: BLE001 - leasing protects the job; it must never fail it
-            log.warning("job %s runs without a lease (Redis: %s)", task_id, e)
-            return False
+        with self._lock:
+            self._holding[task_id] = f"{self.owner}\n" + json.dumps({"task": task, "args": args})
+        self._wake.set()
 
     def release(self, task_id: str) -> None:
+        with self._lock:
+            if self._holding.pop(task_id, None) is not None:
+                return  # never written
         try:
             self.client.eval(_RELEASE, 1, LEASES, task_id, f"{self.owner}\n")
         except Exception:  # noqa: BLE001 - retried by the heartbeat thread
             with self._lock:
                 self._unreleased.add(task_id)
+
+    def _write_holds(self) -> None:
+        with self._lock:
+            holding, self._holding = self._holding, {}
+        if not holding:
+            return
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.eval(_BEAT, 1, OWNERS, self.owner)  # a lease is never older than its owner's heartbeat
+                pipe.hset(LEASES, mapping=holding)
+                pipe.execute()
+        except Exception:
+            with self._lock:  # Redis away: written when it is back (unless the jobs ended meanwhile)
+                self._holding = {**holding, **self._holding}
+            raise
 
     def beat(self) -> None:
         self.client.eval(_BEAT, 1, OWNERS, self.owner)
@@ -129,10 +145,17 @@ class Leases:
 
     def _run(self) -> None:
         interval = max(0.2, self.lease / 5)
+        next_beat = 0.0
         while True:
+            self._wake.wait(timeout=max(0.0, next_beat - time.monotonic()))
+            self._wake.clear()
             try:
-                self.beat()
+                self._write_holds()
                 now = time.monotonic()
+                if now < next_beat:
+                    continue
+                next_beat = now + interval
+                self.beat()
                 if self._connected_since is None:
                     self._connected_since = now
                 if now - self._connected_since >= self.lease:
@@ -141,7 +164,8 @@ class Leases:
                 if self._connected_since is not None:
                     log.warning("generate leases: Redis unreachable (%s)", e)
                 self._connected_since = None
-            time.sleep(interval)
+                next_beat = time.monotonic() + interval
+                time.sleep(min(interval, 0.5))  # (not spinning on a hold that cannot be written)
 
 
 _leases: Leases | None = None
