@@ -17,6 +17,7 @@ from core import metrics
 from core.contracts import GenerateRequest, SamplingError, parse_sampling
 from core.settings import get_settings
 from worker import signals
+from worker.probability import picture_pieces, probability_summary
 
 # ids from the request that are echoed in the result, so the bot can route it without keeping state
 ROUTING_KEYS = ("persona", "guild_id", "channel_id", "user_id", "interaction_id", "reply_to")
@@ -157,7 +158,9 @@ def serve_request(request: dict, on_partial: Callable[[str], None] | None = None
         **{k: request[k] for k in ROUTING_KEYS if k in request},
     }
     if record and entry.persona_id is not None:
-        recorded = _record(request, entry.persona_id, prompt, params, result)
+        # the picture's pieces go to the row only (Info and show:probabilities draw them), not the result
+        recorded = _record(request, entry.persona_id, prompt, params,
+                           {**result, "pieces": picture_pieces(stream, tokenizer)})
         if recorded.duplicate and recorded.id is not None:  # another run of this request recorded first
             earlier = recorded_result(request_id, request)
             if earlier is None or earlier["text"] == result["text"]:  # (a seeded request: the same text)
@@ -165,18 +168,6 @@ def serve_request(request: dict, on_partial: Callable[[str], None] | None = None
             return earlier  # an unseeded one: the text that was recorded, not this run's
         result["generation_id"] = recorded.id
     return result
-
-
-MAX_PICKS_KEPT = 40  # improbability picks kept in the result and the row (the Info button shows a few)
-
-
-def probability_summary(stream) -> dict:
-    """What the Info button shows about a finished stream: the mean and minimum probability the model gave
-    its chosen tokens, and the improbability drive's picks [(word, probability)] (the first MAX_PICKS_KEPT)."""
-    probs = [float(p) for p in stream.probabilities]
-    return {"mean": sum(probs) / len(probs) if probs else None, "min": min(probs) if probs else None,
-            "picks": [[word, float(p)] for word, p in stream.picks[:MAX_PICKS_KEPT]], "n_picks": len(stream.picks),
-            "tokens": len(stream.tokens)}
 
 
 def recorded_result(request_id: str, request: dict) -> dict | None:
@@ -216,9 +207,9 @@ def _record(request: dict, persona_id: int, prompt: str, params, result: dict):
 
             _recorder = Recorder()
     return _recorder.record(generation_row(
-        # the probability summary rides in the params JSON (the Info button reads it; follow-ups ignore it)
+        # the probability summary and picture rides in the params JSON (Info reads them; follow-ups ignore them)
         persona_id, prompt=prompt, output=result["text"], seed=result["seed"],
-        params={**params.to_dict(), "probability": result.get("probability")},
+        params={**params.to_dict(), "probability": {**result.get("probability", {}), "pieces": result.get("pieces")}},
         checkpoint=result["checkpoint_id"], latency_ms=result["latency_ms"], user_id=request.get("user_id"),
         guild_id=request.get("guild_id"), channel_id=request.get("channel_id"),
         interaction_id=request.get("interaction_id"), parent=request.get("parent_generation_id"),
