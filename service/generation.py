@@ -9,6 +9,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from core.blend import BlendSpecError, is_blend_spec, parse_blend
 from core.contracts import (
     SAMPLING_KEYS,
     GenerateRequest,
@@ -91,6 +92,8 @@ def _checkpoint_or_explain(persona: Persona, checkpoint: Checkpoint | None, sess
 def prepare_generation(slug: str, prompt: str, actor: Actor, overrides: dict | None = None) -> PreparedGeneration:
     """Resolve the persona (closest names when unknown) and build the generate request."""
     prompt = (prompt or "")[:MAX_PROMPT_CHARS]
+    if is_blend_spec(slug):
+        return prepare_blend(slug, prompt, actor, overrides)
     with session_scope() as session:
         try:
             persona, checkpoint = resolve_persona(session, slug, actor.guild_id)
@@ -98,6 +101,33 @@ def prepare_generation(slug: str, prompt: str, actor: Actor, overrides: dict | N
             raise unknown_persona(e) from None
         checkpoint = _checkpoint_or_explain(persona, checkpoint, session)
         return _request(persona, checkpoint.id, prompt, sampling(persona, overrides), actor, shown=prompt)
+
+
+def prepare_blend(spec: str, prompt: str, actor: Actor, overrides: dict | None = None) -> PreparedGeneration:
+    """A blended voice (`trump:0.7+shakespeare`): every persona resolved to its active checkpoint (character
+    models only: the blend mixes next-character distributions), the first persona's sampling defaults, and
+    the voices in the payload's `blend` (worker/blending.py). The row is recorded under the first persona."""
+    try:
+        voices = parse_blend(spec)
+    except BlendSpecError as e:
+        raise UserError(f"{e}.") from None
+    with session_scope() as session:
+        resolved = []
+        for voice in voices:
+            try:
+                persona, checkpoint = resolve_persona(session, voice.persona, actor.guild_id)
+            except PersonaError as e:
+                raise unknown_persona(e) from None
+            if persona.family != Family.CHAR_RNN:
+                raise UserError(f"`{persona.slug}` is a {persona.family.value} persona: only character models "
+                                "(char-rnn) can be blended, because the blend mixes next-character probabilities.")
+            resolved.append((persona, _checkpoint_or_explain(persona, checkpoint, session), voice.weight))
+        first = resolved[0][0]
+        request = _request(first, resolved[0][1].id, prompt, sampling(first, overrides), actor, shown=prompt)
+        request.payload["blend"] = [{"checkpoint_id": c.id, "weight": round(w, 3), "persona": p.slug}
+                                    for p, c, w in resolved]
+        request.display_name = " + ".join(f"{p.display_name} {w:.0%}" for p, _, w in resolved)
+        return request
 
 
 def _request(persona: Persona, checkpoint_id: int, prompt: str, params: dict, actor: Actor, *, shown: str,

@@ -44,6 +44,17 @@ class EngineRequest:
     stream: Stream | None = None
     batch_peak: int = 0  # the largest batch this request was stepped in (proof of batching)
     submitted: float = field(default_factory=time.perf_counter)
+    # A blended voice (issue 15): the voices' cache entries, weights and names. The request's `entry` is
+    # the first voice; the batch is keyed by blend_key, so requests for the same blend share one.
+    voices: tuple[Entry, ...] = ()
+    weights: tuple[float, ...] = ()
+    names: tuple[str, ...] = ()
+
+    @property
+    def batch_key(self) -> int | tuple:
+        if not self.voices:
+            return self.entry.checkpoint_id
+        return ("blend", *(x for e, w in zip(self.voices, self.weights) for x in (e.checkpoint_id, w)))
 
     @property
     def partial(self) -> str:
@@ -62,14 +73,17 @@ class Engine:
         self.device = torch.device(device)
         self.threads = threads
         self._inbox: queue.SimpleQueue[EngineRequest] = queue.SimpleQueue()
-        self._batches: dict[int, _Batch] = {}
+        self._batches: dict[int | tuple, _Batch] = {}
         self.steps = 0  # batched steps taken
         self.max_batch = 0
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, entry: Entry, prompt: str, params: SamplingParams) -> EngineRequest:
-        job = EngineRequest(entry, prompt, params)
+    def submit(self, entry: Entry, prompt: str, params: SamplingParams, *, voices: tuple[Entry, ...] = (),
+               weights: tuple[float, ...] = (), names: tuple[str, ...] = ()) -> EngineRequest:
+        """Queue a request for `entry`'s model, or for the blend of `voices` (entries the caller holds for
+        the request's whole life) with `weights`."""
+        job = EngineRequest(entry, prompt, params, voices=tuple(voices), weights=tuple(weights), names=tuple(names))
         self._inbox.put(job)
         return job
 
@@ -90,10 +104,15 @@ class Engine:
                 self._step(checkpoint_id)
 
     def _join(self, job: EngineRequest) -> None:
-        checkpoint_id = job.entry.checkpoint_id
+        checkpoint_id = job.batch_key
         batch = self._batches.get(checkpoint_id)
         try:
-            if batch is None:
+            if batch is None and job.voices:
+                from trainer.blend import blend
+
+                model, tokenizer = blend([e.checkpoint for e in job.voices], list(job.weights), list(job.names))
+                batch = _Batch(BatchSampler(model, tokenizer, self.device))
+            elif batch is None:
                 ckpt = job.entry.checkpoint
                 batch = _Batch(BatchSampler(ckpt.model, ckpt.tokenizer, self.device))
             job.stream = batch.sampler.add(job.prompt, job.params)
@@ -107,7 +126,7 @@ class Engine:
         for other in batch.jobs.values():  # a batch only grows when somebody joins
             other.batch_peak = max(other.batch_peak, size)
 
-    def _step(self, checkpoint_id: int) -> None:
+    def _step(self, checkpoint_id: int | tuple) -> None:
         batch = self._batches[checkpoint_id]
         try:
             finished = batch.sampler.step()

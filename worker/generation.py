@@ -17,6 +17,7 @@ from core import metrics
 from core.contracts import GenerateRequest, SamplingError, parse_sampling
 from core.settings import get_settings
 from worker import signals
+from worker.blending import BlendRequestError, acquire_voices, blend_voices
 from worker.probability import picture_pieces, probability_summary
 
 # ids from the request that are echoed in the result, so the bot can route it without keeping state
@@ -120,9 +121,15 @@ def serve_request(request: dict, on_partial: Callable[[str], None] | None = None
         if earlier is not None:  # this request ran before (a redelivery): its answer, not a second one
             return earlier
 
-    entry = cache().acquire(checkpoint_id)
     try:
-        job = engine().submit(entry, prompt, params)
+        voices = blend_voices(request, checkpoint_id)
+    except BlendRequestError as e:
+        raise BadRequest(str(e)) from None
+    held = acquire_voices(cache(), voices) if voices else [cache().acquire(checkpoint_id)]
+    entry = held[0]
+    try:
+        job = engine().submit(entry, prompt, params, voices=tuple(held) if voices else (),
+                              weights=tuple(v.weight for v in voices), names=tuple(v.persona for v in voices))
         deadline = started + settings.generate_timeout
         sent, sent_at = "", time.perf_counter()
         while True:
@@ -138,7 +145,8 @@ def serve_request(request: dict, on_partial: Callable[[str], None] | None = None
                     on_partial(text)
                     sent, sent_at = text, time.perf_counter()
     finally:
-        cache().release(entry)
+        for held_entry in held:
+            cache().release(held_entry)
 
     tokenizer = entry.checkpoint.tokenizer
     latency_ms = round((time.perf_counter() - started) * 1000)

@@ -103,3 +103,20 @@ def test_show_probabilities_attaches_a_picture_and_info_offers_it(e2e):
     info = ephemeral_reply(fake, click)
     offered = fake.files.get(int(info["id"]), [])
     assert offered and offered[0][0].endswith(".png") and _png_size(offered[0][1])[0] >= 200
+
+
+def test_blended_voices(e2e, tiny_model):
+    from .conftest import install_checkpoint
+
+    fake = e2e.fake
+    install_checkpoint(e2e.database_url, e2e.storage_dir, tiny_model, slug="shakespeare")
+    ix = fake.slash("generate", [opt("persona", "alice:0.7+shakespeare"), opt("prompt", "Alice and"),
+                                 opt("length", 60), opt("seed", 5)], user=fake.carol)
+    msg = final_text(fake, ix)
+    assert "**Alice and**" in msg["content"] and "70%" in msg["content"] and "30%" in msg["content"]
+    assert len(msg["content"].split("**Alice and**", 1)[1].strip()) > 20  # the blend wrote text
+
+    word = fake.slash("generate", [opt("persona", "alice+movie-reviews"), opt("prompt", "x")], user=fake.carol)
+    assert "only character models" in ephemeral_reply(fake, word)["content"]
+    bad = fake.slash("generate", [opt("persona", "alice:2+shakespeare")], user=fake.carol)
+    assert "weights sum to 2" in ephemeral_reply(fake, bad)["content"]
