@@ -116,8 +116,9 @@ def test_utf16_with_nul_characters_is_refused():
     assert err.code == "binary" and "U+0000" in err.message
 
 
-@pytest.mark.parametrize("raw", ["\u202e\u200f\u2066\u2069\n".encode() * 100, "\u200b \ue000 \u200d\n".encode() * 100,
-                                 ("\u202e\u2066a" * 300).encode()], ids=["bidi-only", "zero-width-private", "mostly-bidi"])
+@pytest.mark.parametrize("raw", ["\u202e\u200f\u2066\u2069\n".encode() * 100,
+                                 "\u200b \ue000 \u200d\n".encode() * 100, ("\u202e\u2066a" * 300).encode()],
+                         ids=["bidi-only", "zero-width-private", "mostly-bidi"])
 def test_invisible_only_text_is_refused(raw):
     assert error(raw).code == "no_text"
 
