@@ -227,8 +227,8 @@ def attach_checkpoint(slug: str, data: bytes, source: str, guild_id: int | None 
     """Make a checkpoint trained elsewhere (`improbable train ... --out runs/hp`) a persona's active model.
     Its family must be the persona's. It is stored the way the trainer stores one (a finished run with its
     best checkpoint, db.queries.save_checkpoint with activate), so the next generate request uses it and
-    `/persona info` shows it. The caller validates the file itself (trainer.checkpoint.read_meta); this
-    reads the header torch-free (core.contracts.checkpoint_metadata)."""
+    `/persona info` shows it. The header is validated torch-free here (core.contracts.checkpoint_metadata:
+    format, model config, shapes); the CLI checks the file with trainer.checkpoint.read_meta first."""
     try:
         meta = checkpoint_metadata(data, source)
     except ValueError as e:
