@@ -12,6 +12,7 @@ from discord import app_commands
 
 import service.generation
 import service.policy
+from bot import ambient
 from bot.limits import Refusal, cooldown_message
 from bot.streaming import ReplyOutput, run_generation
 from bot.views import result_view
@@ -57,6 +58,7 @@ async def on_message(bot, message: discord.Message) -> None:
             previous = await generation_of(bot, ref.message_id, wait=ours)
     mentioned = me.id in message.raw_mentions or any(u.id == me.id for u in message.mentions)
     if previous is None and not (mentioned and re.search(rf"<@!?{me.id}>", message.content)):
+        await ambient.maybe_reply(bot, message)  # not addressed to the bot: maybe an ambient reply
         return
     text = strip_mentions(message.content, me.id)
     actor = service.policy.Actor(message.author.id, message.guild.id if message.guild else None, message.channel.id)

@@ -17,7 +17,7 @@ from discord import app_commands
 
 import service.personas
 import service.policy
-from bot import chat, generate, guild, personas, queue, replies, schedules, training
+from bot import ambient, chat, generate, guild, personas, queue, replies, schedules, training
 from bot.formatting import relative_time
 from bot.jobs import Jobs
 from bot.limits import Limits, Refusal, cooldown_message
@@ -26,7 +26,7 @@ from core import logs, metrics
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("bot")
-COMMAND_MODULES = (generate, personas, training, schedules, queue, guild)
+COMMAND_MODULES = (generate, personas, training, schedules, queue, guild, ambient)
 
 
 def intents() -> discord.Intents:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from db.types import Family, PostStatus, RunStatus, UTCDateTime, metadata, str_enum, utcnow
 
 __all__ = [
+    "AmbientChannel",
     "Base",
     "Checkpoint",
     "Corpus",
@@ -271,3 +272,17 @@ class GuildSettings(Timestamped, Base):
     cooldown_seconds: Mapped[int] = mapped_column(Integer, default=DEFAULT_COOLDOWN_SECONDS)
     train_cooldown_seconds: Mapped[int] = mapped_column(Integer, default=DEFAULT_TRAIN_COOLDOWN_SECONDS)
     max_upload_bytes: Mapped[int] = mapped_column(BigInteger, default=DEFAULT_MAX_UPLOAD_BYTES)
+
+
+class AmbientChannel(Timestamped, Base):
+    """A channel opted in to ambient replies (`/ambient on`): the bot answers a human message there now and
+    then (chance per message, at most once per cooldown_seconds) in this persona."""
+
+    __tablename__ = "ambient_channels"
+
+    channel_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    guild_id: Mapped[int] = mapped_column(Snowflake, index=True)
+    persona_slug: Mapped[str] = mapped_column(String(32))
+    chance: Mapped[float] = mapped_column(Float)
+    cooldown_seconds: Mapped[int] = mapped_column(Integer)
+    enabled_by: Mapped[int | None] = mapped_column(Snowflake)

@@ -120,3 +120,36 @@ def test_blended_voices(e2e, tiny_model):
     assert "only character models" in ephemeral_reply(fake, word)["content"]
     bad = fake.slash("generate", [opt("persona", "alice:2+shakespeare")], user=fake.carol)
     assert "weights sum to 2" in ephemeral_reply(fake, bad)["content"]
+
+
+def _replies_to(fake, msg: dict) -> list[dict]:
+    with fake.cond:
+        return [m for m in fake.messages.values()
+                if (m.get("message_reference") or {}).get("message_id") == msg["id"]]
+
+
+def test_ambient_replies_only_in_opted_in_channels(e2e):
+    import time
+
+    fake = e2e.fake
+    ambient = fake.other_channel_id
+    refused = fake.slash("ambient on", [opt("persona", "alice"), opt("chance", 1.0)], user=fake.bob,
+                         channel_id=ambient)
+    assert "Manage Server" in ephemeral_reply(fake, refused)["content"]
+    on = fake.slash("ambient on", [opt("persona", "alice"), opt("chance", 1.0), opt("cooldown", "1h")],
+                    user=fake.owner, channel_id=ambient)
+    assert "Ambient replies on" in ephemeral_reply(fake, on)["content"]
+    try:
+        elsewhere = fake.say("Alice went down the hole <@" + str(fake.carol.id) + ">", user=fake.carol)
+        heard = fake.say("The Queen shouted at <@" + str(fake.carol.id) + "> and @everyone", user=fake.carol,
+                         channel_id=ambient)
+        reply = fake.wait_for(lambda: _replies_to(fake, heard) and custom_ids(_replies_to(fake, heard)[0])
+                              and _replies_to(fake, heard)[0], TIMEOUT, "an ambient reply")
+        assert int(reply["channel_id"]) == ambient and "The Queen shouted at" in reply["content"]
+        assert str(fake.carol.id) not in reply["content"] and "@everyone" not in reply["content"]
+        again = fake.say("And then what?", user=fake.carol, channel_id=ambient)  # within the cooldown
+        time.sleep(3)
+        assert not _replies_to(fake, elsewhere) and not _replies_to(fake, again)
+    finally:
+        off = fake.slash("ambient off", [], user=fake.owner, channel_id=ambient)
+        assert "off" in ephemeral_reply(fake, off)["content"]
