@@ -100,3 +100,28 @@ def test_the_harry_potter_description_s_commands_work(tmp_path):
     out = run(["chat", "-c", "/personas", "-c", "/generate harry-potter harry looked at the --seed 1 --length 20"])
     assert any(line.startswith("harry-potter") and "ready" in line for line in out.splitlines()), out
     assert "harry looked at the" in out and "<unk>" not in out
+
+
+@pytest.mark.slow
+def test_cli_generate_joins_a_word_model_s_prompt_and_completion(tmp_path):
+    """`improbable generate` on the bundled movie-reviews model: the prompt and the completion read as words
+    ("this movie was so bad", never "this movie wasso bad"), and `<unk>` is never generated."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = str(bundled_checkpoints()["movie-reviews"])
+    binary = str(Path(sys.executable).with_name("improbable"))
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("IMPROBABLE_", "DISCORD_"))}
+    child_env.update(IMPROBABLE_DATA_DIR=str(tmp_path), IMPROBABLE_TORCH_THREADS="1", COLUMNS="300")
+    for prompt in ("this movie was", "this zzqxv movie was"):
+        out = subprocess.run([binary, "generate", model, "-p", prompt, "--max-tokens", "12", "--seed", "1", "-n", "3"],
+                             capture_output=True, text=True, env=child_env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        texts = [line for line in out.stdout.splitlines() if line.startswith(prompt)]
+        assert len(texts) == 3, out.stdout
+        assert all(re.match(re.escape(prompt) + r"[ ,.!?;:'\"]", t) for t in texts), texts
+        # the generated text never holds <unk> (the CLI's own note about unknown prompt words is its owner's)
+        assert not any("<unk>" in t for t in texts), texts
