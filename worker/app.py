@@ -113,6 +113,12 @@ WORKER_RESULT_RETRY = {"max_retries": 20, "interval_start": 0.5, "interval_step"
 def _workers_wait_out_outages(conf=None, **_) -> None:
     if conf is not None:
         conf.result_backend_transport_options = {"retry_policy": WORKER_RESULT_RETRY}
+        # storing a result first reads the stored state (a plain GET, outside the retry policy above): retry
+        # the whole store on connection errors, 10 times with backoff from 0.2 s up to 8 s (~40 s in all)
+        conf.result_backend_always_retry = True
+        conf.result_backend_max_retries = 10
+        conf.result_backend_base_sleep_between_retries_ms = 200
+        conf.result_backend_max_sleep_between_retries_ms = 8000
 
 
 def make_app(settings: Settings | None = None) -> Celery:
