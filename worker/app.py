@@ -133,7 +133,11 @@ app = make_app()
 def configure(settings: Settings | None = None) -> Celery:
     """Re-read the settings into the shared app (tests and CLIs that change the environment late)."""
     app.conf.update(celery_config(settings or get_settings()))
-    app._pool = None  # connections made with the old broker URL
+    # drop everything built from the old URLs: the connection pool, the producer pool made from it, and this
+    # thread's result backend (a test that stopped its own Redis otherwise leaves later publishers on it)
+    app._pool = None
+    app.amqp._producer_pool = None
+    app._local.__dict__.pop("backend", None)
     return app
 
 
