@@ -25,13 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from finetune import cpu_model
-
 from trainer import checkpoint as ckpt
 from trainer.corpus import DOCUMENT_SEPARATOR, load_corpus
 from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
 from trainer.datasets import load_named_corpus
 from trainer.evaluate import evaluate
+from trainer.precision import cpu_model
 from trainer.pretrained import resolve_init
 
 CORPORA = [Path(p) for p in os.environ.get("IMPROBABLE_CORPUS_PATH", str(ROOT.parent / "shared" / "corpora")).split(os.pathsep)]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from quality_report import WORD_RE, real_word_rate
 
 from trainer import checkpoint as ckpt
 from trainer.corpus import load_corpus
+from trainer.precision import cpu_model
 from trainer.recipes import load_recipe
 from trainer.sample import SamplingParams, generate
 from trainer.train import TrainConfig, train
@@ -40,16 +40,6 @@ CORPORA = [Path(p) for p in os.environ.get("IMPROBABLE_CORPUS_PATH", str(ROOT.pa
 SCRATCH = {"n_layers": 2, "n_embd": 64, "n_hidden": 256, "dropout": 0.2, "lr": 0.002, "min_lr": 0.0002,
            "batch_size": 32, "seq_len": 100, "eval_interval": 50, "init": "", "warmup_steps": 50}
 PROMPTS = ["Alice was", "The Queen", "“I", "She", "The"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(name: str, settings: dict, text, out: Path) -> dict:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer.checkpoint import load  # noqa: E402
-from trainer.precision import pick_precision  # noqa: E402
+from trainer.precision import cpu_model, pick_precision  # noqa: E402
 from trainer.quantize import held_out_loss, quantize_for_serving  # noqa: E402
 from trainer.sample import BatchSampler, SamplingParams  # noqa: E402
 
@@ -47,16 +46,6 @@ CORPORA = Path(os.environ.get("IMPROBABLE_CORPUS_PATH", ROOT.parent / "shared" /
 BASE = ROOT / "trainer" / "pretrained" / "base.safetensors"
 TARGETS = {"share_of_matmul_limit_128": 0.50, "single_stream_chars_s": 2_000, "int8_loss_tolerance_nats": 0.01}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
