@@ -449,8 +449,11 @@ def test_earlier_folders_win(tmp_path):
         ("empty", second / "empty" / "train.txt"), ("x", first / "x.txt")]
 
 
-def test_names_cannot_escape_the_search_path(tmp_path):
+def test_names_cannot_escape_the_search_path(tmp_path, monkeypatch):
     _write(tmp_path, {"secret/train.txt": "no", "corpora/ok.txt": "yes"})
+    # ".." is a path, resolved from the working directory: pin it, since a parent folder holding several .txt
+    # files is a (multi-document) corpus, and CI's checkout may sit beside some
+    monkeypatch.chdir(tmp_path / "corpora")
     for name in ["..", "../secret", ".hidden"]:
         with pytest.raises(CorpusError) as info:
             find_corpus(name, [tmp_path / "corpora"])
