@@ -453,7 +453,8 @@ def test_names_cannot_escape_the_search_path(tmp_path, monkeypatch):
     _write(tmp_path, {"secret/train.txt": "no", "corpora/ok.txt": "yes"})
     # ".." is a path, resolved from the working directory: pin it, since a parent folder holding several .txt
     # files is a (multi-document) corpus, and CI's checkout may sit beside some
-    monkeypatch.chdir(tmp_path / "corpora")
+    (tmp_path / "elsewhere" / "cwd").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "elsewhere" / "cwd")
     for name in ["..", "../secret", ".hidden"]:
         with pytest.raises(CorpusError) as info:
             find_corpus(name, [tmp_path / "corpora"])
