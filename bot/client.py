@@ -17,11 +17,11 @@ from discord import app_commands
 
 import service.personas
 import service.policy
-from bot import ambient, chat, generate, guild, personas, queue, replies, schedules, training
+from bot import ambient, chat, generate, guild, personas, queue, replies, resume, schedules, training
 from bot.formatting import relative_time
 from bot.jobs import Jobs
 from bot.limits import Limits, Refusal, cooldown_message
-from bot.views import DYNAMIC_ITEMS
+from bot.views import DYNAMIC_ITEMS, result_view
 from core import logs, metrics
 from core.settings import Settings, get_settings
 
@@ -96,6 +96,7 @@ class ImprobableBot(discord.Client):
             synced = await self.tree.sync()
         log.info("synced %d commands%s", len(synced), f" to guild {guild_id}" if guild_id else " globally")
         await self.training.resume()
+        await resume.resume_generations(self, result_view)  # each followed in the background
 
     def remember_generation(self, message_id: int, generation_id: int) -> None:
         """Recent results by message id (replies to them continue the text; the database has them too)."""

@@ -8,8 +8,9 @@ With no broker configured (the embedded default) `worker.app.enqueue` runs the t
 eager mode, which imports the worker's tasks and torch lazily, in that thread); there is no partial text
 and no queue then.
 
-The bot keeps the generate jobs it submitted in memory (`Jobs.of_user`, positions, cancel); training runs
-live in the database (see service/training.py), so they survive restarts.
+The bot keeps the generate jobs it submitted in memory (`Jobs.of_user`, positions, cancel); their messages are
+also kept in the database until shown, so a restarted bot `adopt`s them again (bot/resume.py). Training runs
+live in the database (see service/training.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 GENERATE, TRAIN = "improbable.generate", "improbable.train"
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 POLL_SECONDS = 0.25
+LOCAL = "local-"  # the id prefix of jobs run inside the bot process (no broker)
 WORKER_CHECK_TTL = 15.0  # seconds a "workers are listening" answer is trusted
 
 
@@ -122,7 +124,7 @@ class Jobs:
         nobody will wait for this job here (training runs are followed through the database)."""
         number = next(self._numbers)
         if self.eager:
-            job = Job(f"local-{number}", name, user_id, guild_id, label, number)
+            job = Job(f"{LOCAL}{number}", name, user_id, guild_id, label, number)
             job.result = asyncio.create_task(asyncio.to_thread(self._module.enqueue, name, *args))
             job.result.add_done_callback(_log_failure)
             if track:
@@ -141,6 +143,17 @@ class Jobs:
         job = Job(result.id, name, user_id, guild_id, label, number, result=result)
         if track:
             self._jobs[job.id] = job
+        return job
+
+    def adopt(self, task_id: str, name: str, *, user_id: int | None, guild_id: int | None,
+              label: str = "") -> Job | None:
+        """Follow a job that an earlier run of this bot submitted (its id kept in the database); None when it
+        ran inside that bot process (no broker), so it stopped with it."""
+        if self.eager or task_id.startswith(LOCAL):
+            return None
+        job = Job(task_id, name, user_id, guild_id, label, next(self._numbers),
+                  result=self.app.AsyncResult(task_id))
+        self._jobs[job.id] = job
         return job
 
     def _send(self, name: str, args: tuple):

@@ -19,7 +19,7 @@ from discord.utils import MISSING
 import service.generation
 from bot import replies
 from bot.formatting import MESSAGE_LIMIT, Rendered, render_generation, truncate
-from bot.jobs import GENERATE, JobError, Unavailable
+from bot.jobs import GENERATE, JobError, JobTimeout, Unavailable
 from core import metrics
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,12 @@ def _files(rendered: Rendered) -> list[discord.File]:
 class Output:
     shown = False  # whether text (not just "thinking…") is visible
     last = ""  # the content shown last
+    on_posted: Callable[[int], None] | None = None  # told the message id when the message is first created
+
+    def where(self) -> dict:
+        """Where the message is, as service.generation.remember_in_flight takes it (a restarted bot
+        reopens it with `reopen`)."""
+        raise NotImplementedError
 
     def stopped(self, message: str) -> str:
         """The text shown so far with why it stopped under it."""
@@ -58,17 +64,22 @@ class InteractionOutput(Output):
     def __init__(self, interaction: discord.Interaction):
         self.interaction = interaction
 
+    def where(self) -> dict:
+        return {"channel_id": self.interaction.channel_id, "interaction_token": self.interaction.token}
+
+    async def _edit_original(self, **fields) -> discord.Message:
+        return await self.interaction.edit_original_response(**fields)
+
     async def edit(self, rendered: Rendered, view: discord.ui.View | None = MISSING) -> int | None:
-        message = await self.interaction.edit_original_response(
-            content=rendered.content, attachments=_files(rendered), view=view, allowed_mentions=NO_MENTIONS)
+        message = await self._edit_original(content=rendered.content, attachments=_files(rendered), view=view,
+                                            allowed_mentions=NO_MENTIONS)
         self.shown, self.last = True, rendered.content
         return message.id
 
     async def error(self, message: str) -> None:
         if self.shown:  # the text so far stays, with why it stopped
             with contextlib.suppress(discord.HTTPException):
-                await self.interaction.edit_original_response(content=self.stopped(message), view=None,
-                                                              allowed_mentions=NO_MENTIONS)
+                await self._edit_original(content=self.stopped(message), view=None, allowed_mentions=NO_MENTIONS)
             return
         await replies.fail(self.interaction, message)
 
@@ -76,14 +87,24 @@ class InteractionOutput(Output):
 class ReplyOutput(Output):
     """A reply to a user's message (mention chat), created on the first edit."""
 
-    def __init__(self, message: discord.Message):
+    def __init__(self, message: discord.Message | discord.PartialMessage):
         self.source = message
-        self.reply: discord.Message | None = None
+        self.reply: discord.Message | discord.PartialMessage | None = None
+
+    def where(self) -> dict:
+        return {"channel_id": self.source.channel.id, "reply_to": self.source.id}
+
+    async def recall(self) -> None:
+        if self.reply is not None:
+            self.reply = await self.reply.fetch()
+            self.shown, self.last = True, self.reply.content
 
     async def edit(self, rendered: Rendered, view: discord.ui.View | None = MISSING) -> int | None:
         if self.reply is None:
             self.reply = await self.source.reply(rendered.content, files=_files(rendered), view=view,
                                                  allowed_mentions=NO_MENTIONS, mention_author=False)
+            if self.on_posted is not None:
+                self.on_posted(self.reply.id)
         else:
             self.reply = await self.reply.edit(content=rendered.content, attachments=_files(rendered), view=view,
                                                allowed_mentions=NO_MENTIONS)
@@ -170,40 +191,92 @@ async def run_generation(bot, output: Output, request: service.generation.Prepar
     the generation id (None on failure). Every failure ends in a message: nothing is left 'thinking…'.
     `source` (generate, button:…, mention, reply) labels the metrics."""
     started = time.monotonic()
-    gid = await _run_generation(bot, output, request, buttons, user_id=user_id, guild_id=guild_id)
-    metrics.record_interaction(source, "ok" if gid is not None else "failed", time.monotonic() - started,
-                           kind="generate")
-    return gid
-
-
-async def _run_generation(bot, output: Output, request: service.generation.PreparedGeneration, buttons: Buttons, *,
-                          user_id: int | None, guild_id: int | None) -> int | None:
-    streamer = Streamer(output, bot.settings.bot_stream_interval)
-    label = f"{request.payload['persona']}: {request.shown_prompt[:40]}"
+    gid = None
     try:
-        job = await bot.jobs.submit(GENERATE, request.payload, user_id=user_id, guild_id=guild_id, label=label)
+        job = await bot.jobs.submit(GENERATE, request.payload, user_id=user_id, guild_id=guild_id,
+                                    label=request.label)
     except JobError as e:
         if user_id is not None:
             bot.limits.refund(user_id, guild_id)
         await output.error(e.message)
-        return None
+    else:
+        await _remember(output, job.id, request, user_id=user_id, guild_id=guild_id)
+        gid = await follow_generation(bot, output, request, job, buttons, user_id=user_id, guild_id=guild_id,
+                                      refund=user_id is not None)
+    metrics.record_interaction(source, "ok" if gid is not None else "failed", time.monotonic() - started,
+                               kind="generate")
+    return gid
+
+
+async def _remember(output: Output, task_id: str, request: service.generation.PreparedGeneration, **who) -> None:
+    """Keep the job and its message in SQL until the outcome is shown (a bot that dies meanwhile finishes it
+    when it starts again). Best effort: without the database the job still runs, it just cannot be resumed."""
+    try:
+        await asyncio.to_thread(service.generation.remember_in_flight, task_id, request, **output.where(), **who)
+    except Exception as e:  # noqa: BLE001 - the database being away must not fail the generation
+        log.warning("could not remember generate job %s for a restart: %s", task_id, e)
+        return
+
+    def posted(message_id: int) -> None:
+        in_background(asyncio.to_thread(service.generation.placed_in_flight, task_id, message_id))
+
+    output.on_posted = posted
+
+
+_background: set[asyncio.Task] = set()
+
+
+def in_background(coroutine) -> None:
+    """Run `coroutine` as a task that is kept until done (fire and forget)."""
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)  # the event loop keeps only weak references to tasks
+    task.add_done_callback(_background.discard)
+
+
+async def follow_generation(bot, output: Output, request: service.generation.PreparedGeneration, job, buttons: Buttons,
+                            *, user_id: int | None, guild_id: int | None, refund: bool, timeout: float | None = None,
+                            lost: str | None = None) -> int | None:
+    """Stream a submitted job into `output`, then show its outcome; forget the job's in-flight row once the
+    outcome is shown (not when cancelled: a bot shutting down leaves it for the next start to finish).
+    `lost`: what to say instead of a timeout (a resumed job whose outcome never came)."""
+    gid = await _show(bot, output, request, job, buttons, user_id=user_id, guild_id=guild_id, refund=refund,
+                      timeout=timeout, lost=lost)
+    try:
+        await asyncio.to_thread(service.generation.forget_in_flight, job.id)
+    except Exception as e:  # noqa: BLE001 - a stale row is finished again (idempotently) at the next start
+        log.warning("could not forget generate job %s: %s", job.id, e)
+    return gid
+
+
+async def _show(bot, output: Output, request: service.generation.PreparedGeneration, job, buttons: Buttons, *,
+                user_id: int | None, guild_id: int | None, refund: bool, timeout: float | None,
+                lost: str | None) -> int | None:
+    streamer = Streamer(output, bot.settings.bot_stream_interval)
+    shown_text = ""
+
+    def partial(text: str, note: str = "") -> Rendered:
+        return render_generation(request.display_name, request.shown_prompt, text, request.params, partial=True,
+                                 note="\n".join(n for n in (request.note, note) if n), joined=_joined(request, text))
 
     async def on_progress(state: str, meta: dict) -> None:
+        nonlocal shown_text
         if state == "PROGRESS" and meta.get("text"):
-            streamer.update(render_generation(request.display_name, request.shown_prompt, meta["text"],
-                                              request.params, partial=True, note=request.note,
-                                              joined=_joined(request, meta["text"])))
+            shown_text = meta["text"]
+            streamer.update(partial(shown_text))
+        elif state == "STALLED":
+            streamer.update(partial(shown_text, f"⏳ The generator went quiet {meta.get('silent', '?')} s ago; "
+                                                f"waiting for another one to take over…"))
         elif state == "PENDING" and (meta.get("position") or 1) > 1:
             streamer.update(Rendered(f"⏳ Waiting for a generator: position {meta['position']} in the queue "
                                      f"(`/queue` to see or cancel)."))
 
     try:
-        result = await bot.jobs.wait(job, on_progress)
+        result = await bot.jobs.wait(job, on_progress, timeout=timeout)
     except JobError as e:
         await streamer.stop()
-        if isinstance(e, Unavailable) and user_id is not None:
+        if isinstance(e, Unavailable) and refund and user_id is not None:
             bot.limits.refund(user_id, guild_id)
-        await output.error(e.message)
+        await output.error(lost if lost and isinstance(e, JobTimeout) else e.message)
         return None
     except Exception:
         await streamer.stop()
@@ -231,4 +304,3 @@ async def _run_generation(bot, output: Output, request: service.generation.Prepa
         bot.remember_generation(message_id, generation_id)
         await asyncio.to_thread(service.generation.attach_message, generation_id, message_id)
     return generation_id
-

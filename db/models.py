@@ -36,6 +36,7 @@ __all__ = [
     "Family",
     "Generation",
     "GuildSettings",
+    "InflightGeneration",
     "Persona",
     "PersonaCorpus",
     "PostStatus",
@@ -209,6 +210,26 @@ class Generation(Base):
 
     def __repr__(self) -> str:
         return f"<Generation {self.id} persona={self.persona_id}>"
+
+
+class InflightGeneration(Base):
+    """A generate job the bot is showing in a Discord message right now: where that message is, and what the
+    bot needs to render the result. Written when the job is enqueued, deleted when its message shows the
+    outcome; rows left behind by a bot that died are finished (or ended with a note) at the next start-up."""
+
+    __tablename__ = "inflight_generations"
+
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel_id: Mapped[int | None] = mapped_column(Snowflake)
+    # Where the text is shown: an interaction's original response (its token; Discord honours it for 15
+    # minutes, longer than any generate job) or the bot's reply to a message (reply_to → message_id).
+    interaction_token: Mapped[str | None] = mapped_column(String(500))
+    reply_to: Mapped[int | None] = mapped_column(Snowflake)
+    message_id: Mapped[int | None] = mapped_column(Snowflake)
+    user_id: Mapped[int | None] = mapped_column(Snowflake)
+    guild_id: Mapped[int | None] = mapped_column(Snowflake)
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)  # service.generation.PreparedGeneration
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Schedule(Timestamped, Base):

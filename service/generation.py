@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from sqlalchemy import select
 
 from core.blend import BlendSpecError, is_blend_spec, parse_blend
 from core.contracts import (
@@ -20,7 +23,7 @@ from core.contracts import (
     rule_of,
 )
 from core.settings import get_settings
-from db import Checkpoint, Family, Generation, Persona, session_scope
+from db import Checkpoint, Family, Generation, InflightGeneration, Persona, session_scope
 from db.personas import (
     PersonaError,
     resolve_persona,
@@ -30,6 +33,7 @@ from db.queries import (
     generation_for_message,
     set_generation_message,
 )
+from db.types import as_utc, utcnow
 from service.policy import Actor, UserError, unknown_persona
 
 MAX_PROMPT_CHARS = 1500
@@ -53,6 +57,11 @@ class PreparedGeneration:
     @property
     def params(self) -> dict:
         return self.payload["params"]
+
+    @property
+    def label(self) -> str:
+        """How `/queue` lists the job."""
+        return f"{self.payload['persona']}: {self.shown_prompt[:40]}"
 
 
 def check_params(params: dict) -> dict:
@@ -232,3 +241,57 @@ def parse_chat(text: str, guild_id: int | None) -> tuple[str, str]:
             return default, text.strip()
     return slug, prompt
 
+
+
+# -- generations being shown right now (a restarted bot finishes them: bot/streaming.py) ---------------------
+
+@dataclass
+class InFlight:
+    """A generate job whose Discord message was still waiting for its outcome when the bot last stopped."""
+
+    task_id: str
+    request: PreparedGeneration
+    channel_id: int | None
+    interaction_token: str | None  # the message is that interaction's original response…
+    reply_to: int | None  # …or the bot's reply (message_id, once posted) to this message
+    message_id: int | None
+    user_id: int | None
+    guild_id: int | None
+    created_at: datetime
+
+    @property
+    def age(self) -> float:
+        return (utcnow() - as_utc(self.created_at)).total_seconds()
+
+
+def remember_in_flight(task_id: str, request: PreparedGeneration, *, channel_id: int | None,
+                       interaction_token: str | None = None, reply_to: int | None = None,
+                       user_id: int | None = None, guild_id: int | None = None) -> None:
+    with session_scope() as session:
+        session.merge(InflightGeneration(task_id=task_id, request=asdict(request), channel_id=channel_id,
+                                         interaction_token=interaction_token, reply_to=reply_to,
+                                         user_id=user_id, guild_id=guild_id))
+
+
+def placed_in_flight(task_id: str, message_id: int) -> None:
+    """The job's message now exists (a reply is posted with its first text)."""
+    with session_scope() as session:
+        row = session.get(InflightGeneration, task_id)
+        if row is not None:
+            row.message_id = message_id
+
+
+def forget_in_flight(task_id: str) -> None:
+    with session_scope() as session:
+        row = session.get(InflightGeneration, task_id)
+        if row is not None:
+            session.delete(row)
+
+
+def in_flight_generations() -> list[InFlight]:
+    """Every remembered job, oldest first."""
+    with session_scope() as session:
+        rows = session.scalars(select(InflightGeneration).order_by(InflightGeneration.created_at)).all()
+        return [InFlight(task_id=r.task_id, request=PreparedGeneration(**r.request), channel_id=r.channel_id,
+                         interaction_token=r.interaction_token, reply_to=r.reply_to, message_id=r.message_id,
+                         user_id=r.user_id, guild_id=r.guild_id, created_at=r.created_at) for r in rows]

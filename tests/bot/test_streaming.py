@@ -58,3 +58,35 @@ def test_stop_drops_pending_text(monkeypatch):
 
     asyncio.run(go())
     assert [c for _, c, _ in out.edits] == ["a"]
+
+
+class SilentJobs:
+    """A job client whose job streams some text, goes quiet, then is given up as stalled."""
+
+    async def wait(self, job, on_progress, timeout=None):
+        from bot.jobs import STALLED, JobStalled
+
+        await on_progress("PROGRESS", {"text": " once upon"})
+        await asyncio.sleep(0.25)
+        await on_progress("STALLED", {"silent": 12})
+        await asyncio.sleep(0.25)
+        raise JobStalled(STALLED)
+
+
+def test_a_quiet_generator_is_shown_then_the_end_is_explained(monkeypatch):
+    from types import SimpleNamespace
+
+    from service.generation import PreparedGeneration
+
+    monkeypatch.setattr(streaming, "MIN_EDIT_INTERVAL", 0.2)
+    monkeypatch.setattr(streaming.service.generation, "forget_in_flight", lambda task_id: None)
+    bot = SimpleNamespace(settings=SimpleNamespace(bot_stream_interval=0.2), jobs=SilentJobs())
+    request = PreparedGeneration({"persona": "alice", "prompt": "Alice", "params": {"seed": 1}}, "Alice", "Alice",
+                                 "char-rnn")
+    out = Recorder()
+    gid = asyncio.run(streaming.follow_generation(bot, out, request, SimpleNamespace(id="t1"), None, user_id=None,
+                                                  guild_id=None, refund=False))
+    shown = [c for _, c, _ in out.edits]
+    assert gid is None and shown[0].endswith("once upon ▌")
+    assert "went quiet 12 s ago" in shown[1] and "once upon" in shown[1]
+    assert shown[-1].startswith("error: The generator working on this stopped answering")

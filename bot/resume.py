@@ -1,0 +1,103 @@
+"""A restarted bot finishes what the previous run was showing: every generate job is kept in SQL with where its
+message is (service.generation.remember_in_flight, written by bot/streaming.py) until the outcome is shown. At
+start-up each remembered job is followed again, its message reopened (through the interaction's webhook, or the
+bot's reply) and edited to the outcome; a job that cannot be followed (it ran inside the stopped bot process, or
+its outcome never comes) ends with a note saying so. Nobody is left looking at frozen text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import discord
+
+import service.generation
+from bot.jobs import GENERATE
+from bot.streaming import Buttons, InteractionOutput, ReplyOutput, follow_generation, in_background
+
+log = logging.getLogger(__name__)
+INTERACTION_TOKEN_SECONDS = 14 * 60  # Discord honours an interaction token for 15 minutes
+RESUME_GRACE_SECONDS = 10.0  # how long a restarted bot looks for the outcome of a job older than its timeout
+RESTARTED = ("The bot restarted while this was being written and the text did not come back. "
+             "Nothing more is coming: run the command again.")
+
+
+class ReopenedInteractionOutput(InteractionOutput):
+    """An interaction's original response reopened by a restarted bot: edited through the interaction's
+    webhook (its token, which Discord honours for 15 minutes), as discord.py does for a live interaction."""
+
+    shown = True  # the message exists ("thinking…" or partial text): errors are written into it
+
+    def __init__(self, bot, token: str):
+        self.webhook = discord.Webhook.partial(bot.application_id, token, client=bot)
+        self.message_id: int | str = "@original"
+
+    async def recall(self) -> None:
+        """What the message shows now (its text stays under a note if the job cannot be finished)."""
+        message = await self.webhook.fetch_message(self.message_id)
+        self.message_id, self.last = message.id, message.content
+
+    async def _edit_original(self, **fields) -> discord.Message:
+        return await self.webhook.edit_message(self.message_id, **fields)
+
+
+def reopen(bot, row: service.generation.InFlight) -> ReopenedInteractionOutput | ReplyOutput | None:
+    """The message of a job remembered by an earlier run of the bot, or None when it cannot be edited any
+    more (an interaction token expires after 15 minutes)."""
+    if row.interaction_token:
+        if row.age > INTERACTION_TOKEN_SECONDS:
+            return None
+        return ReopenedInteractionOutput(bot, row.interaction_token)
+    if row.channel_id is None or row.reply_to is None:
+        return None
+    channel = bot.get_partial_messageable(row.channel_id, guild_id=row.guild_id)
+    output = ReplyOutput(channel.get_partial_message(row.reply_to))
+    if row.message_id is not None:
+        output.reply = channel.get_partial_message(row.message_id)
+    return output
+
+
+async def resume_generations(bot, buttons: Buttons) -> int:
+    """At start-up: the generations an earlier run of the bot was showing when it stopped are followed again
+    and finished (their message edited to the outcome), or ended with a note when their job cannot be
+    followed. Returns how many were found; each is handled in the background."""
+    try:
+        rows = await asyncio.to_thread(service.generation.in_flight_generations)
+    except Exception as e:  # noqa: BLE001 - the database being away must not keep the bot from starting
+        log.warning("could not read the generations in flight before the restart: %s", e)
+        return 0
+    for row in rows:
+        in_background(_resume(bot, row, buttons))
+    if rows:
+        log.info("resuming %d generation(s) in flight when the bot last stopped", len(rows))
+    return len(rows)
+
+
+async def _resume(bot, row: service.generation.InFlight, buttons: Buttons) -> None:
+    output = reopen(bot, row)
+    try:
+        if output is None:
+            log.info("generation %s: its message can no longer be edited", row.task_id)
+        elif await _recalled(output):
+            job = bot.jobs.adopt(row.task_id, GENERATE, user_id=row.user_id, guild_id=row.guild_id,
+                                 label=row.request.label)
+            if job is None:  # it ran inside the bot process that stopped
+                await output.error(RESTARTED)
+            else:
+                timeout = max(RESUME_GRACE_SECONDS, bot.settings.bot_job_timeout - row.age)
+                await follow_generation(bot, output, row.request, job, buttons, user_id=row.user_id,
+                                        guild_id=row.guild_id, refund=False, timeout=timeout, lost=RESTARTED)
+                return  # follow_generation forgets the row
+        await asyncio.to_thread(service.generation.forget_in_flight, row.task_id)
+    except Exception:
+        log.exception("resuming generation %s", row.task_id)
+
+
+async def _recalled(output) -> bool:
+    """Read what the reopened message shows; False when it is gone (deleted meanwhile)."""
+    try:
+        await output.recall()
+        return True
+    except discord.NotFound:
+        return False
