@@ -39,7 +39,7 @@ from trainer import checkpoint as ckpt
 from trainer.corpus import load_corpus
 from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
 from trainer.evaluate import evaluate
-from trainer.model import ModelConfig, build_model
+from trainer.model import build_model
 from trainer.precision import cpu_model, resolve_precision
 from trainer.recipes import load_recipe
 from trainer.tokenizer import CharTokenizer

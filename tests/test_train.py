@@ -418,6 +418,54 @@ def test_minutes_budget_stops(tmp_path, alice_text):
     assert 3 <= len(result.history) <= 11 and result.history[-1]["step"] == result.steps
 
 
+def test_minutes_budget_is_wall_clock_from_the_first_step(tmp_path, alice_text):
+    # a slow progress callback (a busy database, say) spends the budget too: 0.6 s of 0.05 s callbacks
+    # leaves room for at most 12 steps, where the steps alone would make hundreds
+    import time
+
+    config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, minutes=0.01, eval_interval=10_000, log_interval=1))
+    result = train(config, alice_text[:8_000], callback=lambda e, p, d: time.sleep(0.05) if e == "progress" else None)
+    assert result.stop_reason == "time budget reached"
+    assert 1 <= result.steps <= 13
+    assert 0.6 <= result.elapsed < 2
+
+
+def test_time_budget_sizes_evaluation_to_a_share_of_it(tmp_path, alice_text, monkeypatch):
+    # 20 blocks of held-out text; a 0.6 s budget affords far less than one block per evaluation, so every
+    # evaluation scores the floor of MIN_EVAL_BLOCKS blocks spread through the split, and a resumed run keeps it
+    from trainer.data import BLOCK_TOKENS
+    from trainer.evaluate import MIN_EVAL_BLOCKS
+
+    scored: list[int] = []
+    real_evaluate = train_module.evaluate
+    monkeypatch.setattr(train_module, "evaluate", lambda m, d: scored.append(d.n_tokens) or real_evaluate(m, d))
+    text = (alice_text * 30)[:20 * BLOCK_TOKENS["char"] * 10]
+    config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, minutes=0.01, eval_interval=10_000))
+    result = train(config, text)
+    floor = MIN_EVAL_BLOCKS * BLOCK_TOKENS["char"]
+    assert len(result.history) >= 3 and len(scored) == len(result.history)
+    assert all(floor * 0.9 <= n <= floor for n in scored)  # streams drop a ragged tail of < batch × seq tokens
+    assert ckpt.load(tmp_path / "last.safetensors").meta["run"]["eval_tokens"] == floor
+    # asked for explicitly, eval_tokens wins; 0 with no time budget scores the whole split
+    scored.clear()
+    train(TrainConfig(out_dir=str(tmp_path / "all"), **dict(TINY, max_steps=10)), text)
+    assert scored and scored[-1] >= 19 * BLOCK_TOKENS["char"]
+    scored.clear()
+    train(TrainConfig(out_dir=str(tmp_path / "cap"), **dict(TINY, max_steps=10, eval_tokens=30_000)), text)
+    assert scored and 7 * BLOCK_TOKENS["char"] * 0.9 <= scored[-1] <= 30_000
+
+
+def test_spread_sample_caps_and_spreads():
+    from trainer.data import spread_sample
+
+    ids = torch.arange(100)
+    assert torch.equal(spread_sample(ids, 0, 10), ids) and torch.equal(spread_sample(ids, 200, 10), ids)
+    picked = spread_sample(ids, 35, 10)  # 3 whole blocks of 10, one from the middle of each third
+    assert picked.tolist() == [*range(10, 20), *range(50, 60), *range(80, 90)]
+    assert spread_sample(ids, 1, 10).tolist() == list(range(50, 60))  # never less than one block
+    assert spread_sample(torch.arange(95), 20, 10).tolist() == [*range(20, 30), *range(70, 80)]
+
+
 def test_max_epochs_budget(tmp_path, alice_text):
     text = alice_text[:6_000]
     events = Events()

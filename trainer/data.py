@@ -74,6 +74,16 @@ def split_documents(documents: list[torch.Tensor], val_fraction: float, mode: st
     return join(train_parts), join(val_parts)
 
 
+def spread_sample(ids: torch.Tensor, max_tokens: int, block_tokens: int = 4096) -> torch.Tensor:
+    """At most `max_tokens` of `ids` in whole blocks of `block_tokens` (never less than one block), spread
+    evenly through it, each from the middle of its share: a capped evaluation still sees the split's variety."""
+    if not max_tokens or len(ids) <= max_tokens:
+        return ids
+    blocks = ids.split(block_tokens)
+    k = min(len(blocks), max(1, max_tokens // block_tokens))
+    return torch.cat([blocks[(2 * i + 1) * len(blocks) // (2 * k)] for i in range(k)])
+
+
 class TokenStreams:
     def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int):
         stream_len = (len(tokens) - 1) // batch_size

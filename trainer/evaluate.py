@@ -4,11 +4,14 @@ through each stream exactly as in training. Bits per character and perplexity de
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from dataclasses import dataclass
 
 import torch
 
-from .data import TokenStreams
+from .corpus import fit_batch_shape
+from .data import TokenStreams, spread_sample
 from .model import LanguageModel
 
 
@@ -24,6 +27,42 @@ def evaluate(model: LanguageModel, data: TokenStreams) -> float:
         count += y.numel()
     model.train(was_training)
     return total / max(count, 1)
+
+
+# A time-budgeted run's evaluations together take about this share of its budget (unless `eval_tokens` says
+# how many held-out tokens to score): scoring the whole split ten times took 3 % of a 3-minute budget on a
+# 2-core CPU, and the trainer is to lose at most 5 % of its budget to everything beside training steps.
+EVAL_SHARE = 0.015
+MIN_EVAL_BLOCKS = 4  # a smaller sample's loss is too noisy to pick the best checkpoint by
+
+
+def eval_streams(val_ids: torch.Tensor, max_tokens: int, batch_size: int, seq_len: int,
+                 block_tokens: int) -> TokenStreams | None:
+    """The held-out streams one evaluation scores: all of `val_ids`, or about `max_tokens` of it spread evenly
+    through it (0 = all). None when there is nothing to score."""
+    ids = spread_sample(val_ids, max_tokens, block_tokens)
+    if len(ids) < 2:
+        return None
+    val_batch, val_seq, _ = fit_batch_shape(len(ids), min(32, batch_size), seq_len, min_seq_len=1)
+    return TokenStreams(ids, val_batch, val_seq)
+
+
+@torch.inference_mode()
+def sized_eval_tokens(model: LanguageModel, data: TokenStreams, seconds: float, block_tokens: int,
+                      chunks: int = 3) -> int:
+    """About how many held-out tokens `evaluate` scores in `seconds` (at least MIN_EVAL_BLOCKS blocks), timed
+    on the first chunks of `data` (the very first pays oneDNN's set-up, so the median of the `chunks` after it)."""
+    was_training = model.training
+    model.eval()
+    state = model.init_state(data.x.size(0), data.x.device)
+    per_token = []
+    for (x, y), _ in zip(data.all_chunks(), range(chunks + 1)):
+        t0 = time.perf_counter()
+        hidden, state = model(x, state)
+        model.head.loss(hidden, y).item()
+        per_token.append((time.perf_counter() - t0) / y.numel())
+    model.train(was_training)
+    return max(MIN_EVAL_BLOCKS * block_tokens, int(seconds / statistics.median(per_token[1:] or per_token)))
 
 
 def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int) -> float:

@@ -29,6 +29,17 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
             for key, value in slots.items() if torch.is_tensor(value)}
 
 
+def resume_tensors(optimizer: torch.optim.Optimizer, carry: tuple[torch.Tensor, ...],
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """What last.safetensors carries beside the weights: optimizer moments, carried state, RNG states."""
+    extra = {f"optim.{k}": v for k, v in optimizer_tensors(optimizer).items()}
+    extra.update({f"state.carry.{i}": s.float() if s.is_floating_point() else s for i, s in enumerate(carry)})
+    extra["state.rng"] = torch.get_rng_state()
+    if device.type == "cuda":
+        extra["state.cuda_rng"] = torch.cuda.get_rng_state(device)
+    return extra
+
+
 def load_optimizer(optimizer: torch.optim.Optimizer, saved: ckpt.Checkpoint) -> None:
     state: dict[int, dict] = {}
     for name, value in saved.tensors.items():

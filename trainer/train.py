@@ -22,13 +22,13 @@ import torch
 from . import checkpoint as ckpt
 from .corpus import DOCUMENT_SEPARATOR, DecodedCorpus, fit_batch_shape
 from .data import BLOCK_TOKENS, TokenStreams, split_documents
-from .evaluate import evaluate, unigram_loss
+from .evaluate import EVAL_SHARE, eval_streams, evaluate, sized_eval_tokens, unigram_loss
 from .finetune import extend_vocabulary, load_base_weights
 from .model import ModelConfig, build_model
 from .precision import resolve_precision
 from .pretrained import resolve_init
 from .run_report import continued_anneal, plot_title, run_metrics, sample_text
-from .run_state import load_optimizer, optimizer_tensors, restore, resume_message, snapshot, total_steps_of
+from .run_state import load_optimizer, restore, resume_message, resume_tensors, snapshot, total_steps_of
 from .tokenizer import CharTokenizer, WordTokenizer
 
 
@@ -74,7 +74,9 @@ class TrainConfig:
     minutes: float = 0.0
     # evaluation, checkpoints, samples
     eval_interval: int = 500
-    eval_tokens: int = 0  # cap each evaluation at this many held-out tokens, in blocks spread evenly (0 = all)
+    # cap each evaluation at this many held-out tokens, in blocks spread evenly; 0 = all, or with a time budget
+    # as many as keep evaluation within EVAL_SHARE of it (sized at the first evaluation, kept on resume)
+    eval_tokens: int = 0
     patience: int = 0  # early stopping after this many evaluations without improvement (0 = off)
     sample_interval: int = 0
     sample_length: int = 200
@@ -185,13 +187,10 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         raise ValueError(f"{last_path} was trained with batch size, seq len {saved.meta['batch_shape']}: resume it "
                          f"with those (not {batch_size}, {seq_len}), or start afresh (resume=False, --no-resume)")
     train_data = TokenStreams(train_ids, batch_size, seq_len)
-    val_batch, val_seq, _ = fit_batch_shape(max(len(val_ids), 2), min(32, batch_size), seq_len, min_seq_len=1)
-    if config.eval_tokens and len(val_ids) > config.eval_tokens:  # a big corpus: score an even spread of it
-        blocks = val_ids.split(BLOCK_TOKENS[tokenizer.kind])
-        stride = max(1, round(len(blocks) * BLOCK_TOKENS[tokenizer.kind] / config.eval_tokens))
-        val_ids = torch.cat(blocks[stride // 2::stride])
-        val_batch, val_seq, _ = fit_batch_shape(len(val_ids), min(32, batch_size), seq_len, min_seq_len=1)
-    val_data = TokenStreams(val_ids, val_batch, val_seq) if len(val_ids) > 1 else None
+    block = BLOCK_TOKENS[tokenizer.kind]
+    eval_tokens = config.eval_tokens or (saved.meta["run"].get("eval_tokens", 0) if resuming else 0)
+    val_data = eval_streams(val_ids, eval_tokens, batch_size, seq_len, block)
+    size_evaluation = bool(val_data and config.minutes and not eval_tokens)
     if val_data is None:
         warnings.append("validation split is empty: best checkpoint chosen by training loss")
 
@@ -284,12 +283,8 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
                         best_val if math.isfinite(best_val) else None, lr_now(), tps, elapsed, eta, f)
 
     def save_last() -> None:
-        extra = {f"optim.{k}": v for k, v in optimizer_tensors(optimizer).items()}
-        extra.update({f"state.carry.{i}": s.float() if s.is_floating_point() else s for i, s in enumerate(carry)})
-        extra["state.rng"] = torch.get_rng_state()
-        if device.type == "cuda":
-            extra["state.cuda_rng"] = torch.cuda.get_rng_state(device)
-        run = {"step": step, "elapsed": elapsed, "lr_scale": lr_scale,
+        extra = resume_tensors(optimizer, carry, device)
+        run = {"step": step, "elapsed": elapsed, "lr_scale": lr_scale, "eval_tokens": eval_tokens,
                "best_val_loss": best_val if math.isfinite(best_val) else None,
                "bad_evals": bad_evals, "smooth": smooth, "anneal": anneal, "lr": lr_now(),
                "optimizer_groups": optimizer.state_dict()["param_groups"]}
@@ -302,6 +297,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
     eval_every_s = config.minutes * 60 / 10 if config.minutes else math.inf
     next_eval_s = (math.floor(elapsed / eval_every_s) + 1) * eval_every_s if config.minutes else math.inf
     model.train()
+    clock = time.perf_counter() - elapsed  # the budget is wall clock from the first step: everything counts
     while True:
         if total_steps and step >= total_steps:
             stop_reason = "finished"
@@ -312,7 +308,6 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         if should_stop and should_stop():
             stop_reason = "stopped"
             break
-        t0 = time.perf_counter()
         lr = lr_now()
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -343,7 +338,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
             continue
         optimizer.step()
         step += 1
-        elapsed += time.perf_counter() - t0
+        elapsed = time.perf_counter() - clock
         smooth = loss_value if smooth is None else 0.95 * smooth + 0.05 * loss_value
         window_tokens += x.numel()
 
@@ -357,7 +352,10 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         end_of_budget = (total_steps and step >= total_steps) or (config.minutes and elapsed >= config.minutes * 60)
         if step % config.eval_interval == 0 or end_of_budget or elapsed >= next_eval_s:
             next_eval_s = (math.floor(elapsed / eval_every_s) + 1) * eval_every_s if config.minutes else math.inf
-            t_eval = time.perf_counter()
+            if size_evaluation:  # ~10 evaluations plus one per eval_interval steps share EVAL_SHARE of the budget
+                evals = 10 + step / max(elapsed, 1e-9) * config.minutes * 60 / config.eval_interval
+                eval_tokens = sized_eval_tokens(model, val_data, EVAL_SHARE * config.minutes * 60 / evals, block)
+                val_data, size_evaluation = eval_streams(val_ids, eval_tokens, batch_size, seq_len, block), False
             last_val = evaluate(model, val_data) if val_data else smooth
             model.train()
             improved = last_val < best_val
@@ -375,7 +373,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
                 ckpt.save(best_path, model, tokenizer, {**meta, "metrics": metrics, "step": step,
                                                         "history": history})
             save_last()
-            elapsed += time.perf_counter() - t_eval  # the budget is wall clock: evaluation counts
+            elapsed = time.perf_counter() - clock
             emit("eval", progress(smooth, last_val, tps), {"improved": improved, "metrics": metrics})
             emit("checkpoint", progress(smooth, last_val, tps), {"best": str(best_path), "last": str(last_path)})
             if config.patience and bad_evals >= config.patience:
