@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     generate_timeout: float = Field(120.0, description="Seconds a generate job may take before it fails.")
     max_generate_tokens: int = Field(2000, description="Upper bound on max_tokens of one generate job.")
     partial_interval: float = Field(0.5, description="Seconds between partial-text updates of a generate job.")
+    generate_lease_seconds: float = Field(10.0, gt=0, description="Seconds without a heartbeat after which a "
+                                          "generate worker is taken to be dead and its jobs are re-published "
+                                          "(worker/leases.py).")
+    generate_max_streams: int = Field(1024, ge=1, description="Generate jobs one worker process holds in its "
+                                      "engine at once (more wait in the queue for any worker); not a cap on "
+                                      "the batch below it.")
+    generate_int8: Literal["auto", "on", "off"] = Field(
+        "auto", description="Step a batch of one stream with int8 weights (fp32 LSTM char models on CPU, "
+        "trainer/quantize.py): auto = where it measures faster when the model is first served, on = wherever "
+        "it applies, off = never. A seed's text then differs between a stream served alone and in a batch.")
     train_report_seconds: float = Field(3.0, description="Seconds between progress writes of a training run.")
     train_lease_seconds: float = Field(120.0, description="A running run whose progress is older than this is "
                                        "taken to be orphaned (its trainer died) and is resumed.")

@@ -151,14 +151,16 @@ class BatchSampler:
         return stream
 
     @torch.inference_mode()
-    def step(self) -> list[Stream]:
-        """Advance every stream by one token; return the streams that finished (they leave the batch)."""
+    def step(self, model=None) -> list[Stream]:
+        """Advance every stream by one token; return the streams that finished (they leave the batch).
+        `model`: another model with the same state layout to take this step with (the serving engine's int8
+        model for a batch of one); the prefill and the word drive's roll-outs keep the sampler's own."""
         if not self.streams:
             return []
         if self._rows is None:
             self._rows = _RowParams(self.streams, self.device, token_level=self._words is None)
         rows = self._rows
-        logits, self.state = self.model.step(self.current, self.state)
+        logits, self.state = (model or self.model).step(self.current, self.state)
         tokens, probs, model_probs = _choose(logits, rows, self.recent, self._step_mask())
         if self._words is not None and rows.any_word_target:
             tokens, probs = self._words.drive(self.streams, rows, self.state, self.current, logits, tokens, probs,

@@ -24,6 +24,9 @@ class Entry:
     persona_id: int | None
     n_bytes: int
     users: int = 0
+    # the int8 model that steps this checkpoint when it is served alone (worker/engine.py), once decided
+    single_stream: object | None = None
+    single_stream_decided: bool = False
 
 
 def model_bytes(model: torch.nn.Module) -> int:

@@ -1,11 +1,14 @@
 """The batched generation engine: one thread per worker process owns the device and steps every request.
 
-Celery runs generate jobs on many threads (`--pool threads -c 64`); each job `submit()`s its request here
-and waits on a future. The engine thread keeps one `trainer.sample.BatchSampler` per checkpoint id. Between
-two steps it lets waiting requests join (their prompt is prefilled by `BatchSampler.add`), then advances
-every active batch by one token; a request that finishes leaves at that step boundary and its future is
-resolved. Every request keeps its own sampling parameters and seed, and the sampler's counter-based
-randomness makes its text independent of who else shares the batch.
+A generate task `submit()`s its request here and returns (worker/delivery.py answers it when its future
+resolves), so the batch is not bounded by the worker's Celery threads. The engine thread keeps one
+`trainer.sample.BatchSampler` per checkpoint id. Between two steps it lets waiting requests join (their
+prompt is prefilled by `BatchSampler.add`), then advances every active batch by one token; a request that
+finishes leaves at that step boundary and its future is resolved. Every request keeps its own sampling
+parameters and seed, and the sampler's counter-based randomness makes its text independent of who else
+shares the batch; with one exception: a batch of exactly one stream of an fp32 LSTM char model steps
+with int8 weights (trainer/quantize.py) where that measured faster (`generate_int8`), so a seed gives
+another text alone than in company (held-out loss +0.0004 nats, bench/generation.py).
 
 CUDA is touched only when the first engine is created, in the worker process that will use it (never in
 a parent that forks), and that device is used for every model afterwards.
@@ -66,12 +69,47 @@ class EngineRequest:
 class _Batch:
     sampler: BatchSampler
     jobs: dict[int, EngineRequest] = field(default_factory=dict)  # id(stream) -> job
+    single_stream: object | None = None  # the model that steps the batch while it holds one stream
+
+
+def single_stream_model(model, mode: str = "auto", steps: int = 32):
+    """The int8 model for batch-1 steps of `model`, or None: never with mode "off" or where it does not apply
+    (not an fp32 LSTM char model with a full head, not on CPU); with "auto" only if it steps faster here
+    (timed now, interleaved with the float model: the int8 kernels win on big models and lose on tiny ones)."""
+    from trainer.quantize import quantize_for_serving
+
+    if mode == "off":
+        return None
+    try:
+        quantized = quantize_for_serving(model)
+    except ValueError:
+        return None
+    if mode == "on":
+        return quantized
+
+    @torch.inference_mode()
+    def clock(m) -> float:
+        state, idx = m.init_state(1), torch.zeros(1, dtype=torch.long)
+        started = time.perf_counter()
+        for _ in range(steps):
+            _, state = m.step(idx, state)
+        return time.perf_counter() - started
+
+    times = {"fp32": [], "int8": []}
+    for _ in range(4):  # the first round warms both up; the minimum of the rest resists a noisy machine
+        times["fp32"].append(clock(model))
+        times["int8"].append(clock(quantized))
+    fp32, int8 = min(times["fp32"][1:]), min(times["int8"][1:])
+    log.info("single-stream step: fp32 %.0f us, int8 %.0f us: %s", fp32 / steps * 1e6, int8 / steps * 1e6,
+             "int8" if int8 < 0.9 * fp32 else "fp32")
+    return quantized if int8 < 0.9 * fp32 else None
 
 
 class Engine:
-    def __init__(self, device: str | torch.device = "cpu", threads: int = 0):
+    def __init__(self, device: str | torch.device = "cpu", threads: int = 0, int8: str = "off"):
         self.device = torch.device(device)
         self.threads = threads
+        self.int8 = int8 if self.device.type == "cpu" else "off"
         self._inbox: queue.SimpleQueue[EngineRequest] = queue.SimpleQueue()
         self._batches: dict[int | tuple, _Batch] = {}
         self.steps = 0  # batched steps taken
@@ -114,7 +152,8 @@ class Engine:
                 batch = _Batch(BatchSampler(model, tokenizer, self.device))
             elif batch is None:
                 ckpt = job.entry.checkpoint
-                batch = _Batch(BatchSampler(ckpt.model, ckpt.tokenizer, self.device))
+                batch = _Batch(BatchSampler(ckpt.model, ckpt.tokenizer, self.device),
+                               single_stream=self._single(job.entry))
             job.stream = batch.sampler.add(job.prompt, job.params)
         except Exception as e:  # noqa: BLE001 - a bad request fails alone
             job.future.set_exception(e)
@@ -126,10 +165,21 @@ class Engine:
         for other in batch.jobs.values():  # a batch only grows when somebody joins
             other.batch_peak = max(other.batch_peak, size)
 
+    def _single(self, entry: Entry):
+        """The entry's single-stream model, decided once per cache entry (here: only this thread steps)."""
+        if not entry.single_stream_decided:
+            try:
+                entry.single_stream = single_stream_model(entry.checkpoint.model, self.int8)
+            except Exception:  # noqa: BLE001 - an optimisation: serve in float rather than fail
+                log.exception("int8 single-stream model of checkpoint %s failed; serving fp32", entry.checkpoint_id)
+            entry.single_stream_decided = True
+        return entry.single_stream
+
     def _step(self, checkpoint_id: int | tuple) -> None:
         batch = self._batches[checkpoint_id]
+        alone = batch.single_stream if batch.single_stream is not None and len(batch.sampler) == 1 else None
         try:
-            finished = batch.sampler.step()
+            finished = batch.sampler.step(model=alone)
         except Exception as e:
             log.exception("generation step failed for checkpoint %s", checkpoint_id)
             for job in batch.jobs.values():

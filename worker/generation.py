@@ -1,5 +1,7 @@
 """One generate request, end to end: checkpoint from the cache, text from the shared engine, a row in
-`generations`. The generate task and scheduled posts both come through `serve_request()`.
+`generations`. `begin()` validates a request and hands it to the engine, `finish()` and `answer()` turn its
+stream into the result and the row. Scheduled posts and eager mode wait in their own thread through
+`serve_request()`; a worker's generate task hands over and returns (worker/delivery.py answers).
 
 The engine and the cache are created on first use in the process that serves requests (a Celery worker
 child, or the bot's own process in eager mode), never at import time.
@@ -12,6 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from core import metrics
 from core.contracts import GenerateRequest, SamplingError, parse_sampling
@@ -57,7 +60,8 @@ def engine():
             from .engine import Engine, pick_device
 
             settings = get_settings()
-            _engine = Engine(pick_device(settings.device), settings.torch_threads or engine_threads())
+            _engine = Engine(pick_device(settings.device), settings.torch_threads or engine_threads(),
+                             int8=settings.generate_int8)
         return _engine
 
 
@@ -97,12 +101,27 @@ def sampling_params(params: dict | None, max_tokens_cap: int):
     return sp
 
 
-def serve_request(request: dict, on_partial: Callable[[str], None] | None = None, record: bool = True,
-                  maybe_done: bool = False) -> dict:
-    """Serve one request (the `improbable.generate` payload, core.contracts.GenerateRequest; see
-    worker/tasks.py). `on_partial(text)` is called with the completion so far, at most every
-    `partial_interval` seconds, while it grows. `maybe_done`: the job may have run before (redelivered,
-    re-published, retried): look for its row first. (Any run records once; this only saves the work.)"""
+@dataclass
+class Serving:
+    """A request handed to the engine: what its answer needs once its stream is done."""
+
+    request: dict
+    checkpoint_id: int
+    prompt: str
+    params: object  # trainer.sample.SamplingParams
+    record: bool
+    held: list  # cache entries held for the stream's life (the voices of a blend)
+    job: object  # worker.engine.EngineRequest
+    started: float
+    deadline: float
+
+
+def begin(request: dict, record: bool = True, maybe_done: bool = False) -> dict | Serving:
+    """Validate a request (the `improbable.generate` payload, core.contracts.GenerateRequest; see
+    worker/tasks.py) and hand it to the engine: a Serving, or the recorded answer (a dict) of a request that
+    ran before. `maybe_done`: the job may have run before (redelivered, re-published, retried): look for its
+    row first. (Any run records once; this only saves the work.) Raises BadRequest for a request that can
+    never succeed."""
     from pydantic import ValidationError
 
     settings = get_settings()
@@ -120,62 +139,108 @@ def serve_request(request: dict, on_partial: Callable[[str], None] | None = None
         earlier = recorded_result(request_id, request)
         if earlier is not None:  # this request ran before (a redelivery): its answer, not a second one
             return earlier
-
     try:
         voices = blend_voices(request, checkpoint_id)
     except BlendRequestError as e:
         raise BadRequest(str(e)) from None
     held = acquire_voices(cache(), voices) if voices else [cache().acquire(checkpoint_id)]
-    entry = held[0]
     try:
-        job = engine().submit(entry, prompt, params, voices=tuple(held) if voices else (),
+        job = engine().submit(held[0], prompt, params, voices=tuple(held) if voices else (),
                               weights=tuple(v.weight for v in voices), names=tuple(v.persona for v in voices))
-        deadline = started + settings.generate_timeout
+    except BaseException:
+        release(held)
+        raise
+    return Serving(request, checkpoint_id, prompt, params, record, held, job, started,
+                   started + settings.generate_timeout)
+
+
+def release(held: list) -> None:
+    for entry in held:
+        cache().release(entry)
+
+
+def serve_request(request: dict, on_partial: Callable[[str], None] | None = None, record: bool = True,
+                  maybe_done: bool = False) -> dict:
+    """Serve one request and wait for its answer in this thread (eager mode and scheduled posts; the
+    generate task of a worker hands its request over instead, worker/delivery.py). `on_partial(text)` is
+    called with the completion so far, at most every `partial_interval` seconds, while it grows."""
+    settings = get_settings()
+    serving = begin(request, record, maybe_done)
+    if isinstance(serving, dict):
+        return serving
+    try:
         sent, sent_at = "", time.perf_counter()
         while True:
             try:
-                stream = job.future.result(timeout=settings.partial_interval)
+                serving.job.future.result(timeout=settings.partial_interval)
                 break
             except TimeoutError:
-                if time.perf_counter() > deadline:
+                if time.perf_counter() > serving.deadline:
                     raise TimeoutError(f"generation took more than {settings.generate_timeout:.0f} s") from None
-                text = job.partial
+                text = serving.job.partial
                 # new text, or the same again as a heartbeat: the bot takes a silent job for a dead one
                 if on_partial is not None and (text != sent or time.perf_counter() - sent_at > PARTIAL_HEARTBEAT):
                     on_partial(text)
                     sent, sent_at = text, time.perf_counter()
     finally:
-        for held_entry in held:
-            cache().release(held_entry)
+        release(serving.held)
+    result, row = finish(serving)
+    return answer(serving, result, recorder().record(row) if row is not None else None)
 
+
+def finish(serving: Serving) -> tuple[dict, dict | None]:
+    """(The result of a finished stream, its `generations` row to record or None). Raises what the engine
+    raised for the stream. The caller releases the cache entries (`release(serving.held)`)."""
+    from db.queries import generation_row
+
+    stream, job, request = serving.job.future.result(timeout=0), serving.job, serving.request
+    entry = serving.held[0]
     tokenizer = entry.checkpoint.tokenizer
-    latency_ms = round((time.perf_counter() - started) * 1000)
     result = {
         "text": stream.text,
-        "full_text": tokenizer.continue_text(prompt, stream.text),
+        "full_text": tokenizer.continue_text(serving.prompt, stream.text),
         "seed": stream.seed,
         "tokens": len(stream.tokens),
         "finish_reason": stream.finish_reason,
         "unknown": stream.unknown,
-        "latency_ms": latency_ms,
-        "load_ms": round((job.submitted - started) * 1000),  # checkpoint load (0 when cached)
+        "latency_ms": round((time.perf_counter() - serving.started) * 1000),
+        "load_ms": round((job.submitted - serving.started) * 1000),  # checkpoint load (0 when cached)
         "batch_peak": job.batch_peak,
-        "checkpoint_id": checkpoint_id,
+        "checkpoint_id": serving.checkpoint_id,
         "probability": probability_summary(stream),
         "generation_id": None,
         **{k: request[k] for k in ROUTING_KEYS if k in request},
     }
-    if record and entry.persona_id is not None:
-        # the picture's pieces go to the row only (Info and show:probabilities draw them), not the result
-        recorded = _record(request, entry.persona_id, prompt, params,
-                           {**result, "pieces": picture_pieces(stream, tokenizer)})
-        if recorded.duplicate and recorded.id is not None:  # another run of this request recorded first
-            earlier = recorded_result(request_id, request)
-            if earlier is None or earlier["text"] == result["text"]:  # (a seeded request: the same text)
-                return {**result, "generation_id": recorded.id, "duplicate": True}
-            return earlier  # an unseeded one: the text that was recorded, not this run's
-        result["generation_id"] = recorded.id
-    return result
+    if not serving.record or entry.persona_id is None:
+        return result, None
+    # the probability summary and the picture's pieces go to the row only (Info and show:probabilities draw
+    # them; follow-ups ignore them), not the result
+    params = serving.params
+    row = generation_row(
+        entry.persona_id, prompt=serving.prompt, output=result["text"], seed=result["seed"],
+        params={**params.to_dict(), "probability": {**result["probability"],
+                                                     "pieces": picture_pieces(stream, tokenizer)}},
+        checkpoint=result["checkpoint_id"], latency_ms=result["latency_ms"], user_id=request.get("user_id"),
+        guild_id=request.get("guild_id"), channel_id=request.get("channel_id"),
+        interaction_id=request.get("interaction_id"), parent=request.get("parent_generation_id"),
+        request_id=_request_id(request))
+    return result, row
+
+
+def answer(serving: Serving, result: dict, recorded) -> dict:
+    """The final result, given how its row was recorded (a worker.recording.Recorded, or None)."""
+    if recorded is None:
+        return result
+    if recorded.duplicate and recorded.id is not None:  # another run of this request recorded first
+        earlier = recorded_result(_request_id(serving.request), serving.request)
+        if earlier is None or earlier["text"] == result["text"]:  # (a seeded request: the same text)
+            return {**result, "generation_id": recorded.id, "duplicate": True}
+        return earlier  # an unseeded one: the text that was recorded, not this run's
+    return {**result, "generation_id": recorded.id}
+
+
+def _request_id(request: dict) -> str | None:
+    return request.get("request_id") if isinstance(request.get("request_id"), str) else None
 
 
 def recorded_result(request_id: str, request: dict) -> dict | None:
@@ -204,21 +269,12 @@ def recorded_result(request_id: str, request: dict) -> dict | None:
             **{k: request[k] for k in ROUTING_KEYS if k in request}}
 
 
-def _record(request: dict, persona_id: int, prompt: str, params, result: dict):
-    """The `generations` row, with everything a regenerate button needs to do it again (a Recorded)."""
-    from db.queries import generation_row
-
+def recorder():
+    """This process's worker.recording.Recorder (one thread writing rows in batches)."""
     global _recorder
     with _lock:
         if _recorder is None:
             from .recording import Recorder
 
             _recorder = Recorder()
-    return _recorder.record(generation_row(
-        # the probability summary and picture rides in the params JSON (Info reads them; follow-ups ignore them)
-        persona_id, prompt=prompt, output=result["text"], seed=result["seed"],
-        params={**params.to_dict(), "probability": {**result.get("probability", {}), "pieces": result.get("pieces")}},
-        checkpoint=result["checkpoint_id"], latency_ms=result["latency_ms"], user_id=request.get("user_id"),
-        guild_id=request.get("guild_id"), channel_id=request.get("channel_id"),
-        interaction_id=request.get("interaction_id"), parent=request.get("parent_generation_id"),
-        request_id=request.get("request_id") if isinstance(request.get("request_id"), str) else None))
+        return _recorder

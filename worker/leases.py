@@ -9,7 +9,7 @@ Why a lease and not a shorter visibility timeout (Redis's own redelivery of unac
 - A dead worker's job must be answered within a minute, but a generate job may legitimately run for
   `generate_timeout` (120 s). A visibility timeout short enough for the first would redeliver every long
   job while it still runs, doubling the work exactly when the workers are busiest. A heartbeat proves the
-  worker alive whatever its jobs' length, so the lease can be short (LEASE_SECONDS, 10 s).
+  worker alive whatever its jobs' length, so the lease can be short (settings.generate_lease_seconds, 10 s).
 - The visibility timeout is per connection, but kombu keeps one `unacked` hash per broker database and any
   consumer's restore sweep redelivers what is older than *its* timeout: a generate worker with a short one
   would redeliver the training jobs (which keep 2 h and their own lease in the database, worker/training.py).
@@ -34,8 +34,6 @@ from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 LEASES, OWNERS = "improbable:generate:leases", "improbable:generate:owners"
-# Seconds without a heartbeat after which a worker is taken to be dead (the settings have no field yet).
-LEASE_SECONDS = float(os.environ.get("IMPROBABLE_GENERATE_LEASE_SECONDS") or 10.0)
 FORGET_OWNERS_AFTER = 3600.0  # heartbeats of workers gone this long (and holding nothing) are dropped
 
 # take/release only what is still as we saw it (a lease renewed, re-taken or released meanwhile is not ours)
@@ -56,13 +54,17 @@ def owner_id() -> str:
 class Leases:
     """The leases of this worker process, its heartbeat, and the reaper (one daemon thread)."""
 
-    def __init__(self, client, republish, owner: str | None = None, lease: float = LEASE_SECONDS):
-        self.client, self.republish, self.lease = client, republish, lease
+    def __init__(self, client, republish, owner: str | None = None, lease: float | None = None):
+        # seconds without a heartbeat after which a worker is taken to be dead
+        self.client, self.republish = client, republish
+        self.lease = lease or get_settings().generate_lease_seconds
         self.owner = owner or owner_id()
         self._unreleased: set[str] = set()  # releases that failed while Redis was away: retried by the thread
         self._holding: dict[str, str] = {}  # leases received and not yet written (task id -> value)
+        self._writing: set[str] = set()  # being written right now
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._written = threading.Condition(self._lock)
         self._connected_since: float | None = None
         self._thread: threading.Thread | None = None
 
@@ -83,6 +85,14 @@ class Leases:
             self._holding[task_id] = f"{self.owner}\n" + json.dumps({"task": task, "args": args})
         self._wake.set()
 
+    def written(self, task_id: str, timeout: float = 2.0) -> bool:
+        """Wait until the lease of `task_id` is in Redis (False: not within `timeout`, e.g. Redis away). A
+        generate task that hands its job to the engine acknowledges its message when it returns: from then
+        on only the lease brings the job back if this worker dies."""
+        with self._written:
+            return self._written.wait_for(lambda: task_id not in self._holding and task_id not in self._writing,
+                                          timeout)
+
     def release(self, task_id: str) -> None:
         with self._lock:
             if self._holding.pop(task_id, None) is not None:
@@ -96,6 +106,7 @@ class Leases:
     def _write_holds(self) -> None:
         with self._lock:
             holding, self._holding = self._holding, {}
+            self._writing = set(holding)
         if not holding:
             return
         try:
@@ -107,6 +118,10 @@ class Leases:
             with self._lock:  # Redis away: written when it is back (unless the jobs ended meanwhile)
                 self._holding = {**holding, **self._holding}
             raise
+        finally:
+            with self._written:
+                self._writing = set()
+                self._written.notify_all()
 
     def beat(self) -> None:
         self.client.eval(_BEAT, 1, OWNERS, self.owner)

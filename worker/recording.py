@@ -52,9 +52,13 @@ class Recorder:
 
     def record(self, row: dict, timeout: float = OUTAGE_SECONDS + 30) -> Recorded:
         """Insert a `generations` row (column → value) unless its request_id is recorded already."""
+        return self.submit(row).result(timeout)
+
+    def submit(self, row: dict) -> Future:
+        """`record` without waiting: a Future of the Recorded (or of the database's error)."""
         done: Future = Future()
         self._inbox.put(({**row, "request_id": row.get("request_id") or uuid.uuid4().hex}, done))
-        return done.result(timeout)
+        return done
 
     def _run(self) -> None:
         while True:

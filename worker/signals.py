@@ -90,6 +90,13 @@ def _on_task_prerun(task_id=None, task=None, args=None, **_kwargs) -> None:
 
 def _on_task_postrun(task_id=None, task=None, retval=None, state=None, **_kwargs) -> None:
     name = _task_name(task)
+    if name == GENERATE_TASK and state == "IGNORED":
+        return  # handed to the engine: worker/delivery.py calls job_finished when it answers
+    job_finished(task_id, name, state, retval)
+
+
+def job_finished(task_id: str, name: str, state: str | None, retval=None) -> None:
+    """A job's end: its duration, final state and (generate) latency and tokens."""
     with _started_lock:
         started = _started.pop(task_id, None)
     if started is not None:
@@ -109,6 +116,18 @@ def _on_task_revoked(sender=None, request=None, **_kwargs) -> None:
     metrics.JOBS.labels(name, "revoked").inc()
 
 
+class TaskResultsAtDebug(logging.Filter):
+    """Celery's own INFO line "Task ... succeeded in ...s: <return value>" would carry a generation's prompt
+    and text into the logs: the line stays, its value shows only when the logger is at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, dict) and "return_value" in args and not logging.getLogger(record.name).isEnabledFor(
+                logging.DEBUG):
+            record.args = {**args, "return_value": "(the result is logged at DEBUG)"}
+        return True
+
+
 _connected = False
 
 
@@ -118,6 +137,7 @@ def connect() -> None:
     if _connected:
         return
     logs.set_task_context(running_task)
+    logging.getLogger("celery.app.trace").addFilter(TaskResultsAtDebug())  # workers and eager mode alike
     signals.setup_logging.connect(_on_setup_logging, weak=False)
     signals.worker_init.connect(_on_worker_init, weak=False)
     signals.celeryd_after_setup.connect(_on_after_setup, weak=False)

@@ -13,11 +13,15 @@ improbable.generate(request) — queue `generate`
               outside the vocabulary, "latency_ms", "load_ms", "batch_peak": the largest batch this request
               was stepped in, "generation_id" (row in `generations`), "checkpoint_id",
               "worker": hostname, and the echoed persona/guild_id/channel_id/user_id/interaction_id/reply_to}
-    partial text: while it runs, the task is in state PROGRESS with meta {"text": completion so far},
-              updated at most every IMPROBABLE_PARTIAL_INTERVAL seconds (0.5). Read it with
+    partial text: while it runs, the task is in state PROGRESS with meta {"text": completion so far,
+              "beat": the time it was written}, updated at most every IMPROBABLE_PARTIAL_INTERVAL seconds
+              (0.5) while it grows, and every 2 s regardless (a heartbeat). Read it with
               `AsyncResult(id).get(on_message=callback)` (the Redis backend pushes every state) or by
               polling `AsyncResult(id).state/.info`. Short jobs finish before any PROGRESS.
     errors:  an unknown checkpoint or invalid params fail at once (BadRequest, not retried).
+    On a worker the task hands the request to the engine and returns without a state (Ignore); the
+    engine's side stores PROGRESS, SUCCESS and FAILURE under the task's id (worker/delivery.py). In eager
+    mode the result is returned directly.
 
 improbable.train(run_id: int) — queue `train`
     Trains the run's persona on the run's corpus (or, for bundled personas, the recipe's corpus by name)
@@ -52,10 +56,9 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 
 from celery.exceptions import Ignore
-from celery.signals import task_postrun, task_received, worker_ready
+from celery.signals import task_postrun, task_received, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -77,34 +80,41 @@ RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "retry_backof
 @app.task(name="improbable.generate", bind=True, acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=150, time_limit=180, **RETRY)
 def generate_task(self, request: dict) -> dict:
-    from .generation import serve_request as serve
+    from .generation import begin, serve_request
 
     remote = not self.request.called_directly and not self.request.is_eager
     if isinstance(request, dict) and self.request.id and not isinstance(request.get("request_id"), str):
         # the idempotency key of the `generations` row: a redelivered or re-published job keeps its task id
         request = {**request, "request_id": self.request.id}
-
-    def publish(text: str) -> None:
-        # Partial text is a courtesy, and its timestamp the job's heartbeat for the bot (bot/jobs.py): a
-        # result store that is briefly away (Redis restarting) must not fail the job itself.
-        try:
-            self.update_state(state="PROGRESS", meta={"text": text, "beat": time.time()})
-        except Exception as e:  # noqa: BLE001
-            log.warning("partial text of %s not published: %s", self.request.id, e)
-
     # a message Redis restored, a job the lease reaper re-published, or a retry may have been answered already
     maybe_done = bool((self.request.delivery_info or {}).get("redelivered") or self.request.retries
                       or getattr(self.request, "republished", False))
-    if maybe_done and remote:  # a run of this very task that finished: its stored answer, whole
+    if not remote:  # eager (the bot's own process, no broker): the answer is returned here
+        return serve_request(request, maybe_done=maybe_done)
+    if maybe_done:  # a run of this very task that finished: its stored answer, whole
         try:
             earlier = self.backend.get_task_meta(self.request.id)
         except Exception:  # noqa: BLE001 - the row check below still applies
             earlier = {}
         if earlier.get("status") == "SUCCESS" and isinstance(earlier.get("result"), dict):
             return earlier["result"]
-    result = serve(request, on_partial=publish if remote else None, maybe_done=maybe_done)
-    result["worker"] = socket.gethostname() if self.request.hostname is None else self.request.hostname
-    return result
+    serving = begin(request, maybe_done=maybe_done)
+    hostname = socket.gethostname() if self.request.hostname is None else self.request.hostname
+    if isinstance(serving, dict):  # answered from its recorded row
+        return {**serving, "worker": hostname}
+    _hand_off(self, serving, hostname)
+    raise Ignore()  # no state stored, message acknowledged: worker/delivery.py answers from the engine's side
+
+
+def _hand_off(task, serving, hostname: str) -> None:
+    from .delivery import delivery
+    from .leases import leases
+
+    holder = leases()
+    # the message is acknowledged when the task returns: from then on only the lease covers the job
+    if holder is not None and not holder.written(task.request.id):
+        log.warning("job %s: its lease is not written yet (Redis away?); handing it over anyway", task.request.id)
+    delivery().hand_off(task.request.id, task.request, serving, hostname)
 
 
 # Jobs that hold a lease from the moment their worker receives them until they end (worker/leases.py): if
@@ -126,8 +136,10 @@ def _lease_on_receipt(request=None, **_) -> None:
 
 @task_postrun.connect
 def _release_lease(task_id=None, task=None, state=None, **_) -> None:
-    if task is None or task.name not in LEASED_TASKS or state == "RETRY" or task.request.is_eager:
-        return  # a retry is a new message under the same id: its receipt leases it again
+    # a retry is a new message under the same id: its receipt leases it again; a job handed to the engine
+    # (IGNORED) keeps its lease until worker/delivery.py answers it
+    if task is None or task.name not in LEASED_TASKS or state in ("RETRY", "IGNORED") or task.request.is_eager:
+        return
     from .leases import leases
 
     holder = leases()
@@ -223,3 +235,13 @@ def warm_up(sender, **_) -> None:
         holder = leases()
         if holder is not None:  # the reaper runs in every generate worker, busy or idle
             holder.start()
+
+
+@worker_shutdown.connect
+def answer_before_exit(**_) -> None:
+    """A warm shutdown answers the jobs already handed to the engine (their tasks have returned, so Celery
+    does not wait for them); what is left after 50 s is re-published by another worker (its lease)."""
+    from .delivery import drain
+
+    if not drain(50.0):
+        log.warning("shutting down with generate jobs unanswered: another worker takes them over (leases)")

@@ -94,6 +94,7 @@ def services(tmp_path_factory):
         "IMPROBABLE_PARTIAL_INTERVAL": "0.1",
         "IMPROBABLE_MAX_GENERATE_TOKENS": "20000",
         "IMPROBABLE_TORCH_THREADS": "1",
+        "IMPROBABLE_GENERATE_INT8": "off",  # a seed's text alone = in a batch (tests that need int8 turn it on)
         "IMPROBABLE_DISCORD_TOKEN": "test-token",
         "IMPROBABLE_DISCORD_API_BASE": discord.url,
     }

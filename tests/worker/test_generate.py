@@ -100,3 +100,67 @@ def _host(result) -> str | None:
     if isinstance(info, dict) and "hostname" in info:
         return info["hostname"]
     return (result._get_task_meta() or {}).get("worker")  # result_extended records the worker
+
+
+def test_batch_exceeds_the_workers_celery_threads(start_worker, checkpoint_id):
+    """A worker with 4 Celery threads steps 40 concurrent jobs in one batch: a task hands its request to the
+    engine and returns, so the batch is not bounded by the threads (int8 on: the single stream at the end
+    of the batch steps with int8 weights, and the jobs still answer in full)."""
+    worker = start_worker("narrow", "narrow", "threads", 4, IMPROBABLE_GENERATE_INT8="on").wait_ready()
+    user = 777001
+    pending = [enqueue("improbable.generate", generate_request(checkpoint_id, seed=3000 + i, max_tokens=1500,
+                                                               prompt=f"Alice {i}", user_id=user), queue="narrow")
+               for i in range(40)]
+    results = [p.get(timeout=TIMEOUT) for p in pending]
+    assert {r["worker"] for r in results} == {worker.hostname}
+    assert all(r["tokens"] == 1500 for r in results) and [r["seed"] for r in results] == [3000 + i for i in range(40)]
+    assert max(r["batch_peak"] for r in results) >= 20, sorted(r["batch_peak"] for r in results)
+    assert len({r["generation_id"] for r in results}) == 40 and all(p.state == "SUCCESS" for p in pending)
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Generation).where(Generation.user_id == user)) == 40
+
+
+def test_engine_side_failure_reaches_the_caller_and_frees_the_lease(start_worker, checkpoint_id):
+    """A job that fails after its task handed it over (here: past its deadline) is stored as FAILURE with the
+    message the task used to raise, and its lease is released."""
+    import redis
+
+    from worker.leases import LEASES
+
+    start_worker("hasty", "hasty", "threads", 2, IMPROBABLE_GENERATE_TIMEOUT="1").wait_ready()
+    r = enqueue("improbable.generate", generate_request(checkpoint_id, seed=9, max_tokens=20000), queue="hasty")
+    try:
+        r.get(timeout=TIMEOUT)
+        raise AssertionError("a 20,000-token job finished within a 1 s deadline")
+    except TimeoutError as e:  # the task's error, re-raised from the stored FAILURE
+        assert "generation took more than 1 s" in str(e)
+    assert r.state == "FAILURE"
+    client = redis.Redis.from_url(services_env("IMPROBABLE_BROKER_URL"), decode_responses=True)
+    deadline = time.monotonic() + 5
+    while client.hexists(LEASES, r.id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not client.hexists(LEASES, r.id)
+
+
+def test_generated_text_stays_out_of_the_info_log(start_worker, checkpoint_id):
+    """At INFO the worker's log never shows a prompt or a generated text, not even in Celery's own
+    "Task ... succeeded in ...: <result>" line (a re-published job answers with its stored result)."""
+    from worker.app import app
+
+    worker = start_worker("quiet", "quiet", "threads", 2).wait_ready()
+    request = generate_request(checkpoint_id, seed=11, max_tokens=400, prompt="Alice quietly whispered")
+    first = enqueue("improbable.generate", request, queue="quiet")
+    result = first.get(timeout=TIMEOUT)
+    again = app.send_task("improbable.generate", args=[request], task_id=first.id, queue="quiet",
+                          headers={"republished": True}).get(timeout=TIMEOUT)
+    assert again["text"] == result["text"]
+    time.sleep(0.5)  # (the log line is written after the result is stored)
+    log = worker.log_path.read_text(errors="replace")
+    assert "succeeded in" in log, log[-3000:]  # Celery's line is there...
+    assert result["text"][:40] not in log and "quietly whispered" not in log  # ...without the text
+
+
+def services_env(name: str) -> str:
+    import os
+
+    return os.environ[name]

@@ -1,0 +1,208 @@
+"""Generate jobs answered from the engine's side, so that a job does not hold a Celery thread while it runs.
+
+A worker's `improbable.generate` task validates its request, hands it to the engine (worker.generation.begin)
+and ends by raising `celery.exceptions.Ignore`: the worker stores no state for it, acknowledges its message,
+and the thread takes the next job. The batch is then bounded by the engine, not by `-c` (a worker with 4
+threads batches hundreds of streams; tests/worker/test_generate.py). From there this module's one thread
+writes the job's states to the result backend, as the task would have (`bot/jobs.py` reads them):
+- PROGRESS {"text": completion so far, "beat": time} every `partial_interval` while the text grows, and the
+  same again every PARTIAL_HEARTBEAT seconds (the bot takes a silent job for a dead one);
+- SUCCESS with the task's result dict (`backend.mark_as_done`) once its row is recorded (worker/recording.py:
+  one row per request id, written many per transaction);
+- FAILURE (`backend.mark_as_failure`) with what failed: the sampler step, the deadline (`generate_timeout`),
+  the database. A bad request never gets here: it fails in the task, as before.
+Then it releases the job's lease (worker/leases.py). Until then a worker that dies has its jobs re-published
+under the same task id by another worker's reaper (the message itself is acknowledged when the task
+returns, so Redis's visibility timeout no longer backs up a generate job; the task waits until its lease
+is written before it returns). One thread writes every state of every job, so a PROGRESS never lands after
+the SUCCESS (Celery's Redis backend also refuses to overwrite a SUCCESS).
+
+`generate_max_streams` bounds what one process takes: past it, a task waits for a slot (holding its thread,
+so the worker stops taking messages and other workers get them).
+
+Why this and not the alternatives (2-core AMD EPYC VM, a 2x256 char LSTM, bench/queue_load.py):
+- `--pool threads -c 512` with a thread waiting per job: a hard `-c` still caps the batch (the same limit,
+  moved), and every waiting thread wakes each `partial_interval` to poll its job (figures: the commit that
+  measures them, bench/queue_load.py --baseline).
+- gevent/eventlet pool with the engine in its own thread: the engine steps on a real OS thread that
+  monkey-patched code cannot wait on without hub integration (futures resolved across threads need
+  gevent's async watchers), redis-py and SQLAlchemy/psycopg would run cooperatively (psycopg needs a
+  green wait callback), and every CPU-bound step of the hub (JSON, pydantic, result building) stalls all
+  jobs. Not measured: gevent is not installed in this environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from core.settings import get_settings
+from worker import signals
+
+from .generation import PARTIAL_HEARTBEAT, Serving, answer, finish, recorder, release
+
+log = logging.getLogger(__name__)
+GENERATE_TASK = "improbable.generate"
+
+
+@dataclass
+class Handed:
+    """A job handed over by its task: what answering it needs."""
+
+    task_id: str
+    context: object  # the task's request (celery.app.task.Context): result_extended stores its name, args, worker
+    serving: Serving
+    hostname: str
+    sent: str = ""
+    sent_at: float = field(default_factory=time.perf_counter)
+    recording: bool = False
+
+
+class Delivery:
+    def __init__(self, app, max_streams: int):
+        self.app = app
+        self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self._jobs: dict[str, Handed] = {}  # the thread's own
+        self._slots = threading.Semaphore(max_streams)
+        self._held = 0  # jobs handed over and not yet answered
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="generate-delivery", daemon=True)
+        self._thread.start()
+
+    def hand_off(self, task_id: str, context, serving: Serving, hostname: str) -> None:
+        """Answer `serving` (already in the engine) as task `task_id`. Blocks while the process holds
+        `generate_max_streams` jobs."""
+        self._slots.acquire()
+        with self._idle:
+            self._held += 1
+        handed = Handed(task_id, context, serving, hostname)
+        self._inbox.put(("new", handed))
+        serving.job.future.add_done_callback(lambda _: self._inbox.put(("finished", handed)))
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every job handed over is answered (a worker shutting down warmly)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._held == 0, timeout)
+
+    def __len__(self) -> int:
+        return self._held
+
+    # -- the delivery thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = get_settings().partial_interval
+        next_sweep = time.monotonic() + interval
+        while True:
+            try:
+                kind, item = self._inbox.get(timeout=max(0.0, next_sweep - time.monotonic()))
+            except queue.Empty:
+                self._sweep()
+                next_sweep = time.monotonic() + interval
+                continue
+            try:
+                if kind == "new":
+                    self._jobs[item.task_id] = item
+                elif kind == "finished":
+                    self._finished(item)
+                else:
+                    self._recorded(*item)
+            except Exception:  # noqa: BLE001 - a bug in one answer must not stop the others
+                log.exception("generate delivery: %s of a job failed", kind)
+
+    def _finished(self, handed: Handed) -> None:
+        release(handed.serving.held)
+        if self._jobs.get(handed.task_id) is not handed:
+            return  # answered already (its deadline passed)
+        try:
+            result, row = finish(handed.serving)
+        except Exception as e:  # noqa: BLE001 - what the engine raised for this stream
+            self._fail(handed, e)
+            return
+        if row is None:
+            self._succeed(handed, result)
+            return
+        handed.recording = True
+        recorder().submit(row).add_done_callback(lambda done: self._inbox.put(("recorded", (handed, result, done))))
+
+    def _recorded(self, handed: Handed, result: dict, done) -> None:
+        try:
+            final = answer(handed.serving, result, done.result())
+        except Exception as e:  # noqa: BLE001 - the database stayed away
+            self._fail(handed, e)
+            return
+        self._succeed(handed, final)
+
+    def _succeed(self, handed: Handed, result: dict) -> None:
+        result["worker"] = handed.hostname
+        try:
+            self.app.backend.mark_as_done(handed.task_id, result, request=handed.context)
+        except Exception:  # noqa: BLE001 - the store retried through an outage (~40 s) and gave up
+            log.exception("generate %s: its result could not be stored", handed.task_id)
+        log.info("generate %s answered in %.2f s (%s tokens, batch peak %s)", handed.task_id,
+                 time.perf_counter() - handed.serving.started, result.get("tokens"), result.get("batch_peak"))
+        self._done(handed, "SUCCESS", result)
+
+    def _fail(self, handed: Handed, error: BaseException) -> None:
+        log.error("generate %s failed: %s: %s", handed.task_id, type(error).__name__, error)
+        try:
+            self.app.backend.mark_as_failure(handed.task_id, error, request=handed.context)
+        except Exception:  # noqa: BLE001
+            log.exception("generate %s: its failure could not be stored", handed.task_id)
+        self._done(handed, "FAILURE", None)
+
+    def _done(self, handed: Handed, state: str, result: dict | None) -> None:
+        from .leases import leases
+
+        self._jobs.pop(handed.task_id, None)
+        holder = leases()
+        if holder is not None:
+            holder.release(handed.task_id)
+        signals.job_finished(handed.task_id, GENERATE_TASK, state, result)
+        self._slots.release()
+        with self._idle:
+            self._held -= 1
+            self._idle.notify_all()
+
+    def _sweep(self) -> None:
+        """Partial text and heartbeats of the running jobs; jobs past their deadline fail."""
+        settings = get_settings()
+        for handed in list(self._jobs.values()):
+            if handed.recording:
+                continue
+            now = time.perf_counter()
+            if now > handed.serving.deadline:
+                self._fail(handed, TimeoutError(f"generation took more than {settings.generate_timeout:.0f} s"))
+                continue
+            text = handed.serving.job.partial
+            if text == handed.sent and now - handed.sent_at <= PARTIAL_HEARTBEAT:
+                continue
+            # Partial text is a courtesy, and its timestamp the job's heartbeat for the bot: a result store that
+            # is briefly away (Redis restarting) must not fail the job itself.
+            try:
+                self.app.backend.store_result(handed.task_id, {"text": text, "beat": time.time()}, "PROGRESS",
+                                              request=handed.context)
+            except Exception as e:  # noqa: BLE001
+                log.warning("partial text of %s not published: %s", handed.task_id, e)
+                return  # the store is away: the next sweep tries again
+            handed.sent, handed.sent_at = text, now
+
+
+_delivery: Delivery | None = None
+_lock = threading.Lock()
+
+
+def delivery() -> Delivery:
+    global _delivery
+    with _lock:
+        if _delivery is None:
+            from .app import app
+
+            _delivery = Delivery(app, get_settings().generate_max_streams)
+        return _delivery
+
+
+def drain(timeout: float) -> bool:
+    return _delivery.drain(timeout) if _delivery is not None else True
