@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 DEFAULT_MAX_BYTES = 50_000_000
+STATS_PIECE_CHARS = 1 << 20  # statistics are counted a piece of ~1M characters at a time
 # No configured limit (a server's upload cap, a caller's max_bytes) reaches past this: decoding holds the raw
-# bytes, the text and its NFC copy at once (about 1.7 GB of peak memory for a 100 MB upload, issue 12).
+# bytes and the text (1-4 bytes per character) at once; the bot peaks at ~620 MB taking a 100 MB upload
+# (bench/upload_memory.py; statistics are counted piece by piece, see _pieces).
 HARD_MAX_BYTES = 100_000_000
 DEFAULT_MAX_LINE_CHARS = 100_000
 DEFAULT_MIN_CHARS = 200
@@ -233,7 +235,7 @@ def _check_visible(text: str) -> None:
     if not invisible:
         return
     n_invisible = sum(text.count(c) for c in invisible)
-    n_visible = sum(map(len, text.split())) - n_invisible  # str.split: whitespace counted in C, not per char
+    n_visible = sum(sum(map(len, piece.split())) for piece in _pieces(text)) - n_invisible  # split: in C
     if n_visible <= 0 or n_invisible > MAX_INVISIBLE_FRACTION * (n_visible + n_invisible):
         raise CorpusError("no_text", f"The file has no readable text: {n_invisible / len(text):.0%} of its "
                                      "characters are invisible (direction marks, format or private-use "
@@ -318,40 +320,75 @@ def decode_corpus(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
         warnings.append(f"Removed {plural(n_control, 'control character')}.")
     _check_visible(text)
 
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\r" in text:  # each replace copies the whole text: only when there is something to replace
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if _looks_like_html(text):
         raise CorpusError("html", "This looks like an HTML page; save it as plain text (in a browser: "
                                   "select all, copy, paste into a .txt file) and upload that.")
-    text = unicodedata.normalize("NFC", text)
+    if not unicodedata.is_normalized("NFC", text):  # the check is a scan; normalising is a copy
+        text = unicodedata.normalize("NFC", text)
     text, pg_warning = _strip_gutenberg(text)
     if pg_warning:
         warnings.append(pg_warning)
         if not text.strip():
             raise CorpusError("empty", "Nothing is left after removing the Project Gutenberg header and footer.")
 
-    lines = text.split("\n")
-    if max(map(len, lines)) > max_line_chars:
-        i, line = next((i, line) for i, line in enumerate(lines) if len(line) > max_line_chars)
-        raise CorpusError("line_too_long", f"Line {i + 1:,} is {len(line):,} characters long; the limit is "
+    line, n_line = _longest_line(text)
+    if len(line) > max_line_chars:
+        raise CorpusError("line_too_long", f"Line {n_line:,} is {len(line):,} characters long; the limit is "
                                            f"{max_line_chars:,}. Break the text into shorter lines "
                                            "(for example one paragraph per line).")
     if len(text) < min_chars:
         raise CorpusError("too_small", f"The text has {plural(len(text), 'character')}; at least "
                                        f"{min_chars:,} are needed to train.")
 
-    tokens, unique_chars = text.split(), set(text)
+    n_words, unique_tokens, unique_chars = _count_words(text)
     return DecodedCorpus(
         text=text,
         encoding=encoding,
         sha256=hashlib.sha256(data).hexdigest(),
         n_bytes=len(data),
         n_chars=len(text),
-        n_lines=len(lines) - (1 if text.endswith("\n") else 0),
-        n_words=len(tokens),
+        n_lines=text.count("\n") + (0 if text.endswith("\n") else 1),
+        n_words=n_words,
         n_unique_chars=len(unique_chars),
-        n_unique_words=_unique_words(set(tokens), unique_chars),
+        n_unique_words=_unique_words(unique_tokens, unique_chars),
         warnings=tuple(warnings),
     )
+
+
+def _pieces(text: str):
+    """`text` in pieces of about `size` characters, each ending at a newline (or the text's end): statistics
+    are counted piece by piece, so a 100 MB upload never becomes a list of millions of str objects at once
+    (`text.split()` of 100 MB of prose is ~1 GB of Python objects)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + STATS_PIECE_CHARS) + 1 or len(text)
+        yield text[start:end]
+        start = end
+
+
+def _longest_line(text: str) -> tuple[str, int]:
+    """The longest line and its number (1-based)."""
+    best, best_number, number = "", 1, 1
+    for piece in _pieces(text):
+        lines = piece.split("\n")
+        longest = max(range(len(lines)), key=lambda i: len(lines[i]))
+        if len(lines[longest]) > len(best):
+            best, best_number = lines[longest], number + longest
+        number += len(lines) - 1
+    return best, best_number
+
+
+def _count_words(text: str) -> tuple[int, set[str], set[str]]:
+    """(number of whitespace-separated tokens, the distinct tokens, the distinct characters)."""
+    n_words, unique_tokens, unique_chars = 0, set(), set()
+    for piece in _pieces(text):  # pieces end at a newline, so no token is cut in two
+        tokens = piece.split()
+        n_words += len(tokens)
+        unique_tokens.update(tokens)
+        unique_chars.update(piece)
+    return n_words, unique_tokens, unique_chars
 
 
 def join_documents(documents: Sequence[DecodedCorpus]) -> DecodedCorpus:
@@ -363,7 +400,7 @@ def join_documents(documents: Sequence[DecodedCorpus]) -> DecodedCorpus:
         return documents[0]
     texts = [d.text.strip("\n") for d in documents]
     text = DOCUMENT_SEPARATOR.join(texts)
-    tokens, unique_chars = text.split(), set(text)
+    n_words, unique_tokens, unique_chars = _count_words(text)
     encodings = sorted({d.encoding for d in documents})
     return DecodedCorpus(
         text=text,
@@ -372,9 +409,9 @@ def join_documents(documents: Sequence[DecodedCorpus]) -> DecodedCorpus:
         n_bytes=sum(d.n_bytes for d in documents),
         n_chars=len(text),
         n_lines=text.count("\n") + 1,
-        n_words=len(tokens),
+        n_words=n_words,
         n_unique_chars=len(unique_chars),
-        n_unique_words=_unique_words(set(tokens), unique_chars),
+        n_unique_words=_unique_words(unique_tokens, unique_chars),
         warnings=tuple(w for d in documents for w in d.warnings),
         documents=tuple(len(t) for t in texts),
     )
