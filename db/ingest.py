@@ -36,20 +36,10 @@ MAX_FILENAME_CHARS = 255
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-class IngestError(ValueError):
-    """An upload that cannot become a corpus. `.code` for programs; the message is for the uploader.
-
-    Codes: the decoder's (empty, too_small, binary, compressed, html, too_large, line_too_long, encoding)
-    plus bad_filename.
-    """
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+class IngestError(CorpusError):
+    """An upload that cannot become a corpus: the decoder's refusal (core.text.CorpusError: `.code` for
+    programs, `.message` for the uploader), or one of ingestion's own. Codes: the decoder's (empty, too_small,
+    binary, compressed, html, too_large, line_too_long, encoding) plus bad_filename."""
 
 
 @dataclass(frozen=True)
