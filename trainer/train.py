@@ -22,7 +22,7 @@ import torch
 from . import checkpoint as ckpt
 from .corpus import DOCUMENT_SEPARATOR, DecodedCorpus, fit_batch_shape
 from .data import BLOCK_TOKENS, TokenStreams, split_documents
-from .evaluate import EVAL_SHARE, eval_streams, evaluate, sized_eval_tokens, unigram_loss
+from .evaluate import EVAL_SHARE, eval_streams, eval_tokens_for, evaluate, unigram_loss
 from .finetune import extend_vocabulary, load_base_weights
 from .model import ModelConfig, build_model
 from .precision import resolve_precision
@@ -351,10 +351,10 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
 
         end_of_budget = (total_steps and step >= total_steps) or (config.minutes and elapsed >= config.minutes * 60)
         if step % config.eval_interval == 0 or end_of_budget or elapsed >= next_eval_s:
-            next_eval_s = (math.floor(elapsed / eval_every_s) + 1) * eval_every_s if config.minutes else math.inf
             if size_evaluation:  # ~10 evaluations plus one per eval_interval steps share EVAL_SHARE of the budget
                 evals = 10 + step / max(elapsed, 1e-9) * config.minutes * 60 / config.eval_interval
-                eval_tokens = sized_eval_tokens(model, val_data, EVAL_SHARE * config.minutes * 60 / evals, block)
+                eval_tokens = eval_tokens_for(EVAL_SHARE * config.minutes * 60 / evals,
+                                              step * x.numel() / max(elapsed, 1e-9), block)
                 val_data, size_evaluation = eval_streams(val_ids, eval_tokens, batch_size, seq_len, block), False
             last_val = evaluate(model, val_data) if val_data else smooth
             model.train()
@@ -374,6 +374,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
                                                         "history": history})
             save_last()
             elapsed = time.perf_counter() - clock
+            next_eval_s = (math.floor(elapsed / eval_every_s) + 1) * eval_every_s if config.minutes else math.inf
             emit("eval", progress(smooth, last_val, tps), {"improved": improved, "metrics": metrics})
             emit("checkpoint", progress(smooth, last_val, tps), {"best": str(best_path), "last": str(last_path)})
             if config.patience and bad_evals >= config.patience:
