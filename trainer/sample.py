@@ -35,7 +35,7 @@ import torch
 
 from core.text import DOCUMENT_SEPARATOR
 
-from .draws import DEFAULT_TOLERANCE, effective_tolerance, inverse_cdf, uniform, vocab_mask
+from .draws import DEFAULT_TOLERANCE, effective_tolerance, inverse_cdf, mix32, uniform, vocab_mask
 from .draws import seed_key as _seed_key
 from .model import LanguageModel, State, cat_states, select_state
 from .word_drive import WordDrive
@@ -169,7 +169,8 @@ class BatchSampler:
             self._record_token_picks(tokens, probs)
         rows.counters += 1
         self.current = tokens
-        self.recent = torch.cat([self.recent[:, 1:], tokens[:, None]], 1)
+        if rows.any_penalty:  # only a row with a penalty reads its window (a penalty of 1 changes nothing)
+            self.recent = torch.cat([self.recent[:, 1:], tokens[:, None]], 1)
         finished, keep = [], []
         for row, (stream, token, p) in enumerate(zip(self.streams, tokens.tolist(), probs.tolist())):
             self._append(stream, token, p)
@@ -259,6 +260,7 @@ class _RowParams:
         self.penalty = col([p.repetition_penalty for p in ps])
         self.window = col([p.repetition_window for p in ps], torch.long)
         self.seeds = col([_seed_key(s.seed) for s in streams], torch.long)
+        self.seed_mix = mix32(self.seeds)  # draws.uniform's first hash, which only the counter changes after
         self.counters = col([len(s.tokens) for s in streams], torch.long)
         # Python-side flags keep the common case (plain temperature sampling) to a handful of ops.
         self.any_greedy = any(p.temperature == 0 for p in ps)
@@ -312,7 +314,8 @@ def _choose(logits, rows, recent, banned=None):
         drop = (sorted_probs.cumsum(1) - sorted_probs) >= rows.top_p[:, None]
         probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs.masked_fill(drop, 0.0))
 
-    u = uniform(rows.seeds, rows.counters).to(probs.dtype)
+    # = draws.uniform(rows.seeds, rows.counters), without hashing the (fixed) seeds again every step
+    u = (mix32(rows.seed_mix ^ ((rows.counters * 0x27D4EB2F) & 0xFFFFFFFF)).double() / 2.0**32).to(probs.dtype)
     tokens = inverse_cdf(probs, u)
     if rows.any_greedy:
         tokens = torch.where(rows.temperature == 0, logits.argmax(1), tokens)
