@@ -72,8 +72,9 @@ STALLED = ("The generator working on this stopped answering (its worker probably
 STALL_NOTICE_SECONDS = 12.0
 STALL_SECONDS = 45.0
 STARTED_GRACE_SECONDS = 60.0  # more silence allowed while a job is STARTED (loading) and has no text yet
-# The result store (Redis) briefly away, e.g. restarting: keep following the job for this long first.
-OUTAGE_SECONDS = 30.0
+# The result store (Redis) briefly away, e.g. restarting: keep following the job for this long first (outages
+# of up to 30 s must lose nothing; the worker retries storing its result for ~40 s).
+OUTAGE_SECONDS = 45.0
 
 
 @dataclass
