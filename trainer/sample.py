@@ -260,7 +260,6 @@ class _RowParams:
         self.penalty = col([p.repetition_penalty for p in ps])
         self.window = col([p.repetition_window for p in ps], torch.long)
         self.seeds = col([_seed_key(s.seed) for s in streams], torch.long)
-        self.seed_mix = mix32(self.seeds)  # draws.uniform's first hash, which only the counter changes after
         self.counters = col([len(s.tokens) for s in streams], torch.long)
         # Python-side flags keep the common case (plain temperature sampling) to a handful of ops.
         self.any_greedy = any(p.temperature == 0 for p in ps)
@@ -270,6 +269,14 @@ class _RowParams:
         self.any_improbable = token_level and any(t > 0 for t in targets)
         self.any_word_target = not token_level and any(t > 0 for t in targets)
         self.any_penalty = any(p.repetition_penalty > 1 for p in ps)
+
+    @property
+    def seed_mix(self) -> torch.Tensor:
+        """mix32(seeds): draws.uniform's first hash, which only the counter changes after (kept per seeds
+        tensor, so a caller that replaces `seeds` gets it recomputed)."""
+        if getattr(self, "_mixed_from", None) is not self.seeds:
+            self._mixed_from, self._seed_mix = self.seeds, mix32(self.seeds)
+        return self._seed_mix
 
     def select(self, index: torch.Tensor) -> _RowParams:
         new = object.__new__(_RowParams)
