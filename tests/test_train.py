@@ -443,9 +443,15 @@ def test_time_budget_sizes_evaluation_to_a_share_of_it(tmp_path, alice_text, mon
     config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, minutes=0.01, eval_interval=10_000))
     result = train(config, text)
     floor = MIN_EVAL_BLOCKS * BLOCK_TOKENS["char"]
-    assert len(result.history) >= 3 and len(scored) == len(result.history)
-    assert all(floor * 0.9 <= n <= floor for n in scored)  # streams drop a ragged tail of < batch × seq tokens
+    assert len(result.history) >= 3 and len(scored) == len(result.history) + 1
+    assert all(floor * 0.9 <= n <= floor for n in scored[:-1])  # streams drop a ragged tail of < batch × seq tokens
+    assert all(h["val_tokens"] == scored[0] for h in result.history)
     assert ckpt.load(tmp_path / "last.safetensors").meta["run"]["eval_tokens"] == floor
+    # after the budget, the best weights are scored once on the whole split: that is the loss the run reports
+    assert scored[-1] >= 19 * BLOCK_TOKENS["char"]
+    metrics = ckpt.load(tmp_path / "best.safetensors").meta["metrics"]
+    assert metrics["val_loss"] == result.best_val_loss and metrics["val_loss_sampled"] == min(
+        h["val_loss"] for h in result.history)
     # asked for explicitly, eval_tokens wins; 0 with no time budget scores the whole split
     scored.clear()
     train(TrainConfig(out_dir=str(tmp_path / "all"), **dict(TINY, max_steps=10)), text)

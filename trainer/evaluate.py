@@ -30,6 +30,9 @@ def evaluate(model: LanguageModel, data: TokenStreams) -> float:
 # A time-budgeted run's evaluations together take about this share of its budget (unless `eval_tokens` says
 # how many held-out tokens to score): scoring the whole split ten times took 3 % of a 3-minute budget on a
 # 2-core CPU, and the trainer is to lose at most 5 % of its budget to everything beside training steps.
+# A sample of a few whole blocks can sit 0.1 nats off the whole split's loss (tiny-shakespeare's held-out
+# tail grows harder towards its end: blocks from 1.33 to 1.95), so such a run ends by scoring its best
+# weights on the whole split once, after the budget.
 EVAL_SHARE = 0.015
 MIN_EVAL_BLOCKS = 4  # a smaller sample's loss is too noisy to pick the best checkpoint by
 EVAL_SPEEDUP = 2.5  # scoring tokens/s over training tokens/s, the lowest measured: see eval_tokens_for
@@ -46,11 +49,13 @@ def eval_streams(val_ids: torch.Tensor, max_tokens: int, batch_size: int, seq_le
     return TokenStreams(ids, val_batch, val_seq)
 
 
-def eval_tokens_for(seconds: float, train_tokens_per_s: float, block_tokens: int) -> int:
-    """How many held-out tokens one evaluation can score in about `seconds`, at least MIN_EVAL_BLOCKS blocks.
+def eval_tokens_for(budget_s: float, evaluations: float, train_tokens_per_s: float, block_tokens: int) -> int:
+    """How many held-out tokens each of `evaluations` can score for all of them to take about EVAL_SHARE of
+    `budget_s`, at least MIN_EVAL_BLOCKS blocks.
     Estimated from the training speed so far instead of timed (a timing pass on a busy machine cost more
     than the evaluations it sized): scoring, a float32 forward pass without the gradient, ran at 4.3x the
     tokens/s of fp32 training and 2.5x that of bf16 training (2x256 char LSTM, B32 T100, AMD EPYC, 1 thread)."""
+    seconds = EVAL_SHARE * budget_s / evaluations
     return max(MIN_EVAL_BLOCKS * block_tokens, int(seconds * train_tokens_per_s * EVAL_SPEEDUP))
 
 

@@ -40,7 +40,11 @@ def resume_tensors(optimizer: torch.optim.Optimizer, carry: tuple[torch.Tensor, 
     return extra
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, saved: ckpt.Checkpoint) -> None:
+def load_resumed(optimizer: torch.optim.Optimizer, saved: ckpt.Checkpoint, device: torch.device) -> None:
+    """The optimizer's state and the random streams of a resumed run back in place."""
+    torch.set_rng_state(saved.tensors["state.rng"])
+    if device.type == "cuda" and "state.cuda_rng" in saved.tensors:
+        torch.cuda.set_rng_state(saved.tensors["state.cuda_rng"], device)
     state: dict[int, dict] = {}
     for name, value in saved.tensors.items():
         if name.startswith("optim."):

@@ -1,7 +1,7 @@
 """Training loop shared by every model family.
 
 AdamW, gradient-norm clipping, warm-up then a linear warm-down over the last part of the budget (or
-reduce-on-plateau), evaluation on the whole validation split, early stopping, best + last
+reduce-on-plateau), evaluation on the validation split (a sample within a time budget), early stopping, best + last
 checkpoints, a NaN/Inf guard, a wall-clock budget, periodic samples, a loss history, progress
 callbacks, and exact resume: `last.safetensors` holds the model, optimizer, schedule, step, RNG and
 carried RNN state, so an interrupted run that resumes reproduces the uninterrupted run's losses.
@@ -22,13 +22,13 @@ import torch
 from . import checkpoint as ckpt
 from .corpus import DOCUMENT_SEPARATOR, DecodedCorpus, fit_batch_shape
 from .data import BLOCK_TOKENS, TokenStreams, split_documents
-from .evaluate import EVAL_SHARE, eval_streams, eval_tokens_for, evaluate, unigram_loss
+from .evaluate import eval_streams, eval_tokens_for, evaluate, unigram_loss
 from .finetune import extend_vocabulary, load_base_weights
 from .model import ModelConfig, build_model
 from .precision import resolve_precision
 from .pretrained import resolve_init
 from .run_report import continued_anneal, plot_title, run_metrics, sample_text
-from .run_state import load_optimizer, restore, resume_message, resume_tensors, snapshot, total_steps_of
+from .run_state import load_resumed, restore, resume_message, resume_tensors, snapshot, total_steps_of
 from .tokenizer import CharTokenizer, WordTokenizer
 
 
@@ -222,16 +222,13 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
     carry = model.init_state(batch_size, device)
     if resuming:
         model.load_state_dict({k[6:]: v for k, v in saved.tensors.items() if k.startswith("model.")})
-        load_optimizer(optimizer, saved)
+        load_resumed(optimizer, saved, device)  # the optimizer's state and the random streams
         run = saved.meta["run"]
         step, elapsed, lr_scale, bad_evals = run["step"], run["elapsed"], run["lr_scale"], run["bad_evals"]
         best_val = run["best_val_loss"] if run["best_val_loss"] is not None else math.inf
         history, train_log = saved.meta.get("history", []), saved.meta.get("train_log", [])
         smooth, anneal = run.get("smooth"), run.get("anneal")
         carry = tuple(saved.tensors[f"state.carry.{i}"].to(device) for i in range(len(carry)))
-        torch.set_rng_state(saved.tensors["state.rng"])
-        if device.type == "cuda" and "state.cuda_rng" in saved.tensors:
-            torch.cuda.set_rng_state(saved.tensors["state.cuda_rng"], device)
     steps_per_epoch = train_data.n_chunks
     unigram = unigram_loss(train_ids, val_ids if len(val_ids) else train_ids, len(tokenizer))
     total_steps = total_steps_of(config, steps_per_epoch)
@@ -252,8 +249,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
                         "corpus_sha256": base.meta.get("corpus_sha256") if base else None}
     good = snapshot(model, optimizer)
     nan_restarts = 0
-    precision = resolve_precision(config.precision, device)
-    meta["precision"] = precision
+    meta["precision"] = precision = resolve_precision(config.precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def fraction() -> float:
@@ -352,9 +348,8 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         end_of_budget = (total_steps and step >= total_steps) or (config.minutes and elapsed >= config.minutes * 60)
         if step % config.eval_interval == 0 or end_of_budget or elapsed >= next_eval_s:
             if size_evaluation:  # ~10 evaluations plus one per eval_interval steps share EVAL_SHARE of the budget
-                evals = 10 + step / max(elapsed, 1e-9) * config.minutes * 60 / config.eval_interval
-                eval_tokens = eval_tokens_for(EVAL_SHARE * config.minutes * 60 / evals,
-                                              step * x.numel() / max(elapsed, 1e-9), block)
+                evals = 10 + step / elapsed * config.minutes * 60 / config.eval_interval
+                eval_tokens = eval_tokens_for(config.minutes * 60, evals, step * x.numel() / elapsed, block)
                 val_data, size_evaluation = eval_streams(val_ids, eval_tokens, batch_size, seq_len, block), False
             last_val = evaluate(model, val_data) if val_data else smooth
             model.train()
@@ -366,8 +361,8 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
                 bad_evals += 1
                 if config.schedule == "plateau" and bad_evals % 2 == 0:
                     lr_scale *= 0.5
-            history.append({"step": step, "elapsed": round(elapsed, 2), "train_loss": smooth,
-                            "val_loss": last_val, "lr": lr})
+            history.append({"step": step, "elapsed": round(elapsed, 2), "train_loss": smooth, "val_loss": last_val,
+                            "lr": lr, "val_tokens": val_data.n_tokens if val_data else 0})
             metrics = run_metrics(tokenizer, best_val if improved else last_val, val_ids, text, config, unigram)
             if improved:
                 ckpt.save(best_path, model, tokenizer, {**meta, "metrics": metrics, "step": step,
@@ -387,6 +382,12 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
             model.train()
 
     save_last()
+    if history and 0 < eval_tokens < len(val_ids) and not config.eval_tokens and stop_reason != "stopped":
+        restore(model, optimizer, good)  # evaluations scored a sample within the budget; the best, the whole split
+        sampled, best_val = best_val, evaluate(model, eval_streams(val_ids, 0, batch_size, seq_len, block))
+        metrics = {**run_metrics(tokenizer, best_val, val_ids, text, config, unigram), "val_loss_sampled": sampled}
+        best_step = next((h["step"] for h in history if h["val_loss"] == sampled), step)
+        ckpt.save(best_path, model, tokenizer, {**meta, "metrics": metrics, "step": best_step, "history": history})
     if not best_path.exists():  # stopped before the first evaluation
         metrics = run_metrics(tokenizer, smooth or math.nan, val_ids, text, config, unigram)
         ckpt.save(best_path, model, tokenizer, {**meta, "step": step, "history": history, "metrics": metrics})
