@@ -12,7 +12,9 @@ In one process, in this order:
    matmul limit at that batch (FLOPs of one step × steps/s); at 1 stream also the weight bytes/s it implies
    (every step reads every weight once) against the measured bandwidth;
 3. int8 (trainer/quantize.py) against float32 at 1 stream: chars/s through the same sampler, and held-out
-   loss on Alice by stepping (kept only where faster and within 0.01 nats).
+   loss on Alice by stepping (kept only where faster and within 0.01 nats);
+4. the same single stream through the serving engine (worker/engine.py, submit → future, as a generate worker
+   serves it, with the worker's default one engine thread on 2 cores): generate_int8 "off" against "on".
 
 The machine is a shared, loaded VM: every figure is the median of `--rounds` rounds with the variants
 interleaved within each round (a noisy neighbour slows all alike), and CPU time (time.process_time, this
@@ -248,10 +250,44 @@ def main() -> None:
                         "measured": by[(picked, 128)]["share_of_mm_limit"]})
     best_single = max([r["chars_s"] for r in rows if r["streams"] == 1] + [int8_row["chars_s"]])
     verdict.append({"target": "single stream chars/s (best of fp32/int8)", "goal": "≥ 2,000", "measured": best_single})
+    report["engine_batch1"] = engine_rows = bench_engine_single(model, tokenizer, plan.get(1, 480), args.rounds)
+    print_table("serving engine, 1 stream: generate_int8 off vs on", engine_rows)
+    verdict.append({"target": "single stream chars/s through the engine (int8 on)", "goal": "≥ 2,000",
+                    "measured": next(r["chars_s"] for r in engine_rows if r["int8"] == "on")})
     report["verdict"] = verdict
     print_table("targets side by side", verdict)
     out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {out}")
+
+
+# --- 4. the serving engine ------------------------------------------------------------------------------
+
+def bench_engine_single(model, tokenizer, chars: int, rounds: int) -> list[dict]:
+    """One stream of `chars` characters at a time through worker.engine.Engine (prefill included), int8 off and
+    on interleaved; medians of `rounds` after a warm-up round. Sets torch to one thread (the worker's default
+    engine threads on 2 cores), so it runs last."""
+    from trainer.checkpoint import Checkpoint
+    from worker.cache import Entry
+    from worker.engine import Engine
+
+    modes = ("off", "on")
+    engines = {m: Engine("cpu", threads=1, int8=m) for m in modes}
+    entries = {m: Entry(1, Checkpoint(model, tokenizer, {}, {}), None, 0) for m in modes}
+    samples: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    for r in range(rounds + 1):
+        for m in modes:
+            cpu, wall = time.process_time(), time.perf_counter()
+            job = engines[m].submit(entries[m], "Alice ", SamplingParams(max_tokens=chars, temperature=0.8, seed=r))
+            stream = job.future.result(timeout=600)
+            if r:
+                samples[m].append((time.perf_counter() - wall, time.process_time() - cpu))
+            assert len(stream.tokens) == chars
+    rows = []
+    for m in modes:
+        wall, cpu = median_pair(samples[m])
+        rows.append({"int8": m, "chars": chars, "chars_s": round(chars / wall), "chars_per_cpu_s": round(chars / cpu),
+                     "int8_used": entries[m].single_stream is not None})
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 worker.signals, the logs and metrics of workers), so the bot can enqueue without importing torch (a test
 checks).
 
-    celery -A worker.app worker -Q generate --pool threads -c 64 -n generate@%h   # one per GPU / machine
+    celery -A worker.app worker -Q generate --pool threads -c 16 -n generate@%h   # one per GPU / machine
     celery -A worker.app worker -Q train --pool solo -n train@%h                  # one per training GPU
     celery -A worker.app beat                                                     # exactly one
 
@@ -18,7 +18,11 @@ Why these settings:
   `visibility_timeout` (2 h), which must exceed the longest job (a train run guards against the duplicate an
   overrun would cause; see worker/training.py). Generate jobs do not wait for it: they hold a lease renewed by
   their worker's heartbeat, and any generate worker re-publishes the jobs of a dead one (worker/leases.py).
-- prefetch multiplier 1: a trainer takes one run at a time; a generate worker holds as many jobs as threads.
+  A generate task hands its job to the engine and returns (Ignore: its message is acknowledged then), and
+  the engine's side stores its states and releases the lease (worker/delivery.py), so the Celery threads
+  (`-c`) do not bound the batch: they only validate, load checkpoints and hand over (16 is plenty).
+- prefetch multiplier 1: a trainer takes one run at a time; a generate worker reserves one message per
+  thread and holds up to `generate_max_streams` jobs in its engine.
 - Time limits are set per task; note that Celery enforces them only in the prefork pool, so the generate
   task also enforces its own deadline and training its own time budget.
 """

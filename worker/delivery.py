@@ -4,7 +4,7 @@ A worker's `improbable.generate` task validates its request, hands it to the eng
 and ends by raising `celery.exceptions.Ignore`: the worker stores no state for it, acknowledges its message,
 and the thread takes the next job. The batch is then bounded by the engine, not by `-c` (a worker with 4
 threads batches hundreds of streams; tests/worker/test_generate.py). From there this module's one thread
-writes the job's states to the result backend, as the task would have (`bot/jobs.py` reads them):
+follows the job and has its states written to the result backend, as the task would have (bot/jobs.py):
 - PROGRESS {"text": completion so far, "beat": time} every `partial_interval` while the text grows, and the
   same again every PARTIAL_HEARTBEAT seconds (the bot takes a silent job for a dead one);
 - SUCCESS with the task's result dict (`backend.mark_as_done`) once its row is recorded (worker/recording.py:
@@ -14,8 +14,8 @@ writes the job's states to the result backend, as the task would have (`bot/jobs
 Then it releases the job's lease (worker/leases.py). Until then a worker that dies has its jobs re-published
 under the same task id by another worker's reaper (the message itself is acknowledged when the task
 returns, so Redis's visibility timeout no longer backs up a generate job; the task waits until its lease
-is written before it returns). One thread writes every state of every job, so a PROGRESS never lands after
-the SUCCESS (Celery's Redis backend also refuses to overwrite a SUCCESS).
+is written before it returns). One thread follows the jobs; a few write their states, each job's through the
+same one, so a PROGRESS never lands after its SUCCESS (Celery's Redis backend also keeps a SUCCESS).
 
 `generate_max_streams` bounds what one process takes: past it, a task waits for a slot (holding its thread,
 so the worker stops taking messages and other workers get them).
@@ -46,6 +46,9 @@ from .generation import PARTIAL_HEARTBEAT, Serving, answer, finish, recorder, re
 
 log = logging.getLogger(__name__)
 GENERATE_TASK = "improbable.generate"
+# Threads writing states to the result backend: a job's states all go through one of them, in order (so a
+# PROGRESS never lands after its SUCCESS), and 256 jobs that finish together are stored 4 at a time.
+WRITERS = 4
 
 
 @dataclass
@@ -58,7 +61,8 @@ class Handed:
     hostname: str
     sent: str = ""
     sent_at: float = field(default_factory=time.perf_counter)
-    recording: bool = False
+    recording: bool = False  # its row is being written: no more partial text
+    publishing: bool = False  # a partial text is waiting for its writer
 
 
 class Delivery:
@@ -69,6 +73,9 @@ class Delivery:
         self._slots = threading.Semaphore(max_streams)
         self._held = 0  # jobs handed over and not yet answered
         self._idle = threading.Condition()
+        self._writers = [queue.SimpleQueue() for _ in range(WRITERS)]
+        for i, inbox in enumerate(self._writers):
+            threading.Thread(target=self._write_loop, args=(inbox,), name=f"generate-writer-{i}", daemon=True).start()
         self._thread = threading.Thread(target=self._run, name="generate-delivery", daemon=True)
         self._thread.start()
 
@@ -136,41 +143,20 @@ class Delivery:
         self._succeed(handed, final)
 
     def _succeed(self, handed: Handed, result: dict) -> None:
+        self._jobs.pop(handed.task_id, None)
         result["worker"] = handed.hostname
-        try:
-            self.app.backend.mark_as_done(handed.task_id, result, request=handed.context)
-        except Exception:  # noqa: BLE001 - the store retried through an outage (~40 s) and gave up
-            log.exception("generate %s: its result could not be stored", handed.task_id)
-        log.info("generate %s answered in %.2f s (%s tokens, batch peak %s)", handed.task_id,
-                 time.perf_counter() - handed.serving.started, result.get("tokens"), result.get("batch_peak"))
-        self._done(handed, "SUCCESS", result)
+        self._write(handed, self._store_done, handed, result)
 
     def _fail(self, handed: Handed, error: BaseException) -> None:
-        log.error("generate %s failed: %s: %s", handed.task_id, type(error).__name__, error)
-        try:
-            self.app.backend.mark_as_failure(handed.task_id, error, request=handed.context)
-        except Exception:  # noqa: BLE001
-            log.exception("generate %s: its failure could not be stored", handed.task_id)
-        self._done(handed, "FAILURE", None)
-
-    def _done(self, handed: Handed, state: str, result: dict | None) -> None:
-        from .leases import leases
-
         self._jobs.pop(handed.task_id, None)
-        holder = leases()
-        if holder is not None:
-            holder.release(handed.task_id)
-        signals.job_finished(handed.task_id, GENERATE_TASK, state, result)
-        self._slots.release()
-        with self._idle:
-            self._held -= 1
-            self._idle.notify_all()
+        log.error("generate %s failed: %s: %s", handed.task_id, type(error).__name__, error)
+        self._write(handed, self._store_failure, handed, error)
 
     def _sweep(self) -> None:
         """Partial text and heartbeats of the running jobs; jobs past their deadline fail."""
         settings = get_settings()
         for handed in list(self._jobs.values()):
-            if handed.recording:
+            if handed.recording or handed.publishing:
                 continue
             now = time.perf_counter()
             if now > handed.serving.deadline:
@@ -179,15 +165,61 @@ class Delivery:
             text = handed.serving.job.partial
             if text == handed.sent and now - handed.sent_at <= PARTIAL_HEARTBEAT:
                 continue
-            # Partial text is a courtesy, and its timestamp the job's heartbeat for the bot: a result store that
-            # is briefly away (Redis restarting) must not fail the job itself.
+            handed.publishing = True
+            self._write(handed, self._store_progress, handed, text, now)
+
+    # -- the writer threads: every state of one job goes through the same one, in order ----------------
+
+    def _write(self, handed: Handed, fn, *args) -> None:
+        self._writers[hash(handed.task_id) % len(self._writers)].put((fn, args))
+
+    def _write_loop(self, inbox: queue.SimpleQueue) -> None:
+        while True:
+            fn, args = inbox.get()
             try:
-                self.app.backend.store_result(handed.task_id, {"text": text, "beat": time.time()}, "PROGRESS",
-                                              request=handed.context)
-            except Exception as e:  # noqa: BLE001
-                log.warning("partial text of %s not published: %s", handed.task_id, e)
-                return  # the store is away: the next sweep tries again
-            handed.sent, handed.sent_at = text, now
+                fn(*args)
+            except Exception:  # noqa: BLE001 - a bug in one write must not stop the others
+                log.exception("generate delivery: %s failed", fn.__name__)
+
+    def _store_progress(self, handed: Handed, text: str, at: float) -> None:
+        # Partial text is a courtesy, and its timestamp the job's heartbeat for the bot: a result store that
+        # is briefly away (Redis restarting) must not fail the job itself.
+        try:
+            self.app.backend.store_result(handed.task_id, {"text": text, "beat": time.time()}, "PROGRESS",
+                                          request=handed.context)
+            handed.sent, handed.sent_at = text, at
+        except Exception as e:  # noqa: BLE001
+            log.warning("partial text of %s not published: %s", handed.task_id, e)
+        finally:
+            handed.publishing = False
+
+    def _store_done(self, handed: Handed, result: dict) -> None:
+        try:
+            self.app.backend.mark_as_done(handed.task_id, result, request=handed.context)
+        except Exception:  # noqa: BLE001 - the store retried through an outage (~40 s) and gave up
+            log.exception("generate %s: its result could not be stored", handed.task_id)
+        log.info("generate %s answered in %.2f s (%s tokens, batch peak %s)", handed.task_id,
+                 time.perf_counter() - handed.serving.started, result.get("tokens"), result.get("batch_peak"))
+        self._release(handed, "SUCCESS", result)
+
+    def _store_failure(self, handed: Handed, error: BaseException) -> None:
+        try:
+            self.app.backend.mark_as_failure(handed.task_id, error, request=handed.context)
+        except Exception:  # noqa: BLE001
+            log.exception("generate %s: its failure could not be stored", handed.task_id)
+        self._release(handed, "FAILURE", None)
+
+    def _release(self, handed: Handed, state: str, result: dict | None) -> None:
+        from .leases import leases
+
+        holder = leases()
+        if holder is not None:
+            holder.release(handed.task_id)
+        signals.job_finished(handed.task_id, GENERATE_TASK, state, result)
+        self._slots.release()
+        with self._idle:
+            self._held -= 1
+            self._idle.notify_all()
 
 
 _delivery: Delivery | None = None

@@ -89,8 +89,9 @@ def generate_task(self, request: dict) -> dict:
     # a message Redis restored, a job the lease reaper re-published, or a retry may have been answered already
     maybe_done = bool((self.request.delivery_info or {}).get("redelivered") or self.request.retries
                       or getattr(self.request, "republished", False))
+    hostname = socket.gethostname() if self.request.hostname is None else self.request.hostname
     if not remote:  # eager (the bot's own process, no broker): the answer is returned here
-        return serve_request(request, maybe_done=maybe_done)
+        return {**serve_request(request, maybe_done=maybe_done), "worker": hostname}
     if maybe_done:  # a run of this very task that finished: its stored answer, whole
         try:
             earlier = self.backend.get_task_meta(self.request.id)
@@ -99,7 +100,6 @@ def generate_task(self, request: dict) -> dict:
         if earlier.get("status") == "SUCCESS" and isinstance(earlier.get("result"), dict):
             return earlier["result"]
     serving = begin(request, maybe_done=maybe_done)
-    hostname = socket.gethostname() if self.request.hostname is None else self.request.hostname
     if isinstance(serving, dict):  # answered from its recorded row
         return {**serving, "worker": hostname}
     _hand_off(self, serving, hostname)

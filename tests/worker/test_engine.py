@@ -83,3 +83,22 @@ def test_engine_serves_bfloat16_weights(tiny):
     streams = [j.future.result(timeout=30) for j in jobs]
     assert all(len(s.tokens) == 50 for s in streams)
     assert generate(half.model, half.tokenizer, ["abc"], params[2])[0].text == streams[2].text
+
+
+def test_a_stream_served_alone_steps_with_int8_weights_when_on(tiny):
+    """generate_int8 "on": a batch of one steps with the int8 model built once per cache entry (the text is
+    exactly what the sampler makes with trainer.quantize's model); "off" keeps float32 (the text of the float
+    model); "auto" decides by timing both and serves either way."""
+    from trainer.quantize import quantize_for_serving
+
+    params = SamplingParams(max_tokens=200, temperature=0.9, seed=42)
+    texts = {}
+    for mode in ("on", "off", "auto"):
+        cache = CheckpointCache(lambda cid: (tiny, 1), max_bytes=10**9)
+        entry = cache.acquire(1)
+        texts[mode] = Engine("cpu", int8=mode).submit(entry, "abc", params).future.result(timeout=30).text
+        assert (entry.single_stream is not None) == (mode == "on") or mode == "auto"
+        assert entry.single_stream_decided
+    assert texts["on"] == generate(quantize_for_serving(tiny.model), tiny.tokenizer, ["abc"], params)[0].text
+    assert texts["off"] == generate(tiny.model, tiny.tokenizer, ["abc"], params)[0].text
+    assert len(texts["auto"]) == 200
