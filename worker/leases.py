@@ -14,9 +14,14 @@ Why a lease and not a shorter visibility timeout (Redis's own redelivery of unac
   consumer's restore sweep redelivers what is older than *its* timeout: a generate worker with a short one
   would redeliver the training jobs (which keep 2 h and their own lease in the database, worker/training.py).
 - No Celery internals: the reaper only publishes a task, and the lease keys are ours.
-Redis's redelivery stays as the backstop (a reaper that died between taking a lease and publishing, a job
-whose lease could not be written): after `visibility_timeout` the dead worker's message runs again, finds
-its request's row (generations.request_id) and answers with it without generating again.
+- A generate task hands its job to the engine and returns (worker/delivery.py), which acknowledges its
+  message: from then on the lease is all that brings the job back. So the lease is taken when the message
+  is received, the task returns only once it is written (`written`), and it is released when the engine's
+  side has stored the job's answer, not when the task returns.
+Redis's redelivery stays as the backstop while a message is unacknowledged (a job received but not yet
+handed over, a post_scheduled job, a reaper that died between taking a lease and publishing): after
+`visibility_timeout` the dead worker's message runs again, finds its request's row (generations.request_id)
+and answers with it without generating again.
 
 Outages: a reaper trusts staleness only after its own connection has been up for a whole lease, so after a
 Redis restart every live worker has renewed its heartbeat before anyone's jobs are taken away.
