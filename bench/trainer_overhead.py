@@ -52,22 +52,30 @@ WARM_STEPS = 10  # oneDNN builds its kernels on the first steps: steady-state ra
 
 
 class BareLM(nn.Module):
-    """The reference model: what a tutorial would write, one fused nn.LSTM for all layers."""
+    """The reference model, as a tutorial would write it: one fused nn.LSTM for all layers; with dropout, one
+    nn.LSTM per layer and dropout around them (nn.LSTM's own dropout leaves oneDNN's fused path on CPU)."""
 
     def __init__(self, vocab: int, config: TrainConfig):
         super().__init__()
-        self.embed = nn.Embedding(vocab, config.n_embd)
-        self.rnn = nn.LSTM(config.n_embd, config.n_hidden, config.n_layers, batch_first=True)
-        self.head = nn.Linear(config.n_hidden, vocab)
+        E, H, L, self.p = config.n_embd, config.n_hidden, config.n_layers, config.dropout
+        self.embed = nn.Embedding(vocab, E)
+        self.rnns = nn.ModuleList(nn.LSTM(E if i == 0 else H, H, batch_first=True) for i in range(L)) if self.p \
+            else nn.ModuleList([nn.LSTM(E, H, L, batch_first=True)])
+        self.head = nn.Linear(H, vocab)
 
     def forward(self, x, state):
-        h, state = self.rnn(self.embed(x), state)
-        return self.head(h), state
+        h, new = self.embed(x), []
+        for rnn, s in zip(self.rnns, state or [None] * len(self.rnns)):
+            h = nn.functional.dropout(h, self.p, self.training) if self.p else h
+            h, s = rnn(h, s)
+            new.append(tuple(t.detach() for t in s))
+        h = nn.functional.dropout(h, self.p, self.training) if self.p else h
+        return self.head(h), new
 
 
 def bare_loop(config: TrainConfig, train_ids: torch.Tensor, vocab: int, precision: str, *,
               steps: int = 0, seconds: float = 0.0) -> dict:
-    """Train for `steps` steps or `seconds` of wall clock from the first step. Returns the model, the steps
+    """Train (dropout on) for `steps` steps or `seconds` of wall clock from the first step. Returns the model, the steps
     made, the seconds taken and the steady-state steps/s (after WARM_STEPS)."""
     torch.manual_seed(config.seed)
     model = BareLM(vocab, config)
@@ -102,7 +110,6 @@ def bare_loop(config: TrainConfig, train_ids: torch.Tensor, vocab: int, precisio
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits, state = model(x, state)
             loss = nn.functional.cross_entropy(logits.float().view(-1, vocab), y.reshape(-1))
-        state = tuple(s.detach() for s in state)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -122,7 +129,8 @@ def as_trainer_model(bare: BareLM, config: TrainConfig, vocab: int):
     sd = {"embed.weight": bare.embed.weight, "head.proj.weight": bare.head.weight, "head.proj.bias": bare.head.bias}
     for i in range(config.n_layers):
         for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            sd[f"layers.{i}.{kind}_l0"] = getattr(bare.rnn, f"{kind}_l{i}")
+            sd[f"layers.{i}.{kind}_l0"] = getattr(bare.rnns[i], f"{kind}_l0") if bare.p else \
+                getattr(bare.rnns[0], f"{kind}_l{i}")
     model.load_state_dict({k: v.detach() for k, v in sd.items()})
     return model
 
