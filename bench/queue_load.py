@@ -9,8 +9,9 @@ the same jobs sent one after another.
 Prints a markdown table (p50/p95/p99 latency, throughput, speed-up over serial, the widest batch a job was
 stepped in) and writes JSON to bench/results/queue_load.json. Targets (issues 4 and 14, this 2-core machine,
 a 2×256 char LSTM, 280 characters per job): p95 ≤ 0.5 s at 32 concurrent, aggregate throughput ≥ 20× serial,
-256 concurrent jobs batched ≥ 200 wide. The worker runs with `--worker-threads` Celery threads (8): a generate
-task hands its job to the engine and returns, so the threads do not bound the batch (worker/delivery.py).
+256 concurrent jobs batched ≥ 200 wide. The worker runs with `--worker-threads` Celery threads (16, as
+docker-compose.yml): a generate task hands its job to the engine and returns, so the threads do not bound
+the batch (worker/delivery.py).
 Serial jobs run alone, so with `--int8 auto` (the default setting) they step with int8 weights where that is
 faster: the serial baseline is then the fast single-stream path, not float32.
 
@@ -192,7 +193,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=280)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per concurrency level (best p95 kept)")
     parser.add_argument("--train-seconds", type=float, default=30)
-    parser.add_argument("--worker-threads", type=int, default=8, help="celery -c (threads that hand jobs over)")
+    parser.add_argument("--worker-threads", type=int, default=16, help="celery -c (threads that hand jobs over)")
     parser.add_argument("--torch-threads", type=int, default=0, help="engine intra-op threads (0: automatic)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="served weights")
     parser.add_argument("--int8", choices=["auto", "on", "off"], default="auto", help="single-stream int8 steps")
