@@ -27,11 +27,11 @@ run back to back twice:
     32 jobs:  p95 0.397 / 0.386 s here, 0.376 / 0.372 s with 512 threads;
     256 jobs: 21,002 / 22,202 chars/s, p95 3.32 / 3.13 s here, 23,270 / 23,739 chars/s, p95 3.02 / 2.96 s
               with 512 threads; both batched 255-256 wide.
-On 2 cores the engine's steps bound both, and 512 waiting threads cost little (the 512-thread worker was
-5-15 % faster at 256 jobs). Kept anyway, because the thread design caps the batch at `-c` (the issue's 64,
-moved, not removed): serving N concurrent jobs needs N threads, each waking every `partial_interval` to
-publish, and a `-c` sized for the peak; here 16 threads feed any batch and the process holds up to
-`generate_max_streams` jobs, so a GPU worker batching 1,000+ streams needs no re-tuning.
+    1024 jobs (2 rounds): 17,328 chars/s, p95 15.9 s here (-c 16); 4,449 chars/s, p95 64.0 s with 2048
+              threads (load average 104: the waiting threads convoy on the GIL); both batched 1024 wide.
+Up to 256 jobs on 2 cores the engine's steps bound both (the 512-thread worker was 5-15 % faster at 256);
+past that a thread per job collapses, and it caps the batch at `-c` anyway (the issue's 64, moved, not
+removed). Here 16 threads feed any batch and the process holds up to `generate_max_streams` jobs.
 - gevent/eventlet pool with the engine in its own thread: the engine must step on a real OS thread, which
   monkey-patched code cannot wait on without hub integration (futures resolved across threads need
   gevent's async watchers), redis-py and psycopg would have to run green (psycopg needs a wait callback),
