@@ -17,11 +17,12 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from core.text_stats import count_words, longest_line, pieces, unique_words
+
 DEFAULT_MAX_BYTES = 50_000_000
-STATS_PIECE_CHARS = 1 << 20  # statistics are counted a piece of ~1M characters at a time
 # No configured limit (a server's upload cap, a caller's max_bytes) reaches past this: decoding holds the raw
 # bytes and the text (1-4 bytes per character) at once; the bot peaks at ~620 MB taking a 100 MB upload
-# (bench/upload_memory.py; statistics are counted piece by piece, see _pieces).
+# (bench/upload_memory.py; statistics are counted piece by piece: core/text_stats.py).
 HARD_MAX_BYTES = 100_000_000
 DEFAULT_MAX_LINE_CHARS = 100_000
 DEFAULT_MIN_CHARS = 200
@@ -235,7 +236,7 @@ def _check_visible(text: str) -> None:
     if not invisible:
         return
     n_invisible = sum(text.count(c) for c in invisible)
-    n_visible = sum(sum(map(len, piece.split())) for piece in _pieces(text)) - n_invisible  # split: in C
+    n_visible = sum(sum(map(len, piece.split())) for piece in pieces(text)) - n_invisible  # split: in C
     if n_visible <= 0 or n_invisible > MAX_INVISIBLE_FRACTION * (n_visible + n_invisible):
         raise CorpusError("no_text", f"The file has no readable text: {n_invisible / len(text):.0%} of its "
                                      "characters are invisible (direction marks, format or private-use "
@@ -282,16 +283,6 @@ def _strip_gutenberg(text: str) -> tuple[str, str | None]:
     return body, f"Removed Project Gutenberg {removed}."
 
 
-def _unique_words(unique_tokens: set[str], unique_chars: set[str]) -> int:
-    # \w misses combining marks, which would split Hindi or un-composed words apart, so add the marks
-    # that actually occur in this text to the word class.
-    marks = "".join(sorted(c for c in unique_chars if unicodedata.category(c).startswith("M")))
-    w = rf"[\w{re.escape(marks)}]" if marks else r"\w"
-    # split only the distinct whitespace tokens: a fraction of the text, so 5x faster on big corpora
-    words = " ".join(unique_tokens).lower().replace("’", "'")  # don’t and don't are one word
-    return len(set(re.findall(rf"{w}+(?:'{w}+)*", words)))
-
-
 def decode_corpus(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
                   max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
                   min_chars: int = DEFAULT_MIN_CHARS) -> DecodedCorpus:
@@ -333,7 +324,7 @@ def decode_corpus(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
         if not text.strip():
             raise CorpusError("empty", "Nothing is left after removing the Project Gutenberg header and footer.")
 
-    line, n_line = _longest_line(text)
+    line, n_line = longest_line(text)
     if len(line) > max_line_chars:
         raise CorpusError("line_too_long", f"Line {n_line:,} is {len(line):,} characters long; the limit is "
                                            f"{max_line_chars:,}. Break the text into shorter lines "
@@ -342,7 +333,7 @@ def decode_corpus(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
         raise CorpusError("too_small", f"The text has {plural(len(text), 'character')}; at least "
                                        f"{min_chars:,} are needed to train.")
 
-    n_words, unique_tokens, unique_chars = _count_words(text)
+    n_words, unique_tokens, unique_chars = count_words(text)
     return DecodedCorpus(
         text=text,
         encoding=encoding,
@@ -352,43 +343,9 @@ def decode_corpus(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
         n_lines=text.count("\n") + (0 if text.endswith("\n") else 1),
         n_words=n_words,
         n_unique_chars=len(unique_chars),
-        n_unique_words=_unique_words(unique_tokens, unique_chars),
+        n_unique_words=unique_words(unique_tokens, unique_chars),
         warnings=tuple(warnings),
     )
-
-
-def _pieces(text: str):
-    """`text` in pieces of about `size` characters, each ending at a newline (or the text's end): statistics
-    are counted piece by piece, so a 100 MB upload never becomes a list of millions of str objects at once
-    (`text.split()` of 100 MB of prose is ~1 GB of Python objects)."""
-    start = 0
-    while start < len(text):
-        end = text.find("\n", start + STATS_PIECE_CHARS) + 1 or len(text)
-        yield text[start:end]
-        start = end
-
-
-def _longest_line(text: str) -> tuple[str, int]:
-    """The longest line and its number (1-based)."""
-    best, best_number, number = "", 1, 1
-    for piece in _pieces(text):
-        lines = piece.split("\n")
-        longest = max(range(len(lines)), key=lambda i: len(lines[i]))
-        if len(lines[longest]) > len(best):
-            best, best_number = lines[longest], number + longest
-        number += len(lines) - 1
-    return best, best_number
-
-
-def _count_words(text: str) -> tuple[int, set[str], set[str]]:
-    """(number of whitespace-separated tokens, the distinct tokens, the distinct characters)."""
-    n_words, unique_tokens, unique_chars = 0, set(), set()
-    for piece in _pieces(text):  # pieces end at a newline, so no token is cut in two
-        tokens = piece.split()
-        n_words += len(tokens)
-        unique_tokens.update(tokens)
-        unique_chars.update(piece)
-    return n_words, unique_tokens, unique_chars
 
 
 def join_documents(documents: Sequence[DecodedCorpus]) -> DecodedCorpus:
@@ -400,7 +357,7 @@ def join_documents(documents: Sequence[DecodedCorpus]) -> DecodedCorpus:
         return documents[0]
     texts = [d.text.strip("\n") for d in documents]
     text = DOCUMENT_SEPARATOR.join(texts)
-    n_words, unique_tokens, unique_chars = _count_words(text)
+    n_words, unique_tokens, unique_chars = count_words(text)
     encodings = sorted({d.encoding for d in documents})
     return DecodedCorpus(
         text=text,
@@ -411,7 +368,7 @@ def join_documents(documents: Sequence[DecodedCorpus]) -> DecodedCorpus:
         n_lines=text.count("\n") + 1,
         n_words=n_words,
         n_unique_chars=len(unique_chars),
-        n_unique_words=_unique_words(unique_tokens, unique_chars),
+        n_unique_words=unique_words(unique_tokens, unique_chars),
         warnings=tuple(w for d in documents for w in d.warnings),
         documents=tuple(len(t) for t in texts),
     )
