@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 GENERATE, TRAIN = "improbable.generate", "improbable.train"
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+# How often a followed job's state is read: often while a short job may be about to finish (a 280-char job
+# takes ~55 ms on a worker; polling every 0.25 s added 125 ms on average), then calmly (one read ~150 us of CPU).
+FAST_POLL_SECONDS, FAST_POLL_FOR = 0.05, 1.0
 POLL_SECONDS = 0.25
 LOCAL = "local-"  # the id prefix of jobs run inside the bot process (no broker)
 WORKER_CHECK_TTL = 15.0  # seconds a "workers are listening" answer is trusted
@@ -265,7 +268,7 @@ class Jobs:
                 if key != last:
                     last = key
                     await on_progress(state, payload)
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(FAST_POLL_SECONDS if elapsed < FAST_POLL_FOR else POLL_SECONDS)
 
     async def workers_listening(self, queue: str) -> bool:
         """Whether any worker consumes `queue` (asked over the broker, ~1 s; a yes is cached)."""
