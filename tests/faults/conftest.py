@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import configured
 from tests.worker.conftest import CORPORA, Services, _pg_schema
 from tests.worker.support import FakeDiscord, WorkerProcess, free_port
 
@@ -89,9 +90,6 @@ def own_redis(tmp_path_factory):
 @pytest.fixture(scope="package")
 def fault_services(own_redis, tmp_path_factory):
     import db
-    from core.settings import get_settings
-    from db.session import _cached_engine
-    from worker import app as worker_app
 
     database_url, drop_schema = _pg_schema()
     db.upgrade(database_url)
@@ -112,26 +110,16 @@ def fault_services(own_redis, tmp_path_factory):
         "IMPROBABLE_DISCORD_TOKEN": "test-token",
         "IMPROBABLE_DISCORD_API_BASE": discord.url,
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    worker_app.configure()
     services = Services(env, database_url, data_dir, discord, tmp_path_factory.mktemp("faults-logs"))
     try:
-        yield services
+        with configured(env, celery=True):
+            try:
+                yield services
+            finally:
+                for w in services.workers:
+                    w.stop()
+                discord.close()
     finally:
-        for w in services.workers:
-            w.stop()
-        discord.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-        worker_app.configure()
-        _cached_engine(database_url).dispose()
-        _cached_engine.cache_clear()
         drop_schema()
 
 

@@ -1,7 +1,7 @@
 """PostgreSQL restarting under a training run, on a private cluster that this test creates, restarts and
 drops (`pg_createcluster 15 faults<pid> -p <spare port>`): the shared PostgreSQL on 5432 is never stopped.
-Down for 30 s mid-run, the trainer trains on through the outage (its progress writes are skipped, worker/training.py) and the run
-finishes."""
+Down for 30 s mid-run, the trainer trains on through the outage (its progress writes are skipped,
+worker/training.py) and the run finishes."""
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
@@ -17,6 +16,7 @@ from core.text import originality
 from db.personas import get_persona
 from db.queries import add_checkpoint, record_generation, update_guild_settings
 from service.policy import Actor, NotAllowed, UserError
+from tests.environment import configured
 
 GUILD = 111
 TRAINER_ROLE = 999
@@ -36,29 +36,15 @@ def _template(tmp_path_factory):
 @pytest.fixture
 def env(tmp_path, _template):
     """The configured database and storage point at a fresh copy of a migrated, seeded database."""
-    from core.settings import get_settings
-    from db.session import _cached_engine
-
     shutil.copyfile(_template, tmp_path / "improbable.db")
     values = {"IMPROBABLE_DATABASE_URL": f"sqlite:///{tmp_path / 'improbable.db'}",
               "IMPROBABLE_STORAGE_URL": str(tmp_path / "storage"), "IMPROBABLE_DATA_DIR": str(tmp_path / "data"),
               "IMPROBABLE_BROKER_URL": ""}
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    get_settings.cache_clear()
-    with db.session_scope() as session:
-        update_guild_settings(session, GUILD, trainer_role_id=TRAINER_ROLE, train_cooldown_seconds=0,
-                              max_queued_jobs_per_user=1, max_upload_bytes=100_000)
-    yield tmp_path
-    for engine_url in list(values.values())[:1]:
-        _cached_engine(engine_url).dispose()
-    _cached_engine.cache_clear()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    get_settings.cache_clear()
+    with configured(values):
+        with db.session_scope() as session:
+            update_guild_settings(session, GUILD, trainer_role_id=TRAINER_ROLE, train_cooldown_seconds=0,
+                                  max_queued_jobs_per_user=1, max_upload_bytes=100_000)
+        yield tmp_path
 
 
 def _activate(slug: str = "alice") -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import configured
+
 from .support import ROOT, FakeDiscord, WorkerProcess
 
 REDIS_URL = os.environ.get("IMPROBABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
@@ -71,9 +73,6 @@ def _pg_schema() -> tuple[str, callable]:
 @pytest.fixture(scope="package")
 def services(tmp_path_factory):
     import db
-    from core.settings import get_settings
-    from db.session import _cached_engine
-    from worker import app as worker_app
 
     redis_client = _redis()
     redis_client.flushdb()
@@ -98,26 +97,16 @@ def services(tmp_path_factory):
         "IMPROBABLE_DISCORD_TOKEN": "test-token",
         "IMPROBABLE_DISCORD_API_BASE": discord.url,
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    worker_app.configure()
     services = Services(env, database_url, data_dir, discord, tmp_path_factory.mktemp("worker-logs"))
     try:
-        yield services
+        with configured(env, celery=True):
+            try:
+                yield services
+            finally:
+                for w in services.workers:
+                    w.stop()
+                discord.close()
     finally:
-        for w in services.workers:
-            w.stop()
-        discord.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-        worker_app.configure()
-        _cached_engine(database_url).dispose()
-        _cached_engine.cache_clear()
         drop_schema()
         redis_client.flushdb()
         redis_client.close()
