@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     model_cache_mb: int = Field(2048, description="Memory cap for checkpoints kept loaded by a worker.")
     generate_precision: Literal["fp32", "bf16"] = Field("fp32", description="Weights of served models: fp32, "
                                                         "or bf16 (faster batched steps; other text per seed).")
-    generate_timeout: float = Field(120.0, description="Seconds a generate job may take before it fails.")
+    generate_timeout: float = Field(120.0, description="Seconds a generate job may take before it fails (and its "
+                                    "worker stops computing it).")
     max_generate_tokens: int = Field(2000, description="Upper bound on max_tokens of one generate job.")
     partial_interval: float = Field(0.5, description="Seconds between partial-text updates of a generate job.")
     generate_lease_seconds: float = Field(10.0, gt=0, description="Seconds without a heartbeat after which a "

@@ -82,6 +82,16 @@ class QuantizedCharLSTM(nn.Module):
     def head(self):
         return self.float_model.head
 
+    def added_bytes(self) -> int:
+        """Memory this holds beside the float model it wraps: the input table and the int8 linears
+        (their packed weights are not parameters, so model_bytes does not see them)."""
+        total = self.input_gates0.numel() * self.input_gates0.element_size()
+        for linear in (self.recurrent0, *self.upper, self.out):
+            weight, bias = linear.weight(), linear.bias()
+            total += weight.numel() + weight.q_per_channel_scales().numel() * 8
+            total += 0 if bias is None else bias.numel() * bias.element_size()
+        return total
+
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         return self.float_model.init_state(batch_size, device)
 

@@ -186,6 +186,15 @@ class BatchSampler:
         while self.streams:
             self.step()
 
+    def drop(self, streams: list[Stream]) -> None:
+        """Take `streams` out of the batch unfinished (a job whose caller gave up); the others go on."""
+        leaving = {id(s) for s in streams}
+        keep = [row for row, s in enumerate(self.streams) if id(s) not in leaving]
+        if len(keep) < len(self.streams):
+            if self._rows is None:  # (rows joined since the last step: build them, so _leave can select)
+                self._rows = _RowParams(self.streams, self.device, token_level=self._words is None)
+            self._leave(keep)
+
     def _step_mask(self) -> torch.Tensor | None:
         """Tokens no row may pick this step: special tokens, and word characters right after a driven word."""
         ended_words = self._words.step_mask(self._banned) if self._words is not None else None

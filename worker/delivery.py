@@ -17,8 +17,8 @@ returns, so Redis's visibility timeout no longer backs up a generate job; the ta
 is written before it returns). One thread follows the jobs; a few write their states, each job's through the
 same one, so a PROGRESS never lands after its SUCCESS (Celery's Redis backend also keeps a SUCCESS).
 
-`generate_max_streams` bounds what one process takes: past it, a task waits for a slot (holding its thread,
-so the worker stops taking messages and other workers get them).
+`generate_max_streams` bounds what one process takes: past it, a task waits for a slot before its request
+goes into the engine (holding its thread, so the worker stops taking messages and other workers get them).
 
 Why this and not the alternatives. Measured (bench/queue_load.py, a 2x256 char LSTM, 280 characters a job,
 best p95 of 4-5 rounds; 2-core AMD EPYC VM shared with other work, load average 1.3-2.6, so ±10 % between
@@ -45,6 +45,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.settings import get_settings
@@ -87,15 +88,25 @@ class Delivery:
         self._thread = threading.Thread(target=self._run, name="generate-delivery", daemon=True)
         self._thread.start()
 
-    def hand_off(self, task_id: str, context, serving: Serving, hostname: str) -> None:
-        """Answer `serving` (already in the engine) as task `task_id`. Blocks while the process holds
-        `generate_max_streams` jobs."""
+    def hand_off(self, task_id: str, context, hostname: str, start: Callable[[], Serving | dict]) -> dict | None:
+        """Once this process holds fewer than `generate_max_streams` jobs (blocking till then), `start()` the
+        job (it puts the request in the engine: worker.generation.begin) and answer it as task `task_id`.
+        Returns None, or what `start()` returned instead of a Serving: a recorded answer, no engine needed."""
         self._slots.acquire()
+        try:
+            serving = start()
+        except BaseException:
+            self._slots.release()
+            raise
+        if not isinstance(serving, Serving):
+            self._slots.release()
+            return serving
         with self._idle:
             self._held += 1
         handed = Handed(task_id, context, serving, hostname)
         self._inbox.put(("new", handed))
         serving.job.future.add_done_callback(lambda _: self._inbox.put(("finished", handed)))
+        return None
 
     def drain(self, timeout: float) -> bool:
         """Wait until every job handed over is answered (a worker shutting down warmly)."""
@@ -168,6 +179,7 @@ class Delivery:
                 continue
             now = time.perf_counter()
             if now > handed.serving.deadline:
+                handed.serving.job.abandon()  # the engine stops computing it
                 self._fail(handed, TimeoutError(f"generation took more than {settings.generate_timeout:.0f} s"))
                 continue
             text = handed.serving.job.partial

@@ -59,10 +59,21 @@ class EngineRequest:
             return self.entry.checkpoint_id
         return ("blend", *(x for e, w in zip(self.voices, self.weights) for x in (e.checkpoint_id, w)))
 
+    # Set by another thread when nobody waits for the answer any more (its deadline passed): the engine takes
+    # the stream out of its batch at the next step boundary and fails the future with Abandoned.
+    abandoned: bool = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
     @property
     def partial(self) -> str:
         """The completion so far (read from another thread: a str attribute, swapped atomically)."""
         return self.stream.text if self.stream is not None else ""
+
+
+class Abandoned(Exception):
+    """The request's stream was stopped unfinished: its caller gave up on it (EngineRequest.abandon)."""
 
 
 @dataclass
@@ -113,6 +124,7 @@ class Engine:
         self._inbox: queue.SimpleQueue[EngineRequest] = queue.SimpleQueue()
         self._batches: dict[int | tuple, _Batch] = {}
         self.steps = 0  # batched steps taken
+        self.abandoned = 0  # streams stopped unfinished because their caller gave up
         self.max_batch = 0
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
         self._thread.start()
@@ -142,6 +154,9 @@ class Engine:
                 self._step(checkpoint_id)
 
     def _join(self, job: EngineRequest) -> None:
+        if job.abandoned:
+            job.future.set_exception(Abandoned("abandoned before it started"))
+            return
         checkpoint_id = job.batch_key
         batch = self._batches.get(checkpoint_id)
         try:
@@ -170,6 +185,10 @@ class Engine:
         if not entry.single_stream_decided:
             try:
                 entry.single_stream = single_stream_model(entry.checkpoint.model, self.int8)
+                if entry.single_stream is not None:
+                    # counted against the cache's memory cap from its next acquire or release on (a plain int
+                    # written once by this thread; the cache sums it under its own lock)
+                    entry.n_bytes += entry.single_stream.added_bytes()
             except Exception:  # noqa: BLE001 - an optimisation: serve in float rather than fail
                 log.exception("int8 single-stream model of checkpoint %s failed; serving fp32", entry.checkpoint_id)
             entry.single_stream_decided = True
@@ -189,5 +208,13 @@ class Engine:
         self.steps += 1
         for stream in finished:
             batch.jobs.pop(id(stream)).future.set_result(stream)
+        abandoned = [job for job in batch.jobs.values() if job.abandoned]
+        if abandoned:
+            batch.sampler.drop([job.stream for job in abandoned])
+            for job in abandoned:
+                del batch.jobs[id(job.stream)]
+                self.abandoned += 1
+                log.warning("stopped an abandoned stream after %d tokens", len(job.stream.tokens))
+                job.future.set_exception(Abandoned(f"stopped after {len(job.stream.tokens)} tokens"))
         if not batch.jobs:
             del self._batches[checkpoint_id]  # the sampler goes; the model stays in the cache

@@ -99,14 +99,13 @@ def generate_task(self, request: dict) -> dict:
             earlier = {}
         if earlier.get("status") == "SUCCESS" and isinstance(earlier.get("result"), dict):
             return earlier["result"]
-    serving = begin(request, maybe_done=maybe_done)
-    if isinstance(serving, dict):  # answered from its recorded row
-        return {**serving, "worker": hostname}
-    _hand_off(self, serving, hostname)
+    recorded = _hand_off(self, hostname, lambda: begin(request, maybe_done=maybe_done))
+    if recorded is not None:  # answered from its recorded row
+        return {**recorded, "worker": hostname}
     raise Ignore()  # no state stored, message acknowledged: worker/delivery.py answers from the engine's side
 
 
-def _hand_off(task, serving, hostname: str) -> None:
+def _hand_off(task, hostname: str, start) -> dict | None:
     from .delivery import delivery
     from .leases import leases
 
@@ -114,7 +113,7 @@ def _hand_off(task, serving, hostname: str) -> None:
     # the message is acknowledged when the task returns: from then on only the lease covers the job
     if holder is not None and not holder.written(task.request.id):
         log.warning("job %s: its lease is not written yet (Redis away?); handing it over anyway", task.request.id)
-    delivery().hand_off(task.request.id, task.request, serving, hostname)
+    return delivery().hand_off(task.request.id, task.request, hostname, start)
 
 
 # Jobs that hold a lease from the moment their worker receives them until they end (worker/leases.py): if

@@ -43,6 +43,51 @@ def test_engine_batches_requests_and_keeps_each_stream_its_own(tiny):
     assert len(good.future.result(timeout=30).tokens) == 5  # ...and the engine keeps serving
 
 
+def test_an_abandoned_stream_stops_and_its_batch_mates_are_untouched(tiny):
+    """A request whose caller gave up (its deadline passed) leaves the batch at the next step: the engine
+    stops computing it, fails its future with Abandoned, and the seeded streams beside it write what they
+    would have written alone."""
+    import time
+
+    from worker.engine import Abandoned
+
+    cache = CheckpointCache(lambda cid: (tiny, 1), max_bytes=10**9)
+    engine = Engine("cpu")
+    endless = engine.submit(cache.acquire(1), "abc", SamplingParams(max_tokens=10**7, seed=5))
+    mates = [SamplingParams(max_tokens=3000 + 500 * i, temperature=0.8, seed=20 + i) for i in range(3)]
+    mate_jobs = [engine.submit(cache.acquire(1), "cab", p) for p in mates]
+    deadline = time.monotonic() + 10
+    while len(endless.partial) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert mate_jobs[0].stream is not None and not any(j.future.done() for j in mate_jobs)
+    endless.abandon()
+    with pytest.raises(Abandoned, match="stopped after"):
+        endless.future.result(timeout=5)
+    for job, p in zip(mate_jobs, mates):
+        assert job.future.result(timeout=60).text == generate(tiny.model, tiny.tokenizer, ["cab"], p)[0].text
+    assert engine.abandoned == 1
+    assert idle(engine)  # nothing left stepping
+    steps = engine.steps
+    time.sleep(0.2)
+    assert engine.steps == steps
+
+    late = engine.submit(cache.acquire(1), "abc", SamplingParams(max_tokens=10**7, seed=1))
+    late.abandon()  # abandoned as it arrives: never joins a batch, or leaves it at the next step
+    with pytest.raises(Abandoned, match="before it started|stopped after"):
+        late.future.result(timeout=5)
+    assert idle(engine)
+
+
+def idle(engine: Engine, within: float = 5.0) -> bool:
+    """The engine holds no batch (it drops one just after answering its last stream)."""
+    import time
+
+    deadline = time.monotonic() + within
+    while engine._batches and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not engine._batches
+
+
 def test_cache_loads_once_and_evicts_least_recently_used_idle(tiny):
     loads = []
 
@@ -99,6 +144,8 @@ def test_a_stream_served_alone_steps_with_int8_weights_when_on(tiny):
         texts[mode] = Engine("cpu", int8=mode).submit(entry, "abc", params).future.result(timeout=30).text
         assert (entry.single_stream is not None) == (mode == "on") or mode == "auto"
         assert entry.single_stream_decided
+        # the int8 copy counts against the cache's memory cap
+        assert (entry.n_bytes > model_bytes(tiny.model)) == (entry.single_stream is not None)
     assert texts["on"] == generate(quantize_for_serving(tiny.model), tiny.tokenizer, ["abc"], params)[0].text
     assert texts["off"] == generate(tiny.model, tiny.tokenizer, ["abc"], params)[0].text
     assert len(texts["auto"]) == 200

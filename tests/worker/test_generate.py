@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from sqlalchemy import func, select
@@ -120,14 +121,27 @@ def test_batch_exceeds_the_workers_celery_threads(start_worker, checkpoint_id):
         assert session.scalar(select(func.count()).select_from(Generation).where(Generation.user_id == user)) == 40
 
 
+def test_a_worker_holds_at_most_generate_max_streams_jobs(start_worker, checkpoint_id):
+    """generate_max_streams bounds the engine's batch: with 3 slots and 8 Celery threads, 12 concurrent jobs
+    are stepped at most 3 at a time, the rest wait for a slot, and every one is answered in full."""
+    start_worker("capped", "capped", "threads", 8, IMPROBABLE_GENERATE_MAX_STREAMS="3").wait_ready()
+    pending = [enqueue("improbable.generate", generate_request(checkpoint_id, seed=4000 + i, max_tokens=600,
+                                                               prompt=f"Alice {i}"), queue="capped")
+               for i in range(12)]
+    results = [p.get(timeout=TIMEOUT) for p in pending]
+    assert all(r["tokens"] == 600 for r in results)
+    peaks = sorted(r["batch_peak"] for r in results)
+    assert peaks[-1] == 3, peaks  # full, never over
+
+
 def test_engine_side_failure_reaches_the_caller_and_frees_the_lease(start_worker, checkpoint_id):
     """A job that fails after its task handed it over (here: past its deadline) is stored as FAILURE with the
-    message the task used to raise, and its lease is released."""
+    message the task used to raise, its lease is released, and the engine stops computing it."""
     import redis
 
     from worker.leases import LEASES
 
-    start_worker("hasty", "hasty", "threads", 2, IMPROBABLE_GENERATE_TIMEOUT="1").wait_ready()
+    worker = start_worker("hasty", "hasty", "threads", 2, IMPROBABLE_GENERATE_TIMEOUT="1").wait_ready()
     r = enqueue("improbable.generate", generate_request(checkpoint_id, seed=9, max_tokens=20000), queue="hasty")
     try:
         r.get(timeout=TIMEOUT)
@@ -140,6 +154,9 @@ def test_engine_side_failure_reaches_the_caller_and_frees_the_lease(start_worker
     while client.hexists(LEASES, r.id) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not client.hexists(LEASES, r.id)
+    log = worker.log_path.read_text(errors="replace")
+    stopped = re.search(r"stopped an abandoned stream after (\d+) tokens", log)
+    assert stopped and int(stopped.group(1)) < 20000, log[-3000:]
 
 
 def test_generated_text_stays_out_of_the_info_log(start_worker, checkpoint_id):
