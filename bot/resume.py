@@ -52,7 +52,7 @@ def reopen(bot, row: service.generation.InFlight) -> ReopenedInteractionOutput |
     if row.channel_id is None or row.reply_to is None:
         return None
     channel = bot.get_partial_messageable(row.channel_id, guild_id=row.guild_id)
-    output = ReplyOutput(channel.get_partial_message(row.reply_to))
+    output = ReplyOutput(channel.get_partial_message(row.reply_to), author_id=bot.user.id)
     if row.message_id is not None:
         output.reply = channel.get_partial_message(row.message_id)
     return output

@@ -87,17 +87,29 @@ class InteractionOutput(Output):
 class ReplyOutput(Output):
     """A reply to a user's message (mention chat), created on the first edit."""
 
-    def __init__(self, message: discord.Message | discord.PartialMessage):
+    def __init__(self, message: discord.Message | discord.PartialMessage, author_id: int | None = None):
         self.source = message
         self.reply: discord.Message | discord.PartialMessage | None = None
+        self.author_id = author_id  # the bot's user id: `recall` looks for its reply when the id was never noted
 
     def where(self) -> dict:
         return {"channel_id": self.source.channel.id, "reply_to": self.source.id}
 
     async def recall(self) -> None:
+        if self.reply is None and self.author_id is not None:
+            # posted, perhaps, by a bot that stopped before it could note the message's id
+            self.reply = await self._posted_reply()
         if self.reply is not None:
             self.reply = await self.reply.fetch()
             self.shown, self.last = True, self.reply.content
+
+    async def _posted_reply(self, looking_at: int = 50) -> discord.Message | None:
+        """The bot's reply to the source message among the messages that came just after it, if any."""
+        async for message in self.source.channel.history(after=self.source, limit=looking_at, oldest_first=True):
+            ref = message.reference
+            if message.author.id == self.author_id and ref is not None and ref.message_id == self.source.id:
+                return message
+        return None
 
     async def edit(self, rendered: Rendered, view: discord.ui.View | None = MISSING) -> int | None:
         if self.reply is None:

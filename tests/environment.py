@@ -1,4 +1,10 @@
-"""This test process configured through IMPROBABLE_* variables for a while, as a worker or the bot would be.
+"""This test process's environment: the services it needs, and IMPROBABLE_* variables set for a while.
+
+`unavailable(why)`: a service a test needs (Redis, PostgreSQL, redis-server, a private cluster) is missing.
+In CI (`CI` set, as .ci/run does) that fails the test: the suite's point is to run against the real ones.
+Elsewhere it skips, saying what is missing.
+
+`configured(env)`: this test process configured as a worker or the bot would be.
 
 Settings are cached (core.settings.get_settings) and Celery's app and the database engine are built from them,
 so setting os.environ alone changes nothing: `configured()` sets the variables, rebuilds what reads them, and
@@ -10,6 +16,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import pytest
+
+
+def unavailable(why: str):
+    """Fail (in CI) or skip (elsewhere) the test that needs what `why` names."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{why} (CI requires every service the tests use)", pytrace=False)
+    pytest.skip(why)
 
 
 @contextmanager

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import unavailable
+
 from .fake_discord import FakeDiscord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +69,7 @@ class Proc:
 def start_redis(logs: Path, name: str) -> tuple[Proc, str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed")
+        unavailable("redis-server is not installed")
     port = free_port()
     proc = Proc(name, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                        "--dir", str(logs)], dict(os.environ), logs, logs)

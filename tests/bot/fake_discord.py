@@ -478,6 +478,8 @@ class FakeDiscord:
             channel_id = int(p[1])
             if method == "POST" and p[2] == "typing" and n == 3:
                 return web.Response(status=204)
+            if method == "GET" and p[2] == "messages" and n == 3:
+                return _json(self._history(channel_id, rec.query))
             if method == "POST" and p[2] == "messages" and n == 3:
                 msg = self._message(channel_id, payload or {}, flags=0)
                 self._attach(msg, payload or {}, files)
@@ -499,6 +501,18 @@ class FakeDiscord:
                 if method == "GET":
                     return _json(self.messages[mid])
         return self._unknown(method, p)
+
+    def _history(self, channel_id: int, query: dict) -> list[dict]:
+        """GET /channels/{id}/messages: newest first, as Discord answers; `after` gives the `limit` messages
+        just after it, `before` those just before it (the fake's messages are created with rising ids)."""
+        limit = min(int(query.get("limit", 50)), 100)
+        with self.cond:
+            ids = sorted(mid for mid, m in self.messages.items() if int(m["channel_id"]) == channel_id)
+            if "after" in query:
+                ids = [i for i in ids if i > int(query["after"])][:limit]
+            else:
+                ids = [i for i in ids if i < int(query.get("before", 1 << 63))][-limit:]
+            return [self.messages[i] for i in reversed(ids)]
 
     def _attach(self, msg: dict, payload: dict, files: list[tuple[str, bytes]], keep: list[dict] | None = None) -> None:
         atts = list(keep or [])

@@ -35,11 +35,14 @@ def generations_with_prompt(database_url: str, prompt: str) -> int:
         engine.dispose()
 
 
-def kill_and_restart(fake: FakeDiscord, bot: Proc, env: dict, logs, name: str) -> tuple[Proc, float]:
+def kill_and_restart(fake: FakeDiscord, bot: Proc, env: dict, logs, name: str,
+                     while_down=None) -> tuple[Proc, float]:
     bot.proc.kill()  # SIGKILL: no shutdown code runs
     bot.proc.wait(10)
     bot.stop()
     killed = time.monotonic()
+    if while_down is not None:
+        while_down()
     with fake.cond:
         fake.identify, fake.commands = None, {}
     return start_bot(fake, env, logs, name), killed
@@ -82,9 +85,20 @@ def test_a_reply_streaming_when_the_bot_dies_is_finished_after_the_restart(e2e):
 
     fake.wait_for(lambda: [r for r in in_flight(e2e.database_url) if r[2] == int(said["id"])], TIMEOUT,
                   "the reply's job remembered")
-    e2e.bot, killed = kill_and_restart(fake, e2e.bot, e2e.env, e2e.logs, "bot-after-reply-kill")
+    posted = fake.wait_for(lambda: reply(final=False) or reply(final=True), TIMEOUT, "the reply posted")
+
+    def lose_the_reply_id():
+        # the bot died between posting its reply and noting the reply's id (service.generation.placed_in_flight
+        # runs after the post): the restarted bot has to find its reply, not post a second one
+        engine = sa.create_engine(e2e.database_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE inflight_generations SET message_id = NULL WHERE reply_to = :r"),
+                         {"r": int(said["id"])})
+        engine.dispose()
+
+    e2e.bot, killed = kill_and_restart(fake, e2e.bot, e2e.env, e2e.logs, "bot-after-reply-kill", lose_the_reply_id)
     msg = fake.wait_for(lambda: reply(final=True), 60, "the reply finished")
-    assert "**Reply while dying**" in msg["content"] and "▌" not in msg["content"]
+    assert msg["id"] == posted["id"] and "**Reply while dying**" in msg["content"] and "▌" not in msg["content"]
     replies = [m for m in fake.channel_messages(fake.channel_id)
                if (m.get("message_reference") or {}).get("message_id") == str(said["id"])]
     assert replies == [msg]  # finished in place or posted once: never two replies

@@ -29,6 +29,7 @@ from db.models import Base
 from db.personas import seed_defaults
 from db.session import make_engine
 from db.storage import Storage
+from tests.environment import unavailable
 
 PG_URL = os.environ.get("IMPROBABLE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SCHEMA_PREFIX = "imptest_"
@@ -61,7 +62,7 @@ def pg_admin():
                     conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
     except Exception as e:  # noqa: BLE001 - any connection failure means "skip", with the reason
         engine.dispose()
-        pytest.skip(f"PostgreSQL is unreachable at {make_url(PG_URL).render_as_string()}: {e}")
+        unavailable(f"PostgreSQL is unreachable at {make_url(PG_URL).render_as_string()}: {e}")
     yield engine
     engine.dispose()
 

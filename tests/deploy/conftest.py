@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from core.settings import get_settings
+from tests.environment import unavailable
 
 PG_URL = os.environ.get("IMPROBABLE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("IMPROBABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -44,7 +45,7 @@ def redis_url() -> str:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
     except Exception as e:  # noqa: BLE001
-        pytest.skip(f"Redis is unreachable at {REDIS_URL}: {e}")
+        unavailable(f"Redis is unreachable at {REDIS_URL}: {e}")
     return REDIS_URL
 
 
@@ -57,7 +58,7 @@ def pg_url() -> str:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as e:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL is unreachable at {PG_URL}: {e}")
+        unavailable(f"PostgreSQL is unreachable at {PG_URL}: {e}")
     finally:
         engine.dispose()
     return PG_URL

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.environment import configured
+from tests.environment import unavailable
 from tests.worker.conftest import CORPORA, Services, _pg_schema
 from tests.worker.support import FakeDiscord, WorkerProcess, free_port
 
@@ -45,7 +45,7 @@ class OwnRedis:
     def start(self) -> None:
         server = shutil.which("redis-server")
         if server is None:
-            pytest.skip("redis-server is not installed")
+            unavailable("redis-server is not installed")
         self.proc = subprocess.Popen([server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder),
                                       "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -112,13 +112,8 @@ def fault_services(own_redis, tmp_path_factory):
     }
     services = Services(env, database_url, data_dir, discord, tmp_path_factory.mktemp("faults-logs"))
     try:
-        with configured(env, celery=True):
-            try:
-                yield services
-            finally:
-                for w in services.workers:
-                    w.stop()
-                discord.close()
+        with services.serving():
+            yield services
     finally:
         drop_schema()
 

@@ -17,6 +17,7 @@ from core.settings import get_settings
 from db.models import RunStatus, TrainingRun
 from db.personas import get_persona
 from db.queries import create_run
+from tests.environment import unavailable
 from worker.app import enqueue
 
 from .conftest import _spare_port
@@ -36,7 +37,7 @@ def _ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def private_pg():
     if shutil.which("pg_createcluster") is None or os.geteuid() != 0:
-        pytest.skip("a private PostgreSQL cluster needs pg_createcluster (postgresql-common) and root")
+        unavailable("a private PostgreSQL cluster needs pg_createcluster (postgresql-common) and root")
     subprocess.run(["pg_dropcluster", "--stop", PG_VERSION, PG_CLUSTER], capture_output=True)  # a leftover
     port = _spare_port("IMPROBABLE_FAULTS_PG_PORT")
     made = subprocess.run(["pg_createcluster", PG_VERSION, PG_CLUSTER, "-p", str(port), "--start", "--",

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.environment import configured
+from tests.environment import configured, unavailable
 
 from .support import ROOT, FakeDiscord, WorkerProcess
 
@@ -36,6 +38,17 @@ class Services:
     logs: Path
     workers: list = field(default_factory=list)
 
+    @contextmanager
+    def serving(self) -> Iterator[Services]:
+        """This process configured as its workers are; afterwards every worker stopped, the fake Discord closed."""
+        with configured(self.env, celery=True):
+            try:
+                yield self
+            finally:
+                for w in self.workers:
+                    w.stop()
+                self.discord.close()
+
 
 def _redis():
     import redis
@@ -44,7 +57,7 @@ def _redis():
     try:
         client.ping()
     except redis.exceptions.ConnectionError as e:
-        pytest.skip(f"Redis is unreachable at {REDIS_URL}: {e}")
+        unavailable(f"Redis is unreachable at {REDIS_URL}: {e}")
     return client
 
 
@@ -59,7 +72,7 @@ def _pg_schema() -> tuple[str, callable]:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except Exception as e:  # noqa: BLE001 - unreachable PostgreSQL means skip, with the reason
         admin.dispose()
-        pytest.skip(f"PostgreSQL is unreachable at {PG_URL}: {e}")
+        unavailable(f"PostgreSQL is unreachable at {PG_URL}: {e}")
 
     def drop():
         with admin.connect() as conn:
@@ -99,13 +112,8 @@ def services(tmp_path_factory):
     }
     services = Services(env, database_url, data_dir, discord, tmp_path_factory.mktemp("worker-logs"))
     try:
-        with configured(env, celery=True):
-            try:
-                yield services
-            finally:
-                for w in services.workers:
-                    w.stop()
-                discord.close()
+        with services.serving():
+            yield services
     finally:
         drop_schema()
         redis_client.flushdb()
