@@ -78,6 +78,10 @@ STARTED_GRACE_SECONDS = 60.0  # more silence allowed while a job is STARTED (loa
 # The result store (Redis) briefly away, e.g. restarting: keep following the job for this long first (outages
 # of up to 30 s must lose nothing; the worker retries storing its result for ~40 s).
 OUTAGE_SECONDS = 45.0
+# After such an outage the workers reconnect on their own schedule (Celery retries at 2, 4, 6, … s intervals:
+# up to ~12 s after a 30 s outage). Until then nobody answers "who consumes this queue?", which proves nothing:
+# for this long after the bot last found Redis away, no answer is not taken to mean no worker.
+RECONNECT_SECONDS = 20.0
 
 
 @dataclass
@@ -115,6 +119,7 @@ class Jobs:
         self._jobs: dict[str, Job] = {}
         self._numbers = itertools.count(1)
         self._workers_seen: dict[str, float] = {}
+        self._redis_away_at = -float("inf")  # when the result store last failed to answer (monotonic)
 
     @property
     def eager(self) -> bool:
@@ -225,6 +230,7 @@ class Jobs:
             except Exception as e:  # noqa: BLE001 - the result backend (Redis) went away
                 now = time.monotonic()
                 unreachable_since = unreachable_since or now
+                self._redis_away_at = now
                 if now - unreachable_since > OUTAGE_SECONDS:
                     log.warning("result backend failed for %s: %s", job.id, e)
                     raise Unavailable(UNAVAILABLE) from None
@@ -252,10 +258,12 @@ class Jobs:
                     and elapsed >= self.settings.bot_worker_check_after:
                 checked_workers = True
                 if not await self.workers_listening("generate"):
-                    if await asyncio.to_thread(self._broker_reachable):  # up, and truly nobody listening
-                        await asyncio.to_thread(self._revoke, job)
+                    reconnecting = time.monotonic() - self._redis_away_at < RECONNECT_SECONDS
+                    if not reconnecting and await asyncio.to_thread(self._broker_reachable):
+                        await asyncio.to_thread(self._revoke, job)  # up a while, and truly nobody listening
                         raise Unavailable(UNAVAILABLE)
-                    checked_workers = False  # the broker is away (restarting): the queue keeps the job; ask later
+                    # the broker is away, or just back and its workers not yet: the queue keeps the job; ask later
+                    checked_workers = False
             if elapsed > timeout:
                 await asyncio.to_thread(self._revoke, job)
                 raise JobTimeout(f"Timed out: no result after {timeout:.0f} s. Try again, perhaps shorter.")

@@ -66,11 +66,11 @@ class Proc:
         self._log.close()
 
 
-def start_redis(logs: Path, name: str) -> tuple[Proc, str]:
+def start_redis(logs: Path, name: str, port: int | None = None) -> tuple[Proc, str]:
     binary = shutil.which("redis-server")
     if binary is None:
         unavailable("redis-server is not installed")
-    port = free_port()
+    port = port or free_port()
     proc = Proc(name, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                        "--dir", str(logs)], dict(os.environ), logs, logs)
     import redis
