@@ -154,8 +154,11 @@ def test_engine_side_failure_reaches_the_caller_and_frees_the_lease(start_worker
     while client.hexists(LEASES, r.id) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not client.hexists(LEASES, r.id)
-    log = worker.log_path.read_text(errors="replace")
-    stopped = re.search(r"stopped an abandoned stream after (\d+) tokens", log)
+    deadline = time.monotonic() + 10  # (the engine logs it at its next step boundary, after the answer)
+    while not (stopped := re.search(r"stopped an abandoned stream after (\d+) tokens",
+                                    log := worker.log_path.read_text(errors="replace"))) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert stopped and int(stopped.group(1)) < 20000, log[-3000:]
 
 
