@@ -72,7 +72,7 @@ def test_no_answer_just_after_a_redis_outage_is_not_taken_for_no_worker(tmp_path
     away before it says the generator is unavailable (it used to say so at once, and the job then ran unseen)."""
     import bot.jobs
 
-    monkeypatch.setattr(bot.jobs, "RECONNECT_SECONDS", 4.0)
+    monkeypatch.setattr(bot.jobs, "RECONNECT_SECONDS", 8.0)
     proc, url = start_redis(tmp_path, "redis-restarting")
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     restarted = []
@@ -91,7 +91,8 @@ def test_no_answer_just_after_a_redis_outage_is_not_taken_for_no_worker(tmp_path
             return time.monotonic() - back
 
         told_after = asyncio.run(go())
-        assert 3.0 <= told_after <= 9.0, told_after  # not at once, and not never
+        # not at once (without the window: ~2 s), not never; the last failed poll may precede the restart by ~1 s
+        assert 6.0 <= told_after <= 14.0, told_after
     finally:
         proc.stop()
         for again, _ in restarted:
