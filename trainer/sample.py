@@ -191,8 +191,6 @@ class BatchSampler:
         leaving = {id(s) for s in streams}
         keep = [row for row, s in enumerate(self.streams) if id(s) not in leaving]
         if len(keep) < len(self.streams):
-            if self._rows is None:  # (rows joined since the last step: build them, so _leave can select)
-                self._rows = _RowParams(self.streams, self.device, token_level=self._words is None)
             self._leave(keep)
 
     def _step_mask(self) -> torch.Tensor | None:
@@ -232,7 +230,7 @@ class BatchSampler:
             self._words.keep(keep)
         self.state = select_state(self.state, index) if keep else None
         self.current, self.recent = self.current[index], self.recent[index]
-        self._rows = self._rows.select(index) if keep else None
+        self._rows = self._rows.select(index) if keep and self._rows is not None else None  # (None: rebuilt)
 
 
 def is_special(token: str) -> bool:

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from core.settings import get_settings
 from worker import signals
 
-from .generation import PARTIAL_HEARTBEAT, Serving, answer, finish, recorder, release
+from .generation import PARTIAL_HEARTBEAT, Serving, answer, engine, finish, recorder, release
 
 log = logging.getLogger(__name__)
 GENERATE_TASK = "improbable.generate"
@@ -179,7 +179,7 @@ class Delivery:
                 continue
             now = time.perf_counter()
             if now > handed.serving.deadline:
-                handed.serving.job.abandon()  # the engine stops computing it
+                engine().abandon(handed.serving.job)  # the engine stops computing it
                 self._fail(handed, TimeoutError(f"generation took more than {settings.generate_timeout:.0f} s"))
                 continue
             text = handed.serving.job.partial

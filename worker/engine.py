@@ -59,12 +59,7 @@ class EngineRequest:
             return self.entry.checkpoint_id
         return ("blend", *(x for e, w in zip(self.voices, self.weights) for x in (e.checkpoint_id, w)))
 
-    # Set by another thread when nobody waits for the answer any more (its deadline passed): the engine takes
-    # the stream out of its batch at the next step boundary and fails the future with Abandoned.
-    abandoned: bool = False
-
-    def abandon(self) -> None:
-        self.abandoned = True
+    abandoned: bool = False  # nobody waits for the answer any more (Engine.abandon)
 
     @property
     def partial(self) -> str:
@@ -73,7 +68,7 @@ class EngineRequest:
 
 
 class Abandoned(Exception):
-    """The request's stream was stopped unfinished: its caller gave up on it (EngineRequest.abandon)."""
+    """The request's stream was stopped unfinished: its caller gave up on it (Engine.abandon)."""
 
 
 @dataclass
@@ -137,6 +132,12 @@ class Engine:
         self._inbox.put(job)
         return job
 
+    def abandon(self, job: EngineRequest) -> None:
+        """Stop computing `job`, whose caller gave up on it (its deadline passed): it goes through the inbox
+        again and leaves its batch at the next step boundary; its future fails with Abandoned."""
+        job.abandoned = True
+        self._inbox.put(job)
+
     # -- the engine thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -155,7 +156,7 @@ class Engine:
 
     def _join(self, job: EngineRequest) -> None:
         if job.abandoned:
-            job.future.set_exception(Abandoned("abandoned before it started"))
+            self._leave(job)
             return
         checkpoint_id = job.batch_key
         batch = self._batches.get(checkpoint_id)
@@ -208,13 +209,21 @@ class Engine:
         self.steps += 1
         for stream in finished:
             batch.jobs.pop(id(stream)).future.set_result(stream)
-        abandoned = [job for job in batch.jobs.values() if job.abandoned]
-        if abandoned:
-            batch.sampler.drop([job.stream for job in abandoned])
-            for job in abandoned:
-                del batch.jobs[id(job.stream)]
-                self.abandoned += 1
-                log.warning("stopped an abandoned stream after %d tokens", len(job.stream.tokens))
-                job.future.set_exception(Abandoned(f"stopped after {len(job.stream.tokens)} tokens"))
         if not batch.jobs:
             del self._batches[checkpoint_id]  # the sampler goes; the model stays in the cache
+
+    def _leave(self, job: EngineRequest) -> None:
+        """An abandoned job out of its batch (or never into one)."""
+        if job.future.done():  # finished, or failed, before the engine saw it abandoned
+            return
+        if job.stream is None:
+            job.future.set_exception(Abandoned("abandoned before it started"))
+            return
+        batch = self._batches[job.batch_key]
+        batch.sampler.drop([job.stream])
+        del batch.jobs[id(job.stream)]
+        if not batch.jobs:
+            del self._batches[job.batch_key]
+        self.abandoned += 1
+        log.warning("stopped an abandoned stream after %d tokens", len(job.stream.tokens))
+        job.future.set_exception(Abandoned(f"stopped after {len(job.stream.tokens)} tokens"))

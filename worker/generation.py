@@ -176,7 +176,7 @@ def serve_request(request: dict, on_partial: Callable[[str], None] | None = None
                 break
             except TimeoutError:
                 if time.perf_counter() > serving.deadline:
-                    serving.job.abandon()  # the engine stops computing it
+                    engine().abandon(serving.job)  # the engine stops computing it
                     raise TimeoutError(f"generation took more than {settings.generate_timeout:.0f} s") from None
                 text = serving.job.partial
                 # new text, or the same again as a heartbeat: the bot takes a silent job for a dead one

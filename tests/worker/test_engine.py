@@ -60,7 +60,7 @@ def test_an_abandoned_stream_stops_and_its_batch_mates_are_untouched(tiny):
     while len(endless.partial) < 200 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert mate_jobs[0].stream is not None and not any(j.future.done() for j in mate_jobs)
-    endless.abandon()
+    engine.abandon(endless)
     with pytest.raises(Abandoned, match="stopped after"):
         endless.future.result(timeout=5)
     for job, p in zip(mate_jobs, mates):
@@ -72,7 +72,7 @@ def test_an_abandoned_stream_stops_and_its_batch_mates_are_untouched(tiny):
     assert engine.steps == steps
 
     late = engine.submit(cache.acquire(1), "abc", SamplingParams(max_tokens=10**7, seed=1))
-    late.abandon()  # abandoned as it arrives: never joins a batch, or leaves it at the next step
+    engine.abandon(late)  # abandoned as it arrives: never joins a batch, or leaves it at the next step
     with pytest.raises(Abandoned, match="before it started|stopped after"):
         late.future.result(timeout=5)
     assert idle(engine)
