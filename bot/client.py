@@ -76,7 +76,10 @@ class ImprobableBot(discord.Client):
         options.setdefault("intents", intents())
         super().__init__(allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings or get_settings()
-        self.tree = Tree(self)
+        # guild installs only, used in servers only: no user installs, no DMs or group DMs
+        self.tree = Tree(self, allowed_installs=app_commands.AppInstallationType(guild=True, user=False),
+                         allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=False,
+                                                                         private_channel=False))
         self.jobs = jobs or Jobs(self.settings)
         self.limits = Limits()
         self.training = training.TrainingWatcher(self)
