@@ -1,7 +1,8 @@
 """Persistence: SQL models and migrations, sessions, blob storage, corpus ingestion, persona registry.
 
 Torch-free (the bot imports it). Submodules: db.models, db.session, db.migrate, db.storage, db.ingest,
-db.personas, db.queries, db.bundled. Corpus ingestion lives in db.ingest (core.text decodes the upload).
+db.personas, db.runs, db.checkpoints, db.generations, db.schedules, db.guilds, db.bundled. Corpus ingestion
+lives in db.ingest (core.text decodes the upload).
 """
 
 from db.migrate import current_revision, downgrade, head_revision, upgrade

@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from core.checkpoints import meta_from_bytes
+from db.checkpoints import add_checkpoint
 from db.personas import get_persona
-from db.queries import add_checkpoint
 from db.storage import Storage, checkpoint_key
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"

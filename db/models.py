@@ -129,7 +129,7 @@ class PersonaCorpus(Base):
 
 
 class TrainingRun(Timestamped, Base):
-    """One (re)training of a persona. Status moves only through db.queries.transition_run."""
+    """One (re)training of a persona. Status moves only through db.runs.transition_run."""
 
     __tablename__ = "training_runs"
 
@@ -283,7 +283,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 25_000_000
 
 
 class GuildSettings(Timestamped, Base):
-    """Per-guild policy. A guild without a row uses the defaults above (see db.queries.guild_settings)."""
+    """Per-guild policy. A guild without a row uses the defaults above (see db.guilds.guild_settings)."""
 
     __tablename__ = "guild_settings"
 

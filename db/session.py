@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -86,3 +86,8 @@ def session_scope(engine: EngineLike = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def count_rows(session: Session, model: type) -> int:
+    """How many rows `model`'s table holds."""
+    return session.scalar(select(func.count()).select_from(model)) or 0

@@ -24,15 +24,12 @@ from core.contracts import (
 )
 from core.settings import get_settings
 from db import Checkpoint, Family, Generation, InflightGeneration, Persona, session_scope
+from db.generations import generation_for_message, set_generation_message
 from db.personas import (
     PersonaError,
     resolve_persona,
 )
-from db.queries import (
-    active_runs,
-    generation_for_message,
-    set_generation_message,
-)
+from db.runs import active_runs
 from db.types import as_utc, utcnow
 from service.policy import Actor, UserError, unknown_persona
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from core.settings import HARD_MAX_UPLOAD_BYTES, SettingsError, check_upload_cap
 from db import session_scope
+from db.guilds import guild_settings, update_guild_settings
 from db.models import (
     DEFAULT_COOLDOWN_SECONDS,
     DEFAULT_MAX_QUEUED_JOBS,
@@ -18,10 +19,6 @@ from db.models import (
 )
 from db.personas import (
     PersonaError,
-)
-from db.queries import (
-    guild_settings,
-    update_guild_settings,
 )
 
 

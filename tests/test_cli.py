@@ -276,9 +276,9 @@ def test_generate_info_and_evaluate_take_a_persona_name():
 def test_a_persona_name_uses_the_active_checkpoint_of_the_database(trained, tmp_path):
     """With the embedded database present, a name is the persona's active checkpoint there, not the bundle."""
     from db.bundled import register_bundled
+    from db.checkpoints import add_checkpoint
     from db.migrate import upgrade
     from db.personas import get_persona, set_active_checkpoint
-    from db.queries import add_checkpoint
     from db.session import make_engine, session_scope
     from db.storage import checkpoint_key, open_storage
 

@@ -32,8 +32,9 @@ from sqlalchemy.exc import OperationalError as SQLOperationalError
 from core.contracts import RunProgress
 from core.settings import get_settings
 from db import Checkpoint, Persona, RunStatus, TrainingRun, open_storage, session_scope
+from db.checkpoints import save_checkpoint
 from db.personas import set_active_checkpoint
-from db.queries import InvalidTransition, cancel_run, fail_run, save_checkpoint, start_run, succeed_run
+from db.runs import InvalidTransition, cancel_run, fail_run, start_run, succeed_run
 from db.storage import Storage, checkpoint_key
 from db.types import utcnow
 
@@ -225,7 +226,7 @@ class Reporter:
                 self._uploaded[name] = path.stat().st_mtime
 
     def flush(self) -> None:
-        from db.queries import update_progress
+        from db.runs import update_progress
 
         self.latest["heartbeat"] = time.time()
         self.latest["owner"] = owner_id()

@@ -133,8 +133,9 @@ def tiny_model(tmp_path_factory) -> bytes:
 def install_checkpoint(database_url: str, storage_dir: Path, data: bytes, slug: str = "alice") -> int:
     """Store `data` as a finished run's best checkpoint of a built-in persona and make it active."""
     import db
+    from db.checkpoints import save_checkpoint
     from db.personas import get_persona
-    from db.queries import create_run, save_checkpoint, start_run, succeed_run
+    from db.runs import create_run, start_run, succeed_run
 
     engine = db.make_engine(database_url)
     try:
@@ -152,7 +153,7 @@ def install_checkpoint(database_url: str, storage_dir: Path, data: bytes, slug: 
 
 def guild_limits(database_url: str, guild_id: int, **values) -> None:
     import db
-    from db.queries import update_guild_settings
+    from db.guilds import update_guild_settings
 
     engine = db.make_engine(database_url)
     try:

@@ -12,9 +12,10 @@ import zipfile
 import pytest
 from sqlalchemy import select
 
+from db.guilds import update_guild_settings
 from db.ingest import IngestError, ingest, read_corpus_text
 from db.models import Corpus
-from db.queries import count_rows, update_guild_settings
+from db.session import count_rows
 
 GUILD = 123456789012345678  # snowflakes exceed 32 bits
 USER = 987654321098765432

@@ -80,7 +80,8 @@ def test_settings_url_is_the_default(tmp_path, monkeypatch):
 
 
 def test_db_is_importable_without_torch():
-    code = ("import sys, db, db.ingest, db.personas, db.queries, db.storage, db.migrate, db.session, db.models\n"
+    code = ("import sys, db, db.ingest, db.personas, db.runs, db.checkpoints, db.generations, "
+            "db.schedules, db.guilds, db.storage, db.migrate, db.session, db.models\n"
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'worker', 'bot', "
             "'trainer.model'))]\n"
             "assert not bad, bad\n")

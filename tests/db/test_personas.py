@@ -6,6 +6,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from db.checkpoints import add_checkpoint, save_checkpoint
+from db.generations import record_generation
 from db.ingest import ingest
 from db.models import Checkpoint, Corpus, Family, Generation, Persona, PersonaCorpus, TrainingRun
 from db.personas import (
@@ -24,7 +26,8 @@ from db.personas import (
     validate_slug,
     visible_personas,
 )
-from db.queries import add_checkpoint, count_rows, create_run, record_generation, save_checkpoint
+from db.runs import create_run
+from db.session import count_rows
 
 G1, G2 = 111111111111111111, 222222222222222222
 SEEDS = {"trump": ("char-rnn", "trump"), "alice": ("char-rnn", "alice"),

@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 import db
 from db.models import GuildSettings
-from db.queries import count_rows
+from db.session import count_rows
 
 
 def test_savepoint_release_does_not_commit_and_rollback_undoes(session):

@@ -122,8 +122,9 @@ def fault_services(own_redis, tmp_path_factory):
 def fault_checkpoint(fault_services, tmp_path_factory) -> int:
     """A char-rnn 1x32 trained for 30 steps on 6 KB of Alice, active for the `alice` persona."""
     import db
+    from db.checkpoints import save_checkpoint
     from db.personas import get_persona
-    from db.queries import save_checkpoint
+    from db.runs import create_run
     from trainer.train import TrainConfig, train
 
     text = (CORPORA / "alice" / "alice.txt").read_text(encoding="utf-8")[:6000]
@@ -133,7 +134,7 @@ def fault_checkpoint(fault_services, tmp_path_factory) -> int:
     result = train(config, text[: text.rfind("\n") + 1])
     with db.session_scope() as session:
         persona = get_persona(session, "alice", None)
-        run = db.queries.create_run(session, persona, recipe="alice")
+        run = create_run(session, persona, recipe="alice")
         return save_checkpoint(session, db.open_storage(), persona, run, "best",
                                (out / "best.safetensors").read_bytes(), val_loss=result.best_val_loss,
                                activate=True).id

@@ -12,7 +12,7 @@ import redis
 
 import db
 from db.personas import get_persona
-from db.queries import claim_slot, create_schedule, posts_of
+from db.schedules import claim_slot, create_schedule, posts_of
 from tests.worker.support import generate_request
 from worker.app import app
 from worker.leases import LEASES

@@ -16,7 +16,7 @@ import db
 from core.settings import get_settings
 from db.models import RunStatus, TrainingRun
 from db.personas import get_persona
-from db.queries import create_run
+from db.runs import create_run
 from tests.environment import unavailable
 from worker.app import enqueue
 

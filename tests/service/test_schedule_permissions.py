@@ -15,7 +15,7 @@ import pytest
 import db
 import service.schedules
 from core.settings import get_settings
-from db.queries import claim_slot
+from db.schedules import claim_slot
 from service.policy import UserError
 
 from .test_service import GUILD, MANAGER, _activate, _template, env  # noqa: F401 - pytest fixtures used by name

@@ -13,8 +13,10 @@ import service.policy
 import service.schedules
 import service.training
 from core.text import originality
+from db.checkpoints import add_checkpoint
+from db.generations import record_generation
+from db.guilds import update_guild_settings
 from db.personas import get_persona
-from db.queries import add_checkpoint, record_generation, update_guild_settings
 from service.policy import Actor, NotAllowed, UserError
 from tests.environment import configured
 

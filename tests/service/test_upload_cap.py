@@ -9,7 +9,7 @@ import pytest
 import db
 import service.policy
 from core.settings import HARD_MAX_UPLOAD_BYTES
-from db.queries import update_guild_settings
+from db.guilds import update_guild_settings
 from service.policy import UserError
 
 from .test_service import GUILD, MANAGER, _template, env  # noqa: F401 - pytest fixtures used by name

@@ -9,9 +9,9 @@ import db
 import service.generation
 import service.personas
 from db.bundled import bundled_checkpoints
+from db.generations import record_generation
 from db.ingest import read_corpus
 from db.personas import get_persona
-from db.queries import record_generation
 from service.policy import UserError
 
 from .test_service import MANAGER, MEMBER, TEXT, _activate, _template, env  # noqa: F401 - fixtures

@@ -132,8 +132,9 @@ def alice_bytes() -> bytes:
 def checkpoint_id(services, alice_bytes, tmp_path_factory) -> int:
     """A char-rnn 1x32 trained for 50 steps on 6 KB of Alice, stored and active for the `alice` persona."""
     import db
+    from db.checkpoints import save_checkpoint
     from db.personas import get_persona
-    from db.queries import save_checkpoint
+    from db.runs import create_run
     from trainer.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny-model")
@@ -142,7 +143,7 @@ def checkpoint_id(services, alice_bytes, tmp_path_factory) -> int:
     result = train(config, alice_bytes.decode())
     with db.session_scope() as session:
         persona = get_persona(session, "alice", None)
-        run = db.queries.create_run(session, persona, recipe="alice")
+        run = create_run(session, persona, recipe="alice")
         ckpt = save_checkpoint(session, db.open_storage(), persona, run, "best",
                                (out / "best.safetensors").read_bytes(), val_loss=result.best_val_loss,
                                activate=True)

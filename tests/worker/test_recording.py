@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 import db
+from db.generations import generation_row
 from db.models import Generation, Persona
-from db.queries import generation_row
 from worker.recording import Recorder
 
 

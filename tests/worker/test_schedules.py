@@ -14,7 +14,7 @@ import db
 from core.contracts import parse_cron
 from db.models import PostStatus, Schedule
 from db.personas import get_persona
-from db.queries import create_schedule, posts_of
+from db.schedules import create_schedule, posts_of
 from worker.app import enqueue
 from worker.schedules import due_slot, latest_cron_slot, post_content
 

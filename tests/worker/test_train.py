@@ -11,7 +11,7 @@ import db
 from db.ingest import ingest
 from db.models import Checkpoint, Persona, RunStatus, TrainingRun
 from db.personas import get_persona
-from db.queries import create_run, request_cancel
+from db.runs import create_run, request_cancel
 from db.storage import checkpoint_key
 from worker.app import enqueue
 
@@ -102,7 +102,7 @@ def test_cancel_stops_a_running_trainer_within_seconds(services, start_worker, a
 
 
 def test_runs_whose_trainer_went_silent_are_found_for_requeueing(services):
-    from db.queries import fail_run, start_run, update_progress
+    from db.runs import fail_run, start_run, update_progress
     from worker.training import orphaned_runs
 
     with db.session_scope() as session:
