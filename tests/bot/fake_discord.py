@@ -16,6 +16,15 @@ It models the first follow-up after a "thinking" defer editing the loading messa
 attachments (multipart `payload_json` + `files[n]`) and message edits, and records every request with its
 time so tests can assert on payloads (allowed_mentions) and timing (edits ≥ 1 s apart).
 
+Two guilds (`guilds`): the test guild (`guild_id`, users owner/alice/bob/carol, channels `channel_id` and
+`other_channel_id`) and a second one (`guild2_id`: owner dave, moderator erin, alice; channels `lobby_id`,
+`readonly_id` where @everyone may not send, `hidden_id` only moderators may view). `permissions(user, channel)`
+applies roles and overwrites as Discord does; interactions carry the result, and a bot post where the bot may
+not view or send is answered 403. Also: DM channels (`dm_channel`), forwards (`forward`), pin notices (`pin`),
+replies (`reply`), GUILD_DELETE/GUILD_CREATE (`remove_guild`, `restore_guild`), CDN reads per URL
+(`cdn_reads`), clicks on a custom_id the message does not carry refused (`ClickRefused`), and slash commands
+only where their sync target and `contexts` allow them (`CommandUnavailable`).
+
 Payload builders live in one place (`_user`, `_member`, `_message`, `_interaction`): a missing required field
 kills the whole discord.py client, not just a handler.
 """
@@ -41,7 +50,13 @@ INTENTS_EXPECTED = 53608189  # default intents + MESSAGE_CONTENT
 ACK_WINDOW = 3.0
 EPHEMERAL = 64
 MANAGE_GUILD = 1 << 5
-MEMBER_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)  # view, send, ...
+ADMINISTRATOR = 1 << 3
+VIEW_CHANNEL = 1 << 10
+SEND_MESSAGES = 1 << 11
+MEMBER_PERMISSIONS = VIEW_CHANNEL | SEND_MESSAGES | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)  # ..., embed, attach
+ALL_PERMISSIONS = (1 << 51) - 1
+HAS_SNAPSHOT = 1 << 14  # message flag of a forward
+DM, TEXT = 1, 0  # channel types
 
 
 def _now_iso() -> str:
@@ -93,6 +108,50 @@ class User:
     permissions: int = MEMBER_PERMISSIONS
 
 
+@dataclass
+class Role:
+    id: int
+    name: str
+    permissions: int
+    position: int = 0
+
+
+@dataclass
+class Channel:
+    id: int
+    name: str
+    guild_id: int | None  # None: a DM
+    type: int = TEXT
+    # Discord's overwrite objects: {"id", "type": 0 role | 1 member, "allow": str, "deny": str}
+    overwrites: list[dict] = field(default_factory=list)
+    recipient: int | None = None  # a DM's other user
+
+
+@dataclass
+class Guild:
+    id: int
+    name: str
+    owner: User
+    roles: list[Role]  # the first is @everyone (its id is the guild's)
+    channels: list[Channel]
+    members: dict[int, tuple[int, ...]]  # user id -> role ids besides @everyone
+    primary: bool = False  # the first guild: members' roles and permissions are their User's, as before
+    joined: bool = True  # the bot is in it (GUILD_CREATE at connect)
+
+
+class ClickRefused(Exception):
+    """A component click Discord refuses (the custom_id is not on the message): never dispatched."""
+
+    def __init__(self, custom_id: str, message_id: int, on_message: list[str]):
+        super().__init__(f"400 Invalid Form Body (50035): custom_id {custom_id!r} is not on message {message_id} "
+                         f"(its components: {on_message})")
+        self.status, self.code, self.custom_id = 400, 50035, custom_id
+
+
+class CommandUnavailable(Exception):
+    """A slash command Discord would not offer there (synced to another guild, or not allowed in DMs)."""
+
+
 class FakeDiscord:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
@@ -107,6 +166,10 @@ class FakeDiscord:
         self.bob = User(self.snowflake(), "bob")
         self.carol = User(self.snowflake(), "carol")
         self.users = {u.id: u for u in (self.owner, self.alice, self.bob, self.carol)}
+        self.guilds: dict[int, Guild] = {}
+        self.cdn_hits: dict[str, int] = {}  # CDN URL -> times it was read
+        self.refused_clicks: list[ClickRefused] = []
+        self._add_guilds()
         self.requests: list[Recorded] = []
         self.errors: list[str] = []
         self.interactions: dict[int, Interaction] = {}
@@ -115,6 +178,7 @@ class FakeDiscord:
         self.edits: dict[int, list[float]] = {}  # message id -> times it was edited
         self.files: dict[int, list[tuple[str, bytes]]] = {}  # message id -> attachments' bytes
         self.cdn: dict[str, bytes] = {}
+        self._dms: dict[int, Channel] = {}
         self.commands: dict[str, dict] = {}
         self.identify: dict | None = None
         self.cond = threading.Condition()
@@ -122,6 +186,112 @@ class FakeDiscord:
         self._seq = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
+
+    def _add_guilds(self) -> None:
+        """The test guild (as before), and a second one: its owner dave, erin (a moderator) and alice (in both),
+        with channels `lobby` (open), `readonly` (@everyone may not send) and `hidden` (@everyone may not
+        view it; moderators may)."""
+        gid = self.guild_id
+        self.guilds[gid] = Guild(
+            gid, "Test Guild", self.owner,
+            [Role(gid, "@everyone", MEMBER_PERMISSIONS), Role(self.trainer_role, "trainer", MEMBER_PERMISSIONS, 1)],
+            [Channel(self.channel_id, "general", gid), Channel(self.other_channel_id, "posts", gid)],
+            {u.id: () for u in (self.owner, self.alice, self.bob, self.carol, self.bot_user)}, primary=True)
+        self.guild2_id = g2 = self.snowflake()
+        self.mod_role2 = self.snowflake()
+        self.lobby_id, self.readonly_id, self.hidden_id = self.snowflake(), self.snowflake(), self.snowflake()
+        self.dave = User(self.snowflake(), "dave")
+        self.erin = User(self.snowflake(), "erin")
+        self.users.update({self.dave.id: self.dave, self.erin.id: self.erin})
+        deny_send = {"id": str(g2), "type": 0, "allow": "0", "deny": str(SEND_MESSAGES)}
+        deny_view = {"id": str(g2), "type": 0, "allow": "0", "deny": str(VIEW_CHANNEL)}
+        mods_view = {"id": str(self.mod_role2), "type": 0, "allow": str(VIEW_CHANNEL), "deny": "0"}
+        self.guilds[g2] = Guild(
+            g2, "Second Guild", self.dave,
+            [Role(g2, "@everyone", MEMBER_PERMISSIONS), Role(self.mod_role2, "mods", MANAGE_GUILD, 1)],
+            [Channel(self.lobby_id, "lobby", g2), Channel(self.readonly_id, "readonly", g2, overwrites=[deny_send]),
+             Channel(self.hidden_id, "hidden", g2, overwrites=[deny_view, mods_view])],
+            {self.dave.id: (), self.erin.id: (self.mod_role2,), self.alice.id: (), self.bot_user.id: ()})
+
+    # -- guilds, channels and permissions ------------------------------------------------------------------
+
+    def channel(self, channel_id: int) -> Channel:
+        """The channel with this id; an id the fake does not know is a text channel of the test guild."""
+        for guild in self.guilds.values():
+            for channel in guild.channels:
+                if channel.id == channel_id:
+                    return channel
+        return self._dms.get(channel_id) or Channel(channel_id, "general", self.guild_id)
+
+    def guild_of(self, channel_id: int) -> Guild | None:
+        """The guild a channel belongs to; None for a DM."""
+        gid = self.channel(channel_id).guild_id
+        return None if gid is None else self.guilds[gid]
+
+    def member_roles(self, guild: Guild, user: User) -> tuple[int, ...]:
+        return user.roles if guild.primary else guild.members.get(user.id, ())
+
+    def permissions(self, user: User, channel_id: int) -> int:
+        """Discord's computation: @everyone and the member's roles, then the channel's overwrites (@everyone,
+        the roles together, the member). In the test guild the base is the User's `permissions`."""
+        channel = self.channel(channel_id)
+        if channel.guild_id is None:
+            return MEMBER_PERMISSIONS
+        guild = self.guilds[channel.guild_id]
+        roles = self.member_roles(guild, user)
+        if guild.primary:
+            base = user.permissions
+        elif user.id == guild.owner.id:
+            return ALL_PERMISSIONS
+        else:
+            base = 0
+            for role in guild.roles:
+                if role.id == guild.id or role.id in roles:
+                    base |= role.permissions
+        if base & ADMINISTRATOR:
+            return ALL_PERMISSIONS
+        by_id = {int(o["id"]): o for o in channel.overwrites}
+        role_allow = role_deny = 0
+        for rid in roles:
+            if rid in by_id and by_id[rid]["type"] == 0:
+                role_allow, role_deny = role_allow | int(by_id[rid]["allow"]), role_deny | int(by_id[rid]["deny"])
+        steps = [by_id.get(guild.id), {"allow": role_allow, "deny": role_deny}, by_id.get(user.id)]
+        for overwrite in steps:
+            if overwrite is not None:
+                base = (base & ~int(overwrite["deny"])) | int(overwrite["allow"])
+        return base
+
+    def overwrite(self, channel_id: int, target_id: int, *, allow: int = 0, deny: int = 0, member: bool = False) -> None:
+        """Set a channel's permission overwrite for a role (or a member) and tell the bot (CHANNEL_UPDATE)."""
+        channel = self.channel(channel_id)
+        with self.cond:
+            channel.overwrites = [o for o in channel.overwrites if int(o["id"]) != target_id]
+            channel.overwrites.append({"id": str(target_id), "type": 1 if member else 0, "allow": str(allow),
+                                       "deny": str(deny)})
+        self.dispatch("CHANNEL_UPDATE", self._channel(channel_id))
+
+    def dm_channel(self, user: User) -> int:
+        """The DM channel between the bot and `user` (created on first use)."""
+        with self.cond:
+            for channel in self._dms.values():
+                if channel.recipient == user.id:
+                    return channel.id
+            channel = Channel(self.snowflake(), "", None, DM, recipient=user.id)
+            self._dms[channel.id] = channel
+            return channel.id
+
+    def remove_guild(self, guild_id: int, *, unavailable: bool = False) -> None:
+        """GUILD_DELETE: an outage (`unavailable: true`; the bot stays in the guild) or the bot removed."""
+        guild = self.guilds[guild_id]
+        if not unavailable:
+            guild.joined = False
+        self.dispatch("GUILD_DELETE", {"id": str(guild_id), "unavailable": True} if unavailable
+                      else {"id": str(guild_id)})
+
+    def restore_guild(self, guild_id: int) -> None:
+        """GUILD_CREATE: the guild is available again (or the bot was added back)."""
+        self.guilds[guild_id].joined = True
+        self.dispatch("GUILD_CREATE", self._guild(self.guilds[guild_id]))
 
     # -- ids and payloads ----------------------------------------------------------------------------------
 
@@ -132,27 +302,33 @@ class FakeDiscord:
         return {"id": str(user.id), "username": user.name, "discriminator": "0", "global_name": user.name,
                 "avatar": None, "bot": user.id == self.app_id, "public_flags": 0}
 
-    def _member(self, user: User, with_user: bool = True) -> dict:
-        data = {"roles": [str(r) for r in user.roles], "joined_at": "2024-01-01T00:00:00+00:00", "deaf": False,
+    def _member(self, user: User, with_user: bool = True, guild: Guild | None = None) -> dict:
+        roles = self.member_roles(guild or self.guilds[self.guild_id], user)
+        data = {"roles": [str(r) for r in roles], "joined_at": "2024-01-01T00:00:00+00:00", "deaf": False,
                 "mute": False, "flags": 0, "nick": None, "avatar": None, "pending": False,
                 "communication_disabled_until": None, "premium_since": None}
         if with_user:
             data["user"] = self._user(user)
         return data
 
-    def _channel(self, channel_id: int, name: str = "general") -> dict:
-        return {"id": str(channel_id), "type": 0, "name": name, "position": 0, "guild_id": str(self.guild_id),
-                "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None,
-                "last_message_id": None, "rate_limit_per_user": 0}
+    def _channel(self, channel_id: int) -> dict:
+        channel = self.channel(channel_id)
+        if channel.guild_id is None:
+            return {"id": str(channel_id), "type": DM, "last_message_id": None, "flags": 0,
+                    "recipients": [self._user(self.users[channel.recipient])]}
+        return {"id": str(channel_id), "type": channel.type, "name": channel.name, "position": 0,
+                "guild_id": str(channel.guild_id), "permission_overwrites": copy.deepcopy(channel.overwrites),
+                "nsfw": False, "parent_id": None, "topic": None, "last_message_id": None, "rate_limit_per_user": 0}
 
-    def _guild(self) -> dict:
-        everyone = {"id": str(self.guild_id), "name": "@everyone", "permissions": str(MEMBER_PERMISSIONS),
-                    "position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
-        trainer = {**everyone, "id": str(self.trainer_role), "name": "trainer", "position": 1}
-        return {"id": str(self.guild_id), "name": "Test Guild", "icon": None, "owner_id": str(self.owner.id),
-                "roles": [everyone, trainer], "emojis": [], "stickers": [], "features": [], "member_count": 5,
-                "channels": [self._channel(self.channel_id), self._channel(self.other_channel_id, "posts")],
-                "threads": [], "members": [self._member(u) for u in (*self.users.values(), self.bot_user)],
+    def _guild(self, guild: Guild | None = None) -> dict:
+        guild = guild or self.guilds[self.guild_id]
+        roles = [{"id": str(r.id), "name": r.name, "permissions": str(r.permissions), "position": r.position,
+                  "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0} for r in guild.roles]
+        members = [self.users.get(uid, self.bot_user) for uid in guild.members]
+        return {"id": str(guild.id), "name": guild.name, "icon": None, "owner_id": str(guild.owner.id),
+                "roles": roles, "emojis": [], "stickers": [], "features": [], "member_count": len(members),
+                "channels": [self._channel(c.id) for c in guild.channels],
+                "threads": [], "members": [self._member(u, guild=guild) for u in members],
                 "voice_states": [], "presences": [], "large": False, "unavailable": False,
                 "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
                 "mfa_level": 0, "premium_tier": 0, "system_channel_flags": 0, "preferred_locale": "en-US",
@@ -162,20 +338,33 @@ class FakeDiscord:
     def _message(self, channel_id: int, payload: dict, *, author: User | None = None, flags: int = 0,
                  message_id: int | None = None, webhook: bool = False) -> dict:
         author = author or self.bot_user
-        msg = {"id": str(message_id or self.snowflake()), "channel_id": str(channel_id),
-               "guild_id": str(self.guild_id), "author": self._user(author), "content": payload.get("content") or "",
+        guild = self.guild_of(channel_id)
+        msg = {"id": str(message_id or self.snowflake()), "channel_id": str(channel_id), "author": self._user(author), "content": payload.get("content") or "",
                "timestamp": _now_iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False,
                "mentions": [], "mention_roles": [], "attachments": [], "embeds": payload.get("embeds") or [],
                "pinned": False, "type": 0, "flags": flags, "components": payload.get("components") or []}
+        if guild is not None:
+            msg["guild_id"] = str(guild.id)
         if webhook:
             msg["webhook_id"] = str(self.app_id)
             msg["application_id"] = str(self.app_id)
         ref = payload.get("message_reference")
         if ref:
             msg["type"] = 19
-            msg["message_reference"] = {"message_id": str(ref["message_id"]), "channel_id": str(channel_id),
-                                        "guild_id": str(self.guild_id)}
+            msg["message_reference"] = self._reference(self.messages.get(int(ref["message_id"]))
+                                                       or {"id": ref["message_id"], "channel_id": channel_id})
+            if int(ref["message_id"]) in self.messages:
+                msg["referenced_message"] = copy.deepcopy(self.messages[int(ref["message_id"])])
+                msg["referenced_message"].pop("referenced_message", None)  # one level, as Discord sends it
         return msg
+
+    def _reference(self, message: dict, kind: int = 0) -> dict:
+        """A message_reference to `message`: type 0 a reply (or a pin notice's pinned message), 1 a forward."""
+        ref = {"type": kind, "message_id": str(message["id"]), "channel_id": str(message["channel_id"])}
+        guild = self.guild_of(int(message["channel_id"]))
+        if guild is not None:
+            ref["guild_id"] = str(guild.id)
+        return ref
 
     # -- the server ----------------------------------------------------------------------------------------
 
@@ -255,13 +444,15 @@ class FakeDiscord:
                         self.identify = data["d"]
                         self._seq = 0
                         self.cond.notify_all()
+                    joined = [g for g in self.guilds.values() if g.joined]
                     await self._send(ws, "READY", {
-                        "v": 10, "user": self._user(self.bot_user), "guilds": [{"id": str(self.guild_id),
-                                                                               "unavailable": True}],
+                        "v": 10, "user": self._user(self.bot_user),
+                        "guilds": [{"id": str(g.id), "unavailable": True} for g in joined],
                         "session_id": "fake-session", "resume_gateway_url": self.gateway_url,
                         "application": {"id": str(self.app_id), "flags": 0}, "shard": [0, 1],
                         "private_channels": [], "relationships": []})
-                    await self._send(ws, "GUILD_CREATE", self._guild())
+                    for guild in joined:
+                        await self._send(ws, "GUILD_CREATE", self._guild(guild))
                 elif op == 6:
                     await self._send(ws, "RESUMED", {})
         finally:
@@ -299,14 +490,18 @@ class FakeDiscord:
         return ix
 
     def _interaction_payload(self, ix: Interaction, user: User, data: dict) -> dict:
-        perms = str(user.permissions)
-        member = {**self._member(user), "permissions": perms}
-        return {"id": str(ix.id), "application_id": str(self.app_id), "type": ix.type, "token": ix.token,
-                "version": 1, "guild_id": str(self.guild_id), "channel_id": str(ix.channel_id),
-                "channel": {**self._channel(ix.channel_id), "permissions": perms}, "member": member,
-                "app_permissions": str(MEMBER_PERMISSIONS), "locale": "en-US", "guild_locale": "en-US",
-                "entitlements": [], "authorizing_integration_owners": {"0": str(self.guild_id)}, "context": 0,
-                "attachment_size_limit": 26214400, "data": data}
+        guild = self.guild_of(ix.channel_id)
+        perms = str(self.permissions(user, ix.channel_id))
+        payload = {"id": str(ix.id), "application_id": str(self.app_id), "type": ix.type, "token": ix.token,
+                   "version": 1, "channel_id": str(ix.channel_id),
+                   "channel": {**self._channel(ix.channel_id), "permissions": perms},
+                   "app_permissions": str(self.permissions(self.bot_user, ix.channel_id)), "locale": "en-US",
+                   "entitlements": [], "attachment_size_limit": 26214400, "data": data}
+        if guild is None:  # a DM: the user, no member; the app is a guild install, so a guild owns it
+            return {**payload, "user": self._user(user), "context": 1, "authorizing_integration_owners": {}}
+        return {**payload, "guild_id": str(guild.id), "guild_locale": "en-US", "context": 0,
+                "member": {**self._member(user, guild=guild), "permissions": perms},
+                "authorizing_integration_owners": {"0": str(guild.id)}}
 
     def _send_interaction(self, ix: Interaction, payload: dict) -> Interaction:
         def register():
@@ -326,17 +521,41 @@ class FakeDiscord:
         registered = self.commands.get(top)
         if registered is None:
             raise AssertionError(f"/{top} was not synced; synced: {sorted(self.commands)}")
+        channel_id = channel_id or self.channel_id
+        self._check_available(registered, channel_id)
         options = options or []
         if sub:
             options = [{"name": sub, "type": 1, "options": options}]
-        data = {"id": registered["id"], "name": top, "type": 1, "options": options, "guild_id": str(self.guild_id)}
+        data = {"id": registered["id"], "name": top, "type": 1, "options": options}
+        if registered.get("guild_id"):
+            data["guild_id"] = registered["guild_id"]
         if resolved:
             data["resolved"] = resolved
-        ix = self._new_interaction(4 if autocomplete else 2, user, channel_id or self.channel_id)
+        ix = self._new_interaction(4 if autocomplete else 2, user, channel_id)
         return self._send_interaction(ix, self._interaction_payload(ix, user, data))
 
+    def _check_available(self, command: dict, channel_id: int) -> None:
+        """CommandUnavailable where Discord would not offer the command: a guild command in another guild or
+        a DM, a command whose `contexts` leave out this kind of channel."""
+        guild = self.guild_of(channel_id)
+        where = "a DM" if guild is None else f"guild {guild.id}"
+        if command.get("guild_id") and (guild is None or int(command["guild_id"]) != guild.id):
+            raise CommandUnavailable(f"/{command['name']} is synced to guild {command['guild_id']}, not {where}")
+        contexts = command.get("contexts")
+        if contexts is not None and (1 if guild is None else 0) not in contexts:
+            raise CommandUnavailable(f"/{command['name']} is not allowed in {where} (contexts {contexts})")
+
     def click(self, message: dict, custom_id: str, *, user: User | None = None) -> Interaction:
+        """A button click. Discord refuses a custom_id that is not on the message as it is now (ClickRefused,
+        and nothing reaches the bot)."""
         user = user or self.alice
+        with self.cond:
+            current = self.messages.get(int(message["id"]), message)
+            on_message = custom_ids(current)
+            if custom_id not in on_message:
+                refused = ClickRefused(custom_id, int(message["id"]), on_message)
+                self.refused_clicks.append(refused)
+                raise refused
         channel_id = int(message["channel_id"])
         ix = self._new_interaction(3, user, channel_id, message_id=int(message["id"]))
         payload = self._interaction_payload(ix, user, {"custom_id": custom_id, "component_type": 2})
@@ -347,19 +566,65 @@ class FakeDiscord:
             reply_to: dict | None = None, mention_bot: bool = False) -> dict:
         """A user's message (MESSAGE_CREATE)."""
         user = user or self.alice
-        msg = self._message(channel_id or self.channel_id, {"content": content}, author=user)
-        msg["member"] = self._member(user, with_user=False)
+        msg = self._user_message(user, channel_id or self.channel_id, content)
         if mention_bot:
-            msg["mentions"] = [{**self._user(self.bot_user), "member": self._member(self.bot_user, False)}]
+            guild = self.guild_of(int(msg["channel_id"]))
+            mention = self._user(self.bot_user)
+            if guild is not None:
+                mention["member"] = self._member(self.bot_user, False, guild)
+            msg["mentions"] = [mention]
         if reply_to is not None:
             msg["type"] = 19
-            msg["message_reference"] = {"message_id": reply_to["id"], "channel_id": reply_to["channel_id"],
-                                        "guild_id": str(self.guild_id)}
+            msg["message_reference"] = self._reference(reply_to)
             msg["referenced_message"] = reply_to
+        return self._post(msg)
+
+    def _user_message(self, user: User, channel_id: int, content: str) -> dict:
+        msg = self._message(channel_id, {"content": content}, author=user)
+        guild = self.guild_of(channel_id)
+        if guild is not None:
+            msg["member"] = self._member(user, with_user=False, guild=guild)
+        return msg
+
+    def _post(self, msg: dict) -> dict:
         with self.cond:
             self.messages[int(msg["id"])] = msg
         self.dispatch("MESSAGE_CREATE", msg)
         return msg
+
+    def reply(self, message: dict, content: str, *, user: User | None = None) -> dict:
+        """A user's reply (type 19, message_reference type 0, the referenced message included)."""
+        return self.say(content, user=user, channel_id=int(message["channel_id"]), reply_to=message)
+
+    def forward(self, message: dict, *, user: User | None = None, channel_id: int | None = None) -> dict:
+        """A user forwards `message` (MESSAGE_CREATE): type 0, empty content, message_reference type 1 to the
+        original, no referenced_message; the original's content is in message_snapshots."""
+        msg = self._user_message(user or self.alice, channel_id or self.channel_id, "")
+        msg["flags"] = HAS_SNAPSHOT
+        msg["message_reference"] = self._reference(message, kind=1)
+        snapshot = {key: copy.deepcopy(message.get(key, default)) for key, default in (
+            ("type", 0), ("content", ""), ("embeds", []), ("attachments", []), ("timestamp", _now_iso()),
+            ("edited_timestamp", None), ("flags", 0), ("mentions", []), ("mention_roles", []),
+            ("components", []))}
+        msg["message_snapshots"] = [{"message": snapshot}]
+        return self._post(msg)
+
+    def pin(self, message: dict, *, user: User | None = None) -> dict:
+        """A user pins `message`: it is marked pinned, CHANNEL_PINS_UPDATE is dispatched and the system notice
+        (type 6, empty content, message_reference type 0 to the pinned message) is posted."""
+        channel_id = int(message["channel_id"])
+        with self.cond:
+            if int(message["id"]) in self.messages:
+                self.messages[int(message["id"])]["pinned"] = True
+        guild = self.guild_of(channel_id)
+        pins = {"channel_id": str(channel_id), "last_pin_timestamp": _now_iso()}
+        if guild is not None:
+            pins["guild_id"] = str(guild.id)
+        self.dispatch("CHANNEL_PINS_UPDATE", pins)
+        notice = self._user_message(user or self.alice, channel_id, "")
+        notice["type"] = 6
+        notice["message_reference"] = self._reference(message)
+        return self._post(notice)
 
     def attachment(self, filename: str, data: bytes, content_type: str = "text/plain") -> tuple[str, dict]:
         """(attachment id, resolved attachment object) served from the fake CDN."""
@@ -397,6 +662,9 @@ class FakeDiscord:
         if data is None:
             self._error(f"GET unknown attachment {request.path}")
             return web.Response(status=404)
+        with self.cond:
+            url = f"http://127.0.0.1:{self.port}{request.path}"
+            self.cdn_hits[url] = self.cdn_hits.get(url, 0) + 1
         self._record(Recorded("GET", request.path, dict(request.query), None, [], time.monotonic()))
         return web.Response(body=data, content_type="application/octet-stream")
 
@@ -459,6 +727,11 @@ class FakeDiscord:
                     out.append(cmd)
                 self.cond.notify_all()
             return _json(out)
+        if method == "POST" and p == ["users", "@me", "channels"]:
+            user = self.users.get(int((payload or {}).get("recipient_id", 0)))
+            if user is None:
+                return _json({"message": "Unknown User", "code": 10013}, 404)
+            return _json(self._channel(self.dm_channel(user)))
         if method == "POST" and n == 4 and p[0] == "interactions" and p[3] == "callback":
             return self._callback(int(p[1]), p[2], payload or {}, files, at)
         if p[0] == "webhooks" and n >= 3:
@@ -481,6 +754,9 @@ class FakeDiscord:
             if method == "GET" and p[2] == "messages" and n == 3:
                 return _json(self._history(channel_id, rec.query))
             if method == "POST" and p[2] == "messages" and n == 3:
+                refused = self._cannot_post(channel_id)
+                if refused is not None:
+                    return refused
                 msg = self._message(channel_id, payload or {}, flags=0)
                 self._attach(msg, payload or {}, files)
                 with self.cond:
@@ -501,6 +777,19 @@ class FakeDiscord:
                 if method == "GET":
                     return _json(self.messages[mid])
         return self._unknown(method, p)
+
+    def _cannot_post(self, channel_id: int) -> web.Response | None:
+        """Discord's 403 when the bot may not post there: not in the guild or no View Channel (50001 Missing
+        Access), or no Send Messages (50013 Missing Permissions). Answers, not fake errors: the bot must cope."""
+        guild = self.guild_of(channel_id)
+        if guild is None:
+            return None
+        perms = self.permissions(self.bot_user, channel_id)
+        if not guild.joined or not perms & VIEW_CHANNEL:
+            return _json({"message": "Missing Access", "code": 50001}, 403)
+        if not perms & SEND_MESSAGES:
+            return _json({"message": "Missing Permissions", "code": 50013}, 403)
+        return None
 
     def _history(self, channel_id: int, query: dict) -> list[dict]:
         """GET /channels/{id}/messages: newest first, as Discord answers; `after` gives the `limit` messages
@@ -635,6 +924,11 @@ class FakeDiscord:
         with self.cond:
             msg = None if message_id is None else self.messages.get(message_id)
             return copy.deepcopy(msg)
+
+    def cdn_reads(self, url: str) -> int:
+        """How many times the fake's CDN served this attachment URL."""
+        with self.cond:
+            return self.cdn_hits.get(url, 0)
 
     def channel_messages(self, channel_id: int) -> list[dict]:
         with self.cond:
