@@ -261,7 +261,8 @@ class FakeDiscord:
                 base = (base & ~int(overwrite["deny"])) | int(overwrite["allow"])
         return base
 
-    def overwrite(self, channel_id: int, target_id: int, *, allow: int = 0, deny: int = 0, member: bool = False) -> None:
+    def overwrite(self, channel_id: int, target_id: int, *, allow: int = 0, deny: int = 0,
+                  member: bool = False) -> None:
         """Set a channel's permission overwrite for a role (or a member) and tell the bot (CHANNEL_UPDATE)."""
         channel = self.channel(channel_id)
         with self.cond:
@@ -339,7 +340,8 @@ class FakeDiscord:
                  message_id: int | None = None, webhook: bool = False) -> dict:
         author = author or self.bot_user
         guild = self.guild_of(channel_id)
-        msg = {"id": str(message_id or self.snowflake()), "channel_id": str(channel_id), "author": self._user(author), "content": payload.get("content") or "",
+        msg = {"id": str(message_id or self.snowflake()), "channel_id": str(channel_id), "author": self._user(author),
+               "content": payload.get("content") or "",
                "timestamp": _now_iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False,
                "mentions": [], "mention_roles": [], "attachments": [], "embeds": payload.get("embeds") or [],
                "pinned": False, "type": 0, "flags": flags, "components": payload.get("components") or []}
