@@ -1,31 +1,19 @@
-"""bench/gpu.py cannot measure anything without CUDA, but its CPU-side paths (data, both models, autocast,
+"""bench/speed/gpu.py cannot measure anything without CUDA, but its CPU-side paths (data, both models, autocast,
 the quality loop, streamed evaluation, the sampler) run under --dry-run, so they are not dead code."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = module
-    spec.loader.exec_module(module)
-    return module
+from bench.speed import gpu
 
 
 def test_dry_run_on_cpu_runs_every_path(tmp_path):
-    bench = load_bench()
     out = tmp_path / "gpu.json"
-    assert bench.main(["--dry-run", "--json", str(out)]) == 0
+    assert gpu.main(["--dry-run", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["dry_run"] is True and "dry run" in report["device"]
     assert {(r["model"], r["precision"]) for r in report["throughput"]} == {
@@ -39,17 +27,15 @@ def test_dry_run_on_cpu_runs_every_path(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is absent")
 def test_without_cuda_it_says_so_and_exits_2(capsys):
-    bench = load_bench()
-    assert bench.main([]) == 2
+    assert gpu.main([]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_streamed_loss_carries_state():
-    bench = load_bench()
     torch.manual_seed(0)
     from trainer.model import ModelConfig, build_model
     model = build_model(ModelConfig(family="char-rnn", vocab_size=10, n_layers=1, n_embd=4, n_hidden=8)).eval()
     ids = torch.randint(0, 10, (301,))
     # chunking must not change a streamed loss: the state crosses chunk boundaries
-    assert bench.streamed_loss(model, ids, chunk=7) == pytest.approx(bench.streamed_loss(model, ids, chunk=1000),
-                                                                     abs=1e-5)
+    assert gpu.streamed_loss(model, ids, chunk=7) == pytest.approx(gpu.streamed_loss(model, ids, chunk=1000),
+                                                                   abs=1e-5)

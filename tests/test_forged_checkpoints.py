@@ -1,4 +1,4 @@
-"""Forged checkpoints (issue 12): every case of bench/forged_checkpoints.py is refused with its own message,
+"""Forged checkpoints: every case of tests/fixtures/forged_checkpoints.py is refused with its own message,
 before any model is built, and the worst ones in bounded memory; the header checks match trainer/model.py."""
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fixtures import forged_checkpoints as forged
 from trainer import checkpoint as ckpt
 from trainer import model as model_module
 from trainer.checkpoint import CheckpointError
 from trainer.model import ModelConfig, build_model
 from trainer.tokenizer import CharTokenizer, WordTokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import forged_checkpoints as forged  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {case.name: case for case in forged.CASES if case.name.startswith("valid-control") or not case.accept}

@@ -1,15 +1,12 @@
 """The quality report's Kneser–Ney baseline must be a proper distribution and beat a unigram."""
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from kneser_ney import KneserNeyTrigram
-
+from bench.quality.kneser_ney import KneserNeyTrigram
 from trainer.tokenizer import WordTokenizer
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "alice" / "alice.txt"

@@ -1,19 +1,15 @@
-"""bench/word_models.py compares a word model with the Kneser–Ney trigram on the trainer's own split: the
+"""bench/quality/word_models.py compares a word model with the Kneser–Ney trigram on the trainer's own split: the
 held-out ids it rebuilds are the ones training scored, and both models are scored on the same positions."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import word_models
-
+from bench.quality import word_models
 from trainer import checkpoint as ckpt
 from trainer.corpus import load_corpus
 from trainer.data import TokenStreams

@@ -1,8 +1,8 @@
 """The shipped base model's held-out loss: on its own split (whole books held out) and on every persona
-corpus it never saw (issue 11).
+corpus it never saw.
 
-    .venv/bin/python bench/base_model.py                         # trainer/pretrained/base.safetensors
-    .venv/bin/python bench/base_model.py runs/base/best.safetensors
+    .venv/bin/python -m bench.quality.base_model                 # trainer/pretrained/base.safetensors
+    .venv/bin/python -m bench.quality.base_model runs/base/best.safetensors
 
 Each corpus is scored whole (at most its first --max-chars characters), state carried through 32 streams,
 as the trainer evaluates. Characters the base has no row for are dropped (the share is reported). Prints a
@@ -14,26 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
+from bench.common import RESULTS, load_corpus
 from trainer import checkpoint as ckpt
-from trainer.corpus import DOCUMENT_SEPARATOR, load_corpus
+from trainer.corpus import DOCUMENT_SEPARATOR
 from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
-from trainer.datasets import load_named_corpus
 from trainer.evaluate import evaluate
 from trainer.precision import cpu_model
 from trainer.pretrained import resolve_init
 
-CORPORA = [Path(p) for p in os.environ.get("IMPROBABLE_CORPUS_PATH", str(ROOT.parent / "shared" / "corpora")).split(os.pathsep)]
 UNSEEN = ("alice", "trump", "shakespeare", "imdb")
 
 
@@ -45,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", default="base")
     parser.add_argument("--max-chars", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "base_model.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "base_model.json")
     args = parser.parse_args()
     loaded = ckpt.load(resolve_init(args.checkpoint))
     model, tok = loaded.model.eval(), loaded.tokenizer
@@ -53,7 +46,7 @@ def main() -> None:
     rows = []
 
     t0 = time.perf_counter()
-    base = load_corpus("base", CORPORA)
+    base = load_corpus("base")
     docs = [torch.tensor(tok.encode(d)) for d in base.document_texts()]
     _, val = split_documents(docs, config["val_fraction"], config.get("split", "spread"), BLOCK_TOKENS["char"],
                              torch.tensor(tok.encode(DOCUMENT_SEPARATOR)))
@@ -62,7 +55,7 @@ def main() -> None:
                  "nats_per_char": round(nats, 4), "bits_per_char": round(nats / math.log(2), 3)})
     print(rows[-1], f"{time.perf_counter() - t0:.0f} s", flush=True)
     for name in UNSEEN:
-        text = load_named_corpus(name, CORPORA).text[:args.max_chars]
+        text = load_corpus(name).text[:args.max_chars]
         ids = tok.encode(text)
         nats = score(model, torch.tensor(ids))
         rows.append({"corpus": f"{name} (never seen)", "chars": len(ids), "dropped_chars": len(text) - len(ids),

@@ -1,8 +1,8 @@
-"""Blended voices (issue 15): held-out loss of a trump+shakespeare blend on each corpus against each voice
+"""Blended voices: held-out loss of a trump+shakespeare blend on each corpus against each voice
 alone, the loss across blend weights, and samples.
 
-    .venv/bin/python bench/blend.py                                  # the bundled checkpoints
-    .venv/bin/python bench/blend.py --a runs/x/best.safetensors --b runs/y/best.safetensors
+    .venv/bin/python -m bench.quality.blend                          # the bundled checkpoints
+    .venv/bin/python -m bench.quality.blend --a runs/x/best.safetensors --b runs/y/best.safetensors
 
 Each corpus is scored on its held-out slice: the first --chars characters of its last 10 % (the tail the
 bundled checkpoints were validated on), in --streams contiguous streams whose state is carried through
@@ -18,23 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
 import time
 import unicodedata
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from bench.common import RESULTS, ROOT, corpus_file
+from core.contracts import SamplingParams
 from trainer import checkpoint as ckpt
 from trainer.blend import BlendedModel
-from trainer.sample import SamplingParams, generate
+from trainer.sample import generate
 
-CORPORA = Path(os.environ.get("IMPROBABLE_CORPUS_PATH", str(ROOT.parent / "shared" / "corpora")).split(os.pathsep)[0])
-CORPUS_FILES = {"trump": CORPORA / "trump" / "speeches.txt", "shakespeare": CORPORA / "shakespeare" / "input.txt"}
+CORPORA = ("trump", "shakespeare")  # by name on the corpus path
 SWEEP = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]  # weight of voice A
 
 
@@ -87,12 +83,12 @@ def pictures(checkpoints, names, driven, path: Path) -> dict:
     model, stream = driven
     spec = "+".join(f"{n}:{w:g}" for n, w in zip(names, model.weights))
     picture = render_picture(pieces_from_stream(stream, model.tokenizer),
-                             *describe_sampling(spec, stream.params.to_dict(), stream.seed))
+                             *describe_sampling(spec, stream.params.model_dump(mode="json"), stream.seed))
     path.write_bytes(picture.png)
     long = generate(model, model.tokenizer, ["The king"], SamplingParams(max_tokens=1000, temperature=0.8, seed=3))[0]
     started = time.perf_counter()
     big = render_picture(pieces_from_stream(long, model.tokenizer),
-                         *describe_sampling(spec, long.params.to_dict(), long.seed))
+                         *describe_sampling(spec, long.params.model_dump(mode="json"), long.seed))
     seconds = time.perf_counter() - started
     return {"driven_sample_png": str(path.relative_to(ROOT)), "driven_sample_png_bytes": len(picture.png),
             "png_bytes_1000_chars": len(big.png), "size_1000_chars": [big.width, big.height],
@@ -108,7 +104,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=10)
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "blend.json"))
+    parser.add_argument("--out", default=str(RESULTS / "blend.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.names.split(",")
@@ -122,8 +118,8 @@ def main() -> None:
               "union_vocab": len(tok), "slice": f"first {args.chars} chars of the last 10% of each corpus",
               "streams": args.streams, "corpora": {}}
 
-    for corpus, path in CORPUS_FILES.items():
-        text = held_out(path, args.chars)
+    for corpus in CORPORA:
+        text = held_out(corpus_file(corpus), args.chars)
         dropped = len(tok.unknown(text))
         ids = torch.tensor(tok.encode(text))
         per_stream = len(ids) // args.streams
@@ -158,12 +154,12 @@ def main() -> None:
         stream = generate(model, model.tokenizer, [prompt], params)[0]
         streams.append((model, stream))
         samples.append({"blend": "+".join(f"{n}:{w:g}" for n, w in zip(names, weights)), "prompt": prompt,
-                        "params": {k: v for k, v in params.to_dict().items() if v not in (None, (), [])},
+                        "params": {k: v for k, v in params.model_dump(mode="json").items() if v not in (None, (), [])},
                         "text": prompt + stream.text, "seconds": round(time.perf_counter() - started, 1),
                         "picks": len(stream.picks),
                         "mean_log10_pick_probability": round(sum(math.log10(p) for _, p in stream.picks)
                                                              / len(stream.picks), 3) if stream.picks else None})
-        print(f"\n[{samples[-1]['blend']}, {params.to_dict()}]\n{prompt}{stream.text}", flush=True)
+        print(f"\n[{samples[-1]['blend']}, {params.model_dump(mode='json')}]\n{prompt}{stream.text}", flush=True)
     result["samples"] = samples
     result["pictures"] = pictures(checkpoints, names, streams[-1], Path(args.out).with_name("blend_picture.png"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

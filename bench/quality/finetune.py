@@ -1,7 +1,7 @@
-"""Does an upload read as its book? Fine-tuning from the shipped base vs training from scratch (issue 11).
+"""Does an upload read as its book? Fine-tuning from the shipped base vs training from scratch.
 
-    .venv/bin/python bench/finetune.py                 # alice, the stand-in upload the base never saw
-    .venv/bin/python bench/finetune.py --minutes 0.5   # quick look, lower numbers
+    .venv/bin/python -m bench.quality.finetune                 # alice, the stand-in upload the base never saw
+    .venv/bin/python -m bench.quality.finetune --minutes 0.5   # quick look, lower numbers
 
 Three runs on `alice`, same spread validation split, same wall-clock budget, one after the other:
 - scratch: the pre-base alice recipe (2x256 char LSTM, dropout 0.2, lr 2e-3), 3 minutes;
@@ -16,27 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from quality_report import WORD_RE, real_word_rate
-
+from bench.common import RESULTS, load_corpus
+from bench.quality.quality_report import WORD_RE, real_word_rate
+from core.contracts import SamplingParams
 from trainer import checkpoint as ckpt
-from trainer.corpus import load_corpus
 from trainer.precision import cpu_model
 from trainer.recipes import load_recipe
-from trainer.sample import SamplingParams, generate
+from trainer.sample import generate
 from trainer.train import TrainConfig, train
 
-CORPORA = [Path(p) for p in os.environ.get("IMPROBABLE_CORPUS_PATH", str(ROOT.parent / "shared" / "corpora")).split(os.pathsep)]
 SCRATCH = {"n_layers": 2, "n_embd": 64, "n_hidden": 256, "dropout": 0.2, "lr": 0.002, "min_lr": 0.0002,
            "batch_size": 32, "seq_len": 100, "eval_interval": 50, "init": "", "warmup_steps": 50}
 PROMPTS = ["Alice was", "The Queen", "“I", "She", "The"]
@@ -63,9 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=3.0, help="budget of the scratch and fine-tune runs")
     parser.add_argument("--small-minutes", type=float, default=1.0, help="budget of the 60 KB run")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "finetune.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "finetune.json")
     args = parser.parse_args()
-    corpus = load_corpus("alice", CORPORA)
+    corpus = load_corpus("alice")
     small = corpus.text[:60_000]
     counts = Counter(w.lower() for w in WORD_RE.findall(corpus.text))
     with tempfile.TemporaryDirectory() as tmp:

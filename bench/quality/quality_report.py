@@ -1,14 +1,14 @@
 """Quality report for the bundled personas: a markdown table (bench/results/quality_report.md) + JSON.
 
-    .venv/bin/python bench/quality_report.py                   # every checkpoint in improbable/bundled/
-    .venv/bin/python bench/quality_report.py runs/x/best.safetensors
-    .venv/bin/python bench/quality_report.py --skip-loss       # only the generation measures (faster)
+    .venv/bin/python -m bench.quality.quality_report               # every checkpoint in db/bundled/
+    .venv/bin/python -m bench.quality.quality_report runs/x/best.safetensors
+    .venv/bin/python -m bench.quality.quality_report --skip-loss   # only the generation measures (faster)
 
 Per persona: held-out loss (the last 10 % of its corpus, as in training); for word models, the same
 held-out tokens scored by an interpolated Kneser–Ney trigram trained on the same training tokens
-(bench/kneser_ney.py; target: the model's perplexity ≥ 15 % lower); originality, the share of
+(bench/quality/kneser_ney.py; target: the model's perplexity ≥ 15 % lower); originality, the share of
 20-character windows of generated text that are found verbatim in the corpus (reported); and the
-improbability drive (issue 11):
+improbability drive:
 
 - real-word rate (char personas): the share of generated alphabetic words (completions of 6 seeds,
   the last word left out when the length limit cut it) that occur at least twice in the persona's
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import statistics
 import sys
@@ -42,34 +41,28 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from kneser_ney import KneserNeyTrigram
-
+from bench.common import RESULTS, ROOT, corpus_dirs, load_corpus
+from bench.quality.kneser_ney import KneserNeyTrigram
+from core.contracts import SamplingParams
 from trainer import checkpoint as ckpt
 from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
-from trainer.datasets import load_named_corpus
 from trainer.evaluate import evaluate
 from trainer.originality import originality
-from trainer.sample import SamplingParams, generate
+from trainer.sample import generate
 
-CORPORA = [Path(p) for p in os.environ.get("IMPROBABLE_CORPUS_PATH", str(ROOT.parent / "shared" / "corpora")).split(os.pathsep)]
 TARGETS = (0.5, 0.1, 0.01)
 PROMPTS = ["The", "I", "And then", "When", "She"]
 SEEDS = range(6)
 DRIVE_PROMPT = "The "  # ends at a word boundary, so the drive chooses from the first word on
 RATE_CHARS, CALIBRATION_CHARS, CALIBRATION_WORD_TOKENS = 400, 300, 100
 WORD_RE = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # alphabetic words, inner apostrophes kept
-RESULTS = ROOT / "bench" / "results"
 EXTERNAL = ("finetune.json", "word_models.json")  # rows written by other benchmarks
 
 
 def report_one(path: Path, skip_loss: bool = False) -> dict:
     loaded = ckpt.load(path)
     config = loaded.meta["train_config"]
-    corpus = load_named_corpus(config["corpus"], CORPORA).text
+    corpus = load_corpus(config["corpus"]).text
     row = {"persona": path.stem, "family": loaded.family}
     if not skip_loss:
         row.update(held_out(loaded, config, corpus))
@@ -104,7 +97,7 @@ def held_out(loaded, config: dict, corpus: str) -> dict:
 def base_word_counts() -> Counter:
     """Lower-cased word counts of the base corpus (every .txt of a `base` folder on the corpus path)."""
     counts = Counter()
-    for folder in CORPORA:
+    for folder in corpus_dirs():
         for path in sorted((folder / "base").glob("*.txt")):
             counts.update(WORD_RE.findall(path.read_text(encoding="utf-8", errors="replace").lower()))
     return counts
@@ -174,7 +167,7 @@ def _round(x: float | None, digits: int = 3) -> float | None:
 
 
 def target_rows(rows: list[dict]) -> list[dict]:
-    """Every issue-11 target with its measured figure: {persona, metric, target, measured, ok}."""
+    """Every target with its measured figure: {persona, metric, target, measured, ok}."""
     out = []
 
     def add(persona, metric, target, measured, ok):
@@ -226,11 +219,11 @@ def targets_markdown(rows: list[dict]) -> str:
 
 
 def bundled_checkpoints() -> list[Path]:
-    """The bundled personas, wherever this tree keeps them (db/bundled/, formerly improbable/bundled/)."""
-    for folder in (ROOT / "db" / "bundled", ROOT / "improbable" / "bundled"):
-        if folder.is_dir():
-            return sorted(folder.glob("*.safetensors"))
-    raise SystemExit("no bundled checkpoints found under db/bundled/ or improbable/bundled/")
+    """The bundled personas (db/bundled/)."""
+    found = sorted((ROOT / "db" / "bundled").glob("*.safetensors"))
+    if not found:
+        raise SystemExit("no bundled checkpoints found under db/bundled/")
+    return found
 
 
 def to_markdown(rows: list[dict]) -> str:

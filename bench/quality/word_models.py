@@ -1,13 +1,13 @@
 """Word models against the interpolated Kneser–Ney trigram, on the trainer's own held-out split.
 
-    .venv/bin/python bench/word_models.py                  # bundled movie-reviews; trains the word-MLP stand-in
-    .venv/bin/python bench/word_models.py --movie-reviews runs/mr/best.safetensors --word-mlp runs/hp/best.safetensors
-    .venv/bin/python bench/word_models.py --train movie-reviews --train harry-potter-standin   # retrain both first
-    .venv/bin/python bench/word_models.py --only movie-reviews --out /tmp/mr.json                # just one of them
+    .venv/bin/python -m bench.quality.word_models          # bundled movie-reviews; trains the word-MLP stand-in
+    .venv/bin/python -m bench.quality.word_models --movie-reviews runs/mr/best.safetensors --word-mlp runs/hp/best.safetensors
+    .venv/bin/python -m bench.quality.word_models --train movie-reviews --train harry-potter-standin  # retrain both
+    .venv/bin/python -m bench.quality.word_models --only movie-reviews --out /tmp/mr.json            # just one of them
 
-Targets (issue 11): the movie-reviews word GRU and the word-MLP (the harry-potter recipe's family, measured on a
+Targets: the movie-reviews word GRU and the word-MLP (the harry-potter recipe's family, measured on a
 public-domain stand-in because the books are never shipped) each reach a held-out perplexity at least 15 % below
-the Kneser–Ney trigram's (bench/kneser_ney.py) on the same tokens.
+the Kneser–Ney trigram's (bench/quality/kneser_ney.py) on the same tokens.
 
 Same tokens means: the checkpoint's tokenizer encodes the corpus its training config names, the trainer's split
 function (trainer.data.split_documents, called the way trainer.train.train calls it) gives the training and
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,39 +29,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from kneser_ney import KneserNeyTrigram
-
+from bench.common import RESULTS, ROOT, load_corpus
+from bench.quality.kneser_ney import KneserNeyTrigram
 from trainer import checkpoint as ckpt
 from trainer.corpus import DOCUMENT_SEPARATOR, DecodedCorpus
 from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
-from trainer.datasets import load_named_corpus
 from trainer.model import LanguageModel
 from trainer.recipes import load_recipe
 from trainer.train import TrainConfig, train
 
-CORPORA = [Path(p) for p in os.environ.get("IMPROBABLE_CORPUS_PATH", str(ROOT.parent / "shared" / "corpora")).split(os.pathsep)]
 TARGET_BELOW_KN = 0.15
 EVAL_BATCH, EVAL_SEQ = 32, 100
 STANDIN_RECIPE = "harry-potter-standin"
-
-
-def bundled_dir() -> Path:
-    """Where the bundled checkpoints live (the folder may move from improbable/ to db/)."""
-    for candidate in (ROOT / "improbable" / "bundled", ROOT / "db" / "bundled"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("no bundled checkpoint folder (improbable/bundled or db/bundled)")
+BUNDLED = ROOT / "db" / "bundled"
 
 
 def load_training_corpus(name: str) -> DecodedCorpus:
-    """A recipe's corpus: a name on the corpus path, or a path (relative ones, like the stand-in's
-    bench/corpora/austen, from the repository root, wherever this script is started from)."""
-    in_repo = ROOT / name
-    return load_named_corpus(str(in_repo) if not Path(name).is_absolute() and in_repo.exists() else name, CORPORA)
+    """A recipe's corpus: a name on the corpus path (the stand-in's austen is a selection of the base corpus,
+    bench.common.SELECTIONS), or a path."""
+    return load_corpus(name)
 
 
 def held_out_split(tokenizer, corpus: DecodedCorpus | str, train_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +166,7 @@ def main() -> None:
                         help="train this recipe first and score its best checkpoint (repeatable)")
     parser.add_argument("--minutes", type=float, help="override the time budget of recipes trained here")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "word_models")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "word_models.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "word_models.json")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a busy 2-core machine two threads are several times slower)")
     parser.add_argument("--only", choices=("movie-reviews", "word-mlp"),
@@ -194,7 +179,7 @@ def main() -> None:
     trained = {name: train_recipe(name, args.runs / name, args.minutes) for name in args.train}
     jobs = []
     if args.only != "word-mlp":
-        path = trained.get("movie-reviews") or args.movie_reviews or bundled_dir() / "movie-reviews.safetensors"
+        path = trained.get("movie-reviews") or args.movie_reviews or BUNDLED / "movie-reviews.safetensors"
         jobs.append((path, "movie-reviews", "word GRU"))
     if args.only != "movie-reviews":
         jobs.append((args.word_mlp or trained[STANDIN_RECIPE], STANDIN_RECIPE, "word MLP (public-domain stand-in)"))

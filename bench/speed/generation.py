@@ -1,7 +1,7 @@
-"""Generation speed against this machine's physical limits (issue 14), and int8 batch-1 serving.
+"""Generation speed against this machine's physical limits, and int8 batch-1 serving.
 
-    python bench/generation.py                          # about 3-5 minutes on a loaded 2-core VM
-    python bench/generation.py --rounds 5 --loss-bytes 100000 --loss-streams 1
+    python -m bench.speed.generation                    # about 3-5 minutes on a loaded 2-core VM
+    python -m bench.speed.generation --rounds 5 --loss-bytes 100000 --loss-streams 1
 
 In one process, in this order:
 1. the limits: a bare `torch.mm` with the shapes of one batched LSTM step (embedding→4H, h→4H, [x|h]→4H, h→V)
@@ -29,22 +29,19 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import RESULTS, ROOT, corpus_file
+from core.contracts import SamplingParams
+from trainer.checkpoint import load
+from trainer.precision import cpu_model, pick_precision
+from trainer.quantize import held_out_loss, quantize_for_serving
+from trainer.sample import BatchSampler
 
-from trainer.checkpoint import load  # noqa: E402
-from trainer.precision import cpu_model, pick_precision  # noqa: E402
-from trainer.quantize import held_out_loss, quantize_for_serving  # noqa: E402
-from trainer.sample import BatchSampler, SamplingParams  # noqa: E402
-
-CORPORA = Path(os.environ.get("IMPROBABLE_CORPUS_PATH", ROOT.parent / "shared" / "corpora"))
 BASE = ROOT / "trainer" / "pretrained" / "base.safetensors"
 TARGETS = {"share_of_matmul_limit_128": 0.50, "single_stream_chars_s": 2_000, "int8_loss_tolerance_nats": 0.01}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -154,7 +151,7 @@ def weight_bytes(model) -> int:
 # --- 3. int8 --------------------------------------------------------------------------------------------
 
 def alice_ids(tokenizer, size: int) -> torch.Tensor:
-    text = (CORPORA / "alice" / "alice.txt").read_text(encoding="utf-8", errors="replace")
+    text = corpus_file("alice").read_text(encoding="utf-8", errors="replace")
     middle = len(text) // 2 - size // 2  # away from the Gutenberg front matter
     return torch.tensor(tokenizer.encode(text[middle: middle + size]), dtype=torch.long)
 
@@ -170,7 +167,7 @@ def print_table(title: str, rows: list[dict]) -> None:
         print("| " + " | ".join(v.ljust(w) for v, w in zip(c, widths)) + " |")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(BASE))
     parser.add_argument("--rounds", type=int, default=3)
@@ -179,10 +176,77 @@ def main() -> None:
     parser.add_argument("--loss-bytes", type=int, default=100_000)
     parser.add_argument("--loss-streams", type=int, default=16,
                         help="contiguous slices stepped side by side for the loss (1 = exactly batch-1 serving)")
-    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "generation.json"))
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated")
+    parser.add_argument("--json", default=str(RESULTS / "generation.json"))
+    return parser.parse_args()
 
+
+def measure_limits(shapes, streams: list[int], precisions: list[str], rounds: int) -> tuple[dict, dict]:
+    """(matmul limits, memory bandwidth), printed as one table."""
+    limits = matmul_limits(shapes, streams, precisions, rounds)
+    bandwidth = memory_bandwidth(rounds)
+    print_table(f"limits on {cpu_model()} ({torch.get_num_threads()} threads)",
+                [{"what": k, "GFLOP/s": v["gflop_s"], "GFLOP/cpu-s": v["gflop_per_cpu_s"]} for k, v in limits.items()]
+                + [{"what": f"{name} {bandwidth['tensor_mb']} MB (GB/s, not GFLOP)",
+                    "GFLOP/s": bandwidth[f"{name}_gb_s"], "GFLOP/cpu-s": bandwidth[f"{name}_gb_per_cpu_s"]}
+                   for name in ("copy", "clone")])
+    return limits, bandwidth
+
+
+def generation_rows(variants: dict, picked: str, tokenizer, plan: dict[int, int], shapes, limits: dict,
+                    bandwidth: dict, rounds: int) -> list[dict]:
+    """Generation in fp32 and the picked precision, each row as a share of its matmul limit (and, at one
+    stream, of the memory bandwidth)."""
+    rows = bench_generation({k: v for k, v in variants.items() if k == "fp32" or k == picked}, tokenizer,
+                            plan, rounds)
+    for row in rows:
+        limit = limits[f"{row['weights']}@{row['streams']}"]
+        achieved = step_flops(shapes, row["streams"]) * row["steps_s"]
+        row["share_of_mm_limit"] = round(achieved / 1e9 / limit["gflop_s"], 3)
+        if row["streams"] == 1:
+            row["weight_gb_s"] = round(weight_bytes(variants[row["weights"]]) * row["steps_s"] / 1e9, 2)
+            row["share_of_bandwidth"] = round(row["weight_gb_s"] / bandwidth["gb_s"], 3)
+    return rows
+
+
+def int8_batch1(variants: dict, tokenizer, chars: int, args: argparse.Namespace) -> dict:
+    """int8 against fp32 at one stream: speed through the same sampler, held-out loss by stepping."""
+    speed = bench_generation({"fp32": variants["fp32"], "int8": variants["int8"]}, tokenizer, {1: chars},
+                             args.rounds)
+    ids = alice_ids(tokenizer, args.loss_bytes)
+    losses = {}
+    for name in ("fp32", "int8"):
+        start = time.perf_counter()
+        losses[name] = held_out_loss(variants[name], ids, args.loss_streams)
+        print(f"loss {name}: {losses[name]:.4f} nats/char ({len(ids):,} chars, {time.perf_counter() - start:.0f} s)")
+    fp32_row, int8_row = speed
+    faster = int8_row["chars_per_cpu_s"] > fp32_row["chars_per_cpu_s"] and int8_row["chars_s"] > fp32_row["chars_s"]
+    delta = losses["int8"] - losses["fp32"]
+    result = {"speed": speed, "loss_chars": len(ids), "loss_streams": args.loss_streams,
+              "loss_fp32": round(losses["fp32"], 4), "loss_int8": round(losses["int8"], 4),
+              "loss_delta": round(delta, 4), "faster": faster,
+              "keep": faster and abs(delta) <= TARGETS["int8_loss_tolerance_nats"]}
+    print_table("int8 vs fp32, 1 stream", speed)
+    print(f"loss delta int8 - fp32: {delta:+.4f} nats (tolerance 0.01); keep int8 for batch 1: {result['keep']}")
+    return result
+
+
+def verdict(rows: list[dict], picked: str, int8: dict, engine_rows: list[dict]) -> list[dict]:
+    by = {(r["weights"], r["streams"]): r for r in rows}
+    out = []
+    if (picked, 128) in by:
+        out.append({"target": "2x512 at 128 streams, share of matmul limit", "goal": "≥ 0.50",
+                    "measured": by[(picked, 128)]["share_of_mm_limit"]})
+    int8_row = int8["speed"][1]
+    best_single = max([r["chars_s"] for r in rows if r["streams"] == 1] + [int8_row["chars_s"]])
+    out.append({"target": "single stream chars/s (best of fp32/int8)", "goal": "≥ 2,000", "measured": best_single})
+    out.append({"target": "single stream chars/s through the engine (int8 on)", "goal": "≥ 2,000",
+                "measured": next(r["chars_s"] for r in engine_rows if r["int8"] == "on")})
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated")
     picked = pick_precision("cpu")
     precisions = list(dict.fromkeys([picked, "fp32"]))
     checkpoint = load(args.checkpoint)
@@ -197,65 +261,22 @@ def main() -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    limits = matmul_limits(shapes, args.streams, precisions, args.rounds)
-    bandwidth = memory_bandwidth(args.rounds)
+    limits, bandwidth = measure_limits(shapes, args.streams, precisions, args.rounds)
     report["matmul_limits"], report["memory_bandwidth"] = limits, bandwidth
-    print_table(f"limits on {cpu_model()} ({torch.get_num_threads()} threads)",
-                [{"what": k, "GFLOP/s": v["gflop_s"], "GFLOP/cpu-s": v["gflop_per_cpu_s"]} for k, v in limits.items()]
-                + [{"what": f"{name} {bandwidth['tensor_mb']} MB (GB/s, not GFLOP)",
-                    "GFLOP/s": bandwidth[f"{name}_gb_s"], "GFLOP/cpu-s": bandwidth[f"{name}_gb_per_cpu_s"]}
-                   for name in ("copy", "clone")])
-
     variants = {"fp32": model, "int8": quantize_for_serving(model)}
     if picked != "fp32":
         variants[picked] = load(args.checkpoint, dtype=DTYPES[picked]).model
     plan = {s: args.chars * (4 if s == 1 else 1) for s in args.streams}
-    rows = bench_generation({k: v for k, v in variants.items() if k == "fp32" or k == picked}, tokenizer,
-                            plan, args.rounds)
-    for row in rows:
-        limit = limits[f"{row['weights']}@{row['streams']}"]
-        achieved = step_flops(shapes, row["streams"]) * row["steps_s"]
-        row["share_of_mm_limit"] = round(achieved / 1e9 / limit["gflop_s"], 3)
-        if row["streams"] == 1:
-            row["weight_gb_s"] = round(weight_bytes(variants[row["weights"]]) * row["steps_s"] / 1e9, 2)
-            row["share_of_bandwidth"] = round(row["weight_gb_s"] / bandwidth["gb_s"], 3)
-    report["generation"] = rows
+    report["generation"] = rows = generation_rows(variants, picked, tokenizer, plan, shapes, limits, bandwidth,
+                                                  args.rounds)
     out.write_text(json.dumps(report, indent=2))
     print_table("generation (BatchSampler, base 2x512)", rows)
 
-    # int8 vs fp32 at batch 1: speed through the same sampler, loss by stepping
-    speed = bench_generation({"fp32": model, "int8": variants["int8"]}, tokenizer, {1: plan.get(1, 480)},
-                             args.rounds)
-    ids = alice_ids(tokenizer, args.loss_bytes)
-    losses = {}
-    for name in ("fp32", "int8"):
-        start = time.perf_counter()
-        losses[name] = held_out_loss(variants[name], ids, args.loss_streams)
-        print(f"loss {name}: {losses[name]:.4f} nats/char ({len(ids):,} chars, {time.perf_counter() - start:.0f} s)")
-    fp32_row, int8_row = speed
-    faster = int8_row["chars_per_cpu_s"] > fp32_row["chars_per_cpu_s"] and int8_row["chars_s"] > fp32_row["chars_s"]
-    delta = losses["int8"] - losses["fp32"]
-    report["int8_batch1"] = {"speed": speed, "loss_chars": len(ids), "loss_streams": args.loss_streams,
-                             "loss_fp32": round(losses["fp32"], 4), "loss_int8": round(losses["int8"], 4),
-                             "loss_delta": round(delta, 4), "faster": faster,
-                             "keep": faster and abs(delta) <= TARGETS["int8_loss_tolerance_nats"]}
-    print_table("int8 vs fp32, 1 stream", speed)
-    print(f"loss delta int8 - fp32: {delta:+.4f} nats (tolerance 0.01); keep int8 for batch 1: "
-          f"{report['int8_batch1']['keep']}")
-
-    by = {(r["weights"], r["streams"]): r for r in rows}
-    verdict = []
-    if (picked, 128) in by:
-        verdict.append({"target": "2x512 at 128 streams, share of matmul limit", "goal": "≥ 0.50",
-                        "measured": by[(picked, 128)]["share_of_mm_limit"]})
-    best_single = max([r["chars_s"] for r in rows if r["streams"] == 1] + [int8_row["chars_s"]])
-    verdict.append({"target": "single stream chars/s (best of fp32/int8)", "goal": "≥ 2,000", "measured": best_single})
+    report["int8_batch1"] = int8_batch1(variants, tokenizer, plan.get(1, 480), args)
     report["engine_batch1"] = engine_rows = bench_engine_single(model, tokenizer, plan.get(1, 480), args.rounds)
     print_table("serving engine, 1 stream: generate_int8 off vs on", engine_rows)
-    verdict.append({"target": "single stream chars/s through the engine (int8 on)", "goal": "≥ 2,000",
-                    "measured": next(r["chars_s"] for r in engine_rows if r["int8"] == "on")})
-    report["verdict"] = verdict
-    print_table("targets side by side", verdict)
+    report["verdict"] = verdict(rows, picked, report["int8_batch1"], engine_rows)
+    print_table("targets side by side", report["verdict"])
     out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {out}")
 
@@ -263,12 +284,12 @@ def main() -> None:
 # --- 4. the serving engine ------------------------------------------------------------------------------
 
 def bench_engine_single(model, tokenizer, chars: int, rounds: int) -> list[dict]:
-    """One stream of `chars` characters at a time through worker.engine.Engine (prefill included), int8 off and
+    """One stream of `chars` characters at a time through worker.serve.engine.Engine (prefill included), int8 off and
     on interleaved; medians of `rounds` after a warm-up round. Sets torch to one thread (the worker's default
     engine threads on 2 cores), so it runs last."""
     from trainer.checkpoint import Checkpoint
-    from worker.cache import Entry
-    from worker.engine import Engine
+    from worker.serve.cache import Entry
+    from worker.serve.engine import Engine
 
     modes = ("off", "on")
     engines = {m: Engine("cpu", threads=1, int8=m) for m in modes}

@@ -1,7 +1,7 @@
-"""The GPU path, measured (issue 14): training throughput, tiny-shakespeare quality in 10 minutes, generation.
+"""The GPU path, measured: training throughput, tiny-shakespeare quality in 10 minutes, generation.
 
-    python bench/gpu.py                         # on a CUDA machine: about 15 minutes
-    python bench/gpu.py --dry-run               # on CPU: a tiny model, 2 steps of everything (a smoke test)
+    python -m bench.speed.gpu                   # on a CUDA machine: about 15 minutes
+    python -m bench.speed.gpu --dry-run         # on CPU: a tiny model, 2 steps of everything (a smoke test)
 
 On CUDA, in one process:
 1. training throughput (chars/s) of the product model (trainer/model.py: per-layer fused nn.LSTM, i.e. cuDNN)
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -36,16 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import RESULTS, corpus_file
+from core.contracts import SamplingParams
+from trainer.model import ModelConfig, build_model
+from trainer.precision import pick_precision
+from trainer.sample import BatchSampler
+from trainer.tokenizer import CharTokenizer
 
-from trainer.corpus import find_corpus  # noqa: E402
-from trainer.model import ModelConfig, build_model  # noqa: E402
-from trainer.precision import pick_precision  # noqa: E402
-from trainer.sample import BatchSampler, SamplingParams  # noqa: E402
-from trainer.tokenizer import CharTokenizer  # noqa: E402
-
-CORPORA = Path(os.environ.get("IMPROBABLE_CORPUS_PATH", ROOT.parent / "shared" / "corpora"))
 TARGETS = {"shakespeare_val_streamed_10min": 1.35}
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,7 +52,7 @@ def sync(device: torch.device) -> None:
 
 
 def shakespeare(device: torch.device) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    text = find_corpus("shakespeare", [CORPORA]).read_text(encoding="utf-8")
+    text = corpus_file("shakespeare").read_text(encoding="utf-8")
     tokenizer = CharTokenizer(sorted(set(text)))
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     split = int(0.9 * len(ids))
@@ -203,7 +199,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
-        print("bench/gpu.py: CUDA is not available on this machine (torch "
+        print("bench.speed.gpu: CUDA is not available on this machine (torch "
               f"{torch.__version__}, cuda build: {torch.version.cuda or 'none'}); run it on a GPU host, or pass "
               "--dry-run to smoke-test its CPU-side paths", file=sys.stderr)
         return 2
@@ -223,7 +219,7 @@ def main(argv=None) -> int:
             print(section, row)
     print("quality", quality)
     out = Path(args.json) if args.json else (
-        Path(tempfile.gettempdir()) / "gpu_dry_run.json" if args.dry_run else ROOT / "bench" / "results" / "gpu.json")
+        Path(tempfile.gettempdir()) / "gpu_dry_run.json" if args.dry_run else RESULTS / "gpu.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out} (device: {card})")

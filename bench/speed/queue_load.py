@@ -2,12 +2,12 @@
 batching engine), the real task and database writes. N concurrent jobs of 280 characters each, against
 the same jobs sent one after another.
 
-    python bench/queue_load.py                    # N = 1, 8, 32, 64, 256 and 32 serial (about 3 minutes)
-    python bench/queue_load.py --concurrency 32 --rounds 5
-    python bench/queue_load.py --int8 off         # serial jobs stepped in float32 too
+    python -m bench.speed.queue_load              # N = 1, 8, 32, 64, 256 and 32 serial (about 3 minutes)
+    python -m bench.speed.queue_load --concurrency 32 --rounds 5
+    python -m bench.speed.queue_load --int8 off   # serial jobs stepped in float32 too
 
 Prints a markdown table (p50/p95/p99 latency, throughput, speed-up over serial, the widest batch a job was
-stepped in) and writes JSON to bench/results/queue_load.json. Targets (issues 4 and 14, this 2-core machine,
+stepped in) and writes JSON to bench/results/queue_load.json. Targets (this 2-core machine,
 a 2×256 char LSTM, 280 characters per job): p95 ≤ 0.5 s at 32 concurrent, aggregate throughput ≥ 20× serial,
 256 concurrent jobs batched ≥ 200 wide. The worker runs with `--worker-threads` Celery threads (16, as
 docker-compose.yml): a generate task hands its job to the engine and returns, so the threads do not bound
@@ -35,10 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CORPORA = Path(os.environ.get("IMPROBABLE_CORPUS_PATH", ROOT.parent / "shared" / "corpora"))
-MODEL_DIR = ROOT / "bench" / "results" / "queue_model"
+from bench.common import RESULTS, ROOT, load_corpus
+
+MODEL_DIR = RESULTS / "queue_model"
 TARGETS = {"p95_at_32_s": 0.5, "speedup_at_32": 20.0, "batch_at_256": 200}
 
 
@@ -51,14 +50,13 @@ def ensure_model(train_seconds: float) -> Path:
     path = MODEL_DIR / "best.safetensors"
     if path.exists():
         return path
-    from trainer.corpus import load_corpus
     from trainer.train import TrainConfig, train
 
     print(f"training a 2x256 char LSTM on alice for {train_seconds:.0f} s → {path}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:  # keep only best.safetensors (3.5 MB), not the resume state
         config = TrainConfig(corpus="alice", out_dir=tmp, n_layers=2, n_hidden=256, n_embd=64,
                              minutes=train_seconds / 60, eval_interval=100_000, seed=1)
-        train(config, load_corpus("alice", [CORPORA]))
+        train(config, load_corpus("alice"))
         MODEL_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(tmp) / "best.safetensors", path)
     return path
@@ -186,7 +184,7 @@ def summarize(latencies: list[float], results: list[dict], wall: float) -> dict:
             "worker_latency_p50_ms": percentile([r["latency_ms"] for r in results], 50)}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64, 256])
     parser.add_argument("--serial-jobs", type=int, default=32)
@@ -203,13 +201,23 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text kept in the JSON (e.g. the machine's load)")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
                         help="PostgreSQL to make a temporary schema in ('' = SQLite)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "queue_load.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS / "queue_load.json")
+    return parser.parse_args()
 
-    from trainer.precision import cpu_model
 
-    model_path = ensure_model(args.train_seconds)
-    database_url, drop_schema = postgres_schema(args.postgres)
+def stop_worker(proc: subprocess.Popen, log_path: Path) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.returncode not in (0, -15):
+        print(log_path.read_text()[-3000:], file=sys.stderr)
+
+
+def measure(args: argparse.Namespace, model_path: Path, database_url: str | None, drop_schema) -> tuple[dict, dict]:
+    """(serial, {concurrency: best round}) through a real worker on a fresh Redis database and schema."""
     with tempfile.TemporaryDirectory(prefix="queue-load-") as tmp:
         work = Path(tmp)
         env = setup_environment(args, work, database_url)
@@ -230,14 +238,7 @@ def main() -> None:
                 rows[n]["p95_s_rounds"] = [round(r["p95_s"], 3) for r in rounds]
                 rows[n]["speedup_vs_serial"] = rows[n]["chars_per_s"] / serial["chars_per_s"]
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.returncode not in (0, -15):
-                print((work / "worker.log").read_text()[-3000:], file=sys.stderr)
+            stop_worker(proc, work / "worker.log")
             import redis
 
             redis.Redis.from_url(env["IMPROBABLE_BROKER_URL"]).flushdb()  # the jobs' results
@@ -246,10 +247,13 @@ def main() -> None:
 
                 _cached_engine.cache_clear()
                 drop_schema()
+    return serial, rows
 
+
+def print_report(args: argparse.Namespace, model_path: Path, postgres: bool, serial: dict, rows: dict) -> None:
     print(f"\nmodel {model_path.relative_to(ROOT)}, {args.chars} chars per job, worker -c {args.worker_threads}, "
           f"engine threads {args.torch_threads or 'auto'}, {args.precision}, int8 {args.int8}, "
-          f"{'PostgreSQL' if database_url else 'SQLite'}, "
+          f"{'PostgreSQL' if postgres else 'SQLite'}, "
           f"{os.cpu_count()} CPUs (shared, noisy)\n")
     print("| jobs | p50 s | p95 s | p99 s | throughput chars/s | speed-up vs serial | max batch |")
     print("|---|---|---|---|---|---|---|")
@@ -265,6 +269,16 @@ def main() -> None:
     at256 = rows.get(256)
     if at256:
         print(f"target at 256 concurrent: max batch {at256['batch_peak']} (≥ {TARGETS['batch_at_256']})")
+
+
+def main() -> None:
+    args = parse_args()
+    from trainer.precision import cpu_model
+
+    model_path = ensure_model(args.train_seconds)
+    database_url, drop_schema = postgres_schema(args.postgres)
+    serial, rows = measure(args, model_path, database_url, drop_schema)
+    print_report(args, model_path, database_url is not None, serial, rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),

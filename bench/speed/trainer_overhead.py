@@ -1,8 +1,8 @@
-"""What the trainer costs over a bare fused loop, measured in one run on this host (issue 14).
+"""What the trainer costs over a bare fused loop, measured in one run on this host.
 
-    python bench/trainer_overhead.py                  # both parts, about 8 minutes
-    python bench/trainer_overhead.py --threads 1      # the same with one torch thread
-    python bench/trainer_overhead.py --only throughput --rounds 5
+    python -m bench.speed.trainer_overhead            # both parts, about 8 minutes
+    python -m bench.speed.trainer_overhead --threads 1    # the same with one torch thread
+    python -m bench.speed.trainer_overhead --only throughput --rounds 5
 
 (a) throughput: steps/s of `trainer.train` against a bare loop (embedding → one multi-layer nn.LSTM →
     linear, AdamW, clipping, state carried), same shapes, in the precision `auto` picks, interleaved rounds.
@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,11 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from bench.common import RESULTS, load_corpus
 from trainer import checkpoint as ckpt
-from trainer.corpus import load_corpus
 from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
 from trainer.evaluate import evaluate
 from trainer.model import build_model
@@ -45,7 +40,6 @@ from trainer.recipes import load_recipe
 from trainer.tokenizer import CharTokenizer
 from trainer.train import TrainConfig, train
 
-CORPORA = Path(os.environ.get("IMPROBABLE_CORPUS_PATH", ROOT.parent / "shared" / "corpora"))
 RECIPE = "shakespeare-3min"
 TARGETS = {"throughput_ratio": 0.95, "budget_steps_ratio": 0.95, "val_loss_gap": 0.02, "val_loss": 1.48}
 WARM_STEPS = 10  # oneDNN builds its kernels on the first steps: steady-state rates start after these
@@ -244,7 +238,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--bare-first", action="store_true", help="run the bare budget run before the trainer's")
-    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "trainer_overhead.json"))
+    parser.add_argument("--json", default=str(RESULTS / "trainer_overhead.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -252,7 +246,7 @@ def main() -> None:
     recipe = load_recipe(RECIPE)
     base = TrainConfig.from_dict({**recipe, "threads": args.threads,
                                   "minutes": args.minutes or recipe["minutes"]})
-    corpus = load_corpus(base.corpus, [CORPORA])
+    corpus = load_corpus(base.corpus)
     tokenizer = CharTokenizer.build(corpus.text)
     ids = [torch.tensor(tokenizer.encode(d), dtype=torch.long) for d in corpus.document_texts()]
     train_ids, val_ids = split_documents(ids, base.val_fraction, base.split, BLOCK_TOKENS["char"])

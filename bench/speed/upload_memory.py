@@ -1,11 +1,11 @@
-"""Peak memory of the real bot process taking a large upload (issue 12: "1.66 GB peak in the bot at 100 MB").
+"""Peak memory of the real bot process taking a large upload.
 
-    .venv/bin/python bench/upload_memory.py [--sizes 10 50 100]
+    .venv/bin/python -m bench.speed.upload_memory [--sizes 10 50 100]
 
 Starts the fake Discord from tests/bot, its own redis-server (a queue no trainer listens to: the upload is
 ingested and its run queued, nothing trains), a migrated SQLite database whose guild allows 100 MB, and the
 real bot (`python -m bot`). Each size is a `/persona create` with one .txt attachment of that many MB of
-public-domain prose (../shared/corpora/base, repeated), sent in increasing order; after each the bot's
+public-domain prose (the base corpus on the corpus path, repeated), sent in increasing order; after each the bot's
 VmHWM (peak resident memory, from /proc) is read. Prints a table and writes
 bench/results/upload_memory.json. Target: the bot's peak ≤ 1 GB at the hard cap (core.text.HARD_MAX_BYTES,
 100 MB), i.e. memory bounded by a small multiple of the largest upload any setting allows; the growth over
@@ -17,23 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import RESULTS, corpus_dirs, corpus_file
+from tests.bot.conftest import clean_env, guild_limits, start_bot, start_redis
+from tests.bot.fake_discord import FakeDiscord, opt
 
-from tests.bot.conftest import CORPORA, clean_env, guild_limits, start_bot, start_redis  # noqa: E402
-from tests.bot.fake_discord import FakeDiscord, opt  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results" / "upload_memory.json"
+OUT = RESULTS / "upload_memory.json"
 TARGET_PEAK_MB = 1000  # the bot's peak resident memory with an upload at the hard cap
 
 
 def prose(n_bytes: int) -> bytes:
-    books = sorted((CORPORA / "base").glob("*.txt"))
+    books = sorted(corpus_file("base").glob("*.txt"))
     out, size = [], 0
     while size < n_bytes:
         for book in books:
@@ -77,7 +75,7 @@ def main() -> int:
                  max_upload_bytes=100_000_000, trainer_role_id=fake.trainer_role)
     env = clean_env(IMPROBABLE_DATABASE_URL=database_url, IMPROBABLE_STORAGE_URL=str(base / "storage"),
                     IMPROBABLE_DATA_DIR=str(base / "data"), IMPROBABLE_BROKER_URL=redis_url,
-                    IMPROBABLE_CORPUS_PATH=str(CORPORA), DISCORD_TOKEN="fake-token", DISCORD_API_BASE=fake.api_base)
+                    IMPROBABLE_CORPUS_PATH=os.pathsep.join(map(str, corpus_dirs())), DISCORD_TOKEN="fake-token", DISCORD_API_BASE=fake.api_base)
     bot = start_bot(fake, env, base, "bot")
     rows = []
     try:
@@ -116,10 +114,10 @@ def main() -> int:
     for r in rows:
         ok = "" if r["upload_mb"] < 99 else (" met" if r["bot_peak_mb"] <= TARGET_PEAK_MB else " MISSED")
         print(f"| {r['upload_mb']} | {r['bot_peak_mb']}{ok} | {r['growth_mb']} | {r['growth_x']} | {r['seconds']} |")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
     from trainer.precision import cpu_model
 
-    RESULTS.write_text(json.dumps({"idle_mb": round(idle), "target_peak_mb_at_cap": TARGET_PEAK_MB, "rows": rows,
+    OUT.write_text(json.dumps({"idle_mb": round(idle), "target_peak_mb_at_cap": TARGET_PEAK_MB, "rows": rows,
                                    "cpu": cpu_model()}, indent=2))
     return 0
 

@@ -1,0 +1,52 @@
+"""What the benchmarks share: the repository root, the results folder, corpora found by name on the configured
+corpus path, and a plain markdown table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.settings import load_settings
+from trainer.corpus import DecodedCorpus, decode_corpus, find_corpus, join_documents
+from trainer.datasets import load_named_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+# Corpora made of chosen documents of another corpus on the path: name -> (that corpus, its file names).
+# austen: the public-domain stand-in of the harry-potter recipe (three novels of the base corpus).
+SELECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "austen": ("base", ("105-persuasion.txt", "121-northanger-abbey.txt", "1342-pride-and-prejudice.txt")),
+}
+
+
+def corpus_dirs() -> list[Path]:
+    """The folders searched for corpora by name: IMPROBABLE_CORPUS_PATH, or the settings' default folders."""
+    return load_settings().corpus_dirs
+
+
+def corpus_file(name: str) -> Path:
+    """The text file (or multi-document folder) of a corpus name on the corpus path."""
+    return find_corpus(name, corpus_dirs())
+
+
+def load_corpus(name: str) -> DecodedCorpus:
+    """A corpus by name (or path): a selection of SELECTIONS, one on the corpus path, or one a package ships.
+    A selection may also be named by a path ending in its name, as long as nothing is at that path."""
+    selection = SELECTIONS.get(Path(name).name)
+    if selection is not None and not Path(name).exists():
+        source, files = selection
+        folder = corpus_file(source)
+        return join_documents([decode_corpus((folder / file).read_bytes()) for file in files])
+    return load_named_corpus(name, corpus_dirs())
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    widths = [max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys]
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(k.ljust(w) for k, w in zip(keys, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(r.get(k, "")).ljust(w) for k, w in zip(keys, widths)) + " |")

@@ -1,0 +1,1 @@
+"""Speed and memory: training throughput, generation, the queue under load, the bot's memory, the GPU path."""
