@@ -20,6 +20,7 @@ import service.generation
 import service.policy
 from bot import replies
 from bot.autocomplete import persona_autocomplete
+from bot.formatting import user_error
 from bot.limits import actor_of
 from bot.streaming import ReplyOutput, run_generation
 from bot.views import result_view
@@ -82,7 +83,7 @@ async def ambient_on(interaction: discord.Interaction, persona: str,
         found = await asyncio.to_thread(service.ambient.enable, actor_of(interaction), interaction.channel_id,
                                         persona, chance, cooldown)
     except service.policy.UserError as e:
-        await replies.fail(interaction, e.message)
+        await replies.fail(interaction, user_error(e))
         return
     _settings[found.channel_id] = (found, time.monotonic())
     _last_reply.pop(found.channel_id, None)
@@ -97,7 +98,7 @@ async def ambient_off(interaction: discord.Interaction) -> None:
     try:
         was_on = await asyncio.to_thread(service.ambient.disable, actor_of(interaction), interaction.channel_id)
     except service.policy.UserError as e:
-        await replies.fail(interaction, e.message)
+        await replies.fail(interaction, user_error(e))
         return
     _settings[interaction.channel_id] = (None, time.monotonic())
     await replies.send(interaction, "Ambient replies off in this channel." if was_on

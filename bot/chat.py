@@ -13,6 +13,7 @@ from discord import app_commands
 import service.generation
 import service.policy
 from bot import ambient
+from bot.formatting import user_error
 from bot.limits import Refusal, cooldown_message
 from bot.streaming import ReplyOutput, run_generation
 from bot.views import result_view
@@ -78,7 +79,7 @@ async def on_message(bot, message: discord.Message) -> None:
             request = await asyncio.to_thread(service.generation.prepare_generation, slug, prompt, actor)
     except service.policy.UserError as e:
         bot.limits.refund(actor.user_id, actor.guild_id)
-        await _refuse(message, e.message)
+        await _refuse(message, user_error(e))
         return
     try:
         await message.channel.typing()

@@ -18,7 +18,7 @@ from discord import app_commands
 import service.personas
 import service.policy
 from bot import ambient, chat, generate, guild, personas, queue, replies, resume, schedules, training
-from bot.formatting import relative_time
+from bot.formatting import user_error
 from bot.jobs import Jobs
 from bot.limits import Limits, Refusal, cooldown_message
 from bot.views import DYNAMIC_ITEMS, result_view
@@ -49,8 +49,8 @@ class Tree(app_commands.CommandTree):
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         command = interaction.command.qualified_name if interaction.command else "unknown"
         invoked = isinstance(error, app_commands.CommandInvokeError)
-        user_error = invoked and isinstance(error.original, service.policy.UserError)
-        failed = invoked and not user_error
+        refused = invoked and isinstance(error.original, service.policy.UserError)
+        failed = invoked and not refused
         metrics.record_interaction(command, "error" if failed else "refused")
         if isinstance(error, app_commands.CommandOnCooldown):
             message = cooldown_message(error)
@@ -62,8 +62,8 @@ class Tree(app_commands.CommandTree):
             message = "You cannot use this command here."
         elif isinstance(error, app_commands.TransformerError):
             message = f"`{error.value}` is not a valid value there."
-        elif user_error:  # commands let the service's refusals reach here rather than catching each one
-            message = error.original.render(lambda when: relative_time(when.timestamp()))
+        elif refused:  # commands let the service's refusals reach here rather than catching each one
+            message = user_error(error.original)
         else:
             log.error("command %s failed", interaction.command and interaction.command.qualified_name,
                       exc_info=error)

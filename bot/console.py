@@ -102,13 +102,13 @@ class Chat:
         self.last_generation: int | None = None
         self.failed = False  # a command ended in an error: `improbable chat -c ...` exits 1
 
-    def say(self, text: str, style: str = "", markdown: bool = True) -> None:  # markdown: the service's Discord text
-        text = rich_escape(plain_text(text) if markdown else text)
+    def say(self, text: str, style: str = "") -> None:
+        text = rich_escape(text)
         self.console.print(f"[{style}]{text}[/]" if style else text, soft_wrap=True)
 
     def error(self, text: str) -> None:
         self.failed = True
-        self.console.print(f"[bold red]![/] {rich_escape(plain_text(text))}", soft_wrap=True)
+        self.console.print(f"[bold red]![/] {rich_escape(text)}", soft_wrap=True)
 
     # -- dispatch ------------------------------------------------------------------------------------------
 
@@ -130,7 +130,9 @@ class Chat:
             if handler is None:
                 raise ChatError(f"unknown command {words[0]}; type /help")
             await handler(self, args)
-        except (ChatError, service.policy.UserError, JobError) as e:
+        except service.policy.UserError as e:
+            self.error(e.message)  # the plain rendering of the refusal's fields (service.errors)
+        except (ChatError, JobError) as e:
             self.error(getattr(e, "message", None) or str(e))
         except ValueError as e:  # shlex: unbalanced quotes
             self.error(str(e))
@@ -218,7 +220,7 @@ class Chat:
         info = await asyncio.to_thread(service.personas.persona_info, args[0], None)
         self.say(f"{info.display_name} ({info.slug}, {info.scope}) · {info.family}", "bold")
         if info.description:
-            self.say(info.description)
+            self.say(plain_text(info.description))  # written for Discord (the built-ins' are)
         for c in info.corpora:
             self.say(f"corpus {c['filename']}: {c['n_chars']:,} characters, {c['n_words']:,} words, "
                      f"{c['n_unique_chars']:,} distinct characters")
@@ -238,7 +240,7 @@ class Chat:
             self.say(f"loss curve: {path}")
         if info.sample:
             self.say("sample:", "dim")
-            self.say(info.sample.strip(), markdown=False)
+            self.say(info.sample.strip())
 
     async def cmd_persona_create(self, args: list[str]) -> None:
         a = CREATE_PARSER.parse_args(args)
@@ -300,7 +302,7 @@ class Chat:
             sample = view.metrics.get("sample")
             if sample:
                 self.say("sample:", "dim")
-                self.say(sample.strip(), markdown=False)
+                self.say(sample.strip())
         else:
             self.error(f"run {view.id} {view.status}" + (f": {view.error}" if view.error else ""))
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import discord.utils
 
 from core.contracts import RunProgress
+from service.errors import ChannelRef, Code, Strong, UserError, UserRef
 
 MESSAGE_LIMIT = 2000
 ELLIPSIS = "…"
@@ -212,3 +215,65 @@ def progress_line(status: str, progress: RunProgress, queue_position: int | None
     if progress.eta is not None:
         parts.append(f"{progress.eta:.0f} s left")
     return " · ".join(parts)
+
+
+# -- the service's refusals and reports, as Discord text ------------------------------------------------------
+
+def code(text: str) -> str:
+    """`text` as inline code (doubled backticks around text that holds one)."""
+    text = str(text)
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def discord_value(value: Any) -> str:
+    """A field of a service message (service.errors) as Discord shows it."""
+    if isinstance(value, Code):
+        return code(value)
+    if isinstance(value, Strong):
+        return f"**{escape(value)}**"
+    if isinstance(value, UserRef):
+        return f"<@{int(value)}>"
+    if isinstance(value, ChannelRef):
+        return f"<#{int(value)}>"
+    if isinstance(value, datetime):
+        return relative_time(value.timestamp())
+    return str(value)
+
+
+def user_error(error: UserError) -> str:
+    """A refusal from the service (service.errors), with code, mentions and timestamps."""
+    return error.render(discord_value)
+
+
+def describe_every(interval_seconds: int | None, cron: str | None, *, markup: bool = True) -> str:
+    """How often a schedule posts: 'every 2h', or 'cron `0 9 * * *` (UTC)'."""
+    if cron:
+        return f"cron {code(cron) if markup else cron} (UTC)"
+    s = interval_seconds or 0
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s and s % n == 0:
+            return f"every {s // n}{unit}"
+    return f"every {s}s"
+
+
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def generation_info(info) -> str:
+    """The Info button's reply: how one text was made (service.controls.GenerationInfo)."""
+    lines = [f"**{escape(info.display_name)}** ({code(info.slug)}), checkpoint {info.checkpoint_id or 'n/a'}",
+             "Sampling: " + ", ".join(f"{k} {code(v)}" for k, v in info.params),
+             f"Seed {code(info.seed)} · tokens {info.tokens if info.tokens is not None else 'n/a'} · "
+             f"latency {info.latency_ms if info.latency_ms is not None else 'n/a'} ms",
+             f"Token probability: mean {_p(info.mean_probability)}, minimum {_p(info.min_probability)}"]
+    if info.target:
+        if info.picks:
+            listed = ", ".join(f"{code(w.strip() or repr(w))} {p:.3g}" for w, p in info.picks)
+            more = f" (+{info.more_picks} more)" if info.more_picks else ""
+            lines.append(f"Improbability target {info.target:g}, realised: {listed}{more}")
+        else:
+            lines.append(f"Improbability target {info.target:g}: no picks recorded for this text")
+    if info.deleted:
+        lines.append("(deleted)")
+    return "\n".join(lines)

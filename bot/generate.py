@@ -12,6 +12,7 @@ import service.generation
 import service.policy
 from bot import replies
 from bot.autocomplete import persona_autocomplete
+from bot.formatting import user_error
 from bot.limits import actor_of, generate_limits
 from bot.pictures import picture_file
 from bot.streaming import InteractionOutput, run_generation
@@ -60,7 +61,7 @@ async def generate_command(interaction: discord.Interaction, persona: str, promp
         request = await asyncio.to_thread(service.generation.prepare_generation, persona, prompt, actor, overrides)
     except service.policy.UserError as e:
         bot.limits.refund(actor.user_id, actor.guild_id)
-        await replies.fail(interaction, e.message)
+        await replies.fail(interaction, user_error(e))
         return
     generation_id = await run_generation(bot, InteractionOutput(interaction), request, result_view,
                                          user_id=actor.user_id, guild_id=actor.guild_id)

@@ -10,7 +10,7 @@ from discord import app_commands
 import service.policy
 import service.training
 from bot import replies
-from bot.formatting import escape, split_message
+from bot.formatting import escape, split_message, user_error
 from bot.limits import actor_of
 
 
@@ -39,7 +39,7 @@ async def queue(interaction: discord.Interaction, cancel: str | None = None) -> 
             try:
                 view = await asyncio.to_thread(service.training.cancel_training, actor, int(ident))
             except service.policy.UserError as e:
-                await replies.fail(interaction, e.message)
+                await replies.fail(interaction, user_error(e))
                 return
             await replies.send(interaction, f"Run {view.id} (`{view.persona_slug}`): {view.status}"
                                             + (" (stopping)" if view.status == "running" else "") + ".")

@@ -14,7 +14,7 @@ from discord import app_commands
 import service.schedules
 from bot import replies
 from bot.autocomplete import persona_autocomplete
-from bot.formatting import escape, split_message, truncate
+from bot.formatting import describe_every, escape, split_message, truncate
 from bot.limits import actor_of, trainer_only
 
 schedule_group = app_commands.Group(name="schedule", description="Scheduled posts of a persona into a channel.",
@@ -32,6 +32,10 @@ def bot_can_post(channel) -> bool | None:
     return permissions.view_channel and permissions.send_messages
 
 
+def _every(view: service.schedules.ScheduleView, markup: bool = True) -> str:
+    return describe_every(view.interval_seconds, view.cron, markup=markup)
+
+
 @schedule_group.command(name="add", description="Post a persona's text into a channel on a schedule.")
 @app_commands.describe(persona="Whose voice", channel="Where to post",
                        every="An interval: 30m, 2h, 1h30m, 1d (or use cron)",
@@ -45,7 +49,7 @@ async def add(interaction: discord.Interaction, persona: str, channel: discord.T
     sched = await asyncio.to_thread(service.schedules.add_schedule, actor_of(interaction), persona, channel.id,
                                     every=every, cron=cron, prompt=prompt, bot_can_post=bot_can_post(channel))
     await replies.send(interaction, f"Schedule {sched.id}: `{sched.persona_slug}` posts in <#{sched.channel_id}> "
-                                    f"{sched.every}" + (f", continuing “{escape(truncate(prompt, 200))}”." if prompt
+                                    f"{_every(sched)}" + (f", continuing “{escape(truncate(prompt, 200))}”." if prompt
                                                         else "."))
 
 
@@ -56,7 +60,7 @@ async def list_(interaction: discord.Interaction) -> None:
     if not rows:
         await replies.send(interaction, "No scheduled posts here. Add one with `/schedule add`.")
         return
-    lines = [f"**{s.id}** · `{s.persona_slug}` in <#{s.channel_id}> · {s.every}"
+    lines = [f"**{s.id}** · `{s.persona_slug}` in <#{s.channel_id}> · {_every(s)}"
              + (f" · “{escape(truncate(s.prompt, 80))}”" if s.prompt else "")
              + ("" if s.enabled else f"\n  ⏸ paused: {escape(truncate(s.problem or 'posting failed', 150))} "
                 "(fix the channel's permissions, then remove it and add it again)") for s in rows]
@@ -69,7 +73,7 @@ async def list_(interaction: discord.Interaction) -> None:
 
 async def schedule_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
     rows = await asyncio.to_thread(service.schedules.list_schedules, interaction.guild_id)
-    return [app_commands.Choice(name=f"{s.id}: {s.persona_slug} {s.every}"[:100], value=s.id)
+    return [app_commands.Choice(name=f"{s.id}: {s.persona_slug} {_every(s, markup=False)}"[:100], value=s.id)
             for s in rows if current in str(s.id) or current.lower() in s.persona_slug][:25]
 
 
@@ -81,7 +85,7 @@ async def remove(interaction: discord.Interaction, schedule: int) -> None:
     await replies.defer(interaction, ephemeral=True)
     removed = await asyncio.to_thread(service.schedules.remove_schedule, actor_of(interaction), schedule)
     await replies.send(interaction, f"Removed schedule {removed.id} ({removed.persona_slug} in "
-                                    f"<#{removed.channel_id}>, {removed.every}).")
+                                    f"<#{removed.channel_id}>, {_every(removed)}).")
 
 
 COMMANDS = (schedule_group,)

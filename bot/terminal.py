@@ -1,15 +1,14 @@
-"""The console chat's terminal: line editing with a history file, and Discord markdown as plain text.
+"""The console chat's terminal: line editing with a history file, and persona descriptions as plain text.
 
-The service/ messages are written for Discord (`**bold**`, `` `code` ``, <@123> mentions, <t:…:R> times,
-escaped characters); `plain_text` shows them as a terminal reader expects. Generated text is not passed
-through it: it is shown exactly as the model wrote it.
+The service's messages are data the console renders itself (service.errors: `UserError.message` is already
+plain). What still arrives in Discord markdown is text people wrote for Discord, a persona's description
+(`/persona retrain x`, **bold**): `plain_text` shows it as a terminal reader expects. Generated text is not
+passed through it: it is shown exactly as the model wrote it.
 """
 
 from __future__ import annotations
 
 import re
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 HISTORY_LINES = 1000
@@ -19,58 +18,26 @@ _STYLES = [  # outermost first: ***x*** before **x** before *x*
     re.compile(r"\*\*\*(?=\S)(.+?)(?<=\S)\*\*\*", re.DOTALL),
     re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.DOTALL),
     re.compile(r"__(?=\S)(.+?)(?<=\S)__", re.DOTALL),
-    re.compile(r"~~(?=\S)(.+?)(?<=\S)~~", re.DOTALL),
-    re.compile(r"\|\|(.+?)\|\|", re.DOTALL),
     re.compile(r"(?<![\w*\\])\*(?=\S)(.+?)(?<=[^\s\\])\*(?![\w*])", re.DOTALL),
     re.compile(r"(?<![\w\\])_(?=\S)(.+?)(?<=[^\s\\])_(?!\w)", re.DOTALL),
 ]
-_HEADING = re.compile(r"^(?:#{1,3}|-#) +", re.MULTILINE)
-_LINK = re.compile(r"\[([^\]\n]+)\]\(<?(https?://[^)>\s]+)>?\)")
 _ESCAPED = re.compile(r"\\([\\*_`~|>#\-<@.\[\]()])")
-_MENTIONS = [
-    (re.compile(r"<@!?(\d+)>"), r"@user-\1"),
-    (re.compile(r"<@&(\d+)>"), r"@role-\1"),
-    (re.compile(r"<#(\d+)>"), r"#channel-\1"),
-    (re.compile(r"<a?(:\w+:)\d+>"), r"\1"),
-    (re.compile(r"</([\w -]+):\d+>"), r"/\1"),
-]
-_TIMESTAMP = re.compile(r"<t:(-?\d+)(?::([tTdDfFR]))?>")
-
-
-def _when(match: re.Match, now: float | None = None) -> str:
-    seconds, style = int(match.group(1)), match.group(2) or "f"
-    if style == "R":
-        delta = seconds - (time.time() if now is None else now)
-        amount = abs(delta)
-        unit = (f"{amount:.0f} s" if amount < 90 else f"{amount / 60:.0f} min" if amount < 5400
-                else f"{amount / 3600:.0f} h" if amount < 129600 else f"{amount / 86400:.0f} days")
-        return f"in {unit}" if delta >= 0 else f"{unit} ago"
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _plain_prose(text: str) -> str:
-    text = _LINK.sub(r"\1 (\2)", text)
-    for pattern, replacement in _MENTIONS:
-        text = pattern.sub(replacement, text)
-    text = _TIMESTAMP.sub(_when, text)
-    text = _HEADING.sub("", text)
-    for style in _STYLES:
-        previous = None
-        while previous != text:  # nested styles (**bold _and italic_**) unwrap one level per pass
-            previous, text = text, style.sub(r"\1", text)
-    text = _ESCAPED.sub(r"\1", text)
-    return text.replace("@\u200b", "@")  # formatting.escape's guard against pings
 
 
 def plain_text(markdown: str) -> str:
-    """Discord markdown as a terminal shows it: styles stripped, code shown verbatim, mentions readable."""
+    """Text written in Discord markdown as a terminal shows it: styles stripped, code shown verbatim."""
     code: list[str] = []
 
     def hold(match: re.Match) -> str:  # code is verbatim: set it aside while styles are stripped around it
         code.append(match.group(1) if match.group(1) is not None else match.group(2))
         return f"\ue000{len(code) - 1}\ue001"
 
-    text = _plain_prose(_CODE.sub(hold, markdown))
+    text = _CODE.sub(hold, markdown)
+    for style in _STYLES:
+        previous = None
+        while previous != text:  # nested styles (**bold _and italic_**) unwrap one level per pass
+            previous, text = text, style.sub(r"\1", text)
+    text = _ESCAPED.sub(r"\1", text)
     return re.sub("\ue000(\\d+)\ue001", lambda m: code[int(m.group(1))], text)
 
 

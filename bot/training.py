@@ -23,7 +23,7 @@ import service.policy
 import service.training
 from bot import replies
 from bot.autocomplete import forget_names, run_autocomplete
-from bot.formatting import escape, progress_bar, split_message, training_progress, truncate
+from bot.formatting import escape, progress_bar, split_message, training_progress, truncate, user_error
 from bot.jobs import TRAIN, JobError
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ async def cancel(interaction: discord.Interaction, run: int | None = None) -> No
     try:
         view = await asyncio.to_thread(service.training.cancel_training, actor_of(interaction), run)
     except service.policy.UserError as e:
-        await replies.fail(interaction, e.message)
+        await replies.fail(interaction, user_error(e))
         return
     state = "cancelled" if view.status == "cancelled" else "stopping (it keeps its last checkpoint)"
     await replies.send(interaction, f"Run {view.id} (`{view.persona_slug}`): {state}.")

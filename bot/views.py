@@ -25,6 +25,7 @@ from discord import app_commands
 import service.controls
 import service.generation
 from bot import replies
+from bot.formatting import generation_info, user_error
 from bot.limits import Refusal, actor_of, cooldown_message
 from bot.pictures import picture_file
 from bot.streaming import InteractionOutput, run_generation
@@ -96,12 +97,12 @@ async def show_info(interaction: discord.Interaction, generation_id: int) -> Non
     """Info: an ephemeral summary of how the text was made (service.controls.generation_info), with the
     probability picture attached (bot/pictures.py)."""
     try:
-        text = await asyncio.to_thread(service.controls.generation_info, generation_id)
+        info = await asyncio.to_thread(service.controls.generation_info, generation_id)
     except service.policy.UserError as e:
-        await replies.fail(interaction, e.message)
+        await replies.fail(interaction, user_error(e))
         return
     picture = await picture_file(generation_id)
-    await interaction.response.send_message(text, ephemeral=True, files=[picture] if picture else [],
+    await interaction.response.send_message(generation_info(info), ephemeral=True, files=[picture] if picture else [],
                                             allowed_mentions=replies.NO_MENTIONS)
 
 
@@ -110,7 +111,7 @@ async def delete_result(interaction: discord.Interaction, generation_id: int) ->
     try:
         await asyncio.to_thread(service.controls.delete_generation, generation_id, actor_of(interaction))
     except service.policy.UserError as e:
-        await replies.fail(interaction, e.message)
+        await replies.fail(interaction, user_error(e))
         return
     await replies.defer_update(interaction)
     try:
@@ -140,7 +141,7 @@ async def follow_up(interaction: discord.Interaction, generation_id: int, action
         request = await asyncio.to_thread(service.generation.follow_up, generation_id, action.mode, actor)
     except service.policy.UserError as e:
         bot.limits.refund(actor.user_id, actor.guild_id)
-        await replies.fail(interaction, e.message)
+        await replies.fail(interaction, user_error(e))
         return
     await run_generation(bot, InteractionOutput(interaction), request, result_view, user_id=actor.user_id,
                          guild_id=actor.guild_id, source=f"button:{action.mode}")

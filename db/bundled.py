@@ -18,6 +18,14 @@ from db.personas import get_persona
 from db.storage import Storage, checkpoint_key
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
+# Built-in personas whose text may not ship with Improbable (copyright): no bundled checkpoint and no corpus,
+# so only the operator's own copy of the text can train them.
+OWN_COPY_ONLY = frozenset({"harry-potter"})
+
+
+def needs_own_copy(persona) -> bool:
+    """Whether only an uploaded copy of the text can train this persona (a built-in in OWN_COPY_ONLY)."""
+    return persona.guild_id is None and persona.slug in OWN_COPY_ONLY
 
 
 def bundled_checkpoints() -> dict[str, Path]:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from db import session_scope
 from db.models import AmbientChannel
-from db.personas import PersonaError, resolve_persona
-from service.policy import Actor, UserError, unknown_persona
+from service.errors import NeedsPermission, NotAValue, UserError
+from service.lookup import find_trained_persona
+from service.policy import Actor
 
 MAX_COOLDOWN_SECONDS = 7 * 24 * 3600
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -27,7 +28,7 @@ def parse_cooldown(text: str) -> int:
     """'10m' → 600 ('90s', '2h', '1d'; a bare number is seconds)."""
     m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text or "")
     if not m:
-        raise UserError(f"`{text}` is not a cooldown: write e.g. `30s`, `10m`, `2h`.")
+        raise NotAValue(text, "a cooldown", ("30s", "10m", "2h"))
     seconds = int(m.group(1)) * UNITS[m.group(2) or "s"]
     if seconds > MAX_COOLDOWN_SECONDS:
         raise UserError("The cooldown can be at most 7 days.")
@@ -37,19 +38,14 @@ def parse_cooldown(text: str) -> int:
 def enable(actor: Actor, channel_id: int, persona: str, chance: float, cooldown: str) -> Ambient:
     """Opt the channel in (Manage Server only; the persona must exist and have a model)."""
     if not actor.can_manage:
-        raise UserError("Only someone with Manage Server can turn ambient replies on or off.")
+        raise NeedsPermission("Manage Server", "turn ambient replies on or off")
     if actor.guild_id is None:
         raise UserError("Ambient replies work in a server's channels only.")
     if not 0 < chance <= 1:
         raise UserError("The chance is a probability per message, above 0 and at most 1 (e.g. 0.05).")
     seconds = parse_cooldown(cooldown)
     with session_scope() as session:
-        try:
-            found, checkpoint = resolve_persona(session, persona, actor.guild_id)
-        except PersonaError as e:
-            raise unknown_persona(e) from None
-        if checkpoint is None:
-            raise UserError(f"`{found.slug}` has no trained model yet.")
+        found, _ = find_trained_persona(session, persona, actor.guild_id)
         row = session.get(AmbientChannel, channel_id) or AmbientChannel(channel_id=channel_id)
         row.guild_id, row.persona_slug, row.chance = actor.guild_id, found.slug, chance
         row.cooldown_seconds, row.enabled_by = seconds, actor.user_id
@@ -60,7 +56,7 @@ def enable(actor: Actor, channel_id: int, persona: str, chance: float, cooldown:
 def disable(actor: Actor, channel_id: int) -> bool:
     """Opt the channel out; whether it was in."""
     if not actor.can_manage:
-        raise UserError("Only someone with Manage Server can turn ambient replies on or off.")
+        raise NeedsPermission("Manage Server", "turn ambient replies on or off")
     with session_scope() as session:
         row = session.get(AmbientChannel, channel_id)
         if row is None:

@@ -23,15 +23,13 @@ from core.contracts import (
     rule_of,
 )
 from core.settings import get_settings
-from db import Checkpoint, Family, Generation, InflightGeneration, Persona, session_scope
+from db import Checkpoint, Family, InflightGeneration, Persona, session_scope
 from db.generations import generation_for_message, set_generation_message
-from db.personas import (
-    PersonaError,
-    resolve_persona,
-)
 from db.runs import active_runs
 from db.types import as_utc, utcnow
-from service.policy import Actor, UserError, unknown_persona
+from service.errors import Code, StillTraining, UnknownPersona, UserError
+from service.lookup import find_generation, find_persona, no_model
+from service.policy import Actor
 
 MAX_PROMPT_CHARS = 1500
 MAX_CONTINUE_CHARS = 2000
@@ -67,10 +65,10 @@ def check_params(params: dict) -> dict:
     try:
         parse_sampling(params, labels=True)
     except SamplingError as e:
-        raise UserError(e.message + ".") from None
+        raise UserError("{reason}.", reason=e.message) from None
     cap = get_settings().max_generate_tokens
     if params.get("max_tokens") is not None and params["max_tokens"] > cap:
-        raise UserError(f"{label_of('max_tokens')} {rule_of('max_tokens', high=cap)}.")
+        raise UserError("{label} {rule}.", label=label_of("max_tokens"), rule=rule_of("max_tokens", high=cap))
     return params
 
 
@@ -87,12 +85,8 @@ def _checkpoint_or_explain(persona: Persona, checkpoint: Checkpoint | None, sess
         return checkpoint
     running = active_runs(session, persona=persona)
     if running:
-        raise UserError(f"`{persona.slug}` is still training (run {running[0].id}, {running[0].status.value}); "
-                        "try again when it is done (`/train status`).")
-    hint = ("Upload your own copy of the text with `/persona retrain`" if persona.slug == "harry-potter"
-            else f"Train it with `/persona retrain {persona.slug}` (or `improbable train --recipe {persona.recipe}` "
-                 "on the command line)")
-    raise UserError(f"`{persona.slug}` has no trained model yet. {hint}.")
+        raise StillTraining(persona.slug, running[0].id, running[0].status.value)
+    raise no_model(persona)
 
 
 def prepare_generation(slug: str, prompt: str, actor: Actor, overrides: dict | None = None) -> PreparedGeneration:
@@ -101,10 +95,7 @@ def prepare_generation(slug: str, prompt: str, actor: Actor, overrides: dict | N
     if is_blend_spec(slug):
         return prepare_blend(slug, prompt, actor, overrides)
     with session_scope() as session:
-        try:
-            persona, checkpoint = resolve_persona(session, slug, actor.guild_id)
-        except PersonaError as e:
-            raise unknown_persona(e) from None
+        persona, checkpoint = find_persona(session, slug, actor.guild_id)
         checkpoint = _checkpoint_or_explain(persona, checkpoint, session)
         return _request(persona, checkpoint.id, prompt, sampling(persona, overrides), actor, shown=prompt)
 
@@ -116,17 +107,15 @@ def prepare_blend(spec: str, prompt: str, actor: Actor, overrides: dict | None =
     try:
         voices = parse_blend(spec)
     except BlendSpecError as e:
-        raise UserError(f"{e}.") from None
+        raise UserError("{reason}.", reason=str(e)) from None
     with session_scope() as session:
         resolved = []
         for voice in voices:
-            try:
-                persona, checkpoint = resolve_persona(session, voice.persona, actor.guild_id)
-            except PersonaError as e:
-                raise unknown_persona(e) from None
+            persona, checkpoint = find_persona(session, voice.persona, actor.guild_id)
             if persona.family != Family.CHAR_RNN:
-                raise UserError(f"`{persona.slug}` is a {persona.family.value} persona: only character models "
-                                "(char-rnn) can be blended, because the blend mixes next-character probabilities.")
+                raise UserError("{persona} is a {family} persona: only character models (char-rnn) can be blended, "
+                                "because the blend mixes next-character probabilities.", persona=Code(persona.slug),
+                                family=persona.family.value)
             resolved.append((persona, _checkpoint_or_explain(persona, checkpoint, session), voice.weight))
         first = resolved[0][0]
         request = _request(first, resolved[0][1].id, prompt, sampling(first, overrides), actor, shown=prompt)
@@ -183,9 +172,7 @@ def follow_up(generation_id: int, mode: str, actor: Actor, extra_prompt: str = "
     "continue" (its text as the prompt, new seed) or "improbable" (lower target probability and a new seed,
     so pressing it twice never gives the same text)."""
     with session_scope() as session:
-        gen = session.get(Generation, generation_id)
-        if gen is None:
-            raise UserError("That text is no longer in the database (its persona may have been deleted).")
+        gen = find_generation(session, generation_id)
         persona = gen.persona
         checkpoint = _checkpoint_or_explain(persona, persona.active_checkpoint, session)
         params = {k: v for k, v in (gen.params or {}).items() if k in SAMPLING_KEYS}
@@ -231,10 +218,10 @@ def parse_chat(text: str, guild_id: int | None) -> tuple[str, str]:
     slug, prompt = m.group(1).lower(), m.group(2).strip()
     with session_scope() as session:
         try:
-            resolve_persona(session, slug, guild_id)
-        except PersonaError as e:
-            if getattr(e, "suggestions", None):
-                raise unknown_persona(e) from None
+            find_persona(session, slug, guild_id)
+        except UnknownPersona as e:
+            if e.suggestions:
+                raise
             return default, text.strip()
     return slug, prompt
 

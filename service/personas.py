@@ -13,21 +13,24 @@ from core.contracts import checkpoint_metadata
 from core.settings import get_settings
 from core.text import originality
 from db import Family, Persona, TrainingRun, open_storage, session_scope
+from db.bundled import needs_own_copy
 from db.checkpoints import save_checkpoint
 from db.ingest import IngestError, ingest
 from db.personas import (
     DEFAULT_PERSONAS,
+    InvalidSlug,
     PersonaError,
     get_persona,
     link_corpus,
-    resolve_persona,
     validate_slug,
     visible_personas,
 )
 from db.personas import create_persona as db_create_persona
 from db.personas import delete_persona as db_delete_persona
 from db.runs import ACTIVE_STATUSES, InvalidTransition, active_runs, create_run, request_cancel, start_run, succeed_run
-from service.policy import Actor, Policy, UserError, policy, require_trainer, unknown_persona
+from service.errors import Code, NeedsOwnCopy, NotAValue, StillTraining, UploadTooLarge, UserError
+from service.lookup import find_persona
+from service.policy import Actor, Policy, policy, require_trainer
 from service.training import NewRun, check_training_limits, train_overrides
 
 FAMILY_LABELS = {Family.CHAR_RNN.value: "characters (LSTM)", Family.WORD_GRU.value: "words (GRU over word vectors)",
@@ -87,10 +90,7 @@ class PersonaInfo:
 def persona_info(slug: str, guild_id: int | None) -> PersonaInfo:
     storage = open_storage()
     with session_scope() as session:
-        try:
-            persona, checkpoint = resolve_persona(session, slug, guild_id)
-        except PersonaError as e:
-            raise unknown_persona(e) from None
+        persona, checkpoint = find_persona(session, slug, guild_id)
         info = PersonaInfo(persona.slug, persona.display_name, persona.description, persona.family.value,
                            _scope(persona))
         for corpus in persona.corpora:
@@ -135,13 +135,12 @@ def _ingest(session, actor: Actor, pol: Policy, data: bytes, filename: str, more
     """The upload as a corpus; several files (`more`) become one corpus of several documents."""
     size = len(data) + sum(len(d) for d, _ in more)
     if size > pol.max_upload_bytes:
-        what = "The file is" if not more else f"The {len(more) + 1} files are together"
-        raise UserError(f"{what} {size / 1e6:.1f} MB; the limit here is {pol.max_upload_bytes / 1e6:.1f} MB.")
+        raise UploadTooLarge(size, pol.max_upload_bytes, len(more) + 1)
     try:
         return ingest(data, filename, actor.user_id, actor.guild_id, session=session,
                       max_bytes=pol.max_upload_bytes, more=more)
     except IngestError as e:
-        raise UserError(f"That file cannot be used: {e.message}") from None
+        raise UserError("That file cannot be used: {reason}", reason=e.message) from None
 
 
 def create_persona(actor: Actor, name: str, data: bytes, filename: str, family: str = "char-rnn",
@@ -153,15 +152,16 @@ def create_persona(actor: Actor, name: str, data: bytes, filename: str, family: 
     try:
         slug = validate_slug(name)
         fam = Family(family)
-    except PersonaError as e:
-        raise UserError(e.message) from None
+    except InvalidSlug:
+        raise NotAValue(name, "a valid persona name", ("my-persona",), "use 1-32 lower-case letters, digits and "
+                        "hyphens, starting and ending with a letter or digit") from None
     except ValueError:
-        raise UserError(f"Unknown family `{family}`; choose one of {', '.join(f.value for f in Family)}.") from None
+        raise NotAValue(family, "a model family", [f.value for f in Family]) from None
     overrides = train_overrides(minutes)
     with session_scope() as session:
         if get_persona(session, slug, actor.guild_id) is not None:
-            raise UserError(f"The name `{slug}` is already taken here; choose another, or use "
-                            f"`/persona retrain {slug}` to train it again.")
+            raise UserError("The name {name} is already taken here; choose another, or use {retrain} to train it "
+                            "again.", name=Code(slug), retrain=Code(f"/persona retrain {slug}"))
         check_training_limits(session, actor, pol)
         uploaded = _ingest(session, actor, pol, data, filename, more)
         try:
@@ -169,7 +169,7 @@ def create_persona(actor: Actor, name: str, data: bytes, filename: str, family: 
                                         guild_id=actor.guild_id, description=description[:1000],
                                         created_by=actor.user_id)
         except PersonaError as e:
-            raise UserError(e.message) from None
+            raise UserError("{reason}", reason=e.message) from None
         link_corpus(session, persona, uploaded.corpus, actor.user_id)
         run = create_run(session, persona, corpus=uploaded.corpus, config=overrides, requested_by=actor.user_id,
                          guild_id=actor.guild_id, channel_id=actor.channel_id)
@@ -184,12 +184,9 @@ def retrain(actor: Actor, slug: str, data: bytes | None = None, filename: str | 
     require_trainer(actor, pol)
     overrides = train_overrides(minutes)
     with session_scope() as session:
-        try:
-            persona, _ = resolve_persona(session, slug, actor.guild_id)
-        except PersonaError as e:
-            raise unknown_persona(e) from None
+        persona, _ = find_persona(session, slug, actor.guild_id)
         if active_runs(session, persona=persona):
-            raise UserError(f"`{persona.slug}` is already training; see `/train status`.")
+            raise StillTraining(persona.slug)
         check_training_limits(session, actor, pol)
         corpus, warnings, dedup = None, (), False
         if data is not None:
@@ -198,9 +195,8 @@ def retrain(actor: Actor, slug: str, data: bytes | None = None, filename: str | 
             link_corpus(session, persona, corpus, actor.user_id)
         elif persona.corpora:
             corpus = max(persona.corpora, key=lambda c: c.id)
-        elif persona.slug == "harry-potter":
-            raise UserError("Harry Potter is copyrighted, so no text ships with Improbable: attach your own copy "
-                            "(a .txt file) to `/persona retrain`.")
+        elif needs_own_copy(persona):
+            raise NeedsOwnCopy(persona.display_name)
         run = create_run(session, persona, corpus=corpus, config=overrides, requested_by=actor.user_id,
                          guild_id=actor.guild_id, channel_id=actor.channel_id)
         return NewRun(run.id, persona.slug, persona.display_name, False, tuple(warnings), dedup)
@@ -224,18 +220,16 @@ def attach_checkpoint(slug: str, data: bytes, source: str, guild_id: int | None 
     try:
         meta = checkpoint_metadata(data, source)
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError("{reason}", reason=str(e)) from None
     storage = open_storage()
     with session_scope() as session:
-        try:
-            persona, _ = resolve_persona(session, slug, guild_id)
-        except PersonaError as e:
-            raise unknown_persona(e) from None
+        persona, _ = find_persona(session, slug, guild_id)
         family = (meta.get("model") or {}).get("family")
         if family != persona.family.value:
-            raise UserError(f"{source} is a {family or 'unknown'} model, but `{persona.slug}` is a "
-                            f"{persona.family.value} persona: train one with `improbable train --recipe "
-                            f"{persona.recipe} --corpus <your text> --out runs/{persona.slug}`.")
+            command = f"improbable train --recipe {persona.recipe} --corpus <your text> --out runs/{persona.slug}"
+            raise UserError("{source} is a {family} model, but {persona} is a {wanted} persona: train one with "
+                            "{command}.", source=source, family=family or "unknown", persona=Code(persona.slug),
+                            wanted=persona.family.value, command=Code(command))
         # JSON columns on PostgreSQL refuse NaN and infinity: keep the finite numbers and the rest as they are
         metrics = {k: v for k, v in (meta.get("metrics") or {}).items()
                    if not (isinstance(v, float) and not math.isfinite(v))}
@@ -252,12 +246,10 @@ def attach_checkpoint(slug: str, data: bytes, source: str, guild_id: int | None 
 def delete_persona(actor: Actor, slug: str) -> str:
     require_trainer(actor)
     with session_scope() as session:
-        try:
-            persona, _ = resolve_persona(session, slug, actor.guild_id)
-        except PersonaError as e:
-            raise unknown_persona(e) from None
+        persona, _ = find_persona(session, slug, actor.guild_id)
         if persona.guild_id is None and actor.guild_id is not None:
-            raise UserError(f"`{persona.slug}` is a built-in persona; only this server's own personas can be deleted.")
+            raise UserError("{persona} is a built-in persona; only this server's own personas can be deleted.",
+                            persona=Code(persona.slug))
         for run in active_runs(session, persona=persona):
             try:
                 request_cancel(session, run)

@@ -1,11 +1,10 @@
-"""Who may do what, and a guild's limits: the actor of a request, the guild's policy (db guild_settings), the
-errors a user has to act on. The console is an actor with can_manage=True and no guild."""
+"""Who may do what, and a guild's limits: the actor of a request, the guild's policy (db guild_settings). The
+refusals a user has to act on are service.errors (UserError and NotAllowed are re-exported here). The console
+is an actor with can_manage=True and no guild."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from core.settings import HARD_MAX_UPLOAD_BYTES, SettingsError, check_upload_cap
@@ -17,31 +16,9 @@ from db.models import (
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_TRAIN_COOLDOWN_SECONDS,
 )
-from db.personas import (
-    PersonaError,
-)
+from service.errors import NeedsPermission, NotAllowed, UserError
 
-
-class UserError(Exception):
-    """A request the user has to change; the message says how. A message about a moment (`{when}` in the
-    text, `when` a UTC datetime) reads "in 4 min" here; `render` lets the bot show a Discord timestamp."""
-
-    def __init__(self, message: str, *, when: datetime | None = None):
-        self.template, self.when = message, when
-        self.message = self.render(_in_minutes)
-        super().__init__(self.message)
-
-    def render(self, show_time: Callable[[datetime], str]) -> str:
-        return self.template.format(when=show_time(self.when)) if self.when is not None else self.template
-
-
-def _in_minutes(when: datetime) -> str:
-    seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
-    return f"in {seconds:.0f} s" if seconds < 90 else f"in {seconds / 60:.0f} min"
-
-
-class NotAllowed(UserError):
-    pass
+__all__ = ["Actor", "NotAllowed", "Policy", "UserError", "may_train", "policy", "require_trainer", "update_policy"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +61,7 @@ def update_policy(actor: Actor, *, trainer_role_id: int | None = None, clear_tra
     if actor.guild_id is None:
         raise UserError("These settings belong to a server: use this command in one.")
     if not actor.can_manage:
-        raise NotAllowed("Only members with the **Manage Server** permission can change these settings.")
+        raise NeedsPermission("Manage Server", "change these settings")
     checks = [(cooldown_seconds, 0, 86_400, "cooldown"), (train_cooldown_seconds, 0, 604_800, "train cooldown"),
               (max_queued_jobs, 1, 100, "max jobs")]
     for value, low, high, name in checks:
@@ -93,7 +70,7 @@ def update_policy(actor: Actor, *, trainer_role_id: int | None = None, clear_tra
     values: dict[str, Any] = {"cooldown_seconds": cooldown_seconds, "train_cooldown_seconds": train_cooldown_seconds,
                               "max_queued_jobs_per_user": max_queued_jobs}
     if max_upload_mb is not None:
-        try:  # no server may raise its cap past the hard ceiling (issue 12: 1.7 GB of memory at 100 MB)
+        try:  # no server may raise its cap past the hard ceiling (a 100 MB upload took 1.7 GB of memory)
             values["max_upload_bytes"] = check_upload_cap(max_upload_mb)
         except SettingsError as e:
             raise UserError(str(e)) from None
@@ -112,10 +89,6 @@ def may_train(actor: Actor, pol: Policy) -> bool:
 def require_trainer(actor: Actor, pol: Policy | None = None) -> None:
     pol = pol or policy(actor.guild_id)
     if not may_train(actor, pol):
-        role = " or this server's trainer role" if pol.trainer_role_id else ""
-        raise NotAllowed(f"You need the Manage Server permission{role} to train, delete or schedule personas.")
+        raise NeedsPermission("Manage Server", "train, delete or schedule personas",
+                              role=pol.trainer_role_id is not None)
 
-
-def unknown_persona(e: PersonaError) -> UserError:
-    """A persona lookup that failed, as the message to show (it names the closest personas)."""
-    return UserError(e.message)

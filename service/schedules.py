@@ -10,13 +10,11 @@ from sqlalchemy import select
 
 from core.contracts import parse_cron
 from db import Schedule, SchedulePost, session_scope
-from db.personas import (
-    PersonaError,
-    resolve_persona,
-)
 from db.schedules import create_schedule
+from service.errors import CannotPost, Code, NotAValue, UserError
 from service.generation import MAX_PROMPT_CHARS
-from service.policy import Actor, UserError, require_trainer, unknown_persona
+from service.lookup import find_persona
+from service.policy import Actor, require_trainer
 
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, "w": 604800}
 MIN_INTERVAL_SECONDS = 60
@@ -27,10 +25,10 @@ def parse_interval(text: str) -> int:
     s = text.strip().lower().replace(" ", "")
     parts = re.findall(r"(\d+(?:\.\d+)?)(s|sec|min|m|hr|h|d|w)", s)
     if not parts or "".join(n + u for n, u in parts) != s:
-        raise UserError(f"`{text}` is not an interval: write something like `30m`, `2h`, `1h30m` or `1d`.")
+        raise NotAValue(text, "an interval", ("30m", "2h", "1h30m", "1d"))
     seconds = int(sum(float(n) * _UNITS[u] for n, u in parts))
     if seconds < MIN_INTERVAL_SECONDS:
-        raise UserError("Schedules run at most once a minute: use an interval of at least `1m`.")
+        raise UserError("Schedules run at most once a minute: use an interval of at least {least}.", least=Code("1m"))
     return seconds
 
 
@@ -39,18 +37,8 @@ def check_cron(expr: str) -> str:
     try:
         parse_cron(expr)
     except ValueError as e:
-        raise UserError(f"`{expr}` is not a valid cron expression: {e}") from None
+        raise NotAValue(expr, "a valid cron expression", reason=str(e)) from None
     return " ".join(expr.split())
-
-
-def describe_every(interval_seconds: int | None, cron: str | None) -> str:
-    if cron:
-        return f"cron `{cron}` (UTC)"
-    s = interval_seconds or 0
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s % n == 0:
-            return f"every {s // n}{unit}"
-    return f"every {s}s"
 
 
 @dataclass
@@ -58,7 +46,8 @@ class ScheduleView:
     id: int
     persona_slug: str
     channel_id: int
-    every: str
+    interval_seconds: int | None  # one of the two: a fixed interval…
+    cron: str | None  # …or a cron expression in UTC
     prompt: str
     enabled: bool
     problem: str = ""  # why a paused schedule stopped (the last refused post), shown by /schedule list
@@ -72,21 +61,19 @@ def add_schedule(actor: Actor, slug: str, channel_id: int, *, every: str | None 
         raise UserError("Schedules post into a server's channels: use this command in a server.")
     require_trainer(actor)
     if bot_can_post is False:
-        raise UserError(f"I cannot post in <#{channel_id}>: give me the **View Channel** and **Send Messages** "
-                        "permissions there, then add the schedule again.")
+        raise CannotPost(channel_id)
     if bool(every) == bool(cron):
-        raise UserError("Give exactly one of `every` (like `2h`) or `cron` (like `0 9 * * *`).")
+        raise UserError("Give exactly one of {every} (like {every_example}) or {cron} (like {cron_example}).",
+                        every=Code("every"), every_example=Code("2h"), cron=Code("cron"),
+                        cron_example=Code("0 9 * * *"))
     interval = parse_interval(every) if every else None
     cron = check_cron(cron) if cron else None
     with session_scope() as session:
-        try:
-            persona, checkpoint = resolve_persona(session, slug, actor.guild_id)
-        except PersonaError as e:
-            raise unknown_persona(e) from None
+        persona, _ = find_persona(session, slug, actor.guild_id)
         sched = create_schedule(session, persona, guild_id=actor.guild_id, channel_id=channel_id,
                                 prompt=(prompt or "")[:MAX_PROMPT_CHARS], interval_seconds=interval, cron=cron,
                                 created_by=actor.user_id)
-        return ScheduleView(sched.id, persona.slug, channel_id, describe_every(interval, cron), sched.prompt, True)
+        return ScheduleView(sched.id, persona.slug, channel_id, interval, cron, sched.prompt, True)
 
 
 def list_schedules(guild_id: int | None) -> list[ScheduleView]:
@@ -94,8 +81,8 @@ def list_schedules(guild_id: int | None) -> list[ScheduleView]:
         return []
     with session_scope() as session:
         schedules = session.scalars(select(Schedule).where(Schedule.guild_id == guild_id).order_by(Schedule.id))
-        return [ScheduleView(s.id, s.persona.slug, s.channel_id, describe_every(s.interval_seconds, s.cron),
-                             s.prompt, s.enabled, "" if s.enabled else _last_error(session, s.id))
+        return [ScheduleView(s.id, s.persona.slug, s.channel_id, s.interval_seconds, s.cron, s.prompt, s.enabled,
+                             "" if s.enabled else _last_error(session, s.id))
                 for s in schedules]
 
 
@@ -111,9 +98,10 @@ def remove_schedule(actor: Actor, schedule_id: int) -> ScheduleView:
     with session_scope() as session:
         sched = session.get(Schedule, schedule_id)
         if sched is None or sched.guild_id != actor.guild_id:
-            raise UserError(f"There is no schedule {schedule_id} in this server (see `/schedule list`).")
-        removed = ScheduleView(sched.id, sched.persona.slug, sched.channel_id,
-                               describe_every(sched.interval_seconds, sched.cron), sched.prompt, False)
+            raise UserError("There is no schedule {id} in this server (see {list}).", id=schedule_id,
+                            list=Code("/schedule list"))
+        removed = ScheduleView(sched.id, sched.persona.slug, sched.channel_id, sched.interval_seconds, sched.cron,
+                               sched.prompt, False)
         session.delete(sched)
     return removed
 

@@ -16,7 +16,8 @@ from db import RunStatus, TrainingRun, open_storage, session_scope
 from db.personas import delete_persona as db_delete_persona
 from db.runs import ACTIVE_STATUSES, InvalidTransition, active_runs, last_run_requested, request_cancel
 from db.types import as_utc, utcnow
-from service.policy import Actor, NotAllowed, Policy, UserError, may_train, policy
+from service.errors import NotAllowed, TooManyRuns, TrainCooldown, UserError
+from service.policy import Actor, Policy, may_train, policy
 
 
 @dataclass
@@ -43,14 +44,13 @@ def check_training_limits(session, actor: Actor, pol: Policy) -> None:
         return
     mine = active_runs(session, requested_by=actor.user_id)
     if len(mine) >= max(pol.max_queued_jobs, 1):
-        raise UserError(f"You already have {len(mine)} training run(s) queued or running (the limit here is "
-                        f"{pol.max_queued_jobs}); wait for it or cancel it with `/train cancel`.")
+        raise TooManyRuns(len(mine), pol.max_queued_jobs)
     if pol.train_cooldown_seconds > 0 and not actor.can_manage:
         last = last_run_requested(session, actor.user_id, actor.guild_id)
         if last is not None:
             ready = last.created_at + timedelta(seconds=pol.train_cooldown_seconds)
             if ready > utcnow():
-                raise UserError("You can start another training run {when}.", when=as_utc(ready))
+                raise TrainCooldown(as_utc(ready))
 
 
 

@@ -16,14 +16,15 @@ import db
 import service.schedules
 from core.settings import get_settings
 from db.schedules import claim_slot
-from service.policy import UserError
+from service.errors import CannotPost
 
 from .test_service import GUILD, MANAGER, _activate, _template, env  # noqa: F401 - pytest fixtures used by name
 
 
 def test_a_channel_the_bot_cannot_post_in_is_refused_when_added(env):  # noqa: F811
-    with pytest.raises(UserError, match="cannot post in <#42>.*Send Messages"):
+    with pytest.raises(CannotPost, match="cannot post in #channel-42.*Send Messages") as refused:
         service.schedules.add_schedule(MANAGER, "alice", 42, every="1h", bot_can_post=False)
+    assert refused.value.channel_id == 42
     assert service.schedules.list_schedules(GUILD) == []
     assert service.schedules.add_schedule(MANAGER, "alice", 42, every="1h", bot_can_post=True).enabled
     assert service.schedules.add_schedule(MANAGER, "alice", 43, every="1h").enabled  # unknown: the worker judges
@@ -63,19 +64,20 @@ def discord(env, monkeypatch):  # noqa: F811
 
 @pytest.mark.parametrize("status, paused", [(403, True), (404, True), (400, False)])
 def test_a_refused_post_pauses_the_schedule_and_list_says_why(discord, monkeypatch, status, paused):
-    import worker.generation
     import worker.schedules
+    from core.contracts import GenerateResult
 
-    # generation is not under test here: the text is given, Discord's answer is real HTTP
-    monkeypatch.setattr(worker.generation, "serve_request",
-                        lambda request, maybe_done=False: {"full_text": "Curiouser", "generation_id": None})
+    class GivenText:  # generation is not under test here: the text is given, Discord's answer is real HTTP
+        def serve(self, request, maybe_done=False):
+            return GenerateResult(text="Curiouser", full_text="Curiouser")
+
     discord.status = status
     _activate()
     sched = service.schedules.add_schedule(MANAGER, "alice", 42, every="1h")
     slot = datetime(2026, 1, 1, 9, tzinfo=UTC)
     with db.session_scope() as session:
         assert claim_slot(session, sched.id, slot)
-    result = worker.schedules.post(sched.id, slot.isoformat())
+    result = worker.schedules.post(sched.id, slot.isoformat(), GivenText())
     assert result["status"] == "failed" and result["paused"] is paused
     assert discord.posts == ["/channels/42/messages"]
     [shown] = service.schedules.list_schedules(GUILD)

@@ -17,6 +17,7 @@ from db.checkpoints import add_checkpoint
 from db.generations import record_generation
 from db.guilds import update_guild_settings
 from db.personas import get_persona
+from service.errors import Code, NeedsOwnCopy, NoModelYet, TooManyRuns, TrainCooldown, UnknownPersona
 from service.policy import Actor, NotAllowed, UserError
 from tests.environment import configured
 
@@ -68,15 +69,21 @@ def test_generate_request_resolves_the_active_checkpoint(env):
 
 
 def test_unknown_persona_suggests_close_names(env):
-    with pytest.raises(UserError, match="`alice`"):
+    with pytest.raises(UnknownPersona) as refused:
         service.generation.prepare_generation("alcie", "", MEMBER)
+    assert refused.value.name == "alcie" and refused.value.suggestions == ("alice",)
+    assert refused.value.message == "There is no persona called alcie. Did you mean alice?"
+    assert refused.value.render(lambda v: f"[{v}]" if isinstance(v, Code) else str(v)) == \
+        "There is no persona called [alcie]. Did you mean [alice]?"
 
 
 def test_persona_without_a_model_says_how_to_get_one(env):
-    with pytest.raises(UserError, match="/persona retrain"):
+    with pytest.raises(NoModelYet, match="Upload your own copy") as refused:
         service.generation.prepare_generation("harry-potter", "", MEMBER)
-    with pytest.raises(UserError, match="improbable train --recipe trump"):
+    assert refused.value.persona == "harry-potter" and refused.value.own_copy  # db.bundled.OWN_COPY_ONLY
+    with pytest.raises(NoModelYet, match="improbable train --recipe trump") as refused:
         service.generation.prepare_generation("trump", "", MEMBER)
+    assert refused.value.recipe == "trump" and not refused.value.own_copy
 
 
 @pytest.mark.parametrize("params, message", [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top-p"),
@@ -125,8 +132,9 @@ def test_parse_chat(env):
     assert service.generation.parse_chat("trump: make the wall", GUILD) == ("trump", "make the wall")
     assert service.generation.parse_chat("Note: not a persona", GUILD) == ("alice", "Note: not a persona")
     assert service.generation.parse_chat("just text", GUILD) == ("alice", "just text")
-    with pytest.raises(UserError, match="`trump`"):
+    with pytest.raises(UnknownPersona) as refused:
         service.generation.parse_chat("trmp: typo", GUILD)
+    assert "trump" in refused.value.suggestions
 
 
 # -- permissions and limits -------------------------------------------------------------------------------
@@ -151,15 +159,17 @@ def get_persona_or_none(slug, guild):
 
 def test_queued_runs_per_user_and_cooldown(env):
     service.personas.create_persona(TRAINER, "one", TEXT, "one.txt")
-    with pytest.raises(UserError, match="already have 1 training run"):
+    with pytest.raises(TooManyRuns, match="already have 1 training run") as refused:
         service.personas.create_persona(TRAINER, "two", TEXT, "two.txt")
+    assert (refused.value.count, refused.value.limit) == (1, 1)
     service.training.cancel_training(TRAINER)
     with db.session_scope() as session:
         update_guild_settings(session, GUILD, train_cooldown_seconds=600)
-    with pytest.raises(UserError, match="another training run in ") as refused:
+    with pytest.raises(TrainCooldown, match="another training run in ") as refused:
         service.personas.create_persona(TRAINER, "two", TEXT, "two.txt")
-    assert refused.value.when is not None  # the bot shows it as a Discord timestamp
-    assert "<t:" in refused.value.render(lambda t: f"<t:{int(t.timestamp())}:R>")
+    assert refused.value.ready_at is not None  # the bot shows it as a Discord timestamp
+    assert "<t:" in refused.value.render(lambda t: f"<t:{int(t.timestamp())}:R>" if t is refused.value.ready_at
+                                         else str(t))
     service.personas.create_persona(MANAGER, "three", TEXT, "three.txt")  # managers are not cooled down
 
 
@@ -208,8 +218,9 @@ def test_retrain_reuses_the_corpus_and_refuses_while_training(env):
     with db.session_scope() as session:
         run = session.get(db.TrainingRun, again.run_id)
         assert run.corpus is not None and run.corpus.filename == "poet.txt" and run.config == {"minutes": 2.0}
-    with pytest.raises(UserError, match="copyrighted"):
+    with pytest.raises(NeedsOwnCopy, match="copyrighted") as refused:
         service.personas.retrain(Actor(9, GUILD, can_manage=True), "harry-potter")
+    assert refused.value.display_name == "Harry Potter"
 
 
 # -- schedules --------------------------------------------------------------------------------------------
@@ -240,7 +251,7 @@ def test_schedules_add_list_remove(env):
         service.schedules.add_schedule(MANAGER, "alice", 42, every="1h", cron="0 * * * *")
     a = service.schedules.add_schedule(MANAGER, "alice", 42, every="1h", prompt="Once")
     b = service.schedules.add_schedule(TRAINER, "trump", 43, cron="0 9 * * *")
-    assert a.every == "every 1h" and b.every == "cron `0 9 * * *` (UTC)"
+    assert (a.interval_seconds, a.cron) == (3600, None) and (b.interval_seconds, b.cron) == (None, "0 9 * * *")
     assert [s.id for s in service.schedules.list_schedules(GUILD)] == [a.id, b.id]
     assert service.schedules.list_schedules(GUILD + 1) == []
     with pytest.raises(UserError):

@@ -81,7 +81,7 @@ def test_retrain_with_several_files():
 
 def test_attach_checks_the_family_and_activates():
     trump = bundled_checkpoints()["trump"].read_bytes()  # a real char-rnn checkpoint
-    with pytest.raises(UserError, match="char-rnn model, but `harry-potter` is a word-mlp persona"):
+    with pytest.raises(UserError, match="char-rnn model, but harry-potter is a word-mlp persona"):
         service.personas.attach_checkpoint("harry-potter", trump, "best.safetensors")
     with pytest.raises(UserError, match="best.safetensors"):
         service.personas.attach_checkpoint("alice", b"hello" * 10, "best.safetensors")

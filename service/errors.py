@@ -1,0 +1,191 @@
+"""What the service tells a user it cannot do: refusals as exceptions with fields, never as Discord text.
+
+A refusal is a plain-language template with named fields. The kind of a field says what it is, and each front
+end decides how it looks: the Discord bot (bot/formatting.py) shows a `Code` as code, a `UserRef` as a
+mention, a datetime as a timestamp each reader sees in their own time zone; the console and the CLI show
+plain words (`UserError.message`). The classes below keep their facts as attributes too (which persona,
+which limit, the numbers), so a caller or a test can read them without parsing the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+
+class Code(str):
+    """A name, command or value as the user would type it (a persona's slug, `/train status`, `30m`)."""
+
+
+class Strong(str):
+    """Words the reader must not miss (the name of a permission)."""
+
+
+class UserRef(int):
+    """A user, by id."""
+
+
+class ChannelRef(int):
+    """A channel, by id."""
+
+
+def in_minutes(when: datetime) -> str:
+    seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return f"in {seconds:.0f} s" if seconds < 90 else f"in {seconds / 60:.0f} min"
+
+
+def plain(value: Any) -> str:
+    """A field as plain words (the console, the CLI, logs)."""
+    if isinstance(value, datetime):
+        return in_minutes(value)
+    if isinstance(value, UserRef):
+        return f"@user-{int(value)}"
+    if isinstance(value, ChannelRef):
+        return f"#channel-{int(value)}"
+    return str(value)
+
+
+class UserError(Exception):
+    """A request the user has to change; the text says how. `template` names its fields in braces;
+    `render(show)` fills them with `show(value)`, `message` is the plain rendering."""
+
+    def __init__(self, template: str, /, **fields: Any):
+        self.template, self.fields = template, fields
+        self.message = self.render(plain)
+        super().__init__(self.message)
+
+    def render(self, show: Callable[[Any], str]) -> str:
+        if not self.fields:  # a template without fields is shown as it is (it may hold braces)
+            return self.template
+        return self.template.format_map({name: show(value) for name, value in self.fields.items()})
+
+
+class NotAllowed(UserError):
+    """The actor lacks a permission."""
+
+
+def _either(names: Sequence[str], prefix: str) -> tuple[str, dict[str, Code]]:
+    """'{s0} or {s1}' and its fields, for a list of names."""
+    fields = {f"{prefix}{i}": Code(name) for i, name in enumerate(names)}
+    return " or ".join(f"{{{key}}}" for key in fields), fields
+
+
+class UnknownPersona(UserError):
+    def __init__(self, name: str, suggestions: Sequence[str] = ()):
+        self.name, self.suggestions = name, tuple(suggestions)
+        either, fields = _either(self.suggestions, "s")
+        hint = f" Did you mean {either}?" if self.suggestions else ""
+        super().__init__("There is no persona called {name}." + hint, name=Code(name), **fields)
+
+
+class NoModelYet(UserError):
+    """A persona without an active checkpoint. `own_copy`: its text does not ship (the operator uploads it)."""
+
+    def __init__(self, persona: str, recipe: str | None = None, own_copy: bool = False):
+        self.persona, self.recipe, self.own_copy = persona, recipe, own_copy
+        if own_copy:
+            hint = " Upload your own copy of the text with {retrain}."
+        elif recipe:
+            hint = " Train it with {retrain} (or {cli} on the command line)."
+        else:
+            hint = ""
+        super().__init__("{persona} has no trained model yet." + hint, persona=Code(persona),
+                         retrain=Code("/persona retrain" if own_copy else f"/persona retrain {persona}"),
+                         cli=Code(f"improbable train --recipe {recipe}"))
+
+
+class StillTraining(UserError):
+    def __init__(self, persona: str, run_id: int | None = None, status: str | None = None):
+        self.persona, self.run_id, self.status = persona, run_id, status
+        if run_id is None:
+            super().__init__("{persona} is already training; see {status_command}.", persona=Code(persona),
+                             status_command=Code("/train status"))
+            return
+        super().__init__("{persona} is still training (run {run}, {status}); try again when it is done "
+                         "({status_command}).", persona=Code(persona), run=run_id, status=status,
+                         status_command=Code("/train status"))
+
+
+class NeedsOwnCopy(UserError):
+    """A built-in persona whose text cannot ship with Improbable (copyright): training needs an upload."""
+
+    def __init__(self, display_name: str):
+        self.display_name = display_name
+        super().__init__("{name} is copyrighted, so no text ships with Improbable: attach your own copy (a .txt "
+                         "file) to {retrain}.", name=display_name, retrain=Code("/persona retrain"))
+
+
+class TooManyRuns(UserError):
+    def __init__(self, count: int, limit: int):
+        self.count, self.limit = count, limit
+        super().__init__("You already have {count} training run(s) queued or running (the limit here is "
+                         "{limit}); wait for it or cancel it with {cancel}.", count=count, limit=limit,
+                         cancel=Code("/train cancel"))
+
+
+class TrainCooldown(UserError):
+    def __init__(self, ready_at: datetime):
+        self.ready_at = ready_at
+        super().__init__("You can start another training run {when}.", when=ready_at)
+
+
+class UploadTooLarge(UserError):
+    def __init__(self, size_bytes: int, limit_bytes: int, files: int = 1):
+        self.size_bytes, self.limit_bytes, self.files = size_bytes, limit_bytes, files
+        what = "The file is" if files == 1 else f"The {files} files are together"
+        super().__init__(what + " {size} MB; the limit here is {limit} MB.", size=f"{size_bytes / 1e6:.1f}",
+                         limit=f"{limit_bytes / 1e6:.1f}")
+
+
+class TextGone(UserError):
+    def __init__(self, generation_id: int):
+        self.generation_id = generation_id
+        super().__init__("That text is no longer in the database (its persona may have been deleted).")
+
+
+class NotOwner(NotAllowed):
+    """Only the requester of a text (`owner_id`, None when unknown) or a manager may delete it."""
+
+    def __init__(self, owner_id: int | None):
+        self.owner_id = owner_id
+        if owner_id:
+            super().__init__("Only {owner}, who asked for it, or someone with Manage Server can delete this text.",
+                             owner=UserRef(owner_id))
+        else:
+            super().__init__("Only a server manager or someone with Manage Server can delete this text.")
+
+
+class NeedsPermission(NotAllowed):
+    """The actor needs a server permission (`permission`), or the trainer role where `role` says so."""
+
+    def __init__(self, permission: str, action: str, role: bool = False):
+        self.permission, self.action, self.role = permission, action, role
+        either = " or this server's trainer role" if role else ""
+        super().__init__("You need the {permission} permission" + either + " to " + action + ".",
+                         permission=Strong(permission))
+
+
+class CannotPost(UserError):
+    """The bot may not post where it was asked to (it needs `permissions` there)."""
+
+    permissions = ("View Channel", "Send Messages")
+
+    def __init__(self, channel_id: int):
+        self.channel_id = channel_id
+        super().__init__("I cannot post in {channel}: give me the {view} and {send} permissions there, then add the "
+                         "schedule again.", channel=ChannelRef(channel_id), view=Strong(self.permissions[0]),
+                         send=Strong(self.permissions[1]))
+
+
+class NotAValue(UserError):
+    """Text that is not a value of the kind asked for (an interval, a cooldown, a cron expression, a family,
+    a persona name); `examples` are what to write instead."""
+
+    def __init__(self, text: str, kind: str, examples: Sequence[str] = (), reason: str = ""):
+        self.text, self.kind, self.examples = text, kind, tuple(examples)
+        either, fields = _either(self.examples, "e")
+        tail = ": {reason}" if reason else ""
+        if self.examples:
+            tail += f"; write something like {either}" if reason else f": write something like {either}"
+        super().__init__("{text} is not " + kind + tail + ".", text=Code(text), reason=reason, **fields)
