@@ -4,6 +4,7 @@
   bundled text become clean training text, or a CorpusError whose message a Discord user can act on.
   trainer.corpus (lookup by name, loading) and db.ingest (uploads) both use it; trainer.corpus
   re-exports these names.
+- Statistics (`count_words`, `longest_line`, `unique_words`), counted a piece at a time (`pieces`).
 - `originality`: how much of a generated text is new rather than copied from the corpus.
 
 Standard library only.
@@ -17,12 +18,10 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.text_stats import count_words, longest_line, pieces, unique_words
-
 DEFAULT_MAX_BYTES = 50_000_000
 # No configured limit (a server's upload cap, a caller's max_bytes) reaches past this: decoding holds the raw
 # bytes and the text (1-4 bytes per character) at once; the bot peaks at ~620 MB taking a 100 MB upload
-# (bench/upload_memory.py; statistics are counted piece by piece: core/text_stats.py).
+# (bench/upload_memory.py; statistics are counted piece by piece: see "statistics" below).
 HARD_MAX_BYTES = 100_000_000
 DEFAULT_MAX_LINE_CHARS = 100_000
 DEFAULT_MIN_CHARS = 200
@@ -119,6 +118,11 @@ _MAGIC = [(re.compile(pattern, re.DOTALL), code, what, todo) for pattern, code, 
 # outnumber the broken ones this many times; below that it is mixed or legacy-encoded text.
 MIN_GOOD_PER_BAD_BYTE = 10
 MIN_MIXED_CHARS = 20  # non-ASCII characters a part needs before its encoding is judged on its own
+# A legacy single-byte decoding would garble the file's valid UTF-8 characters into mojibake ("’" read as
+# Mac Icelandic is "‚Äô"): refused when that many valid multi-byte UTF-8 characters carry at least this share
+# of the non-ASCII bytes. Legacy text forms valid UTF-8 by chance far less (cp1251 Russian/Ukrainian ~5-7%;
+# multi-byte legacy encodings, ~40% in CJK text, are detected as themselves and not judged by this share).
+MIXED_UTF8_SHARE = 0.15
 LEGACY_PARTS = 8  # a legacy-encoded file is checked in this many windows for mixed encodings
 LEGACY_WINDOW_BYTES = 16_384
 MAX_MESS = 0.20  # charset-normalizer's "chaos" of a legacy decoding (its own default cut-off; its estimate is noisy)
@@ -194,13 +198,29 @@ def _decode(data: bytes) -> tuple[str, str, list[str]]:
         return repaired, "utf-8", [f"Removed {plural(n_bad, 'byte')} that {'was' if n_bad == 1 else 'were'} not "
                                    f"valid UTF-8 (the first at byte {first_bad:,})."]
     found = _legacy_encoding(data)
-    if found is not None and not _same_encoding_throughout(data, found[1]):
+    if found is not None and (_garbles_utf8(data, repaired, n_good, found[1])
+                              or not _same_encoding_throughout(data, found[1])):
         found, n_good = None, max(n_good, MIN_MIXED_CHARS)
     if found is None:
-        mixed = " Parts of it seem to use different encodings." if n_good >= MIN_MIXED_CHARS else ""
+        mixed = (f" Parts of it seem to use different encodings (UTF-8 and another; the first byte that is not "
+                 f"UTF-8 is at byte {first_bad:,}), so no single encoding reads all of it."
+                 if n_good >= MIN_MIXED_CHARS else "")
         raise CorpusError("encoding", "The file is not UTF-8, and no other text encoding fits it with confidence."
                                       f"{mixed} Open it in a text editor and save it as UTF-8.")
     return found[0], found[1], [f"Decoded as {found[1]} (not valid UTF-8)."]
+
+
+def _garbles_utf8(data: bytes, valid: str, n_good: int, encoding: str) -> bool:
+    """Whether decoding `data` in the single-byte legacy `encoding` would turn a real share of UTF-8 into
+    mojibake: `valid` is the data's valid UTF-8 (stray bytes dropped), `n_good` its non-ASCII characters."""
+    if n_good < MIN_MIXED_CHARS:
+        return False
+    high = bytes(range(128, 256))
+    if len(high.decode(encoding.replace("-", "_"), "replace")) != len(high):
+        return False  # a multi-byte encoding (Shift-JIS, GBK, ...): it does not read UTF-8 byte by byte
+    utf8_bytes = len(valid.encode("utf-8")) - len(valid.encode("ascii", "ignore"))
+    non_ascii = len(data) - len(data.decode("ascii", "ignore"))
+    return utf8_bytes >= MIXED_UTF8_SHARE * non_ascii
 
 
 def _legacy_encoding(data: bytes) -> tuple[str, str] | None:
@@ -372,6 +392,60 @@ def join_documents(documents: Sequence[DecodedCorpus]) -> DecodedCorpus:
         warnings=tuple(w for d in documents for w in d.warnings),
         documents=tuple(len(t) for t in texts),
     )
+
+
+# -----------------------------------------------------------------------------
+# statistics
+#
+# Words, distinct words and characters, the longest line of a decoded text, counted a piece at a time: a 100 MB
+# upload never becomes one list of millions of str objects (`text.split()` of 100 MB of prose is ~1 GB of Python
+# objects; bench/upload_memory.py).
+
+STATS_PIECE_CHARS = 1 << 20  # characters per piece (each piece ends at a newline)
+
+
+def pieces(text: str):
+    """`text` in pieces of about STATS_PIECE_CHARS characters, each ending at a newline (or the text's end),
+    so no line and no word is cut in two."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + STATS_PIECE_CHARS) + 1 or len(text)
+        yield text[start:end]
+        start = end
+
+
+def longest_line(text: str) -> tuple[str, int]:
+    """The longest line and its number (1-based)."""
+    best, best_number, number = "", 1, 1
+    for piece in pieces(text):
+        lines = piece.split("\n")
+        longest = max(range(len(lines)), key=lambda i: len(lines[i]))
+        if len(lines[longest]) > len(best):
+            best, best_number = lines[longest], number + longest
+        number += len(lines) - 1
+    return best, best_number
+
+
+def count_words(text: str) -> tuple[int, set[str], set[str]]:
+    """(number of whitespace-separated tokens, the distinct tokens, the distinct characters)."""
+    n_words, unique_tokens, unique_chars = 0, set(), set()
+    for piece in pieces(text):  # pieces end at a newline, so no token is cut in two
+        tokens = piece.split()
+        n_words += len(tokens)
+        unique_tokens.update(tokens)
+        unique_chars.update(piece)
+    return n_words, unique_tokens, unique_chars
+
+
+def unique_words(unique_tokens: set[str], unique_chars: set[str]) -> int:
+    """Distinct words (case-folded, apostrophes inside) among the distinct whitespace tokens."""
+    # \w misses combining marks, which would split Hindi or un-composed words apart, so add the marks
+    # that actually occur in this text to the word class.
+    marks = "".join(sorted(c for c in unique_chars if unicodedata.category(c).startswith("M")))
+    w = rf"[\w{re.escape(marks)}]" if marks else r"\w"
+    # split only the distinct whitespace tokens: a fraction of the text, so 5x faster on big corpora
+    words = " ".join(unique_tokens).lower().replace("’", "'")  # don’t and don't are one word
+    return len(set(re.findall(rf"{w}+(?:'{w}+)*", words)))
 
 
 # -----------------------------------------------------------------------------

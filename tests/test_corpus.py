@@ -535,17 +535,16 @@ def test_statistics_counted_piece_by_piece_match_the_whole_text(monkeypatch):
     """decode_corpus counts words, lines and the longest line in ~1M-character pieces (bounded memory): the
     figures must be those of the whole text, wherever the piece boundaries fall."""
     import core.text
-    import core.text_stats
 
     lines = [("word " * (i % 37)).strip() + f" w{i % 101}" for i in range(3000)]
     lines[1777] = "x" * 4000  # the longest line, somewhere in the middle
     text = "\n".join(lines) + "\n"
     whole = core.text.decode_corpus(text.encode(), max_line_chars=10_000)
-    monkeypatch.setattr(core.text_stats, "STATS_PIECE_CHARS", 997)  # boundaries everywhere
+    monkeypatch.setattr(core.text, "STATS_PIECE_CHARS", 997)  # boundaries everywhere
     pieces = core.text.decode_corpus(text.encode(), max_line_chars=10_000)
     assert (pieces.n_words, pieces.n_lines, pieces.n_unique_words, pieces.n_unique_chars) == \
            (len(text.split()), 3000, whole.n_unique_words, len(set(text)))
     assert (whole.n_words, whole.n_lines) == (pieces.n_words, pieces.n_lines)
-    assert len(list(core.text_stats.pieces(text))) > 40
+    assert len(list(core.text.pieces(text))) > 40
     with pytest.raises(core.text.CorpusError, match="Line 1,778 is 4,000 characters"):
         core.text.decode_corpus(text.encode(), max_line_chars=3999)
