@@ -13,8 +13,8 @@ In one process, in this order:
    (every step reads every weight once) against the measured bandwidth;
 3. int8 (trainer/quantize.py) against float32 at 1 stream: chars/s through the same sampler, and held-out
    loss on Alice by stepping (kept only where faster and within 0.01 nats);
-4. the same single stream through the serving engine (worker/engine.py, submit → future, as a generate worker
-   serves it, with the worker's default one engine thread on 2 cores): generate_int8 "off" against "on".
+4. the same single stream through the serving engine (worker/serve/engine.py, submit → future, as a generate
+   worker serves it, with the worker's default one engine thread on 2 cores): generate_int8 "off" against "on".
 
 The machine is a shared, loaded VM: every figure is the median of `--rounds` rounds with the variants
 interleaved within each round (a noisy neighbour slows all alike), and CPU time (time.process_time, this

@@ -11,7 +11,7 @@ stepped in) and writes JSON to bench/results/queue_load.json. Targets (this 2-co
 a 2×256 char LSTM, 280 characters per job): p95 ≤ 0.5 s at 32 concurrent, aggregate throughput ≥ 20× serial,
 256 concurrent jobs batched ≥ 200 wide. The worker runs with `--worker-threads` Celery threads (16, as
 docker-compose.yml): a generate task hands its job to the engine and returns, so the threads do not bound
-the batch (worker/delivery.py).
+the batch (worker/serve/delivery.py).
 Serial jobs run alone, so with `--int8 auto` (the default setting) they step with int8 weights where that is
 faster: the serial baseline is then the fast single-stream path, not float32.
 
