@@ -2,9 +2,9 @@
 
 - `SamplingParams`: every sampling parameter with its default, bounds and help, defined once. The Discord
   options, the typer options and the console parser take bounds and help from it (`bounds`, `help_of`);
-  the service checks requests with it (`parse_sampling`) and the worker validates the same model before
-  building the sampler's own dataclass (trainer.sample.SamplingParams, same fields and defaults).
-- `GenerateRequest`: the payload of the `improbable.generate` task (see worker/tasks.py).
+  the service checks requests with it (`parse_sampling`) and the sampler (trainer.sample) reads it as is.
+- `GenerateRequest` → `GenerateResult`: the argument and the answer of the `improbable.generate` task.
+- `Liveness`: every timing the bot and the generate workers share, with the order they must keep.
 - `RunProgress`: the progress record of a training run (the `training_runs.progress` JSON and the train
   task's PROGRESS meta), written by the trainer service and read by the bot, the console and the metrics.
 - `parse_cron`: a schedule's cron expression, checked by the service and evaluated by the worker.
@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 from annotated_types import Ge, Gt, Le
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.checkpoints import meta_from_bytes
 
@@ -161,36 +161,152 @@ def parse_cron(expr: str):
         raise ValueError(str(e)) from None
 
 
+class BlendVoice(BaseModel):
+    """One voice of a blended request: a persona's checkpoint and its weight in the mixture."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_id: int
+    weight: float = Field(gt=0, le=1)
+    persona: str = ""
+
+
 class GenerateRequest(BaseModel):
-    """The `improbable.generate` payload. Built by the service (and scheduled posts); the worker
-    validates it. Unknown top-level keys are ignored (older bots), unknown sampling keys are not."""
+    """The argument of the `improbable.generate` task (typed with Celery's `pydantic=True`). Built by the
+    service and by scheduled posts; the worker receives it validated. Unknown top-level keys are ignored
+    (older bots); unknown sampling keys are not."""
 
     model_config = ConfigDict(extra="ignore")
 
     checkpoint_id: int = Field(description="The checkpoint row to generate with (the persona's active one)")
     persona: str = ""
     prompt: str = ""
-    params: dict[str, Any] = Field(default_factory=dict, description="SamplingParams values; seed set by "
-                                   "the caller")
+    params: SamplingParams = Field(default_factory=SamplingParams,
+                                   description="How to sample; a missing seed is drawn by the worker")
+    blend: list[BlendVoice] = Field(default_factory=list, description="Blended voices, the first being "
+                                    "`checkpoint_id` (empty: one persona)")
     guild_id: int | None = None
     channel_id: int | None = None
     user_id: int | None = None
     interaction_id: int | None = None
     reply_to: int | None = None
     parent_generation_id: int | None = None
+    request_id: str | None = Field(None, description="Idempotency key of the generations row (the task id)")
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _no_prompt_is_empty(cls, value):
         return "" if value is None else value
 
-    def payload(self) -> dict:
-        """The JSON sent to the worker (optional ids left out when unset)."""
-        return self.model_dump(mode="json", exclude={k for k in ("interaction_id", "reply_to", "parent_generation_id")
-                                                                 if getattr(self, k) is None})
+    @field_validator("blend")
+    @classmethod
+    def _blend_starts_with_the_request(cls, voices: list[BlendVoice], info) -> list[BlendVoice]:
+        if voices and (len(voices) < 2 or voices[0].checkpoint_id != info.data.get("checkpoint_id")):
+            raise ValueError("a blend needs at least two voices, the first being the request's checkpoint")
+        return voices
 
-    def sampling(self) -> SamplingParams:
-        return parse_sampling(self.params)
+    def payload(self) -> dict:
+        """The request as JSON: what was set, so the sampling parameters are the caller's own."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def routing(self) -> dict:
+        """The ids a result echoes, so the bot can route it without keeping state."""
+        return {k: getattr(self, k) for k in ROUTING_KEYS}
+
+
+ROUTING_KEYS = ("persona", "guild_id", "channel_id", "user_id", "interaction_id", "reply_to")
+
+
+class ProbabilitySummary(BaseModel):
+    """What a finished text says about its own probabilities: the mean and least probability of the chosen
+    tokens, and the improbability drive's picks as (word, probability)."""
+
+    mean: float | None = None
+    min: float | None = None
+    tokens: int = 0
+    n_picks: int = 0
+    picks: list[tuple[str, float]] = Field(default_factory=list)
+
+
+class GenerateResult(BaseModel):
+    """What `improbable.generate` answers: the text, how it was made, and the request's routing ids."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str
+    full_text: str = Field(description="Prompt and completion as the tokenizer joins them")
+    seed: int | None = None
+    tokens: int | None = None
+    finish_reason: str | None = Field(None, description="length, stop or sentence")
+    unknown: list[str] = Field(default_factory=list, description="Prompt characters or words the model never saw")
+    latency_ms: int | None = None
+    load_ms: int = Field(0, description="Time spent loading the checkpoint (0 when it was resident)")
+    batch_peak: int = Field(0, description="The largest batch this request was stepped in")
+    checkpoint_id: int | None = None
+    generation_id: int | None = Field(None, description="Its row in `generations` (None: not recorded)")
+    duplicate: bool = Field(False, description="Another run of the same request answered first")
+    probability: ProbabilitySummary | None = None
+    worker: str | None = None
+    persona: str = ""
+    guild_id: int | None = None
+    channel_id: int | None = None
+    user_id: int | None = None
+    interaction_id: int | None = None
+    reply_to: int | None = None
+
+
+class LivenessError(ValueError):
+    """Timings whose order cannot work; the message names the order that is broken."""
+
+
+class Liveness(BaseModel):
+    """Every timing the bot and the workers share about a generate job being alive, in one place, with the
+    order they must keep. A running job writes its partial text (or the same again, a heartbeat) every
+    `partial_heartbeat`; a worker silent for `lease` has its jobs re-published by another (its reaper looks
+    every lease/5); the bot tells the user after `stall_notice` of silence and gives up after `stall`, so a
+    take-over must fit before `stall`. A result store (Redis) away for up to `outage` is waited out by the
+    bot; the worker retries storing a result for `result_retry`, so it must give up no later than the bot."""
+
+    model_config = ConfigDict(frozen=True)
+
+    partial_interval: float = Field(0.5, gt=0, description="Seconds between partial-text updates while it grows")
+    partial_heartbeat: float = Field(2.0, gt=0, description="Seconds between updates when the text has not grown")
+    lease: float = Field(10.0, gt=0, description="Silence after which a generate worker is taken for dead")
+    stall_notice: float = Field(12.0, gt=0, description="Silence after which the bot tells the user")
+    stall: float = Field(45.0, gt=0, description="Silence after which the bot gives the job up")
+    started_grace: float = Field(60.0, ge=0, description="More silence allowed while a job loads its model")
+    outage: float = Field(45.0, gt=0, description="How long the bot follows a job through a result-store outage")
+    reconnect: float = Field(20.0, ge=0, description="After an outage, how long no consumer proves nothing")
+    result_retry: float = Field(40.0, gt=0, description="How long a worker retries storing a result")
+    recording_outage: float = Field(30.0, gt=0, description="How long a database outage is waited out by the "
+                                    "generation recorder")
+    token_lifetime: float = Field(14 * 60, gt=0, le=15 * 60, description="How long the bot uses an interaction's "
+                                  "token (Discord keeps it 15 minutes)")
+
+    @property
+    def takeover(self) -> float:
+        """Worst case from a worker's death to its job re-published: a lease, then the reaper's next look."""
+        return self.lease + self.lease / 5
+
+    @model_validator(mode="after")
+    def _order(self) -> Liveness:
+        rules = [
+            (self.partial_interval <= self.partial_heartbeat, "partial_interval <= partial_heartbeat"),
+            (self.partial_heartbeat < self.stall_notice, "partial_heartbeat < stall_notice: a live job would "
+             "look stalled between two heartbeats"),
+            (self.stall_notice < self.stall, "stall_notice < stall"),
+            (self.partial_heartbeat < self.lease, "partial_heartbeat < lease"),
+            (self.takeover + self.partial_heartbeat < self.stall, "lease + lease/5 (take-over) + partial_heartbeat "
+             f"< stall: the bot would give up on a dead worker's job ({self.stall:g} s) before another worker "
+             f"takes it over ({self.takeover:g} s)"),
+            (self.result_retry <= self.outage, "result_retry <= outage: the bot would stop waiting while the "
+             "worker still retries storing the result"),
+            (self.recording_outage < self.result_retry + self.outage, "recording_outage < result_retry + outage"),
+        ]
+        broken = [rule for ok, rule in rules if not ok]
+        if broken:
+            raise LivenessError("generate liveness timings out of order: " + "; ".join(broken))
+        return self
 
 
 def _finite(value: Any) -> Any:
@@ -242,3 +358,32 @@ def checkpoint_metadata(data: bytes, name: str = "checkpoint") -> dict:
     """The validated metadata of a checkpoint in memory, torch-free: core.checkpoints.meta_from_bytes, the one
     header reader (kept under this name for its callers). CheckpointError, a ValueError, when it is refused."""
     return meta_from_bytes(data, name)
+
+
+# --- the probability picture's pieces ---------------------------------------------------------------------------
+# A generation's text cut into words, punctuation runs and whitespace, each with the probability the model gave it:
+# the worker makes them from the sampler's stream (worker/probability.py) and keeps them in the generation row as
+# JSON, the bot draws them on request (bot/pictures.py).
+
+import json  # noqa: E402 - this section's own imports, kept with it
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    probability: float | None  # None: not written by the model (the prompt)
+    picked: bool = False  # chosen by the improbability drive
+
+    @property
+    def is_space(self) -> bool:
+        return self.text.isspace()
+
+
+def pieces_to_json(pieces) -> str:
+    """[[text, probability, picked], ...]: about 4 KB for 280 characters."""
+    return json.dumps([[p.text, p.probability, p.picked] for p in pieces], ensure_ascii=False)
+
+
+def pieces_from_json(data: str) -> list[Piece]:
+    return [Piece(str(t), None if p is None else float(p), bool(k)) for t, p, k in json.loads(data)]

@@ -8,9 +8,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from core.contracts import Liveness
 from core.text import HARD_MAX_BYTES as HARD_MAX_UPLOAD_BYTES
 
 SECRETS_DIR = Path("/run/secrets")  # Docker/Compose secrets; a file named like the setting is read
@@ -117,6 +118,16 @@ class Settings(BaseSettings):
                              "postgresql+psycopg://user:password@host/db")
         return value
 
+    @model_validator(mode="after")
+    def _liveness_in_order(self) -> Settings:
+        self.liveness  # noqa: B018 - refused at start-up, not when the first job runs
+        return self
+
+    @property
+    def liveness(self) -> Liveness:
+        """The generate job's shared timings (core.contracts.Liveness) with this deployment's settings."""
+        return Liveness(partial_interval=self.partial_interval, lease=self.generate_lease_seconds)
+
     @property
     def corpus_dirs(self) -> list[Path]:
         """IMPROBABLE_CORPUS_PATH's folders; unset: data_dir/corpora, plus ../shared/corpora beside a checkout
@@ -204,7 +215,9 @@ def masked_value(field_name: str, value) -> str:
 
 def _describe(error: dict) -> str:
     loc = [str(part) for part in error.get("loc", ())]
-    name = loc[0] if loc else "?"
+    if not loc:  # a rule across settings (the liveness order)
+        return "invalid settings: " + str(error.get("msg", "")).removeprefix("Value error, ")
+    name = loc[0]
     field_name = next((f for f in Settings.model_fields if name == f or name in env_names(f)), None)
     if field_name is None:
         return f"invalid setting {name}: {error.get('msg')}"

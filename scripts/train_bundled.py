@@ -26,12 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.contracts import SamplingParams
 from trainer import checkpoint as ckpt
 from trainer.datasets import load_named_corpus
 from trainer.originality import originality
 from trainer.pretrained import PRETRAINED_DIR
 from trainer.recipes import RECIPES_DIR, load_recipe
-from trainer.sample import SamplingParams, generate
+from trainer.sample import generate
 from trainer.train import TrainConfig, train
 
 BUNDLED_DIR = ROOT / "db" / "bundled"

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from core.blend import BlendSpecError, format_blend, is_blend_spec, parse_blend
+from core.contracts import SamplingParams
 from trainer.blend import BlendedModel, blend, stand_in
 from trainer.model import ModelConfig, build_model, cat_states, select_state
-from trainer.sample import BatchSampler, SamplingParams, generate
+from trainer.sample import BatchSampler, generate
 from trainer.tokenizer import CharTokenizer, WordTokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from core.contracts import checkpoint_metadata
+from core.contracts import SamplingParams, checkpoint_metadata
 from db.bundled import BUNDLED_DIR, bundled_checkpoints, register_bundled
 from trainer import checkpoint as ckpt
 from trainer.pretrained import PRETRAINED_DIR
-from trainer.sample import SamplingParams, generate
+from trainer.sample import generate
 
 pytestmark = pytest.mark.skipif(not bundled_checkpoints(), reason="no bundled checkpoints built")
 

@@ -176,7 +176,8 @@ def test_bfloat16_serving_keeps_the_distribution_and_the_prefill(saved):
     reference = torch.softmax(logits_of(model, len(tok)), -1)
     got = torch.softmax(logits_of(served.model, len(tok)).float(), -1)
     assert (got - reference).abs().max() < 0.02  # bf16 keeps ~3 significant digits
-    from trainer.sample import SamplingParams, generate
+    from core.contracts import SamplingParams
+    from trainer.sample import generate
 
     text = generate(served.model, served.tokenizer, ["abc abc"], SamplingParams(max_tokens=30, seed=3))[0].text
     assert len(text) == 30

@@ -128,8 +128,9 @@ def test_generate_prints_text_and_is_reproducible_with_seed(trained):
 def test_generate_prints_exactly_the_sampled_text(trained):
     """The printed completion is the model's text, byte for byte: the console must not re-wrap it
     (`improbable generate ... > sample.txt` is how people keep samples)."""
+    from core.contracts import SamplingParams
     from trainer import checkpoint as ckpt
-    from trainer.sample import SamplingParams, generate
+    from trainer.sample import generate
 
     _, out, _ = trained
     loaded = ckpt.load(out / "best.safetensors")

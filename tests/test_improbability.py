@@ -15,9 +15,10 @@ import statistics
 import pytest
 import torch
 
+from core.contracts import SamplingParams
 from tests.test_sample import TableModel
 from trainer.model import ModelConfig, build_model
-from trainer.sample import BatchSampler, SamplingParams, Stream, generate, is_special
+from trainer.sample import BatchSampler, Stream, generate, is_special
 from trainer.tokenizer import CharTokenizer, WordTokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")

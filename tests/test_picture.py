@@ -224,8 +224,9 @@ def test_the_picture_module_does_not_import_torch():
 def test_a_real_generation_with_the_drive_renders():
     """A bundled char checkpoint, the improbability drive on: every pick lands on a word of the text."""
     torch = pytest.importorskip("torch")
+    from core.contracts import SamplingParams
     from trainer.checkpoint import load
-    from trainer.sample import SamplingParams, generate
+    from trainer.sample import generate
 
     torch.manual_seed(0)
     checkpoint = load(REPO / "db" / "bundled" / "shakespeare.safetensors")
@@ -239,7 +240,7 @@ def test_a_real_generation_with_the_drive_renders():
     written = [p for p in pieces if p.probability is not None]
     assert sum(math.log(p.probability) for p in written) == pytest.approx(
         sum(math.log(p) for p in stream.probabilities[:len(stream.text)]), rel=1e-6)
-    picture = render_picture(pieces, *describe_sampling("shakespeare", params.to_dict(), stream.seed))
+    picture = render_picture(pieces, *describe_sampling("shakespeare", params.model_dump(mode="json"), stream.seed))
     assert picture.png.startswith(PNG_SIGNATURE) and len(picture.png) < 300_000
 
 

@@ -8,9 +8,10 @@ import warnings
 import pytest
 import torch
 
+from core.contracts import SamplingParams
 from trainer.model import ModelConfig, build_model
 from trainer.quantize import QuantizedCharLSTM, held_out_loss, quantize_for_serving
-from trainer.sample import BatchSampler, SamplingParams
+from trainer.sample import BatchSampler
 from trainer.tokenizer import CharTokenizer
 
 TEXT = "the cat sat on the mat. the dog sat on the log. a cat and a dog sat on a mat and a log. " * 12

@@ -14,18 +14,11 @@ import pytest
 import torch
 from scipy import stats
 
+from core.contracts import SamplingParams
 from core.text import DOCUMENT_SEPARATOR
+from trainer.draws import uniform
 from trainer.model import LanguageModel, ModelConfig, build_model
-from trainer.sample import (
-    BatchSampler,
-    SamplingParams,
-    Stream,
-    _RowParams,
-    _seed_key,
-    choose,
-    generate,
-    uniform,
-)
+from trainer.sample import BatchSampler, Stream, _RowParams, _seed_key, choose, generate
 from trainer.tokenizer import CharTokenizer, WordTokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -532,6 +525,6 @@ def test_invalid_sampling_params_raise_clear_value_errors(kwargs, field):
 def test_sampling_params_dict_round_trip_and_unknown_keys():
     params = SamplingParams(max_tokens=5, top_k=3, stop=["a", "b"], seed=9)
     assert params.stop == ("a", "b")
-    assert SamplingParams.from_dict(params.to_dict()) == params
-    with pytest.raises(ValueError, match="unknown sampling parameters: bogus"):
-        SamplingParams.from_dict({"bogus": 1})
+    assert SamplingParams.model_validate_json(params.model_dump_json()) == params
+    with pytest.raises(ValueError, match="bogus"):
+        SamplingParams.model_validate({"bogus": 1})

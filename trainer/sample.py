@@ -29,64 +29,17 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
+from core.contracts import SamplingParams
 from core.text import DOCUMENT_SEPARATOR
 
-from .draws import DEFAULT_TOLERANCE, effective_tolerance, inverse_cdf, mix32, uniform, vocab_mask
+from .draws import effective_tolerance, inverse_cdf, mix32, vocab_mask
 from .draws import seed_key as _seed_key
 from .model import LanguageModel, State, cat_states, select_state
 from .word_drive import WordDrive
-
-# uniform and DEFAULT_TOLERANCE are re-exported: callers and tests know them as trainer.sample's.
-__all__ = ["BatchSampler", "SamplingParams", "Stream", "generate", "choose", "uniform", "is_special",
-           "DEFAULT_TOLERANCE"]
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 200
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    improbability: float = 0.0  # target probability in (0, 1]; 0 = off
-    tolerance: float = 0.0  # band [p/(1+t), p·(1+t)]; 0 = DEFAULT_TOLERANCE (a factor of 2)
-    repetition_penalty: float = 1.0  # > 1 discourages tokens seen in the last `repetition_window`
-    repetition_window: int = 32
-    stop: tuple[str, ...] = ()
-    stop_at_sentence_end: bool = False
-    seed: int | None = None  # None = a fresh random seed (recorded on the stream)
-
-    def __post_init__(self) -> None:
-        self.stop = tuple(self.stop)
-        checks = [
-            (self.max_tokens >= 1, "max_tokens must be at least 1"),
-            (self.temperature >= 0 and math.isfinite(self.temperature), "temperature must be 0 (greedy) or positive"),
-            (self.top_k >= 0, "top_k must be 0 (off) or positive"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (0 <= self.improbability <= 1, "improbability must be a probability in (0, 1], or 0 for off"),
-            (self.tolerance >= 0, "tolerance must be non-negative"),
-            (self.repetition_penalty >= 1, "repetition_penalty must be at least 1"),
-            (self.repetition_window >= 1, "repetition_window must be at least 1"),
-            (all(self.stop), "stop sequences must not be empty"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["stop"] = list(self.stop)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SamplingParams:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown sampling parameters: {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 @dataclass

@@ -123,10 +123,9 @@ def post_content(display_name: str, text: str) -> str:
     return head + text.strip()[: MAX_CONTENT - len(head)]
 
 
-def post(schedule_id: int, slot_iso: str) -> dict:
-    """Generate and post a claimed slot; idempotent (a redelivered job for a posted slot does nothing)."""
-    from .generation import serve_request
-
+def post(schedule_id: int, slot_iso: str, runtime) -> dict:
+    """Generate (with `runtime`, a worker.serve.runtime.Runtime) and post a claimed slot; idempotent (a
+    redelivered job for a posted slot does nothing)."""
     slot = as_utc(datetime.fromisoformat(slot_iso))
     with session_scope() as session:
         claim = session.scalars(select(SchedulePost).where(SchedulePost.schedule_id == schedule_id,
@@ -149,10 +148,11 @@ def post(schedule_id: int, slot_iso: str) -> dict:
         seed = (schedule_id * 1_000_003 + int(slot.timestamp())) % 2**31
         request = GenerateRequest(checkpoint_id=persona.active_checkpoint_id, persona=persona.slug,
                                   prompt=schedule.prompt, guild_id=schedule.guild_id, channel_id=schedule.channel_id,
-                                  params=merge_sampling(persona.sampling, schedule.params, {"seed": seed})).payload()
-        request["request_id"] = f"schedule-{schedule_id}-{int(slot.timestamp())}"  # one row per slot, ever
+                                  params=merge_sampling(persona.sampling, schedule.params, {"seed": seed}),
+                                  request_id=f"schedule-{schedule_id}-{int(slot.timestamp())}")  # one row per slot
+
         channel_id, display_name = schedule.channel_id, persona.display_name
-    result = serve_request(request, maybe_done=True)
+    result = runtime.serve(request, maybe_done=True)
     # One message per slot even when two runs of this job overlap (a redelivery, a job re-published by the
     # lease reaper while its worker was only slow): the slot's row stays locked from the check to the
     # record, so the second run waits and then finds it posted. Discord's enforced nonce covers a run that
@@ -163,14 +163,14 @@ def post(schedule_id: int, slot_iso: str) -> dict:
         if claim is not None and claim.status is PostStatus.POSTED:
             return {"status": "posted", "message_id": claim.message_id, "duplicate": True}
         try:
-            message_id = post_message(channel_id, post_content(display_name, result["full_text"]),
+            message_id = post_message(channel_id, post_content(display_name, result.full_text),
                                       nonce=f"s{schedule_id}-{int(slot.timestamp())}"[:25])
         except DiscordError as e:
-            finish_post(session, schedule_id, slot, error=str(e), generation=result["generation_id"])
+            finish_post(session, schedule_id, slot, error=str(e), generation=result.generation_id)
             paused = e.status in PAUSE_ON_STATUS
             if paused and (schedule := session.get(Schedule, schedule_id)) is not None:
                 schedule.enabled = False  # /schedule list shows it paused, with this post's error
                 log.warning("schedule %s paused: posting into channel %s failed: %s", schedule_id, channel_id, e)
             return {"status": "failed", "error": str(e), "paused": paused}
-        finish_post(session, schedule_id, slot, message_id=message_id, generation=result["generation_id"])
-    return {"status": "posted", "message_id": message_id, "generation_id": result["generation_id"]}
+        finish_post(session, schedule_id, slot, message_id=message_id, generation=result.generation_id)
+    return {"status": "posted", "message_id": message_id, "generation_id": result.generation_id}

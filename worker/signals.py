@@ -10,9 +10,7 @@ workers with the threads pool and trainers with the solo pool, so tasks run in t
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
 
 from celery import current_task, signals
 
@@ -21,11 +19,7 @@ from core import logs, metrics
 log = logging.getLogger(__name__)
 GENERATE_TASK = "improbable.generate"
 
-# whether a checkpoint is loaded in this process: set by worker.generation when it creates its cache (this
-# module, imported with worker.app by the bot, must not import the generation code)
-cache_probe: Callable[[int], bool] | None = None
-_started: dict[str, float] = {}  # task id → perf_counter at start
-_started_lock = threading.Lock()
+STARTED = "improbable_started"  # the attribute of a task's request (its Context) holding its perf_counter start
 
 
 def _task_name(task) -> str:
@@ -76,33 +70,36 @@ def _on_beat_init(**_kwargs) -> None:
 
 def _on_task_prerun(task_id=None, task=None, args=None, **_kwargs) -> None:
     name = _task_name(task)
-    with _started_lock:
-        _started[task_id] = time.perf_counter()
+    if task is not None:
+        setattr(task.request, STARTED, time.perf_counter())
     metrics.JOBS_IN_PROGRESS.labels(name).inc()
     if name == GENERATE_TASK and args and isinstance(args[0], dict):
         try:
             checkpoint_id = int(args[0].get("checkpoint_id"))
         except (TypeError, ValueError):
             return
-        hit = cache_probe is not None and cache_probe(checkpoint_id)
+        # a runtime this process has not made yet holds no checkpoint (and must not be made here)
+        runtime = task.__dict__.get("runtime")
+        hit = runtime is not None and runtime.loaded(checkpoint_id)
         metrics.CHECKPOINT_CACHE.labels("hit" if hit else "miss").inc()
 
 
 def _on_task_postrun(task_id=None, task=None, retval=None, state=None, **_kwargs) -> None:
     name = _task_name(task)
     if name == GENERATE_TASK and state == "IGNORED":
-        return  # handed to the engine: worker/delivery.py calls job_finished when it answers
-    job_finished(task_id, name, state, retval)
+        return  # handed to the engine: worker/serve/delivery.py calls job_finished when it answers
+    started = getattr(task.request, STARTED, None) if task is not None else None
+    job_finished(task_id, name, state, retval, started)
 
 
-def job_finished(task_id: str, name: str, state: str | None, retval=None) -> None:
-    """A job's end: its duration, final state and (generate) latency and tokens."""
-    with _started_lock:
-        started = _started.pop(task_id, None)
+def job_finished(task_id: str, name: str, state: str | None, retval=None, started: float | None = None) -> None:
+    """A job's end: its duration (from `started`, a perf_counter), final state and (generate) latency and tokens."""
     if started is not None:
         metrics.JOB_DURATION.labels(name).observe(time.perf_counter() - started)
         metrics.JOBS_IN_PROGRESS.labels(name).dec()
     metrics.JOBS.labels(name, (state or "unknown").lower()).inc()
+    if hasattr(retval, "model_dump"):
+        retval = retval.model_dump()
     if name == GENERATE_TASK and state == "SUCCESS" and isinstance(retval, dict):
         metrics.observe_generation(retval)
 
@@ -128,24 +125,18 @@ class TaskResultsAtDebug(logging.Filter):
         return True
 
 
-_connected = False
-
-
 def connect() -> None:
-    """Connect the handlers above (once)."""
-    global _connected
-    if _connected:
-        return
+    """Connect the handlers above (once per process: each has a dispatch_uid, Celery's own de-duplication)."""
     logs.set_task_context(running_task)
-    logging.getLogger("celery.app.trace").addFilter(TaskResultsAtDebug())  # workers and eager mode alike
-    signals.setup_logging.connect(_on_setup_logging, weak=False)
-    signals.worker_init.connect(_on_worker_init, weak=False)
-    signals.celeryd_after_setup.connect(_on_after_setup, weak=False)
-    signals.worker_ready.connect(_on_worker_ready, weak=False)
-    signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False)
-    signals.beat_init.connect(_on_beat_init, weak=False)
-    signals.task_prerun.connect(_on_task_prerun, weak=False)
-    signals.task_postrun.connect(_on_task_postrun, weak=False)
-    signals.task_revoked.connect(_on_task_revoked, weak=False)
-    signals.after_task_publish.connect(_on_after_task_publish, weak=False)
-    _connected = True
+    results = logging.getLogger("celery.app.trace")
+    if not any(isinstance(f, TaskResultsAtDebug) for f in results.filters):  # workers and eager mode alike
+        results.addFilter(TaskResultsAtDebug())
+    handlers = {
+        signals.setup_logging: _on_setup_logging, signals.worker_init: _on_worker_init,
+        signals.celeryd_after_setup: _on_after_setup, signals.worker_ready: _on_worker_ready,
+        signals.worker_shutting_down: _on_worker_shutting_down, signals.beat_init: _on_beat_init,
+        signals.task_prerun: _on_task_prerun, signals.task_postrun: _on_task_postrun,
+        signals.task_revoked: _on_task_revoked, signals.after_task_publish: _on_after_task_publish,
+    }
+    for signal, handler in handlers.items():
+        signal.connect(handler, weak=False, dispatch_uid=f"improbable.{handler.__name__}")

@@ -1,27 +1,18 @@
 """The Celery tasks, by stable name. The bot enqueues by name (`worker.app.enqueue(name, *args)` or
 `app.send_task(name, args=[...])`) and never imports this module. Payloads and results are JSON.
 
-improbable.generate(request) — queue `generate`
-    request: core.contracts.GenerateRequest: {"checkpoint_id": int (resolved by the bot: the persona's
-              active checkpoint), "persona": slug, "prompt": str,
-              "params": core.contracts.SamplingParams values (seed set by the caller; None values and
-                        missing keys mean the defaults; max_tokens is capped by IMPROBABLE_MAX_GENERATE_TOKENS),
-              "guild_id", "channel_id", "user_id": ints or null,
-              optional "interaction_id", "reply_to" (echoed back), "parent_generation_id" (regenerate)}
-    result:  {"text": the completion, "full_text": prompt + completion as the tokenizer joins them,
-              "seed", "tokens", "finish_reason" (length|stop|sentence), "unknown": prompt characters/words
-              outside the vocabulary, "latency_ms", "load_ms", "batch_peak": the largest batch this request
-              was stepped in, "generation_id" (row in `generations`), "checkpoint_id",
-              "worker": hostname, and the echoed persona/guild_id/channel_id/user_id/interaction_id/reply_to}
+improbable.generate(request: GenerateRequest) -> GenerateResult — queue `generate`
+    Both types are core.contracts'; Celery's `pydantic=True` validates the argument and dumps the result.
+    The request's checkpoint_id is resolved by the service (the persona's active checkpoint); its params
+    are core.contracts.SamplingParams (a missing seed is drawn here; max_tokens is capped by
+    IMPROBABLE_MAX_GENERATE_TOKENS).
     partial text: while it runs, the task is in state PROGRESS with meta {"text": completion so far,
-              "beat": the time it was written}, updated at most every IMPROBABLE_PARTIAL_INTERVAL seconds
-              (0.5) while it grows, and every 2 s regardless (a heartbeat). Read it with
-              `AsyncResult(id).get(on_message=callback)` (the Redis backend pushes every state) or by
-              polling `AsyncResult(id).state/.info`. Short jobs finish before any PROGRESS.
-    errors:  an unknown checkpoint or invalid params fail at once (BadRequest, not retried).
-    On a worker the task hands the request to the engine and returns without a state (Ignore); the
-    engine's side stores PROGRESS, SUCCESS and FAILURE under the task's id (worker/delivery.py). In eager
-    mode the result is returned directly.
+              "beat": the time it was written}, every Liveness.partial_interval while it grows and every
+              Liveness.partial_heartbeat regardless. Short jobs finish before any PROGRESS.
+    errors:  an unknown checkpoint or an invalid request fail at once (not retried).
+    On a worker the task hands the request to the serving runtime (worker/serve/) and returns without a
+    state (Ignore); the runtime stores PROGRESS, SUCCESS and FAILURE under the task's id. In eager mode the
+    result is returned directly.
 
 improbable.train(run_id: int) — queue `train`
     Trains the run's persona on the run's corpus (or, for bundled personas, the recipe's corpus by name)
@@ -56,18 +47,23 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from functools import cached_property
 
+from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import task_postrun, task_received, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError as KombuOperationalError
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError as SQLOperationalError
 
+from core.contracts import GenerateRequest, GenerateResult
 from core.settings import get_settings
 
 from .app import GENERATE_QUEUE, app
 from .schedules import DiscordUnavailable
+from .serve.runtime import BadRequest, Runtime
 
 log = logging.getLogger(__name__)
 # Only errors that a retry can fix: the broker, the database or Discord briefly unreachable.
@@ -77,43 +73,52 @@ RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "retry_backof
          "retry_jitter": True, "max_retries": 3}
 
 
-@app.task(name="improbable.generate", bind=True, acks_late=True, reject_on_worker_lost=True,
-          soft_time_limit=150, time_limit=180, **RETRY)
-def generate_task(self, request: dict) -> dict:
-    from .generation import begin, serve_request
+class ServingTask(Task):
+    """The generate task's class: its one instance per process owns that process's serving runtime (Celery
+    registers one instance of each task per process and keeps it: the place for per-process resources)."""
 
+    @cached_property
+    def runtime(self) -> Runtime:
+        return Runtime(self.app)
+
+    def __call__(self, *args, **kwargs):
+        # Celery's pydantic=True validates the argument before the task runs; its ValidationError does not
+        # survive the result backend (it arrives as an empty "ValidationError([])"), a BadRequest does
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as e:
+            raise BadRequest(f"invalid generate request: {e}") from None
+
+
+@app.task(name="improbable.generate", base=ServingTask, bind=True, pydantic=True, acks_late=True,
+          reject_on_worker_lost=True, soft_time_limit=150, time_limit=180, **RETRY)
+def generate_task(self, request: GenerateRequest) -> GenerateResult:
     remote = not self.request.called_directly and not self.request.is_eager
-    if isinstance(request, dict) and self.request.id and not isinstance(request.get("request_id"), str):
+    if self.request.id and request.request_id is None:
         # the idempotency key of the `generations` row: a redelivered or re-published job keeps its task id
-        request = {**request, "request_id": self.request.id}
+        request = request.model_copy(update={"request_id": self.request.id})
     # a message Redis restored, a job the lease reaper re-published, or a retry may have been answered already
     maybe_done = bool((self.request.delivery_info or {}).get("redelivered") or self.request.retries
                       or getattr(self.request, "republished", False))
     hostname = socket.gethostname() if self.request.hostname is None else self.request.hostname
+    runtime = self.runtime
     if not remote:  # eager (the bot's own process, no broker): the answer is returned here
-        return {**serve_request(request, maybe_done=maybe_done), "worker": hostname}
+        return runtime.serve(request, maybe_done=maybe_done).model_copy(update={"worker": hostname})
     if maybe_done:  # a run of this very task that finished: its stored answer, whole
         try:
             earlier = self.backend.get_task_meta(self.request.id)
         except Exception:  # noqa: BLE001 - the row check below still applies
             earlier = {}
         if earlier.get("status") == "SUCCESS" and isinstance(earlier.get("result"), dict):
-            return earlier["result"]
-    recorded = _hand_off(self, hostname, lambda: begin(request, maybe_done=maybe_done))
-    if recorded is not None:  # answered from its recorded row
-        return {**recorded, "worker": hostname}
-    raise Ignore()  # no state stored, message acknowledged: worker/delivery.py answers from the engine's side
-
-
-def _hand_off(task, hostname: str, start) -> dict | None:
-    from .delivery import delivery
-    from .leases import leases
-
-    holder = leases()
+            return GenerateResult.model_validate(earlier["result"])
     # the message is acknowledged when the task returns: from then on only the lease covers the job
-    if holder is not None and not holder.written(task.request.id):
-        log.warning("job %s: its lease is not written yet (Redis away?); handing it over anyway", task.request.id)
-    return delivery().hand_off(task.request.id, task.request, hostname, start)
+    if runtime.leases is not None and not runtime.leases.written(self.request.id):
+        log.warning("job %s: its lease is not written yet (Redis away?); handing it over anyway", self.request.id)
+    recorded = runtime.delivery.hand_off(self.request.id, self.request, hostname,
+                                         lambda: runtime.begin(request, maybe_done=maybe_done))
+    if recorded is not None:  # answered from its recorded row
+        return recorded.model_copy(update={"worker": hostname})
+    raise Ignore()  # no state stored, message acknowledged: the runtime's delivery answers from the engine's side
 
 
 # Jobs that hold a lease from the moment their worker receives them until they end (worker/leases.py): if
@@ -126,24 +131,20 @@ LEASED_TASKS = frozenset({"improbable.generate", "improbable.post_scheduled"})
 def _lease_on_receipt(request=None, **_) -> None:
     if request is None or request.name not in LEASED_TASKS:
         return
-    from .leases import leases
-
-    holder = leases()
-    if holder is not None:
-        holder.hold(request.id, request.name, list(request.args or ()))
+    leases = generate_task.runtime.leases
+    if leases is not None:
+        leases.hold(request.id, request.name, list(request.args or ()))
 
 
 @task_postrun.connect
 def _release_lease(task_id=None, task=None, state=None, **_) -> None:
     # a retry is a new message under the same id: its receipt leases it again; a job handed to the engine
-    # (IGNORED) keeps its lease until worker/delivery.py answers it
+    # (IGNORED) keeps its lease until the runtime's delivery answers it
     if task is None or task.name not in LEASED_TASKS or state in ("RETRY", "IGNORED") or task.request.is_eager:
         return
-    from .leases import leases
-
-    holder = leases()
-    if holder is not None:
-        holder.release(task_id)
+    leases = generate_task.runtime.leases
+    if leases is not None:
+        leases.release(task_id)
 
 
 # The run's own time budget (capped by IMPROBABLE_TRAIN_MAX_MINUTES) ends it; this is the backstop.
@@ -203,7 +204,7 @@ def requeue_orphaned_runs() -> list[int]:
 def post_scheduled(schedule_id: int, slot_iso: str) -> dict:
     from .schedules import post
 
-    return post(int(schedule_id), slot_iso)
+    return post(int(schedule_id), slot_iso, generate_task.runtime)
 
 
 @worker_ready.connect
@@ -217,30 +218,32 @@ def warm_up(sender, **_) -> None:
         queues = {q.name for q in sender.task_consumer.queues}
     except Exception:  # noqa: BLE001 - warming up is an optimisation; never break the worker over it
         return
-    if GENERATE_QUEUE in queues and sender.app.conf.broker_url.startswith(("redis", "unix")):
-        # When the broker connection drops (Redis restarting), kombu's Redis channel tries to put the running
-        # jobs back on the queue as it closes; with the connection gone that raises AttributeError inside
-        # kombu (5.7), which Celery treats as unrecoverable: the worker exits, and its jobs with it (seen in
-        # tests/faults). Without that restore the running jobs simply finish, and stay covered by their
-        # lease and the visibility timeout (a late redelivery answers from its recorded row).
-        from kombu.transport.redis import Channel
+    if GENERATE_QUEUE not in queues:
+        return
+    if sender.app.conf.broker_url.startswith(("redis", "unix")):
+        patch_kombu_restore()
+    if not prefork:
+        runtime = generate_task.runtime
+        threading.Thread(target=lambda: runtime.engine, name="warm-up", daemon=True).start()
+        if runtime.leases is not None:  # the reaper runs in every generate worker, busy or idle
+            runtime.leases.start()
 
-        Channel.do_restore = False
-    if GENERATE_QUEUE in queues and not prefork:
-        from .generation import engine
-        from .leases import leases
 
-        threading.Thread(target=engine, name="warm-up", daemon=True).start()
-        holder = leases()
-        if holder is not None:  # the reaper runs in every generate worker, busy or idle
-            holder.start()
+def patch_kombu_restore() -> None:
+    """When the broker connection drops (Redis restarting), kombu's Redis channel tries to put the running
+    jobs back on the queue as it closes; with the connection gone that raises AttributeError inside kombu
+    (5.7), which Celery treats as unrecoverable: the worker exits, and its jobs with it. Without that restore
+    the running jobs simply finish, and stay covered by their lease and the visibility timeout (a late
+    redelivery answers from its recorded row). Only generate workers turn it off: their jobs have leases."""
+    from kombu.transport.redis import Channel
+
+    Channel.do_restore = False
 
 
 @worker_shutdown.connect
 def answer_before_exit(**_) -> None:
     """A warm shutdown answers the jobs already handed to the engine (their tasks have returned, so Celery
     does not wait for them); what is left after 50 s is re-published by another worker (its lease)."""
-    from .delivery import drain
-
-    if not drain(50.0):
+    runtime = generate_task.__dict__.get("runtime")
+    if runtime is not None and not runtime.drain(50.0):
         log.warning("shutting down with generate jobs unanswered: another worker takes them over (leases)")

@@ -322,9 +322,9 @@ def _train(job: dict, on_progress) -> dict:
 
 def finish(job: dict, out_dir: Path, storage: Storage, result, progress: dict) -> dict:
     """Store the best checkpoint (a row), loss.png and a sample; promote when it beats the active one."""
+    from core.contracts import SamplingParams
     from trainer.checkpoint import load
     from trainer.evaluate import quality_gate
-    from trainer.sample import SamplingParams
     from trainer.sample import generate as sample_text
 
     best_path = out_dir / "best.safetensors"

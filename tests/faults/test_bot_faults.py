@@ -15,7 +15,7 @@ from db.personas import get_persona
 from db.schedules import claim_slot, create_schedule, posts_of
 from tests.worker.support import generate_request
 from worker.app import app
-from worker.leases import LEASES
+from worker.serve.leases import LEASES
 
 from .conftest import report
 

@@ -1,37 +1,80 @@
-"""The contract the worker validates (core.contracts) against the sampler it feeds (trainer.sample)."""
+"""The generate job's contracts (core.contracts): the request the worker receives, the sampling parameters
+the sampler reads as they are, and the liveness timings whose order is checked at start-up."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
+from pydantic import ValidationError
 
-from core.contracts import SamplingParams, parse_sampling
-from trainer.sample import SamplingParams as SamplerParams
-from worker.generation import BadRequest, sampling_params
-
-
-def test_the_contract_has_the_samplers_fields_and_defaults():
-    sampler = {f.name: f.default for f in dataclasses.fields(SamplerParams)}
-    contract = {name: field.default for name, field in SamplingParams.model_fields.items()}
-    assert contract == sampler
+from core.contracts import GenerateRequest, GenerateResult, Liveness, SamplingParams, parse_sampling
+from core.settings import SettingsError, load_settings
+from worker.serve.runtime import Runtime
 
 
-def test_what_the_contract_accepts_the_sampler_accepts():
-    checked = parse_sampling({"max_tokens": 5, "temperature": 0, "top_k": 10_000, "top_p": 1, "improbability": 1,
-                              "tolerance": 10, "repetition_penalty": 10, "stop": ["."], "seed": 2**63 - 1})
-    assert SamplerParams(**checked.model_dump()).seed == 2**63 - 1
+def test_there_is_one_sampling_params_and_the_sampler_reads_it():
+    import trainer.sample
+
+    assert trainer.sample.Stream.__annotations__["params"] in ("SamplingParams", SamplingParams)
+    assert not hasattr(trainer.sample, "SamplingParams") or trainer.sample.SamplingParams is SamplingParams
 
 
-@pytest.mark.parametrize("params, phrase", [({"top_p": 0}, "top_p must be more than 0"),
+@pytest.mark.parametrize("params, phrase", [({"top_p": 0}, "top-p must be more than 0"),
                                             ({"temperature": float("nan")}, "temperature"),
                                             ({"stop": [""]}, "stop sequences must not be empty"),
                                             ({"beam": 3}, "unknown sampling parameter: beam")])
-def test_the_worker_refuses_what_the_contract_refuses(params, phrase):
-    with pytest.raises(BadRequest, match=phrase):
-        sampling_params(params, max_tokens_cap=100)
+def test_the_contract_refuses_bad_sampling_with_the_reason(params, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        parse_sampling(params, labels=True)
 
 
-def test_the_worker_caps_length_and_sets_a_seed():
-    params = sampling_params({"max_tokens": 5000, "seed": None}, max_tokens_cap=100)
+@pytest.mark.parametrize("params", [{"top_p": 0}, {"beam": 3}, {"temperature": -1}])
+def test_a_request_with_bad_sampling_is_refused_before_it_reaches_a_worker(params):
+    with pytest.raises(ValidationError):
+        GenerateRequest.model_validate({"checkpoint_id": 1, "params": params})
+
+
+def test_a_request_round_trips_as_json_and_keeps_only_what_was_set():
+    request = GenerateRequest(checkpoint_id=3, persona="alice", prompt="Alice", params={"temperature": 0.8},
+                              blend=[{"checkpoint_id": 3, "weight": 0.7}, {"checkpoint_id": 4, "weight": 0.3}])
+    payload = request.payload()
+    assert payload["params"] == {"temperature": 0.8}
+    assert GenerateRequest.model_validate(payload) == request
+
+
+def test_a_blend_must_start_with_the_requests_checkpoint():
+    with pytest.raises(ValidationError, match="first being the request's checkpoint"):
+        GenerateRequest(checkpoint_id=3, blend=[{"checkpoint_id": 4, "weight": 0.5}, {"checkpoint_id": 3,
+                                                                                      "weight": 0.5}])
+
+
+def test_the_runtime_caps_length_and_draws_a_seed():
+    runtime = Runtime(settings=load_settings(max_generate_tokens=100))
+    params = runtime.sampling(SamplingParams(max_tokens=5000))
     assert params.max_tokens == 100 and isinstance(params.seed, int)
+    assert runtime.sampling(SamplingParams(seed=7)).seed == 7
+
+
+def test_a_result_reads_back_from_its_json():
+    result = GenerateResult(text="x", full_text="a x", probability={"mean": 0.5, "picks": [["x", 0.1]]})
+    assert GenerateResult.model_validate(result.model_dump(mode="json")) == result
+
+
+def test_the_default_liveness_timings_are_in_order():
+    liveness = Liveness()
+    assert liveness.takeover + liveness.partial_heartbeat < liveness.stall
+
+
+@pytest.mark.parametrize("timings, order", [
+    ({"lease": 45}, "before another worker takes it over"),
+    ({"stall_notice": 1}, "partial_heartbeat < stall_notice"),
+    ({"result_retry": 60}, "result_retry <= outage"),
+])
+def test_timings_out_of_order_are_refused_naming_the_order(timings, order):
+    with pytest.raises(ValueError, match=order):
+        Liveness(**timings)
+
+
+def test_a_lease_that_breaks_the_order_is_refused_at_start_up(monkeypatch):
+    monkeypatch.setenv("IMPROBABLE_GENERATE_LEASE_SECONDS", "45")
+    with pytest.raises(SettingsError, match="lease .* < stall"):
+        load_settings()

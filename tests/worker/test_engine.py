@@ -7,12 +7,13 @@ import threading
 
 import pytest
 
+from core.contracts import SamplingParams
 from trainer.checkpoint import Checkpoint
 from trainer.model import ModelConfig, build_model
-from trainer.sample import SamplingParams, generate
+from trainer.sample import generate
 from trainer.tokenizer import CharTokenizer
-from worker.cache import CheckpointCache, model_bytes
-from worker.engine import Engine
+from worker.serve.cache import CheckpointCache, model_bytes
+from worker.serve.engine import Engine
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +50,11 @@ def test_an_abandoned_stream_stops_and_its_batch_mates_are_untouched(tiny):
     would have written alone."""
     import time
 
-    from worker.engine import Abandoned
+    from worker.serve.engine import Abandoned
 
     cache = CheckpointCache(lambda cid: (tiny, 1), max_bytes=10**9)
     engine = Engine("cpu")
-    endless = engine.submit(cache.acquire(1), "abc", SamplingParams(max_tokens=10**7, seed=5))
+    endless = engine.submit(cache.acquire(1), "abc", SamplingParams(max_tokens=100_000, seed=5))
     mates = [SamplingParams(max_tokens=3000 + 500 * i, temperature=0.8, seed=20 + i) for i in range(3)]
     mate_jobs = [engine.submit(cache.acquire(1), "cab", p) for p in mates]
     deadline = time.monotonic() + 10
@@ -71,7 +72,7 @@ def test_an_abandoned_stream_stops_and_its_batch_mates_are_untouched(tiny):
     time.sleep(0.2)
     assert engine.steps == steps
 
-    late = engine.submit(cache.acquire(1), "abc", SamplingParams(max_tokens=10**7, seed=1))
+    late = engine.submit(cache.acquire(1), "abc", SamplingParams(max_tokens=100_000, seed=1))
     engine.abandon(late)  # abandoned as it arrives: never joins a batch, or leaves it at the next step
     with pytest.raises(Abandoned, match="before it started|stopped after"):
         late.future.result(timeout=5)

@@ -38,6 +38,28 @@ def test_round_trip_with_partial_text(generate_worker, checkpoint_id):
     assert again["text"] == result["text"] and again["generation_id"] != result["generation_id"]
 
 
+def test_a_real_worker_answers_a_generate_request_with_a_generate_result(generate_worker, checkpoint_id):
+    from core.contracts import GenerateRequest, GenerateResult
+    from worker.tasks import generate_task
+
+    request = GenerateRequest(checkpoint_id=checkpoint_id, persona="alice", prompt="Alice",
+                              params={"max_tokens": 40, "seed": 3}, guild_id=7)
+    answer = generate_task.apply_async(args=[request])  # Celery's pydantic=True dumps the model
+    result = GenerateResult.model_validate(answer.get(timeout=TIMEOUT))
+    assert result.tokens == 40 and result.seed == 3 and result.guild_id == 7 and result.persona == "alice"
+    assert result.full_text.startswith("Alice") and result.generation_id is not None
+    assert result.worker == generate_worker.hostname and 0 < result.probability.mean <= 1
+
+
+def test_a_forged_request_fails_at_once_with_what_is_wrong(generate_worker, checkpoint_id):
+    r = enqueue("improbable.generate", {"checkpoint_id": checkpoint_id, "params": {"top_p": 7}})
+    try:
+        r.get(timeout=TIMEOUT)
+    except Exception as e:  # noqa: BLE001 - the task's error comes back re-raised
+        assert "top_p" in str(e)
+    assert r.state == "FAILURE" and r.result is not None
+
+
 def test_bad_request_fails_without_retry(generate_worker):
     from celery.exceptions import TimeoutError as CeleryTimeout
 
@@ -139,7 +161,7 @@ def test_engine_side_failure_reaches_the_caller_and_frees_the_lease(start_worker
     message the task used to raise, its lease is released, and the engine stops computing it."""
     import redis
 
-    from worker.leases import LEASES
+    from worker.serve.leases import LEASES
 
     worker = start_worker("hasty", "hasty", "threads", 2, IMPROBABLE_GENERATE_TIMEOUT="1").wait_ready()
     r = enqueue("improbable.generate", generate_request(checkpoint_id, seed=9, max_tokens=20000), queue="hasty")

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, func, select
 import db
 from db.generations import generation_row
 from db.models import Generation, Persona
-from worker.recording import Recorder
+from worker.serve.recording import Recorder
 
 
 def _row(persona_id: int, output: str, request_id: str | None = None, **extra) -> dict:

@@ -1,17 +1,17 @@
 """Generate jobs answered from the engine's side, so that a job does not hold a Celery thread while it runs.
 
-A worker's `improbable.generate` task validates its request, hands it to the engine (worker.generation.begin)
+A worker's `improbable.generate` task validates its request, hands it to the engine (Runtime.begin)
 and ends by raising `celery.exceptions.Ignore`: the worker stores no state for it, acknowledges its message,
 and the thread takes the next job. The batch is then bounded by the engine, not by `-c` (a worker with 4
 threads batches hundreds of streams; tests/worker/test_generate.py). From there this module's one thread
 follows the job and has its states written to the result backend, as the task would have (bot/jobs.py):
 - PROGRESS {"text": completion so far, "beat": time} every `partial_interval` while the text grows, and the
   same again every PARTIAL_HEARTBEAT seconds (the bot takes a silent job for a dead one);
-- SUCCESS with the task's result dict (`backend.mark_as_done`) once its row is recorded (worker/recording.py:
+- SUCCESS with the task's result dict (`backend.mark_as_done`) once its row is recorded (worker/serve/recording.py:
   one row per request id, written many per transaction);
 - FAILURE (`backend.mark_as_failure`) with what failed: the sampler step, the deadline (`generate_timeout`),
   the database. A bad request never gets here: it fails in the task, as before.
-Then it releases the job's lease (worker/leases.py). Until then a worker that dies has its jobs re-published
+Then it releases the job's lease (worker/serve/leases.py). Until then a worker that dies has its jobs re-published
 under the same task id by another worker's reaper (the message itself is acknowledged when the task
 returns, so Redis's visibility timeout no longer backs up a generate job; the task waits until its lease
 is written before it returns). One thread follows the jobs; a few write their states, each job's through the
@@ -48,13 +48,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.settings import get_settings
+from core.contracts import GenerateResult
 from worker import signals
 
-from .generation import PARTIAL_HEARTBEAT, Serving, answer, engine, finish, recorder, release
+from .runtime import Serving
 
 log = logging.getLogger(__name__)
-GENERATE_TASK = "improbable.generate"
 # Threads writing states to the result backend: a job's states all go through one of them, in order (so a
 # PROGRESS never lands after its SUCCESS), and 256 jobs that finish together are stored 4 at a time.
 WRITERS = 4
@@ -75,8 +74,9 @@ class Handed:
 
 
 class Delivery:
-    def __init__(self, app, max_streams: int):
-        self.app = app
+    def __init__(self, runtime, max_streams: int):
+        self.runtime = runtime  # worker.serve.runtime.Runtime: its app's result backend, engine, recorder, leases
+        self.app = runtime.app
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self._jobs: dict[str, Handed] = {}  # the thread's own
         self._slots = threading.Semaphore(max_streams)
@@ -88,10 +88,11 @@ class Delivery:
         self._thread = threading.Thread(target=self._run, name="generate-delivery", daemon=True)
         self._thread.start()
 
-    def hand_off(self, task_id: str, context, hostname: str, start: Callable[[], Serving | dict]) -> dict | None:
+    def hand_off(self, task_id: str, context, hostname: str,
+                 start: Callable[[], Serving | GenerateResult]) -> GenerateResult | None:
         """Once this process holds fewer than `generate_max_streams` jobs (blocking till then), `start()` the
-        job (it puts the request in the engine: worker.generation.begin) and answer it as task `task_id`.
-        Returns None, or what `start()` returned instead of a Serving: a recorded answer, no engine needed."""
+        job (it puts the request in the engine: Runtime.begin) and answer it as task `task_id`. Returns
+        None, or what `start()` returned instead of a Serving: a recorded answer, no engine needed."""
         self._slots.acquire()
         try:
             serving = start()
@@ -119,7 +120,7 @@ class Delivery:
     # -- the delivery thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        interval = get_settings().partial_interval
+        interval = self.runtime.liveness.partial_interval
         next_sweep = time.monotonic() + interval
         while True:
             try:
@@ -139,11 +140,11 @@ class Delivery:
                 log.exception("generate delivery: %s of a job failed", kind)
 
     def _finished(self, handed: Handed) -> None:
-        release(handed.serving.held)
+        self.runtime.release(handed.serving.held)
         if self._jobs.get(handed.task_id) is not handed:
             return  # answered already (its deadline passed)
         try:
-            result, row = finish(handed.serving)
+            result, row = self.runtime.finish(handed.serving)
         except Exception as e:  # noqa: BLE001 - what the engine raised for this stream
             self._fail(handed, e)
             return
@@ -151,20 +152,20 @@ class Delivery:
             self._succeed(handed, result)
             return
         handed.recording = True
-        recorder().submit(row).add_done_callback(lambda done: self._inbox.put(("recorded", (handed, result, done))))
+        recorded = self.runtime.recorder.submit(row)
+        recorded.add_done_callback(lambda done: self._inbox.put(("recorded", (handed, result, done))))
 
-    def _recorded(self, handed: Handed, result: dict, done) -> None:
+    def _recorded(self, handed: Handed, result: GenerateResult, done) -> None:
         try:
-            final = answer(handed.serving, result, done.result())
+            final = self.runtime.answer(handed.serving, result, done.result())
         except Exception as e:  # noqa: BLE001 - the database stayed away
             self._fail(handed, e)
             return
         self._succeed(handed, final)
 
-    def _succeed(self, handed: Handed, result: dict) -> None:
+    def _succeed(self, handed: Handed, result: GenerateResult) -> None:
         self._jobs.pop(handed.task_id, None)
-        result["worker"] = handed.hostname
-        self._write(handed, self._store_done, handed, result)
+        self._write(handed, self._store_done, handed, result.model_copy(update={"worker": handed.hostname}))
 
     def _fail(self, handed: Handed, error: BaseException) -> None:
         self._jobs.pop(handed.task_id, None)
@@ -173,17 +174,17 @@ class Delivery:
 
     def _sweep(self) -> None:
         """Partial text and heartbeats of the running jobs; jobs past their deadline fail."""
-        settings = get_settings()
+        liveness, timeout = self.runtime.liveness, self.runtime.settings.generate_timeout
         for handed in list(self._jobs.values()):
             if handed.recording or handed.publishing:
                 continue
             now = time.perf_counter()
             if now > handed.serving.deadline:
-                engine().abandon(handed.serving.job)  # the engine stops computing it
-                self._fail(handed, TimeoutError(f"generation took more than {settings.generate_timeout:.0f} s"))
+                self.runtime.engine.abandon(handed.serving.job)  # the engine stops computing it
+                self._fail(handed, TimeoutError(f"generation took more than {timeout:.0f} s"))
                 continue
             text = handed.serving.job.partial
-            if text == handed.sent and now - handed.sent_at <= PARTIAL_HEARTBEAT:
+            if text == handed.sent and now - handed.sent_at <= liveness.partial_heartbeat:
                 continue
             handed.publishing = True
             self._write(handed, self._store_progress, handed, text, now)
@@ -213,13 +214,13 @@ class Delivery:
         finally:
             handed.publishing = False
 
-    def _store_done(self, handed: Handed, result: dict) -> None:
+    def _store_done(self, handed: Handed, result: GenerateResult) -> None:
         try:
-            self.app.backend.mark_as_done(handed.task_id, result, request=handed.context)
+            self.app.backend.mark_as_done(handed.task_id, result.model_dump(mode="json"), request=handed.context)
         except Exception:  # noqa: BLE001 - the store retried through an outage (~40 s) and gave up
             log.exception("generate %s: its result could not be stored", handed.task_id)
         log.info("generate %s answered in %.2f s (%s tokens, batch peak %s)", handed.task_id,
-                 time.perf_counter() - handed.serving.started, result.get("tokens"), result.get("batch_peak"))
+                 time.perf_counter() - handed.serving.started, result.tokens, result.batch_peak)
         self._release(handed, "SUCCESS", result)
 
     def _store_failure(self, handed: Handed, error: BaseException) -> None:
@@ -229,32 +230,11 @@ class Delivery:
             log.exception("generate %s: its failure could not be stored", handed.task_id)
         self._release(handed, "FAILURE", None)
 
-    def _release(self, handed: Handed, state: str, result: dict | None) -> None:
-        from .leases import leases
-
-        holder = leases()
-        if holder is not None:
-            holder.release(handed.task_id)
-        signals.job_finished(handed.task_id, GENERATE_TASK, state, result)
+    def _release(self, handed: Handed, state: str, result: GenerateResult | None) -> None:
+        if self.runtime.leases is not None:
+            self.runtime.leases.release(handed.task_id)
+        signals.job_finished(handed.task_id, signals.GENERATE_TASK, state, result, handed.serving.started)
         self._slots.release()
         with self._idle:
             self._held -= 1
             self._idle.notify_all()
-
-
-_delivery: Delivery | None = None
-_lock = threading.Lock()
-
-
-def delivery() -> Delivery:
-    global _delivery
-    with _lock:
-        if _delivery is None:
-            from .app import app
-
-            _delivery = Delivery(app, get_settings().generate_max_streams)
-        return _delivery
-
-
-def drain(timeout: float) -> bool:
-    return _delivery.drain(timeout) if _delivery is not None else True

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trainer.sample import BatchSampler, SamplingParams, Stream
+from core.contracts import SamplingParams
+from trainer.sample import BatchSampler, Stream
 
 from .cache import Entry
 

@@ -14,7 +14,7 @@ Why a lease and not a shorter visibility timeout (Redis's own redelivery of unac
   consumer's restore sweep redelivers what is older than *its* timeout: a generate worker with a short one
   would redeliver the training jobs (which keep 2 h and their own lease in the database, worker/training.py).
 - No Celery internals: the reaper only publishes a task, and the lease keys are ours.
-- A generate task hands its job to the engine and returns (worker/delivery.py), which acknowledges its
+- A generate task hands its job to the engine and returns (worker/serve/delivery.py), which acknowledges its
   message: from then on the lease is all that brings the job back. So the lease is taken when the message
   is received, the task returns only once it is written (`written`), and it is released when the engine's
   side has stored the job's answer, not when the task returns.
@@ -34,8 +34,6 @@ import logging
 import os
 import threading
 import time
-
-from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 LEASES, OWNERS = "improbable:generate:leases", "improbable:generate:owners"
@@ -59,10 +57,11 @@ def owner_id() -> str:
 class Leases:
     """The leases of this worker process, its heartbeat, and the reaper (one daemon thread)."""
 
-    def __init__(self, client, republish, owner: str | None = None, lease: float | None = None):
-        # seconds without a heartbeat after which a worker is taken to be dead
+    def __init__(self, client, republish, lease: float, owner: str | None = None):
+        # client: redis.Redis (decode_responses); republish(task, args, task_id) publishes a job again;
+        # lease: seconds without a heartbeat after which a worker is taken to be dead (Liveness.lease)
         self.client, self.republish = client, republish
-        self.lease = lease or get_settings().generate_lease_seconds
+        self.lease = lease
         self.owner = owner or owner_id()
         self._unreleased: set[str] = set()  # releases that failed while Redis was away: retried by the thread
         self._holding: dict[str, str] = {}  # leases received and not yet written (task id -> value)
@@ -186,29 +185,3 @@ class Leases:
                 self._connected_since = None
                 next_beat = time.monotonic() + interval
                 time.sleep(min(interval, 0.5))  # (not spinning on a hold that cannot be written)
-
-
-_leases: Leases | None = None
-_leases_lock = threading.Lock()
-
-
-def leases() -> Leases | None:
-    """This process's Leases, or None when the broker is not Redis (AMQP gives a dead consumer's messages
-    back at once; eager mode has no broker)."""
-    global _leases
-    with _leases_lock:
-        if _leases is None:
-            url = get_settings().broker_url
-            if not url.startswith(("redis://", "rediss://", "unix://")):
-                return None
-            import redis
-
-            client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, decode_responses=True)
-            _leases = Leases(client, _republish)
-        return _leases
-
-
-def _republish(task: str, args: list, task_id: str) -> None:
-    from .app import app
-
-    app.send_task(task, args=args, task_id=task_id, headers={"republished": True})

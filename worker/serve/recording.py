@@ -4,7 +4,7 @@ Requests stepped in one batch finish together; 32 of them recording their row ea
 session cost ~200 ms of commits and ORM work on 2 cores (measured), added to every answer. Here each
 request hands its row to the recorder thread and waits for its id; the thread writes whatever has
 arrived in one INSERT ... RETURNING (one commit) and resolves the waiters. The rows come from
-db.queries.generation_row, like db.queries.record_generation's.
+db.generations.generation_row.
 
 Exactly once: every row carries its job's request id (`generations.request_id`, unique). The insert is
 insert-or-ignore (ON CONFLICT DO NOTHING, on SQLite and PostgreSQL), so a job that runs twice (redelivered,
@@ -13,7 +13,8 @@ instead of writing a second one.
 
 One bad row never fails its batch: any database error other than a lost connection (a constraint, a value
 PostgreSQL refuses) makes the batch fall back to one insert per row, and only the bad row goes unrecorded.
-A lost connection (PostgreSQL restarting) is retried with backoff for up to `OUTAGE_SECONDS`.
+A lost connection (PostgreSQL restarting) is retried with backoff for up to `outage` seconds
+(core.contracts.Liveness.recording_outage).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from db import Generation, get_engine
 
 log = logging.getLogger(__name__)
 MAX_ROWS = 256  # per transaction
-OUTAGE_SECONDS = 30.0  # how long a database outage is waited out before the jobs waiting on it fail
 CONNECTION_ERRORS = (OperationalError, InterfaceError)
 
 
@@ -44,15 +44,16 @@ class Recorded:
 
 
 class Recorder:
-    def __init__(self, engine=None):
+    def __init__(self, engine=None, outage: float = 30.0):
         self._engine = engine  # None: the configured database (db.get_engine())
+        self.outage = outage  # seconds a database outage is waited out before the jobs waiting on it fail
         self._inbox: queue.SimpleQueue[tuple[dict, Future]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="generation-recorder", daemon=True)
         self._thread.start()
 
-    def record(self, row: dict, timeout: float = OUTAGE_SECONDS + 30) -> Recorded:
+    def record(self, row: dict, timeout: float | None = None) -> Recorded:
         """Insert a `generations` row (column → value) unless its request_id is recorded already."""
-        return self.submit(row).result(timeout)
+        return self.submit(row).result(self.outage + 30 if timeout is None else timeout)
 
     def submit(self, row: dict) -> Future:
         """`record` without waiting: a Future of the Recorded (or of the database's error)."""
@@ -87,7 +88,7 @@ class Recorder:
                     done.set_result(result)
 
     def _insert_retrying(self, rows: list[dict]) -> list[Recorded]:
-        deadline, pause = time.monotonic() + OUTAGE_SECONDS, 0.5
+        deadline, pause = time.monotonic() + self.outage, 0.5
         while True:
             try:
                 return self._insert(rows)
