@@ -1,4 +1,5 @@
-"""The probability picture (worker/picture.py): pieces from a stream, and the PNG drawn from them.
+"""The probability picture: pieces from a stream (worker/probability.py, core.contracts.Piece), and the PNG the
+bot draws from them (bot/pictures.py).
 
 The rendering tests draw a known text with known probabilities and read the image back: the shade
 inside a low-probability word's box must differ from a high-probability word's, picks must carry
@@ -17,21 +18,18 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from trainer.tokenizer import CharTokenizer, WordTokenizer
-from worker.picture import (
+from bot.pictures import (
+    MAX_LINES,
     MAX_PICTURE_CHARS,
     PICK_COLOUR,
-    Piece,
-    char_pieces,
     colour_of,
     describe_sampling,
-    pieces_from_json,
-    pieces_from_stream,
-    pieces_to_json,
     render_picture,
     scale_floor,
-    token_pieces,
 )
+from core.contracts import Piece, pieces_from_json, pieces_to_json
+from trainer.tokenizer import CharTokenizer, WordTokenizer
+from worker.probability import char_pieces, pieces_from_stream, token_pieces
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -214,8 +212,11 @@ def test_describe_sampling_names_what_is_not_default():
     assert describe_sampling("x", {"temperature": 0})[1] == "greedy"
 
 
-def test_the_picture_module_does_not_import_torch():
-    code = "import sys, worker.picture; assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
+def test_the_drawing_does_not_import_torch_and_the_pieces_do_not_import_pillow():
+    code = ("import sys, bot.pictures; assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules; "
+            "assert 'worker.probability' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+    code = "import sys, worker.probability; assert 'PIL' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
@@ -249,3 +250,39 @@ def test_runs_of_blank_lines_are_drawn_as_one():
         return render_picture(char_pieces(text, [0.5] * len(text)), "t").height
 
     assert height("one\n\n\n\n\ntwo") == height("one\n\ntwo") > height("one\ntwo") > height("one two")
+
+
+def test_a_word_of_3500_characters_is_drawn_across_lines():
+    """One huge word (a model stuck on one letter): broken where each line ends, every character drawn once,
+    nothing past the right edge, in order, line after line."""
+    word = ("abcdefghij" * 350)[:3500]
+    pieces = [Piece("Once", None), Piece(" ", None), Piece(word, 1e-3, True), Piece(" ", 0.9), Piece("end", 0.5)]
+    picture = render_picture(pieces, "stuck", "temperature 2")
+    assert picture.png.startswith(PNG_SIGNATURE)
+    image = Image.open(io.BytesIO(picture.png))
+    assert image.size == (picture.width, picture.height)
+    fragments = [box for i, box in picture.boxes if i == 2]
+    assert 25 <= len(fragments) <= 60  # about 40 lines of 1,000 px
+    assert all(box[2] <= picture.width - 10 for _, box in picture.boxes)
+    tops = [box[1] for box in fragments]
+    assert tops == sorted(tops) and len(set(tops)) == len(tops)  # one fragment a line, downwards
+    assert sum(box[2] - box[0] for box in fragments[1:-1]) > 0.9 * (len(fragments) - 2) * (picture.width - 48)
+    end = dict(picture.boxes)[4]
+    assert end[1] >= tops[-1]  # "end" follows the word
+    assert sum(background(image, fragments[len(fragments) // 2])) < 600  # shaded as an unlikely word
+
+
+def test_the_layout_places_every_character_of_a_long_word_once():
+    from bot.pictures import _font, _layout
+
+    word = "x" * 3500
+    placements, _ = _layout([Piece(word, 0.5)], _font(20), 24, 976, 0)
+    assert "".join(text for _, text, _, _, _ in placements) == word
+    assert all(x + w <= 976 + 1 for _, _, x, _, w in placements)
+
+
+def test_the_picture_stops_at_max_lines():
+    pieces = char_pieces("a\n" * 1500, [0.5] * 3000)
+    picture = render_picture(pieces, "lines")
+    assert picture.height < (MAX_LINES + 10) * 30 + 200
+    assert len(picture.boxes) <= MAX_LINES

@@ -78,7 +78,8 @@ def summarise(log_p: torch.Tensor) -> dict:
 def pictures(checkpoints, names, driven, path: Path) -> dict:
     """The probability picture of the driven sample (written next to the JSON, for the README), and the PNG size
     of a 1,000-character blended generation."""
-    from worker.picture import describe_sampling, pieces_from_stream, render_picture
+    from bot.pictures import describe_sampling, render_picture
+    from worker.probability import pieces_from_stream
 
     model, stream = driven
     spec = "+".join(f"{n}:{w:g}" for n, w in zip(names, model.weights))
