@@ -287,7 +287,7 @@ def test_resume_after_the_budget_is_spent_says_so_and_how_to_continue(tmp_path, 
 
 
 def test_resume_message_of_a_time_budget():
-    from trainer.run_state import resume_message
+    from trainer.train import resume_message
 
     assert resume_message("runs/x", 420, 180, 10, None) == ("resuming runs/x from step 420, 7 min left of 10 min",
                                                             False)
@@ -590,7 +590,7 @@ def test_loss_plot_reads_well(tmp_path):
     import matplotlib.pyplot as plt
 
     from trainer import plot
-    from trainer.run_report import plot_title
+    from trainer.plot import plot_title
 
     history = [{"step": 10, "train_loss": 2.0, "val_loss": 1.9}, {"step": 20, "train_loss": 1.5, "val_loss": 1.6},
                {"step": 30, "train_loss": 1.4, "val_loss": 1.7}]

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,7 +127,6 @@ def to_bytes(model: LanguageModel, tokenizer, meta: dict, extra: dict[str, torch
     return data
 
 
-
 def save(path: str | Path, model: LanguageModel, tokenizer, meta: dict,
          extra: dict[str, torch.Tensor] | None = None, half: bool = False) -> Path:
     path = Path(path)
@@ -139,6 +139,77 @@ def save(path: str | Path, model: LanguageModel, tokenizer, meta: dict,
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+# --- Run state: what a `last` checkpoint holds ---------------------------------------------------------------
+# One dataclass, written by `save_run_state` and read back by `load_run_state`. Tensors (weights, optimizer
+# moments as `optim.<param index>.<slot>`, the carried RNN state, the RNG states) go in the safetensors body;
+# the rest in the JSON header under "run", beside "history" and "train_log".
+
+@dataclass
+class RunState:
+    model: LanguageModel
+    optimizer: torch.optim.Optimizer
+    carry: tuple[torch.Tensor, ...]  # the RNN state carried from one chunk to the next
+    step: int = 0  # also the data position: step i trains on chunk i
+    elapsed: float = 0.0  # seconds of the budget spent
+    lr_scale: float = 1.0  # halved by the NaN guard and by plateaus
+    best_val: float = math.inf
+    bad_evals: int = 0  # evaluations since the last improvement
+    smooth: float | None = None  # moving average of the training loss
+    anneal: list[float] | None = None  # [budget fraction, lr] where a continued run's warm-down starts
+    eval_tokens: int = 0  # held-out tokens per evaluation (0 = all), sized once for a time budget
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation
+    train_log: list[dict] = field(default_factory=list)  # the smoothed loss every log_interval steps (the plot)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def save_run_state(path: Path, state: RunState, tokenizer, meta: dict, lr: float) -> None:
+    """Write `state` as a `last` checkpoint; `lr` is where the schedule stands (a continued run's warm-down)."""
+    import torch
+
+    optim = state.optimizer.state_dict()
+    tensors = {f"optim.{index}.{key}": value for index, slots in optim["state"].items()
+               for key, value in slots.items() if torch.is_tensor(value)}
+    tensors.update({f"state.carry.{i}": s.float() if s.is_floating_point() else s for i, s in enumerate(state.carry)})
+    tensors["state.rng"] = torch.get_rng_state()
+    if state.device.type == "cuda":
+        tensors["state.cuda_rng"] = torch.cuda.get_rng_state(state.device)
+    run = {"step": state.step, "elapsed": state.elapsed, "lr_scale": state.lr_scale, "eval_tokens": state.eval_tokens,
+           "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
+           "bad_evals": state.bad_evals, "smooth": state.smooth, "anneal": state.anneal, "lr": lr,
+           "optimizer_groups": optim["param_groups"]}
+    save(path, state.model, tokenizer, {**meta, "run": run, "history": state.history, "train_log": state.train_log},
+         tensors)
+
+
+def load_run_state(saved: Checkpoint, model: LanguageModel, optimizer: torch.optim.Optimizer) -> RunState:
+    """The state `save_run_state` wrote, into a freshly built `model` and `optimizer` (on their device), with
+    the random streams put back as they were."""
+    import torch
+
+    device = next(model.parameters()).device
+    model.load_state_dict({k[len("model."):]: v for k, v in saved.tensors.items() if k.startswith("model.")})
+    torch.set_rng_state(saved.tensors["state.rng"])
+    if device.type == "cuda" and "state.cuda_rng" in saved.tensors:
+        torch.cuda.set_rng_state(saved.tensors["state.cuda_rng"], device)
+    slots: dict[int, dict] = {}
+    for name, value in saved.tensors.items():
+        if name.startswith("optim."):
+            index, key = name[len("optim."):].split(".", 1)
+            slots.setdefault(int(index), {})[key] = value
+    run = saved.meta["run"]
+    optimizer.load_state_dict({"state": slots, "param_groups": run["optimizer_groups"]})
+    n_carry = sum(name.startswith("state.carry.") for name in saved.tensors)
+    carry = tuple(saved.tensors[f"state.carry.{i}"].to(device) for i in range(n_carry))
+    best_val = run["best_val_loss"] if run["best_val_loss"] is not None else math.inf
+    return RunState(model, optimizer, carry, step=run["step"], elapsed=run["elapsed"], lr_scale=run["lr_scale"],
+                    best_val=best_val, bad_evals=run["bad_evals"], smooth=run.get("smooth"),
+                    anneal=run.get("anneal"), eval_tokens=run.get("eval_tokens", 0),
+                    history=saved.meta.get("history", []), train_log=saved.meta.get("train_log", []))
 
 
 # --- Tensors -------------------------------------------------------------------------------------------------

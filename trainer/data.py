@@ -5,7 +5,20 @@ so the data position saved in a checkpoint is just the step number."""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import torch
+
+from .corpus import DOCUMENT_SEPARATOR, DecodedCorpus, fit_batch_shape
+from .finetune import extend_vocabulary
+from .tokenizer import CharTokenizer, WordTokenizer
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+    from .train import TrainConfig
 
 
 def split_train_val(n_tokens: int, val_fraction: float) -> int:
@@ -108,3 +121,68 @@ class TokenStreams:
         """Every chunk including the ragged tail: evaluation scores every token once."""
         for start in range(0, self.x.size(1), self.seq_len):
             yield self.x[:, start:start + self.seq_len], self.y[:, start:start + self.seq_len]
+
+
+# -- a training run's data -----------------------------------------------------------------------------------
+# What trainer.train.train trains and evaluates on, tokenized once per call; a resumed run rebuilds exactly
+# the same split and batches, so none of it is saved.
+
+@dataclass
+class RunData:
+    tokenizer: CharTokenizer | WordTokenizer
+    text: str
+    corpus_sha256: str
+    documents: int
+    train_ids: torch.Tensor
+    val_ids: torch.Tensor
+    batch_size: int
+    seq_len: int
+    streams: TokenStreams  # the training batches: chunk i is step i's
+    block: int  # held-out block length of this tokenizer's kind
+    unigram: float  # the unigram baseline's held-out loss
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.streams.n_chunks
+
+
+def corpus_sha256(corpus: DecodedCorpus | str) -> str:
+    if isinstance(corpus, str):
+        return hashlib.sha256(corpus.encode("utf-8")).hexdigest()
+    return corpus.sha256
+
+
+def _tokenizer(config: TrainConfig, text: str, saved: Checkpoint | None, base: Checkpoint | None):
+    """A resumed run keeps the tokenizer it started with; a fine-tune extends its base's."""
+    if saved is not None:
+        return saved.tokenizer
+    if base is not None:
+        return extend_vocabulary(base.tokenizer, text)
+    if config.family == "char-rnn":
+        return CharTokenizer.build(text)
+    return WordTokenizer.build(text, config.max_vocab, config.lowercase)
+
+
+def load_data(config: TrainConfig, corpus: DecodedCorpus | str, device: torch.device, saved: Checkpoint | None,
+              base: Checkpoint | None, warnings: list[str]) -> RunData:
+    """Tokenize, split and batch `corpus` for `config`; a note about a shrunk batch shape goes to `warnings`."""
+    text = corpus if isinstance(corpus, str) else corpus.text
+    tokenizer = _tokenizer(config, text, saved, base)
+    documents = corpus.document_texts() if isinstance(corpus, DecodedCorpus) else [text]
+    separator = torch.tensor(tokenizer.encode(DOCUMENT_SEPARATOR), dtype=torch.long)
+    block = BLOCK_TOKENS[tokenizer.kind]
+    train_ids, val_ids = split_documents([torch.tensor(tokenizer.encode(d), dtype=torch.long) for d in documents],
+                                         config.val_fraction, config.split, block, separator)
+    train_ids, val_ids = train_ids.to(device), val_ids.to(device)
+    batch_size, seq_len, shrink = fit_batch_shape(len(train_ids), config.batch_size, config.seq_len)
+    if shrink:
+        warnings.append(shrink)
+    if saved is not None and saved.meta.get("batch_shape", [batch_size, seq_len]) != [batch_size, seq_len]:
+        raise ValueError(f"{Path(config.out_dir) / 'last.safetensors'} was trained with batch size, seq len "
+                         f"{saved.meta['batch_shape']}: resume it with those (not {batch_size}, {seq_len}), or start "
+                         "afresh (resume=False, --no-resume)")
+    from .evaluate import unigram_loss  # evaluate imports this module
+
+    unigram = unigram_loss(train_ids, val_ids if len(val_ids) else train_ids, len(tokenizer))
+    return RunData(tokenizer, text, corpus_sha256(corpus), len(documents), train_ids, val_ids, batch_size, seq_len,
+                   TokenStreams(train_ids, batch_size, seq_len), block, unigram)

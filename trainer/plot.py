@@ -41,3 +41,9 @@ def plot_history(history: list[dict], path: str | Path, title: str = "training",
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def plot_title(config) -> str:
+    """A run's name, with its family and corpus when the name is not the corpus's (`config`: a TrainConfig)."""
+    name = config.name or Path(config.out_dir).name
+    return f"{name} ({config.family}, {Path(config.corpus).stem})" if name != Path(config.corpus).stem else name
