@@ -68,20 +68,10 @@ class JobStalled(JobError):
 UNAVAILABLE = "The generator is unavailable right now (its queue or workers are down). Try again in a minute."
 STALLED = ("The generator working on this stopped answering (its worker probably died) and no other one took "
            "it over. Nothing more is coming: press Regenerate or try again.")
-# A running generate job publishes its partial text, or the same again as a heartbeat, every ~2 s
-# (worker/generation.py). Silence for STALL_NOTICE_SECONDS is reported to the caller (state STALLED); a
-# worker that died has its job re-published by another within ~15 s (worker/leases.py), which shows as a new
-# state; silence for STALL_SECONDS means nobody took it over, and the user is told so instead of waiting.
-STALL_NOTICE_SECONDS = 12.0
-STALL_SECONDS = 45.0
-STARTED_GRACE_SECONDS = 60.0  # more silence allowed while a job is STARTED (loading) and has no text yet
-# The result store (Redis) briefly away, e.g. restarting: keep following the job for this long first (outages
-# of up to 30 s must lose nothing; the worker retries storing its result for ~40 s).
-OUTAGE_SECONDS = 45.0
-# After such an outage the workers reconnect on their own schedule (Celery retries at 2, 4, 6, … s intervals:
-# up to ~12 s after a 30 s outage). Until then nobody answers "who consumes this queue?", which proves nothing:
-# for this long after the bot last found Redis away, no answer is not taken to mean no worker.
-RECONNECT_SECONDS = 20.0
+# How long a silent job, an unreachable result store or a missing consumer is tolerated: core.contracts.Liveness
+# (settings.liveness), the timings the workers keep too. A job silent for `stall_notice` is reported to the
+# caller (state STALLED); a dead worker's job is re-published by another within `takeover`, which shows as a
+# new state; silence for `stall` means nobody took it over, and the user is told so instead of waiting.
 
 
 @dataclass
@@ -218,7 +208,7 @@ class Jobs:
         start = time.monotonic()
         checked_workers = False
         last: tuple | None = None
-        backend = self.app.backend
+        backend, liveness = self.app.backend, self.settings.liveness
         unreachable_since: float | None = None
         heard, heard_at, stall_told = None, start, False
         while True:
@@ -231,7 +221,7 @@ class Jobs:
                 now = time.monotonic()
                 unreachable_since = unreachable_since or now
                 self._redis_away_at = now
-                if now - unreachable_since > OUTAGE_SECONDS:
+                if now - unreachable_since > liveness.outage:
                     log.warning("result backend failed for %s: %s", job.id, e)
                     raise Unavailable(UNAVAILABLE) from None
                 await asyncio.sleep(1.0)  # the job keeps running on its worker: wait for Redis to return
@@ -242,11 +232,11 @@ class Jobs:
                 heard, heard_at, stall_told = (state, repr(info)), time.monotonic(), False
             elif job.name == GENERATE and state in ("STARTED", "PROGRESS"):
                 # a job beats only once its text flows; before that it may be loading its checkpoint
-                silent = time.monotonic() - heard_at - (0 if state == "PROGRESS" else STARTED_GRACE_SECONDS)
-                if silent > STALL_SECONDS:
+                silent = time.monotonic() - heard_at - (0 if state == "PROGRESS" else liveness.started_grace)
+                if silent > liveness.stall:
                     await asyncio.to_thread(self._revoke, job)
                     raise JobStalled(STALLED)
-                if silent > STALL_NOTICE_SECONDS and not stall_told and on_progress is not None:
+                if silent > liveness.stall_notice and not stall_told and on_progress is not None:
                     stall_told = True
                     await on_progress("STALLED", {"silent": round(silent)})
             if state == "SUCCESS":
@@ -258,7 +248,7 @@ class Jobs:
                     and elapsed >= self.settings.bot_worker_check_after:
                 checked_workers = True
                 if not await self.workers_listening("generate"):
-                    reconnecting = time.monotonic() - self._redis_away_at < RECONNECT_SECONDS
+                    reconnecting = time.monotonic() - self._redis_away_at < liveness.reconnect
                     if not reconnecting and await asyncio.to_thread(self._broker_reachable):
                         await asyncio.to_thread(self._revoke, job)  # up a while, and truly nobody listening
                         raise Unavailable(UNAVAILABLE)

@@ -17,7 +17,6 @@ from bot.jobs import GENERATE
 from bot.streaming import Buttons, InteractionOutput, ReplyOutput, follow_generation, in_background
 
 log = logging.getLogger(__name__)
-INTERACTION_TOKEN_SECONDS = 14 * 60  # Discord honours an interaction token for 15 minutes
 RESUME_GRACE_SECONDS = 10.0  # how long a restarted bot looks for the outcome of a job older than its timeout
 RESTARTED = ("The bot restarted while this was being written and the text did not come back. "
              "Nothing more is coming: run the command again.")
@@ -46,7 +45,7 @@ def reopen(bot, row: service.generation.InFlight) -> ReopenedInteractionOutput |
     """The message of a job remembered by an earlier run of the bot, or None when it cannot be edited any
     more (an interaction token expires after 15 minutes)."""
     if row.interaction_token:
-        if row.age > INTERACTION_TOKEN_SECONDS:
+        if row.age > bot.settings.liveness.token_lifetime:
             return None
         return ReopenedInteractionOutput(bot, row.interaction_token)
     if row.channel_id is None or row.reply_to is None:

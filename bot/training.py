@@ -28,7 +28,6 @@ from bot.jobs import TRAIN, JobError
 
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
-TOKEN_LIFETIME = timedelta(minutes=14)  # interaction tokens last 15 minutes
 POLL_SECONDS = 1.0
 TRAINER_CHECK_AFTER = 5.0
 DB_RETRY_SECONDS = 5.0
@@ -45,7 +44,8 @@ class ProgressMessage:
 
     def _token_valid(self) -> bool:
         return self.interaction is not None and \
-            discord.utils.utcnow() - self.interaction.created_at < TOKEN_LIFETIME
+            discord.utils.utcnow() - self.interaction.created_at < \
+            timedelta(seconds=self.bot.settings.liveness.token_lifetime)
 
     def _partial(self) -> discord.PartialMessage:
         return self.bot.get_partial_messageable(self.channel_id).get_partial_message(self.message_id)

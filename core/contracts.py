@@ -7,7 +7,6 @@
 - `Liveness`: every timing the bot and the generate workers share, with the order they must keep.
 - `RunProgress`: the progress record of a training run (the `training_runs.progress` JSON and the train
   task's PROGRESS meta), written by the trainer service and read by the bot, the console and the metrics.
-- `parse_cron`: a schedule's cron expression, checked by the service and evaluated by the worker.
 - `checkpoint_metadata`: a checkpoint's validated metadata, torch-free (core.checkpoints.meta_from_bytes).
 """
 
@@ -140,25 +139,6 @@ def merge_sampling(*layers: dict | None) -> dict:
     for layer in layers:
         merged.update({k: v for k, v in (layer or {}).items() if k in SAMPLING_KEYS and v is not None})
     return merged
-
-
-CRON_FIELDS = "minute hour day-of-month month day-of-week"
-
-
-def parse_cron(expr: str):
-    """A schedule's 5-field cron expression (UTC) as celery's crontab: the one parser of the service
-    (which checks what users type) and the worker (which finds the due slots). ValueError when invalid."""
-    from celery.schedules import crontab
-
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"it needs 5 fields ({CRON_FIELDS}), e.g. `0 9 * * 1-5`")
-    minute, hour, day_of_month, month, day_of_week = fields
-    try:
-        return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
-                       day_of_week=day_of_week)
-    except Exception as e:  # noqa: BLE001 - celery raises ValueError and friends
-        raise ValueError(str(e)) from None
 
 
 class BlendVoice(BaseModel):

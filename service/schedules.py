@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from core.contracts import parse_cron
+from core.cron import parse_cron
 from db import Schedule, SchedulePost, session_scope
 from db.schedules import create_schedule
 from service.errors import CannotPost, Code, NotAValue, UserError

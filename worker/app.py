@@ -110,13 +110,17 @@ def celery_config(settings: Settings) -> dict:
 # Workers, unlike the bot, wait out a result store that is away for up to ~35 s (a Redis restart): a finished
 # job whose result cannot be stored is a lost answer. (The bot keeps the short policy above: it must fail
 # fast when it enqueues, and it rides out outages while following a job itself, bot/jobs.py.)
-WORKER_RESULT_RETRY = {"max_retries": 20, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 2}
+def worker_result_retry(liveness) -> dict:
+    """Kombu's retry policy for storing a result: pauses growing by 0.5 s up to 2 s, for about
+    `liveness.result_retry` seconds (which the bot's `liveness.outage` covers)."""
+    return {"max_retries": max(1, round(liveness.result_retry / 2)), "interval_start": 0.5, "interval_step": 0.5,
+            "interval_max": 2}
 
 
 @celeryd_init.connect
 def _workers_wait_out_outages(conf=None, **_) -> None:
     if conf is not None:
-        conf.result_backend_transport_options = {"retry_policy": WORKER_RESULT_RETRY}
+        conf.result_backend_transport_options = {"retry_policy": worker_result_retry(get_settings().liveness)}
         # storing a result first reads the stored state (a plain GET, outside the retry policy above): retry
         # the whole store on connection errors, 10 times with backoff from 0.2 s up to 8 s (~40 s in all)
         conf.result_backend_always_retry = True

@@ -2,7 +2,7 @@
 
 Slots are instants in UTC. An interval schedule's slots are aligned to the Unix epoch
 (db.schedules.interval_slot); a cron schedule's are the minutes its 5-field expression matches (minute hour
-day-of-month month day-of-week, parsed by core.contracts.parse_cron, all fields must match, Sunday = 0).
+day-of-month month day-of-week, parsed by core.cron.parse_cron, all fields must match, Sunday = 0).
 A slot is due when it is the latest slot at or before now and later than the last claimed slot (or the
 schedule's creation). So after any downtime only that latest slot is due: at most one catch-up post.
 The claim is a unique row (db.schedules.claim_slot), so two dispatchers racing post each slot once.
@@ -18,7 +18,8 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select
 
-from core.contracts import GenerateRequest, merge_sampling, parse_cron
+from core.contracts import GenerateRequest, merge_sampling
+from core.cron import parse_cron
 from core.settings import get_settings
 from db import PostStatus, Schedule, SchedulePost, get_sessionmaker, session_scope
 from db.schedules import claim_slot, enabled_schedules, finish_post, interval_slot

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 
 import db
-from core.contracts import parse_cron
+from core.cron import parse_cron
 from db.models import PostStatus, Schedule
 from db.personas import get_persona
 from db.schedules import create_schedule, posts_of

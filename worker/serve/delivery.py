@@ -47,11 +47,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from core.contracts import GenerateResult
 from worker import signals
 
-from .runtime import Serving
+if TYPE_CHECKING:  # the runtime makes this module's Delivery; a Serving is what it hands over
+    from .runtime import Serving
 
 log = logging.getLogger(__name__)
 # Threads writing states to the result backend: a job's states all go through one of them, in order (so a
@@ -99,7 +101,7 @@ class Delivery:
         except BaseException:
             self._slots.release()
             raise
-        if not isinstance(serving, Serving):
+        if isinstance(serving, GenerateResult):
             self._slots.release()
             return serving
         with self._idle:
