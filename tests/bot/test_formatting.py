@@ -158,3 +158,62 @@ def test_guild_policy_text():
 
     assert "none (Manage Server only)" in describe_policy(Policy())
     assert "<@&42>" in describe_policy(Policy(trainer_role_id=42))
+
+
+# -- the service's refusals and reports (service.errors, service.controls) -------------------------------
+
+def test_refusals_render_their_fields_as_discord_markup_and_as_plain_words():
+    from datetime import UTC, datetime, timedelta
+
+    from bot.formatting import user_error
+    from service.errors import CannotPost, NotOwner, TrainCooldown, UnknownPersona
+
+    unknown = UnknownPersona("alcie", ["alice", "all"])
+    assert user_error(unknown) == "There is no persona called `alcie`. Did you mean `alice` or `all`?"
+    assert unknown.message == "There is no persona called alcie. Did you mean alice or all?"
+    owner = NotOwner(123456789012345678)
+    assert "<@123456789012345678>" in user_error(owner) and "<@" not in owner.message
+    post = CannotPost(42)
+    assert user_error(post).startswith("I cannot post in <#42>: give me the **View Channel** and **Send Messages**")
+    assert "**" not in post.message and "#channel-42" in post.message
+    ready = datetime.now(UTC) + timedelta(minutes=10)
+    assert user_error(TrainCooldown(ready)) == f"You can start another training run <t:{int(ready.timestamp())}:R>."
+    assert TrainCooldown(ready).message in ("You can start another training run in 10 min.",
+                                            "You can start another training run in 9 min.")
+
+
+def test_a_refusal_quoting_user_text_stays_intact():
+    from bot.formatting import code, user_error
+    from service.errors import NotAValue, UserError
+
+    assert user_error(NotAValue("1 {h}", "an interval", ("30m",))) == \
+        "`1 {h}` is not an interval: write something like `30m`."
+    assert code("a`b") == "`` a`b ``"
+    assert user_error(UserError("{reason}", reason="no {fields} here")) == "no {fields} here"
+
+
+def test_generation_info_lists_how_the_text_was_made():
+    from bot.formatting import generation_info
+    from service.controls import GenerationInfo
+
+    info = GenerationInfo("Alice", "alice", 7, [("max_tokens", 500), ("temperature", 0.8), ("improbability", 0.01)],
+                          seed=42, tokens=120, latency_ms=900, mean_probability=0.61, min_probability=0.0012,
+                          target=0.01, picks=[("rabbit", 0.0123), (" ", 0.5)], more_picks=3)
+    text = generation_info(info)
+    assert text.splitlines()[0] == "**Alice** (`alice`), checkpoint 7"
+    assert "Sampling: max_tokens `500`, temperature `0.8`, improbability `0.01`" in text
+    assert "Seed `42` · tokens 120 · latency 900 ms" in text
+    assert "mean 0.61, minimum 0.0012" in text
+    assert "realised: `rabbit` 0.0123, `' '` 0.5 (+3 more)" in text
+    assert "(deleted)" not in text
+    bare = generation_info(GenerationInfo("Alice", "alice", None, target=0.1, deleted=True))
+    assert "checkpoint n/a" in bare and "no picks recorded" in bare and bare.endswith("(deleted)")
+
+
+def test_schedules_say_how_often():
+    from bot.formatting import describe_every
+
+    assert describe_every(3600, None) == "every 1h"
+    assert describe_every(5400, None) == "every 90m"
+    assert describe_every(None, "0 9 * * *") == "cron `0 9 * * *` (UTC)"
+    assert describe_every(None, "0 9 * * *", markup=False) == "cron 0 9 * * * (UTC)"

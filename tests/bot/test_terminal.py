@@ -1,50 +1,32 @@
-"""The console chat's terminal (bot/terminal.py): Discord markdown shown as plain text, and a line-editing
-history kept in a file."""
+"""The console chat's terminal (bot/terminal.py): persona descriptions written in Discord markdown shown as
+plain text, and a line-editing history kept in a file."""
 
 from __future__ import annotations
 
 import pytest
 
-from bot.formatting import escape, training_progress
 from bot.terminal import enable_line_editing, plain_text, remember
 
 
 @pytest.mark.parametrize("markdown, plain", [
-    ("Only members with the **Manage Server** permission can change these settings.",
-     "Only members with the Manage Server permission can change these settings."),
-    ("Did you mean `alice`?", "Did you mean alice?"),
-    ("**Training `poet`** · running", "Training poet · running"),
-    ("*italics*, _too_, __underlined__, ~~struck~~, ||spoiler||, ***both***",
-     "italics, too, underlined, struck, spoiler, both"),
+    ("Attach it to `/persona retrain harry-potter`.", "Attach it to /persona retrain harry-potter."),
+    ("**Bold** words, *italics*, _too_, __underlined__, ***both***", "Bold words, italics, too, underlined, both"),
     ("code stays verbatim: `a **b** _c_`", "code stays verbatim: a **b** _c_"),
     ("```\nprint(*args)\n```", "print(*args)\n"),
     ("snake_case_name and 2*3*4 are not styles", "snake_case_name and 2*3*4 are not styles"),
-    ("asked by <@123456789012345678> in <#42> for <@&7> :) <:pog:99> </persona info:5>",
-     "asked by @user-123456789012345678 in #channel-42 for @role-7 :) :pog: /persona info"),
-    ("# Heading\n-# small print", "Heading\nsmall print"),
-    ("see [the docs](https://example.com/x)", "see the docs (https://example.com/x)"),
-    ("<t:0:f>", "1970-01-01 00:00 UTC"),
+    ("an escaped \\*star\\*", "an escaped *star*"),
 ])
-def test_plain_text(markdown, plain):
+def test_descriptions_read_plainly(markdown, plain):
     assert plain_text(markdown) == plain
 
 
-def test_escaped_generated_text_reads_as_written():
-    """What the bot escapes for Discord (formatting.escape) reads exactly as the model wrote it."""
-    written = "Alice *was* here_ly, 1. @everyone <@12345678901234567> `x` ||y|| # no"
-    assert plain_text(escape(written)) == written
+def test_the_built_in_descriptions_read_plainly():
+    """The built-in personas' descriptions are written for Discord; the console shows them without markup."""
+    from db.personas import DEFAULT_PERSONAS
 
-
-def test_training_progress_reads_plainly():
-    text = plain_text(training_progress("poet", "running", {"fraction": 0.5, "step": 10}, now=0.0))
-    assert "**" not in text and "`" not in text and "Training poet · running" in text
-
-
-def test_relative_times_read_as_durations():
-    import time
-
-    assert plain_text(f"done <t:{int(time.time()) + 300}:R>") in ("done in 5 min", "done in 4 min")
-    assert plain_text(f"<t:{int(time.time()) - 7200}:R>") == "2 h ago"
+    for spec in DEFAULT_PERSONAS:
+        shown = plain_text(spec.description)
+        assert "`" not in shown and "**" not in shown, shown
 
 
 def test_history_is_kept_in_a_file(tmp_path):
