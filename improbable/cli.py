@@ -112,25 +112,42 @@ def train(
     resume: bool = typer.Option(True, help="Continue from <out>/last.safetensors when it exists."),
 ) -> None:
     """Train a model; resumes an interrupted run in the same --out folder exactly where it stopped."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from improbable.checkpoints import saved_run_config
     from trainer.corpus import find_corpus
+
+    overrides = {"corpus": corpus, "family": family, "cell": cell, "n_layers": layers, "n_hidden": hidden,
+                 "dropout": dropout, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "minutes": minutes,
+                 "max_steps": max_steps, "max_epochs": epochs, "eval_interval": eval_interval,
+                 "precision": precision, "init": init, "split": split, "word_vectors": word_vectors, "seed": seed}
+    shape = [f"--{name}" for name, value in (("layers", layers), ("hidden", hidden), ("cell", cell))
+             if value is not None]
+    given_budget = any(v is not None for v in (minutes, max_steps, epochs))
+    config = _train_config(recipe, overrides, shape, out, resume, given_budget)
+    text = _load_corpus(config.corpus)
+    config.corpus_path = str(find_corpus(config.corpus, get_settings().corpus_dirs).resolve())
+    console.print(f"training [bold]{config.family}[/] on {config.corpus} ({text.n_chars:,} chars) → {config.out_dir}")
+    for warning in text.warnings:
+        console.print(f"[yellow]note:[/] {warning}")
+    result = _train_with_progress_bar(config, text, resume)
+    if result.stop_reason == "already done":
+        return
+    console.print(f"[green]done[/] ({result.stop_reason}) after {result.steps} steps, {result.elapsed:.0f} s: "
+                  f"best validation loss {result.best_val_loss:.4f} nats/token")
+    console.print(f"checkpoints: {result.out_dir}/best.safetensors, last.safetensors; curve: {result.out_dir}/loss.png")
+
+
+def _train_config(recipe: str | None, overrides: dict, shape: list[str], out: Path | None, resume: bool,
+                  given_budget: bool):
+    """The run's settings: the recipe's, the command line's over them, and when resuming the run folder's own
+    for what the command line leaves unsaid (a budget given replaces the whole budget: it is the new total)."""
+    from improbable.checkpoints import saved_run_config
     from trainer.recipes import load_recipe
-    from trainer.train import TrainConfig, TrainingDiverged
-    from trainer.train import train as run_training
+    from trainer.train import TrainConfig
 
     try:
         settings = load_recipe(recipe) if recipe else {}
     except ValueError as e:
         _fail(str(e))
-    overrides = {"corpus": corpus, "family": family, "cell": cell, "n_layers": layers, "n_hidden": hidden,
-                 "dropout": dropout, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "minutes": minutes,
-                 "max_steps": max_steps, "max_epochs": epochs, "eval_interval": eval_interval,
-                 "precision": precision, "init": init, "split": split, "word_vectors": word_vectors, "seed": seed}
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    shape = [f"--{name}" for name, value in (("layers", layers), ("hidden", hidden), ("cell", cell))
-             if value is not None]
     if settings.get("init") and shape:
         _fail(f"{' and '.join(shape)} set the architecture, but --init {settings['init']} fine-tunes a model whose "
               "architecture is fixed; drop them, or train from scratch with --init ''")
@@ -138,21 +155,21 @@ def train(
         _fail("say what to train on: --recipe NAME or --corpus NAME_OR_PATH")
     settings["out_dir"] = str(out or Path("runs") / Path(settings["corpus"]).stem)
     budget = ("minutes", "max_steps", "max_epochs")
-    # Resuming: the run's own settings (batch shape, budget...) unless the command line says otherwise;
-    # a budget on the command line replaces the run's whole budget (it is the new total).
     saved = saved_run_config(Path(settings["out_dir"])) if resume else {}
-    given_budget = any(v is not None for v in (minutes, max_steps, epochs))
     settings = {**{k: v for k, v in saved.items() if k not in ("out_dir", "name", "corpus_path")
                    and not (given_budget and k in budget)}, **settings}
     if not any(settings.get(k) for k in budget):
         settings["minutes"] = 3.0
     settings.setdefault("name", recipe or Path(settings["out_dir"]).name)
-    config = TrainConfig.from_dict(settings)
-    text = _load_corpus(config.corpus)
-    config.corpus_path = str(find_corpus(config.corpus, get_settings().corpus_dirs).resolve())
-    console.print(f"training [bold]{config.family}[/] on {config.corpus} ({text.n_chars:,} chars) → {config.out_dir}")
-    for warning in text.warnings:
-        console.print(f"[yellow]note:[/] {warning}")
+    return TrainConfig.from_dict(settings)
+
+
+def _train_with_progress_bar(config, text, resume: bool):
+    """trainer.train.train with a live progress bar (or a line every 10 log intervals in a log file)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from trainer.train import TrainingDiverged
+    from trainer.train import train as run_training
 
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(),
                TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
@@ -178,14 +195,9 @@ def train(
                                   f" ({details['metrics']['val_bpc']:.3f} bits/char)")
 
         try:
-            result = run_training(config, text, callback=on_event, resume=resume)
+            return run_training(config, text, callback=on_event, resume=resume)
         except (TrainingDiverged, ValueError) as e:
             _fail(str(e))
-    if result.stop_reason == "already done":
-        return
-    console.print(f"[green]done[/] ({result.stop_reason}) after {result.steps} steps, {result.elapsed:.0f} s: "
-                  f"best validation loss {result.best_val_loss:.4f} nats/token")
-    console.print(f"checkpoints: {result.out_dir}/best.safetensors, last.safetensors; curve: {result.out_dir}/loss.png")
 
 
 def _sampling_help(field: str, note: str = "") -> str:
@@ -214,8 +226,8 @@ def generate_text(
     """Continue a prompt with a trained model."""
     import torch
 
-    from trainer import checkpoint as ckpt
     from trainer.sample import SamplingParams
+    from trainer import checkpoint as ckpt
     from trainer.sample import generate as sample
 
     try:

@@ -6,10 +6,10 @@
                                                   └ every ~1 s: cancel flag
 
 Crash safety. The `last` checkpoint (model, optimizer, RNG, data position) is copied to storage at every
-evaluation, atomically. When the job is redelivered after its trainer died, the run is still `running` and
+evaluation, atomically. When the task is redelivered after its trainer died, the run is still `running` and
 its progress heartbeat goes stale; the new trainer takes the run over (a conditional UPDATE, so only one
 can), fetches `last` into its local run folder and `train(..., resume=True)` continues from that step. A
-copy delivered while the first trainer is alive (Redis redelivers any job unacknowledged for longer than
+copy delivered while the first trainer is alive (Redis redelivers any task unacknowledged for longer than
 its visibility timeout) sees a fresh heartbeat and backs off (`Busy`, retried later), and a copy that
 arrives after the run ended does nothing.
 """
@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -67,8 +68,20 @@ def summary(run: TrainingRun) -> dict:
 
 # -- claiming ---------------------------------------------------------------------------------------------
 
-def claim(run_id: int, task_id: str | None) -> dict | None:
-    """Make this process the run's trainer. Returns the run's settings, or None if it already ended."""
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What a trainer claimed: the run, and what it trains from."""
+    run_id: int
+    persona_id: int
+    slug: str  # the persona's: names the run's checkpoints in storage
+    recipe: str  # trainer/recipes/<recipe>.json
+    overrides: dict  # the run's own settings (TrainingRun.config) over the recipe's
+    corpus_id: int | None  # an uploaded corpus; None: the recipe's corpus, by name
+    attempt: int  # 1 for the first trainer, one more for each takeover
+
+
+def claim(run_id: int, task_id: str | None) -> ClaimedRun | None:
+    """Make this process the run's trainer. Returns what it claimed, or None if the run already ended."""
     settings = get_settings()
     with session_scope() as session:
         run = session.get(TrainingRun, run_id)
@@ -100,14 +113,13 @@ def claim(run_id: int, task_id: str | None) -> dict | None:
                 raise Busy(f"run {run_id} was just taken over by another trainer")
             log.info("run %s: taking over from %s (attempt %s)", run_id, run.progress.get("owner"), attempt)
         persona = run.persona
-        return {"run_id": run_id, "persona_id": persona.id, "slug": persona.slug,
-                "recipe": run.recipe or persona.recipe, "overrides": dict(run.config or {}),
-                "corpus_id": run.corpus_id, "attempt": attempt}
+        return ClaimedRun(run_id, persona.id, persona.slug, run.recipe or persona.recipe, dict(run.config or {}),
+                          run.corpus_id, attempt)
 
 
 def orphaned_runs(stale_after: float | None = None) -> list[int]:
     """Running runs whose trainer has been silent for `stale_after` seconds (default 3 leases): their
-    trainer died. Redis gives their job back only after its visibility timeout (hours by default), so beat
+    trainer died. Redis gives their task back only after its visibility timeout (hours by default), so beat
     re-enqueues them sooner; a duplicate is harmless (`claim` lets one trainer resume, the rest back off)."""
     stale_after = stale_after if stale_after is not None else 3 * get_settings().train_lease_seconds
     with session_scope() as session:
@@ -119,12 +131,12 @@ def orphaned_runs(stale_after: float | None = None) -> list[int]:
 
 # -- inputs -----------------------------------------------------------------------------------------------
 
-def train_config(job: dict, out_dir: Path):
+def train_config(claimed: ClaimedRun, out_dir: Path):
     from trainer.recipes import load_recipe
     from trainer.train import TrainConfig
 
     settings = get_settings()
-    cfg = {**load_recipe(job["recipe"]), **job["overrides"], "out_dir": str(out_dir)}
+    cfg = {**load_recipe(claimed.recipe), **claimed.overrides, "out_dir": str(out_dir)}
     cap = settings.train_max_minutes
     cfg["minutes"] = min(cfg.get("minutes") or cap, cap)  # every run has a time budget
     cfg.setdefault("sample_interval", cfg.get("eval_interval", 500))  # a sample with every evaluation
@@ -133,18 +145,18 @@ def train_config(job: dict, out_dir: Path):
     return TrainConfig.from_dict(cfg)
 
 
-def corpus_text(job: dict, config, storage: Storage):
+def corpus_text(claimed: ClaimedRun, config, storage: Storage):
     """The run's corpus (core.text.DecodedCorpus, with its document boundaries so that training keeps the
     documents of a multi-file upload or a corpus folder apart): the uploaded one from storage, or (bundled
     personas) the recipe's corpus by name."""
-    if job["corpus_id"] is not None:
+    if claimed.corpus_id is not None:
         from db import Corpus
         from db.ingest import read_corpus
 
         with session_scope() as session:
-            corpus = session.get(Corpus, job["corpus_id"])
+            corpus = session.get(Corpus, claimed.corpus_id)
             if corpus is None:
-                raise LookupError(f"corpus {job['corpus_id']} of run {job['run_id']} was deleted")
+                raise LookupError(f"corpus {claimed.corpus_id} of run {claimed.run_id} was deleted")
             return read_corpus(corpus, storage)
     from trainer.corpus import load_corpus
 
@@ -161,17 +173,17 @@ def _step_of(path: Path) -> int:
 RESUME_FILES = (("last", "last.safetensors"), ("running-best", "best.safetensors"))  # storage name, local file
 
 
-def fetch_checkpoints(job: dict, out_dir: Path, storage: Storage) -> int:
+def fetch_checkpoints(claimed: ClaimedRun, out_dir: Path, storage: Storage) -> int:
     """Bring the run's checkpoints from storage into out_dir unless a newer local copy exists (a restart
     on the same machine). Returns the step training will resume from (0: from scratch). A first attempt
     starts clean: anything there belongs to no live run (e.g. a database that was reset)."""
-    if job["attempt"] == 1:
+    if claimed.attempt == 1:
         shutil.rmtree(out_dir, ignore_errors=True)
         for name, _ in RESUME_FILES:
-            storage.delete(checkpoint_key(job["slug"], job["run_id"], name))
+            storage.delete(checkpoint_key(claimed.slug, claimed.run_id, name))
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, filename in RESUME_FILES:
-        key = checkpoint_key(job["slug"], job["run_id"], name)
+        key = checkpoint_key(claimed.slug, claimed.run_id, name)
         if not storage.exists(key):
             continue
         local, incoming = out_dir / filename, out_dir / f".{filename}.incoming"
@@ -190,11 +202,11 @@ class Reporter:
     """The trainer's callback and should_stop: progress into the run row (every `report_seconds`, which
     is also the heartbeat) and to `on_progress` (the task state), checkpoints to storage, the cancel flag."""
 
-    def __init__(self, job: dict, out_dir: Path, storage: Storage, on_progress: Callable[[dict], None] | None,
+    def __init__(self, claimed: ClaimedRun, out_dir: Path, storage: Storage, on_progress: Callable[[dict], None] | None,
                  resumed_from: int):
-        self.job, self.out_dir, self.storage, self.on_progress = job, out_dir, storage, on_progress
+        self.claimed, self.out_dir, self.storage, self.on_progress = claimed, out_dir, storage, on_progress
         self.report_seconds = get_settings().train_report_seconds
-        self.latest: dict = {"resumed_from": resumed_from, "attempt": job["attempt"]}
+        self.latest: dict = {"resumed_from": resumed_from, "attempt": claimed.attempt}
         self.last_write = self.last_check = time.monotonic()
         self.cancelled = False
         self.database_away_since: float | None = None
@@ -222,7 +234,7 @@ class Reporter:
         for name, filename in RESUME_FILES:
             path = self.out_dir / filename
             if path.exists() and self._uploaded.get(name) != path.stat().st_mtime:
-                self.storage.put_file(checkpoint_key(self.job["slug"], self.job["run_id"], name), path)
+                self.storage.put_file(checkpoint_key(self.claimed.slug, self.claimed.run_id, name), path)
                 self._uploaded[name] = path.stat().st_mtime
 
     def flush(self) -> None:
@@ -232,14 +244,14 @@ class Reporter:
         self.latest["owner"] = owner_id()
         with self.database_may_be_away():
             with session_scope() as session:
-                if update_progress(session, self.job["run_id"], **self.latest):
+                if update_progress(session, self.claimed.run_id, **self.latest):
                     self.cancelled = True
         self.last_write = self.last_check = time.monotonic()
         if self.on_progress is not None:
             try:
                 self.on_progress(dict(self.latest))
             except Exception as e:  # noqa: BLE001 - the task state (Redis) is a courtesy; the row is the record
-                log.warning("run %s: progress not published: %s", self.job["run_id"], e)
+                log.warning("run %s: progress not published: %s", self.claimed.run_id, e)
 
     def should_stop(self) -> bool:
         now = time.monotonic()
@@ -249,7 +261,7 @@ class Reporter:
             with self.database_may_be_away():
                 with session_scope() as session:
                     flag = session.scalar(select(TrainingRun.cancel_requested)
-                                          .where(TrainingRun.id == self.job["run_id"]))
+                                          .where(TrainingRun.id == self.claimed.run_id))
                 self.cancelled = self.cancelled or bool(flag)
             self.last_check = now
         return self.cancelled
@@ -267,7 +279,7 @@ class Reporter:
             self.database_away_since = self.database_away_since or now
             if now - self.database_away_since > DATABASE_OUTAGE_SECONDS:
                 raise
-            log.warning("run %s: database unreachable for %.0f s, training on: %s", self.job["run_id"],
+            log.warning("run %s: database unreachable for %.0f s, training on: %s", self.claimed.run_id,
                         now - self.database_away_since, type(e.orig or e).__name__)
 
 
@@ -278,13 +290,13 @@ def train_run(run_id: int, task_id: str | None = None, on_progress: Callable[[di
     """Train run `run_id` to the end (or resume it); returns the run's summary. Raises Busy when another
     trainer owns it, and lets `transient` errors through for the task to retry (the run stays running and
     the retry resumes it); any other error fails the run."""
-    job = claim(run_id, task_id)
-    if job is None:
+    claimed = claim(run_id, task_id)
+    if claimed is None:
         with session_scope() as session:
             return summary(session.get(TrainingRun, run_id))
     _active_runs.add(run_id)
     try:
-        return _train(job, on_progress)
+        return _train(claimed, on_progress)
     except Exception as e:
         if not isinstance(e, transient):
             log.exception("run %s failed", run_id)
@@ -298,29 +310,29 @@ def train_run(run_id: int, task_id: str | None = None, on_progress: Callable[[di
         _active_runs.discard(run_id)
 
 
-def _train(job: dict, on_progress) -> dict:
+def _train(claimed: ClaimedRun, on_progress) -> dict:
     from trainer.train import train
 
     settings = get_settings()
     storage = open_storage()
-    out_dir = settings.runs_dir / f"run-{job['run_id']}"
-    config = train_config(job, out_dir)
-    text = corpus_text(job, config, storage)
-    resumed_from = fetch_checkpoints(job, out_dir, storage)
+    out_dir = settings.runs_dir / f"run-{claimed.run_id}"
+    config = train_config(claimed, out_dir)
+    text = corpus_text(claimed, config, storage)
+    resumed_from = fetch_checkpoints(claimed, out_dir, storage)
     if resumed_from:
-        log.info("run %s: resuming from step %s", job["run_id"], resumed_from)
-    reporter = Reporter(job, out_dir, storage, on_progress, resumed_from)
+        log.info("run %s: resuming from step %s", claimed.run_id, resumed_from)
+    reporter = Reporter(claimed, out_dir, storage, on_progress, resumed_from)
     reporter.flush()
     result = train(config, text, callback=reporter.callback, should_stop=reporter.should_stop, resume=True)
     reporter.upload()
     if reporter.cancelled:
         with session_scope() as session:
-            run = cancel_run(session, job["run_id"])
+            run = cancel_run(session, claimed.run_id)
             return summary(run)
-    return finish(job, out_dir, storage, result, reporter.latest)
+    return finish(claimed, out_dir, storage, result, reporter.latest)
 
 
-def finish(job: dict, out_dir: Path, storage: Storage, result, progress: dict) -> dict:
+def finish(claimed: ClaimedRun, out_dir: Path, storage: Storage, result, progress: dict) -> dict:
     """Store the best checkpoint (a row), loss.png and a sample; promote when it beats the active one."""
     from core.contracts import SamplingParams
     from trainer.checkpoint import load
@@ -331,19 +343,19 @@ def finish(job: dict, out_dir: Path, storage: Storage, result, progress: dict) -
     best = load(best_path)
     val_loss = _finite(best.meta.get("metrics", {}).get("val_loss"))
     sample = sample_text(best.model, best.tokenizer, [""],
-                      SamplingParams(max_tokens=SAMPLE_TOKENS, temperature=0.8, seed=job["run_id"]))[0].text
+                      SamplingParams(max_tokens=SAMPLE_TOKENS, temperature=0.8, seed=claimed.run_id))[0].text
     plot = out_dir / "loss.png"
     if plot.exists():
-        storage.put_file(loss_plot_key(job["run_id"]), plot)
+        storage.put_file(loss_plot_key(claimed.run_id), plot)
     metrics = {"val_loss": val_loss, **{k: _finite(v) for k, v in best.meta.get("metrics", {}).items()},
                "steps": result.steps, "elapsed": round(result.elapsed, 1), "stop_reason": result.stop_reason,
-               "resumed_from": progress.get("resumed_from", 0), "attempt": job["attempt"],
-               "loss_png": loss_plot_key(job["run_id"]) if plot.exists() else None, "sample": sample,
+               "resumed_from": progress.get("resumed_from", 0), "attempt": claimed.attempt,
+               "loss_png": loss_plot_key(claimed.run_id) if plot.exists() else None, "sample": sample,
                "warnings": result.warnings}
     with session_scope() as session:
-        run = session.get(TrainingRun, job["run_id"])
+        run = session.get(TrainingRun, claimed.run_id)
         # lock the persona so two runs finishing together compare against each other's promotion
-        persona = session.scalars(select(Persona).where(Persona.id == job["persona_id"]).with_for_update()).one()
+        persona = session.scalars(select(Persona).where(Persona.id == claimed.persona_id).with_for_update()).one()
         active = persona.active_checkpoint
         # the quality gate: below the family's share of the unigram baseline, or better than the active model
         verdict = quality_gate(best.family, val_loss, _finite(best.meta.get("metrics", {}).get("unigram_loss")),
