@@ -98,7 +98,7 @@ class Chat:
     def __init__(self, console: Console | None = None, jobs: Jobs | None = None):
         self.console = console or Console(highlight=False)
         self.jobs = jobs or Jobs()
-        self.actor = service.policy.Actor(user_id=None, can_manage=True)
+        self.actor = service.policy.Actor(user_id=None, can_manage=True, operator=True)
         self.last_generation: int | None = None
         self.failed = False  # a command ended in an error: `improbable chat -c ...` exits 1
 

@@ -109,8 +109,9 @@ def actor_of(interaction: discord.Interaction) -> Actor:
     if raw is not None:
         roles = roles | frozenset(int(r) for r in raw)
     perms = interaction.permissions
+    operator = user.id in getattr(getattr(interaction.client, "settings", None), "owner_ids", ())
     return Actor(user.id, interaction.guild_id, interaction.channel_id,
-                 can_manage=bool(perms.manage_guild or perms.administrator), role_ids=roles)
+                 can_manage=bool(perms.manage_guild or perms.administrator), role_ids=roles, operator=operator)
 
 
 def cooldown_message(error: app_commands.CommandOnCooldown) -> str:

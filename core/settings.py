@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     bot_job_timeout: float = Field(300.0, description="Seconds a generate job may spend queued and running "
                                    "before the bot reports it timed out.")
     bot_default_persona: str = Field("alice", description="Persona used when a mention names none.")
+    owner_ids: list[int] = Field(default_factory=list, description="Discord user ids of the deployment's operators "
+                                 "(JSON list, e.g. [123, 456]): they alone change built-in personas and use the "
+                                 "operator commands.")
 
     # operations (docker-compose.yml, core/logs.py, core/metrics.py, improbable/health.py)
     log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text, or one JSON "

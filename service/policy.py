@@ -30,6 +30,7 @@ class Actor:
     channel_id: int | None = None
     can_manage: bool = False  # Manage Server in that channel
     role_ids: frozenset[int] = frozenset()
+    operator: bool = False  # the deployment's operator (settings.owner_ids, the console, the CLI): may change built-ins
 
 
 @dataclass(frozen=True)
