@@ -139,7 +139,6 @@ class RunData:
     seq_len: int
     streams: TokenStreams  # the training batches: chunk i is step i's
     block: int  # held-out block length of this tokenizer's kind
-    unigram: float  # the unigram baseline's held-out loss
 
     @property
     def steps_per_epoch(self) -> int:
@@ -181,8 +180,5 @@ def load_data(config: TrainConfig, corpus: DecodedCorpus | str, device: torch.de
         raise ValueError(f"{Path(config.out_dir) / 'last.safetensors'} was trained with batch size, seq len "
                          f"{saved.meta['batch_shape']}: resume it with those (not {batch_size}, {seq_len}), or start "
                          "afresh (resume=False, --no-resume)")
-    from .evaluate import unigram_loss  # evaluate imports this module
-
-    unigram = unigram_loss(train_ids, val_ids if len(val_ids) else train_ids, len(tokenizer))
     return RunData(tokenizer, text, corpus_sha256(corpus), len(documents), train_ids, val_ids, batch_size, seq_len,
-                   TokenStreams(train_ids, batch_size, seq_len), block, unigram)
+                   TokenStreams(train_ids, batch_size, seq_len), block)

@@ -27,7 +27,7 @@ from . import checkpoint as ckpt
 from .checkpoint import RunState, load_run_state, save_run_state
 from .corpus import DecodedCorpus
 from .data import RunData, TokenStreams, corpus_sha256, load_data
-from .evaluate import eval_streams, eval_tokens_for, evaluate
+from .evaluate import eval_streams, eval_tokens_for, evaluate, unigram_loss
 from .finetune import load_base_weights
 from .model import LanguageModel, ModelConfig, build_model
 from .precision import resolve_precision
@@ -276,6 +276,7 @@ class Run:
     warnings: list[str]
     val_data: TokenStreams | None  # what one evaluation scores
     size_evaluation: bool  # a time budget's first evaluation sizes state.eval_tokens
+    unigram: float  # the unigram baseline's held-out loss
     meta: dict = field(default_factory=dict)
     autocast: torch.autocast | None = None
     good: tuple[dict, dict] = ({}, {})  # the best weights and optimizer state so far, for the NaN guard
@@ -303,7 +304,7 @@ class Run:
                         eta, f)
 
     def metrics(self, val_loss: float) -> dict:
-        metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "unigram_loss": self.data.unigram}
+        metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "unigram_loss": self.unigram}
         if self.data.tokenizer.kind == "char":
             metrics["val_bpc"] = val_loss / math.log(2)
         else:  # bits per character of the validation text, comparable across tokenizers
@@ -353,7 +354,9 @@ def open_run(config: TrainConfig, data: RunData, state: RunState, emit: Callback
     if val_data is None:
         warnings.append("validation split is empty: best checkpoint chosen by training loss")
     return Run(config, data, state, total_steps_of(config, data.steps_per_epoch), emit, warnings, val_data,
-               size_evaluation=bool(val_data and config.minutes and not state.eval_tokens))
+               size_evaluation=bool(val_data and config.minutes and not state.eval_tokens),
+               unigram=unigram_loss(data.train_ids, data.val_ids if len(data.val_ids) else data.train_ids,
+                                    len(data.tokenizer)))
 
 
 def _resume(run: Run, saved: ckpt.Checkpoint) -> bool:
