@@ -16,6 +16,7 @@ arrives after the run ended does nothing.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 CANCEL_CHECK_SECONDS = 1.0  # how stale the cancel flag may be
 DATABASE_OUTAGE_SECONDS = 60.0  # a run trains on through a database outage this long (see Reporter)
 SAMPLE_TOKENS = 200
-_active_runs: set[int] = set()  # runs this process is training right now
 
 
 class Busy(RuntimeError):
@@ -98,8 +98,6 @@ def claim(run_id: int, task_id: str | None) -> ClaimedRun | None:
                 return claim(run_id, task_id)
             run.progress = progress
         else:
-            if run_id in _active_runs:
-                raise Busy(f"run {run_id} is being trained in this process")
             age = time.time() - float(run.progress.get("heartbeat") or 0)
             if run.progress.get("owner") != owner_id() and age < settings.train_lease_seconds:
                 raise Busy(f"run {run_id} is being trained by {run.progress.get('owner')} "
@@ -290,24 +288,37 @@ def train_run(run_id: int, task_id: str | None = None, on_progress: Callable[[di
     """Train run `run_id` to the end (or resume it); returns the run's summary. Raises Busy when another
     trainer owns it, and lets `transient` errors through for the task to retry (the run stays running and
     the retry resumes it); any other error fails the run."""
-    claimed = claim(run_id, task_id)
-    if claimed is None:
-        with session_scope() as session:
-            return summary(session.get(TrainingRun, run_id))
-    _active_runs.add(run_id)
-    try:
-        return _train(claimed, on_progress)
-    except Exception as e:
-        if not isinstance(e, transient):
-            log.exception("run %s failed", run_id)
-            try:
-                with session_scope() as session:
-                    fail_run(session, run_id, f"{type(e).__name__}: {e}"[:2000])
-            except InvalidTransition:
-                pass
-        raise
-    finally:
-        _active_runs.discard(run_id)
+    with _hold_run(run_id):
+        claimed = claim(run_id, task_id)
+        if claimed is None:
+            with session_scope() as session:
+                return summary(session.get(TrainingRun, run_id))
+        try:
+            return _train(claimed, on_progress)
+        except Exception as e:
+            if not isinstance(e, transient):
+                log.exception("run %s failed", run_id)
+                try:
+                    with session_scope() as session:
+                        fail_run(session, run_id, f"{type(e).__name__}: {e}"[:2000])
+                except InvalidTransition:
+                    pass
+            raise
+
+
+@contextmanager
+def _hold_run(run_id: int):
+    """This machine's hold on the run while a trainer here claims and trains it: a second trainer of the run
+    here (another process, or another thread of this one: flock locks each open file) gets Busy instead of
+    sharing the run folder. The kernel lets go when the process dies, so a takeover after a crash goes on."""
+    runs_dir = get_settings().runs_dir
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with open(runs_dir / f"run-{run_id}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"run {run_id} is being trained on this machine") from None
+        yield
 
 
 def _train(claimed: ClaimedRun, on_progress) -> dict:

@@ -117,3 +117,24 @@ def test_runs_whose_trainer_went_silent_are_found_for_requeueing(services):
         with db.session_scope() as session:
             fail_run(session, silent, "test")
             fail_run(session, alive, "test")
+
+
+def test_a_second_trainer_of_a_run_on_this_machine_backs_off(tmp_path, monkeypatch):
+    """The run folder's lock: a second claim of a run held here is Busy, another run is not, and the run is
+    free again once its trainer lets go."""
+    from core.settings import get_settings
+    from worker.training import Busy, _hold_run
+
+    monkeypatch.setenv("IMPROBABLE_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        with _hold_run(41):
+            with pytest.raises(Busy, match="run 41 is being trained on this machine"):
+                with _hold_run(41):
+                    pass
+            with _hold_run(42):
+                pass
+        with _hold_run(41):
+            pass
+    finally:
+        get_settings.cache_clear()
