@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     owner_ids: list[int] = Field(default_factory=list, description="Discord user ids of the deployment's operators "
                                  "(JSON list, e.g. [123, 456]): they alone change built-in personas and use the "
                                  "operator commands.")
+    retention_days: float = Field(30.0, gt=0, description="Days a generated text (its prompt and output) is kept; "
+                                  "older ones are deleted by the retention sweep.")
+    guild_grace_days: float = Field(7.0, ge=0, description="Days after the bot is removed from a server before "
+                                    "that server's data (personas, uploads, texts, schedules) is purged; "
+                                    "adding the bot back within them cancels the purge.")
+    sweep_seconds: float = Field(3600.0, gt=0, description="Seconds between retention sweeps (beat, or the "
+                                 "embedded bot and console).")
 
     # operations (docker-compose.yml, core/logs.py, core/metrics.py, improbable/health.py)
     log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text, or one JSON "

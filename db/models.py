@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -36,10 +37,12 @@ __all__ = [
     "Family",
     "Generation",
     "GuildSettings",
+    "GuildStatus",
     "InflightGeneration",
     "Persona",
     "PersonaCorpus",
     "PostStatus",
+    "Report",
     "RunStatus",
     "Schedule",
     "SchedulePost",
@@ -81,6 +84,8 @@ class Persona(Timestamped, Base):
     active_checkpoint_id: Mapped[int | None] = mapped_column(
         ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True))
     created_by: Mapped[int | None] = mapped_column(Snowflake)
+    # Turned off by the deployment's operator (`improbable operator disable-persona`): refused everywhere
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     active_checkpoint: Mapped[Checkpoint | None] = relationship(
         foreign_keys=[active_checkpoint_id], post_update=True)
@@ -203,8 +208,10 @@ class Generation(Base):
     message_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
     interaction_id: Mapped[int | None] = mapped_column(Snowflake)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    # Set by the result's Delete button (the message is gone; the row stays for statistics and follow-up links)
+    # Set by the result's Delete button: the message is gone and the prompt and output are blanked
     deleted_at: Mapped[datetime | None]
+    # The author of the message an ambient reply continued (its prompt is their text), for /privacy
+    quoted_user_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
 
     persona: Mapped[Persona] = relationship()
 
@@ -307,3 +314,35 @@ class AmbientChannel(Timestamped, Base):
     chance: Mapped[float] = mapped_column(Float)
     cooldown_seconds: Mapped[int] = mapped_column(Integer)
     enabled_by: Mapped[int | None] = mapped_column(Snowflake)
+
+
+class GuildStatus(Base):
+    """The bot's standing in a server, kept by the operator tools (service/operator.py): when the bot was
+    removed (its data is purged after the grace period unless it comes back) and whether the operator
+    blocked it (the bot leaves, and leaves again at once if added back)."""
+
+    __tablename__ = "guild_status"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    left_at: Mapped[datetime | None]
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    blocked_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]
+
+
+class Report(Base):
+    """A user's report of a generated text (the Report button, `/report`), queued for the operator with a
+    snapshot of the text as it was."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reporter_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
+    guild_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
+    generation_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    persona_slug: Mapped[str] = mapped_column(String(32), default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | closed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -226,7 +226,7 @@ def generate_text(
     """Continue a prompt with a trained model."""
     import torch
 
-    from trainer.sample import SamplingParams
+    from core.contracts import SamplingParams
     from trainer import checkpoint as ckpt
     from trainer.sample import generate as sample
 
