@@ -4,6 +4,7 @@ parameters and seeds independent of the batch, failures isolated, LRU eviction u
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -150,3 +151,43 @@ def test_a_stream_served_alone_steps_with_int8_weights_when_on(tiny):
     assert texts["on"] == generate(quantize_for_serving(tiny.model), tiny.tokenizer, ["abc"], params)[0].text
     assert texts["off"] == generate(tiny.model, tiny.tokenizer, ["abc"], params)[0].text
     assert len(texts["auto"]) == 200
+
+
+def test_a_light_server_is_stepped_ahead_of_another_servers_flood(tiny):
+    """Batches are per (server, model) and the engine steps the server that has had the least engine time
+    lately: a single request from server Y finishes while server X's flood barely moves, and X alone gets
+    every step again afterwards."""
+    cache = CheckpointCache(lambda cid: (tiny, 1), max_bytes=10**9)
+    engine = Engine("cpu")
+    flood = [engine.submit(cache.acquire(1), "abc", SamplingParams(max_tokens=100_000, seed=i), owner=1)
+             for i in range(32)]
+    deadline = time.monotonic() + 30
+    while len(flood[0].partial) < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    before = len(flood[0].stream.tokens)
+    light = engine.submit(cache.acquire(1), "cab", SamplingParams(max_tokens=200, seed=7), owner=2)
+    light.future.result(timeout=30)
+    during = len(flood[0].stream.tokens) - before
+    assert light.batch_peak == 1  # its own batch, not the flood's
+    assert during < 60, f"server 1's flood advanced {during} tokens while server 2's 200 were written"
+    after = len(flood[0].stream.tokens)
+    while len(flood[0].stream.tokens) < after + 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(flood[0].stream.tokens) >= after + 200  # alone again, the flood gets the engine
+    for job in flood:
+        engine.abandon(job)
+
+
+def test_fair_share_prefers_the_least_served_owner_and_forgets_with_time():
+    from worker.serve.engine import FairShare, _Batch
+
+    now = [0.0]
+    fair = FairShare(half_life=1.0, clock=lambda: now[0])
+    batches = {(1, 9): _Batch(sampler=None), (2, 9): _Batch(sampler=None)}
+    fair.charge(1, 4.0)
+    fair.charge(2, 1.0)
+    assert fair.pick(batches) == (2, 9)
+    now[0] = 2.0  # server 1's 4 s decay to 1 s, server 2's 1 s to 0.25 s
+    assert fair.used(1) == pytest.approx(1.0) and fair.used(2) == pytest.approx(0.25)
+    fair.charge(2, 1.0)
+    assert fair.pick(batches) == (1, 9)

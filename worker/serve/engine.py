@@ -48,17 +48,19 @@ class EngineRequest:
     stream: Stream | None = None
     batch_peak: int = 0  # the largest batch this request was stepped in (proof of batching)
     submitted: float = field(default_factory=time.perf_counter)
-    # A blended voice (issue 15): the voices' cache entries, weights and names. The request's `entry` is
-    # the first voice; the batch is keyed by blend_key, so requests for the same blend share one.
+    # A blended voice: the voices' cache entries, weights and names. The request's `entry` is the first
+    # voice; requests for the same blend share a batch.
     voices: tuple[Entry, ...] = ()
     weights: tuple[float, ...] = ()
     names: tuple[str, ...] = ()
+    owner: int | None = None  # the server it counts against: the engine shares its time fairly between owners
 
     @property
-    def batch_key(self) -> int | tuple:
+    def batch_key(self) -> tuple:
+        """(owner, model): one server's flood never shares a step with another server's request."""
         if not self.voices:
-            return self.entry.checkpoint_id
-        return ("blend", *(x for e, w in zip(self.voices, self.weights) for x in (e.checkpoint_id, w)))
+            return self.owner, self.entry.checkpoint_id
+        return self.owner, ("blend", *(x for e, w in zip(self.voices, self.weights) for x in (e.checkpoint_id, w)))
 
     abandoned: bool = False  # nobody waits for the answer any more (Engine.abandon)
 
@@ -77,6 +79,37 @@ class _Batch:
     sampler: BatchSampler
     jobs: dict[int, EngineRequest] = field(default_factory=dict)  # id(stream) -> job
     single_stream: object | None = None  # the model that steps the batch while it holds one stream
+    stepped: int = 0  # the engine's step count when it last stepped this batch (round robin within an owner)
+
+
+class FairShare:
+    """Which batch steps next: the one whose owner (server) has had the least engine time lately, each
+    owner's time decaying with a half-life of `half_life` seconds (least attained service). A server asking
+    for little is stepped at once, whatever another server's flood holds; a server alone gets every step;
+    the decay keeps a heavy server from being starved for long by a stream of light ones."""
+
+    def __init__(self, half_life: float = 5.0, clock=time.perf_counter):
+        self.half_life, self.clock = half_life, clock
+        self._used: dict[int | None, tuple[float, float]] = {}  # owner -> (seconds used, as of when)
+
+    def used(self, owner: int | None, now: float | None = None) -> float:
+        seconds, at = self._used.get(owner, (0.0, 0.0))
+        now = self.clock() if now is None else now
+        return seconds * 0.5 ** ((now - at) / self.half_life)
+
+    def charge(self, owner: int | None, seconds: float) -> None:
+        now = self.clock()
+        self._used[owner] = (self.used(owner, now) + seconds, now)
+
+    def pick(self, batches: dict[tuple, _Batch]) -> tuple:
+        """The key of the batch to step: least-served owner first, then its least recently stepped batch."""
+        now = self.clock()
+        return min(batches, key=lambda key: (self.used(key[0], now), batches[key].stepped))
+
+    def forget_idle(self, owners: set) -> None:
+        """Drop owners with nothing in the engine and little time left to remember."""
+        for owner in [o for o in self._used if o not in owners and self.used(o) < 1e-3]:
+            del self._used[owner]
 
 
 def single_stream_model(model, mode: str = "auto", steps: int = 32):
@@ -118,7 +151,8 @@ class Engine:
         self.threads = threads
         self.int8 = int8 if self.device.type == "cpu" else "off"
         self._inbox: queue.SimpleQueue[EngineRequest] = queue.SimpleQueue()
-        self._batches: dict[int | tuple, _Batch] = {}
+        self._batches: dict[tuple, _Batch] = {}
+        self.fair = FairShare()
         self.steps = 0  # batched steps taken
         self.abandoned = 0  # streams stopped unfinished because their caller gave up
         self.max_batch = 0
@@ -126,10 +160,11 @@ class Engine:
         self._thread.start()
 
     def submit(self, entry: Entry, prompt: str, params: SamplingParams, *, voices: tuple[Entry, ...] = (),
-               weights: tuple[float, ...] = (), names: tuple[str, ...] = ()) -> EngineRequest:
+               weights: tuple[float, ...] = (), names: tuple[str, ...] = (), owner: int | None = None) -> EngineRequest:
         """Queue a request for `entry`'s model, or for the blend of `voices` (entries the caller holds for
-        the request's whole life) with `weights`."""
-        job = EngineRequest(entry, prompt, params, voices=tuple(voices), weights=tuple(weights), names=tuple(names))
+        the request's whole life) with `weights`, on behalf of `owner` (a server id, or None)."""
+        job = EngineRequest(entry, prompt, params, voices=tuple(voices), weights=tuple(weights), names=tuple(names),
+                            owner=owner)
         self._inbox.put(job)
         return job
 
@@ -152,8 +187,13 @@ class Engine:
                     self._join(self._inbox.get_nowait())
                 except queue.Empty:
                     break
-            for checkpoint_id in list(self._batches):
-                self._step(checkpoint_id)
+            if self._batches:
+                key = self.fair.pick(self._batches)
+                started = time.perf_counter()
+                self._step(key)
+                self.fair.charge(key[0], time.perf_counter() - started)
+                if not self.steps % 1000:
+                    self.fair.forget_idle({k[0] for k in self._batches})
 
     def _join(self, job: EngineRequest) -> None:
         if job.abandoned:
@@ -196,8 +236,9 @@ class Engine:
             entry.single_stream_decided = True
         return entry.single_stream
 
-    def _step(self, checkpoint_id: int | tuple) -> None:
+    def _step(self, checkpoint_id: tuple) -> None:
         batch = self._batches[checkpoint_id]
+        batch.stepped = self.steps
         alone = batch.single_stream if batch.single_stream is not None and len(batch.sampler) == 1 else None
         try:
             finished = batch.sampler.step(model=alone)

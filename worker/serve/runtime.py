@@ -161,7 +161,7 @@ class Runtime:
         try:
             job = self.engine.submit(held[0], request.prompt, params, voices=tuple(held) if request.blend else (),
                                      weights=tuple(v.weight for v in request.blend),
-                                     names=tuple(v.persona for v in request.blend))
+                                     names=tuple(v.persona for v in request.blend), owner=request.guild_id)
         except BaseException:
             self.release(held)
             raise
