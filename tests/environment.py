@@ -6,6 +6,10 @@ Elsewhere it skips, saying what is missing.
 
 `configured(env)`: this test process configured as a worker or the bot would be.
 
+`within(seconds)`: a wall-clock bound scaled by IMPROBABLE_TEST_TIME_SCALE (default 1; a slow or shared host
+sets 2 or 3), the one factor every timed assertion of the suite goes through. `wait_until(condition, seconds,
+what)`: poll until a condition holds (an event, a log line), instead of sleeping for a guessed time.
+
 Settings are cached (core.settings.get_settings) and Celery's app and the database engine are built from them,
 so setting os.environ alone changes nothing: `configured()` sets the variables, rebuilds what reads them, and
 on exit puts everything back (and disposes the engine of the database it pointed at).
@@ -14,10 +18,31 @@ on exit puts everything back (and disposes the engine of the database it pointed
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+
+TIME_SCALE = float(os.environ.get("IMPROBABLE_TEST_TIME_SCALE") or 1.0)
+
+
+def within(seconds: float) -> float:
+    """A wall-clock bound of a test, scaled for the host (IMPROBABLE_TEST_TIME_SCALE)."""
+    return seconds * TIME_SCALE
+
+
+def wait_until(condition: Callable[[], object], seconds: float, what: str, poll: float = 0.05):
+    """The first truthy value of `condition()`, polled until `within(seconds)` has passed; AssertionError
+    naming `what` when it never came."""
+    deadline = time.monotonic() + within(seconds)
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            break
+        time.sleep(poll)
+    assert value, f"waited {within(seconds):.0f} s for {what}"
+    return value
 
 
 def unavailable(why: str):

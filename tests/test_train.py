@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import trainer.train as train_module
+from tests.environment import within
 from trainer import checkpoint as ckpt
 from trainer.model import build_model
 from trainer.recipes import load_recipe, recipe_names
@@ -412,7 +413,7 @@ def test_minutes_budget_stops(tmp_path, alice_text):
     config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, minutes=0.01, eval_interval=10_000))
     result = train(config, alice_text[:8_000])
     assert result.stop_reason == "time budget reached"
-    assert 0.6 <= result.elapsed < 5
+    assert 0.6 <= result.elapsed < within(5)
     assert result.steps > 0
     # evaluated every tenth of the budget (eval_interval is far away), and at its end
     assert 3 <= len(result.history) <= 11 and result.history[-1]["step"] == result.steps
@@ -427,7 +428,7 @@ def test_minutes_budget_is_wall_clock_from_the_first_step(tmp_path, alice_text):
     result = train(config, alice_text[:8_000], callback=lambda e, p, d: time.sleep(0.05) if e == "progress" else None)
     assert result.stop_reason == "time budget reached"
     assert 1 <= result.steps <= 13
-    assert 0.6 <= result.elapsed < 2
+    assert 0.6 <= result.elapsed < within(2)
 
 
 def test_time_budget_sizes_evaluation_to_a_share_of_it(tmp_path, alice_text, monkeypatch):
