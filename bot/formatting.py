@@ -3,8 +3,9 @@
 Pure functions (no discord.py objects), shared by the Discord bot and the console chat.
 
 Generated text is untrusted: it may contain markdown that would swallow the rest of the message
-(``` fences, ||spoilers||, headers) and mentions (@everyone, <@&role>). `escape` neutralises both, and every
-send also carries AllowedMentions.none(), so even text that slips through can never ping anybody.
+(``` fences, ||spoilers||, headers) and mentions (@everyone, <@&role>). `escape` (core.markdown, shared with
+the worker's scheduled posts) neutralises both, and every send also carries AllowedMentions.none(), so even
+text that slips through can never ping anybody.
 """
 
 from __future__ import annotations
@@ -15,26 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import discord.utils
-
 from core.contracts import RunProgress
+from core.markdown import escape
 from service.errors import ChannelRef, Code, Strong, UserError, UserRef
 
 MESSAGE_LIMIT = 2000
 ELLIPSIS = "…"
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n\s*\n|\n")
-_MENTION = re.compile(r"@(everyone|here|[!&]?\d{15,21})")
-_ANGLE = re.compile(r"<(?=[@#:]|a:|t:|id:|/)")  # <@user> <#channel> <:emoji:> <t:time> </command:id>
-_NUMBERED = re.compile(r"^(\s*\d+)\.(?=\s)", re.MULTILINE)  # "1. " would become a list
-
-
-def escape(text: str) -> str:
-    """Text shown literally by Discord: markdown, mentions, timestamps and emoji escaped."""
-    text = discord.utils.escape_markdown(text, ignore_links=False)
-    text = _NUMBERED.sub(r"\1\\.", text)
-    text = _ANGLE.sub(r"\\<", text)
-    return _MENTION.sub("@\u200b\\1", text)
-
 
 def _cut_point(text: str, limit: int) -> int:
     """The best index ≤ limit to cut at: after a sentence, else at a space, else hard (never inside an

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from core.contracts import GenerateRequest, merge_sampling
 from core.cron import parse_cron
+from core.markdown import escape
 from core.settings import get_settings
 from db import PostStatus, Schedule, SchedulePost, get_sessionmaker, session_scope
 from db.schedules import claim_slot, enabled_schedules, finish_post, interval_slot
@@ -120,8 +121,14 @@ def post_message(channel_id: int, content: str, timeout: float = 10.0, nonce: st
 
 
 def post_content(display_name: str, text: str) -> str:
-    head = f"**{display_name}**\n"
-    return head + text.strip()[: MAX_CONTENT - len(head)]
+    """The persona's name in bold, then the text, both escaped as every other output is (core.markdown): a
+    generated `**`, `[x](url)`, `# header` or @everyone shows literally. Cut to Discord's limit, never between a
+    backslash and the character it escapes."""
+    head = f"**{escape(display_name)}**\n"
+    body = escape(text.strip())[: MAX_CONTENT - len(head)]
+    if (len(body) - len(body.rstrip("\\"))) % 2:
+        body = body[:-1]
+    return head + body
 
 
 def post(schedule_id: int, slot_iso: str, runtime) -> dict:

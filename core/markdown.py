@@ -1,0 +1,36 @@
+"""Discord markdown escaping of untrusted text, without discord.py: the bot (bot/formatting.py) and the
+worker's scheduled posts (worker/schedules.py) both show generated text with this one function.
+
+Generated text may contain markdown that would swallow the rest of the message (``` fences, ||spoilers||,
+headers, masked links `[x](url)`) and mentions (@everyone, <@&role>). `escape` neutralises both; every send
+also carries allowed_mentions with nothing to parse, so even text that slips through never pings anybody.
+
+The markdown rule is discord.py's `utils.escape_markdown(text, ignore_links=False)` (MIT licence), kept
+here because core/ may not import Discord.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+
+# The characters and line starts Discord reads as markdown: _ \ ~ | * ` anywhere, a quote (> or >>>) or a
+# header (# to ###) or a list dash at a line start, and a masked link [text](url).
+_MARKDOWN = re.compile(r"(?P<markdown>[_\\~|\*`]|^>(?:>>)?\s|\[.+\]\(.+\)|^#{1,3}|^\s*-)", re.MULTILINE)
+_MENTION = re.compile(r"@(everyone|here|[!&]?\d{15,21})")
+_ANGLE = re.compile(r"<(?=[@#:]|a:|t:|id:|/)")  # <@user> <#channel> <:emoji:> <t:time> </command:id>
+_NUMBERED = re.compile(r"^(\s*\d+)\.(?=\s)", re.MULTILINE)  # "1. " would become a list
+
+
+def escape_markdown(text: str) -> str:
+    """Every markdown character and line start preceded by a backslash (links included)."""
+    return _MARKDOWN.sub(lambda m: "\\" + m["markdown"], text)
+
+
+def escape(text: str) -> str:
+    """Text shown literally by Discord: markdown, mentions, timestamps and emoji escaped."""
+    text = escape_markdown(text)
+    text = _NUMBERED.sub(r"\1\\.", text)
+    text = _ANGLE.sub(r"\\<", text)
+    return _MENTION.sub("@\u200b\\1", text)
