@@ -23,7 +23,7 @@ from core.contracts import (
     rule_of,
 )
 from core.settings import get_settings
-from db import Checkpoint, Family, InflightGeneration, Persona, session_scope
+from db import Checkpoint, Family, Generation, InflightGeneration, Persona, session_scope
 from db.generations import generation_for_message, set_generation_message
 from db.runs import active_runs
 from db.types import as_utc, utcnow
@@ -206,6 +206,22 @@ def generation_of_message(message_id: int) -> int | None:
 def attach_message(generation_id: int, message_id: int) -> None:
     with session_scope() as session:
         set_generation_message(session, generation_id, message_id)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """Where a generation was shown: its message (None until posted) and server (None: a DM)."""
+
+    message_id: int | None
+    guild_id: int | None
+
+
+def where_shown(generation_id: int) -> Shown | None:
+    """The message and server of a generation (a result button acts only on its own message), None when
+    there is no such row."""
+    with session_scope() as session:
+        gen = session.get(Generation, generation_id)
+        return None if gen is None else Shown(gen.message_id, gen.guild_id)
 
 
 def parse_chat(text: str, guild_id: int | None) -> tuple[str, str]:
