@@ -114,6 +114,20 @@ def actor_of(interaction: discord.Interaction) -> Actor:
                  can_manage=bool(perms.manage_guild or perms.administrator), role_ids=roles, operator=operator)
 
 
+def may_post(permissions: discord.Permissions, channel: object = None) -> bool:
+    """Whether a member with these permissions (resolved in the channel) may post there: View Channel and
+    Send Messages (in a thread: Send Messages in Threads)."""
+    send = permissions.send_messages_in_threads if isinstance(channel, discord.Thread) else permissions.send_messages
+    return bool(permissions.view_channel and send)
+
+
+def member_may_post(interaction: discord.Interaction) -> bool:
+    """Whether the member may post in the interaction's channel themselves. Discord lets a member without
+    Send Messages use a guild install's commands there; a public answer would then post for them. In a DM:
+    yes."""
+    return interaction.guild_id is None or may_post(interaction.permissions, interaction.channel)
+
+
 def cooldown_message(error: app_commands.CommandOnCooldown) -> str:
     return f"Easy there: you can ask again <t:{int(time.time() + error.retry_after + 0.999)}:R>."
 
