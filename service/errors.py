@@ -79,6 +79,15 @@ class UnknownPersona(UserError):
         super().__init__("There is no persona called {name}." + hint, name=Code(name), **fields)
 
 
+class PersonaDisabled(UserError):
+    """The deployment's operator turned the persona off (service/operator.py)."""
+
+    def __init__(self, persona: str):
+        self.persona = persona
+        super().__init__("{persona} has been disabled by the bot's operator and cannot be used.",
+                         persona=Code(persona))
+
+
 class NoModelYet(UserError):
     """A persona without an active checkpoint. `own_copy`: its text does not ship (the operator uploads it)."""
 

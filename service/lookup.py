@@ -7,18 +7,23 @@ from db import Checkpoint, Generation, Persona
 from db.bundled import needs_own_copy
 from db.personas import PersonaError, resolve_persona
 from db.personas import UnknownPersona as NoSuchPersona
-from service.errors import NoModelYet, TextGone, UnknownPersona, UserError
+from service.errors import NoModelYet, PersonaDisabled, TextGone, UnknownPersona, UserError
 
 
-def find_persona(session, slug: str, guild_id: int | None) -> tuple[Persona, Checkpoint | None]:
+def find_persona(session, slug: str, guild_id: int | None, *,
+                 include_disabled: bool = False) -> tuple[Persona, Checkpoint | None]:
     """(persona, its active checkpoint or None) as `slug` names it in that guild, else UnknownPersona with the
-    closest names visible there."""
+    closest names visible there; a persona the operator disabled is refused (PersonaDisabled) unless
+    `include_disabled`."""
     try:
-        return resolve_persona(session, slug, guild_id)
+        persona, checkpoint = resolve_persona(session, slug, guild_id)
     except NoSuchPersona as e:
         raise UnknownPersona(e.slug, e.suggestions) from None
     except PersonaError as e:
         raise UserError("{reason}", reason=e.message) from None
+    if persona.disabled and not include_disabled:
+        raise PersonaDisabled(persona.slug)
+    return persona, checkpoint
 
 
 def find_trained_persona(session, slug: str, guild_id: int | None) -> tuple[Persona, Checkpoint]:

@@ -147,6 +147,8 @@ def post(schedule_id: int, slot_iso: str, runtime) -> dict:
         persona = schedule.persona
         if not schedule.enabled:
             problem = "schedule disabled"
+        elif persona.disabled:
+            problem = f"persona {persona.slug} is disabled by the bot's operator"
         elif persona.active_checkpoint_id is None:
             problem = f"persona {persona.slug} has no trained checkpoint yet"
         if problem:
