@@ -104,6 +104,7 @@ class Jobs:
         from worker import app as worker_app
 
         self.settings = settings or get_settings()
+        self.liveness = self.settings.liveness
         self._module = worker_app
         self.app = app or worker_app.app
         self._jobs: dict[str, Job] = {}
@@ -208,7 +209,7 @@ class Jobs:
         start = time.monotonic()
         checked_workers = False
         last: tuple | None = None
-        backend, liveness = self.app.backend, self.settings.liveness
+        backend, liveness = self.app.backend, self.liveness
         unreachable_since: float | None = None
         heard, heard_at, stall_told = None, start, False
         while True:

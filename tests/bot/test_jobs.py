@@ -69,16 +69,14 @@ def test_no_worker_listening_fails_fast(tmp_path):
 
 def test_no_answer_just_after_a_redis_outage_is_not_taken_for_no_worker(tmp_path, monkeypatch):
     """Redis restarts while a job waits in its queue. Workers reconnect seconds after it is back, and until
-    then nobody answers "who consumes this queue?": the bot waits RECONNECT_SECONDS after it last found Redis
+    then nobody answers "who consumes this queue?": the bot waits `Liveness.reconnect` after it last found Redis
     away before it says the generator is unavailable (it used to say so at once, and the job then ran unseen)."""
-    import bot.jobs
-
-    monkeypatch.setattr(bot.jobs, "RECONNECT_SECONDS", 8.0)
     proc, url = start_redis(tmp_path, "redis-restarting")
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     restarted = []
     try:
         jobs = jobs_for(url, bot_worker_check_after=1.5)
+        jobs.liveness = jobs.liveness.model_copy(update={"reconnect": 8.0})
 
         async def go() -> float:
             job = await jobs.submit(GENERATE, {"checkpoint_id": 1}, user_id=7)
