@@ -1,5 +1,5 @@
 """The per-message controls under a result (bot/views.py): Delete (the requester or a manager; the row is
-kept and marked deleted_at) and Info (everything about how the text was made, as data the bot renders)."""
+kept, marked deleted_at, its text blanked) and Info (everything about how the text was made, as data the bot renders)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ PARAM_ORDER = ("max_tokens", "temperature", "top_k", "top_p", "improbability", "
 
 
 def delete_generation(generation_id: int, actor: Actor) -> None:
-    """Mark the generation deleted if `actor` asked for it or manages the server; NotOwner otherwise. The
-    caller removes the message (Discord), this records that it is gone."""
+    """Mark the generation deleted and blank its prompt and output if `actor` asked for it or manages the
+    server; NotOwner otherwise. The caller removes the message (Discord); Continue on it then says it is gone."""
     with session_scope() as session:
         gen = find_generation(session, generation_id)
         if not actor.can_manage and (gen.user_id is None or gen.user_id != actor.user_id):
             raise NotOwner(gen.user_id)
         if gen.deleted_at is None:
             gen.deleted_at = utcnow()
+        gen.prompt, gen.output = "", ""  # the text goes with the message (the row stays for statistics)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from db import Checkpoint, Family, Generation, InflightGeneration, Persona, sess
 from db.generations import generation_for_message, set_generation_message
 from db.runs import active_runs
 from db.types import as_utc, utcnow
-from service.errors import Code, StillTraining, UnknownPersona, UserError
+from service.errors import Code, PersonaDisabled, StillTraining, TextGone, UnknownPersona, UserError
 from service.lookup import find_generation, find_persona, no_model
 from service.policy import Actor
 
@@ -173,7 +173,11 @@ def follow_up(generation_id: int, mode: str, actor: Actor, extra_prompt: str = "
     so pressing it twice never gives the same text)."""
     with session_scope() as session:
         gen = find_generation(session, generation_id)
+        if gen.deleted_at is not None:  # its text was blanked by Delete
+            raise TextGone(gen.id)
         persona = gen.persona
+        if persona.disabled:
+            raise PersonaDisabled(persona.slug)
         checkpoint = _checkpoint_or_explain(persona, persona.active_checkpoint, session)
         params = {k: v for k, v in (gen.params or {}).items() if k in SAMPLING_KEYS}
         note = ""
