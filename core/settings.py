@@ -98,6 +98,39 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(3600.0, gt=0, description="Seconds between retention sweeps (beat, or the "
                                  "embedded bot and console).")
 
+    # deployment-wide ceilings (service/policy.py): a server's /settings, /ambient and /schedule never go past
+    # them. A job's size is counted in units (core.contracts.job_cost: 1 = a default request of a default persona).
+    ceiling_jobs_per_member: int = Field(5, ge=1, description="Most job units one member may have queued or "
+                                         "running in a server; a server's max jobs is clamped to it.")
+    ceiling_jobs_per_server: int = Field(20, ge=1, description="Most job units queued or running at once for one "
+                                         "server (all members and ambient replies together).")
+    ceiling_min_cooldown_seconds: int = Field(2, ge=0, description="Least cooldown between one member's "
+                                              "generations (a job of n units cools down n times as long); a "
+                                              "server's lower cooldown is raised to it.")
+    ceiling_min_train_cooldown_seconds: int = Field(300, ge=0, description="Least cooldown between one member's "
+                                                    "training runs, managers included.")
+    ceiling_upload_bytes: int = Field(25_000_000, gt=0, le=HARD_MAX_UPLOAD_BYTES, description="Largest upload "
+                                      "(all files of one command together) any server may allow.")
+    ceiling_stored_bytes_per_server: int = Field(200_000_000, gt=0, description="Most bytes of uploaded texts "
+                                                 "and trained checkpoints one server may keep.")
+    ceiling_schedules_per_server: int = Field(10, ge=0, description="Most schedules one server may have.")
+    ceiling_min_schedule_interval_seconds: int = Field(600, ge=60, description="Shortest interval between two "
+                                                       "posts of a schedule (cron expressions included).")
+    ceiling_train_minutes_per_day: float = Field(240.0, gt=0, description="Training minutes one server may "
+                                                 "start in 24 hours.")
+    ceiling_ambient_chance: float = Field(0.2, gt=0, le=1, description="Highest chance per message of an "
+                                          "ambient reply.")
+    ceiling_ambient_cooldown_seconds: int = Field(30, ge=0, description="Least time between two ambient replies "
+                                                  "in one channel.")
+    ceiling_ambient_replies_per_hour: int = Field(20, ge=0, description="Most ambient replies per server per "
+                                                  "hour, all channels together.")
+    ingest_concurrency: int = Field(2, ge=1, description="Uploads one bot process downloads and reads at once "
+                                    "(more wait their turn).")
+    picture_concurrency: int = Field(2, ge=1, description="Probability pictures one bot process draws at once "
+                                     "(a pool of its own).")
+    picture_cooldown_seconds: float = Field(5.0, ge=0, description="Least time between one member's probability "
+                                            "pictures.")
+
     # operations (docker-compose.yml, core/logs.py, core/metrics.py, improbable/health.py)
     log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text, or one JSON "
                                                 "object per line (for log collectors).")

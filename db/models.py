@@ -346,3 +346,40 @@ class Report(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | closed
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class QuotaMark(Base):
+    """A cooldown shared by every bot process: `key` (what and whose, e.g. "generate:<guild>:<user>") may not
+    be used again before `until` (Unix time). Claimed atomically: an UPDATE of an expired mark, else an INSERT
+    (service/quotas.py)."""
+
+    __tablename__ = "quota_marks"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    until: Mapped[float] = mapped_column(Float)
+
+
+class QuotaClaim(Base):
+    """A job in flight, counted against a member and a server by its cost (core.cost units) until it ends or
+    `expires` (Unix time; a bot that died leaves no claim for ever)."""
+
+    __tablename__ = "quota_claims"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    guild_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
+    user_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
+    cost: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float)
+
+
+class QuotaUsage(Base):
+    """Something used that a rolling window counts (ambient replies per server per hour, training minutes per
+    server per day, job units per member and server): `amount` of `key` at `at` (Unix time)."""
+
+    __tablename__ = "quota_usage"
+    __table_args__ = (Index("ix_quota_usage_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200))
+    amount: Mapped[float] = mapped_column(Float)
+    at: Mapped[float] = mapped_column(Float)
