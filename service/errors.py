@@ -198,3 +198,65 @@ class NotAValue(UserError):
         if self.examples:
             tail += f"; write something like {either}" if reason else f": write something like {either}"
         super().__init__("{text} is not " + kind + tail + ".", text=Code(text), reason=reason, **fields)
+
+
+class OverQuota(UserError):
+    """A deployment or server limit counted in shared counters (service/quotas.py): `what` is used, `limit` the
+    most allowed; the text says what to do."""
+
+    def __init__(self, template: str, /, *, used: float, limit: float, **fields: Any):
+        self.used, self.limit = used, limit
+        super().__init__(template, used=f"{used:g}", limit=f"{limit:g}", **fields)
+
+
+class TooManyJobs(OverQuota):
+    """A member's (or, with `server=True`, the whole server's) jobs in flight, in units (core.cost)."""
+
+    def __init__(self, used: float, limit: float, cost: float, server: bool = False):
+        self.cost, self.server = cost, server
+        if server:
+            super().__init__("This server already has {used} job units running (the limit is {limit}; this one "
+                             "costs {cost}). Try again in a moment.", used=used, limit=limit, cost=f"{cost:g}")
+        else:
+            super().__init__("You already have {used} job units waiting (the limit here is {limit}; this one costs "
+                             "{cost}). Wait for them to finish, or cancel one with {queue}.", used=used, limit=limit,
+                             cost=f"{cost:g}", queue=Code("/queue"))
+
+
+class StorageFull(OverQuota):
+    def __init__(self, used: int, adding: int, limit: int):
+        self.adding = adding
+        super().__init__("This server keeps {used_mb} MB of texts and models; {adding_mb} MB more would pass its "
+                         "{limit_mb} MB. Delete a persona first ({delete}).", used=used, limit=limit,
+                         used_mb=f"{used / 1e6:.1f}", adding_mb=f"{adding / 1e6:.1f}", limit_mb=f"{limit / 1e6:.0f}",
+                         delete=Code("/persona delete"))
+
+
+class TrainingBudget(OverQuota):
+    def __init__(self, used: float, asked: float, limit: float):
+        self.asked = asked
+        super().__init__("This server has started {used} training minutes in the last 24 hours; {asked} more would "
+                         "pass its {limit} a day. Try later, or ask for fewer minutes.", used=round(used, 1),
+                         limit=limit, asked=f"{asked:g}")
+
+
+class TooManySchedules(OverQuota):
+    def __init__(self, used: int, limit: int):
+        super().__init__("This server already has {used} schedules (the most it may have is {limit}); remove one "
+                         "with {remove}.", used=used, limit=limit, remove=Code("/schedule remove"))
+
+
+class TooOften(UserError):
+    """A schedule more frequent than the deployment allows."""
+
+    def __init__(self, seconds: float, least_seconds: int):
+        self.seconds, self.least_seconds = seconds, least_seconds
+        super().__init__("Schedules may post at most once every {least}; this one would post every {every}.",
+                         least=Code(_duration(least_seconds)), every=_duration(seconds))
+
+
+def _duration(seconds: float) -> str:
+    """600 → '10m', 5400 → '1h30m', 45 → '45s'."""
+    seconds = int(seconds)
+    parts = [(seconds // 86400, "d"), (seconds % 86400 // 3600, "h"), (seconds % 3600 // 60, "m"), (seconds % 60, "s")]
+    return "".join(f"{n}{u}" for n, u in parts if n) or "0s"
