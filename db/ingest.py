@@ -1,9 +1,11 @@
-"""Corpus ingestion: uploaded bytes -> validated, deduplicated corpus row + one UTF-8 blob, or IngestError.
+"""Corpus ingestion: uploaded bytes -> validated corpus row (one per upload) + a shared UTF-8 blob, or IngestError.
 
 Validation is the shared decoder (core.text.decode_corpus, torch-free) plus a file-name check and
 the guild's upload cap. The stored text is what the decoder returns (NFC, LF newlines, Project Gutenberg
-boilerplate removed), and the corpus is addressed by the sha256 of that stored text: the same text
-uploaded twice, in any encoding, is one row and one blob. The raw upload's hash is kept as raw_sha256.
+boilerplate removed), and the blob is addressed by the sha256 of that stored text: the same text uploaded
+twice, in any encoding, is stored once. Each upload still keeps its own row (its file name, uploader, server
+and time), so nothing about one server's upload shows in another. The raw upload's hash is kept as
+raw_sha256.
 
 An upload of several files (`more=`) becomes one multi-document corpus: each file is decoded on its own
 and they are joined with core.text.join_documents; the documents' lengths and names are kept in the row's
@@ -11,7 +13,8 @@ and they are joined with core.text.join_documents; the documents' lengths and na
 schema change.
 
 Nothing partial is ever left behind: a rejection happens before any write, the row is only committed after
-its blob is stored, and a blob this call created is removed again if the commit fails.
+its blob is stored, and a blob this call created is removed again if the commit fails (unless a row committed
+meanwhile uses it).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.text import DOCUMENT_SEPARATOR, CorpusError, DecodedCorpus, decode_corpus, join_documents
@@ -44,8 +46,8 @@ class IngestError(CorpusError):
 
 @dataclass(frozen=True)
 class IngestResult:
-    corpus: Corpus
-    created: bool  # False: the same text was already stored (deduplicated)
+    corpus: Corpus  # this upload's own row
+    created: bool  # a new blob was stored (False: an identical text's blob is shared; never shown to uploaders)
     warnings: tuple[str, ...] = ()
 
 
@@ -106,8 +108,9 @@ def _decode_all(files: list[tuple[bytes, str]], limit: int) -> tuple[DecodedCorp
 def ingest(data: bytes, filename: str, uploader: int | None = None, guild: int | None = None, *,
            session: Session | None = None, storage: Storage | None = None,
            max_bytes: int | None = None, more: Sequence[tuple[bytes, str]] = ()) -> IngestResult:
-    """Validate, deduplicate, store and record an upload. Commits the session when it adds a row (pending
-    work of a caller-supplied session is committed with it); uses its own session if none is given.
+    """Validate, store and record an upload. Every upload is its own row (file name, uploader, server, time),
+    so no server ever sees another's; identical texts share one blob. Commits the session (pending work of a
+    caller-supplied session is committed with it); uses its own session if none is given.
     `more`: further (data, filename) files of the same upload, the documents after the first.
 
     Raises IngestError for anything the uploader should fix; storage or database failures propagate.
@@ -126,11 +129,6 @@ def ingest(data: bytes, filename: str, uploader: int | None = None, guild: int |
     text = decoded.text.encode("utf-8")
     sha = hashlib.sha256(text).hexdigest()
     storage = storage or open_storage()
-    existing = session.scalar(select(Corpus).where(Corpus.sha256 == sha))
-    if existing is not None:
-        _ensure_blob(storage, existing.storage_key, text)
-        return IngestResult(existing, False, decoded.warnings)
-
     key = corpus_key(sha)
     corpus = Corpus(
         sha256=sha, raw_sha256=decoded.sha256, storage_key=key, filename=name, encoding=decoded.encoding,
@@ -140,26 +138,25 @@ def ingest(data: bytes, filename: str, uploader: int | None = None, guild: int |
                "warnings": list(decoded.warnings),
                **({"documents": list(decoded.documents), "document_names": names} if decoded.documents else {})},
         uploaded_by=uploader, guild_id=guild)
-    try:
-        # On PostgreSQL the flushed unique key also makes a concurrent upload of the same text wait for us.
-        with session.begin_nested():
-            session.add(corpus)
-    except IntegrityError:  # somebody committed the same text meanwhile
-        existing = session.scalars(select(Corpus).where(Corpus.sha256 == sha)).one()
-        session.commit()
-        return IngestResult(existing, False, decoded.warnings)
-
     blob_was_there = storage.exists(key)
     try:
         if not blob_was_there:
             storage.put(key, text)
+        session.add(corpus)
         session.commit()
     except BaseException:
         session.rollback()
-        if not blob_was_there:
+        if not blob_was_there and not blob_in_use(session, key):
             storage.delete(key)
         raise
-    return IngestResult(corpus, True, decoded.warnings)
+    # a persona deleted meanwhile may have removed the shared blob between our check and our commit
+    _ensure_blob(storage, key, text)
+    return IngestResult(corpus, not blob_was_there, decoded.warnings)
+
+
+def blob_in_use(session: Session, key: str) -> bool:
+    """Whether a committed corpus row (any upload, any server) still stores its text at `key`."""
+    return session.scalar(select(Corpus.id).where(Corpus.storage_key == key).limit(1)) is not None
 
 
 def _ensure_blob(storage: Storage, key: str, text: bytes) -> None:

@@ -98,12 +98,13 @@ class Persona(Timestamped, Base):
 
 
 class Corpus(Base):
-    """An uploaded text, stored once as UTF-8 at storage_key; sha256 is the hash of that stored text."""
+    """One upload (its file name, uploader, server and time), its text stored as UTF-8 at storage_key; sha256 is
+    the hash of that stored text. Identical texts share the blob (corpora/<sha256>.txt), never the row."""
 
     __tablename__ = "corpora"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
     raw_sha256: Mapped[str] = mapped_column(String(64), index=True)  # of the bytes first uploaded
     storage_key: Mapped[str] = mapped_column(String(255))
     filename: Mapped[str] = mapped_column(String(255))

@@ -1,22 +1,27 @@
 """Persona registry: the seeded defaults, creation with slug rules, visibility per guild, resolution.
 
 A global persona (guild_id NULL) is visible everywhere; a guild persona only in its guild. A slug is unique
-among the globals and within a guild, and a guild may not take a global persona's name, so a slug names
-at most one persona in any guild.
+among the globals and within a guild, and a guild may not create a persona under a global persona's name: the
+one guild persona sharing a global's slug is that guild's own copy of the built-in (create_guild_copy), which
+hides the built-in in that guild, so a slug names at most one persona in any guild.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Checkpoint, Corpus, Family, Persona, PersonaCorpus
-from db.storage import Storage
+from core.settings import get_settings
+from db.checkpoints import add_checkpoint
+from db.models import Checkpoint, Corpus, Family, Persona, PersonaCorpus, Schedule, TrainingRun
+from db.storage import Storage, checkpoint_key, open_storage, run_prefixes
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 
@@ -123,8 +128,12 @@ def _visible(guild_id: int | None):
 
 
 def visible_personas(session: Session, guild_id: int | None) -> list[Persona]:
-    """Globals plus that guild's own personas (only globals for guild_id None, e.g. DMs), by slug."""
-    return list(session.scalars(select(Persona).where(_visible(guild_id)).order_by(Persona.slug)))
+    """Globals plus that guild's own personas (only globals for guild_id None, e.g. DMs), by slug. A guild's
+    own copy of a built-in hides the built-in."""
+    rows = session.scalars(select(Persona).where(_visible(guild_id))
+                           .order_by(Persona.slug, Persona.guild_id.is_(None)))  # a guild's row first
+    seen: set[str] = set()
+    return [p for p in rows if not (p.slug in seen or seen.add(p.slug))]
 
 
 def get_persona(session: Session, slug: str, guild_id: int | None) -> Persona | None:
@@ -165,6 +174,46 @@ def create_persona(session: Session, slug: str, *, family: Family | str, recipe:
     return persona
 
 
+def builtin_of(session: Session, persona: Persona) -> Persona | None:
+    """The built-in (global) persona a guild's copy was made from (same slug), or None for any other persona.
+    A guild may not create a persona under a global name (create_persona), so a guild persona sharing a
+    global's slug is always a copy made by create_guild_copy."""
+    if persona.guild_id is None:
+        return None
+    return session.scalars(select(Persona).where(Persona.slug == persona.slug, Persona.guild_id.is_(None))).first()
+
+
+def create_guild_copy(session: Session, storage: Storage, builtin: Persona, guild_id: int,
+                      created_by: int | None = None) -> Persona:
+    """A guild's own copy of a built-in (flushed): the same slug, name, description, family, recipe and
+    sampling, and a copy of the built-in's active model as its own first checkpoint, so the guild keeps talking
+    while the copy trains (and the copy's runs are gated against that model). Every lookup in that guild then
+    finds the copy; the guild's schedules of the built-in post with it; deleting it brings back the built-in."""
+    if builtin.guild_id is not None:
+        raise PersonaError(f"`{builtin.slug}` already belongs to a server.")
+    copy = Persona(slug=builtin.slug, guild_id=guild_id, display_name=builtin.display_name,
+                   description=builtin.description, family=builtin.family, recipe=builtin.recipe,
+                   sampling=dict(builtin.sampling or {}), created_by=created_by)
+    session.add(copy)
+    session.flush()  # the (guild_id, slug) unique constraint catches a concurrent copy
+    source = builtin.active_checkpoint
+    if source is not None:
+        key = checkpoint_key(copy.slug, f"copy-{copy.id}", source.name)
+        storage.put(key, storage.get(source.storage_key))
+        try:
+            with session.begin_nested():
+                ckpt = add_checkpoint(session, copy, key, name=source.name, val_loss=source.val_loss,
+                                      metrics=dict(source.metrics or {}), size_bytes=source.size_bytes,
+                                      activate=True)
+                ckpt.created_at = source.created_at
+        except BaseException:
+            storage.delete(key)
+            raise
+    session.execute(update(Schedule).where(Schedule.guild_id == guild_id, Schedule.persona_id == builtin.id)
+                    .values(persona_id=copy.id).execution_options(synchronize_session=False))
+    return copy
+
+
 def set_active_checkpoint(session: Session, persona: Persona, checkpoint: Checkpoint | None) -> None:
     """Promote a checkpoint (of this persona) or clear it. The next generate request picks it up."""
     if checkpoint is not None and checkpoint.persona_id != persona.id:
@@ -180,28 +229,53 @@ def link_corpus(session: Session, persona: Persona, corpus: Corpus, added_by: in
         session.flush()
 
 
-def delete_persona(session: Session, persona: Persona, storage: Storage | None = None) -> list[str]:
-    """Delete a persona with its runs, checkpoints, generations, schedules and links, plus the corpora
-    no other persona uses; commit; then delete those blobs. Returns the storage keys removed.
+def delete_persona(session: Session, persona: Persona, storage: Storage | None = None,
+                   runs_dir: Path | None = None) -> list[str]:
+    """Delete a persona and everything of it: its runs, checkpoints, generations and links, the uploads it
+    was trained on (rows no other persona uses, and blobs no remaining row uses), every blob its runs wrote
+    (checkpoints best/last/running-best, loss curves) and their local run folders; commit first. A guild's
+    copy of a built-in hands the guild's schedules back to the built-in; others' schedules go with it.
+    Returns the storage keys removed.
 
     Blobs go after the commit: a crash in between leaves unreferenced blobs, never rows without blobs.
     """
-    pid = persona.id
-    keys = list(session.scalars(select(Checkpoint.storage_key).where(Checkpoint.persona_id == pid)))
-    corpus_ids = list(session.scalars(select(PersonaCorpus.corpus_id).where(PersonaCorpus.persona_id == pid)))
-    others = select(func.count()).select_from(PersonaCorpus).where(
-        PersonaCorpus.corpus_id == Corpus.id, PersonaCorpus.persona_id != pid).scalar_subquery()
-    orphans = list(session.execute(select(Corpus.id, Corpus.storage_key)
-                                   .where(Corpus.id.in_(corpus_ids), others == 0)))
+    pid, slug, guild_id = persona.id, persona.slug, persona.guild_id
+    builtin = builtin_of(session, persona)
+    if builtin is not None:
+        session.execute(update(Schedule).where(Schedule.persona_id == pid).values(persona_id=builtin.id)
+                        .execution_options(synchronize_session=False))
+    keys = set(session.scalars(select(Checkpoint.storage_key).where(Checkpoint.persona_id == pid)))
+    run_ids = list(session.scalars(select(TrainingRun.id).where(TrainingRun.persona_id == pid)))
+    corpus_ids = set(session.scalars(select(PersonaCorpus.corpus_id).where(PersonaCorpus.persona_id == pid)))
+    corpus_ids |= {c for c in session.scalars(select(TrainingRun.corpus_id).where(TrainingRun.persona_id == pid))
+                   if c is not None}
+    linked = select(PersonaCorpus.corpus_id).where(PersonaCorpus.persona_id != pid)
+    trained = select(TrainingRun.corpus_id).where(TrainingRun.persona_id != pid, TrainingRun.corpus_id.is_not(None))
+    orphans = list(session.execute(select(Corpus.id, Corpus.storage_key).where(
+        Corpus.id.in_(corpus_ids), Corpus.id.not_in(linked), Corpus.id.not_in(trained))))
     session.execute(delete(Persona).where(Persona.id == pid))  # ON DELETE CASCADE does the rest
     if orphans:
         session.execute(delete(Corpus).where(Corpus.id.in_([cid for cid, _ in orphans])))
     session.commit()
-    keys += [key for _, key in orphans]
-    if storage is None:
-        from db.storage import open_storage
+    storage = storage or open_storage()
+    for key in {key for _, key in orphans}:
+        if session.scalar(select(Corpus.id).where(Corpus.storage_key == key).limit(1)) is None:
+            keys.add(key)  # another upload of the same text keeps the shared blob
+    removed = [key for key in sorted(keys) if storage.delete(key)]
+    for run_id in run_ids:
+        for prefix in run_prefixes(slug, run_id):
+            removed += storage.delete_prefix(prefix)
+    _remove_local_files(run_ids, slug if guild_id is None else None, runs_dir)
+    return removed
 
-        storage = open_storage()
-    for key in keys:
-        storage.delete(key)
-    return keys
+
+def _remove_local_files(run_ids: list[int], global_slug: str | None, runs_dir: Path | None) -> None:
+    """The run folders (and locks) a trainer on this machine left, and the console's saved loss curve of a
+    global persona (data_dir/plots/<slug>-loss.png)."""
+    settings = get_settings()
+    runs_dir = runs_dir or settings.runs_dir
+    for run_id in run_ids:
+        shutil.rmtree(runs_dir / f"run-{run_id}", ignore_errors=True)
+        (runs_dir / f"run-{run_id}.lock").unlink(missing_ok=True)
+    if global_slug is not None:
+        (settings.data_dir / "plots" / f"{global_slug}-loss.png").unlink(missing_ok=True)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, delete, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Corpus, Persona, RunStatus, TrainingRun
+from db.models import Corpus, Persona, PersonaCorpus, RunStatus, TrainingRun
 from db.types import utcnow
 
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
@@ -61,7 +61,24 @@ def transition_run(session: Session, run: TrainingRun | int, status: RunStatus |
         raise LookupError(f"no training run {run_id}")
     if result.rowcount != 1:
         raise InvalidTransition(run_id, row.status, target)
+    if target in (RunStatus.CANCELLED, RunStatus.FAILED):
+        detach_unused_upload(session, row)
     return row
+
+
+def detach_unused_upload(session: Session, run: TrainingRun) -> None:
+    """A run that ended without a model (cancelled, failed) gives its upload back: the persona no longer lists
+    it, so a later plain retrain does not train on it, unless another run of the persona succeeded on it or
+    is still training on it. The row stays (the run refers to it) until the persona is deleted."""
+    if run.corpus_id is None:
+        return
+    still_used = session.scalar(select(TrainingRun.id).where(
+        TrainingRun.persona_id == run.persona_id, TrainingRun.corpus_id == run.corpus_id, TrainingRun.id != run.id,
+        TrainingRun.status.in_((RunStatus.SUCCEEDED, *ACTIVE_STATUSES))).limit(1))
+    if still_used is None:
+        session.execute(delete(PersonaCorpus).where(PersonaCorpus.persona_id == run.persona_id,
+                                                    PersonaCorpus.corpus_id == run.corpus_id))
+        session.expire(run.persona, ["corpora"])
 
 
 def start_run(session: Session, run: TrainingRun | int, task_id: str | None = None) -> TrainingRun:
@@ -100,6 +117,8 @@ def request_cancel(session: Session, run: TrainingRun | int) -> TrainingRun:
         raise LookupError(f"no training run {run_id}")
     if row.status.finished and queued.rowcount != 1:
         raise InvalidTransition(run_id, row.status, RunStatus.CANCELLED)
+    if queued.rowcount == 1:
+        detach_unused_upload(session, row)
     return row
 
 
@@ -136,3 +155,61 @@ def last_run_requested(session: Session, requested_by: int, guild_id: int | None
     if guild_id is not None:
         q = q.where(TrainingRun.guild_id == guild_id)
     return session.scalars(q.order_by(TrainingRun.created_at.desc(), TrainingRun.id.desc()).limit(1)).first()
+
+
+# -- the fair training queue ------------------------------------------------------------------------------
+
+def server_order(session: Session) -> list[int | None]:
+    """The servers (guild ids; None: runs from the console or the CLI) with queued runs, the least served
+    first: fewest runs running now, then the one whose latest run started longest ago (never: first), then
+    the one that has waited longest (its oldest queued run)."""
+    waiting = dict(session.execute(select(TrainingRun.guild_id, func.min(TrainingRun.id))
+                                   .where(TrainingRun.status == RunStatus.QUEUED)
+                                   .group_by(TrainingRun.guild_id)).all())
+    if not waiting:
+        return []
+    named = [g for g in waiting if g is not None]
+    of_waiting = or_(TrainingRun.guild_id.in_(named), TrainingRun.guild_id.is_(None) if None in waiting else false())
+    running = func.sum(case((TrainingRun.status == RunStatus.RUNNING, 1), else_=0))
+    served = {guild: (int(busy or 0), last) for guild, busy, last in session.execute(
+        select(TrainingRun.guild_id, running, func.max(TrainingRun.started_at))
+        .where(of_waiting, TrainingRun.started_at.is_not(None)).group_by(TrainingRun.guild_id)).all()}
+
+    def key(guild):
+        busy, last = served.get(guild, (0, None))
+        return busy, last is not None, last or 0, waiting[guild]
+
+    return sorted(waiting, key=key)
+
+
+def claim_next_run(session: Session, task_id: str | None) -> TrainingRun | None:
+    """Start the fairest queued run (the oldest of the least served server, see server_order) for the
+    trainer holding ticket `task_id`, recorded as the run's task_id; None when nothing is queued. On
+    PostgreSQL the candidate row is locked with SKIP LOCKED, so trainers claiming at once take different runs
+    without waiting for each other; on SQLite (one writer) the conditional UPDATE of start_run decides."""
+    for guild in server_order(session):
+        same_server = TrainingRun.guild_id.is_(None) if guild is None else TrainingRun.guild_id == guild
+        while True:
+            run_id = session.scalar(select(TrainingRun.id)
+                                    .where(TrainingRun.status == RunStatus.QUEUED, same_server)
+                                    .order_by(TrainingRun.id).limit(1).with_for_update(skip_locked=True))
+            if run_id is None:
+                break  # this server's queued runs are being claimed by other trainers right now
+            try:
+                return start_run(session, run_id, task_id)
+            except InvalidTransition:  # cancelled between the two statements: the next one
+                continue
+    return None
+
+
+def run_claimed_by(session: Session, task_id: str) -> int | None:
+    """The run that ticket `task_id` claimed earlier (a redelivered or retried train message), if any."""
+    return session.scalar(select(TrainingRun.id).where(TrainingRun.task_id == task_id)
+                          .order_by(TrainingRun.id).limit(1))
+
+
+def queued_runs(session: Session, guild_id: int | None) -> int:
+    """How many runs of a server wait for a trainer."""
+    same_server = TrainingRun.guild_id.is_(None) if guild_id is None else TrainingRun.guild_id == guild_id
+    return session.scalar(select(func.count()).select_from(TrainingRun)
+                          .where(TrainingRun.status == RunStatus.QUEUED, same_server)) or 0

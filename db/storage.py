@@ -38,6 +38,12 @@ def checkpoint_key(persona_slug: str, run_id: int | str, name: str) -> str:
     return f"checkpoints/{persona_slug}/{run_id}/{name}.safetensors"
 
 
+def run_prefixes(persona_slug: str, run_id: int | str) -> tuple[str, str]:
+    """The folders a training run writes under: its checkpoints (best, last, running-best) and its loss curve
+    (worker.training.loss_plot_key)."""
+    return f"checkpoints/{persona_slug}/{run_id}/", f"runs/{run_id}/"
+
+
 def validate_key(key: str) -> str:
     parts = key.split("/")
     if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts) \
@@ -151,6 +157,12 @@ class Storage:
         root = self.root.rstrip("/") + "/"
         return sorted(k for k in (p.removeprefix(root) for p in found)
                       if not posixpath.basename(k).startswith(TMP_PREFIX))
+
+    def delete_prefix(self, prefix: str) -> list[str]:
+        """Remove every key under `prefix` (a folder, "checkpoints/alice/12/"); returns the keys removed."""
+        if not prefix.strip("/"):
+            raise ValueError("delete_prefix needs a folder: it never empties the whole storage")
+        return [key for key in self.keys(prefix) if self.delete(key)]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())

@@ -130,22 +130,26 @@ def test_good_upload_makes_one_row_and_one_blob(session, storage, alice_text, en
     assert read_corpus_text(c, storage) == text
 
 
-def test_reupload_deduplicates(session, storage, alice_text):
+def test_reupload_is_its_own_row_sharing_the_blob(session, storage, alice_text):
     raw = alice_text.encode()
     first = ingest(raw, "alice.txt", USER, GUILD, session=session, storage=storage)
     again = ingest(raw, "copy-of-alice.txt", USER + 1, GUILD + 1, session=session, storage=storage)
     as_utf16 = ingest(alice_text.encode("utf-16"), "alice16.txt", USER, GUILD, session=session,
                       storage=storage)
-    assert first.created and not again.created and not as_utf16.created
-    assert first.corpus.id == again.corpus.id == as_utf16.corpus.id
-    assert count_rows(session, Corpus) == 1
+    assert first.created and not again.created and not as_utf16.created  # the blob was there
+    assert len({first.corpus.id, again.corpus.id, as_utf16.corpus.id}) == 3
+    assert (again.corpus.filename, again.corpus.guild_id, again.corpus.uploaded_by) == \
+        ("copy-of-alice.txt", GUILD + 1, USER + 1)
+    assert first.corpus.filename == "alice.txt" and first.corpus.guild_id == GUILD
+    assert first.corpus.storage_key == again.corpus.storage_key == as_utf16.corpus.storage_key
+    assert count_rows(session, Corpus) == 3
     assert storage.keys() == [first.corpus.storage_key]
 
 
 def test_reupload_restores_a_missing_blob(session, storage, alice_text):
     c = ingest(alice_text.encode(), "alice.txt", session=session, storage=storage).corpus
     storage.delete(c.storage_key)
-    assert not ingest(alice_text.encode(), "alice.txt", session=session, storage=storage).created
+    ingest(alice_text.encode(), "alice.txt", session=session, storage=storage)
     assert storage.get(c.storage_key).decode() == alice_text
 
 
@@ -199,7 +203,7 @@ def test_non_bytes_is_a_type_error(session, storage):
 
 
 def test_concurrent_identical_uploads_on_postgresql(pg_url, storage, alice_text):
-    """Two uploads of the same text racing: one creates, the other deduplicates; one row, one blob."""
+    """Two uploads of the same text racing: a row each, one blob."""
     import threading
 
     import db
@@ -225,11 +229,10 @@ def test_concurrent_identical_uploads_on_postgresql(pg_url, storage, alice_text)
         t.join(timeout=60)
     engine.dispose()
     assert not errors, errors
-    assert sorted(r.created for r in results) == [False, True]
-    assert results[0].corpus.id == results[1].corpus.id
+    assert results[0].corpus.id != results[1].corpus.id
     with db.session_scope(pg_url) as session:
-        assert count_rows(session, Corpus) == 1
-    assert storage.keys() == [results[0].corpus.storage_key]
+        assert count_rows(session, Corpus) == 2
+    assert storage.keys() == [results[0].corpus.storage_key] == [results[1].corpus.storage_key]
 
 
 def test_several_files_are_one_corpus_of_documents(session, storage, alice_text):
@@ -244,10 +247,10 @@ def test_several_files_are_one_corpus_of_documents(session, storage, alice_text)
     assert [d.strip() for d in decoded.document_texts()] == [first.strip(), second.strip()]
     assert decoded.sha256 == c.sha256 == hashlib.sha256(read_corpus_text(c, storage).encode()).hexdigest()
     again = ingest(first.encode(), "a.txt", session=session, storage=storage, more=[(second.encode(), "b.txt")])
-    assert not again.created and again.corpus.id == c.id  # the same documents: the same corpus
+    assert again.corpus.id != c.id and again.corpus.storage_key == c.storage_key  # the same documents: one blob
     with pytest.raises(IngestError, match="two.txt: ") as refused:
         ingest(first.encode(), "one.txt", session=session, storage=storage, more=[(b"abc\x00def\n" * 100, "two.txt")])
-    assert refused.value.code == "binary" and count_rows(session, Corpus) == 1
+    assert refused.value.code == "binary" and count_rows(session, Corpus) == 2
 
 
 def test_document_lengths_that_do_not_fit_are_ignored(session, storage, alice_text):
