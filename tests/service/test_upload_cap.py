@@ -24,11 +24,13 @@ def test_a_cap_past_the_ceiling_is_refused_and_nothing_changes(env, mb):  # noqa
     assert service.policy.policy(GUILD).cooldown_seconds != 7  # the whole update was refused
 
 
-def test_the_ceiling_itself_is_allowed(env):  # noqa: F811
-    assert service.policy.update_policy(MANAGER, max_upload_mb=100).max_upload_bytes == HARD_MAX_UPLOAD_BYTES
+def test_the_hard_maximum_is_accepted_and_clamped_to_the_deployment_ceiling(env):  # noqa: F811
+    pol = service.policy.update_policy(MANAGER, max_upload_mb=100)
+    assert pol.max_upload_bytes == service.policy.ceilings().upload_bytes <= HARD_MAX_UPLOAD_BYTES
+    assert any("ceiling" in note for note in pol.notes)
 
 
 def test_an_old_oversized_cap_is_read_as_the_ceiling(env):  # noqa: F811
     with db.session_scope() as session:
         update_guild_settings(session, GUILD, max_upload_bytes=500_000_000)
-    assert service.policy.policy(GUILD).max_upload_bytes == HARD_MAX_UPLOAD_BYTES
+    assert service.policy.policy(GUILD).max_upload_bytes == service.policy.ceilings().upload_bytes
