@@ -1,5 +1,6 @@
 """The per-message controls under a result (bot/views.py): Delete (the requester or a manager; the row is
-kept, marked deleted_at, its text blanked) and Info (everything about how the text was made, as data the bot renders)."""
+kept, marked deleted_at, its text blanked) and Info (everything about how the text was made, as data the bot
+renders)."""
 
 from __future__ import annotations
 

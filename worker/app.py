@@ -44,15 +44,18 @@ signals.connect()  # JSON logs and Prometheus metrics of workers (and of what th
 log = logging.getLogger(__name__)
 GENERATE_QUEUE, TRAIN_QUEUE = "generate", "train"
 TASK_NAMES = ("improbable.generate", "improbable.train", "improbable.dispatch_schedules", "improbable.post_scheduled",
-              "improbable.requeue_orphaned_runs")
+              "improbable.requeue_orphaned_runs", "improbable.sweep_retention")
 ROUTES = {
     "improbable.generate": {"queue": GENERATE_QUEUE},
     "improbable.post_scheduled": {"queue": GENERATE_QUEUE},  # it generates, so it runs where the models are
     "improbable.dispatch_schedules": {"queue": GENERATE_QUEUE},  # cheap SQL; any generate worker will do
     "improbable.requeue_orphaned_runs": {"queue": GENERATE_QUEUE},  # (a busy trainer could not take it)
+    "improbable.sweep_retention": {"queue": GENERATE_QUEUE},  # SQL, storage and the result backend
     "improbable.train": {"queue": TRAIN_QUEUE},
 }
 DISPATCH_EVERY_SECONDS = 60.0
+RESULT_EXPIRES_SECONDS = 3600
+RESULT_KEY_PREFIX = "celery-task-meta-"  # Celery's key-value result backends (Redis)
 
 
 def celery_config(settings: Settings) -> dict:
@@ -80,7 +83,9 @@ def celery_config(settings: Settings) -> dict:
         "task_track_started": True,  # STARTED carries the worker's hostname and pid
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
-        "result_expires": 24 * 3600,
+        # a result is read while its job runs (and by a restarted bot soon after): an hour covers every job's
+        # deadline, and the texts do not linger in Redis (the retention of generations is the SQL rows')
+        "result_expires": RESULT_EXPIRES_SECONDS,
         "result_extended": True,
         "broker_connection_timeout": connect_timeout,
         "broker_connection_retry_on_startup": True,  # a worker waits for Redis; a publisher does not (below)
@@ -97,6 +102,8 @@ def celery_config(settings: Settings) -> dict:
                                    "options": {"expires": DISPATCH_EVERY_SECONDS}},
             "requeue-orphaned-runs": {"task": "improbable.requeue_orphaned_runs", "schedule": DISPATCH_EVERY_SECONDS,
                                       "options": {"expires": DISPATCH_EVERY_SECONDS}},
+            "sweep-retention": {"task": "improbable.sweep_retention", "schedule": settings.sweep_seconds,
+                                "options": {"expires": settings.sweep_seconds}},
         },
         "timezone": "UTC",
         "enable_utc": True,
@@ -187,6 +194,37 @@ def _is_connection_error(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def _names_user(meta: dict, user_id: int) -> bool:
+    """Whether a stored result (its request's arguments, or the result's routing ids) belongs to the user."""
+    values = [meta.get("result"), *(meta.get("args") or ()), *(meta.get("kwargs") or {}).values()]
+    return any(isinstance(v, dict) and user_id in (v.get("user_id"), v.get("quoted_user_id")) for v in values)
+
+
+def forget_results(task_ids, user_id: int | None = None) -> int:
+    """Delete the stored results of these tasks from the result backend (Celery's `AsyncResult.forget`), and
+    with `user_id` every other stored result whose request names that user. Returns how many were looked at;
+    nothing to do in eager mode (results are not stored)."""
+    if is_eager() or not app.conf.result_backend:
+        return 0
+    backend = app.backend
+    task_ids = set(filter(None, task_ids))
+    client = getattr(backend, "client", None)
+    if user_id is not None and client is not None:
+        import json
+
+        for key in client.scan_iter(match=f"{RESULT_KEY_PREFIX}*", count=500):
+            raw = client.get(key)
+            try:
+                meta = json.loads(raw) if raw else {}
+            except ValueError:
+                continue
+            if isinstance(meta, dict) and _names_user(meta, user_id):
+                task_ids.add((key.decode() if isinstance(key, bytes) else key).removeprefix(RESULT_KEY_PREFIX))
+    for task_id in task_ids:
+        backend.forget(task_id)
+    return len(task_ids)
 
 
 def broker_available(timeout: float = 1.0) -> bool:

@@ -37,6 +37,11 @@ improbable.requeue_orphaned_runs() — run by beat every minute
     Re-enqueues improbable.train for running runs whose trainer stopped reporting (it died) for more than
     3 × IMPROBABLE_TRAIN_LEASE_SECONDS, so they resume without waiting for Redis's visibility timeout.
 
+improbable.sweep_retention(now_iso: str | None = None) — run by beat every IMPROBABLE_SWEEP_SECONDS
+    Deletes generations older than IMPROBABLE_RETENTION_DAYS and the data of servers the bot left more than
+    IMPROBABLE_GUILD_GRACE_DAYS ago (db/retention.py), and forgets their jobs' results in the backend.
+    result: {"generations": rows deleted, "guilds": [purged ids], "results_forgotten": n}.
+
 improbable.post_scheduled(schedule_id: int, slot_iso: str) — queue `generate`
     Generates with the persona's active checkpoint and POSTs to the channel through Discord's REST API.
     result: {"status": "posted"|"failed", "message_id", "generation_id", "error"}.
@@ -158,7 +163,9 @@ TRAIN_RETRY = {**RETRY, "max_retries": 8, "retry_backoff_max": 30}
 
 @app.task(name="improbable.train", bind=True, acks_late=True, reject_on_worker_lost=True,
           soft_time_limit=TRAIN_TIME_LIMIT, time_limit=TRAIN_TIME_LIMIT + 60, **TRAIN_RETRY)
-def train_task(self, run_id: int) -> dict:
+def train_task(self, run_id: int, resume: bool = False) -> dict:
+    """A claim ticket: train the fairest queued run (worker/training.py), which need not be `run_id`. With
+    `resume` (an orphaned run re-enqueued by beat), resume run `run_id` itself."""
     from .training import Busy, train_run
 
     def publish(progress: dict) -> None:
@@ -166,14 +173,16 @@ def train_task(self, run_id: int) -> dict:
             self.update_state(state="PROGRESS", meta=progress)
 
     try:
-        return train_run(int(run_id), task_id=self.request.id, on_progress=publish, transient=TRANSIENT_ERRORS)
+        return train_run(int(run_id), task_id=self.request.id, on_progress=publish, transient=TRANSIENT_ERRORS,
+                         ticket=not resume)
     except Busy:
         # A duplicate delivery while another trainer works. Look again after a lease (the run may be
         # orphaned by then), as a fresh message under the same id: a Celery retry would overwrite the
         # task's state, which the live trainer is reporting progress into.
         if self.request.is_eager:
             return {"run_id": int(run_id), "status": "running", "duplicate": True}
-        self.apply_async(args=(run_id,), countdown=get_settings().train_lease_seconds, task_id=self.request.id)
+        self.apply_async(args=(run_id,), kwargs={"resume": resume}, countdown=get_settings().train_lease_seconds,
+                         task_id=self.request.id)
         raise Ignore() from None
 
 
@@ -195,8 +204,23 @@ def requeue_orphaned_runs() -> list[int]:
 
     runs = orphaned_runs()
     for run_id in runs:
-        enqueue("improbable.train", run_id)
+        enqueue("improbable.train", run_id, kwargs={"resume": True})  # this run, not a ticket for the fairest
     return runs
+
+
+@app.task(name="improbable.sweep_retention", acks_late=False, soft_time_limit=600, time_limit=660, **RETRY)
+def sweep_retention(now_iso: str | None = None) -> dict:
+    """Beat, every IMPROBABLE_SWEEP_SECONDS: delete generations past the retention and purge the servers the
+    bot left more than the grace period ago (db/retention.py), then forget their jobs' stored results."""
+    from datetime import datetime
+
+    from db.retention import sweep
+
+    from .app import forget_results
+
+    result = sweep(datetime.fromisoformat(now_iso) if now_iso else None)
+    forget_results(result.task_ids)
+    return {"generations": result.generations, "guilds": result.guilds, "results_forgotten": len(result.task_ids)}
 
 
 @app.task(name="improbable.post_scheduled", acks_late=True, reject_on_worker_lost=True,
