@@ -74,7 +74,7 @@ PICTURE_EDIT_GAP = 1.1  # seconds after the result's last edit: Discord rate-lim
 
 async def attach_picture(interaction: discord.Interaction, generation_id: int) -> None:
     """Add the probability picture (bot/pictures.py) to the result message, keeping its attachments."""
-    picture = await picture_file(generation_id)
+    picture = await picture_file(generation_id, actor_of(interaction))
     if picture is None:
         await replies.followup(interaction, "The probability picture of this text could not be drawn.",
                                ephemeral=True)

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import service.controls
 from core.contracts import Piece, pieces_from_json
+from service.policy import Actor
 
 MAX_PICTURE_CHARS = 4000  # twice Discord's message limit; longer texts are cut
 MAX_LINES = 150  # 4,500 px of text: a text of blank lines or one-letter lines stops here
@@ -294,18 +295,18 @@ def _legend(draw: ImageDraw.ImageDraw, left: int, top: int, floor: float, font) 
 
 # --- the Discord attachment -------------------------------------------------------------------------------------
 
-def _draw(generation_id: int) -> bytes | None:
-    source = service.controls.picture_source(generation_id)
+def _draw(generation_id: int, actor: Actor) -> bytes | None:
+    source = service.controls.picture_source(generation_id, actor)
     if source is None:
         return None
     title, subtitle = describe_sampling(source["persona"], source["params"], source["seed"])
     return render_picture(pieces_from_json(source["pieces"]), title, subtitle).png
 
 
-async def picture_file(generation_id: int) -> discord.File | None:
+async def picture_file(generation_id: int, actor: Actor) -> discord.File | None:
     """The picture as an attachment, or None when the generation has none (service.errors.TextGone when the
-    generation is gone)."""
-    png = await asyncio.to_thread(_draw, generation_id)
+    generation is gone, or another server's)."""
+    png = await asyncio.to_thread(_draw, generation_id, actor)
     if png is None:
         return None
     return discord.File(io.BytesIO(png), filename=f"probabilities-{generation_id}.png",

@@ -8,6 +8,7 @@ message posted before a restart still works.
     improbable:cont:<generation_id>              Continue: a new message continuing the text (anyone)
     improbable:info:<generation_id>              Info: how the text was made, shown to the presser alone
     improbable:del:<generation_id>               Delete: the requester or a manager (checked against the row)
+    improbable:report:<generation_id>            Report: queue the text for the bot's operator (bot/report.py)
 
 Regenerate and more-improbable edit the message, so only its requester may use them (`interaction_check`);
 continue posts a new message and is open to everyone. User id 0: anybody may change it.
@@ -49,12 +50,13 @@ ACTIONS = {a.key: a for a in (
     # not owner_only by user id: Delete also lets managers in, so service.controls checks it against the row
     Action("info", "info", "Info", "ℹ️", discord.ButtonStyle.secondary, "inspect", False),
     Action("del", "delete", "Delete", "🗑️", discord.ButtonStyle.danger, "delete", False),
+    Action("report", "report", "Report", "🚩", discord.ButtonStyle.secondary, "report", False),
 )}
 CONTROLS = ("info", "del")  # answered here, not by a new generation
 
 
 class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=r"improbable:(?P<action>regen|cont|more|info|del):(?P<gid>[0-9]+)(?::(?P<uid>[0-9]+))?"):
+                   template=r"improbable:(?P<action>regen|cont|more|info|del|report):(?P<gid>[0-9]+)(?::(?P<uid>[0-9]+))?"):
     def __init__(self, action: str, generation_id: int, user_id: int = 0):
         self.action, self.generation_id, self.user_id = ACTIONS[action], generation_id, user_id
         custom_id = f"improbable:{action}:{generation_id}" + (f":{user_id}" if self.action.owner_only else "")
@@ -76,6 +78,8 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
     async def callback(self, interaction: discord.Interaction) -> None:
         if self.action.key == "info":
             await show_info(interaction, self.generation_id)
+        elif self.action.key == "report":
+            await report_result(interaction, self.generation_id)
         elif self.action.key == "del":
             await delete_result(interaction, self.generation_id)
         else:
@@ -88,7 +92,7 @@ DYNAMIC_ITEMS = (ResultButton,)
 def result_view(generation_id: int, user_id: int | None) -> discord.ui.View:
     """The buttons for one result (user_id 0 or None: anybody may change it)."""
     view = discord.ui.View(timeout=None)
-    for key in ("regen", "cont", "more", "info", "del"):
+    for key in ("regen", "cont", "more", "info", "del", "report"):
         view.add_item(ResultButton(key, generation_id, user_id or 0))
     return view
 
@@ -104,6 +108,13 @@ async def show_info(interaction: discord.Interaction, generation_id: int) -> Non
     picture = await picture_file(generation_id)
     await interaction.response.send_message(generation_info(info), ephemeral=True, files=[picture] if picture else [],
                                             allowed_mentions=replies.NO_MENTIONS)
+
+
+async def report_result(interaction: discord.Interaction, generation_id: int) -> None:
+    """Report: anyone; the text goes to the operator's list (`/report` adds a reason)."""
+    from bot.report import report_generation
+
+    await report_generation(interaction, str(generation_id), "Reported with the button under the text.")
 
 
 async def delete_result(interaction: discord.Interaction, generation_id: int) -> None:

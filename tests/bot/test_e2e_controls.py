@@ -34,7 +34,7 @@ def test_info_shows_parameters_and_probabilities(e2e):
                                  opt("improbability", 0.1), opt("seed", 3)], user=fake.bob)
     msg = final_text(fake, ix)
     gid = custom_ids(msg)[0].split(":")[2]
-    assert custom_ids(msg)[3:] == [f"improbable:info:{gid}", f"improbable:del:{gid}"]
+    assert custom_ids(msg)[3:] == [f"improbable:info:{gid}", f"improbable:del:{gid}", f"improbable:report:{gid}"]
 
     click = fake.click(msg, _control(msg, "info"), user=fake.carol)  # anyone may look
     info = ephemeral_reply(fake, click)["content"]
