@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.settings import load_settings
-from trainer.corpus import DecodedCorpus, decode_corpus, find_corpus, join_documents
+from core.text import DecodedCorpus, decode_corpus, join_documents
+from trainer.corpus import find_corpus
 from trainer.datasets import load_named_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

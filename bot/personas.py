@@ -100,7 +100,7 @@ async def _fresh_sample(interaction: discord.Interaction, slug: str) -> str | No
 @app_commands.autocomplete(persona=persona_autocomplete)
 async def info(interaction: discord.Interaction, persona: str) -> None:
     await replies.defer(interaction)
-    data = await asyncio.to_thread(service.personas.persona_info, persona, interaction.guild_id)
+    data = await asyncio.to_thread(service.personas.persona_info, persona, actor_of(interaction))
     if data.checkpoint_id is not None and not data.sample:
         data.sample = await _fresh_sample(interaction, data.slug)
         await asyncio.to_thread(service.personas.fill_originality, data)

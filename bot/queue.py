@@ -16,10 +16,17 @@ from bot.limits import actor_of
 
 async def job_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
     bot = interaction.client
-    choices = [(f"generate {escape(j.label)}"[:100], f"job:{j.id}") for j in bot.jobs.of_user(interaction.user.id)]
+    choices = [(f"generate {escape(j.label)}"[:100], f"job:{j.id}") for j in my_jobs(bot, interaction.user.id,
+                                                                                     interaction.guild_id)]
     runs = await asyncio.to_thread(service.training.training_runs, actor_of(interaction), mine=True)
     choices += [(f"training run {r.id}: {r.persona_slug} ({r.status})"[:100], f"run:{r.id}") for r in runs]
     return [app_commands.Choice(name=n, value=v) for n, v in choices if current.lower() in n.lower()][:25]
+
+
+def my_jobs(bot, user_id: int, guild_id: int | None) -> list:
+    """The user's generate jobs asked for in this server (a DM's: outside any server); a job of another server
+    is neither listed nor cancellable here."""
+    return [j for j in bot.jobs.of_user(user_id) if j.guild_id == guild_id]
 
 
 @app_commands.command(name="queue", description="Your jobs and their places in the queue; cancel one.")
@@ -31,7 +38,8 @@ async def queue(interaction: discord.Interaction, cancel: str | None = None) -> 
     actor = actor_of(interaction)
     if cancel:
         kind, _, ident = cancel.partition(":")
-        if kind == "job" and (job := bot.jobs.get(ident)) is not None and job.user_id == actor.user_id:
+        if kind == "job" and (job := bot.jobs.get(ident)) is not None and job.user_id == actor.user_id \
+                and job.guild_id == actor.guild_id:
             await bot.jobs.cancel(job)
             await replies.send(interaction, f"Cancelled generate job {escape(job.label)}.")
             return
@@ -46,7 +54,7 @@ async def queue(interaction: discord.Interaction, cancel: str | None = None) -> 
             return
         await replies.fail(interaction, "That job is not waiting any more (or is not yours).")
         return
-    jobs = bot.jobs.of_user(actor.user_id)
+    jobs = my_jobs(bot, actor.user_id, actor.guild_id)
     runs = await asyncio.to_thread(service.training.training_runs, actor, mine=True)
     if not jobs and not runs:
         await replies.send(interaction, "You have nothing queued.")

@@ -56,7 +56,7 @@ def _from_database(name: str, settings: Settings) -> Path | None:
 
 def saved_run_config(out_dir: Path) -> dict:
     """The training settings of the run in out_dir ({} when there is none or it is unreadable)."""
-    from trainer.checkpoint import CheckpointError, read_meta
+    from core.checkpoints import CheckpointError, read_meta
 
     try:
         return read_meta(out_dir / "last.safetensors").get("train_config", {})
@@ -93,7 +93,8 @@ def training_corpus(meta: dict, settings: Settings):
     """The text a checkpoint was trained on, found from any folder: its absolute path when the file is still
     there, else its name on the corpus path, else any corpus there with the same content (sha256). Checked
     against the checkpoint's corpus_sha256, so a changed file is never scored as if it were the same split."""
-    from trainer.corpus import CorpusError, list_corpora, load_corpus
+    from core.text import CorpusError
+    from trainer.corpus import list_corpora, load_corpus
 
     config = meta.get("train_config", {})
     want = meta.get("corpus_sha256")
@@ -121,7 +122,7 @@ def validation_split(meta: dict, tokenizer, corpus):
     split mode and fraction: spread blocks or the tail), so `evaluate` reproduces the run's validation loss."""
     import torch
 
-    from trainer.corpus import DOCUMENT_SEPARATOR
+    from core.text import DOCUMENT_SEPARATOR
     from trainer.data import BLOCK_TOKENS, split_documents
 
     config, split = meta.get("train_config", {}), meta.get("split", {})

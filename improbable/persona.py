@@ -36,7 +36,7 @@ def attach(
     """Make a checkpoint trained with `improbable train` the persona's active model (its family must match)."""
     import service.personas
     import service.policy
-    from trainer.checkpoint import CheckpointError, read_meta
+    from core.checkpoints import CheckpointError, read_meta
 
     if not checkpoint.is_file():
         _fail(f"no such file: {checkpoint}")

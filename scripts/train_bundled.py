@@ -26,10 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.checkpoints import read_meta
 from core.contracts import SamplingParams
+from core.text import originality
 from trainer import checkpoint as ckpt
 from trainer.datasets import load_named_corpus
-from trainer.originality import originality
 from trainer.pretrained import PRETRAINED_DIR
 from trainer.recipes import RECIPES_DIR, load_recipe
 from trainer.sample import generate
@@ -84,7 +85,7 @@ def export(persona: str, best_path: Path, history: list[dict], recipe: dict, cor
                                                            "package_version", "torch_version")}
     meta["history"] = history
     path = ckpt.save(out_dir / f"{persona}.safetensors", best.model, best.tokenizer, meta, half=True)
-    card = model_card(persona, ckpt.read_meta(path), recipe, sample, originality(stream.text, corpus.text),
+    card = model_card(persona, read_meta(path), recipe, sample, originality(stream.text, corpus.text),
                       path.stat().st_size)
     (out_dir / f"{persona}.md").write_text(card)
     return path
@@ -108,7 +109,7 @@ def main() -> None:
             best_path = args.from_run / "best.safetensors"
             history_file = args.from_run / "history.json"  # written at the end; a run still going has it in meta
             history = (json.loads(history_file.read_text()) if history_file.exists()
-                       else ckpt.read_meta(best_path).get("history", []))
+                       else read_meta(best_path).get("history", []))
             path = export(persona, best_path, history, recipe, corpus)
             print(f"{persona}: exported {best_path} → {path} ({path.stat().st_size / 1e6:.2f} MB)")
             continue

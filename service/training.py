@@ -17,6 +17,7 @@ from db.personas import delete_persona as db_delete_persona
 from db.runs import ACTIVE_STATUSES, InvalidTransition, active_runs, last_run_requested, request_cancel
 from db.types import as_utc, utcnow
 from service.errors import NotAllowed, TooManyRuns, TrainCooldown, UserError
+from service.lookup import find_run, visible_to
 from service.policy import Actor, Policy, may_train, policy
 
 
@@ -27,7 +28,6 @@ class NewRun:
     display_name: str
     created_persona: bool
     warnings: tuple[str, ...] = ()
-    deduplicated: bool = False
 
 
 def train_overrides(minutes: float | None) -> dict:
@@ -118,10 +118,10 @@ def set_run_message(run_id: int, channel_id: int | None, message_id: int | None)
 
 
 def training_runs(actor: Actor, *, mine: bool = False) -> list[RunView]:
-    """Active runs in the actor's guild (or the actor's own), oldest first."""
+    """Active runs in the actor's guild (or the actor's own there), oldest first."""
     with session_scope() as session:
         runs = active_runs(session, requested_by=actor.user_id if mine else None, guild_id=actor.guild_id)
-        return [_view(session, r) for r in runs]
+        return [_view(session, r) for r in runs if visible_to(actor, r.guild_id, r.requested_by)]
 
 
 def runs_to_watch() -> list[RunView]:
@@ -132,17 +132,17 @@ def runs_to_watch() -> list[RunView]:
 
 
 def cancel_training(actor: Actor, run_id: int | None = None) -> RunView:
-    """Cancel a run (default: the actor's latest active one). Its requester or a trainer may."""
+    """Cancel a run of the actor's server (default: the actor's latest active one there). Its requester or a
+    trainer may. Another server's run is refused as an unknown id (service.lookup.find_run)."""
     with session_scope() as session:
         if run_id is None:
-            mine = active_runs(session, requested_by=actor.user_id)
+            mine = [r for r in active_runs(session, requested_by=actor.user_id, guild_id=actor.guild_id)
+                    if visible_to(actor, r.guild_id, r.requested_by)]
             if not mine:
                 raise UserError("You have no training run queued or running.")
             run = mine[-1]
         else:
-            run = session.get(TrainingRun, run_id)
-            if run is None or (actor.guild_id is not None and run.guild_id not in (None, actor.guild_id)):
-                raise UserError(f"There is no training run {run_id} here.")
+            run = find_run(session, run_id, actor)
         if run.requested_by != actor.user_id and not may_train(actor, policy(actor.guild_id)):
             raise NotAllowed("Only whoever started a run, or somebody who may train personas, can cancel it.")
         try:

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from core.checkpoints import FORMAT, FORMAT_VERSION, CheckpointError, read_meta
 from trainer import checkpoint as ckpt
-from trainer.checkpoint import CheckpointError
 from trainer.model import ModelConfig, build_model
 from trainer.tokenizer import CharTokenizer, WordTokenizer
 from trainer.train import TrainConfig, train
@@ -103,7 +103,7 @@ def test_round_trip_gives_identical_logits_and_tokenizer(tmp_path, make):
 def test_metadata_fields_are_present(saved):
     path, model, tok = saved
     meta = ckpt.load(path).meta
-    assert meta["format"] == ckpt.FORMAT and meta["format_version"] == ckpt.FORMAT_VERSION
+    assert meta["format"] == FORMAT and meta["format_version"] == FORMAT_VERSION
     assert meta["model"]["family"] == "char-rnn" and meta["model"] == model.config.to_dict()
     assert meta["tokenizer"] == {"kind": "char", "vocab": tok.vocab}
     assert meta["corpus_sha256"] == META["corpus_sha256"]
@@ -111,7 +111,7 @@ def test_metadata_fields_are_present(saved):
     assert meta["torch_version"] == torch.__version__
     assert meta["package_version"] and isinstance(meta["package_version"], str)
     assert len(meta["tensors_sha256"]) == 64
-    assert ckpt.read_meta(path) == meta
+    assert read_meta(path) == meta
 
 
 def test_file_is_safetensors_not_pickle(saved):
@@ -130,7 +130,7 @@ def test_file_is_safetensors_not_pickle(saved):
     assert 8 + n + spans[-1][1] == len(data)  # the tensors end exactly at the end of the file
     assert b"torch._utils" not in data and b"collections\nOrderedDict" not in data  # torch.save pickle names
     assert header["model.head.proj.weight"]["dtype"] == "F32"
-    assert json.loads(header["__metadata__"]["improbable"])["format"] == ckpt.FORMAT
+    assert json.loads(header["__metadata__"]["improbable"])["format"] == FORMAT
     # and it is readable by the plain safetensors loader
     assert set(st_load(data)) == set(tensors)
 
@@ -141,7 +141,7 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     ckpt.save(target, model, tok, META)
     ckpt.save(target, model, tok, {**META, "step": 8})  # overwrite in place
     assert sorted(os.listdir(target.parent)) == ["best.safetensors"]
-    assert ckpt.read_meta(target)["step"] == 8
+    assert read_meta(target)["step"] == 8
 
 
 def test_extra_tensors_are_stored_and_returned(tmp_path):
@@ -323,7 +323,7 @@ def test_metadata_json_that_is_not_an_object(tmp_path, payload):
 
 
 def test_newer_format_version_asks_for_an_upgrade(tmp_path):
-    path = save_misdescribed(tmp_path, meta={"format_version": ckpt.FORMAT_VERSION + 1})
+    path = save_misdescribed(tmp_path, meta={"format_version": FORMAT_VERSION + 1})
     expect_error(path, "newer version.*upgrade")
 
 
@@ -363,7 +363,7 @@ def test_read_meta_reads_only_the_header(saved):
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
     path.write_bytes(data[: 8 + n] + b"\xff" * (len(data) - 8 - n))  # tensor data all NaN: never read
-    assert ckpt.read_meta(path)["step"] == 7
+    assert read_meta(path)["step"] == 7
     expect_error(path, r"corrupt \(tensor checksum mismatch\)")
 
 
@@ -375,7 +375,7 @@ def test_read_meta_refuses_a_truncated_file(saved):
     for size in (8 + n, len(data) - 1):
         path.write_bytes(data[:size])
         with pytest.raises(CheckpointError, match=r"truncated \(the header describes [\d,]+ bytes of tensor data"):
-            ckpt.read_meta(path)
+            read_meta(path)
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "random"])
@@ -388,7 +388,7 @@ def test_read_meta_bad_files_raise_checkpoint_error(tmp_path, case):
     elif case == "random":
         path.write_bytes(random.Random(0).randbytes(1000))
     with pytest.raises(CheckpointError, match=str(path)):
-        ckpt.read_meta(path)
+        read_meta(path)
 
 
 # -----------------------------------------------------------------------------

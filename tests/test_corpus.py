@@ -16,16 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.corpus import (
-    CorpusEntry,
-    CorpusError,
-    DecodedCorpus,
-    decode_corpus,
-    find_corpus,
-    fit_batch_shape,
-    list_corpora,
-    load_corpus,
-)
+from core.text import CorpusError, DecodedCorpus, decode_corpus
+from trainer.corpus import CorpusEntry, find_corpus, fit_batch_shape, list_corpora, load_corpus
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 needs_corpora = pytest.mark.skipif(not CORPORA.is_dir(), reason=f"shared corpora not found at {CORPORA}")

@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
+from core.checkpoints import read_meta
+from core.text import DOCUMENT_SEPARATOR, CorpusError
 from trainer import checkpoint as ckpt
-from trainer.corpus import DOCUMENT_SEPARATOR, CorpusError, load_corpus
+from trainer.corpus import load_corpus
 from trainer.data import split_documents
 from trainer.evaluate import quality_gate, unigram_loss
 from trainer.finetune import extend_vocabulary, load_base_weights
@@ -104,7 +106,7 @@ def test_fine_tuning_from_a_base_beats_training_from_scratch(tmp_path, tiny_base
     tuned = train(TrainConfig(corpus="alice", out_dir=str(tmp_path / "tuned"), init=str(tiny_base),
                               **{**TINY, **steps, "lr": 0.003}), small)
     assert tuned.best_val_loss < 0.9 * scratch.best_val_loss, (tuned.best_val_loss, scratch.best_val_loss)
-    meta = ckpt.read_meta(tmp_path / "tuned" / "best.safetensors")
+    meta = read_meta(tmp_path / "tuned" / "best.safetensors")
     assert meta["init"]["checkpoint"] == tiny_base.name
 
 

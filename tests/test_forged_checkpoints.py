@@ -14,10 +14,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.checkpoints import (
+    CELLS,
+    FAMILIES,
+    MAX_HEADER_BYTES,
+    MAX_LAYERS,
+    MAX_MODEL_PARAMS,
+    MAX_VOCAB_SIZE,
+    MAX_WIDTH,
+    CheckpointError,
+    default_cutoffs,
+    expected_model_shapes,
+    meta_from_bytes,
+    read_meta,
+    validate_model_config,
+)
 from tests.fixtures import forged_checkpoints as forged
 from trainer import checkpoint as ckpt
 from trainer import model as model_module
-from trainer.checkpoint import CheckpointError
 from trainer.model import ModelConfig, build_model
 from trainer.tokenizer import CharTokenizer, WordTokenizer
 
@@ -60,16 +74,16 @@ def test_the_header_alone_refuses_it(files, name):
     """read_meta (`improbable info`, the trainer's resume) and meta_from_bytes never read tensor data, yet
     refuse everything but the data-level forgeries (NaN/Inf, a digest mismatch)."""
     with pytest.raises(CheckpointError, match=CASES[name].expect):
-        ckpt.read_meta(files[name])
+        read_meta(files[name])
     if CASES[name].write is None:
         with pytest.raises(CheckpointError, match=CASES[name].expect):
-            ckpt.meta_from_bytes(files[name].read_bytes())
+            meta_from_bytes(files[name].read_bytes())
 
 
 def test_the_control_loads(files):
     loaded = ckpt.load(files["valid-control"])
     assert loaded.family == "char-rnn" and loaded.model.config.n_hidden == 32
-    assert ckpt.read_meta(files["valid-control"]) == loaded.meta
+    assert read_meta(files["valid-control"]) == loaded.meta
 
 
 def test_improbable_info_exits_non_zero_on_a_truncated_file(files):
@@ -126,32 +140,32 @@ CONFIGS = [
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.family}-{c.cell}-{c.n_layers}-{c.head}-{c.n_embd}-"
                                                         f"{c.vocab_size}")
 def test_expected_shapes_equal_the_model_built_on_the_meta_device(config):
-    ckpt.validate_model_config(config.to_dict())
+    validate_model_config(config.to_dict())
     with torch.device("meta"):  # no memory: only shapes
         model = build_model(config)
     actual = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    assert ckpt.expected_model_shapes(config.to_dict()) == actual
+    assert expected_model_shapes(config.to_dict()) == actual
 
 
 def test_checkpoint_constants_follow_the_model_module():
-    assert ckpt.FAMILIES == model_module.FAMILIES
-    assert set(ckpt.CELLS) == set(model_module.RecurrentLM._CELLS)
+    assert FAMILIES == model_module.FAMILIES
+    assert set(CELLS) == set(model_module.RecurrentLM._CELLS)
     for vocab in (2, 3, 1_999, 2_001, 2_002, 10_001, 10_002, 50_000):
-        assert ckpt.default_cutoffs(vocab) == model_module.default_cutoffs(vocab)
+        assert default_cutoffs(vocab) == model_module.default_cutoffs(vocab)
 
 
 def test_largest_allowed_config_is_refused_by_parameter_count_without_allocating(tmp_path):
     """Every number at its maximum passes the range checks, but the model would have billions of parameters:
     the count comes from the shapes (tuples), and the file is refused before any tensor exists."""
-    config = ModelConfig(family="char-rnn", vocab_size=ckpt.MAX_VOCAB_SIZE, n_layers=ckpt.MAX_LAYERS,
-                         n_embd=ckpt.MAX_WIDTH, n_hidden=ckpt.MAX_WIDTH).to_dict()
-    ckpt.validate_model_config(config)
-    n_params = sum(math.prod(shape) for shape in ckpt.expected_model_shapes(config).values())
-    assert n_params > 100 * ckpt.MAX_MODEL_PARAMS
+    config = ModelConfig(family="char-rnn", vocab_size=MAX_VOCAB_SIZE, n_layers=MAX_LAYERS,
+                         n_embd=MAX_WIDTH, n_hidden=MAX_WIDTH).to_dict()
+    validate_model_config(config)
+    n_params = sum(math.prod(shape) for shape in expected_model_shapes(config).values())
+    assert n_params > 100 * MAX_MODEL_PARAMS
     base = forged.make_base()
     path = tmp_path / "max.safetensors"
     path.write_bytes(forged.reforge(base, config, tokenizer={"vocab": [chr(0x4E00 + i) for i in range(
-        ckpt.MAX_VOCAB_SIZE)]}))
+        MAX_VOCAB_SIZE)]}))
     with pytest.raises(CheckpointError, match=f"describes {n_params:,} parameters; at most"):
         ckpt.load(path)
 
@@ -178,13 +192,13 @@ def test_bundled_checkpoints_pass_the_header_checks_without_torch():
     script = (
         "import sys, json\n"
         "from pathlib import Path\n"
-        "from trainer import checkpoint as ckpt\n"
+        "from core.checkpoints import CheckpointError, meta_from_bytes, read_meta\n"
         "paths = [Path(p) for p in sys.argv[1:]]\n"
-        "metas = [ckpt.read_meta(p) for p in paths]\n"
-        "assert [ckpt.meta_from_bytes(p.read_bytes(), p.name) for p in paths] == metas\n"
+        "metas = [read_meta(p) for p in paths]\n"
+        "assert [meta_from_bytes(p.read_bytes(), p.name) for p in paths] == metas\n"
         "try:\n"
-        "    ckpt.meta_from_bytes(b'\\x10' * 7)\n"
-        "except ckpt.CheckpointError:\n"
+        "    meta_from_bytes(b'\\x10' * 7)\n"
+        "except CheckpointError:\n"
         "    pass\n"
         "print(json.dumps({'n': len(metas), 'torch': 'torch' in sys.modules}))\n"
     )
@@ -200,7 +214,7 @@ def test_the_contracts_read_a_header_as_the_checkpoint_loader_does():
     from core.contracts import checkpoint_metadata
 
     for path in bundled_paths():
-        assert ckpt.meta_from_bytes(path.read_bytes()) == checkpoint_metadata(path.read_bytes())
+        assert meta_from_bytes(path.read_bytes()) == checkpoint_metadata(path.read_bytes())
 
 
 MEMORY_CHILD = """
@@ -245,8 +259,8 @@ def test_data_level_forgery_costs_no_more_than_a_valid_load(files):
 
 def test_saving_a_model_beyond_the_limits_fails_and_writes_nothing(tmp_path):
     tok = CharTokenizer.build("abc")
-    model = build_model(ModelConfig(vocab_size=len(tok), n_layers=ckpt.MAX_LAYERS + 1, n_embd=2, n_hidden=2))
-    with pytest.raises(CheckpointError, match=rf"n_layers={ckpt.MAX_LAYERS + 1} is outside the safe range"):
+    model = build_model(ModelConfig(vocab_size=len(tok), n_layers=MAX_LAYERS + 1, n_embd=2, n_hidden=2))
+    with pytest.raises(CheckpointError, match=rf"n_layers={MAX_LAYERS + 1} is outside the safe range"):
         ckpt.save(tmp_path / "deep.safetensors", model, tok, {})
     assert list(tmp_path.iterdir()) == []
 
@@ -254,10 +268,10 @@ def test_saving_a_model_beyond_the_limits_fails_and_writes_nothing(tmp_path):
 def test_the_largest_vocabulary_in_a_non_latin_script_fits_the_header_cap(tmp_path):
     """100,000 eight-letter Cyrillic words: each letter is a 7-byte escape in the header, still under the cap."""
     letters = [chr(c) for c in range(0x430, 0x450)]
-    words = {"".join(letters[(i >> (5 * k)) % 32] for k in range(4)) + "ежик" for i in range(ckpt.MAX_VOCAB_SIZE)}
-    tok = WordTokenizer(["<unk>"] + sorted(words)[: ckpt.MAX_VOCAB_SIZE - 1])
+    words = {"".join(letters[(i >> (5 * k)) % 32] for k in range(4)) + "ежик" for i in range(MAX_VOCAB_SIZE)}
+    tok = WordTokenizer(["<unk>"] + sorted(words)[: MAX_VOCAB_SIZE - 1])
     model = build_model(ModelConfig(family="word-gru", vocab_size=len(tok), cell="gru", n_layers=1, n_embd=1,
                                     n_hidden=1))
     path = ckpt.save(tmp_path / "big-vocab.safetensors", model, tok, {})
-    assert 0.5 * ckpt.MAX_HEADER_BYTES < int.from_bytes(path.read_bytes()[:8], "little") < ckpt.MAX_HEADER_BYTES
+    assert 0.5 * MAX_HEADER_BYTES < int.from_bytes(path.read_bytes()[:8], "little") < MAX_HEADER_BYTES
     assert ckpt.load(path).tokenizer.vocab == tok.vocab

@@ -349,15 +349,16 @@ def test_unknown_head_is_rejected():
 def test_tied_checkpoints_validate_and_load_tied(tmp_path, head, family, n_hidden):
     """trainer/checkpoint.py checks every tensor against shapes it computes without building the model: they
     must be the tied model's, and a saved (fp16, as bundled) tied model must load with its head still tied."""
+    from core.checkpoints import expected_model_shapes, validate_model_config
     from trainer import checkpoint as ckpt
     from trainer.tokenizer import WordTokenizer
 
     config = ModelConfig(family=family, vocab_size=300, cell="gru", n_layers=1, n_embd=16, n_hidden=n_hidden,
                          context=3, head=head, adaptive_cutoffs=[20, 100] if head == "tied-adaptive" else [])
-    ckpt.validate_model_config(config.to_dict())
+    validate_model_config(config.to_dict())
     model = build_model(config)
     actual = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    assert ckpt.expected_model_shapes(config.to_dict()) == actual
+    assert expected_model_shapes(config.to_dict()) == actual
     tokenizer = WordTokenizer(["<unk>"] + [f"w{i}" for i in range(299)])
     path = ckpt.save(tmp_path / "tied.safetensors", model.eval(), tokenizer, {}, half=True)
     loaded = ckpt.load(path).model

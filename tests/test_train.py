@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import trainer.train as train_module
+from core.checkpoints import read_meta
 from tests.environment import within
 from trainer import checkpoint as ckpt
 from trainer.model import build_model
@@ -145,7 +146,7 @@ def test_word_models_learn_real_text(tmp_path, trump_text, family, extra):
     assert initial == pytest.approx(uniform, abs=0.6)
     assert result.best_val_loss < 0.85 * uniform, (result.best_val_loss, uniform)
     assert result.best_val_loss < initial - 1.0
-    meta = ckpt.read_meta(tmp_path / "best.safetensors")
+    meta = read_meta(tmp_path / "best.safetensors")
     assert meta["model"]["family"] == family and meta["tokenizer"]["lowercase"] is True
     assert len(meta["tokenizer"]["vocab"]) == 500
 
@@ -341,7 +342,7 @@ def test_word_gru_with_a_vectors_file_of_another_width_resumes(tmp_path, trump_t
     events = Events()
     first = train(config, text, callback=events, should_stop=stop_after(events, 3))
     assert first.steps == 3
-    assert ckpt.read_meta(tmp_path / "run" / "last.safetensors")["model"]["n_embd"] == dim
+    assert read_meta(tmp_path / "run" / "last.safetensors")["model"]["n_embd"] == dim
     second = train(config, text)
     assert second.steps == 6
 
@@ -503,7 +504,7 @@ def test_tiny_corpus_shrinks_the_batch_shape_with_a_warning(tmp_path):
     config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, batch_size=32, seq_len=100, max_steps=5))
     result = train(config, text)
     assert any("batch size reduced from 32 to 2" in w for w in result.warnings), result.warnings
-    assert ckpt.read_meta(tmp_path / "best.safetensors")["batch_shape"] == [2, 100]
+    assert read_meta(tmp_path / "best.safetensors")["batch_shape"] == [2, 100]
     assert result.steps == 5
 
 
@@ -525,7 +526,7 @@ def test_outputs_history_json_and_loss_png(tmp_path, alice_text):
     assert [h["step"] for h in history] == [4, 8, 12]
     assert set(history[0]) >= {"step", "elapsed", "train_loss", "val_loss", "lr"}
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    train_log = ckpt.read_meta(tmp_path / "last.safetensors")["train_log"]  # the plot's line between evaluations
+    train_log = read_meta(tmp_path / "last.safetensors")["train_log"]  # the plot's line between evaluations
     assert [t["step"] for t in train_log] == [1, *range(config.log_interval, 13, config.log_interval)]
     assert len(events.of("eval")) == 3 and len(events.of("checkpoint")) == 3
     samples = events.of("sample")

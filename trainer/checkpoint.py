@@ -26,39 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# The torch-free header reader, re-exported: callers (the CLI, the worker, tests, bench) use these names here.
-from core.checkpoints import (  # noqa: F401
-    ADAPTIVE_DIV_VALUE,
-    CELLS,
-    DTYPE_SIZES,
-    FAMILIES,
+# The torch-free header reader (steps 1-4).
+from core.checkpoints import (
     FORMAT,
     FORMAT_VERSION,
-    HEADS,
-    MAX_ADAPTIVE_CUTOFFS,
     MAX_CHECKPOINT_BYTES,
-    MAX_CONTEXT,
-    MAX_HEADER_BYTES,
-    MAX_HEADER_CONTAINERS,
-    MAX_LAYERS,
-    MAX_MODEL_PARAMS,
-    MAX_TENSOR_RANK,
-    MAX_TENSORS,
-    MAX_VOCAB_SIZE,
-    MAX_WIDTH,
-    TENSOR_PREFIXES,
-    WEIGHT_DTYPES,
     CheckpointError,
-    TensorEntry,
     check_file_size,
-    default_cutoffs,
-    expected_model_shapes,
-    header_length,
-    meta_from_bytes,
-    parse_safetensors_header,
-    read_meta,
     validate_header,
-    validate_model_config,
 )
 from core.checkpoints import meta_digest as _meta_digest
 

@@ -14,13 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.text import (  # noqa: F401 - re-exported: trainer code and scripts import them from here
+from core.text import (
     DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_LINE_CHARS,
-    DEFAULT_MIN_CHARS,
-    DOCUMENT_SEPARATOR,
-    HTML_LINE_FRACTION,
-    MAX_CONTROL_FRACTION,
     CorpusError,
     DecodedCorpus,
     decode_corpus,

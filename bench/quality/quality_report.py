@@ -44,10 +44,10 @@ import torch
 from bench.common import RESULTS, ROOT, corpus_dirs, load_corpus
 from bench.quality.kneser_ney import KneserNeyTrigram
 from core.contracts import SamplingParams
+from core.text import originality
 from trainer import checkpoint as ckpt
 from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
 from trainer.evaluate import evaluate
-from trainer.originality import originality
 from trainer.sample import generate
 
 TARGETS = (0.5, 0.1, 0.01)

@@ -31,8 +31,8 @@ import torch
 
 from bench.common import RESULTS, ROOT, load_corpus
 from bench.quality.kneser_ney import KneserNeyTrigram
+from core.text import DOCUMENT_SEPARATOR, DecodedCorpus
 from trainer import checkpoint as ckpt
-from trainer.corpus import DOCUMENT_SEPARATOR, DecodedCorpus
 from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
 from trainer.model import LanguageModel
 from trainer.recipes import load_recipe
