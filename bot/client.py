@@ -7,6 +7,7 @@ API and gateway, migrates an embedded SQLite database, installs bundled checkpoi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections import OrderedDict
@@ -15,9 +16,24 @@ import discord
 import yarl
 from discord import app_commands
 
+import service.operator
 import service.personas
 import service.policy
-from bot import ambient, chat, generate, guild, personas, queue, replies, resume, schedules, training
+from bot import (
+    ambient,
+    chat,
+    generate,
+    guild,
+    operator,
+    personas,
+    privacy,
+    queue,
+    replies,
+    report,
+    resume,
+    schedules,
+    training,
+)
 from bot.formatting import user_error
 from bot.jobs import Jobs
 from bot.limits import Limits, Refusal, cooldown_message
@@ -26,7 +42,7 @@ from core import logs, metrics
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("bot")
-COMMAND_MODULES = (generate, personas, training, schedules, queue, guild, ambient)
+COMMAND_MODULES = (generate, personas, training, schedules, queue, guild, ambient, privacy, report, operator)
 
 
 def intents() -> discord.Intents:
@@ -46,6 +62,13 @@ def point_discord_at(settings: Settings) -> None:
 
 
 class Tree(app_commands.CommandTree):
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """A server the operator blocked gets a refusal (the bot has left it; this covers the moments after)."""
+        if interaction.guild_id is not None and interaction.guild_id in interaction.client.blocked_guilds:
+            await replies.fail(interaction, "The bot's operator has blocked this server.")
+            return False
+        return True
+
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         command = interaction.command.qualified_name if interaction.command else "unknown"
         invoked = isinstance(error, app_commands.CommandInvokeError)
@@ -84,12 +107,15 @@ class ImprobableBot(discord.Client):
         self.limits = Limits()
         self.training = training.TrainingWatcher(self)
         self.generation_messages: OrderedDict[int, int] = OrderedDict()  # message id -> generation id
+        self.blocked_guilds: set[int] = set()  # servers the operator blocked (bot/operator.py)
         for module in COMMAND_MODULES:
             for command in module.COMMANDS:
                 self.tree.add_command(command)
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.blocked_guilds = await asyncio.to_thread(service.operator.blocked_guilds)
+        self._sweeper = asyncio.create_task(operator.sweep_loop(self))  # embedded: no beat sweeps for us
         guild_id = self.settings.discord_sync_guild
         if guild_id:
             guild = discord.Object(id=guild_id)
@@ -120,9 +146,12 @@ class ImprobableBot(discord.Client):
 
     async def on_guild_join(self, guild: discord.Guild) -> None:
         metrics.BOT_GUILDS.set(len(self.guilds))
+        await operator.guild_joined(guild)
 
     async def on_guild_remove(self, guild: discord.Guild) -> None:
+        """Removed from the server (an outage is on_guild_unavailable): its data waits for the grace period."""
         metrics.BOT_GUILDS.set(len(self.guilds))
+        await operator.guild_removed(guild)
 
     async def on_app_command_completion(self, interaction: discord.Interaction, command) -> None:
         if command.qualified_name != "generate":  # generations are counted with their outcome when done
