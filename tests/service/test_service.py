@@ -99,7 +99,7 @@ def test_follow_ups_keep_or_change_the_parameters(env):
     with db.session_scope() as session:
         persona = get_persona(session, "alice", None)
         gen = record_generation(session, persona, prompt="Alice was", output=" tired.", checkpoint=ckpt,
-                                params={"temperature": 0.7, "seed": 5, "improbability": 0.0}, seed=5)
+                                params={"temperature": 0.7, "seed": 5, "improbability": 0.0}, seed=5, guild_id=GUILD)
         gid = gen.id
     regen = service.generation.follow_up(gid, "regenerate", MEMBER)
     assert regen.payload["prompt"] == "Alice was" and regen.params["temperature"] == 0.7
