@@ -7,7 +7,6 @@
 - `Liveness`: every timing the bot and the generate workers share, with the order they must keep.
 - `RunProgress`: the progress record of a training run (the `training_runs.progress` JSON and the train
   task's PROGRESS meta), written by the trainer service and read by the bot, the console and the metrics.
-- `checkpoint_metadata`: a checkpoint's validated metadata, torch-free (core.checkpoints.meta_from_bytes).
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ from typing import Any
 
 from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from core.checkpoints import meta_from_bytes
 
 MAX_TOKENS_CEILING = 100_000  # a sanity bound; deployments cap lower (IMPROBABLE_MAX_GENERATE_TOKENS)
 SEED_MAX = 2**63 - 1  # generations.seed is a signed 64-bit column
@@ -332,12 +329,6 @@ class RunProgress(BaseModel):
     def record(self) -> dict:
         """The JSON stored in the run row (None values left out)."""
         return self.model_dump(exclude_none=True)
-
-
-def checkpoint_metadata(data: bytes, name: str = "checkpoint") -> dict:
-    """The validated metadata of a checkpoint in memory, torch-free: core.checkpoints.meta_from_bytes, the one
-    header reader (kept under this name for its callers). CheckpointError, a ValueError, when it is refused."""
-    return meta_from_bytes(data, name)
 
 
 # --- the probability picture's pieces ---------------------------------------------------------------------------

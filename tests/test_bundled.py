@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from core.contracts import SamplingParams, checkpoint_metadata
+from core.checkpoints import meta_from_bytes
+from core.contracts import SamplingParams
 from db.bundled import BUNDLED_DIR, bundled_checkpoints, register_bundled
 from trainer import checkpoint as ckpt
 from trainer.pretrained import PRETRAINED_DIR
@@ -26,7 +27,7 @@ def test_shipped_checkpoints_are_small_and_every_bundled_one_has_a_model_card():
     assert total <= MAX_SHIPPED_BYTES, f"{len(shipped)} shipped checkpoints take {total:,} bytes"
     for slug, path in files.items():
         card = (BUNDLED_DIR / f"{slug}.md").read_text()
-        meta = checkpoint_metadata(path.read_bytes())
+        meta = meta_from_bytes(path.read_bytes())
         assert meta["corpus_sha256"] in card and "held-out loss" in card
 
 

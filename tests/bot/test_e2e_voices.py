@@ -59,7 +59,7 @@ def _checkpoint_meta(e2e, slug: str) -> dict:
     from sqlalchemy import select
 
     import db
-    from core.contracts import checkpoint_metadata
+    from core.checkpoints import meta_from_bytes
 
     engine = db.make_engine(e2e.database_url)
     try:
@@ -69,7 +69,7 @@ def _checkpoint_meta(e2e, slug: str) -> dict:
                                   .where(db.Persona.slug == slug).order_by(db.Checkpoint.id.desc())).first()
     finally:
         engine.dispose()
-    return checkpoint_metadata(db.Storage(str(e2e.storage_dir)).get(key), key)
+    return meta_from_bytes(db.Storage(str(e2e.storage_dir)).get(key), key)
 
 
 def test_more_improbable_twice_lowers_the_target_with_new_texts(e2e):
