@@ -18,6 +18,7 @@ from discord import app_commands
 import service.ambient
 import service.generation
 import service.policy
+import service.privacy
 from bot import replies
 from bot.autocomplete import persona_autocomplete
 from bot.formatting import user_error
@@ -64,8 +65,10 @@ async def maybe_reply(bot, message: discord.Message) -> None:
         request = await asyncio.to_thread(service.generation.prepare_generation, ambient.persona, prompt, actor)
     except service.policy.UserError:
         return  # the persona lost its model: stay quiet rather than answer a chat with an error
-    await run_generation(bot, ReplyOutput(message), request, result_view, user_id=None, guild_id=message.guild.id,
-                         source="ambient")
+    gid = await run_generation(bot, ReplyOutput(message), request, result_view, user_id=None,
+                               guild_id=message.guild.id, source="ambient")
+    if gid is not None:  # the prompt is the author's message: keep whose, for /privacy
+        await asyncio.to_thread(service.privacy.note_quote, gid, message.author.id)
 
 
 ambient_group = app_commands.Group(name="ambient", description="Occasional replies in this channel.",
