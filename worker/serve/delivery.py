@@ -5,14 +5,14 @@ and ends by raising `celery.exceptions.Ignore`: the worker stores no state for i
 and the thread takes the next job. The batch is then bounded by the engine, not by `-c` (a worker with 4
 threads batches hundreds of streams; tests/worker/test_generate.py). From there this module's one thread
 follows the job and has its states written to the result backend, as the task would have (bot/jobs.py):
-- PROGRESS {"text": completion so far, "beat": time} every `partial_interval` while the text grows, and the
-  same again every PARTIAL_HEARTBEAT seconds (the bot takes a silent job for a dead one);
-- SUCCESS with the task's result dict (`backend.mark_as_done`) once its row is recorded (worker/serve/recording.py:
-  one row per request id, written many per transaction);
+- PROGRESS {"text": completion so far, "beat": time} every `Liveness.partial_interval` while the text grows,
+  and the same again every `Liveness.partial_heartbeat` (the bot takes a silent job for a dead one);
+- SUCCESS with the task's GenerateResult (`backend.mark_as_done`) once its row is recorded (recording.py: one
+  row per request id, written many per transaction);
 - FAILURE (`backend.mark_as_failure`) with what failed: the sampler step, the deadline (`generate_timeout`),
-  the database. A bad request never gets here: it fails in the task, as before.
-Then it releases the job's lease (worker/serve/leases.py). Until then a worker that dies has its jobs re-published
-under the same task id by another worker's reaper (the message itself is acknowledged when the task
+  the database. A bad request never gets here: it fails in the task.
+Then it releases the job's lease (leases.py). Until then a worker that dies has its jobs re-published under
+the same task id by another worker's reaper (the message itself is acknowledged when the task
 returns, so Redis's visibility timeout no longer backs up a generate job; the task waits until its lease
 is written before it returns). One thread follows the jobs; a few write their states, each job's through the
 same one, so a PROGRESS never lands after its SUCCESS (Celery's Redis backend also keeps a SUCCESS).
@@ -20,23 +20,11 @@ same one, so a PROGRESS never lands after its SUCCESS (Celery's Redis backend al
 `generate_max_streams` bounds what one process takes: past it, a task waits for a slot before its request
 goes into the engine (holding its thread, so the worker stops taking messages and other workers get them).
 
-Why this and not the alternatives. Measured (bench/queue_load.py, a 2x256 char LSTM, 280 characters a job,
-best p95 of 4-5 rounds; 2-core AMD EPYC VM shared with other work, load average 1.3-2.6, so ±10 % between
-runs), this design with `-c 16` against the previous one (a Celery thread waiting per job) with `-c 512`,
-run back to back twice:
-    32 jobs:  p95 0.397 / 0.386 s here, 0.376 / 0.372 s with 512 threads;
-    256 jobs: 21,002 / 22,202 chars/s, p95 3.32 / 3.13 s here, 23,270 / 23,739 chars/s, p95 3.02 / 2.96 s
-              with 512 threads; both batched 255-256 wide.
-    1024 jobs (2 rounds): 17,328 chars/s, p95 15.9 s here (-c 16); 4,449 chars/s, p95 64.0 s with 2048
-              threads (load average 104: the waiting threads convoy on the GIL); both batched 1024 wide.
-Up to 256 jobs on 2 cores the engine's steps bound both (the 512-thread worker was 5-15 % faster at 256);
-past that a thread per job collapses, and it caps the batch at `-c` anyway (the issue's 64, moved, not
-removed). Here 16 threads feed any batch and the process holds up to `generate_max_streams` jobs.
-- gevent/eventlet pool with the engine in its own thread: the engine must step on a real OS thread, which
-  monkey-patched code cannot wait on without hub integration (futures resolved across threads need
-  gevent's async watchers), redis-py and psycopg would have to run green (psycopg needs a wait callback),
-  and every CPU-bound piece of the hub (JSON, pydantic, result building) stalls every job. Not measured:
-  gevent is not installed in this environment.
+Why this and not a Celery thread waiting per job: up to a few hundred concurrent jobs on 2 cores both are
+bound by the engine's steps, but past that a thread per job convoys on the GIL and caps the batch at `-c`
+(bench/speed/queue_load.py; figures in bench/results/queue_load.json). A gevent/eventlet pool was not an
+option: the engine must step on a real OS thread, and redis-py, psycopg and every CPU-bound piece of the hub
+would stall every job.
 """
 
 from __future__ import annotations
