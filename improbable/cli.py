@@ -15,11 +15,13 @@ from rich.table import Table
 
 from core.contracts import SamplingError, bounds, help_of, parse_sampling
 from core.settings import SettingsError, get_settings
+from improbable.operator import operator_app
 from improbable.persona import persona_app
 
 app = typer.Typer(help="Improbable: small recurrent language models that talk in borrowed voices.",
                   no_args_is_help=True, add_completion=False)
 app.add_typer(persona_app, name="persona")  # improbable persona attach NAME CHECKPOINT (improbable/persona.py)
+app.add_typer(operator_app, name="operator")  # improbable operator servers|reports|… (improbable/operator.py)
 console = Console()
 MODEL_HELP = "A .safetensors checkpoint (best.safetensors of a run), or a persona's name (alice, trump, ...)."
 err_console = Console(stderr=True)
