@@ -6,19 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.settings import load_settings
-from core.text import DecodedCorpus, decode_corpus, join_documents
+from core.text import DecodedCorpus
 from trainer.corpus import find_corpus
 from trainer.datasets import load_named_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-
-# Corpora made of chosen documents of another corpus on the path: name -> (that corpus, its file names).
-# austen: the public-domain stand-in of the harry-potter recipe (three novels of the base corpus).
-SELECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "austen": ("base", ("105-persuasion.txt", "121-northanger-abbey.txt", "1342-pride-and-prejudice.txt")),
-}
-
 
 def corpus_dirs() -> list[Path]:
     """The folders searched for corpora by name: IMPROBABLE_CORPUS_PATH, or the settings' default folders."""
@@ -31,13 +24,8 @@ def corpus_file(name: str) -> Path:
 
 
 def load_corpus(name: str) -> DecodedCorpus:
-    """A corpus by name (or path): a selection of SELECTIONS, one on the corpus path, or one a package ships.
-    A selection may also be named by a path ending in its name, as long as nothing is at that path."""
-    selection = SELECTIONS.get(Path(name).name)
-    if selection is not None and not Path(name).exists():
-        source, files = selection
-        folder = corpus_file(source)
-        return join_documents([decode_corpus((folder / file).read_bytes()) for file in files])
+    """A corpus by name (or path): one on the corpus path, a selection (trainer.corpus.SELECTIONS), or one a
+    package ships."""
     return load_named_corpus(name, corpus_dirs())
 
 

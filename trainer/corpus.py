@@ -137,10 +137,23 @@ def _corpus_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in _documents_in_folder(path)) if path.is_dir() else path.stat().st_size
 
 
+# Corpora made of chosen documents of another corpus on the path: name -> (that corpus, its file names).
+# austen: the public-domain stand-in of the harry-potter recipe (three novels of the base corpus).
+SELECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "austen": ("base", ("105-persuasion.txt", "121-northanger-abbey.txt", "1342-pride-and-prejudice.txt")),
+}
+
+
 def load_corpus(name_or_path: str | Path, search_path: Sequence[Path] | None = None,
                 **limits: int) -> DecodedCorpus:
     """find_corpus + decode_corpus; limits are decode_corpus's keyword arguments. A folder of several
-    .txt files loads as one multi-document corpus (max_bytes then applies to the whole folder)."""
+    .txt files loads as one multi-document corpus (max_bytes then applies to the whole folder); a name of
+    SELECTIONS loads its documents of the corpus it selects from."""
+    selection = SELECTIONS.get(str(name_or_path))
+    if selection is not None:
+        source, files = selection
+        folder = find_corpus(source, search_path)
+        return join_documents([_decode_document(folder / file, limits) for file in files])
     path = find_corpus(name_or_path, search_path)
     max_bytes = limits.get("max_bytes", DEFAULT_MAX_BYTES)
     n_bytes = _corpus_bytes(path)

@@ -46,7 +46,7 @@ BUNDLED = ROOT / "db" / "bundled"
 
 def load_training_corpus(name: str) -> DecodedCorpus:
     """A recipe's corpus: a name on the corpus path (the stand-in's austen is a selection of the base corpus,
-    bench.common.SELECTIONS), or a path."""
+    trainer.corpus.SELECTIONS), or a path."""
     return load_corpus(name)
 
 
