@@ -133,6 +133,14 @@ class TooManyRuns(UserError):
                          cancel=Code("/train cancel"))
 
 
+class ServerTrainingQueueFull(UserError):
+    def __init__(self, count: int, limit: int):
+        self.count, self.limit = count, limit
+        super().__init__("This server already has {count} training run(s) waiting for a trainer (the limit is "
+                         "{limit} per server, so that every server gets its turn); try again when one has "
+                         "started, see {status}.", count=count, limit=limit, status=Code("/train status"))
+
+
 class TrainCooldown(UserError):
     def __init__(self, ready_at: datetime):
         self.ready_at = ready_at

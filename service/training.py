@@ -14,9 +14,9 @@ from core.contracts import RunProgress
 from core.settings import get_settings
 from db import RunStatus, TrainingRun, open_storage, session_scope
 from db.personas import delete_persona as db_delete_persona
-from db.runs import ACTIVE_STATUSES, InvalidTransition, active_runs, last_run_requested, request_cancel
+from db.runs import ACTIVE_STATUSES, InvalidTransition, active_runs, last_run_requested, queued_runs, request_cancel
 from db.types import as_utc, utcnow
-from service.errors import NotAllowed, TooManyRuns, TrainCooldown, UserError
+from service.errors import NotAllowed, ServerTrainingQueueFull, TooManyRuns, TrainCooldown, UserError
 from service.lookup import find_run, visible_to
 from service.policy import Actor, Policy, may_train, policy
 
@@ -45,6 +45,10 @@ def check_training_limits(session, actor: Actor, pol: Policy) -> None:
     mine = active_runs(session, requested_by=actor.user_id)
     if len(mine) >= max(pol.max_queued_jobs, 1):
         raise TooManyRuns(len(mine), pol.max_queued_jobs)
+    if actor.guild_id is not None and not actor.operator:  # one server's backlog stays short (trainers are shared)
+        waiting, cap = queued_runs(session, actor.guild_id), get_settings().train_queued_per_server
+        if waiting >= cap:
+            raise ServerTrainingQueueFull(waiting, cap)
     if pol.train_cooldown_seconds > 0 and not actor.can_manage:
         last = last_run_requested(session, actor.user_id, actor.guild_id)
         if last is not None:

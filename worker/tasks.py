@@ -199,12 +199,23 @@ def dispatch_schedules(now_iso: str | None = None) -> list:
 @app.task(name="improbable.requeue_orphaned_runs", acks_late=False, soft_time_limit=50, time_limit=55, **RETRY)
 def requeue_orphaned_runs() -> list[int]:
     """Beat, every minute: resume runs whose trainer died, without waiting for Redis's visibility timeout."""
-    from .app import enqueue
-    from .training import orphaned_runs
+
+    from kombu.exceptions import ChannelError
+
+    from .app import TRAIN_QUEUE, enqueue
+    from .training import orphaned_runs, unticketed_runs
 
     runs = orphaned_runs()
     for run_id in runs:
         enqueue("improbable.train", run_id, kwargs={"resume": True})  # this run, not a ticket for the fairest
+    try:
+        with app.connection_for_read() as conn:
+            waiting = conn.default_channel.queue_declare(TRAIN_QUEUE, passive=True).message_count
+    except ChannelError:  # (Redis drops an empty queue's key)
+        waiting = 0
+    if not waiting:  # queued runs and no ticket in the queue: tickets for them (worker/training.py)
+        for run_id in unticketed_runs():
+            enqueue("improbable.train", run_id)
     return runs
 
 

@@ -12,6 +12,21 @@ can), fetches `last` into its local run folder and `train(..., resume=True)` con
 copy delivered while the first trainer is alive (Redis redelivers any task unacknowledged for longer than
 its visibility timeout) sees a fresh heartbeat and backs off (`Busy`, retried later), and a copy that
 arrives after the run ended does nothing.
+
+Fair order between servers. A train message is a claim ticket, not an order to train its own run: every
+run is enqueued exactly once when it is created, so there are at least as many tickets as queued runs, and
+a trainer holding a fresh ticket starts the fairest queued run (db.runs.claim_next_run: the server with the
+fewest runs running, then the one whose last run started longest ago; its oldest run), whichever run the
+ticket was issued for. One server queueing a hundred runs therefore delays another server's run by at most
+the runs already training, not by its hundred. The claim records the ticket as the run's task_id, in the same
+UPDATE that starts it, so a ticket that comes back (a redelivery after its trainer died, a retry, a Busy
+re-publish) finds the run it claimed and resumes it or backs off exactly as before; a ticket that finds
+nothing queued (its run was cancelled, or claimed by another ticket that is still on its way) ends at once.
+On PostgreSQL the candidate row is locked FOR UPDATE SKIP LOCKED, so trainers claiming together take
+different runs without waiting; SQLite has one writer, and start_run's conditional UPDATE decides. A beat
+re-enqueue of an orphaned run (requeue_orphaned_runs) is not a ticket: it names the run to resume.
+Alternatives weighed: per-server caps alone bound the wait by the cap times the run length (three
+two-hour runs), and reordering Celery's queue in Redis is invisible to SQL and racy between trainers.
 """
 
 from __future__ import annotations
@@ -36,9 +51,9 @@ from core.settings import get_settings
 from db import Checkpoint, Persona, RunStatus, TrainingRun, open_storage, session_scope
 from db.checkpoints import save_checkpoint
 from db.personas import set_active_checkpoint
-from db.runs import InvalidTransition, cancel_run, fail_run, start_run, succeed_run
+from db.runs import InvalidTransition, cancel_run, claim_next_run, fail_run, run_claimed_by, start_run, succeed_run
 from db.storage import Storage, checkpoint_key
-from db.types import utcnow
+from db.types import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 CANCEL_CHECK_SECONDS = 1.0  # how stale the cancel flag may be
@@ -110,9 +125,32 @@ def claim(run_id: int, task_id: str | None) -> ClaimedRun | None:
             if took.rowcount != 1:
                 raise Busy(f"run {run_id} was just taken over by another trainer")
             log.info("run %s: taking over from %s (attempt %s)", run_id, run.progress.get("owner"), attempt)
-        persona = run.persona
-        return ClaimedRun(run_id, persona.id, persona.slug, run.recipe or persona.recipe, dict(run.config or {}),
-                          run.corpus_id, attempt)
+        return _claimed(run, attempt)
+
+
+def _claimed(run: TrainingRun, attempt: int) -> ClaimedRun:
+    persona = run.persona
+    return ClaimedRun(run.id, persona.id, persona.slug, run.recipe or persona.recipe, dict(run.config or {}),
+                      run.corpus_id, attempt)
+
+
+def claim_fairest(task_id: str) -> ClaimedRun | None:
+    """Spend ticket `task_id` on the fairest queued run (see the module docstring); None: nothing is queued."""
+    with session_scope() as session:
+        run = claim_next_run(session, task_id)
+        if run is None:
+            return None
+        run.progress = {**run.progress, "owner": owner_id(), "attempt": 1, "heartbeat": time.time()}
+        log.info("ticket %s: claimed run %s (server %s)", task_id, run.id, run.guild_id)
+        return _claimed(run, 1)
+
+
+def resolve_ticket(task_id: str) -> int | ClaimedRun | None:
+    """What a train message with a ticket does: the run it claimed before (an int: resume it or back off), a
+    run it claims now, or None when nothing is left to claim."""
+    with session_scope() as session:
+        earlier = run_claimed_by(session, task_id)
+    return earlier if earlier is not None else claim_fairest(task_id)
 
 
 def orphaned_runs(stale_after: float | None = None) -> list[int]:
@@ -125,6 +163,18 @@ def orphaned_runs(stale_after: float | None = None) -> list[int]:
         now = time.time()
         return [run.id for run in running
                 if now - float(run.progress.get("heartbeat") or run.updated_at.timestamp()) > stale_after]
+
+
+def unticketed_runs(older_than: float | None = None) -> list[int]:
+    """Queued runs waiting longer than `older_than` seconds (default 3 leases). Called when no train message
+    waits in the queue: these runs then have no ticket left (their enqueue was lost, e.g. a crash between
+    creating the run and sending it), so beat issues them one each; a spare ticket finds nothing and ends."""
+    older_than = older_than if older_than is not None else 3 * get_settings().train_lease_seconds
+    with session_scope() as session:
+        queued = session.execute(select(TrainingRun.id, TrainingRun.created_at)
+                                 .where(TrainingRun.status == RunStatus.QUEUED)).all()
+    now = utcnow()
+    return [run_id for run_id, created in queued if (now - as_utc(created)).total_seconds() > older_than]
 
 
 # -- inputs -----------------------------------------------------------------------------------------------
@@ -162,7 +212,7 @@ def corpus_text(claimed: ClaimedRun, config, storage: Storage):
 
 
 def _step_of(path: Path) -> int:
-    from trainer.checkpoint import read_meta
+    from core.checkpoints import read_meta
 
     meta = read_meta(path)
     return int(meta.get("run", {}).get("step", meta.get("step", 0)))
@@ -284,26 +334,41 @@ class Reporter:
 # -- the run ----------------------------------------------------------------------------------------------
 
 def train_run(run_id: int, task_id: str | None = None, on_progress: Callable[[dict], None] | None = None,
-              transient: tuple[type[BaseException], ...] = ()) -> dict:
-    """Train run `run_id` to the end (or resume it); returns the run's summary. Raises Busy when another
-    trainer owns it, and lets `transient` errors through for the task to retry (the run stays running and
-    the retry resumes it); any other error fails the run."""
+              transient: tuple[type[BaseException], ...] = (), ticket: bool = False) -> dict:
+    """Train a run to the end (or resume it); returns the run's summary. With `ticket`, `task_id` is a claim
+    ticket (see the module docstring) and the run trained is the fairest queued one, or the one the ticket
+    claimed before; otherwise it is `run_id`. Raises Busy when another trainer owns the run, and lets
+    `transient` errors through for the task to retry (the run stays running and the retry resumes it); any
+    other error fails the run."""
+    if ticket and task_id is not None:
+        resolved = resolve_ticket(task_id)
+        if resolved is None:  # nothing queued: this ticket's run was cancelled or another ticket took it
+            with session_scope() as session:
+                return summary(session.get(TrainingRun, run_id))
+        if isinstance(resolved, ClaimedRun):
+            with _hold_run(resolved.run_id):
+                return _train_claimed(resolved, on_progress, transient)
+        run_id = resolved
     with _hold_run(run_id):
         claimed = claim(run_id, task_id)
         if claimed is None:
             with session_scope() as session:
                 return summary(session.get(TrainingRun, run_id))
-        try:
-            return _train(claimed, on_progress)
-        except Exception as e:
-            if not isinstance(e, transient):
-                log.exception("run %s failed", run_id)
-                try:
-                    with session_scope() as session:
-                        fail_run(session, run_id, f"{type(e).__name__}: {e}"[:2000])
-                except InvalidTransition:
-                    pass
-            raise
+        return _train_claimed(claimed, on_progress, transient)
+
+
+def _train_claimed(claimed: ClaimedRun, on_progress, transient: tuple[type[BaseException], ...]) -> dict:
+    try:
+        return _train(claimed, on_progress)
+    except Exception as e:
+        if not isinstance(e, transient):
+            log.exception("run %s failed", claimed.run_id)
+            try:
+                with session_scope() as session:
+                    fail_run(session, claimed.run_id, f"{type(e).__name__}: {e}"[:2000])
+            except InvalidTransition:
+                pass
+        raise
 
 
 @contextmanager

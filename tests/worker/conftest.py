@@ -134,7 +134,7 @@ def checkpoint_id(services, alice_bytes, tmp_path_factory) -> int:
     import db
     from db.checkpoints import save_checkpoint
     from db.personas import get_persona
-    from db.runs import create_run
+    from db.runs import create_run, start_run, succeed_run
     from trainer.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny-model")
@@ -143,10 +143,11 @@ def checkpoint_id(services, alice_bytes, tmp_path_factory) -> int:
     result = train(config, alice_bytes.decode())
     with db.session_scope() as session:
         persona = get_persona(session, "alice", None)
-        run = create_run(session, persona, recipe="alice")
+        run = start_run(session, create_run(session, persona, recipe="alice"))  # trained here, not queued
         ckpt = save_checkpoint(session, db.open_storage(), persona, run, "best",
                                (out / "best.safetensors").read_bytes(), val_loss=result.best_val_loss,
                                activate=True)
+        succeed_run(session, run, metrics={"val_loss": result.best_val_loss, "checkpoint_id": ckpt.id})
         return ckpt.id
 
 
