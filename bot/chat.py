@@ -1,5 +1,9 @@
 """Chatting by message: mention the bot (`@Improbable trump: make the wall`), or reply to one of its
-results to continue that text in the same persona. The answer is a reply, streamed like /generate."""
+results to continue that text in the same persona. The answer is a reply, streamed like /generate.
+
+Only a reply (message type 19, reference type 0) to the bot's own message in the same channel continues a
+text: a forward (reference type 1, maybe into another server or a DM) and system messages (pin notices,
+joins...) never do. Nobody is answered where they may not send messages themselves."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import service.generation
 import service.policy
 from bot import ambient
 from bot.formatting import user_error
-from bot.limits import Refusal, cooldown_message
+from bot.limits import Refusal, cooldown_message, may_post
 from bot.streaming import ReplyOutput, run_generation
 from bot.views import result_view
 
@@ -46,21 +50,47 @@ async def generation_of(bot, message_id: int, *, wait: bool) -> int | None:
         await asyncio.to_thread(service.generation.generation_of_message, message_id)
 
 
+CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)  # not pins, joins, boosts...
+
+
+async def replied_to_us(bot, message: discord.Message) -> bool:
+    """Whether the message is a reply (type 19, reference type 0) to one of the bot's messages in the same
+    channel. The referenced message normally comes with the reply; when it does not, it is fetched."""
+    ref = message.reference
+    if message.type is not discord.MessageType.reply or ref is None or ref.message_id is None \
+            or ref.type is not discord.MessageReferenceType.reply or ref.channel_id != message.channel.id:
+        return False
+    resolved = ref.resolved
+    if resolved is None:
+        try:
+            resolved = await message.channel.fetch_message(ref.message_id)
+        except discord.HTTPException:
+            return False
+    return isinstance(resolved, discord.Message) and resolved.author.id == bot.user.id
+
+
+def author_may_post(message: discord.Message) -> bool:
+    """Whether the author may send messages in the channel (a DM: yes)."""
+    if message.guild is None:
+        return True
+    if not isinstance(message.author, discord.Member):
+        return False
+    return may_post(message.channel.permissions_for(message.author), message.channel)
+
+
 async def on_message(bot, message: discord.Message) -> None:
     me = bot.user
-    if me is None or message.author.bot or message.author.id == me.id:
+    if me is None or message.author.bot or message.author.id == me.id or message.type not in CHAT_TYPES:
         return
     previous = None
-    ref = message.reference
-    if ref is not None and ref.message_id is not None:
-        resolved = ref.resolved
-        ours = isinstance(resolved, discord.Message) and resolved.author.id == me.id
-        if ours or not isinstance(resolved, discord.Message):
-            previous = await generation_of(bot, ref.message_id, wait=ours)
+    if await replied_to_us(bot, message):
+        previous = await generation_of(bot, message.reference.message_id, wait=True)
     mentioned = me.id in message.raw_mentions or any(u.id == me.id for u in message.mentions)
     if previous is None and not (mentioned and re.search(rf"<@!?{me.id}>", message.content)):
         await ambient.maybe_reply(bot, message)  # not addressed to the bot: maybe an ambient reply
         return
+    if not author_may_post(message):
+        return  # answering would post where they may not
     text = strip_mentions(message.content, me.id)
     actor = service.policy.Actor(message.author.id, message.guild.id if message.guild else None, message.channel.id)
     try:

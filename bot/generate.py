@@ -1,4 +1,5 @@
-"""`/generate`: a persona continues a prompt (the result buttons are bot/views.py)."""
+"""`/generate`: a persona continues a prompt (the result buttons are bot/views.py). A member who may not
+send messages in the channel gets the text ephemerally: the bot does not post for them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import service.policy
 from bot import replies
 from bot.autocomplete import persona_autocomplete
 from bot.formatting import user_error
-from bot.limits import actor_of, generate_limits
+from bot.limits import actor_of, generate_limits, member_may_post
 from bot.pictures import picture_file
 from bot.streaming import InteractionOutput, run_generation
 from bot.views import result_view
@@ -52,7 +53,7 @@ async def generate_command(interaction: discord.Interaction, persona: str, promp
                            improbability: _range(float, "improbability") | None = None,
                            tolerance: _range(float, "tolerance") | None = None,
                            seed: _range(int, "seed") | None = None, show: str | None = None) -> None:
-    await replies.defer(interaction)
+    await replies.defer(interaction, ephemeral=not member_may_post(interaction))
     bot = interaction.client
     actor = actor_of(interaction)
     overrides = {"max_tokens": length, "temperature": temperature, "top_k": top_k, "top_p": top_p,

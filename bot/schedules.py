@@ -1,5 +1,8 @@
 """`/schedule add|list|remove`: a persona posts into a channel every interval or on a cron expression.
 
+A member schedules posts only into a channel where they may view and send messages themselves
+(`member_can_post`), and only where the bot may too (`bot_can_post`, checked by the service).
+
 The bot only manages the schedule rows; the worker's beat-driven `improbable.dispatch_schedules` claims each
 due slot once and `improbable.post_scheduled` posts it.
 """
@@ -15,7 +18,7 @@ import service.schedules
 from bot import replies
 from bot.autocomplete import persona_autocomplete
 from bot.formatting import describe_every, escape, split_message, truncate
-from bot.limits import actor_of, trainer_only
+from bot.limits import actor_of, may_post, trainer_only
 
 schedule_group = app_commands.Group(name="schedule", description="Scheduled posts of a persona into a channel.",
                                     guild_only=True)
@@ -32,6 +35,13 @@ def bot_can_post(channel) -> bool | None:
     return permissions.view_channel and permissions.send_messages
 
 
+def member_can_post(channel, member) -> bool:
+    """Whether the member may view and send messages in the channel (roles and overwrites from the cache)."""
+    if not isinstance(member, discord.Member) or not isinstance(channel, discord.abc.GuildChannel):
+        return False
+    return may_post(channel.permissions_for(member), channel)
+
+
 def _every(view: service.schedules.ScheduleView, markup: bool = True) -> str:
     return describe_every(view.interval_seconds, view.cron, markup=markup)
 
@@ -45,6 +55,10 @@ def _every(view: service.schedules.ScheduleView, markup: bool = True) -> str:
 @trainer_only()
 async def add(interaction: discord.Interaction, persona: str, channel: discord.TextChannel,
               every: str | None = None, cron: str | None = None, prompt: str = "") -> None:
+    if not member_can_post(channel, interaction.user):
+        await replies.fail(interaction, f"You cannot post in {channel.mention} yourself (you need **View Channel** "
+                                        "and **Send Messages** there), so you cannot schedule posts into it.")
+        return
     await replies.defer(interaction, ephemeral=True)
     sched = await asyncio.to_thread(service.schedules.add_schedule, actor_of(interaction), persona, channel.id,
                                     every=every, cron=cron, prompt=prompt, bot_can_post=bot_can_post(channel))

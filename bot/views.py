@@ -12,6 +12,11 @@ message posted before a restart still works.
 
 Regenerate and more-improbable edit the message, so only its requester may use them (`interaction_check`);
 continue posts a new message and is open to everyone. User id 0: anybody may change it.
+
+A click acts only when the generation in its custom_id is the one shown in the clicked message, in this
+server (`shown_here`): a button id copied onto another message, or another server's generation, does
+nothing. A member who may not send messages in the channel gets Continue's text ephemerally, and may not
+change a public result.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import service.controls
 import service.generation
 from bot import replies
 from bot.formatting import generation_info, user_error
-from bot.limits import Refusal, actor_of, cooldown_message
+from bot.limits import Refusal, actor_of, cooldown_message, member_may_post
 from bot.pictures import picture_file
 from bot.streaming import InteractionOutput, run_generation
 
@@ -68,6 +73,9 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
         return cls(match["action"], int(match["gid"]), int(match["uid"] or 0))
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if not await shown_here(interaction, self.generation_id):
+            await replies.fail(interaction, "This button does not belong to this message, so it does nothing here.")
+            return False
         if self.action.owner_only and self.user_id and interaction.user.id != self.user_id:
             await replies.fail(interaction, f"Only <@{self.user_id}>, who asked for this text, can "
                                             f"{self.action.verb} it. Press **Continue**, or ask for your own "
@@ -87,6 +95,25 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
 
 
 DYNAMIC_ITEMS = (ResultButton,)
+
+
+WAIT_FOR_MESSAGE = (0.1, 0.2, 0.4, 0.8)  # seconds: a click can come before the result's message id is stored
+
+
+async def shown_here(interaction: discord.Interaction, generation_id: int) -> bool:
+    """Whether the generation is the one shown in the clicked message, in this server (the row's message and
+    guild ids). No such row: True, and the service answers that the text is gone."""
+    message = interaction.message
+    if message is None:
+        return False
+    for delay in (*WAIT_FOR_MESSAGE, None):
+        shown = await asyncio.to_thread(service.generation.where_shown, generation_id)
+        if shown is None or shown.message_id is not None or delay is None:
+            break
+        await asyncio.sleep(delay)
+    if shown is None:
+        return True
+    return shown.message_id == message.id and shown.guild_id == interaction.guild_id
 
 
 def result_view(generation_id: int, user_id: int | None) -> discord.ui.View:
@@ -132,8 +159,13 @@ async def delete_result(interaction: discord.Interaction, generation_id: int) ->
 
 
 async def follow_up(interaction: discord.Interaction, generation_id: int, action: Action) -> None:
-    """A pressed result button: the same limits as /generate, then the derived request, streamed."""
+    """A pressed result button: the same limits as /generate, then the derived request, streamed. Continue
+    answers ephemerally when the member may not post in the channel; a public result is not changed for them."""
     bot = interaction.client
+    public = member_may_post(interaction)
+    if action.owner_only and not public and not (interaction.message and interaction.message.flags.ephemeral):
+        await replies.fail(interaction, "You cannot send messages in this channel, so you cannot change this text.")
+        return
     try:
         await bot.limits.check_generate(interaction.user.id, interaction.guild_id,
                                         bot.jobs.in_flight(interaction.user.id))
@@ -146,7 +178,7 @@ async def follow_up(interaction: discord.Interaction, generation_id: int, action
     if action.owner_only:
         await replies.defer_update(interaction)
     else:
-        await replies.defer(interaction)
+        await replies.defer(interaction, ephemeral=not public)
     actor = actor_of(interaction)
     try:
         request = await asyncio.to_thread(service.generation.follow_up, generation_id, action.mode, actor)

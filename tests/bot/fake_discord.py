@@ -271,6 +271,15 @@ class FakeDiscord:
                                        "deny": str(deny)})
         self.dispatch("CHANNEL_UPDATE", self._channel(channel_id))
 
+    def add_channel(self, guild_id: int, name: str, overwrites: list[dict] | None = None) -> int:
+        """A new text channel in a guild, with these overwrites (Discord's objects), told to the bot
+        (CHANNEL_CREATE): a test that needs its own permissions leaves the shared channels alone."""
+        channel = Channel(self.snowflake(), name, guild_id, overwrites=list(overwrites or []))
+        with self.cond:
+            self.guilds[guild_id].channels.append(channel)
+        self.dispatch("CHANNEL_CREATE", self._channel(channel.id))
+        return channel.id
+
     def dm_channel(self, user: User) -> int:
         """The DM channel between the bot and `user` (created on first use)."""
         with self.cond:
@@ -547,17 +556,22 @@ class FakeDiscord:
         if contexts is not None and (1 if guild is None else 0) not in contexts:
             raise CommandUnavailable(f"/{command['name']} is not allowed in {where} (contexts {contexts})")
 
-    def click(self, message: dict, custom_id: str, *, user: User | None = None) -> Interaction:
+    def click(self, message: dict, custom_id: str, *, user: User | None = None, force: bool = False) -> Interaction:
         """A button click. Discord refuses a custom_id that is not on the message as it is now (ClickRefused,
-        and nothing reaches the bot)."""
+        and nothing reaches the bot). `force`: dispatched anyway, with the message as the bot is shown it
+        carrying that button (a message whose buttons name another message's generation), which the bot
+        itself must refuse."""
         user = user or self.alice
         with self.cond:
             current = self.messages.get(int(message["id"]), message)
             on_message = custom_ids(current)
-            if custom_id not in on_message:
+            if custom_id not in on_message and not force:
                 refused = ClickRefused(custom_id, int(message["id"]), on_message)
                 self.refused_clicks.append(refused)
                 raise refused
+        if force and custom_id not in on_message:
+            message = {**copy.deepcopy(message), "components": [{"type": 1, "components": [
+                {"type": 2, "style": 2, "label": "Forged", "custom_id": custom_id, "disabled": False}]}]}
         channel_id = int(message["channel_id"])
         ix = self._new_interaction(3, user, channel_id, message_id=int(message["id"]))
         payload = self._interaction_payload(ix, user, {"custom_id": custom_id, "component_type": 2})
