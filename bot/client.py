@@ -75,6 +75,8 @@ class Tree(app_commands.CommandTree):
         refused = invoked and isinstance(error.original, service.policy.UserError)
         failed = invoked and not refused
         metrics.record_interaction(command, "error" if failed else "refused")
+        if isinstance(error, app_commands.CheckFailure) and interaction.response.is_done():
+            return  # the command's own error handler has answered (e.g. /operator for a non-operator)
         if isinstance(error, app_commands.CommandOnCooldown):
             message = cooldown_message(error)
         elif isinstance(error, Refusal):

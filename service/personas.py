@@ -138,7 +138,8 @@ def _ingest(session, actor: Actor, pol: Policy, data: bytes, filename: str, more
         raise UploadTooLarge(size, pol.max_upload_bytes, len(more) + 1)
     try:
         return ingest(data, filename, actor.user_id, actor.guild_id, session=session,
-                      max_bytes=pol.max_upload_bytes, more=more)
+                      max_bytes=pol.max_upload_bytes, more=more,
+                      min_distinct_bytes=get_settings().train_min_distinct_bytes)  # too little distinct text: refused
     except IngestError as e:
         raise UserError("That file cannot be used: {reason}", reason=e.message) from None
 

@@ -299,9 +299,14 @@ class FakeDiscord:
                       else {"id": str(guild_id)})
 
     def restore_guild(self, guild_id: int) -> None:
-        """GUILD_CREATE: the guild is available again (or the bot was added back)."""
-        self.guilds[guild_id].joined = True
-        self.dispatch("GUILD_CREATE", self._guild(self.guilds[guild_id]))
+        """GUILD_CREATE: the guild is available again (`unavailable: false`), or the bot was added back after
+        a removal (a join: Discord leaves `unavailable` out, and discord.py calls on_guild_join)."""
+        guild = self.guilds[guild_id]
+        rejoined, guild.joined = not guild.joined, True
+        data = self._guild(guild)
+        if rejoined:
+            del data["unavailable"]
+        self.dispatch("GUILD_CREATE", data)
 
     # -- ids and payloads ----------------------------------------------------------------------------------
 
@@ -743,6 +748,8 @@ class FakeDiscord:
                     out.append(cmd)
                 self.cond.notify_all()
             return _json(out)
+        if method == "DELETE" and n == 4 and p[:3] == ["users", "@me", "guilds"]:
+            return self._leave_guild(int(p[3]))
         if method == "POST" and p == ["users", "@me", "channels"]:
             user = self.users.get(int((payload or {}).get("recipient_id", 0)))
             if user is None:
@@ -793,6 +800,19 @@ class FakeDiscord:
                 if method == "GET":
                     return _json(self.messages[mid])
         return self._unknown(method, p)
+
+    def _leave_guild(self, guild_id: int) -> web.Response:
+        """The bot leaves a guild (Guild.leave): 204, then GUILD_DELETE without `unavailable`, as Discord
+        does; a guild the bot is not in is 404 Unknown Guild."""
+        guild = self.guilds.get(guild_id)
+        if guild is None or not guild.joined:
+            return _json({"message": "Unknown Guild", "code": 10004}, 404)
+        with self.cond:
+            guild.joined = False
+            self.cond.notify_all()
+        asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(
+            self._dispatch("GUILD_DELETE", {"id": str(guild_id)})))
+        return web.Response(status=204)
 
     def _cannot_post(self, channel_id: int) -> web.Response | None:
         """Discord's 403 when the bot may not post there: not in the guild or no View Channel (50001 Missing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 
 import pytest
@@ -26,7 +27,11 @@ TRAINER_ROLE = 999
 MANAGER = Actor(1, GUILD, 5, can_manage=True)
 MEMBER = Actor(2, GUILD, 5)
 TRAINER = Actor(3, GUILD, 5, role_ids=frozenset({TRAINER_ROLE}))
-TEXT = ("Alice was beginning to get very tired of sitting by her sister on the bank. " * 20).encode()
+# an upload must have settings.train_min_distinct_bytes of distinct text: 6 KB of sentences that never repeat
+_WORDS = ("Alice was beginning to get very tired of sitting by her sister on the bank and of having nothing "
+          "to do once or twice she had peeped into the book but it had no pictures or conversations in it").split()
+_rng = random.Random(29)
+TEXT = "\n".join(" ".join(_rng.choice(_WORDS) for _ in range(12)).capitalize() + "." for _ in range(100)).encode()
 
 
 @pytest.fixture(scope="session")
