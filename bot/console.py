@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape as rich_escape
 
 import service.generation
+import service.operator
 import service.personas
 import service.policy
 import service.training
@@ -48,6 +49,10 @@ HELP = """\
   /persona delete NAME
 [bold]Jobs[/]
   /train status · /train cancel [RUN] · /queue
+[bold]Operator[/]                        (the console is the deployment's operator)
+  /operator servers · /operator reports [--all]
+  /operator disable-persona NAME [--server ID] · /operator enable-persona NAME [--server ID]
+  /operator block-server ID · /operator unblock-server ID
   /help · /quit          (Ctrl-C stops a running job; at the prompt it quits)"""
 
 PROMPT = "improbable> "
@@ -89,6 +94,9 @@ GENERATE_PARSER = _parser("/generate", ("persona", {}), ("prompt", {"nargs": "*"
                           **{option: _sampling_option(field) for option, field in SAMPLING_OPTIONS.items()})
 CREATE_PARSER = _parser("/persona create", ("name", {}), ("file", {}), family={"default": "char-rnn"},
                         description={"default": ""}, minutes={"type": float})
+PERSONA_SWITCH_PARSER = _parser("/operator disable-persona|enable-persona", ("name", {}), server={"type": int})
+SERVER_PARSER = _parser("/operator block-server|unblock-server", ("server", {"type": int}))
+REPORTS_PARSER = _parser("/operator reports", all={"action": "store_true"})
 RETRAIN_PARSER = _parser("/persona retrain", ("name", {}), ("file", {"nargs": "?"}), minutes={"type": float})
 
 
@@ -124,7 +132,7 @@ class Chat:
             command, args = words[0].lower(), words[1:]
             if command in ("/quit", "/exit", "/q"):
                 return False
-            if command in ("/persona", "/train", "/schedule") and args:
+            if command in ("/persona", "/train", "/schedule", "/operator") and args:
                 command, args = f"{command} {args[0].lower()}", args[1:]
             handler = COMMANDS.get(command)
             if handler is None:
@@ -324,6 +332,54 @@ class Chat:
     async def cmd_schedule(self, args: list[str]) -> None:
         raise ChatError("scheduled posts go into Discord channels: use /schedule in the Discord bot")
 
+    # -- the operator's tools (service/operator.py) ------------------------------------------------------------
+
+    async def cmd_operator_servers(self, args: list[str]) -> None:
+        views = await asyncio.to_thread(service.operator.servers, self.actor)
+        if not views:
+            self.say("no servers")
+        for v in views:
+            state = " BLOCKED" if v.blocked else (" (left)" if v.left_at else "")
+            self.say(f"{v.guild_id} {v.name or '?'}{state}: personas {', '.join(v.personas) or 'none'}; "
+                     f"{v.uploads} uploads, {v.jobs} texts, {v.stored_bytes:,} bytes, {v.open_reports} open reports")
+
+    async def cmd_operator_reports(self, args: list[str]) -> None:
+        a = REPORTS_PARSER.parse_args(args)
+        found = await asyncio.to_thread(service.operator.reports, self.actor, include_closed=a.all)
+        if not found:
+            self.say("no reports" if a.all else "no open reports")
+        for r in found:
+            where = f"server {r.guild_id}" if r.guild_id else "no server"
+            self.say(f"#{r.id} {r.created_at:%Y-%m-%d %H:%M} {r.status}, {where}, by {r.reporter_id or 'the console'}, "
+                     f"persona {r.persona}, text {r.generation_id}: {r.reason[:300]}", "bold")
+            self.say("  " + " ".join(r.text.split())[:500])
+
+    async def _switch_persona(self, args: list[str], disabled: bool) -> None:
+        a = PERSONA_SWITCH_PARSER.parse_args(args)
+        slug = await asyncio.to_thread(service.operator.set_persona_disabled, self.actor, a.name, a.server, disabled)
+        self.say(f"{slug} is {'disabled' if disabled else 'enabled again'}")
+
+    async def cmd_operator_disable_persona(self, args: list[str]) -> None:
+        await self._switch_persona(args, True)
+
+    async def cmd_operator_enable_persona(self, args: list[str]) -> None:
+        await self._switch_persona(args, False)
+
+    async def cmd_operator_block_server(self, args: list[str]) -> None:
+        from worker.app import forget_results  # the results of the server's jobs, where a broker keeps them
+
+        server = SERVER_PARSER.parse_args(args).server
+        purged = await asyncio.to_thread(service.operator.block_server, self.actor, server)
+        await asyncio.to_thread(forget_results, purged.task_ids)
+        self.say(f"server {server} is blocked: {purged.personas} personas and {purged.generations} texts purged. "
+                 "The Discord bot leaves it when it is added there again (`/operator block-server` in Discord "
+                 "leaves at once).")
+
+    async def cmd_operator_unblock_server(self, args: list[str]) -> None:
+        server = SERVER_PARSER.parse_args(args).server
+        done = await asyncio.to_thread(service.operator.unblock_server, self.actor, server)
+        self.say(f"server {server} is " + ("unblocked" if done else "not blocked"))
+
     async def cmd_help(self, args: list[str]) -> None:
         self.console.print(HELP)
 
@@ -382,6 +438,11 @@ COMMANDS = {
     "/train cancel": Chat.cmd_train_cancel, "/queue": Chat.cmd_queue, "/schedule": Chat.cmd_schedule,
     "/schedule add": Chat.cmd_schedule, "/schedule list": Chat.cmd_schedule,
     "/schedule remove": Chat.cmd_schedule, "/help": Chat.cmd_help,
+    "/operator servers": Chat.cmd_operator_servers, "/operator reports": Chat.cmd_operator_reports,
+    "/operator disable-persona": Chat.cmd_operator_disable_persona,
+    "/operator enable-persona": Chat.cmd_operator_enable_persona,
+    "/operator block-server": Chat.cmd_operator_block_server,
+    "/operator unblock-server": Chat.cmd_operator_unblock_server,
 }
 
 

@@ -75,3 +75,40 @@ def test_a_failed_command_exits_non_zero(console_env):
     """Scripts can rely on the exit status: 1 after any failed -c command, 0 when all worked."""
     assert "unknown command /nonsense" in chat(console_env, "/personas", "/nonsense", status=1)
     assert "alice" in chat(console_env, "/personas")
+
+
+@pytest.mark.slow
+def test_console_operator_tools(console_env):
+    """The console is the operator: servers and reports as plain text, a disabled persona refused until it
+    is enabled again, a server blocked (its data purged) and unblocked."""
+    from db.models import Report
+
+    url = f"sqlite:///{Path(console_env['IMPROBABLE_DATA_DIR']) / 'improbable.db'}"
+    chat(console_env, "/generate alice Zebra quartz --length 20 --seed 3")
+    engine = db.make_engine(url)
+    try:
+        with db.session_scope(engine) as session:
+            gen = session.query(db.Generation).one()
+            session.add(Report(reporter_id=77, guild_id=4242, generation_id=gen.id, persona_slug="alice",
+                               text=gen.prompt + gen.output, reason="Rude **words**"))
+    finally:
+        engine.dispose()
+
+    out = chat(console_env, "/operator servers", "/operator reports", "/operator disable-persona alice",
+               "/generate alice Not now --length 5", "/operator enable-persona alice",
+               "/generate alice Again --length 5", "/operator block-server 4242", "/operator servers",
+               "/operator reports --all", "/operator unblock-server 4242", "/operator unblock-server 4242",
+               "/operator disable-persona nobody", status=1)
+    lines = out.splitlines()
+    assert "4242 ?: personas none; 0 uploads, 0 texts, 0 bytes, 1 open reports" in lines
+    assert any(line.startswith("#1 ") and "open, server 4242, by 77, persona alice" in line
+               and line.endswith("Rude **words**") for line in lines)
+    assert "  Zebra quartz" in out
+    assert "alice is disabled" in lines and "alice is enabled again" in lines
+    assert "! alice has been disabled by the bot's operator and cannot be used." in lines  # plain, no backticks
+    assert "Not now" not in out and any(line.startswith("Again") for line in lines)
+    assert "server 4242 is blocked: 0 personas and 0 texts purged." in out
+    assert "4242 ? BLOCKED: personas none; 0 uploads, 0 texts, 0 bytes, 0 open reports" in lines
+    assert "no reports" in lines  # the blocked server's report was purged with it
+    assert "server 4242 is unblocked" in lines and "server 4242 is not blocked" in lines
+    assert sum(line.startswith("! ") for line in lines) == 2  # the disabled persona, the unknown one
