@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     train_lease_seconds: float = Field(120.0, description="A running run whose progress is older than this is "
                                        "taken to be orphaned (its trainer died) and is resumed.")
     train_max_minutes: float = Field(120.0, description="Upper bound on a training run's time budget.")
+    train_min_distinct_bytes: int = Field(5000, ge=0, description="Least distinct text (UTF-8 bytes once repeated "
+                                          "paragraphs and lines are dropped) an upload or a run's corpus needs to "
+                                          "be trained on; less is refused before training, with the numbers.")
     train_queued_per_server: int = Field(3, ge=1, description="Most training runs one server may have waiting "
                                          "for a trainer (the deployment's operator is not limited).")
     discord_token: str = Field("", validation_alias=AliasChoices("IMPROBABLE_DISCORD_TOKEN", "DISCORD_TOKEN"),

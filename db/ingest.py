@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.dedup import check_distinct
 from core.text import DOCUMENT_SEPARATOR, CorpusError, DecodedCorpus, decode_corpus, join_documents
 from db.models import DEFAULT_MAX_UPLOAD_BYTES, Corpus, GuildSettings
 from db.session import get_sessionmaker
@@ -41,7 +42,7 @@ BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206
 class IngestError(CorpusError):
     """An upload that cannot become a corpus: the decoder's refusal (core.text.CorpusError: `.code` for
     programs, `.message` for the uploader), or one of ingestion's own. Codes: the decoder's (empty, too_small,
-    binary, compressed, html, too_large, line_too_long, encoding) plus bad_filename."""
+    binary, compressed, html, too_large, line_too_long, encoding) plus bad_filename and repetitive."""
 
 
 @dataclass(frozen=True)
@@ -107,24 +108,32 @@ def _decode_all(files: list[tuple[bytes, str]], limit: int) -> tuple[DecodedCorp
 
 def ingest(data: bytes, filename: str, uploader: int | None = None, guild: int | None = None, *,
            session: Session | None = None, storage: Storage | None = None,
-           max_bytes: int | None = None, more: Sequence[tuple[bytes, str]] = ()) -> IngestResult:
+           max_bytes: int | None = None, more: Sequence[tuple[bytes, str]] = (),
+           min_distinct_bytes: int = 0) -> IngestResult:
     """Validate, store and record an upload. Every upload is its own row (file name, uploader, server, time),
     so no server ever sees another's; identical texts share one blob. Commits the session (pending work of a
     caller-supplied session is committed with it); uses its own session if none is given.
     `more`: further (data, filename) files of the same upload, the documents after the first.
+    `min_distinct_bytes`: an upload to train on needs this much distinct text (core.dedup: repeated paragraphs
+    and lines dropped, and not one line repeated with small changes); less is refused ("repetitive").
 
     Raises IngestError for anything the uploader should fix; storage or database failures propagate.
     """
     if session is None:
         with get_sessionmaker()() as own:
             return ingest(data, filename, uploader, guild, session=own, storage=storage, max_bytes=max_bytes,
-                          more=more)
+                          more=more, min_distinct_bytes=min_distinct_bytes)
     files = [(data, filename), *more]
     for blob, _ in files:
         if not isinstance(blob, bytes | bytearray | memoryview):
             raise TypeError(f"ingest() needs the uploaded bytes, not {type(blob).__name__}")
     limit = max_bytes if max_bytes is not None else upload_limit(session, guild)
     decoded, name, names = _decode_all(files, limit)
+    if min_distinct_bytes:
+        try:
+            check_distinct(decoded.text, min_distinct_bytes)
+        except CorpusError as e:
+            raise IngestError(e.code, e.message) from None
 
     text = decoded.text.encode("utf-8")
     sha = hashlib.sha256(text).hexdigest()

@@ -13,7 +13,7 @@ from core.text import DOCUMENT_SEPARATOR, CorpusError
 from trainer import checkpoint as ckpt
 from trainer.corpus import load_corpus
 from trainer.data import split_documents
-from trainer.evaluate import quality_gate, unigram_loss
+from trainer.evaluate import unigram_loss
 from trainer.finetune import extend_vocabulary, load_base_weights
 from trainer.pretrained import resolve_init
 from trainer.train import TrainConfig, train
@@ -145,10 +145,18 @@ def test_unigram_loss_is_the_entropy_of_a_uniform_text():
     assert unigram_loss(ids, ids, 4) == pytest.approx(math.log(4), rel=1e-3)
 
 
-def test_quality_gate_refuses_a_model_that_writes_non_words_and_says_why():
-    verdict = quality_gate("char-rnn", 2.78, 3.0)
-    assert not verdict.passed
-    assert "2.780" in verdict.reason and "train longer" in verdict.reason
-    assert quality_gate("char-rnn", 1.42, 3.0).passed
-    assert quality_gate("char-rnn", 2.78, 3.0, active_val_loss=2.9).passed  # better than what it replaces
-    assert not quality_gate("word-gru", math.nan, 6.8).passed
+def test_quality_gate_needs_both_the_base_and_the_active_model_beaten_and_says_why():
+    from trainer.gate import GATE_MARGIN, verdict
+
+    refused = verdict("char-rnn", 1.389, 1.302, 1.31, 32768)  # the 1-minute retrain of shakespeare
+    assert not refused.passed
+    assert all(n in refused.reason for n in ("1.389", "1.302", "1.310", "32,768")) and "train longer" in refused.reason
+    assert not verdict("char-rnn", 1.30, 1.302, None, 100).passed  # the base barely touched: within the margin
+    assert not verdict("char-rnn", 1.20, 1.302, 1.20 + GATE_MARGIN / 2, 100).passed  # the active model is as good
+    passed = verdict("char-rnn", 1.20, 1.302, 1.25, 100)
+    assert passed.passed and "1.200" in passed.reason and "1.302" in passed.reason and "1.250" in passed.reason
+    assert passed.losses == {"candidate": 1.20, "base": 1.302, "active": 1.25, "chars": 100}
+    assert verdict("word-mlp", 5.0, None, 5.2, 100).passed  # a word model: the active one only
+    noise = verdict("char-rnn", 3.3, 4.5, None, 100, val_loss=3.3, unigram=3.35)  # beats the base, not counting
+    assert not noise.passed and "counting letters" in noise.reason and "4.500" in noise.reason
+    assert not verdict("word-gru", math.nan, None, None, 100).passed

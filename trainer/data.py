@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .corpus import DOCUMENT_SEPARATOR, DecodedCorpus, fit_batch_shape
+from core.text import DOCUMENT_SEPARATOR, DecodedCorpus
+
+from .corpus import fit_batch_shape
 from .finetune import extend_vocabulary
+from .heldout import split_text
 from .tokenizer import CharTokenizer, WordTokenizer
 
 if TYPE_CHECKING:
@@ -139,6 +142,8 @@ class RunData:
     seq_len: int
     streams: TokenStreams  # the training batches: chunk i is step i's
     block: int  # held-out block length of this tokenizer's kind
+    val_text: str = ""  # the held-out text (pieces joined by DOCUMENT_SEPARATOR): what the quality gate scores
+    split_stats: dict | None = None  # characters dropped as repeats and as held-out text overlapping training
 
     @property
     def steps_per_epoch(self) -> int:
@@ -162,6 +167,25 @@ def _tokenizer(config: TrainConfig, text: str, saved: Checkpoint | None, base: C
     return WordTokenizer.build(text, config.max_vocab, config.lowercase)
 
 
+BLOCK_CHARS = 4096  # the text split's block: a few KB of text, whole paragraphs
+
+
+def split_corpus(config: TrainConfig, corpus: DecodedCorpus | str):
+    """The run's text split (trainer.heldout): repeats dropped, whole paragraphs on either side, no 50-character
+    window of held-out text in the training text."""
+    documents = corpus.document_texts() if isinstance(corpus, DecodedCorpus) else [corpus]
+    return split_text(documents, config.val_fraction, config.split, BLOCK_CHARS)
+
+
+def _encode_pieces(tokenizer, pieces: list[str], separator: torch.Tensor) -> torch.Tensor:
+    parts = []
+    for i, piece in enumerate(pieces):
+        if i:
+            parts.append(separator)
+        parts.append(torch.tensor(tokenizer.encode(piece), dtype=torch.long))
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+
 def load_data(config: TrainConfig, corpus: DecodedCorpus | str, device: torch.device, saved: Checkpoint | None,
               base: Checkpoint | None, warnings: list[str]) -> RunData:
     """Tokenize, split and batch `corpus` for `config`; a note about a shrunk batch shape goes to `warnings`."""
@@ -170,9 +194,9 @@ def load_data(config: TrainConfig, corpus: DecodedCorpus | str, device: torch.de
     documents = corpus.document_texts() if isinstance(corpus, DecodedCorpus) else [text]
     separator = torch.tensor(tokenizer.encode(DOCUMENT_SEPARATOR), dtype=torch.long)
     block = BLOCK_TOKENS[tokenizer.kind]
-    train_ids, val_ids = split_documents([torch.tensor(tokenizer.encode(d), dtype=torch.long) for d in documents],
-                                         config.val_fraction, config.split, block, separator)
-    train_ids, val_ids = train_ids.to(device), val_ids.to(device)
+    split = split_corpus(config, corpus)
+    train_ids = _encode_pieces(tokenizer, split.train, separator).to(device)
+    val_ids = _encode_pieces(tokenizer, split.val, separator).to(device)
     batch_size, seq_len, shrink = fit_batch_shape(len(train_ids), config.batch_size, config.seq_len)
     if shrink:
         warnings.append(shrink)
@@ -181,4 +205,5 @@ def load_data(config: TrainConfig, corpus: DecodedCorpus | str, device: torch.de
                          f"{saved.meta['batch_shape']}: resume it with those (not {batch_size}, {seq_len}), or start "
                          "afresh (resume=False, --no-resume)")
     return RunData(tokenizer, text, corpus_sha256(corpus), len(documents), train_ids, val_ids, batch_size, seq_len,
-                   TokenStreams(train_ids, batch_size, seq_len), block)
+                   TokenStreams(train_ids, batch_size, seq_len), block, split.val_text,
+                   {"duplicate_chars": split.duplicate_chars, "overlap_chars": split.overlap_chars, "paragraphs": True})

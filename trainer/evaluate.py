@@ -4,7 +4,6 @@ through each stream exactly as in training. Bits per character and perplexity de
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -65,40 +64,6 @@ def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int
     counts = torch.bincount(train_ids.cpu(), minlength=vocab_size).double() + 1.0
     log_p = counts.log() - counts.sum().log()
     return float(-log_p[val_ids.cpu()].mean()) if len(val_ids) else math.nan
-
-
-# The quality gate: a trained model is promoted only if its held-out loss is at most this share of the
-# unigram baseline's. Reference points (nats/token, on their own spread splits): English text has a
-# character unigram loss near 3.0; a char LSTM that writes real words is near 1.4 (0.47 of it), and the
-# 3-minute run that wrote "tohe hWted ta“iwBd" was at 2.78 (0.93). Word unigram losses are near 6.5–7; a
-# word model at 0.85 of that already orders words plausibly.
-GATE_RATIO = {"char-rnn": 0.60, "word-gru": 0.85, "word-mlp": 0.85}
-
-
-@dataclass(frozen=True)
-class GateVerdict:
-    passed: bool
-    reason: str  # one plain sentence for the user, with the numbers
-
-
-def quality_gate(family: str, val_loss: float | None, unigram: float | None,
-                 active_val_loss: float | None = None) -> GateVerdict:
-    """Whether a trained model may be promoted: below its family's share of the unigram baseline, or
-    better than the model it would replace. The reason says what to do when it is not."""
-    if val_loss is None or not math.isfinite(val_loss):
-        return GateVerdict(False, "the run ended before its held-out loss could be measured; train longer")
-    if active_val_loss is not None and val_loss < active_val_loss:
-        return GateVerdict(True, f"held-out loss {val_loss:.3f} beats the active model's {active_val_loss:.3f}")
-    if unigram is None or not math.isfinite(unigram):
-        return GateVerdict(True, f"held-out loss {val_loss:.3f} (no baseline to compare with)")
-    limit = GATE_RATIO.get(family, 0.85) * unigram
-    if val_loss <= limit:
-        return GateVerdict(True, f"held-out loss {val_loss:.3f} nats/token is below the gate of {limit:.3f} "
-                                 f"({GATE_RATIO.get(family, 0.85):.0%} of the unigram baseline's {unigram:.3f})")
-    return GateVerdict(False, f"held-out loss {val_loss:.3f} nats/token is above the gate of {limit:.3f} "
-                              f"({GATE_RATIO.get(family, 0.85):.0%} of the {unigram:.3f} that counting letters "
-                              "alone gives), so its text would not read as words yet: train longer or upload "
-                              "more text")
 
 
 def describe(nats_per_token: float, tokens: int, chars: int) -> dict:

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
+from core.text import DecodedCorpus
+
 from . import checkpoint as ckpt
 from .checkpoint import RunState, load_run_state, save_run_state
-from .corpus import DecodedCorpus
 from .data import RunData, TokenStreams, corpus_sha256, load_data
 from .evaluate import eval_streams, eval_tokens_for, evaluate, unigram_loss
 from .finetune import load_base_weights
@@ -379,7 +380,7 @@ def _prepare(run: Run, base: ckpt.Checkpoint | None) -> None:
     run.meta = {"corpus_sha256": data.corpus_sha256, "corpus": config.corpus, "train_config": asdict(config),
                 "n_params": state.model.n_params, "batch_shape": [data.batch_size, data.seq_len],
                 "split": {"mode": config.split, "val_fraction": config.val_fraction, "val_tokens": len(data.val_ids),
-                          "train_tokens": len(data.train_ids), "documents": data.documents}}
+                          "train_tokens": len(data.train_ids), "documents": data.documents, **(data.split_stats or {})}}
     if config.init:
         run.meta["init"] = {"checkpoint": Path(config.init).name,
                             "corpus": base.meta.get("corpus") if base else None,

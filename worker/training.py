@@ -387,6 +387,8 @@ def _hold_run(run_id: int):
 
 
 def _train(claimed: ClaimedRun, on_progress) -> dict:
+    from core.text import CorpusError
+    from trainer.gate import open_gate
     from trainer.train import train
 
     settings = get_settings()
@@ -394,6 +396,10 @@ def _train(claimed: ClaimedRun, on_progress) -> dict:
     out_dir = settings.runs_dir / f"run-{claimed.run_id}"
     config = train_config(claimed, out_dir)
     text = corpus_text(claimed, config, storage)
+    try:  # the quality gate's held-out text and the base's loss on it; a text with nothing to learn stops here
+        gate = open_gate(config, text, settings.train_min_distinct_bytes)
+    except CorpusError as e:
+        return _refuse(claimed, e.message)
     resumed_from = fetch_checkpoints(claimed, out_dir, storage)
     if resumed_from:
         log.info("run %s: resuming from step %s", claimed.run_id, resumed_from)
@@ -405,14 +411,42 @@ def _train(claimed: ClaimedRun, on_progress) -> dict:
         with session_scope() as session:
             run = cancel_run(session, claimed.run_id)
             return summary(run)
-    return finish(claimed, out_dir, storage, result, reporter.latest)
+    return finish(claimed, out_dir, storage, result, reporter.latest, gate)
 
 
-def finish(claimed: ClaimedRun, out_dir: Path, storage: Storage, result, progress: dict) -> dict:
-    """Store the best checkpoint (a row), loss.png and a sample; promote when it beats the active one."""
+def _refuse(claimed: ClaimedRun, message: str) -> dict:
+    """End a run before its first step: its text has nothing to learn (the message has the numbers)."""
+    log.info("run %s refused before training: %s", claimed.run_id, message)
+    with session_scope() as session:
+        return summary(fail_run(session, claimed.run_id, message[:2000]))
+
+
+def _active_model(checkpoint: Checkpoint | None, storage: Storage):
+    """The persona's active model, loaded to be scored by the gate; None when there is none or it cannot be
+    read (the gate then compares with the base alone, and says so)."""
+    from trainer.checkpoint import from_bytes
+
+    if checkpoint is None:
+        return None
+    try:
+        return from_bytes(storage.get(checkpoint.storage_key), checkpoint.storage_key)
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable file must not fail the new run
+        log.warning("active checkpoint %s not scored by the gate: %s", checkpoint.id, e)
+        return None
+
+
+def _judge(gate, best, active: Checkpoint | None, storage: Storage, val_loss, unigram):
+    """The gate's verdict on `best` against the base and the active checkpoint, on the same held-out text."""
+    from trainer.gate import judge
+
+    return judge(gate, best.family, best, _active_model(active, storage), val_loss, unigram)
+
+
+def finish(claimed: ClaimedRun, out_dir: Path, storage: Storage, result, progress: dict, gate) -> dict:
+    """Store the best checkpoint (a row), loss.png and a sample; promote it when it beats both the base and the
+    active model on the run's held-out text (trainer.gate)."""
     from core.contracts import SamplingParams
     from trainer.checkpoint import load
-    from trainer.evaluate import quality_gate
     from trainer.sample import generate as sample_text
 
     best_path = out_dir / "best.safetensors"
@@ -428,14 +462,18 @@ def finish(claimed: ClaimedRun, out_dir: Path, storage: Storage, result, progres
                "resumed_from": progress.get("resumed_from", 0), "attempt": claimed.attempt,
                "loss_png": loss_plot_key(claimed.run_id) if plot.exists() else None, "sample": sample,
                "warnings": result.warnings}
+    unigram = _finite(best.meta.get("metrics", {}).get("unigram_loss"))
+    with session_scope() as session:  # scored outside the lock below: it takes seconds
+        scored = session.get(Persona, claimed.persona_id).active_checkpoint
+        scored_id = scored.id if scored is not None else None
+        verdict = _judge(gate, best, scored, storage, val_loss, unigram)
     with session_scope() as session:
         run = session.get(TrainingRun, claimed.run_id)
         # lock the persona so two runs finishing together compare against each other's promotion
         persona = session.scalars(select(Persona).where(Persona.id == claimed.persona_id).with_for_update()).one()
         active = persona.active_checkpoint
-        # the quality gate: below the family's share of the unigram baseline, or better than the active model
-        verdict = quality_gate(best.family, val_loss, _finite(best.meta.get("metrics", {}).get("unigram_loss")),
-                               active.val_loss if active is not None else None)
+        if (active.id if active is not None else None) != scored_id:  # promoted meanwhile: score the new one
+            verdict = _judge(gate, best, active, storage, val_loss, unigram)
         promote = verdict.passed
         ckpt = session.scalars(select(Checkpoint).where(Checkpoint.run_id == run.id,
                                                         Checkpoint.name == "best")).first()
@@ -444,7 +482,7 @@ def finish(claimed: ClaimedRun, out_dir: Path, storage: Storage, result, progres
                                    val_loss=val_loss, metrics=best.meta.get("metrics", {}), activate=promote)
         elif promote:
             set_active_checkpoint(session, persona, ckpt)
-        metrics.update(checkpoint_id=ckpt.id, promoted=promote, gate=verdict.reason,
+        metrics.update(checkpoint_id=ckpt.id, promoted=promote, gate=verdict.reason, gate_losses=verdict.losses,
                        previous_checkpoint_id=active.id if active is not None else None)
         return summary(succeed_run(session, run, metrics=metrics))
 
