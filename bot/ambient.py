@@ -22,7 +22,7 @@ import service.privacy
 from bot import replies
 from bot.autocomplete import persona_autocomplete
 from bot.formatting import user_error
-from bot.limits import actor_of
+from bot.limits import Refusal, actor_of
 from bot.streaming import ReplyOutput, run_generation
 from bot.views import result_view
 
@@ -30,7 +30,6 @@ SETTING_TTL = 30.0  # seconds a channel's setting is trusted before it is read a
 MENTION = re.compile(r"<(@[!&]?|#)\d+>|@(everyone|here)")
 
 _settings: dict[int, tuple[service.ambient.Ambient | None, float]] = {}  # channel -> (setting, read at)
-_last_reply: dict[int, float] = {}  # channel -> monotonic time of the last ambient reply
 _rng = random.Random()
 
 
@@ -48,25 +47,27 @@ async def maybe_reply(bot, message: discord.Message) -> None:
     if message.guild is None or message.author.bot or message.webhook_id is not None:
         return
     ambient = await _setting(message.channel.id)
-    if ambient is None:
-        return
-    now = time.monotonic()
-    last = _last_reply.get(message.channel.id)
-    if last is not None and now - last < ambient.cooldown_seconds:
-        return
-    if _rng.random() >= ambient.chance:
+    if ambient is None or _rng.random() >= ambient.chance:
         return
     prompt = re.sub(r"\s+", " ", MENTION.sub("", message.content)).strip()
     if not prompt:
         return
-    _last_reply[message.channel.id] = now  # claimed before the await: two messages never both answer
+    # the channel's cooldown and the server's replies per hour, shared by every bot process (bot.limits)
+    if not await bot.limits.ambient_turn(message.guild.id, message.channel.id, ambient.cooldown_seconds):
+        return
     actor = service.policy.Actor(None, message.guild.id, message.channel.id)
     try:
         request = await asyncio.to_thread(service.generation.prepare_generation, ambient.persona, prompt, actor)
     except service.policy.UserError:
         return  # the persona lost its model: stay quiet rather than answer a chat with an error
+    # counted against the server and the member whose message it answers; a refusal stays quiet
+    try:
+        claim = await bot.limits.admit(request, member_id=message.author.id, guild_id=message.guild.id,
+                                       cooldown=False)
+    except Refusal:
+        return
     gid = await run_generation(bot, ReplyOutput(message), request, result_view, user_id=None,
-                               guild_id=message.guild.id, source="ambient")
+                               guild_id=message.guild.id, source="ambient", member_id=message.author.id, claim=claim)
     if gid is not None:  # the prompt is the author's message: keep whose, for /privacy
         await asyncio.to_thread(service.privacy.note_quote, gid, message.author.id)
 
@@ -89,10 +90,10 @@ async def ambient_on(interaction: discord.Interaction, persona: str,
         await replies.fail(interaction, user_error(e))
         return
     _settings[found.channel_id] = (found, time.monotonic())
-    _last_reply.pop(found.channel_id, None)
+    notes = "".join(f"\n{note}" for note in found.notes)
     await replies.send(interaction, f"Ambient replies on in this channel: `{found.persona}` answers about "
                                     f"{found.chance:.0%} of messages, at most once every {found.cooldown_seconds} s. "
-                                    "`/ambient off` to stop.")
+                                    f"`/ambient off` to stop.{notes}")
 
 
 @ambient_group.command(name="off", description="Stop ambient replies in this channel.")

@@ -13,11 +13,24 @@ from bot.limits import actor_of
 
 
 def describe_policy(pol: service.policy.Policy) -> str:
+    """The server's effective limits, each with the deployment's ceiling it cannot pass."""
+    top = pol.limits
     role = f"<@&{pol.trainer_role_id}>" if pol.trainer_role_id else "none (Manage Server only)"
-    return (f"Trainer role: {role}\nCooldown between generations: {pol.cooldown_seconds} s per member\n"
-            f"Cooldown between training runs: {pol.train_cooldown_seconds} s per member\n"
-            f"Jobs a member may have waiting: {pol.max_queued_jobs}\n"
-            f"Largest upload: {pol.max_upload_bytes / 1e6:g} MB")
+    lines = [f"Trainer role: {role}",
+             f"Cooldown between generations: {pol.cooldown_seconds} s per member, times the job's cost in units "
+             f"(at least {top.min_cooldown_seconds} s)",
+             f"Cooldown between training runs: {pol.train_cooldown_seconds} s per member "
+             f"(at least {top.min_train_cooldown_seconds} s)",
+             f"Job units a member may have waiting: {pol.max_queued_jobs} (at most {top.jobs_per_member}; a "
+             "default request is 1 unit, a long, blended or improbable one more)",
+             f"Job units running for the whole server: at most {top.jobs_per_server}",
+             f"Largest upload: {pol.max_upload_bytes / 1e6:g} MB (at most {top.upload_bytes / 1e6:g} MB)",
+             f"Texts and models kept: at most {top.stored_bytes / 1e6:g} MB · training: at most "
+             f"{top.train_minutes_per_day:g} minutes a day",
+             f"Schedules: at most {top.schedules}, each at most once every {top.min_schedule_interval_seconds} s",
+             f"Ambient replies: chance at most {top.ambient_chance:g}, at least {top.ambient_cooldown_seconds} s "
+             f"apart in a channel, at most {top.ambient_replies_per_hour} an hour"]
+    return "\n".join([*(f"⚠️ {note}" for note in pol.notes), *lines])
 
 
 settings_group = app_commands.Group(name="settings", description="This server's Improbable limits.",

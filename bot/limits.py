@@ -1,5 +1,6 @@
-"""Permission and rate checks: Manage Server or the trainer role, per-user cooldowns and queued-job caps
-with each guild's own settings (db guild_settings, cached for a few seconds).
+"""Permission and rate checks: Manage Server or the trainer role, per-user cooldowns and caps on jobs in
+flight, with each guild's own settings within the deployment's ceilings (service.policy, cached for a few
+seconds), counted in SQL counters every bot process shares (service.quotas), jobs by their cost (core.cost).
 
 The checks are discord.py app-command checks, so a refusal is raised before the command runs and becomes
 an ephemeral reply (the interaction's only acknowledgement) in the tree's error handler. Buttons and
@@ -9,16 +10,24 @@ mentions call the same `Limits` methods directly.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Hashable
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import discord
 from discord import app_commands
 
 import service.policy
+import service.quotas
+from bot.formatting import user_error
 from service.policy import Actor, Policy
+from service.quotas import Quotas
 
+log = logging.getLogger(__name__)
 POLICY_TTL = 10.0
+JOB_TTL = 900.0  # seconds a job's claim counts at most (longer than any job: bot_job_timeout is 300 s)
 
 
 class Refusal(app_commands.CheckFailure):
@@ -29,48 +38,26 @@ class Refusal(app_commands.CheckFailure):
         self.message = message
 
 
-class Cooldowns:
-    """One `app_commands.Cooldown(1, per)` bucket per key; `per` comes from the guild's settings at the
-    time of the request, so a changed setting applies to the next request."""
+@dataclass(frozen=True)
+class Claim:
+    """A generate job counted against a member and a server by its cost until released."""
 
-    def __init__(self, clock: Callable[[], float] = time.time):
-        self._buckets: dict[Hashable, app_commands.Cooldown] = {}
-        self._clock = clock
-
-    def hit(self, key: Hashable, per: float) -> app_commands.Cooldown | None:
-        """Consume the key's token. Returns the exhausted bucket when the key is cooling down, else None."""
-        if per <= 0:
-            self._buckets.pop(key, None)
-            return None
-        now = self._clock()
-        self._prune(now)
-        bucket = self._buckets.get(key)
-        if bucket is None or bucket.per != per:
-            bucket = self._buckets[key] = app_commands.Cooldown(1, per)
-        return bucket if bucket.update_rate_limit(now) is not None else None
-
-    def retry_after(self, key: Hashable) -> float:
-        bucket = self._buckets.get(key)
-        return 0.0 if bucket is None else bucket.get_retry_after(self._clock())
-
-    def reset(self, key: Hashable) -> None:
-        """Give the token back (the request failed before it cost anything)."""
-        bucket = self._buckets.get(key)
-        if bucket is not None:
-            bucket.reset()
-
-    def _prune(self, now: float) -> None:
-        if len(self._buckets) > 1000:
-            for key in [k for k, b in self._buckets.items() if now > b._last + b.per]:
-                del self._buckets[key]
+    id: str
+    cost: float
 
 
 class Limits:
-    def __init__(self, load: Callable[[int | None], Policy] = service.policy.policy, ttl: float = POLICY_TTL):
+    """The guild's policy (cached for a few seconds) and the counters every bot process shares
+    (service.quotas: cooldowns, jobs in flight by cost, usage windows)."""
+
+    def __init__(self, load: Callable[[int | None], Policy] = service.policy.policy, ttl: float = POLICY_TTL,
+                 quotas: Quotas | None = None, job_ttl: float = JOB_TTL):
         self._load = load
         self._ttl = ttl
         self._cache: dict[int | None, tuple[float, Policy]] = {}
-        self.cooldowns = Cooldowns()
+        self.quotas = quotas or Quotas()
+        self.job_ttl = job_ttl  # a claim left by a bot that died expires after this
+        self._background: set[asyncio.Task] = set()
 
     async def policy(self, guild_id: int | None) -> Policy:
         hit = self._cache.get(guild_id)
@@ -83,22 +70,73 @@ class Limits:
     def forget(self, guild_id: int | None) -> None:
         self._cache.pop(guild_id, None)
 
-    async def check_generate(self, user_id: int, guild_id: int | None, in_flight: int) -> None:
-        """Refuse a generate request over the user's queued-job cap or within their cooldown."""
+    async def check_generate(self, user_id: int, guild_id: int | None, in_flight: int = 0) -> None:
+        """Refuse a generate request over the member's jobs in flight (units, every bot process together) or
+        within their cooldown. `in_flight`: this process's own count (kept for callers; the shared one rules)."""
         pol = await self.policy(guild_id)
-        if in_flight >= max(pol.max_queued_jobs, 1):
-            raise Refusal(f"You already have {in_flight} job(s) waiting (the limit here is {pol.max_queued_jobs}). "
-                          "Wait for it to finish, or cancel it with `/queue`.")
-        bucket = self.cooldowns.hit(("generate", guild_id, user_id), pol.cooldown_seconds)
-        if bucket is not None:
-            retry = bucket.get_retry_after()
-            raise app_commands.CommandOnCooldown(bucket, retry)
+        seen = await asyncio.to_thread(self.quotas.in_flight, guild_id, user_id)
+        if seen.member_jobs and seen.member_units >= pol.max_queued_jobs:
+            raise Refusal(f"You already have {seen.member_units:g} job unit(s) waiting (the limit here is "
+                          f"{pol.max_queued_jobs}). Wait for them to finish, or cancel one with `/queue`.")
+        retry = await asyncio.to_thread(self.quotas.hit, _generate_key(guild_id, user_id), pol.cooldown_seconds)
+        if retry > 0:
+            raise app_commands.CommandOnCooldown(app_commands.Cooldown(1, pol.cooldown_seconds), retry)
 
     def refund(self, user_id: int, guild_id: int | None) -> None:
-        self.cooldowns.reset(("generate", guild_id, user_id))
+        """Give the cooldown back (the request failed before it cost anything); done in the background."""
+        self._spawn(asyncio.to_thread(self.quotas.reset, _generate_key(guild_id, user_id)))
+
+    async def admit(self, request, *, member_id: int | None, guild_id: int | None, cooldown: bool = True) -> Claim:
+        """Count a prepared generate job (service.generation.PreparedGeneration) against the member and the
+        server by its cost, or raise Refusal. `cooldown`: a job of n units makes the member's cooldown n
+        times as long (not for ambient replies, which the member did not ask for)."""
+        pol = await self.policy(guild_id)
+        cost = await asyncio.to_thread(service.quotas.request_cost, request.payload, request.family)
+        claim = Claim(uuid.uuid4().hex, cost)
+        try:
+            await asyncio.to_thread(self.quotas.claim, claim.id, guild_id, member_id, cost,
+                                    member_cap=pol.max_queued_jobs, server_cap=pol.limits.jobs_per_server,
+                                    ttl=self.job_ttl)
+        except service.policy.UserError as e:
+            raise Refusal(user_error(e)) from None
+        if cooldown and member_id is not None and cost > 1 and pol.cooldown_seconds > 0:
+            await asyncio.to_thread(self.quotas.extend, _generate_key(guild_id, member_id),
+                                    pol.cooldown_seconds * cost)
+        return claim
+
+    async def release(self, claim: Claim | None) -> None:
+        if claim is not None:
+            try:
+                await asyncio.to_thread(self.quotas.release, claim.id)
+            except Exception:  # noqa: BLE001 - the claim expires by itself
+                log.warning("could not release job claim %s", claim.id, exc_info=True)
+
+    async def ambient_turn(self, guild_id: int, channel_id: int, cooldown_seconds: float) -> bool:
+        """Whether an ambient reply may go out now: the channel's cooldown (at least the ceiling's) is free,
+        and the server is under its replies per hour (the ceiling). Claims both when it may."""
+        top = (await self.policy(guild_id)).limits
+        per = max(cooldown_seconds, top.ambient_cooldown_seconds)
+        if await asyncio.to_thread(self.quotas.hit, f"ambient:{channel_id}", per) > 0:
+            return False
+        taken = await asyncio.to_thread(self.quotas.take, f"ambient:guild:{guild_id}", 1,
+                                        top.ambient_replies_per_hour, 3600)
+        return taken is not None
+
+    async def cooldown(self, key: str, per: float) -> float:
+        """Claim a plain cooldown `key` for `per` seconds: 0 when free, else the seconds left."""
+        return await asyncio.to_thread(self.quotas.hit, key, per)
 
     async def may_train(self, actor: Actor) -> bool:
         return service.policy.may_train(actor, await self.policy(actor.guild_id))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _generate_key(guild_id: int | None, user_id: int | None) -> str:
+    return f"generate:{guild_id}:{user_id}"
 
 
 def actor_of(interaction: discord.Interaction) -> Actor:

@@ -12,11 +12,12 @@ from discord import app_commands
 import service.generation
 import service.personas
 import service.policy
+import service.quotas
 from bot import replies
 from bot.autocomplete import forget_names, persona_autocomplete
-from bot.formatting import escape, fit, split_message, truncate
+from bot.formatting import escape, fit, split_message, truncate, user_error
 from bot.jobs import GENERATE, JobError
-from bot.limits import actor_of, trainer_only, upload_limit
+from bot.limits import Refusal, actor_of, cooldown_message, trainer_only, upload_limit
 from bot.training import start_run
 from core.settings import Settings
 
@@ -87,11 +88,19 @@ async def _fresh_sample(interaction: discord.Interaction, slug: str) -> str | No
     try:
         request = await asyncio.to_thread(service.generation.prepare_generation, slug, "", actor_of(interaction),
                                           {"max_tokens": SAMPLE_TOKENS})
+        # counted against the member who asked and the server, like any job (no cooldown: they asked for info)
+        claim = await bot.limits.admit(request, member_id=interaction.user.id, guild_id=interaction.guild_id,
+                                       cooldown=False)
+    except (service.policy.UserError, Refusal):
+        return None
+    try:
         job = await bot.jobs.submit(GENERATE, request.payload, user_id=None, guild_id=interaction.guild_id,
                                     label=f"sample of {slug}")
         result = await bot.jobs.wait(job, timeout=SAMPLE_TIMEOUT)
-    except (service.policy.UserError, JobError):
+    except JobError:
         return None
+    finally:
+        await bot.limits.release(claim)
     return result.get("text") or None
 
 
@@ -124,6 +133,39 @@ async def _download(interaction: discord.Interaction, files: list[discord.Attach
         return None
 
 
+async def _checked_before_download(interaction: discord.Interaction, files: list[discord.Attachment | None], *,
+                                   minutes: float | None, name: str | None = None,
+                                   persona: str | None = None) -> bool:
+    """Everything known before a byte is read (service.quotas.check_upload: name, permission, cap from
+    Discord's sizes, stored bytes, training minutes a day), then the train cooldown, shared by every bot
+    process and managers included. False (the user told) when refused."""
+    actor = actor_of(interaction)
+    sizes = [f.size for f in files if f is not None]
+    try:
+        await asyncio.to_thread(service.quotas.check_upload, actor, sizes=sizes, name=name, persona=persona,
+                                minutes=minutes)
+    except service.policy.UserError as e:
+        await replies.fail(interaction, user_error(e))
+        return False
+    if actor.operator:
+        return True
+    pol = await interaction.client.limits.policy(interaction.guild_id)
+    retry = await interaction.client.limits.cooldown(f"train:{interaction.guild_id}:{actor.user_id}",
+                                                     pol.train_cooldown_seconds)
+    if retry > 0:
+        await replies.fail(interaction, cooldown_message(app_commands.CommandOnCooldown(
+            app_commands.Cooldown(1, pol.train_cooldown_seconds), retry)))
+        return False
+    return True
+
+
+def _ingests(bot) -> asyncio.Semaphore:
+    """At most IMPROBABLE_INGEST_CONCURRENCY uploads downloaded and read at once in this process."""
+    if getattr(bot, "ingest_slots", None) is None:
+        bot.ingest_slots = asyncio.Semaphore(bot.settings.ingest_concurrency)
+    return bot.ingest_slots
+
+
 # Discord has no "several files" option, so a command takes file, file2 … file5: an upload of several texts
 # (e.g. one book per file) becomes one corpus whose documents training keeps apart.
 @persona_group.command(name="create", description="Create a persona from text files and train it.")
@@ -139,12 +181,17 @@ async def create(interaction: discord.Interaction, name: str, file: discord.Atta
                  file2: discord.Attachment | None = None, file3: discord.Attachment | None = None,
                  file4: discord.Attachment | None = None, file5: discord.Attachment | None = None) -> None:
     await replies.defer(interaction)
-    files = await _download(interaction, [file, file2, file3, file4, file5])
-    if files is None:
+    attachments = [file, file2, file3, file4, file5]
+    if not await _checked_before_download(interaction, attachments, minutes=minutes, name=name):
         return
-    (data, filename), *more = files
-    new = await asyncio.to_thread(service.personas.create_persona, actor_of(interaction), name, data, filename,
-                                  family, description, minutes, more)
+    async with _ingests(interaction.client):
+        files = await _download(interaction, attachments)
+        if files is None:
+            return
+        (data, filename), *more = files
+        new = await asyncio.to_thread(service.personas.create_persona, actor_of(interaction), name, data, filename,
+                                      family, description, minutes, more)
+    await asyncio.to_thread(service.quotas.record_training, interaction.guild_id, minutes)
     forget_names(interaction.guild_id)
     await start_run(interaction, new)
 
@@ -161,12 +208,17 @@ async def retrain(interaction: discord.Interaction, persona: str, file: discord.
                   file3: discord.Attachment | None = None, file4: discord.Attachment | None = None,
                   file5: discord.Attachment | None = None) -> None:
     await replies.defer(interaction)
-    files = await _download(interaction, [file, file2, file3, file4, file5])
-    if files is None:
+    attachments = [file, file2, file3, file4, file5]
+    if not await _checked_before_download(interaction, attachments, minutes=minutes, persona=persona):
         return
-    (data, filename), *more = files or [(None, None)]
-    new = await asyncio.to_thread(service.personas.retrain, actor_of(interaction), persona, data, filename, minutes,
-                                  more)
+    async with _ingests(interaction.client):
+        files = await _download(interaction, attachments)
+        if files is None:
+            return
+        (data, filename), *more = files or [(None, None)]
+        new = await asyncio.to_thread(service.personas.retrain, actor_of(interaction), persona, data, filename,
+                                      minutes, more)
+    await asyncio.to_thread(service.quotas.record_training, interaction.guild_id, minutes)
     await start_run(interaction, new)
 
 

@@ -23,6 +23,7 @@ import io
 import math
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.util import find_spec
@@ -33,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import service.controls
 from core.contracts import Piece, pieces_from_json
+from core.settings import get_settings
 from service.policy import Actor
 
 MAX_PICTURE_CHARS = 4000  # twice Discord's message limit; longer texts are cut
@@ -303,10 +305,44 @@ def _draw(generation_id: int, actor: Actor) -> bytes | None:
     return render_picture(pieces_from_json(source["pieces"]), title, subtitle).png
 
 
+class Drawing:
+    """Where pictures are drawn: a thread pool of their own with IMPROBABLE_PICTURE_CONCURRENCY threads (so
+    drawings never take the default executor's threads from database calls), and each member's cooldown
+    (IMPROBABLE_PICTURE_COOLDOWN_SECONDS) between two pictures in this process."""
+
+    def __init__(self, threads: int, cooldown: float, clock=time.monotonic):
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="picture")
+        self.cooldown, self.clock = cooldown, clock
+        self._last: dict[int | None, float] = {}
+
+    def may_draw(self, user_id: int | None) -> bool:
+        """Claim the member's turn: False within their cooldown."""
+        now = self.clock()
+        last = self._last.get(user_id)
+        if last is not None and now - last < self.cooldown:
+            return False
+        if len(self._last) > 10_000:
+            self._last = {k: t for k, t in self._last.items() if now - t < self.cooldown}
+        self._last[user_id] = now
+        return True
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+
+@lru_cache(maxsize=1)
+def drawing() -> Drawing:
+    settings = get_settings()
+    return Drawing(settings.picture_concurrency, settings.picture_cooldown_seconds)
+
+
 async def picture_file(generation_id: int, actor: Actor) -> discord.File | None:
-    """The picture as an attachment, or None when the generation has none (service.errors.TextGone when the
-    generation is gone, or another server's)."""
-    png = await asyncio.to_thread(_draw, generation_id, actor)
+    """The picture as an attachment, or None when the generation has none or the member asked for another
+    picture within their cooldown (service.errors.TextGone when the generation is gone, or another server's)."""
+    pool = drawing()
+    if not pool.may_draw(actor.user_id):
+        return None
+    png = await pool.run(_draw, generation_id, actor)
     if png is None:
         return None
     return discord.File(io.BytesIO(png), filename=f"probabilities-{generation_id}.png",

@@ -20,6 +20,7 @@ import service.generation
 from bot import replies
 from bot.formatting import MESSAGE_LIMIT, Rendered, render_generation, truncate
 from bot.jobs import GENERATE, JobError, JobTimeout, Unavailable
+from bot.limits import Refusal
 from core import metrics
 
 log = logging.getLogger(__name__)
@@ -198,11 +199,35 @@ def _joined(request: service.generation.PreparedGeneration, completion: str) -> 
 
 
 async def run_generation(bot, output: Output, request: service.generation.PreparedGeneration, buttons: Buttons, *,
-                         user_id: int | None, guild_id: int | None, source: str = "generate") -> int | None:
+                         user_id: int | None, guild_id: int | None, source: str = "generate",
+                         member_id: int | None = None, claim=None) -> int | None:
     """Enqueue, stream, show the result with `buttons(generation_id, user_id)` under it (bot.views); returns
     the generation id (None on failure). Every failure ends in a message: nothing is left 'thinking…'.
-    `source` (generate, button:…, mention, reply) labels the metrics."""
+    `source` (generate, button:…, mention, reply) labels the metrics. The job counts by its cost against
+    `member_id` (default: the requester; an ambient reply: the member who triggered it) and the server while
+    it runs (bot.limits.Limits.admit; `claim`: admitted already by the caller)."""
     started = time.monotonic()
+    gid = None
+    try:
+        claim = claim or await bot.limits.admit(request, member_id=user_id if member_id is None else member_id,
+                                       guild_id=guild_id, cooldown=user_id is not None)
+    except Refusal as e:
+        if user_id is not None:
+            bot.limits.refund(user_id, guild_id)
+        await output.error(e.message)
+        metrics.record_interaction(source, "refused", time.monotonic() - started, kind="generate")
+        return None
+    try:
+        gid = await _run(bot, output, request, buttons, user_id=user_id, guild_id=guild_id)
+    finally:
+        await bot.limits.release(claim)
+    metrics.record_interaction(source, "ok" if gid is not None else "failed", time.monotonic() - started,
+                               kind="generate")
+    return gid
+
+
+async def _run(bot, output: Output, request: service.generation.PreparedGeneration, buttons: Buttons, *,
+               user_id: int | None, guild_id: int | None) -> int | None:
     gid = None
     try:
         job = await bot.jobs.submit(GENERATE, request.payload, user_id=user_id, guild_id=guild_id,
@@ -215,8 +240,6 @@ async def run_generation(bot, output: Output, request: service.generation.Prepar
         await _remember(output, job.id, request, user_id=user_id, guild_id=guild_id)
         gid = await follow_generation(bot, output, request, job, buttons, user_id=user_id, guild_id=guild_id,
                                       refund=user_id is not None)
-    metrics.record_interaction(source, "ok" if gid is not None else "failed", time.monotonic() - started,
-                               kind="generate")
     return gid
 
 

@@ -21,7 +21,18 @@ from sqlalchemy.exc import IntegrityError
 from core.cost import job_cost
 from db import session_scope
 from db.models import Checkpoint, Corpus, Persona, QuotaClaim, QuotaMark, QuotaUsage
-from service.errors import TooManyJobs
+from db.personas import InvalidSlug, get_persona, validate_slug
+from service.errors import (
+    Code,
+    NotAValue,
+    StorageFull,
+    TooManyJobs,
+    TrainingBudget,
+    UploadTooLarge,
+    UserError,
+)
+from service.lookup import find_persona
+from service.policy import Actor, policy, require_trainer
 
 PRUNE_AFTER = 2 * 86400  # usage older than the longest window (a day) is deleted now and then
 
@@ -190,3 +201,51 @@ def stored_bytes(guild_id: int, engine=None) -> int:
         models = session.scalar(select(func.coalesce(func.sum(Checkpoint.size_bytes), 0))
                                 .join(Persona, Persona.id == Checkpoint.persona_id).where(Persona.guild_id == guild_id))
     return int(texts or 0) + int(models or 0)
+
+
+# -- before an upload is downloaded ---------------------------------------------------------------------------
+
+UNSPECIFIED_RUN_MINUTES = 15.0  # a run without `minutes` counts this much (the recipes' fine-tunes take 3-12)
+DAY = 86400.0
+
+
+def check_upload(actor: Actor, *, sizes: list[int], name: str | None = None, persona: str | None = None,
+                 minutes: float | None = None, quotas: Quotas | None = None) -> None:
+    """Everything about a `/persona create` (`name`) or `/persona retrain` (`persona`) that is known before a
+    byte of its files is read: the name is valid and free (or the persona exists), the files fit the upload
+    cap (Discord's announced sizes), the server's stored bytes stay under the ceiling, and its training
+    minutes of the last 24 hours too. The caller has checked the permission and claims the train cooldown."""
+    pol = policy(actor.guild_id)
+    require_trainer(actor, pol)
+    top = pol.limits
+    if name is not None:
+        try:
+            slug = validate_slug(name)
+        except InvalidSlug:
+            raise NotAValue(name, "a valid persona name", ("my-persona",), "use 1-32 lower-case letters, digits "
+                            "and hyphens, starting and ending with a letter or digit") from None
+        with session_scope() as session:
+            if get_persona(session, slug, actor.guild_id) is not None:
+                raise UserError("The name {name} is already taken here; choose another, or use {retrain} to train "
+                                "it again.", name=Code(slug), retrain=Code(f"/persona retrain {slug}"))
+    if persona is not None:
+        with session_scope() as session:
+            find_persona(session, persona, actor.guild_id)
+    total = sum(sizes)
+    if total > pol.max_upload_bytes:
+        raise UploadTooLarge(total, pol.max_upload_bytes, len(sizes))
+    if total and actor.guild_id is not None:
+        kept = stored_bytes(actor.guild_id)
+        if kept + total > top.stored_bytes:
+            raise StorageFull(kept, total, top.stored_bytes)
+    asked = minutes or UNSPECIFIED_RUN_MINUTES
+    if actor.guild_id is not None and not actor.operator:
+        used = (quotas or Quotas()).used(f"train:guild:{actor.guild_id}", DAY)
+        if used + asked > top.train_minutes_per_day:
+            raise TrainingBudget(used, asked, top.train_minutes_per_day)
+
+
+def record_training(guild_id: int | None, minutes: float | None, quotas: Quotas | None = None) -> None:
+    """Count a started run's minutes against the server's day (check_upload reads them)."""
+    if guild_id is not None:
+        (quotas or Quotas()).record(f"train:guild:{guild_id}", minutes or UNSPECIFIED_RUN_MINUTES)

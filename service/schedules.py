@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from core.cron import parse_cron
 from db import Schedule, SchedulePost, session_scope
 from db.schedules import create_schedule
-from service.errors import CannotPost, Code, NotAValue, UserError
+from service.errors import CannotPost, Code, NotAValue, TooManySchedules, TooOften, UserError
 from service.generation import MAX_PROMPT_CHARS
-from service.lookup import find_persona
-from service.policy import Actor, require_trainer
+from service.lookup import find_persona, find_schedule
+from service.policy import Actor, ceilings, require_trainer
 
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, "w": 604800}
 MIN_INTERVAL_SECONDS = 60
@@ -39,6 +40,35 @@ def check_cron(expr: str) -> str:
     except ValueError as e:
         raise NotAValue(expr, "a valid cron expression", reason=str(e)) from None
     return " ".join(expr.split())
+
+
+def check_frequency(interval: int | None, cron: str | None, least: int) -> None:
+    """Refuse a schedule that would post more often than every `least` seconds (the deployment's ceiling);
+    a cron expression by the shortest gap between its next fire times over a week."""
+    if interval is not None and interval < least:
+        raise TooOften(interval, least)
+    if cron is not None:
+        gap = shortest_cron_gap(cron)
+        if gap < least:
+            raise TooOften(gap, least)
+
+
+def shortest_cron_gap(expr: str, days: int = 35) -> float:
+    """The shortest time in seconds between two consecutive fire times of a cron expression (UTC), minute by
+    minute over `days` from a fixed Monday (a month's days and a week's days both come round)."""
+    cron = parse_cron(expr)
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    last, shortest = None, float("inf")
+    for minute in range(days * 1440):
+        t = start + timedelta(minutes=minute)
+        if t.minute in cron.minute and t.hour in cron.hour and t.month in cron.month_of_year \
+                and t.day in cron.day_of_month and (t.isoweekday() % 7) in cron.day_of_week:
+            if last is not None:
+                shortest = min(shortest, (t - last).total_seconds())
+                if shortest <= 60:
+                    break
+            last = t
+    return shortest
 
 
 @dataclass
@@ -68,8 +98,13 @@ def add_schedule(actor: Actor, slug: str, channel_id: int, *, every: str | None 
                         cron_example=Code("0 9 * * *"))
     interval = parse_interval(every) if every else None
     cron = check_cron(cron) if cron else None
+    top = ceilings()
+    check_frequency(interval, cron, top.min_schedule_interval_seconds)
     with session_scope() as session:
-        persona, _ = find_persona(session, slug, actor.guild_id)
+        held = session.scalar(select(func.count()).select_from(Schedule).where(Schedule.guild_id == actor.guild_id))
+        if held >= top.schedules:
+            raise TooManySchedules(held, top.schedules)
+        persona, _ = find_persona(session, slug, actor)
         sched = create_schedule(session, persona, guild_id=actor.guild_id, channel_id=channel_id,
                                 prompt=(prompt or "")[:MAX_PROMPT_CHARS], interval_seconds=interval, cron=cron,
                                 created_by=actor.user_id)
@@ -96,10 +131,7 @@ def remove_schedule(actor: Actor, schedule_id: int) -> ScheduleView:
     """Delete one of the guild's schedules; returns what it was."""
     require_trainer(actor)
     with session_scope() as session:
-        sched = session.get(Schedule, schedule_id)
-        if sched is None or sched.guild_id != actor.guild_id:
-            raise UserError("There is no schedule {id} in this server (see {list}).", id=schedule_id,
-                            list=Code("/schedule list"))
+        sched = find_schedule(session, schedule_id, actor)
         removed = ScheduleView(sched.id, sched.persona.slug, sched.channel_id, sched.interval_seconds, sched.cron,
                                sched.prompt, False)
         session.delete(sched)

@@ -210,6 +210,12 @@ def stack(tmp_path_factory, tiny_model):
             IMPROBABLE_PARTIAL_INTERVAL="0.2", IMPROBABLE_TRAIN_REPORT_SECONDS="0.5",
             IMPROBABLE_BOT_PROGRESS_INTERVAL="1", IMPROBABLE_BOT_STREAM_INTERVAL="1",
             IMPROBABLE_BOT_JOB_TIMEOUT="60", IMPROBABLE_GENERATE_TIMEOUT="30",
+            # the tests' server has no cooldowns, answers every ambient chance and schedules every minute: the
+            # deployment's ceilings allow it here (tests/service/test_quotas.py checks the defaults)
+            IMPROBABLE_CEILING_MIN_COOLDOWN_SECONDS="0", IMPROBABLE_CEILING_MIN_TRAIN_COOLDOWN_SECONDS="0",
+            IMPROBABLE_CEILING_AMBIENT_CHANCE="1", IMPROBABLE_CEILING_MIN_SCHEDULE_INTERVAL_SECONDS="60",
+            IMPROBABLE_CEILING_JOBS_PER_SERVER="1000", IMPROBABLE_CEILING_TRAIN_MINUTES_PER_DAY="100000",
+            IMPROBABLE_PICTURE_COOLDOWN_SECONDS="0",
             DISCORD_TOKEN="fake-token", DISCORD_API_BASE=fake.api_base)
         worker = Proc("worker", [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "generate,train",
                                  "--pool", "threads", "-c", "4", "-n", "e2e@%h", "--without-gossip",
