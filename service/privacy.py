@@ -39,6 +39,9 @@ from db.storage import run_prefixes
 from db.types import as_utc, utcnow
 
 EXPORT_VERSION = 1
+# The uploads' text in an export, all uploads together: the file stays well under Discord's smallest
+# attachment limit (10 MiB; up to 4 bytes a character in UTF-8). Beyond it each upload says what was left out.
+EXPORT_TEXT_CHARS = 2_000_000
 
 
 @dataclass
@@ -110,17 +113,40 @@ def _generation_json(g: Generation) -> dict:
             "created_at": _when(g.created_at), "deleted": g.deleted_at is not None}
 
 
-def _upload_json(session, c: Corpus) -> dict:
+def _upload_text(storage, c: Corpus, budget: int) -> dict:
+    """The upload's text as stored (UTF-8), at most `budget` characters, with a note when cut or missing."""
+    try:
+        with storage.open(c.storage_key) as f:
+            text = f.read(budget * 4).decode("utf-8", errors="ignore")[:budget]
+    except FileNotFoundError:
+        return {"text": None, "text_note": "The stored text of this upload is missing."}
+    if len(text) >= c.n_chars:
+        return {"text": text}
+    return {"text": text, "text_note": f"Only the first {len(text):,} of {c.n_chars:,} characters are included: "
+                                       f"an export holds at most {EXPORT_TEXT_CHARS:,} characters of uploaded text."}
+
+
+def _upload_json(session, c: Corpus, storage, budget: int) -> dict:
     personas = session.scalars(select(Persona.slug).join(PersonaCorpus, PersonaCorpus.persona_id == Persona.id)
                                .where(PersonaCorpus.corpus_id == c.id)).all()
     return {"id": c.id, "filename": c.filename, "sha256": c.sha256, "bytes": c.n_bytes, "characters": c.n_chars,
             "encoding": c.encoding, "guild_id": c.guild_id, "personas": list(personas),
-            "created_at": _when(c.created_at)}
+            "created_at": _when(c.created_at), **_upload_text(storage, c, budget)}
+
+
+def _uploads_json(session, user_id: int) -> list[dict]:
+    """The user's uploads with their text, sharing EXPORT_TEXT_CHARS in upload order."""
+    storage, budget, out = open_storage(), EXPORT_TEXT_CHARS, []
+    for corpus in session.scalars(select(Corpus).where(Corpus.uploaded_by == user_id).order_by(Corpus.id)):
+        out.append(_upload_json(session, corpus, storage, budget))
+        budget = max(0, budget - len(out[-1]["text"] or ""))
+    return out
 
 
 def export(user_id: int) -> dict:
-    """Everything stored about the user, as JSON (`/privacy export`). Uploads are listed with their
-    statistics and the personas trained on them, not their text (the user has the file)."""
+    """Everything stored about the user, as JSON (`/privacy export`). Uploads come with their statistics, the
+    personas trained on them and their text as stored (UTF-8; at most EXPORT_TEXT_CHARS in all, each cut
+    upload saying so in `text_note`)."""
     with session_scope() as session:
         gens = session.scalars(select(Generation).where(_own_generations(user_id)).order_by(Generation.id)).all()
 
@@ -133,7 +159,7 @@ def export(user_id: int) -> dict:
             "ambient_quotes": [_generation_json(g) for g in gens if g.quoted_user_id == user_id],
             "in_flight": [{"task_id": r.task_id, "request": r.request, "created_at": _when(r.created_at)}
                           for r in rows(InflightGeneration, InflightGeneration.user_id)],
-            "uploads": [_upload_json(session, c) for c in rows(Corpus, Corpus.uploaded_by)],
+            "uploads": _uploads_json(session, user_id),
             "training_runs": [{"id": r.id, "persona": r.persona.slug, "status": r.status.value,
                                "guild_id": r.guild_id, "created_at": _when(r.created_at)}
                               for r in rows(TrainingRun, TrainingRun.requested_by)],

@@ -60,3 +60,44 @@ def test_privacy_export_and_delete_then_report(e2e):
             assert session.query(db.Generation).filter_by(user_id=fake.carol.id).count() == 0
     finally:
         engine.dispose()
+
+
+def test_privacy_export_includes_the_text_of_own_uploads(e2e):
+    import db
+    from db.ingest import ingest
+
+    from .conftest import CORPORA
+
+    fake = e2e.fake
+    text = "Café naïve — “quoted”.\n" + (CORPORA / "alice" / "alice.txt").read_text(encoding="utf-8")[:4000]
+    engine = _db(e2e)
+    try:
+        with db.session_scope(engine) as session:
+            ingest(text.encode("utf-8"), "bob-own-words.txt", uploader=fake.bob.id, guild=fake.guild_id,
+                   session=session, storage=db.Storage(str(e2e.storage_dir)))
+    finally:
+        engine.dispose()
+    reply = ephemeral_reply(fake, fake.slash("privacy export", user=fake.bob))
+    files = fake.wait_for(lambda: fake.files.get(int(reply["id"])), TIMEOUT, "the export file")
+    data = json.loads(files[0][1])
+    [upload] = [u for u in data["uploads"] if u["filename"] == "bob-own-words.txt"]
+    assert upload["text"].startswith("Café naïve — “quoted”.") and len(upload["text"]) >= 4000
+    assert "text_note" not in upload and upload["guild_id"] == fake.guild_id
+
+
+def test_export_text_is_capped_with_a_note(tmp_path):
+    """Past the cap an upload's text is cut on a character (never inside a UTF-8 sequence) and says so."""
+    import db
+    from service.privacy import EXPORT_TEXT_CHARS, _upload_text
+
+    storage = db.Storage(str(tmp_path))
+    text = "é" * 50 + "z" * 50
+    storage.put("corpora/x.txt", text.encode("utf-8"))
+    corpus = db.Corpus(storage_key="corpora/x.txt", n_chars=len(text))
+    assert _upload_text(storage, corpus, 1000) == {"text": text}
+    cut = _upload_text(storage, corpus, 30)
+    assert cut["text"] == "é" * 30 and "first 30 of 100 characters" in cut["text_note"]
+    assert f"{EXPORT_TEXT_CHARS:,}" in cut["text_note"]
+    gone = _upload_text(storage, db.Corpus(storage_key="corpora/missing.txt", n_chars=5), 1000)
+    assert gone["text"] is None and "missing" in gone["text_note"]
+
