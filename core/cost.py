@@ -1,11 +1,11 @@
 """What a generate job costs, in units: the one measure every limit counts jobs by (a member's and a server's
 jobs in flight, a member's cooldown, the ambient budget).
 
-One unit is a default request of a default persona: 200 tokens (SamplingParams.max_tokens' default) from a
-bundled-size model (3.4 M parameters: 6.7 MB at fp16, 13.5 MB at fp32), without the improbability drive, one
-voice. A job costs
+One unit is a default request of a default persona: the family's default length (db/personas.py's sampling
+defaults: 500 characters for a character model, 80 or 60 words for the word models) from a bundled-size model
+(3.4 M parameters: 6.7 MB at fp16, 13.5 MB at fp32), without the improbability drive, one voice. A job costs
 
-    tokens / 200  ×  model size factor  ×  drive factor  ×  number of voices
+    tokens / the family's default length  ×  model size factor  ×  drive factor  ×  number of voices
 
 - model size: the checkpoint's bytes over REFERENCE_MODEL_BYTES, never below 1 (a smaller model is not
   cheaper to serve in practice: the step is dominated by fixed overheads);
@@ -15,14 +15,14 @@ voice. A job costs
   word model it only re-ranks the vocabulary: 1,912 → 1,568 tokens per second, about 1.25 times;
 - blend: every voice runs its own model at every step, so n voices cost n times one.
 
-A 2,000-character blend of two voices through the drive: 10 × 1 × 12 × 2 = 240 units.
+A 2,000-character blend of two voices through the drive: 4 × 1 × 12 × 2 = 96 units.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-DEFAULT_TOKENS = 200  # core.contracts.SamplingParams.max_tokens' default
+DEFAULT_TOKENS = {"char-rnn": 500, "word-gru": 80, "word-mlp": 60}  # db/personas.py's family defaults
 REFERENCE_MODEL_BYTES = 16_000_000  # a bundled-size model at fp32 (13.5 MB) and a little room: factor 1
 DRIVE_FACTOR = {"char-rnn": 12.0}  # measured (docs/benchmarks.md); word families below
 WORD_DRIVE_FACTOR = 1.25
@@ -42,6 +42,7 @@ def drive_factor(params: Mapping, family: str) -> float:
 def job_cost(params: Mapping, model_bytes: int | None = None, blend_voices: int = 1,
              family: str = "char-rnn") -> float:
     """The job's cost in units (1 = a default request of a default persona), rounded to 2 decimals."""
-    tokens = params.get("max_tokens") or DEFAULT_TOKENS
-    cost = tokens / DEFAULT_TOKENS * model_factor(model_bytes) * drive_factor(params, family) * max(1, blend_voices)
+    unit = DEFAULT_TOKENS.get(family, DEFAULT_TOKENS["char-rnn"])
+    tokens = params.get("max_tokens") or unit
+    cost = tokens / unit * model_factor(model_bytes) * drive_factor(params, family) * max(1, blend_voices)
     return round(max(cost, MIN_COST), 2)
