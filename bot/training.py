@@ -179,8 +179,6 @@ async def start_run(interaction: discord.Interaction, new: service.training.NewR
         return
     view = await asyncio.to_thread(service.training.run_status, new.run_id)
     notes = "".join(f"\n-# {escape(w)}" for w in new.warnings)
-    if new.deduplicated:
-        notes += "\n-# This text was uploaded before; the stored copy is used."
     content = training_progress(new.display_name, view.status if view else "queued", {}, now=time.time(),
                                 queue_position=view.position if view else None) + notes
     sent = await replies.send(interaction, content)

@@ -128,11 +128,11 @@ async def show_info(interaction: discord.Interaction, generation_id: int) -> Non
     """Info: an ephemeral summary of how the text was made (service.controls.generation_info), with the
     probability picture attached (bot/pictures.py)."""
     try:
-        info = await asyncio.to_thread(service.controls.generation_info, generation_id)
+        info = await asyncio.to_thread(service.controls.generation_info, generation_id, actor_of(interaction))
     except service.policy.UserError as e:
         await replies.fail(interaction, user_error(e))
         return
-    picture = await picture_file(generation_id)
+    picture = await picture_file(generation_id, actor_of(interaction))
     await interaction.response.send_message(generation_info(info), ephemeral=True, files=[picture] if picture else [],
                                             allowed_mentions=replies.NO_MENTIONS)
 

@@ -20,7 +20,7 @@ def delete_generation(generation_id: int, actor: Actor) -> None:
     """Mark the generation deleted and blank its prompt and output if `actor` asked for it or manages the
     server; NotOwner otherwise. The caller removes the message (Discord); Continue on it then says it is gone."""
     with session_scope() as session:
-        gen = find_generation(session, generation_id)
+        gen = find_generation(session, generation_id, actor)
         if not actor.can_manage and (gen.user_id is None or gen.user_id != actor.user_id):
             raise NotOwner(gen.user_id)
         if gen.deleted_at is None:
@@ -49,9 +49,10 @@ class GenerationInfo:
     deleted: bool = False
 
 
-def generation_info(generation_id: int) -> GenerationInfo:
+def generation_info(generation_id: int, actor: Actor) -> GenerationInfo:
+    """How a text of the actor's server was made; another server's text is TextGone, as a missing one."""
     with session_scope() as session:
-        gen = find_generation(session, generation_id)
+        gen = find_generation(session, generation_id, actor)
         params = dict(gen.params or {})
         summary = params.pop("probability", None) or {}
         info = GenerationInfo(gen.persona.display_name, gen.persona.slug, gen.checkpoint_id, seed=gen.seed,
@@ -66,12 +67,12 @@ def generation_info(generation_id: int) -> GenerationInfo:
     return info
 
 
-def picture_source(generation_id: int) -> dict | None:
+def picture_source(generation_id: int, actor: Actor) -> dict | None:
     """What the probability picture of a generation is drawn from: {"pieces": JSON from the worker
     (worker/probability.py), "persona", "params", "seed"}; None when the row has no pieces (generated before
-    they were kept, or they could not be made)."""
+    they were kept, or they could not be made). Another server's text is TextGone, as a missing one."""
     with session_scope() as session:
-        gen = find_generation(session, generation_id)
+        gen = find_generation(session, generation_id, actor)
         params = dict(gen.params or {})
         pieces = (params.pop("probability", None) or {}).get("pieces")
         if not pieces:

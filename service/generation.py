@@ -86,7 +86,7 @@ def _checkpoint_or_explain(persona: Persona, checkpoint: Checkpoint | None, sess
     running = active_runs(session, persona=persona)
     if running:
         raise StillTraining(persona.slug, running[0].id, running[0].status.value)
-    raise no_model(persona)
+    raise no_model(session, persona)
 
 
 def prepare_generation(slug: str, prompt: str, actor: Actor, overrides: dict | None = None) -> PreparedGeneration:
@@ -95,7 +95,7 @@ def prepare_generation(slug: str, prompt: str, actor: Actor, overrides: dict | N
     if is_blend_spec(slug):
         return prepare_blend(slug, prompt, actor, overrides)
     with session_scope() as session:
-        persona, checkpoint = find_persona(session, slug, actor.guild_id)
+        persona, checkpoint = find_persona(session, slug, actor)
         checkpoint = _checkpoint_or_explain(persona, checkpoint, session)
         return _request(persona, checkpoint.id, prompt, sampling(persona, overrides), actor, shown=prompt)
 
@@ -111,7 +111,7 @@ def prepare_blend(spec: str, prompt: str, actor: Actor, overrides: dict | None =
     with session_scope() as session:
         resolved = []
         for voice in voices:
-            persona, checkpoint = find_persona(session, voice.persona, actor.guild_id)
+            persona, checkpoint = find_persona(session, voice.persona, actor)
             if persona.family != Family.CHAR_RNN:
                 raise UserError("{persona} is a {family} persona: only character models (char-rnn) can be blended, "
                                 "because the blend mixes next-character probabilities.", persona=Code(persona.slug),
@@ -170,12 +170,16 @@ def _more_improbable(params: dict) -> str:
 def follow_up(generation_id: int, mode: str, actor: Actor, extra_prompt: str = "") -> PreparedGeneration:
     """A request derived from an earlier generation. mode: "regenerate" (same parameters, new seed),
     "continue" (its text as the prompt, new seed) or "improbable" (lower target probability and a new seed,
-    so pressing it twice never gives the same text)."""
+    so pressing it twice never gives the same text). Only a text of the actor's server may be followed up
+    (another server's is TextGone, as a missing one); a built-in's text continues in the server's own copy
+    when it has one."""
     with session_scope() as session:
-        gen = find_generation(session, generation_id)
+        gen = find_generation(session, generation_id, actor)
         if gen.deleted_at is not None:  # its text was blanked by Delete
             raise TextGone(gen.id)
         persona = gen.persona
+        if persona.guild_id is None and actor.guild_id is not None:
+            persona, _ = find_persona(session, persona.slug, actor)
         if persona.disabled:
             raise PersonaDisabled(persona.slug)
         checkpoint = _checkpoint_or_explain(persona, persona.active_checkpoint, session)

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
-from core.contracts import checkpoint_metadata
+from core.checkpoints import meta_from_bytes
 from core.settings import get_settings
 from core.text import originality
 from db import Family, Persona, TrainingRun, open_storage, session_scope
@@ -20,6 +21,8 @@ from db.personas import (
     DEFAULT_PERSONAS,
     InvalidSlug,
     PersonaError,
+    builtin_of,
+    create_guild_copy,
     get_persona,
     link_corpus,
     validate_slug,
@@ -28,7 +31,7 @@ from db.personas import (
 from db.personas import create_persona as db_create_persona
 from db.personas import delete_persona as db_delete_persona
 from db.runs import ACTIVE_STATUSES, InvalidTransition, active_runs, create_run, request_cancel, start_run, succeed_run
-from service.errors import Code, NeedsOwnCopy, NotAValue, StillTraining, UploadTooLarge, UserError
+from service.errors import Code, NeedsOwnCopy, NotAllowed, NotAValue, StillTraining, UploadTooLarge, UserError
 from service.lookup import find_persona
 from service.policy import Actor, Policy, policy, require_trainer
 from service.training import NewRun, check_training_limits, train_overrides
@@ -37,10 +40,13 @@ FAMILY_LABELS = {Family.CHAR_RNN.value: "characters (LSTM)", Family.WORD_GRU.val
                  Family.WORD_MLP.value: "words (Bengio MLP)"}  # by family name, as the views carry it
 
 
+BUILTIN_SLUGS = frozenset(spec.slug for spec in DEFAULT_PERSONAS)
+
+
 def _scope(persona: Persona) -> str:
     if persona.guild_id is not None:
-        return "this server"
-    return "built-in" if persona.slug in {spec.slug for spec in DEFAULT_PERSONAS} else "global"
+        return "this server's copy" if persona.slug in BUILTIN_SLUGS else "this server"
+    return "built-in" if persona.slug in BUILTIN_SLUGS else "global"
 
 
 
@@ -49,7 +55,7 @@ class PersonaSummary:
     slug: str
     display_name: str
     family: str
-    scope: str  # "built-in" | "this server"
+    scope: str  # "built-in" | "global" | "this server" | "this server's copy" (of a built-in)
     ready: bool
     training: bool
     description: str
@@ -87,13 +93,17 @@ class PersonaInfo:
     active_run: int | None = None
 
 
-def persona_info(slug: str, guild_id: int | None) -> PersonaInfo:
+def persona_info(slug: str, actor: Actor | int | None) -> PersonaInfo:
+    """What `/persona info` shows, as `slug` names it where the actor is (a server's own copy first). Only the
+    uploads recorded for the persona's own server (or the deployment's, for a built-in) are listed."""
     storage = open_storage()
     with session_scope() as session:
-        persona, checkpoint = find_persona(session, slug, guild_id)
+        persona, checkpoint = find_persona(session, slug, actor)
         info = PersonaInfo(persona.slug, persona.display_name, persona.description, persona.family.value,
                            _scope(persona))
         for corpus in persona.corpora:
+            if corpus.guild_id != persona.guild_id:
+                continue
             info.corpora.append({"filename": corpus.filename, "n_chars": corpus.n_chars, "n_words": corpus.n_words,
                                  "n_lines": corpus.n_lines, "n_unique_chars": corpus.n_unique_chars,
                                  "n_unique_words": corpus.n_unique_words, "encoding": corpus.encoding,
@@ -131,13 +141,15 @@ def fill_originality(info: PersonaInfo) -> None:
 Upload = tuple[bytes, str]  # (data, filename) of one attached file
 
 
-def _ingest(session, actor: Actor, pol: Policy, data: bytes, filename: str, more: Sequence[Upload] = ()):
-    """The upload as a corpus; several files (`more`) become one corpus of several documents."""
+def _ingest(session, actor: Actor, pol: Policy, data: bytes, filename: str, more: Sequence[Upload] = (),
+            guild_id: int | None = None):
+    """The upload as a corpus row of `guild_id` (the persona's server; None: the deployment's, an operator's
+    upload for a built-in); several files (`more`) become one corpus of several documents."""
     size = len(data) + sum(len(d) for d, _ in more)
     if size > pol.max_upload_bytes:
         raise UploadTooLarge(size, pol.max_upload_bytes, len(more) + 1)
     try:
-        return ingest(data, filename, actor.user_id, actor.guild_id, session=session,
+        return ingest(data, filename, actor.user_id, guild_id, session=session,
                       max_bytes=pol.max_upload_bytes, more=more,
                       min_distinct_bytes=get_settings().train_min_distinct_bytes)  # too little distinct text: refused
     except IngestError as e:
@@ -164,7 +176,7 @@ def create_persona(actor: Actor, name: str, data: bytes, filename: str, family: 
             raise UserError("The name {name} is already taken here; choose another, or use {retrain} to train it "
                             "again.", name=Code(slug), retrain=Code(f"/persona retrain {slug}"))
         check_training_limits(session, actor, pol)
-        uploaded = _ingest(session, actor, pol, data, filename, more)
+        uploaded = _ingest(session, actor, pol, data, filename, more, actor.guild_id)
         try:
             persona = db_create_persona(session, slug, family=fam,
                                         guild_id=actor.guild_id, description=description[:1000],
@@ -174,33 +186,67 @@ def create_persona(actor: Actor, name: str, data: bytes, filename: str, family: 
         link_corpus(session, persona, uploaded.corpus, actor.user_id)
         run = create_run(session, persona, corpus=uploaded.corpus, config=overrides, requested_by=actor.user_id,
                          guild_id=actor.guild_id, channel_id=actor.channel_id)
-        return NewRun(run.id, persona.slug, persona.display_name, True, uploaded.warnings, not uploaded.created)
+        return NewRun(run.id, persona.slug, persona.display_name, True, uploaded.warnings)
 
 
 def retrain(actor: Actor, slug: str, data: bytes | None = None, filename: str | None = None,
             minutes: float | None = None, more: Sequence[Upload] = ()) -> NewRun:
     """Train a persona again: on a new upload (one file, or several with `more`), else on its latest
-    corpus, else on its recipe's corpus."""
+    corpus, else on its recipe's corpus. A built-in is the deployment's: retrained from a server, that server
+    gets its own copy (used only there; the built-in and every other server are unchanged); only the operator
+    retrains the built-in itself."""
     pol = policy(actor.guild_id)
     require_trainer(actor, pol)
     overrides = train_overrides(minutes)
     with session_scope() as session:
-        persona, _ = find_persona(session, slug, actor.guild_id)
-        if active_runs(session, persona=persona):
+        persona, _ = find_persona(session, slug, actor)
+        make_copy = persona.guild_id is None and not actor.operator
+        if make_copy and actor.guild_id is None:
+            raise NotAllowed("{persona} is a built-in persona: only the bot's operator can retrain it. In a server, "
+                             "retraining it gives that server its own copy.", persona=Code(persona.slug))
+        if not make_copy and active_runs(session, persona=persona):
             raise StillTraining(persona.slug)
         check_training_limits(session, actor, pol)
-        corpus, warnings, dedup = None, (), False
-        if data is not None:
-            uploaded = _ingest(session, actor, pol, data, filename or "upload.txt", more)
-            corpus, warnings, dedup = uploaded.corpus, uploaded.warnings, not uploaded.created
+        guild_id = actor.guild_id if make_copy else persona.guild_id  # whose upload it is
+        uploaded = None if data is None else _ingest(session, actor, pol, data, filename or "upload.txt", more,
+                                                     guild_id)
+        base = builtin_of(session, persona)
+        if make_copy:
+            base, persona = persona, _guild_copy(session, actor, persona)
+        corpus, warnings = None, ()
+        if uploaded is not None:
+            corpus, warnings = uploaded.corpus, uploaded.warnings
             link_corpus(session, persona, corpus, actor.user_id)
-        elif persona.corpora:
-            corpus = max(persona.corpora, key=lambda c: c.id)
-        elif needs_own_copy(persona):
-            raise NeedsOwnCopy(persona.display_name)
+        else:
+            corpus = _latest_corpus(persona) or (_latest_corpus(base) if base is not None else None)
+            if corpus is None and needs_own_copy(base or persona):
+                raise NeedsOwnCopy(persona.display_name)
+            if corpus is None and base is None and persona.slug not in BUILTIN_SLUGS:
+                raise UserError("{persona} has no text to train on any more (its last upload was cancelled or "
+                                "failed): attach a .txt file to {retrain}.", persona=Code(persona.slug),
+                                retrain=Code(f"/persona retrain {persona.slug}"))
         run = create_run(session, persona, corpus=corpus, config=overrides, requested_by=actor.user_id,
-                         guild_id=actor.guild_id, channel_id=actor.channel_id)
-        return NewRun(run.id, persona.slug, persona.display_name, False, tuple(warnings), dedup)
+                         guild_id=persona.guild_id if persona.guild_id is not None else actor.guild_id,
+                         channel_id=actor.channel_id)
+        return NewRun(run.id, persona.slug, persona.display_name, False, tuple(warnings))
+
+
+def _latest_corpus(persona: Persona):
+    """The persona's latest upload of its own server (the deployment's, for a built-in), or None."""
+    own = [c for c in persona.corpora if c.guild_id == persona.guild_id]
+    return max(own, key=lambda c: c.id) if own else None
+
+
+def _guild_copy(session, actor: Actor, builtin: Persona) -> Persona:
+    """The actor's server's own copy of a built-in, made now (a concurrent retrain may have made it first)."""
+    try:
+        with session.begin_nested():
+            return create_guild_copy(session, open_storage(), builtin, actor.guild_id, actor.user_id)
+    except IntegrityError:
+        persona, _ = find_persona(session, builtin.slug, actor)
+        if active_runs(session, persona=persona):
+            raise StillTraining(persona.slug) from None
+        return persona
 
 
 @dataclass
@@ -216,10 +262,10 @@ def attach_checkpoint(slug: str, data: bytes, source: str, guild_id: int | None 
     """Make a checkpoint trained elsewhere (`improbable train ... --out runs/hp`) a persona's active model.
     Its family must be the persona's. It is stored the way the trainer stores one (a finished run with its
     best checkpoint, db.checkpoints.save_checkpoint with activate), so the next generate request uses it and
-    `/persona info` shows it. The header is validated torch-free here (core.contracts.checkpoint_metadata:
+    `/persona info` shows it. The header is validated torch-free here (core.checkpoints.meta_from_bytes:
     format, model config, shapes); the CLI checks the file with trainer.checkpoint.read_meta first."""
     try:
-        meta = checkpoint_metadata(data, source)
+        meta = meta_from_bytes(data, source)
     except ValueError as e:
         raise UserError("{reason}", reason=str(e)) from None
     storage = open_storage()
@@ -245,10 +291,13 @@ def attach_checkpoint(slug: str, data: bytes, source: str, guild_id: int | None 
 
 
 def delete_persona(actor: Actor, slug: str) -> str:
+    """Delete a persona with everything of it (db.personas.delete_persona). A server deletes only its own (its
+    copy of a built-in included: the built-in answers there again); the built-ins are part of the deployment
+    and nobody deletes them, the operator neither."""
     require_trainer(actor)
     with session_scope() as session:
-        persona, _ = find_persona(session, slug, actor.guild_id)
-        if persona.guild_id is None and actor.guild_id is not None:
+        persona, _ = find_persona(session, slug, actor)
+        if persona.guild_id is None and (actor.guild_id is not None or persona.slug in BUILTIN_SLUGS):
             raise UserError("{persona} is a built-in persona; only this server's own personas can be deleted.",
                             persona=Code(persona.slug))
         for run in active_runs(session, persona=persona):

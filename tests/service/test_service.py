@@ -226,13 +226,13 @@ def test_retrain_reuses_the_corpus_and_refuses_while_training(env):
         db.runs.fail_run(session, db.runs.start_run(session, first.run_id), "boom")
     with pytest.raises(UserError, match="no text to train on"):  # so did the failed one
         service.personas.retrain(MANAGER, "poet")
+    third = service.personas.retrain(MANAGER, "poet", TEXT, "poet3.txt")
     with db.session_scope() as session:
-        run = session.get(db.TrainingRun, first.run_id)
-        db.runs.succeed_run(session, db.runs.create_run(session, run.persona, corpus=run.corpus))
+        db.runs.succeed_run(session, db.runs.start_run(session, third.run_id))
     again = service.personas.retrain(MANAGER, "poet", minutes=2)  # an upload a run succeeded on is kept
     with db.session_scope() as session:
         run = session.get(db.TrainingRun, again.run_id)
-        assert run.corpus is not None and run.corpus.filename == "poet2.txt" and run.config == {"minutes": 2.0}
+        assert run.corpus is not None and run.corpus.filename == "poet3.txt" and run.config == {"minutes": 2.0}
     with pytest.raises(NeedsOwnCopy, match="copyrighted") as refused:
         service.personas.retrain(Actor(9, GUILD, can_manage=True), "harry-potter")
     assert refused.value.display_name == "Harry Potter"
