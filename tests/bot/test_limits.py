@@ -1,4 +1,4 @@
-"""Cooldowns, queued-job caps and the trainer check (bot/limits.py), without Discord or a database."""
+"""Cooldowns, job caps and the trainer check (bot/limits.py), without Discord, on shared SQLite counters."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from types import SimpleNamespace
 import pytest
 from discord import app_commands
 
-from bot.limits import Cooldowns, Limits, Refusal, actor_of, cooldown_message
+import db
+from bot.limits import Limits, Refusal, actor_of, cooldown_message
 from service.policy import Actor, Policy
+from service.quotas import Quotas
 
 
 class Clock:
@@ -20,44 +22,36 @@ class Clock:
         return self.now
 
 
-def test_cooldown_per_key_and_per_guild_setting():
-    clock = Clock()
-    cd = Cooldowns(clock)
-    assert cd.hit("u1", 10) is None
-    bucket = cd.hit("u1", 10)
-    assert bucket is not None and bucket.get_retry_after(clock.now) == pytest.approx(10)
-    assert cd.hit("u2", 10) is None  # another user is not affected
-    clock.now += 10.5
-    assert cd.hit("u1", 10) is None
-    assert cd.hit("u1", 0) is None and cd.hit("u1", 0) is None  # 0 = no cooldown
+@pytest.fixture
+def quotas(tmp_path):
+    """The shared counters on a migrated SQLite file, with a test clock."""
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    db.upgrade(url, seed=False)
+    engine = db.make_engine(url)
+    yield Quotas(engine, Clock())
+    engine.dispose()
 
 
-def test_cooldown_refund_and_changed_setting():
-    clock = Clock()
-    cd = Cooldowns(clock)
-    cd.hit("u", 60)
-    cd.reset("u")
-    assert cd.hit("u", 60) is None
-    assert cd.hit("u", 5) is None  # a new setting starts a new bucket
+def limits_with(policy: Policy, quotas: Quotas | None = None) -> Limits:
+    return Limits(load=lambda guild_id: policy, quotas=quotas)
 
 
-def limits_with(policy: Policy) -> Limits:
-    return Limits(load=lambda guild_id: policy)
-
-
-def test_generate_limits_cap_and_cooldown():
-    limits = limits_with(Policy(cooldown_seconds=30, max_queued_jobs=2))
+def test_generate_limits_cap_and_cooldown(quotas):
+    limits = limits_with(Policy(cooldown_seconds=30, max_queued_jobs=2), quotas)
+    other = limits_with(Policy(cooldown_seconds=30, max_queued_jobs=2), Quotas(quotas.engine, quotas.clock))
 
     async def go():
-        await limits.check_generate(1, 7, in_flight=0)
+        await limits.check_generate(1, 7)
         with pytest.raises(app_commands.CommandOnCooldown) as e:
-            await limits.check_generate(1, 7, in_flight=0)
+            await other.check_generate(1, 7)  # another bot process sees the cooldown
         assert 29 < e.value.retry_after <= 30 and "<t:" in cooldown_message(e.value)
         limits.refund(1, 7)
-        await limits.check_generate(1, 7, in_flight=1)
+        await asyncio.gather(*limits._background)
+        await other.check_generate(1, 7)
+        await asyncio.to_thread(quotas.claim, "a", 7, 2, 2.0, member_cap=2, server_cap=20, ttl=60)
         with pytest.raises(Refusal, match="limit here is 2"):
-            await limits.check_generate(2, 7, in_flight=2)
-        await limits.check_generate(1, 8, in_flight=0)  # cooldowns are per guild
+            await other.check_generate(2, 7)
+        await limits.check_generate(1, 8)  # cooldowns are per guild
 
     asyncio.run(go())
 
@@ -92,6 +86,7 @@ def test_actor_from_an_interaction():
     everyone = SimpleNamespace(id=5, is_default=lambda: True)
     user = SimpleNamespace(id=1, roles=[role, everyone], _roles=[78])
     perms = SimpleNamespace(manage_guild=False, administrator=True)
-    interaction = SimpleNamespace(user=user, guild_id=5, channel_id=9, permissions=perms)
+    interaction = SimpleNamespace(user=user, guild_id=5, channel_id=9, permissions=perms,
+                                  client=SimpleNamespace(settings=SimpleNamespace(owner_ids=[])))
     actor = actor_of(interaction)
     assert actor == Actor(1, 5, 9, can_manage=True, role_ids=frozenset({77, 78}))
