@@ -78,9 +78,10 @@ def test_killed_trainer_resumes_from_its_checkpoint(services, checkpoint_id, gen
         persona = session.get(Persona, ckpt.persona_id)
         previous = session.get(Checkpoint, checkpoint_id)
         assert storage.exists(ckpt.storage_key) and ckpt.val_loss == run.metrics["val_loss"]
-        promoted = ckpt.val_loss < previous.val_loss
-        assert run.metrics["promoted"] is promoted
-        assert persona.active_checkpoint_id == (ckpt.id if promoted else checkpoint_id)
+        assert storage.exists(previous.storage_key)
+        # a 1x32 model trained for 7 s from scratch does not beat the base (nor, by the gate's margin, the active)
+        assert run.metrics["promoted"] is False and "base model's" in run.metrics["gate"], run.metrics["gate"]
+        assert persona.active_checkpoint_id == checkpoint_id
     assert storage.get(run.metrics["loss_png"])[:8] == b"\x89PNG\r\n\x1a\n"
     assert run.metrics["sample"] and run.progress["sample"]  # samples while training, and one at the end
     # the next request names the new checkpoint, and the generate worker loads it
