@@ -21,7 +21,7 @@ def describe_policy(pol: service.policy.Policy) -> str:
              f"(at least {top.min_cooldown_seconds} s)",
              f"Cooldown between training runs: {pol.train_cooldown_seconds} s per member "
              f"(at least {top.min_train_cooldown_seconds} s)",
-             f"Job units a member may have waiting: {pol.max_queued_jobs} (at most {top.jobs_per_member}; a "
+             f"Jobs a member may have waiting: {pol.max_queued_jobs} units (at most {top.jobs_per_member}; a "
              "default request is 1 unit, a long, blended or improbable one more)",
              f"Job units running for the whole server: at most {top.jobs_per_server}",
              f"Largest upload: {pol.max_upload_bytes / 1e6:g} MB (at most {top.upload_bytes / 1e6:g} MB)",
