@@ -56,7 +56,7 @@ def test_generate_posts_text_with_buttons(e2e):
     gid = custom_ids(msg)[0].split(":")[2]
     assert custom_ids(msg) == [f"improbable:regen:{gid}:{fake.alice.id}", f"improbable:cont:{gid}",
                                f"improbable:more:{gid}:{fake.alice.id}", f"improbable:info:{gid}",
-                               f"improbable:del:{gid}"]
+                               f"improbable:del:{gid}", f"improbable:report:{gid}"]
     assert not msg["flags"] & EPHEMERAL
 
 
