@@ -27,7 +27,7 @@ def _generation(params: dict) -> int:
     with db.session_scope() as session:
         persona = get_persona(session, "alice", None)
         return record_generation(session, persona, prompt="Alice was", output=" tired.", checkpoint=ckpt,
-                                 params=params, seed=params.get("seed")).id
+                                 params=params, seed=params.get("seed"), guild_id=MEMBER.guild_id).id
 
 
 def test_more_improbable_lowers_the_target_and_changes_the_seed():
