@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,14 @@ GUILD, OTHER_GUILD = 4411, 4422
 USER = 777_000_111_222_333  # a snowflake no other id in the database can equal
 OTHER = 777_000_999_888_777
 MARK = "zebra-quartz"  # in every text of USER's
+
+
+def _varied(mark: str) -> bytes:
+    """An upload with enough distinct text to be accepted (settings.train_min_distinct_bytes), `mark` in it."""
+    rng = random.Random(mark)
+    words = "the queen rabbit garden tea hatter cat croquet mushroom door key bottle cake pool mouse".split()
+    return "\n".join(f"{mark} saw the " + " ".join(rng.choice(words) for _ in range(10)) + "."
+                      for _ in range(120)).encode()
 MANAGER = Actor(USER, GUILD, 5, can_manage=True)
 OPERATOR = Actor(1, None, None, can_manage=True, operator=True)
 REDIS_URL = os.environ.get("IMPROBABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
@@ -81,7 +90,7 @@ def _generation(session, slug: str, guild: int | None, **fields):
 def _user_world(env) -> dict:
     """USER uploads a persona (trained: a checkpoint in storage), asks for texts, is quoted by an ambient
     reply, makes a schedule and files a report; OTHER has a text of their own."""
-    created = service.personas.create_persona(MANAGER, "zebra", f"{MARK} was here. ".encode() * 60, "zebra.txt")
+    created = service.personas.create_persona(MANAGER, "zebra", _varied(MARK), "zebra.txt")
     storage = db.open_storage()
     tasks = {"mine": str(uuid.uuid4()), "quote": str(uuid.uuid4()), "other": str(uuid.uuid4())}
     with db.session_scope() as session:
@@ -172,7 +181,7 @@ def test_retention_sweep_under_an_injected_clock(env):
 
 
 def test_a_server_the_bot_left_is_purged_after_the_grace_period(env):
-    service.personas.create_persona(MANAGER, "zebra", b"Some text to learn from. " * 60, "zebra.txt")
+    service.personas.create_persona(MANAGER, "zebra", _varied("Some text"), "zebra.txt")
     with db.session_scope() as session:
         _generation(session, "alice", None, prompt="here", output="x", user_id=OTHER, guild_id=GUILD)
     storage = db.open_storage()
@@ -220,7 +229,7 @@ def test_reports_reach_the_operator_and_disabled_personas_are_refused(env):
 
 
 def test_blocking_a_server_purges_it(env):
-    service.personas.create_persona(MANAGER, "zebra", b"Some text to learn from. " * 60, "zebra.txt")
+    service.personas.create_persona(MANAGER, "zebra", _varied("Some text"), "zebra.txt")
     assert not service.operator.is_blocked(GUILD)
     purged = service.operator.block_server(OPERATOR, GUILD)
     assert purged.personas == 1 and service.operator.is_blocked(GUILD)
