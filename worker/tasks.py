@@ -165,7 +165,8 @@ TRAIN_RETRY = {**RETRY, "max_retries": 8, "retry_backoff_max": 30}
           soft_time_limit=TRAIN_TIME_LIMIT, time_limit=TRAIN_TIME_LIMIT + 60, **TRAIN_RETRY)
 def train_task(self, run_id: int, resume: bool = False) -> dict:
     """A claim ticket: train the fairest queued run (worker/training.py), which need not be `run_id`. With
-    `resume` (an orphaned run re-enqueued by beat), resume run `run_id` itself."""
+    `resume` (an orphaned run re-enqueued by beat), or in-process (eager: every run trains at once, in the
+    thread that asked for it, so there is no queue to order), train run `run_id` itself."""
     from .training import Busy, train_run
 
     def publish(progress: dict) -> None:
@@ -174,7 +175,7 @@ def train_task(self, run_id: int, resume: bool = False) -> dict:
 
     try:
         return train_run(int(run_id), task_id=self.request.id, on_progress=publish, transient=TRANSIENT_ERRORS,
-                         ticket=not resume)
+                         ticket=not (resume or self.request.is_eager))
     except Busy:
         # A duplicate delivery while another trainer works. Look again after a lease (the run may be
         # orphaned by then), as a fresh message under the same id: a Celery retry would overwrite the

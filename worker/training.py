@@ -22,9 +22,12 @@ the runs already training, not by its hundred. The claim records the ticket as t
 UPDATE that starts it, so a ticket that comes back (a redelivery after its trainer died, a retry, a Busy
 re-publish) finds the run it claimed and resumes it or backs off exactly as before; a ticket that finds
 nothing queued (its run was cancelled, or claimed by another ticket that is still on its way) ends at once.
+A queued run whose message was lost (a crash between creating and sending it) would take another run's
+ticket: beat issues a ticket for each queued run waiting long while no train message waits (unticketed_runs).
 On PostgreSQL the candidate row is locked FOR UPDATE SKIP LOCKED, so trainers claiming together take
 different runs without waiting; SQLite has one writer, and start_run's conditional UPDATE decides. A beat
-re-enqueue of an orphaned run (requeue_orphaned_runs) is not a ticket: it names the run to resume.
+re-enqueue of an orphaned run (requeue_orphaned_runs) is not a ticket: it names the run to resume; nor is a
+run in-process (no broker), which trains at once in the thread that asked for it.
 Alternatives weighed: per-server caps alone bound the wait by the cap times the run length (three
 two-hour runs), and reordering Celery's queue in Redis is invisible to SQL and racy between trainers.
 """

@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--x-runs", type=int, default=100)
     parser.add_argument("--x-alone-seconds", type=float, default=20, help="X's runs observed alone after Y's")
     parser.add_argument("--x-jobs", type=int, default=100, help="X's generate jobs kept in flight")
-    parser.add_argument("--y-jobs", type=int, default=20, help="Y's generate jobs, one at a time")
+    parser.add_argument("--y-jobs", type=int, default=40, help="Y's generate jobs, one at a time")
     parser.add_argument("--y-pause", type=float, default=0.3, help="seconds between Y's jobs")
     parser.add_argument("--x-alone-jobs-seconds", type=float, default=15, help="X's flood measured alone")
     parser.add_argument("--lead", type=float, default=4, help="seconds X floods before the window opens")
@@ -227,6 +227,7 @@ class Driver:
         pending: dict[str, tuple[str, float]] = {}  # task id -> (who, sent at)
         latencies = {"x": [], "y": []}
         chars = {"x": 0, "y": 0}
+        in_worker: list[float] = []
         started = time.perf_counter() + (lead if x else 0.0)
         y_sent, y_next = 0, started
 
@@ -241,7 +242,7 @@ class Driver:
             y_busy = any(who == "y" for who, _ in pending.values())
             if y and not y_busy and y_sent < y_jobs and now >= y_next:
                 submit("y", y, SERVER_Y)
-                y_sent += 1
+                y_sent, y_busy = y_sent + 1, True
             if (y and y_sent >= y_jobs and not y_busy) or (not y and now - started >= seconds):
                 break
             ids = list(pending)
@@ -257,6 +258,8 @@ class Driver:
                 if time.perf_counter() >= started:  # X's jobs count once the window opens
                     latencies[who].append(time.perf_counter() - sent)
                     chars[who] += len(meta["result"]["text"])
+                    if who == "y":  # from the task's start in the worker to its answer
+                        in_worker.append((meta["result"].get("latency_ms") or 0) / 1000)
                 if who == "x":
                     submit("x", x, SERVER_X)
                 else:
@@ -268,6 +271,9 @@ class Driver:
                 "y_jobs": len(latencies["y"]),
                 "y_p50_s": percentile(latencies["y"], 50) if latencies["y"] else None,
                 "y_p95_s": percentile(latencies["y"], 95) if latencies["y"] else None,
+                "y_max_s": max(latencies["y"], default=None),
+                "y_in_worker_p95_s": percentile(in_worker, 95) if in_worker else None,
+                "y_latencies_s": [round(v, 3) for v in latencies["y"]],
                 "x_p50_s": percentile(latencies["x"], 50) if latencies["x"] else None}
 
 
@@ -321,15 +327,17 @@ def report(train: dict, gen: dict) -> None:
     print(f"| trainer busy fraction | {train['trainer_busy_fraction'] or 0:.0%} | |")
     print(f"| X's runs per minute alone | {train['x_runs_per_minute_alone']:.1f} | |")
     print("\n## Generation: X keeps jobs in flight, Y asks one at a time\n")
-    print("| scenario | Y p50 s | Y p95 s | Y p95 vs alone (≤ 2×) | X chars/s | X share of alone (≥ 80 %) |")
-    print("|---|---|---|---|---|---|")
+    print("| scenario | Y p50 s | Y p95 s | Y p95 vs alone (≤ 2×) | Y p95 in the worker s | X chars/s "
+          "| X share of alone (≥ 80 %) |")
+    print("|---|---|---|---|---|---|---|")
     for name in ("y_alone", "x_alone", "x_alone_same_persona", "x_flood_other_persona", "x_flood_same_persona"):
         r = gen[name]
         y50 = f"{r['y_p50_s']:.3f}" if r["y_p50_s"] is not None else "–"
         y95 = f"{r['y_p95_s']:.3f}" if r["y_p95_s"] is not None else "–"
         ratio = f"{r['y_p95_vs_alone']:.2f}×" if "y_p95_vs_alone" in r else "–"
         share = f"{r['x_throughput_share']:.0%}" if "x_throughput_share" in r else "–"
-        print(f"| {name} | {y50} | {y95} | {ratio} | {r['x_chars_per_s']:,.0f} | {share} |")
+        inside = f"{r['y_in_worker_p95_s']:.3f}" if r["y_in_worker_p95_s"] is not None else "–"
+        print(f"| {name} | {y50} | {y95} | {ratio} | {inside} | {r['x_chars_per_s']:,.0f} | {share} |")
 
 
 def main() -> None:

@@ -5,6 +5,8 @@ runs waiting for a trainer is capped by the service."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 import db
@@ -14,11 +16,13 @@ from db.ingest import ingest
 from db.models import RunStatus, TrainingRun
 from db.personas import get_persona
 from db.runs import create_run, request_cancel
+from db.types import utcnow
 from service.errors import ServerTrainingQueueFull
 from service.policy import Actor
 from tests.environment import configured
 from worker.app import enqueue
 
+from .conftest import CORPORA
 from .test_train import TINY, _wait
 
 SERVER_X, SERVER_Y = 7001, 7002
@@ -78,7 +82,7 @@ def test_a_ticket_with_nothing_left_to_claim_ends_at_once(services, start_worker
 
 
 def test_a_servers_queue_of_waiting_runs_is_capped(services):
-    text = ("Alice was beginning to get very tired of sitting by her sister on the bank. " * 20).encode()
+    text = (CORPORA / "alice" / "alice.txt").read_text(encoding="utf-8")[:12000].encode()
     cap = 2
     created = []
     with configured({"IMPROBABLE_TRAIN_QUEUED_PER_SERVER": str(cap)}):
@@ -101,3 +105,21 @@ def test_a_servers_queue_of_waiting_runs_is_capped(services):
             with db.session_scope() as session:
                 for run in session.query(TrainingRun).filter(TrainingRun.status == RunStatus.QUEUED):
                     request_cancel(session, run)
+
+
+def test_a_queued_run_whose_message_was_lost_gets_a_ticket_from_beat(services, start_worker, alice_bytes):
+    from sqlalchemy import update
+
+    from worker.tasks import requeue_orphaned_runs
+
+    with db.session_scope() as session:
+        corpus = ingest(alice_bytes, "alice.txt", session=session).corpus
+    with db.session_scope() as session:  # created an hour ago, never enqueued (the bot died in between)
+        run_id = create_run(session, get_persona(session, "alice", None), corpus=corpus, config=SHORT,
+                            guild_id=SERVER_X).id
+        session.execute(update(TrainingRun).where(TrainingRun.id == run_id)
+                        .values(created_at=utcnow() - timedelta(hours=1)))
+    requeue_orphaned_runs.apply().get()  # beat's task, here; the ticket goes through Redis
+    trainer = start_worker("fair-trainer3", "train", "solo").wait_ready()
+    _wait(lambda: _rows([run_id])[0].status.finished, 90, "the run to be trained", trainer.log)
+    assert _rows([run_id])[0].status is RunStatus.SUCCEEDED, trainer.log()
