@@ -191,3 +191,20 @@ def test_fair_share_prefers_the_least_served_owner_and_forgets_with_time():
     assert fair.used(1) == pytest.approx(1.0) and fair.used(2) == pytest.approx(0.25)
     fair.charge(2, 1.0)
     assert fair.pick(batches) == (1, 9)
+
+
+def test_a_flood_of_arrivals_does_not_hold_another_servers_request_at_the_door(tiny):
+    """Requests join their batches a few milliseconds' worth per step boundary, least-served server first: a
+    server's one request arriving behind another server's 300 long prompts joins and finishes while most of
+    the flood still waits to join."""
+    cache = CheckpointCache(lambda cid: (tiny, 1), max_bytes=10**9)
+    engine = Engine("cpu")
+    prompt = "abcdefghij " * 300
+    flood = [engine.submit(cache.acquire(1), prompt, SamplingParams(max_tokens=50, seed=i), owner=1)
+             for i in range(300)]
+    light = engine.submit(cache.acquire(1), "cab", SamplingParams(max_tokens=20, seed=7), owner=2)
+    light.future.result(timeout=60)
+    joined = sum(job.stream is not None for job in flood)
+    assert joined < 150, f"{joined} of the flood's 300 joined before server 2's request was answered"
+    for job in flood:
+        job.future.result(timeout=120)

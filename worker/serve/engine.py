@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from trainer.sample import BatchSampler, Stream
 from .cache import Entry
 
 log = logging.getLogger(__name__)
+ADMIT_SECONDS = 0.005  # prefill work admitted per step boundary before the next step
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -152,6 +154,7 @@ class Engine:
         self.int8 = int8 if self.device.type == "cpu" else "off"
         self._inbox: queue.SimpleQueue[EngineRequest] = queue.SimpleQueue()
         self._batches: dict[tuple, _Batch] = {}
+        self._pending: dict[int | None, deque[EngineRequest]] = {}  # owner -> requests not yet in a batch
         self.fair = FairShare()
         self.steps = 0  # batched steps taken
         self.abandoned = 0  # streams stopped unfinished because their caller gave up
@@ -180,20 +183,50 @@ class Engine:
         if self.threads:
             torch.set_num_threads(self.threads)
         while True:
-            if not self._batches:  # idle: sleep until a request arrives
-                self._join(self._inbox.get())
-            while True:  # everyone who arrived during the last step joins at this boundary
+            if not self._batches and not self._pending:  # idle: sleep until a request arrives
+                self._arrive(self._inbox.get())
+            while True:  # whoever arrived during the last step waits its turn to join
                 try:
-                    self._join(self._inbox.get_nowait())
+                    self._arrive(self._inbox.get_nowait())
                 except queue.Empty:
                     break
+            self._admit()
             if self._batches:
                 key = self.fair.pick(self._batches)
                 started = time.perf_counter()
                 self._step(key)
                 self.fair.charge(key[0], time.perf_counter() - started)
                 if not self.steps % 1000:
-                    self.fair.forget_idle({k[0] for k in self._batches})
+                    self.fair.forget_idle({k[0] for k in self._batches} | set(self._pending))
+
+    def _arrive(self, job: EngineRequest) -> None:
+        """A new request waits with its owner's others; an abandoned one leaves (or never joins)."""
+        if job.abandoned:
+            waiting = self._pending.get(job.owner)
+            if waiting is not None and any(j is job for j in waiting):
+                self._pending[job.owner] = deque(j for j in waiting if j is not job)
+                if not self._pending[job.owner]:
+                    del self._pending[job.owner]
+            self._leave(job)
+            return
+        self._pending.setdefault(job.owner, deque()).append(job)
+
+    def _admit(self) -> None:
+        """Waiting requests join their batches, least-served owner first, for at most ADMIT_SECONDS per step
+        boundary (at least one): a prompt's prefill is real work, and a hundred arriving together must not
+        hold another server's next step. The prefill is charged to the owner whose request it is."""
+        deadline = time.perf_counter() + ADMIT_SECONDS
+        while self._pending:
+            owner = min(self._pending, key=self.fair.used)
+            waiting = self._pending[owner]
+            job = waiting.popleft()
+            if not waiting:
+                del self._pending[owner]
+            started = time.perf_counter()
+            self._join(job)
+            self.fair.charge(owner, time.perf_counter() - started)
+            if time.perf_counter() > deadline:
+                return
 
     def _join(self, job: EngineRequest) -> None:
         if job.abandoned:
