@@ -54,7 +54,8 @@ def _checkpoint(name_or_path: str) -> Path:
 
 
 def _load_corpus(name_or_path: str):
-    from trainer.corpus import CorpusError, load_corpus
+    from core.text import CorpusError
+    from trainer.corpus import load_corpus
 
     dirs = get_settings().corpus_dirs
     try:
@@ -295,7 +296,7 @@ def evaluate(
 @app.command()
 def info(checkpoint: str = typer.Argument(..., help=MODEL_HELP)) -> None:
     """Show a checkpoint's metadata (family, hyperparameters, corpus, metrics) without loading torch weights."""
-    from trainer.checkpoint import CheckpointError, read_meta
+    from core.checkpoints import CheckpointError, read_meta
 
     try:
         meta = read_meta(_checkpoint(checkpoint))
