@@ -8,9 +8,7 @@ from __future__ import annotations
 import typer
 
 import service.operator
-from bot.operator import report_lines, server_lines
 from service.policy import Actor, UserError
-from worker.app import forget_results
 
 operator_app = typer.Typer(help="The operator's tools: servers, reports, disabled personas, blocked servers.",
                            no_args_is_help=True)
@@ -25,6 +23,8 @@ def _refused(e: UserError) -> typer.Exit:
 @operator_app.command("servers")
 def servers() -> None:
     """Servers with their personas, uploads, jobs, stored bytes and open reports."""
+    from bot.operator import server_lines  # (the CLI imports what a command needs when it runs)
+
     for line in server_lines(service.operator.servers(CLI), limit=10_000) or ["No servers."]:
         typer.echo(line)
 
@@ -32,6 +32,8 @@ def servers() -> None:
 @operator_app.command("reports")
 def reports(all_: bool = typer.Option(False, "--all", help="Closed reports too.")) -> None:
     """Reports of generated texts (open ones unless --all)."""
+    from bot.operator import report_lines
+
     found = service.operator.reports(CLI, include_closed=all_)
     for line in report_lines(found, limit=10_000) or ["No reports."]:
         typer.echo(line)
@@ -60,6 +62,8 @@ def enable_persona(persona: str, server: int | None = typer.Option(None, help="A
 @operator_app.command("block-server")
 def block_server(server: int) -> None:
     """Block a server: its data is purged now and the bot leaves it."""
+    from worker.app import forget_results
+
     purged = service.operator.block_server(CLI, server)
     forget_results(purged.task_ids)
     typer.echo(f"Server {server} is blocked: {purged.personas} personas and {purged.generations} texts purged.")
@@ -75,6 +79,8 @@ def unblock_server(server: int) -> None:
 @operator_app.command("sweep")
 def sweep() -> None:
     """Run the retention sweep now (beat runs it every IMPROBABLE_SWEEP_SECONDS)."""
+    from worker.app import forget_results
+
     result = service.operator.sweep()
     forget_results(result.task_ids)
     typer.echo(f"{result.generations} texts past the retention deleted; servers purged: {result.guilds or 'none'}.")
