@@ -28,7 +28,8 @@ def test_persona_info_sample_is_counted(e2e):
     fake = e2e.fake
     key = f"units:member:{fake.guild_id}:{fake.bob.id}"
     before = _usage(e2e, key)
-    ix = fake.slash("persona info", [opt("persona", "shakespeare")], user=fake.bob)
+    # trump: a bundled model no other test gives a stored sample, so info generates one (and counts it)
+    ix = fake.slash("persona info", [opt("persona", "trump")], user=fake.bob)
     fake.wait_for(lambda: ix.state == "sent" and (m := fake.message(ix.original_id)) and "Sample" in m["content"],
                   TIMEOUT, "persona info with a sample")
     assert _usage(e2e, key) == before + 0.4  # a 200-character sample of a character model: 0.4 units
