@@ -118,17 +118,10 @@ def training_corpus(meta: dict, settings: Settings):
 
 
 def validation_split(meta: dict, tokenizer, corpus):
-    """(token ids, characters) of the held-out part of `corpus` exactly as training split it (the meta's
-    split mode and fraction: spread blocks or the tail), so `evaluate` reproduces the run's validation loss."""
-    import torch
+    """(token ids, characters) of the held-out part of `corpus` exactly as training split it (trainer.data's
+    rebuild_split: the run's split mode and fraction, its paragraph split or, for older checkpoints, the token
+    blocks or the tail), so `evaluate` reproduces the run's validation loss."""
+    from trainer.data import rebuild_split
 
-    from core.text import DOCUMENT_SEPARATOR
-    from trainer.data import BLOCK_TOKENS, split_documents
-
-    config, split = meta.get("train_config", {}), meta.get("split", {})
-    fraction = split.get("val_fraction", config.get("val_fraction", 0.1))
-    mode = split.get("mode", config.get("split", "tail"))  # checkpoints from before the spread split: the tail
-    documents = [torch.tensor(tokenizer.encode(d), dtype=torch.long) for d in corpus.document_texts()]
-    separator = torch.tensor(tokenizer.encode(DOCUMENT_SEPARATOR), dtype=torch.long)
-    _, val_ids = split_documents(documents, fraction, mode, BLOCK_TOKENS[tokenizer.kind], separator)
-    return val_ids, int(len(corpus.text) * fraction)
+    _, val_ids, chars = rebuild_split(meta, tokenizer, corpus)
+    return val_ids, chars

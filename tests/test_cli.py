@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from core.checkpoints import read_meta
 from core.settings import get_settings
 from improbable.cli import app
 
@@ -212,6 +213,9 @@ def test_evaluate_reports_the_loss(trained):
     best_val = json.loads((out / "history.json").read_text())
     assert metrics["nats_per_token"] == pytest.approx(min(h["val_loss"] for h in best_val), rel=0.05)
     assert metrics["bits_per_char"] == pytest.approx(metrics["nats_per_token"] / 0.6931471805599453, rel=1e-3)
+    # the held-out part is the one training held out: as many tokens as the run recorded
+    scored = re.search(r"tokens scored\D*([\d,]+)", result.output).group(1)
+    assert int(scored.replace(",", "")) == read_meta(out / "best.safetensors")["split"]["val_tokens"]
     whole = ok("evaluate", out / "best.safetensors", "--corpus", corpus, "--whole")
     assert "tokens scored" in whole.output and "10," in whole.output
 

@@ -96,3 +96,27 @@ def test_real_small_uploads_pass(alice_text, trump_text):
     for text in (alice_text[:6000], alice_text[6000:14000], trump_text[:8000]):
         found = check_distinct(text, 5000)
         assert found.distinct_bytes > 5000 and found.compressed_ratio > 0.25
+
+
+def test_a_checkpoint_split_is_rebuilt_the_way_its_run_made_it(alice_text):
+    """Benchmarks and `improbable evaluate` rebuild a run's split from its checkpoint metadata: the paragraph split
+    for runs that record it (the ids training fed), the token-block split or the tail for older checkpoints."""
+    import torch
+
+    from trainer.data import BLOCK_TOKENS, encode_split, rebuild_split, split_corpus, split_documents
+    from trainer.tokenizer import CharTokenizer
+    from trainer.train import TrainConfig
+
+    tokenizer, config = CharTokenizer.build(alice_text), TrainConfig()
+    split = split_corpus(config, alice_text)
+    train_ids, val_ids = encode_split(tokenizer, split)
+    recorded = {"mode": "spread", "val_fraction": 0.1}
+    rebuilt = rebuild_split({"split": {**recorded, "paragraphs": True}}, tokenizer, alice_text)
+    assert torch.equal(rebuilt[0], train_ids) and torch.equal(rebuilt[1], val_ids)
+    assert rebuilt[2] == len(split.val_text) == len(val_ids)
+    ids = torch.tensor(tokenizer.encode(alice_text))
+    older = rebuild_split({"split": recorded}, tokenizer, alice_text)
+    blocks = split_documents([ids], 0.1, "spread", BLOCK_TOKENS["char"])
+    assert torch.equal(older[1], blocks[1]) and not torch.equal(older[1], val_ids)
+    tail = rebuild_split({"train_config": {"val_fraction": 0.1}}, tokenizer, alice_text)[1]
+    assert torch.equal(tail, ids[int(len(ids) * 0.9):])

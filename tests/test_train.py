@@ -16,6 +16,7 @@ import trainer.train as train_module
 from core.checkpoints import read_meta
 from tests.environment import within
 from trainer import checkpoint as ckpt
+from trainer.data import split_corpus
 from trainer.model import build_model
 from trainer.recipes import load_recipe, recipe_names
 from trainer.train import TrainConfig, TrainingDiverged, train
@@ -432,8 +433,9 @@ def test_minutes_budget_is_wall_clock_from_the_first_step(tmp_path, alice_text):
     assert 0.6 <= result.elapsed < within(2)
 
 
-def test_time_budget_sizes_evaluation_to_a_share_of_it(tmp_path, alice_text, monkeypatch):
-    # 20 blocks of held-out text; a 0.6 s budget affords far less than one block per evaluation, so every
+def test_time_budget_sizes_evaluation_to_a_share_of_it(tmp_path, corpora_dir, monkeypatch):
+    # 20 blocks of held-out text (distinct prose: the split drops repeats, so a text pasted many times would hold
+    # out one copy's share); a 0.6 s budget affords far less than one block per evaluation, so every
     # evaluation scores the floor of MIN_EVAL_BLOCKS blocks spread through the split, and a resumed run keeps it
     from trainer.data import BLOCK_TOKENS
     from trainer.evaluate import MIN_EVAL_BLOCKS
@@ -441,8 +443,9 @@ def test_time_budget_sizes_evaluation_to_a_share_of_it(tmp_path, alice_text, mon
     scored: list[int] = []
     real_evaluate = train_module.evaluate
     monkeypatch.setattr(train_module, "evaluate", lambda m, d: scored.append(d.n_tokens) or real_evaluate(m, d))
-    text = (alice_text * 30)[:20 * BLOCK_TOKENS["char"] * 10]
+    text = (corpora_dir / "base" / "145-middlemarch.txt").read_text(encoding="utf-8")[:20 * BLOCK_TOKENS["char"] * 10]
     config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, minutes=0.01, eval_interval=10_000))
+    assert len(split_corpus(config, text).val_text) >= 19.5 * BLOCK_TOKENS["char"]
     result = train(config, text)
     floor = MIN_EVAL_BLOCKS * BLOCK_TOKENS["char"]
     assert len(result.history) >= 3 and len(scored) == len(result.history) + 1
@@ -481,7 +484,9 @@ def test_max_epochs_budget(tmp_path, alice_text):
         out_dir=str(tmp_path), **dict(TINY, max_epochs=1.5, log_interval=1, eval_interval=1000)
     )
     result = train(config, text, callback=events)
-    n_train = int(len(text) * 0.9)
+    # an epoch is one pass over the training side of the run's split (repeats dropped, whole paragraphs held out)
+    n_train = len(split_corpus(config, text).train_text)
+    assert 0.8 * len(text) < n_train < len(text)
     chunks_per_epoch = ((n_train - 1) // 8) // 32
     assert result.steps == round(1.5 * chunks_per_epoch) and result.stop_reason == "finished"
     assert events.of("progress")[-1][0].epoch == pytest.approx(result.steps / chunks_per_epoch)

@@ -35,7 +35,7 @@ def test_split_is_the_one_training_scored(trained_mlp):
     path, result = trained_mlp
     loaded = ckpt.load(path)
     config = loaded.meta["train_config"]
-    train_ids, val_ids = word_models.held_out_split(loaded.tokenizer, load_corpus(config["corpus"]), config)
+    train_ids, val_ids = word_models.held_out_split(loaded.tokenizer, load_corpus(config["corpus"]), loaded.meta)
     assert loaded.meta["split"]["val_tokens"] == len(val_ids)
     assert loaded.meta["split"]["train_tokens"] == len(train_ids)
     # the best checkpoint's recorded loss is the trainer's evaluation of exactly these held-out ids

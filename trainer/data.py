@@ -16,7 +16,7 @@ from core.text import DOCUMENT_SEPARATOR, DecodedCorpus
 
 from .corpus import fit_batch_shape
 from .finetune import extend_vocabulary
-from .heldout import split_text
+from .heldout import TextSplit, split_text
 from .tokenizer import CharTokenizer, WordTokenizer
 
 if TYPE_CHECKING:
@@ -170,11 +170,16 @@ def _tokenizer(config: TrainConfig, text: str, saved: Checkpoint | None, base: C
 BLOCK_CHARS = 4096  # the text split's block: a few KB of text, whole paragraphs
 
 
-def split_corpus(config: TrainConfig, corpus: DecodedCorpus | str):
-    """The run's text split (trainer.heldout): repeats dropped, whole paragraphs on either side, no 50-character
-    window of held-out text in the training text."""
+def text_split(corpus: DecodedCorpus | str, val_fraction: float, mode: str) -> TextSplit:
+    """The text split (trainer.heldout) of `corpus`: repeats dropped, whole paragraphs on either side, no
+    50-character window of held-out text in the training text."""
     documents = corpus.document_texts() if isinstance(corpus, DecodedCorpus) else [corpus]
-    return split_text(documents, config.val_fraction, config.split, BLOCK_CHARS)
+    return split_text(documents, val_fraction, mode, BLOCK_CHARS)
+
+
+def split_corpus(config: TrainConfig, corpus: DecodedCorpus | str) -> TextSplit:
+    """The run's text split: what it trains on and what it holds out."""
+    return text_split(corpus, config.val_fraction, config.split)
 
 
 def _encode_pieces(tokenizer, pieces: list[str], separator: torch.Tensor) -> torch.Tensor:
@@ -186,17 +191,41 @@ def _encode_pieces(tokenizer, pieces: list[str], separator: torch.Tensor) -> tor
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
 
+def encode_split(tokenizer, split: TextSplit) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training ids, held-out ids) of a text split: each side's pieces encoded and joined by the document
+    separator, exactly as a training run feeds them."""
+    separator = torch.tensor(tokenizer.encode(DOCUMENT_SEPARATOR), dtype=torch.long)
+    return _encode_pieces(tokenizer, split.train, separator), _encode_pieces(tokenizer, split.val, separator)
+
+
+def rebuild_split(meta: dict, tokenizer, corpus: DecodedCorpus | str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(training ids, held-out ids, held-out characters) of `corpus` exactly as the run whose checkpoint
+    metadata is `meta` split it: the paragraph split of trainer.heldout (split_corpus) for runs that record
+    it, the token-block split (split_documents) for checkpoints made before it, the tail for checkpoints
+    made before the spread split. Benchmarks and `improbable evaluate` score what training held out."""
+    config, recorded = meta.get("train_config", {}), meta.get("split", {})
+    fraction = recorded.get("val_fraction", config.get("val_fraction", 0.1))
+    mode = recorded.get("mode", config.get("split", "tail"))
+    if recorded.get("paragraphs"):
+        split = text_split(corpus, fraction, mode)
+        return (*encode_split(tokenizer, split), len(split.val_text))
+    documents = corpus.document_texts() if isinstance(corpus, DecodedCorpus) else [corpus]
+    separator = torch.tensor(tokenizer.encode(DOCUMENT_SEPARATOR), dtype=torch.long)
+    parts = [torch.tensor(tokenizer.encode(d), dtype=torch.long) for d in documents]
+    train_ids, val_ids = split_documents(parts, fraction, mode, BLOCK_TOKENS[tokenizer.kind], separator)
+    text = corpus if isinstance(corpus, str) else corpus.text
+    return train_ids, val_ids, int(len(text) * fraction)
+
+
 def load_data(config: TrainConfig, corpus: DecodedCorpus | str, device: torch.device, saved: Checkpoint | None,
               base: Checkpoint | None, warnings: list[str]) -> RunData:
     """Tokenize, split and batch `corpus` for `config`; a note about a shrunk batch shape goes to `warnings`."""
     text = corpus if isinstance(corpus, str) else corpus.text
     tokenizer = _tokenizer(config, text, saved, base)
     documents = corpus.document_texts() if isinstance(corpus, DecodedCorpus) else [text]
-    separator = torch.tensor(tokenizer.encode(DOCUMENT_SEPARATOR), dtype=torch.long)
     block = BLOCK_TOKENS[tokenizer.kind]
     split = split_corpus(config, corpus)
-    train_ids = _encode_pieces(tokenizer, split.train, separator).to(device)
-    val_ids = _encode_pieces(tokenizer, split.val, separator).to(device)
+    train_ids, val_ids = (ids.to(device) for ids in encode_split(tokenizer, split))
     batch_size, seq_len, shrink = fit_batch_shape(len(train_ids), config.batch_size, config.seq_len)
     if shrink:
         warnings.append(shrink)

@@ -309,7 +309,7 @@ class Run:
         if self.data.tokenizer.kind == "char":
             metrics["val_bpc"] = val_loss / math.log(2)
         else:  # bits per character of the validation text, comparable across tokenizers
-            val_chars = len(self.data.text) * self.config.val_fraction  # the spread split holds out about this share
+            val_chars = len(self.data.val_text)  # the held-out text val_ids encode
             metrics["val_bpc"] = val_loss * len(self.data.val_ids) / max(val_chars, 1) / math.log(2)
         return metrics
 

@@ -10,8 +10,8 @@ public-domain stand-in because the books are never shipped) each reach a held-ou
 the Kneser–Ney trigram's (bench/quality/kneser_ney.py) on the same tokens.
 
 Same tokens means: the checkpoint's tokenizer encodes the corpus its training config names, the trainer's split
-function (trainer.data.split_documents, called the way trainer.train.train calls it) gives the training and
-held-out ids, the trigram is counted on exactly the training ids, and both models are scored on exactly the same
+function (trainer.data.rebuild_split: the paragraph split of trainer.heldout that trainer.train.train makes, or the
+older token-block split for a checkpoint that records none) gives the training and held-out ids, the trigram is counted on exactly the training ids, and both models are scored on exactly the same
 held-out target positions (every position the model predicts that has two tokens of context before it).
 
 Writes bench/results/word_models.json: {"rows": [{persona, metric, target, measured, ok, detail}], "models": {...}}.
@@ -31,9 +31,9 @@ import torch
 
 from bench.common import RESULTS, ROOT, load_corpus
 from bench.quality.kneser_ney import KneserNeyTrigram
-from core.text import DOCUMENT_SEPARATOR, DecodedCorpus
+from core.text import DecodedCorpus
 from trainer import checkpoint as ckpt
-from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
+from trainer.data import TokenStreams, rebuild_split
 from trainer.model import LanguageModel
 from trainer.recipes import load_recipe
 from trainer.train import TrainConfig, train
@@ -50,14 +50,11 @@ def load_training_corpus(name: str) -> DecodedCorpus:
     return load_corpus(name)
 
 
-def held_out_split(tokenizer, corpus: DecodedCorpus | str, train_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training ids, held-out ids) exactly as trainer.train.train makes them for this config."""
-    documents = corpus.document_texts() if isinstance(corpus, DecodedCorpus) else [corpus]
-    separator = torch.tensor(tokenizer.encode(DOCUMENT_SEPARATOR), dtype=torch.long)
-    parts = [torch.tensor(tokenizer.encode(d), dtype=torch.long) for d in documents]
-    defaults = TrainConfig()
-    return split_documents(parts, train_config.get("val_fraction", defaults.val_fraction),
-                           train_config.get("split", defaults.split), BLOCK_TOKENS[tokenizer.kind], separator)
+def held_out_split(tokenizer, corpus: DecodedCorpus | str, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training ids, held-out ids) exactly as the run whose checkpoint metadata is `meta` made them
+    (trainer.data.rebuild_split: the split function training used)."""
+    train_ids, val_ids, _ = rebuild_split(meta, tokenizer, corpus)
+    return train_ids, val_ids
 
 
 @torch.inference_mode()
@@ -84,7 +81,7 @@ def compare(path: Path, persona: str) -> dict:
     config = loaded.meta["train_config"]
     started = time.perf_counter()
     corpus = load_training_corpus(config["corpus"])
-    train_ids, val_ids = held_out_split(loaded.tokenizer, corpus, config)
+    train_ids, val_ids = held_out_split(loaded.tokenizer, corpus, loaded.meta)
     positions, model_lp = model_log_probs(loaded.model, val_ids)
     keep = positions >= 2  # the trigram needs two tokens of context
     positions, model_lp = positions[keep], model_lp[keep]
