@@ -119,9 +119,10 @@ class Jobs:
     # -- submitting ----------------------------------------------------------------------------------------
 
     async def submit(self, name: str, *args: Any, user_id: int | None = None, guild_id: int | None = None,
-                     label: str = "", track: bool = True) -> Job:
-        """Enqueue task `name`; raises Unavailable when the broker does not take it in time. `track=False`:
-        nobody will wait for this job here (training runs are followed through the database)."""
+                     label: str = "", track: bool = True, task_id: str | None = None) -> Job:
+        """Enqueue task `name` (under `task_id`, or a new id); raises Unavailable when the broker does not take
+        it in time. `track=False`: nobody will wait for this job here (training runs are followed through the
+        database)."""
         number = next(self._numbers)
         if self.eager:
             job = Job(f"{LOCAL}{number}", name, user_id, guild_id, label, number)
@@ -131,7 +132,7 @@ class Jobs:
                 self._jobs[job.id] = job
             return job
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, lambda: self._send(name, args))
+        future = loop.run_in_executor(None, lambda: self._send(name, args, task_id))
         try:
             result = await asyncio.wait_for(asyncio.shield(future), self.settings.bot_enqueue_timeout)
         except TimeoutError:
@@ -156,11 +157,11 @@ class Jobs:
         self._jobs[job.id] = job
         return job
 
-    def _send(self, name: str, args: tuple):
+    def _send(self, name: str, args: tuple, task_id: str | None = None):
         if self.app is self._module.app:
-            result = self._module.enqueue(name, *args)  # raises BrokerUnavailable with a clear message
+            result = self._module.enqueue(name, *args, task_id=task_id)  # BrokerUnavailable with a clear message
         else:
-            result = self.app.send_task(name, args=list(args))
+            result = self.app.send_task(name, args=list(args), task_id=task_id)
         # Celery's Redis backend subscribes this thread to the job's state messages, which only .get() would
         # read; the bot polls the stored state instead, so unsubscribe before unread messages pile up.
         consumer = getattr(result.backend, "result_consumer", None)

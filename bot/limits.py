@@ -30,6 +30,9 @@ POLICY_TTL = 10.0
 JOB_TTL = 900.0  # seconds a job's claim counts at most (longer than any job: bot_job_timeout is 300 s)
 
 
+COOLDOWN_COST_CAP = 4.0
+
+
 class Refusal(app_commands.CheckFailure):
     """A refused request; the message is shown to the user (ephemeral)."""
 
@@ -89,7 +92,7 @@ class Limits:
     async def admit(self, request, *, member_id: int | None, guild_id: int | None, cooldown: bool = True) -> Claim:
         """Count a prepared generate job (service.generation.PreparedGeneration) against the member and the
         server by its cost, or raise Refusal. `cooldown`: a job of n units makes the member's cooldown n
-        times as long (not for ambient replies, which the member did not ask for)."""
+        times as long (at most COOLDOWN_COST_CAP times) (not for ambient replies, which the member did not ask for)."""
         pol = await self.policy(guild_id)
         cost = await asyncio.to_thread(service.quotas.request_cost, request.payload, request.family)
         claim = Claim(uuid.uuid4().hex, cost)
@@ -100,8 +103,9 @@ class Limits:
         except service.policy.UserError as e:
             raise Refusal(user_error(e)) from None
         if cooldown and member_id is not None and cost > 1 and pol.cooldown_seconds > 0:
+            # a dear job cools down longer, at most COOLDOWN_COST_CAP times (its units already hold the member)
             await asyncio.to_thread(self.quotas.extend, _generate_key(guild_id, member_id),
-                                    pol.cooldown_seconds * cost)
+                                    pol.cooldown_seconds * min(cost, COOLDOWN_COST_CAP))
         return claim
 
     async def release(self, claim: Claim | None) -> None:

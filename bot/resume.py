@@ -14,6 +14,7 @@ import discord
 
 import service.generation
 from bot.jobs import GENERATE
+from bot.limits import Claim
 from bot.streaming import Buttons, InteractionOutput, ReplyOutput, follow_generation, in_background
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,14 @@ async def _resume(bot, row: service.generation.InFlight, buttons: Buttons) -> No
                 await output.error(RESTARTED)
             else:
                 timeout = max(RESUME_GRACE_SECONDS, bot.settings.bot_job_timeout - row.age)
-                await follow_generation(bot, output, row.request, job, buttons, user_id=row.user_id,
-                                        guild_id=row.guild_id, refund=False, timeout=timeout, lost=RESTARTED)
+                try:
+                    await follow_generation(bot, output, row.request, job, buttons, user_id=row.user_id,
+                                            guild_id=row.guild_id, refund=False, timeout=timeout, lost=RESTARTED)
+                finally:  # the job's claim on its member's and server's units is its task id
+                    await bot.limits.release(Claim(row.task_id, 0.0))
                 return  # follow_generation forgets the row
         await asyncio.to_thread(service.generation.forget_in_flight, row.task_id)
+        await bot.limits.release(Claim(row.task_id, 0.0))
     except Exception:
         log.exception("resuming generation %s", row.task_id)
 

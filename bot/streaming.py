@@ -218,7 +218,7 @@ async def run_generation(bot, output: Output, request: service.generation.Prepar
         metrics.record_interaction(source, "refused", time.monotonic() - started, kind="generate")
         return None
     try:
-        gid = await _run(bot, output, request, buttons, user_id=user_id, guild_id=guild_id)
+        gid = await _run(bot, output, request, buttons, user_id=user_id, guild_id=guild_id, task_id=claim.id)
     finally:
         await bot.limits.release(claim)
     metrics.record_interaction(source, "ok" if gid is not None else "failed", time.monotonic() - started,
@@ -227,11 +227,12 @@ async def run_generation(bot, output: Output, request: service.generation.Prepar
 
 
 async def _run(bot, output: Output, request: service.generation.PreparedGeneration, buttons: Buttons, *,
-               user_id: int | None, guild_id: int | None) -> int | None:
+               user_id: int | None, guild_id: int | None, task_id: str | None = None) -> int | None:
+    # the job's task id is its claim's id, so a restarted bot that finishes it releases the claim too
     gid = None
     try:
         job = await bot.jobs.submit(GENERATE, request.payload, user_id=user_id, guild_id=guild_id,
-                                    label=request.label)
+                                    label=request.label, task_id=task_id)
     except JobError as e:
         if user_id is not None:
             bot.limits.refund(user_id, guild_id)
