@@ -32,6 +32,7 @@ from db.types import Family, PostStatus, RunStatus, UTCDateTime, metadata, str_e
 __all__ = [
     "AmbientChannel",
     "Base",
+    "BoardSettings",
     "Checkpoint",
     "Corpus",
     "Family",
@@ -42,6 +43,7 @@ __all__ = [
     "Persona",
     "PersonaCorpus",
     "PostStatus",
+    "Reaction",
     "Report",
     "RunStatus",
     "Schedule",
@@ -384,3 +386,30 @@ class QuotaUsage(Base):
     key: Mapped[str] = mapped_column(String(200))
     amount: Mapped[float] = mapped_column(Float)
     at: Mapped[float] = mapped_column(Float)
+
+
+class Reaction(Base):
+    """A member's 👍 or 👎 (or the server's configured emoji) on a message showing a generated text: who
+    (personal data: /privacy exports and deletes it), which text, which kind, when. One row per text, member
+    and kind; removing the reaction deletes the row, and deleting the text deletes its reactions."""
+
+    __tablename__ = "reactions"
+    __table_args__ = (UniqueConstraint("generation_id", "user_id", "kind"),
+                      Index("ix_reactions_guild_id_created_at", "guild_id", "created_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), index=True)
+    guild_id: Mapped[int] = mapped_column(Snowflake)
+    user_id: Mapped[int] = mapped_column(Snowflake, index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "up" | "down"
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BoardSettings(Timestamped, Base):
+    """A server's board (`/board emoji`): the emoji that count as up and down votes (None: 👍 and 👎)."""
+
+    __tablename__ = "board_settings"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    up_emoji: Mapped[str | None] = mapped_column(String(100))
+    down_emoji: Mapped[str | None] = mapped_column(String(100))
