@@ -15,6 +15,7 @@ from sqlalchemy import delete, or_, select
 from core.settings import get_settings
 from db.models import (
     AmbientChannel,
+    BoardSettings,
     Corpus,
     Generation,
     GuildSettings,
@@ -22,6 +23,7 @@ from db.models import (
     InflightGeneration,
     Persona,
     PersonaCorpus,
+    Reaction,
     Report,
     Schedule,
     TrainingRun,
@@ -50,7 +52,11 @@ def sweep_generations(now: datetime | None = None, days: float | None = None) ->
         old = session.execute(select(Generation.id, Generation.request_id).where(Generation.created_at < cutoff)).all()
         ids = [gid for gid, _ in old]
         for start in range(0, len(ids), 500):
+            session.execute(delete(Reaction).where(Reaction.generation_id.in_(ids[start:start + 500])))
             session.execute(delete(Generation).where(Generation.id.in_(ids[start:start + 500])))
+        # the votes on texts deleted with their Delete button (the row stays, blanked) go now
+        session.execute(delete(Reaction).where(Reaction.generation_id.in_(
+            select(Generation.id).where(Generation.deleted_at.is_not(None)))))
         return len(ids), [rid for _, rid in old if rid]
 
 
@@ -80,8 +86,8 @@ def _purge_runs_and_personas(session, guild_id: int, storage, out: Purged) -> No
 
 def purge_guild(guild_id: int) -> Purged:
     """Delete everything of one server: its personas with their checkpoints, runs and blobs, the uploads
-    made there, texts generated there, schedules, ambient channels, settings and reports. The standing row
-    stays (blocked or not, and when it was purged)."""
+    made there, texts generated there and the votes on them, schedules, ambient channels, settings (the
+    board's too) and reports. The standing row stays (blocked or not, and when it was purged)."""
     out, storage = Purged(), open_storage()
     with session_scope() as session:
         gens = session.execute(select(Generation.request_id).where(Generation.guild_id == guild_id)).all()
@@ -91,6 +97,8 @@ def purge_guild(guild_id: int) -> Purged:
         _purge_runs_and_personas(session, guild_id, storage, out)
         out.task_ids += [t for (t,) in session.execute(select(InflightGeneration.task_id)
                                                         .where(InflightGeneration.guild_id == guild_id))]
+        session.execute(delete(Reaction).where(Reaction.guild_id == guild_id))
+        session.execute(delete(BoardSettings).where(BoardSettings.guild_id == guild_id))
         for model, column in ((InflightGeneration, InflightGeneration.guild_id), (Schedule, Schedule.guild_id),
                               (AmbientChannel, AmbientChannel.guild_id), (GuildSettings, GuildSettings.guild_id),
                               (Report, Report.guild_id), (TrainingRun, TrainingRun.guild_id)):

@@ -7,6 +7,7 @@ What is stored about a user, by their Discord id:
 - uploads (`corpora.uploaded_by`, the text in storage) and the training runs they asked for;
 - schedules they made (`schedules.created_by`), personas they created (`personas.created_by`), ambient
   channels they switched on (`ambient_channels.enabled_by`), reports they filed (`reports.reporter_id`);
+- their votes on generated texts (`reactions.user_id`: which text, which kind, when; service/board.py);
 - Celery's results of their jobs in the result backend (Redis keys `celery-task-meta-<task id>`). The
   service cannot reach Redis: deleting returns the task ids, and the caller forgets them
   (worker.app.forget_results), which also sweeps the backend for any other result naming the user.
@@ -34,7 +35,7 @@ from db import (
     open_storage,
     session_scope,
 )
-from db.models import AmbientChannel, PersonaCorpus, Report
+from db.models import AmbientChannel, PersonaCorpus, Reaction, Report
 from db.storage import run_prefixes
 from db.types import as_utc, utcnow
 
@@ -58,7 +59,7 @@ class DataSummary:
     personas_created: int = 0
     ambient_channels: int = 0
     reports: int = 0
-    reactions: int = 0  # the bot stores none; listed so the answer says so
+    reactions: int = 0  # votes on generated texts (service/board.py)
 
     @property
     def empty(self) -> bool:
@@ -74,6 +75,7 @@ class Deleted:
     uploads: int = 0
     schedules: int = 0
     reports: int = 0
+    reactions: int = 0
     storage_keys: list[str] = field(default_factory=list)
     task_ids: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
@@ -100,7 +102,8 @@ def summary(user_id: int) -> DataSummary:
             schedules=count(Schedule, Schedule.created_by),
             personas_created=count(Persona, Persona.created_by),
             ambient_channels=count(AmbientChannel, AmbientChannel.enabled_by),
-            reports=count(Report, Report.reporter_id))
+            reports=count(Report, Report.reporter_id),
+            reactions=count(Reaction, Reaction.user_id))
 
 
 def _when(value: datetime | None) -> str | None:
@@ -172,7 +175,8 @@ def export(user_id: int) -> dict:
                                  for a in rows(AmbientChannel, AmbientChannel.enabled_by)],
             "reports": [{"id": r.id, "generation_id": r.generation_id, "reason": r.reason, "guild_id": r.guild_id,
                          "created_at": _when(r.created_at)} for r in rows(Report, Report.reporter_id)],
-            "reactions": [],
+            "reactions": [{"generation_id": r.generation_id, "guild_id": r.guild_id, "kind": r.kind,
+                           "created_at": _when(r.created_at)} for r in rows(Reaction, Reaction.user_id)],
         }
 
 
@@ -246,6 +250,8 @@ def delete_user_data(user_id: int) -> Deleted:
         session.execute(delete(Schedule).where(Schedule.created_by == user_id))
         out.reports = len(session.scalars(select(Report.id).where(Report.reporter_id == user_id)).all())
         session.execute(delete(Report).where(Report.reporter_id == user_id))
+        out.reactions = len(session.scalars(select(Reaction.id).where(Reaction.user_id == user_id)).all())
+        session.execute(delete(Reaction).where(Reaction.user_id == user_id))
         session.execute(update(Persona).where(Persona.created_by == user_id).values(created_by=None))
         session.execute(update(PersonaCorpus).where(PersonaCorpus.added_by == user_id).values(added_by=None))
         session.execute(update(AmbientChannel).where(AmbientChannel.enabled_by == user_id).values(enabled_by=None))
