@@ -85,6 +85,8 @@ async def on_message(bot, message: discord.Message) -> None:
     previous = None
     if await replied_to_us(bot, message):
         previous = await generation_of(bot, message.reference.message_id, wait=True)
+        if previous is not None and await ambient.conversation_reply(bot, message, previous):
+            return  # a reply to an ambient reply where a conversation window is set: answered there
     mentioned = me.id in message.raw_mentions or any(u.id == me.id for u in message.mentions)
     if previous is None and not (mentioned and re.search(rf"<@!?{me.id}>", message.content)):
         await ambient.maybe_reply(bot, message)  # not addressed to the bot: maybe an ambient reply

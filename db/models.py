@@ -307,7 +307,8 @@ class GuildSettings(Timestamped, Base):
 
 class AmbientChannel(Timestamped, Base):
     """A channel opted in to ambient replies (`/ambient on`): the bot answers a human message there now and
-    then (chance per message, at most once per cooldown_seconds) in this persona."""
+    then (chance per message, at most once per cooldown_seconds) in this persona. Whether a conversation
+    window is open right now is shared state in quota_marks (service/ambient.py), not here."""
 
     __tablename__ = "ambient_channels"
 
@@ -324,6 +325,11 @@ class GuildStatus(Base):
     removed (its data is purged after the grace period unless it comes back) and whether the operator
     blocked it (the bot leaves, and leaves again at once if added back)."""
 
+    # The conversation window: once a member replies to an ambient reply, for window_seconds (0: never) the
+    # persona answers messages here with window_chance, at most once per window_cooldown_seconds
+    window_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    window_chance: Mapped[float] = mapped_column(Float, default=0.5, server_default=text("0.5"))
+    window_cooldown_seconds: Mapped[int] = mapped_column(Integer, default=30, server_default=text("30"))
     __tablename__ = "guild_status"
 
     guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
