@@ -16,8 +16,9 @@ from bot.autocomplete import persona_autocomplete
 from bot.formatting import user_error
 from bot.limits import actor_of, generate_limits, member_may_post
 from bot.pictures import picture_file
-from bot.streaming import InteractionOutput, run_generation
+from bot.streaming import InteractionOutput, Output, WebhookOutput, run_generation
 from bot.views import result_view
+from bot.webhooks import output_for
 from core.contracts import bounds, help_of
 from core.settings import Settings
 
@@ -64,17 +65,21 @@ async def generate_command(interaction: discord.Interaction, persona: str, promp
         bot.limits.refund(actor.user_id, actor.guild_id)
         await replies.fail(interaction, user_error(e))
         return
-    generation_id = await run_generation(bot, InteractionOutput(interaction), request, result_view,
-                                         user_id=actor.user_id, guild_id=actor.guild_id)
+    output = InteractionOutput(interaction)
+    if member_may_post(interaction):  # as the persona, through the channel's webhook, where the bot may
+        output = await output_for(bot, interaction.channel, request, output, interaction=interaction)
+    generation_id = await run_generation(bot, output, request, result_view, user_id=actor.user_id,
+                                         guild_id=actor.guild_id)
     if show == "probabilities" and generation_id:
-        await attach_picture(interaction, generation_id)
+        await attach_picture(interaction, generation_id, output)
 
 
 PICTURE_EDIT_GAP = 1.1  # seconds after the result's last edit: Discord rate-limits edits of one message
 
 
-async def attach_picture(interaction: discord.Interaction, generation_id: int) -> None:
-    """Add the probability picture (bot/pictures.py) to the result message, keeping its attachments."""
+async def attach_picture(interaction: discord.Interaction, generation_id: int, output: Output | None = None) -> None:
+    """Add the probability picture (bot/pictures.py) to the result message, keeping its attachments (a
+    message posted as the persona is edited through its webhook)."""
     picture = await picture_file(generation_id, actor_of(interaction))
     if picture is None:
         await replies.followup(interaction, "The probability picture of this text could not be drawn.",
@@ -82,6 +87,9 @@ async def attach_picture(interaction: discord.Interaction, generation_id: int) -
         return
     await asyncio.sleep(PICTURE_EDIT_GAP)
     try:
+        if isinstance(output, WebhookOutput) and not output.fell_back:
+            await output.add_files([picture])
+            return
         message = await interaction.original_response()
         await interaction.edit_original_response(attachments=[*message.attachments,
                                                               picture])

@@ -1,7 +1,8 @@
 """Running one generate job for Discord: enqueue, show the queue position and the text as it arrives
 (edits at least `bot_stream_interval` seconds apart), then the result with its buttons.
 
-An `Output` is where the text goes: the deferred response of an interaction, or a reply to a message.
+An `Output` is where the text goes: the deferred response of an interaction, a reply to a message, or a
+message posted as the persona through a channel webhook (bot/webhooks.py chooses).
 """
 
 from __future__ import annotations
@@ -130,6 +131,79 @@ class ReplyOutput(Output):
                 await self.reply.edit(content=self.stopped(message), view=None, allowed_mentions=NO_MENTIONS)
             else:
                 await self.source.reply(f"⚠️ {message}", allowed_mentions=NO_MENTIONS, mention_author=False)
+
+
+class WebhookOutput(Output):
+    """A message posted as a persona through a channel webhook (bot/webhooks.py), created on the first edit
+    and edited through the webhook's own edit-message endpoint (the bot's token may not edit it).
+
+    `fallback` is where the text goes when the webhook turns out to be gone at the first post (a member
+    deleted it): the bot's own message, as without Manage Webhooks, and `gone` is told the webhook's id.
+    `interaction`: the command that asked, whose "thinking…" response is removed once the persona's message
+    is up. Before anything is posted, errors go to the fallback (the user alone sees them)."""
+
+    def __init__(self, webhook: discord.Webhook, username: str, channel_id: int, fallback: Output, *,
+                 interaction: discord.Interaction | None = None, gone: Callable[[int], None] | None = None):
+        self.webhook, self.username, self.channel_id = webhook, username, channel_id
+        self.fallback, self.interaction, self.gone = fallback, interaction, gone
+        self.message: discord.WebhookMessage | None = None
+        self.fell_back = False
+
+    def where(self) -> dict:
+        # not reopened by a restarted bot: the webhook's token is not kept with the job
+        return {"channel_id": self.channel_id}
+
+    async def _post(self, rendered: Rendered, view: discord.ui.View | None) -> discord.WebhookMessage:
+        extra = {"view": view} if isinstance(view, discord.ui.View) else {}
+        return await self.webhook.send(rendered.content, username=self.username, files=_files(rendered),
+                                       allowed_mentions=NO_MENTIONS, wait=True, **extra)
+
+    async def _use_fallback(self) -> None:
+        self.fell_back = True
+        self.fallback.on_posted = self.on_posted
+        if self.gone is not None:
+            self.gone(self.webhook.id)
+
+    async def edit(self, rendered: Rendered, view: discord.ui.View | None = MISSING) -> int | None:
+        if self.fell_back:
+            return await self.fallback.edit(rendered, view)
+        if self.message is None:
+            try:
+                self.message = await self._post(rendered, view)
+            except (discord.NotFound, discord.Forbidden) as e:
+                log.warning("webhook %s refused a post (%s): posting as the bot", self.webhook.id, e.status)
+                await self._use_fallback()
+                return await self.fallback.edit(rendered, view)
+            if self.on_posted is not None:
+                self.on_posted(self.message.id)
+            if self.interaction is not None:  # the persona's message replaces the bot's "thinking…"
+                in_background(_delete_original(self.interaction))
+        else:
+            self.message = await self.webhook.edit_message(self.message.id, content=rendered.content,
+                                                           attachments=_files(rendered), view=view,
+                                                           allowed_mentions=NO_MENTIONS)
+        self.shown, self.last = True, rendered.content
+        return self.message.id
+
+    async def add_files(self, files: list[discord.File]) -> None:
+        """Attach more files to the posted message, keeping its attachments."""
+        if self.fell_back or self.message is None:
+            return
+        self.message = await self.webhook.edit_message(self.message.id,
+                                                       attachments=[*self.message.attachments, *files])
+
+    async def error(self, message: str) -> None:
+        if self.message is None:
+            await self.fallback.error(message)
+            return
+        with contextlib.suppress(discord.HTTPException):
+            await self.webhook.edit_message(self.message.id, content=self.stopped(message), view=None,
+                                            allowed_mentions=NO_MENTIONS)
+
+
+async def _delete_original(interaction: discord.Interaction) -> None:
+    with contextlib.suppress(discord.HTTPException):
+        await interaction.delete_original_response()
 
 
 class Streamer:

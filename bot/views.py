@@ -35,6 +35,7 @@ from bot.formatting import generation_info, user_error
 from bot.limits import Refusal, actor_of, cooldown_message, member_may_post
 from bot.pictures import picture_file
 from bot.streaming import InteractionOutput, run_generation
+from bot.webhooks import output_for
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,10 @@ async def delete_result(interaction: discord.Interaction, generation_id: int) ->
         return
     await replies.defer_update(interaction)
     try:
-        await interaction.message.delete()
+        if interaction.message.webhook_id is not None:  # posted as a persona: the bot is not its author
+            await interaction.delete_original_response()
+        else:
+            await interaction.message.delete()
     except discord.NotFound:
         pass  # already gone (deleted twice, or by a moderator)
 
@@ -186,5 +190,8 @@ async def follow_up(interaction: discord.Interaction, generation_id: int, action
         bot.limits.refund(actor.user_id, actor.guild_id)
         await replies.fail(interaction, user_error(e))
         return
-    await run_generation(bot, InteractionOutput(interaction), request, result_view, user_id=actor.user_id,
+    output = InteractionOutput(interaction)
+    if not action.owner_only and public:  # a new message: as the persona, where the bot may
+        output = await output_for(bot, interaction.channel, request, output, interaction=interaction)
+    await run_generation(bot, output, request, result_view, user_id=actor.user_id,
                          guild_id=actor.guild_id, source=f"button:{action.mode}")

@@ -42,6 +42,7 @@ __all__ = [
     "InflightGeneration",
     "Persona",
     "PersonaCorpus",
+    "PersonaWebhook",
     "PostStatus",
     "Reaction",
     "Report",
@@ -419,3 +420,22 @@ class BoardSettings(Timestamped, Base):
     guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
     up_emoji: Mapped[str | None] = mapped_column(String(100))
     down_emoji: Mapped[str | None] = mapped_column(String(100))
+
+
+class PersonaWebhook(Base):
+    """A channel webhook the bot created to post as one persona there (bot/webhooks.py): Discord's id and
+    token (a secret: whoever holds it can post in the channel; never logged, deleted with the server's data),
+    the digest of the avatar uploaded to it, and when it was last used (the least recently used one is
+    deleted when a channel runs out of webhooks). One per channel and persona slug."""
+
+    __tablename__ = "persona_webhooks"
+    __table_args__ = (UniqueConstraint("channel_id", "persona_slug"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(Snowflake, index=True)
+    channel_id: Mapped[int] = mapped_column(Snowflake)
+    persona_slug: Mapped[str] = mapped_column(String(32))
+    webhook_id: Mapped[int] = mapped_column(Snowflake, unique=True)
+    token: Mapped[str] = mapped_column(String(200))
+    avatar: Mapped[str] = mapped_column(String(32), default="")
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,66 @@
+"""The persona webhooks table (db.models.PersonaWebhook): find one for a channel and persona, remember a new
+one, forget a deleted one, and pick the least recently used ones of a channel to evict. Shared by the bot
+(through service/webhooks.py) and the scheduled posts of the workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+
+from db.models import PersonaWebhook
+from db.types import utcnow
+
+# At most this many of the bot's webhooks per channel: Discord allows 15 per channel in all, and the
+# server's own integrations need some of them.
+MAX_PER_CHANNEL = 10
+
+
+@dataclass(frozen=True)
+class Hook:
+    webhook_id: int
+    token: str  # a secret: never log it
+    avatar: str  # the digest of the avatar uploaded to it (core.avatar.digest)
+
+    def __repr__(self) -> str:  # a Hook in a log line or a traceback must not show its token
+        return f"Hook(webhook_id={self.webhook_id})"
+
+
+def _hook(row: PersonaWebhook) -> Hook:
+    return Hook(row.webhook_id, row.token, row.avatar)
+
+
+def find(session, channel_id: int, persona_slug: str) -> Hook | None:
+    """The channel's webhook for this persona, marked as used now; None when there is none yet."""
+    row = session.scalars(select(PersonaWebhook).where(PersonaWebhook.channel_id == channel_id,
+                                                       PersonaWebhook.persona_slug == persona_slug)).first()
+    if row is None:
+        return None
+    row.last_used_at = utcnow()
+    return _hook(row)
+
+
+def remember(session, *, guild_id: int, channel_id: int, persona_slug: str, hook: Hook) -> None:
+    """Keep a webhook just created (replacing any row of the same channel and persona)."""
+    session.execute(delete(PersonaWebhook).where(PersonaWebhook.channel_id == channel_id,
+                                                 PersonaWebhook.persona_slug == persona_slug))
+    session.add(PersonaWebhook(guild_id=guild_id, channel_id=channel_id, persona_slug=persona_slug,
+                               webhook_id=hook.webhook_id, token=hook.token, avatar=hook.avatar))
+
+
+def set_avatar(session, webhook_id: int, avatar: str) -> None:
+    row = session.scalars(select(PersonaWebhook).where(PersonaWebhook.webhook_id == webhook_id)).first()
+    if row is not None:
+        row.avatar = avatar
+
+
+def forget(session, webhook_id: int) -> None:
+    """The webhook is gone (deleted here, or by a member in Discord)."""
+    session.execute(delete(PersonaWebhook).where(PersonaWebhook.webhook_id == webhook_id))
+
+
+def to_evict(session, channel_id: int, keep: int = MAX_PER_CHANNEL - 1) -> list[Hook]:
+    """The channel's least recently used webhooks beyond the newest `keep` (room for one more)."""
+    rows = session.scalars(select(PersonaWebhook).where(PersonaWebhook.channel_id == channel_id)
+                           .order_by(PersonaWebhook.last_used_at.desc(), PersonaWebhook.id.desc())).all()
+    return [_hook(r) for r in rows[max(keep, 0):]]
