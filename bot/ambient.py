@@ -27,6 +27,7 @@ from bot.formatting import user_error
 from bot.limits import Refusal, actor_of
 from bot.streaming import ReplyOutput, run_generation
 from bot.views import result_view
+from bot.webhooks import output_for
 
 SETTING_TTL = 30.0  # seconds a channel's setting is trusted before it is read again (another bot process)
 MENTION = re.compile(r"<(@[!&]?|#)\d+>|@(everyone|here)")
@@ -136,7 +137,9 @@ async def _answer(bot, message: discord.Message, persona: str, prompt: str) -> N
                                        cooldown=False)
     except Refusal:
         return
-    gid = await run_generation(bot, ReplyOutput(message), request, result_view, user_id=None,
+    # as the persona through the channel's webhook where the bot may, else a reply as the bot
+    output = await output_for(bot, message.channel, request, ReplyOutput(message))
+    gid = await run_generation(bot, output, request, result_view, user_id=None,
                                guild_id=message.guild.id, source="ambient", member_id=message.author.id, claim=claim)
     if gid is not None:  # the prompt is the author's message: keep whose, for /privacy
         await asyncio.to_thread(service.privacy.note_quote, gid, message.author.id)
