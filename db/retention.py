@@ -23,6 +23,7 @@ from db.models import (
     InflightGeneration,
     Persona,
     PersonaCorpus,
+    PersonaWebhook,
     Reaction,
     Report,
     Schedule,
@@ -86,8 +87,9 @@ def _purge_runs_and_personas(session, guild_id: int, storage, out: Purged) -> No
 
 def purge_guild(guild_id: int) -> Purged:
     """Delete everything of one server: its personas with their checkpoints, runs and blobs, the uploads
-    made there, texts generated there and the votes on them, schedules, ambient channels, settings (the
-    board's too) and reports. The standing row stays (blocked or not, and when it was purged)."""
+    made there, texts generated there and the votes on them, schedules, ambient channels, the persona
+    webhooks' tokens, settings (the board's too) and reports. The standing row stays (blocked or not, and
+    when it was purged)."""
     out, storage = Purged(), open_storage()
     with session_scope() as session:
         gens = session.execute(select(Generation.request_id).where(Generation.guild_id == guild_id)).all()
@@ -99,6 +101,8 @@ def purge_guild(guild_id: int) -> Purged:
                                                         .where(InflightGeneration.guild_id == guild_id))]
         session.execute(delete(Reaction).where(Reaction.guild_id == guild_id))
         session.execute(delete(BoardSettings).where(BoardSettings.guild_id == guild_id))
+        # the webhooks' tokens are secrets of the server's channels: they go with its data
+        session.execute(delete(PersonaWebhook).where(PersonaWebhook.guild_id == guild_id))
         for model, column in ((InflightGeneration, InflightGeneration.guild_id), (Schedule, Schedule.guild_id),
                               (AmbientChannel, AmbientChannel.guild_id), (GuildSettings, GuildSettings.guild_id),
                               (Report, Report.guild_id), (TrainingRun, TrainingRun.guild_id)):

@@ -6,10 +6,17 @@ day-of-month month day-of-week, parsed by core.cron.parse_cron, all fields must 
 A slot is due when it is the latest slot at or before now and later than the last claimed slot (or the
 schedule's creation). So after any downtime only that latest slot is due: at most one catch-up post.
 The claim is a unique row (db.schedules.claim_slot), so two dispatchers racing post each slot once.
+
+A post goes out as the persona, through the channel webhook the bot uses for it (bot/webhooks.py explains
+the design; db/webhooks.py keeps them), created here when there is none; where Discord refuses a webhook
+(no Manage Webhooks: 403) or it was deleted, the post goes out as the bot with the persona named, as before.
+A webhook's execute takes no nonce: the slot's locked row keeps overlapping runs to one post, and only a run
+that dies between posting and recording could post its slot twice through a webhook.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import urllib.error
@@ -18,6 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select
 
+from core.avatar import avatar_png, digest, webhook_name
 from core.contracts import GenerateRequest, merge_sampling
 from core.cron import parse_cron
 from core.markdown import escape
@@ -25,6 +33,7 @@ from core.settings import get_settings
 from db import PostStatus, Schedule, SchedulePost, get_sessionmaker, session_scope
 from db.schedules import claim_slot, enabled_schedules, finish_post, interval_slot
 from db.types import as_utc, utcnow
+from db.webhooks import Hook, find, forget, remember, to_evict
 
 log = logging.getLogger(__name__)
 MAX_CONTENT = 2000  # Discord's limit on a message's content
@@ -94,30 +103,86 @@ def dispatch(now: datetime | None = None) -> list[tuple[int, str]]:
     return claimed
 
 
-def post_message(channel_id: int, content: str, timeout: float = 10.0, nonce: str | None = None) -> int:
-    """POST a message to a channel through Discord's REST API; returns its id. Mentions never ping. With a
-    `nonce` (at most 25 characters) Discord refuses to create a second message with it (enforce_nonce)."""
+def _call(method: str, path: str, body: dict | None, *, timeout: float = 10.0, shown: str | None = None) -> dict:
+    """One request to Discord's REST API with the bot's token; its JSON answer ({} for none). `shown`: the
+    path as errors may show it (a webhook's path holds its token, which is never logged)."""
     settings = get_settings()
     if not settings.discord_token:
         raise DiscordError("no Discord token configured (IMPROBABLE_DISCORD_TOKEN)")
-    url = f"{settings.discord_api_base.rstrip('/')}/channels/{channel_id}/messages"
-    message = {"content": content[:MAX_CONTENT], "allowed_mentions": {"parse": []}}
-    if nonce:
-        message.update(nonce=nonce, enforce_nonce=True)
-    body = json.dumps(message).encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Authorization": f"Bot {settings.discord_token}", "Content-Type": "application/json",
-        "User-Agent": "DiscordBot (https://github.com/improbable, 0.1)"})
+    url = f"{settings.discord_api_base.rstrip('/')}{path}"
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), method=method,
+                                     headers={"Authorization": f"Bot {settings.discord_token}",
+                                              "Content-Type": "application/json",
+                                              "User-Agent": "DiscordBot (https://github.com/improbable, 0.1)"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(json.load(response)["id"])
+            raw = response.read()
+            return json.loads(raw) if raw else {}
     except urllib.error.HTTPError as e:
         detail = e.read()[:300].decode("utf-8", "replace")
         if e.code == 429 or e.code >= 500:
             raise DiscordUnavailable(f"Discord answered {e.code}: {detail}") from None
         raise DiscordError(f"Discord answered {e.code}: {detail}", e.code) from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-        raise DiscordUnavailable(f"cannot reach Discord at {url}: {e}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as e:
+        where = f"{settings.discord_api_base.rstrip('/')}{shown or path}"
+        raise DiscordUnavailable(f"cannot reach Discord at {where}: {e}") from None
+
+
+def post_message(channel_id: int, content: str, timeout: float = 10.0, nonce: str | None = None) -> int:
+    """POST a message to a channel through Discord's REST API; returns its id. Mentions never ping. With a
+    `nonce` (at most 25 characters) Discord refuses to create a second message with it (enforce_nonce)."""
+    message = {"content": content[:MAX_CONTENT], "allowed_mentions": {"parse": []}}
+    if nonce:
+        message.update(nonce=nonce, enforce_nonce=True)
+    return int(_call("POST", f"/channels/{channel_id}/messages", message, timeout=timeout)["id"])
+
+
+def _create_webhook(session, channel_id: int, guild_id: int, slug: str, display_name: str) -> Hook | None:
+    """A new webhook for the persona in the channel (the least recently used ones evicted first, and the
+    oldest once more when Discord says the channel is full); None when Discord refuses one."""
+    avatar = avatar_png(display_name, slug)
+    body = {"name": webhook_name(display_name), "avatar": "data:image/png;base64," + base64.b64encode(avatar).decode()}
+    for attempt in range(2):
+        for old in to_evict(session, channel_id) if attempt == 0 else to_evict(session, channel_id, 0)[-1:]:
+            try:
+                _call("DELETE", f"/webhooks/{old.webhook_id}/{old.token}", None, shown=f"/webhooks/{old.webhook_id}")
+            except (DiscordError, DiscordUnavailable) as e:
+                log.info("could not delete webhook %s: %s", old.webhook_id, e)
+            forget(session, old.webhook_id)
+        try:
+            created = _call("POST", f"/channels/{channel_id}/webhooks", body)
+        except DiscordError as e:
+            if attempt == 0 and "30007" in str(e):
+                continue
+            log.info("no webhook in channel %s (posting as the bot): %s", channel_id, e)
+            return None
+        except DiscordUnavailable as e:
+            log.info("no webhook in channel %s (posting as the bot): %s", channel_id, e)
+            return None
+        if not created.get("token") or not created.get("id"):
+            return None
+        hook = Hook(int(created["id"]), str(created["token"]), digest(avatar))
+        remember(session, guild_id=guild_id, channel_id=channel_id, persona_slug=slug, hook=hook)
+        return hook
+    return None
+
+
+def post_as_persona(session, channel_id: int, guild_id: int, slug: str, display_name: str, content: str,
+                    nonce: str | None = None) -> int:
+    """Post `content` in the channel as the persona through its webhook; as the bot where there is none (a
+    refusal to post as the bot raises DiscordError, as post_message does)."""
+    hook = find(session, channel_id, slug) or _create_webhook(session, channel_id, guild_id, slug, display_name)
+    if hook is not None:
+        message = {"content": content[:MAX_CONTENT], "username": webhook_name(display_name),
+                   "allowed_mentions": {"parse": []}}
+        try:
+            return int(_call("POST", f"/webhooks/{hook.webhook_id}/{hook.token}?wait=true", message,
+                             shown=f"/webhooks/{hook.webhook_id}")["id"])
+        except DiscordError as e:
+            log.info("webhook %s refused a post (posting as the bot): %s", hook.webhook_id, e)
+            if e.status in (401, 403, 404):
+                forget(session, hook.webhook_id)
+    return post_message(channel_id, content, nonce=nonce)
 
 
 def post_content(display_name: str, text: str) -> str:
@@ -161,7 +226,8 @@ def post(schedule_id: int, slot_iso: str, runtime) -> dict:
                                   params=merge_sampling(persona.sampling, schedule.params, {"seed": seed}),
                                   request_id=f"schedule-{schedule_id}-{int(slot.timestamp())}")  # one row per slot
 
-        channel_id, display_name = schedule.channel_id, persona.display_name
+        channel_id, display_name, guild_id, slug = (schedule.channel_id, persona.display_name, schedule.guild_id,
+                                                    persona.slug)
     result = runtime.serve(request, maybe_done=True)
     # One message per slot even when two runs of this job overlap (a redelivery, a job re-published by the
     # lease reaper while its worker was only slow): the slot's row stays locked from the check to the
@@ -173,8 +239,9 @@ def post(schedule_id: int, slot_iso: str, runtime) -> dict:
         if claim is not None and claim.status is PostStatus.POSTED:
             return {"status": "posted", "message_id": claim.message_id, "duplicate": True}
         try:
-            message_id = post_message(channel_id, post_content(display_name, result.full_text),
-                                      nonce=f"s{schedule_id}-{int(slot.timestamp())}"[:25])
+            message_id = post_as_persona(session, channel_id, guild_id, slug, display_name,
+                                         post_content(display_name, result.full_text),
+                                         nonce=f"s{schedule_id}-{int(slot.timestamp())}"[:25])
         except DiscordError as e:
             finish_post(session, schedule_id, slot, error=str(e), generation=result.generation_id)
             paused = e.status in PAUSE_ON_STATUS

@@ -18,7 +18,8 @@ CELERY = str(Path(sys.executable).with_name("celery"))
 
 
 class FakeDiscord:
-    """POST /api/v10/channels/{id}/messages → a message id; every request is recorded."""
+    """POST /api/v10/channels/{id}/messages → a message id; every request is recorded. It knows no webhooks:
+    a webhook it "creates" has no token, so scheduled posts go out as the bot."""
 
     def __init__(self):
         self.posts: list[dict] = []
@@ -31,7 +32,7 @@ class FakeDiscord:
                 with fake.lock:
                     fake.posts.append({"path": self.path, "body": body, "auth": self.headers["Authorization"]})
                     message_id = 10**17 + len(fake.posts)
-                data = json.dumps({"id": str(message_id), "content": body["content"]}).encode()
+                data = json.dumps({"id": str(message_id), "content": body.get("content")}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
