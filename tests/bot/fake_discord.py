@@ -44,6 +44,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.bot.fake_webhooks import Webhooks
+
 DISCORD_EPOCH_MS = 1420070400000
 API = "/api/v10"
 INTENTS_EXPECTED = 53608189  # default intents + MESSAGE_CONTENT
@@ -152,7 +154,7 @@ class CommandUnavailable(Exception):
     """A slash command Discord would not offer there (synced to another guild, or not allowed in DMs)."""
 
 
-class FakeDiscord:
+class FakeDiscord(Webhooks):
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self.app_id = self.snowflake()
@@ -178,6 +180,7 @@ class FakeDiscord:
         self.edits: dict[int, list[float]] = {}  # message id -> times it was edited
         self.files: dict[int, list[tuple[str, bytes]]] = {}  # message id -> attachments' bytes
         self.cdn: dict[str, bytes] = {}
+        self.channel_webhooks: dict[int, dict] = {}  # webhook id -> record (tests/bot/fake_webhooks.py)
         self._dms: dict[int, Channel] = {}
         self.commands: dict[str, dict] = {}
         self.identify: dict | None = None
@@ -757,6 +760,9 @@ class FakeDiscord:
             return _json(self._channel(self.dm_channel(user)))
         if method == "POST" and n == 4 and p[0] == "interactions" and p[3] == "callback":
             return self._callback(int(p[1]), p[2], payload or {}, files, at)
+        routed = self._webhook_route(method, p, payload, files, rec.query)
+        if routed is not None:
+            return routed
         if p[0] == "webhooks" and n >= 3:
             ix = self.by_token.get(p[2])
             if ix is None:
