@@ -22,6 +22,7 @@ import service.policy
 from bot import (
     ambient,
     chat,
+    dialogue,
     generate,
     guild,
     operator,
@@ -42,7 +43,8 @@ from core import logs, metrics
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("bot")
-COMMAND_MODULES = (generate, personas, training, schedules, queue, guild, ambient, privacy, report, operator)
+COMMAND_MODULES = (generate, personas, training, schedules, queue, guild, ambient, privacy, report, operator,
+                   dialogue)
 
 
 def intents() -> discord.Intents:

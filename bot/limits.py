@@ -89,12 +89,15 @@ class Limits:
         """Give the cooldown back (the request failed before it cost anything); done in the background."""
         self._spawn(asyncio.to_thread(self.quotas.reset, _generate_key(guild_id, user_id)))
 
-    async def admit(self, request, *, member_id: int | None, guild_id: int | None, cooldown: bool = True) -> Claim:
+    async def admit(self, request, *, member_id: int | None, guild_id: int | None, cooldown: bool = True,
+                    cost: float | None = None) -> Claim:
         """Count a prepared generate job (service.generation.PreparedGeneration) against the member and the
         server by its cost, or raise Refusal. `cooldown`: a job of n units makes the member's cooldown n
-        times as long (at most COOLDOWN_COST_CAP times) (not for ambient replies, which the member did not ask for)."""
+        times as long (at most COOLDOWN_COST_CAP times) (not for ambient replies, which the member did not ask for).
+        `cost`: the units when the caller knows them (a dialogue admits all its turns at once; `request` unused)."""
         pol = await self.policy(guild_id)
-        cost = await asyncio.to_thread(service.quotas.request_cost, request.payload, request.family)
+        if cost is None:
+            cost = await asyncio.to_thread(service.quotas.request_cost, request.payload, request.family)
         claim = Claim(uuid.uuid4().hex, cost)
         try:
             await asyncio.to_thread(self.quotas.claim, claim.id, guild_id, member_id, cost,
