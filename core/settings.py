@@ -81,6 +81,8 @@ class Settings(BaseSettings):
                                                                                "DISCORD_SYNC_GUILD"),
                                            description="Sync slash commands to this guild only (instant; "
                                            "for development). Empty: sync them globally.")
+    discord_sync_always: bool = Field(False, description="Sync the slash commands at every start, not only when "
+                                      "they changed since the last sync.")
     bot_enqueue_timeout: float = Field(2.0, description="Seconds the bot waits to hand a job to the broker "
                                        "before telling the user the service is unavailable.")
     bot_worker_check_after: float = Field(1.0, description="A generate job not started after this many seconds "
@@ -92,6 +94,11 @@ class Settings(BaseSettings):
     bot_job_timeout: float = Field(300.0, description="Seconds a generate job may spend queued and running "
                                    "before the bot reports it timed out.")
     bot_default_persona: str = Field("alice", description="Persona used when a mention names none.")
+    channel_learning: bool = Field(False, description="Let server managers train personas on channel history "
+                                   "(`/persona learn`, only members who opted in with `/voice optin`). Turn it on "
+                                   "only where Discord has granted express permission: its Developer Policy forbids "
+                                   "training machine-learning models on message content obtained through the API "
+                                   "without it.")
     owner_ids: list[int] = Field(default_factory=list, description="Discord user ids of the deployment's operators "
                                  "(JSON list, e.g. [123, 456]): they alone change built-in personas and use the "
                                  "operator commands.")

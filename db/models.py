@@ -40,6 +40,7 @@ __all__ = [
     "GuildSettings",
     "GuildStatus",
     "InflightGeneration",
+    "LearnedSource",
     "Persona",
     "PersonaCorpus",
     "PersonaWebhook",
@@ -50,6 +51,7 @@ __all__ = [
     "Schedule",
     "SchedulePost",
     "TrainingRun",
+    "VoiceOptIn",
 ]
 
 Snowflake = BigInteger  # Discord ids
@@ -89,6 +91,10 @@ class Persona(Timestamped, Base):
     created_by: Mapped[int | None] = mapped_column(Snowflake)
     # Turned off by the deployment's operator (`improbable operator disable-persona`): refused everywhere
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A member's own voice (/voice me): only that member uses, retrains or deletes it (service.lookup)
+    owner_user_id: Mapped[int | None] = mapped_column(Snowflake, index=True)
+    # Learned from channels hidden from @everyone (/persona learn): usable only in these channels; None: anywhere
+    channel_ids: Mapped[list[int] | None] = mapped_column(JSON)
 
     active_checkpoint: Mapped[Checkpoint | None] = relationship(
         foreign_keys=[active_checkpoint_id], post_update=True)
@@ -319,6 +325,11 @@ class AmbientChannel(Timestamped, Base):
     chance: Mapped[float] = mapped_column(Float)
     cooldown_seconds: Mapped[int] = mapped_column(Integer)
     enabled_by: Mapped[int | None] = mapped_column(Snowflake)
+    # The conversation window: once a member replies to an ambient reply, for window_seconds (0: never) the
+    # persona answers messages here with window_chance, at most once per window_cooldown_seconds
+    window_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    window_chance: Mapped[float] = mapped_column(Float, default=0.5, server_default=text("0.5"))
+    window_cooldown_seconds: Mapped[int] = mapped_column(Integer, default=30, server_default=text("30"))
 
 
 class GuildStatus(Base):
@@ -326,11 +337,6 @@ class GuildStatus(Base):
     removed (its data is purged after the grace period unless it comes back) and whether the operator
     blocked it (the bot leaves, and leaves again at once if added back)."""
 
-    # The conversation window: once a member replies to an ambient reply, for window_seconds (0: never) the
-    # persona answers messages here with window_chance, at most once per window_cooldown_seconds
-    window_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    window_chance: Mapped[float] = mapped_column(Float, default=0.5, server_default=text("0.5"))
-    window_cooldown_seconds: Mapped[int] = mapped_column(Integer, default=30, server_default=text("30"))
     __tablename__ = "guild_status"
 
     guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
@@ -439,3 +445,24 @@ class PersonaWebhook(Base):
     token: Mapped[str] = mapped_column(String(200))
     avatar: Mapped[str] = mapped_column(String(32), default="")
     last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class VoiceOptIn(Base):
+    """A member who agreed (`/voice optin`) that their messages in a server may be learned from (/persona learn)."""
+
+    __tablename__ = "voice_optins"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LearnedSource(Base):
+    """A member whose messages are in a persona learned from channels: their opt-out removes that text."""
+
+    __tablename__ = "learned_sources"
+
+    persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False, index=True)
+    guild_id: Mapped[int] = mapped_column(Snowflake)
+    n_messages: Mapped[int] = mapped_column(Integer, default=0)

@@ -43,7 +43,21 @@ def find_persona(session, slug: str, where: Actor | int | None, *,
         raise UserError("{reason}", reason=e.message) from None
     if persona.disabled and not include_disabled:
         raise PersonaDisabled(persona.slug)
+    if not owned_by(persona, where):
+        raise UnknownPersona(persona.slug, [])  # a member's own voice: to anyone else it is not there
+    if persona.channel_ids and isinstance(where, Actor) and where.channel_id not in persona.channel_ids:
+        raise UserError("{persona} learned from channels hidden from most members: it is used only in those "
+                        "channels.", persona=Code(persona.slug))
     return persona, checkpoint
+
+
+def owned_by(persona: Persona, where: Actor | int | None) -> bool:
+    """Whether an actor may use a persona as far as ownership goes: a member's own voice (owner_user_id) is its
+    owner's alone; the server itself (a lookup by server id, or an actor without a user: a scheduled post, an
+    ambient reply that its owner set up) passes."""
+    if persona.owner_user_id is None or not isinstance(where, Actor) or where.user_id is None:
+        return True
+    return where.user_id == persona.owner_user_id
 
 
 def find_trained_persona(session, slug: str, where: Actor | int | None) -> tuple[Persona, Checkpoint]:

@@ -67,12 +67,12 @@ def list_personas(guild_id: int | None) -> list[PersonaSummary]:
                                        .where(TrainingRun.status.in_(ACTIVE_STATUSES))))
         return [PersonaSummary(p.slug, p.display_name, p.family.value, _scope(p),
                                p.active_checkpoint_id is not None, p.id in training, p.description)
-                for p in visible_personas(session, guild_id)]
+                for p in visible_personas(session, guild_id) if p.owner_user_id is None]  # members' voices: /voice
 
 
 def persona_names(guild_id: int | None) -> list[str]:
     with session_scope() as session:
-        return [p.slug for p in visible_personas(session, guild_id)]
+        return [p.slug for p in visible_personas(session, guild_id) if p.owner_user_id is None]
 
 
 @dataclass
@@ -295,6 +295,20 @@ def delete_persona(actor: Actor, slug: str) -> str:
     copy of a built-in included: the built-in answers there again); the built-ins are part of the deployment
     and nobody deletes them, the operator neither."""
     require_trainer(actor)
+    return _delete(actor, slug)
+
+
+def delete_own_voice(actor: Actor, slug: str) -> str:
+    """A member's own voice (owner_user_id), deleted by that member, who needs no trainer permission for it;
+    the same deletion that leaves nothing behind. To anyone else the voice is not there (service.lookup)."""
+    with session_scope() as session:
+        persona, _ = find_persona(session, slug, actor)
+        if persona.owner_user_id is None or persona.owner_user_id != actor.user_id:
+            raise NotAllowed("{persona} is not your own voice.", persona=Code(persona.slug))
+    return _delete(actor, slug)
+
+
+def _delete(actor: Actor, slug: str) -> str:
     with session_scope() as session:
         persona, _ = find_persona(session, slug, actor)
         if persona.guild_id is None and (actor.guild_id is not None or persona.slug in BUILTIN_SLUGS):
