@@ -8,6 +8,8 @@ API and gateway, migrates an embedded SQLite database, installs bundled checkpoi
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import sys
 from collections import OrderedDict
@@ -16,11 +18,13 @@ import discord
 import yarl
 from discord import app_commands
 
+import service.commands
 import service.operator
 import service.personas
 import service.policy
 from bot import (
     ambient,
+    board,
     chat,
     dialogue,
     generate,
@@ -34,6 +38,7 @@ from bot import (
     resume,
     schedules,
     training,
+    voice,
 )
 from bot.formatting import user_error
 from bot.jobs import Jobs
@@ -44,12 +49,13 @@ from core.settings import Settings, get_settings
 
 log = logging.getLogger("bot")
 COMMAND_MODULES = (generate, personas, training, schedules, queue, guild, ambient, privacy, report, operator,
-                   dialogue)
+                   board, dialogue, voice)
 
 
 def intents() -> discord.Intents:
     value = discord.Intents.default()
     value.message_content = True  # mention chat reads the text (enable it in the developer portal)
+    value.guild_reactions = True  # votes on the bot's texts (bot/board.py); a default intent, named here
     return value
 
 
@@ -112,6 +118,7 @@ class ImprobableBot(discord.Client):
         self.training = training.TrainingWatcher(self)
         self.generation_messages: OrderedDict[int, int] = OrderedDict()  # message id -> generation id
         self.blocked_guilds: set[int] = set()  # servers the operator blocked (bot/operator.py)
+        self.vote_emoji = board.VoteEmoji()  # each server's vote emoji (bot/board.py)
         for module in COMMAND_MODULES:
             for command in module.COMMANDS:
                 self.tree.add_command(command)
@@ -121,15 +128,27 @@ class ImprobableBot(discord.Client):
         self.blocked_guilds = await asyncio.to_thread(service.operator.blocked_guilds)
         self._sweeper = asyncio.create_task(operator.sweep_loop(self))  # embedded: no beat sweeps for us
         guild_id = self.settings.discord_sync_guild
-        if guild_id:
-            guild = discord.Object(id=guild_id)
+        guild = discord.Object(id=guild_id) if guild_id else None
+        if guild is not None:
             self.tree.copy_global_to(guild=guild)
-            synced = await self.tree.sync(guild=guild)
-        else:
-            synced = await self.tree.sync()
-        log.info("synced %d commands%s", len(synced), f" to guild {guild_id}" if guild_id else " globally")
+        await self.sync_commands(guild)
         await self.training.resume()
         await resume.resume_generations(self, result_view)  # each followed in the background
+
+    async def sync_commands(self, guild: discord.Object | None) -> None:
+        """Sync the slash commands where they changed since the last sync (service.commands: a digest of the
+        tree shared by every process), or always with IMPROBABLE_DISCORD_SYNC_ALWAYS."""
+        where = f" to guild {guild.id}" if guild is not None else " globally"
+        tree = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+        digest = hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
+        scope = f"{self.application_id}-{guild.id if guild is not None else 'global'}"
+        if not self.settings.discord_sync_always and \
+                not await asyncio.to_thread(service.commands.sync_needed, scope, digest):
+            log.info("commands unchanged since their last sync%s (%s): not synced again", where, digest[:12])
+            return
+        synced = await self.tree.sync(guild=guild)
+        await asyncio.to_thread(service.commands.record_sync, scope, digest)
+        log.info("synced %d commands%s", len(synced), where)
 
     def remember_generation(self, message_id: int, generation_id: int) -> None:
         """Recent results by message id (replies to them continue the text; the database has them too)."""
@@ -166,6 +185,30 @@ class ImprobableBot(discord.Client):
             await chat.on_message(self, message)
         except Exception:
             log.exception("handling message %s", message.id)
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        try:
+            await board.on_reaction(self, payload)
+        except Exception:
+            log.exception("recording a reaction on message %s", payload.message_id)
+
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        try:
+            await board.on_reaction(self, payload)
+        except Exception:
+            log.exception("removing a reaction on message %s", payload.message_id)
+
+    async def on_raw_reaction_clear(self, payload: discord.RawReactionClearEvent) -> None:
+        try:
+            await board.on_reactions_cleared(self, payload)
+        except Exception:
+            log.exception("clearing the reactions of message %s", payload.message_id)
+
+    async def on_raw_reaction_clear_emoji(self, payload: discord.RawReactionClearEmojiEvent) -> None:
+        try:
+            await board.on_reactions_cleared(self, payload)
+        except Exception:
+            log.exception("clearing an emoji's reactions of message %s", payload.message_id)
 
     async def close(self) -> None:
         await self.training.close()

@@ -174,6 +174,11 @@ def wait_worker(stack_celery, proc: Proc, timeout: float = 90) -> None:
     raise RuntimeError(f"the worker did not become ready in {timeout} s:\n{proc.log()}")
 
 
+# A bot whose command scope (global or one guild) differs from the last one synced against the same fake
+# syncs at start-up even though its tree did not change (the fake forgets the other scope's commands).
+RESYNC = {"IMPROBABLE_DISCORD_SYNC_ALWAYS": "true"}
+
+
 def start_bot(fake: FakeDiscord, env: dict[str, str], logs: Path, name: str) -> Proc:
     proc = Proc(name, [sys.executable, "-m", "bot"], {**env, **fake.env()}, logs, ROOT)
     try:

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from core.markdown import escape
 from worker.schedules import post_content
 
-from .conftest import ROOT, Proc, guild_limits, start_bot
+from .conftest import RESYNC, ROOT, Proc, guild_limits, start_bot
 from .fake_discord import EPHEMERAL, SEND_MESSAGES, VIEW_CHANNEL, FakeDiscord, custom_ids, opt
 from .test_e2e import TIMEOUT, ephemeral_reply, final_text
 
@@ -40,7 +40,7 @@ def _start_global_bot(fake: FakeDiscord, env: dict, logs, name: str) -> Proc:
         fake.identify, fake.commands = None, {}
     # no deployment-wide least cooldown (the tests ask for texts one after another); ambient replies may
     # answer every message
-    bot_env = {**env, **fake.env(), "IMPROBABLE_CEILING_MIN_COOLDOWN_SECONDS": "0",
+    bot_env = {**env, **fake.env(), **RESYNC, "IMPROBABLE_CEILING_MIN_COOLDOWN_SECONDS": "0",
                "IMPROBABLE_CEILING_AMBIENT_CHANCE": "1"}
     bot_env.pop("DISCORD_SYNC_GUILD")
     proc = Proc(name, [sys.executable, "-m", "bot"], bot_env, logs, ROOT)
@@ -66,7 +66,7 @@ def global_stack(stack):
     stack.bot.stop()
     with fake.cond:
         fake.identify, fake.commands = None, {}
-    stack.bot = start_bot(fake, stack.env, stack.logs, "bot-after-boundaries")
+    stack.bot = start_bot(fake, {**stack.env, **RESYNC}, stack.logs, "bot-after-boundaries")
 
 
 @pytest.fixture

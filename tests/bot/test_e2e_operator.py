@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Proc, guild_limits, start_bot
+from .conftest import RESYNC, ROOT, Proc, guild_limits, start_bot
 from .fake_discord import FakeDiscord, custom_ids, opt
 from .test_e2e import TIMEOUT, ephemeral_reply, final_text
 
@@ -35,7 +35,7 @@ def _start_operator_bot(fake: FakeDiscord, env: dict, logs, name: str) -> Proc:
     """The bot synced globally, with bob as the deployment's operator."""
     with fake.cond:
         fake.identify, fake.commands = None, {}
-    bot_env = {**env, **fake.env(), "IMPROBABLE_CEILING_MIN_COOLDOWN_SECONDS": "0",
+    bot_env = {**env, **fake.env(), **RESYNC, "IMPROBABLE_CEILING_MIN_COOLDOWN_SECONDS": "0",
                "IMPROBABLE_OWNER_IDS": json.dumps([fake.bob.id])}
     bot_env.pop("DISCORD_SYNC_GUILD")
     proc = Proc(name, [sys.executable, "-m", "bot"], bot_env, logs, ROOT)
@@ -65,7 +65,7 @@ def operator_stack(stack):
     guild_limits(stack.database_url, fake.guild2_id, cooldown_seconds=0, max_queued_jobs_per_user=3)
     with fake.cond:
         fake.identify, fake.commands = None, {}
-    stack.bot = start_bot(fake, stack.env, stack.logs, "bot-after-operator")
+    stack.bot = start_bot(fake, {**stack.env, **RESYNC}, stack.logs, "bot-after-operator")
 
 
 @pytest.fixture

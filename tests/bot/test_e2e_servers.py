@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .conftest import ROOT, Proc, guild_limits, start_bot
+from .conftest import RESYNC, ROOT, Proc, guild_limits, start_bot
 from .fake_discord import FakeDiscord, opt
 from .test_e2e import TIMEOUT, ephemeral_reply
 from .test_e2e_voices import TRAINED, _outcome
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def _start_global_bot(fake: FakeDiscord, env: dict, logs, name: str) -> Proc:
     with fake.cond:
         fake.identify, fake.commands = None, {}
-    bot_env = {**env, **fake.env()}
+    bot_env = {**env, **fake.env(), **RESYNC}
     bot_env.pop("DISCORD_SYNC_GUILD")
     proc = Proc(name, [sys.executable, "-m", "bot"], bot_env, logs, ROOT)
     try:
@@ -52,7 +52,7 @@ def servers(stack):
     stack.bot.stop()
     with fake.cond:
         fake.identify, fake.commands = None, {}
-    stack.bot = start_bot(fake, stack.env, stack.logs, "bot-after-servers")
+    stack.bot = start_bot(fake, {**stack.env, **RESYNC}, stack.logs, "bot-after-servers")
 
 
 @pytest.fixture
