@@ -65,10 +65,12 @@ def _finished(posts: list[dict], n: int) -> list[dict] | None:
     return done[:n] if len(done) >= n else None
 
 
-def _plant(fake, channel_id: int, content: str, *, author: User, webhook: bool = False,
+def _plant(fake, channel_id: int, content: str, *, author: User, bot: bool = False, webhook: bool = False,
            reply_to: dict | None = None) -> dict:
     """A message of another bot, a webhook or the bot itself (MESSAGE_CREATE)."""
     msg = fake._message(channel_id, {"content": content}, author=author)
+    if bot:
+        msg["author"]["bot"] = True
     if webhook:
         msg["webhook_id"] = str(fake.snowflake())
     if reply_to is not None:
@@ -105,14 +107,14 @@ def test_a_conversation_window_answers_members_until_it_closes_and_never_bots_or
     try:
         assert _window_left(e2e, channel) == 0
         # a bot's and a webhook's reply to the persona open nothing and are not answered
-        for kind in ({"author": User(fake.snowflake(), "otherbot", bot=True)},
+        for kind in ({"author": User(fake.snowflake(), "otherbot"), "bot": True},
                      {"author": User(fake.snowflake(), "hook"), "webhook": True}):
             planted.add(int(_plant(fake, channel, "What a reply", reply_to=first, **kind)["id"]))
         fake.reply(first, "And what did the King say?", user=fake.carol)
         fake.wait_for(lambda: _window_left(e2e, channel) > 0, TIMEOUT, "the window to open")
         fake.say("Tell me more about the Duchess", user=fake.bob, channel_id=channel)  # inside the window
         # inside the window: another bot, a webhook and the bot itself are never answered
-        for content, kind in (("beep", {"author": User(fake.snowflake(), "otherbot", bot=True)}),
+        for content, kind in (("beep", {"author": User(fake.snowflake(), "otherbot"), "bot": True}),
                               ("hooked", {"author": User(fake.snowflake(), "hook"), "webhook": True}),
                               ("my own words", {"author": fake.bot_user})):
             planted.add(int(_plant(fake, channel, content, **kind)["id"]))
