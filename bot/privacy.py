@@ -29,7 +29,7 @@ def describe(s: service.privacy.DataSummary) -> str:
              f"- {s.uploads} uploaded texts ({s.upload_bytes:,} bytes) and {s.training_runs} training runs you started",
              f"- {s.schedules} scheduled posts you made, {s.personas_created} personas you created",
              f"- {s.ambient_channels} channels where you switched ambient replies on, {s.reports} reports you filed",
-             f"- {s.in_flight} texts being generated right now; no reactions are stored"]
+             f"- {s.in_flight} texts being generated right now, {s.reactions} votes on the bot's texts (reactions)"]
     return "What the bot stores about you:\n" + "\n".join(lines) + \
         "\n`/privacy export` sends it all as a file, `/privacy delete` deletes it."
 

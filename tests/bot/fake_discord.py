@@ -179,6 +179,7 @@ class FakeDiscord(Webhooks):
         self.messages: dict[int, dict] = {}
         self.edits: dict[int, list[float]] = {}  # message id -> times it was edited
         self.files: dict[int, list[tuple[str, bytes]]] = {}  # message id -> attachments' bytes
+        self.reacted: dict[int, dict[str, list[int]]] = {}  # message id -> emoji (name or id) -> user ids
         self.cdn: dict[str, bytes] = {}
         self.channel_webhooks: dict[int, dict] = {}  # webhook id -> record (tests/bot/fake_webhooks.py)
         self._dms: dict[int, Channel] = {}
@@ -649,6 +650,67 @@ class FakeDiscord(Webhooks):
         notice["type"] = 6
         notice["message_reference"] = self._reference(message)
         return self._post(notice)
+
+    @staticmethod
+    def _emoji(emoji: str | tuple[str, int]) -> dict:
+        """Discord's emoji object: a Unicode emoji (`id` null) or a custom one given as (name, id)."""
+        if isinstance(emoji, tuple):
+            return {"id": str(emoji[1]), "name": emoji[0], "animated": False}
+        return {"id": None, "name": emoji}
+
+    def _reaction_event(self, message: dict, emoji: str | tuple[str, int], user: User) -> dict:
+        channel_id = int(message["channel_id"])
+        data = {"user_id": str(user.id), "channel_id": str(channel_id), "message_id": str(message["id"]),
+                "emoji": self._emoji(emoji), "burst": False, "type": 0}
+        guild = self.guild_of(channel_id)
+        if guild is not None:
+            data["guild_id"] = str(guild.id)
+        return data
+
+    def react(self, message: dict, emoji: str | tuple[str, int] = "👍", *, user: User | None = None) -> None:
+        """A user adds a reaction (MESSAGE_REACTION_ADD, with `member` in a guild and the message's author id), as
+        Discord does: once per user and emoji; the message's `reactions` counts are kept."""
+        user = user or self.alice
+        data = self._reaction_event(message, emoji, user)
+        data.update(message_author_id=str((message.get("author") or {}).get("id", self.app_id)), burst_colors=[])
+        if "guild_id" in data:
+            data["member"] = self._member(user, guild=self.guild_of(int(message["channel_id"])))
+        key = self._emoji_key(data["emoji"])
+        with self.cond:
+            users = self.reacted.setdefault(int(message["id"]), {}).setdefault(key, [])
+            if user.id in users:
+                return  # Discord adds a user's reaction once
+            users.append(user.id)
+            self._count_reactions(int(message["id"]))
+        self.dispatch("MESSAGE_REACTION_ADD", data)
+
+    def unreact(self, message: dict, emoji: str | tuple[str, int] = "👍", *, user: User | None = None) -> None:
+        """A user removes their reaction (MESSAGE_REACTION_REMOVE: no member, as Discord sends it)."""
+        user = user or self.alice
+        data = self._reaction_event(message, emoji, user)
+        key = self._emoji_key(data["emoji"])
+        with self.cond:
+            users = self.reacted.get(int(message["id"]), {}).get(key, [])
+            if user.id not in users:
+                return
+            users.remove(user.id)
+            self._count_reactions(int(message["id"]))
+        self.dispatch("MESSAGE_REACTION_REMOVE", data)
+
+    @staticmethod
+    def _emoji_key(emoji: dict) -> str:
+        return f"{emoji['name']}:{emoji['id']}" if emoji["id"] else emoji["name"]
+
+    def _count_reactions(self, message_id: int) -> None:
+        """The message's `reactions` as Discord shows them (count per emoji, `me` for the bot's own)."""
+        message = self.messages.get(message_id)
+        if message is None:
+            return
+        message["reactions"] = [
+            {"emoji": {"id": key.partition(":")[2] or None, "name": key.partition(":")[0]},
+             "count": len(users), "me": self.app_id in users, "burst_colors": [], "me_burst": False,
+             "count_details": {"burst": 0, "normal": len(users)}}
+            for key, users in self.reacted.get(message_id, {}).items() if users]
 
     def attachment(self, filename: str, data: bytes, content_type: str = "text/plain") -> tuple[str, dict]:
         """(attachment id, resolved attachment object) served from the fake CDN."""
