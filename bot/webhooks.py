@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 
 import discord
 from discord.utils import MISSING
@@ -40,8 +41,23 @@ from core.markdown import escape
 log = logging.getLogger(__name__)
 MESSAGE_LIMIT = 2000
 MAX_WEBHOOKS = 30007  # Discord's error code: the channel has its 15 webhooks
-# discord.py's webhook adapter logs each request's URL, which holds the token, at DEBUG
-logging.getLogger("discord.webhook.async_").setLevel(logging.INFO)
+_TOKENS = re.compile(r"(webhooks/\d+/)[\w.-]+|('token': ')[^']+'")
+
+
+class HideWebhookTokens(logging.Filter):
+    """discord.py logs at DEBUG each webhook request's URL (which holds the token) and each answer (a new
+    webhook's includes it): the token is replaced before any handler sees the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = _TOKENS.sub(lambda m: f"{m[1]}<token>" if m[1] else f"{m[2]}<token>'", message)
+        if hidden != message:
+            record.msg, record.args = hidden, ()
+        return True
+
+
+for _name in ("discord.http", "discord.webhook.async_"):
+    logging.getLogger(_name).addFilter(HideWebhookTokens())
 
 _locks: dict[tuple[int, str], asyncio.Lock] = {}  # (channel, persona): one webhook created at a time
 
