@@ -16,6 +16,7 @@ from discord import app_commands
 
 import service.generation
 import service.policy
+import service.webhooks
 from bot import ambient
 from bot.formatting import user_error
 from bot.limits import Refusal, cooldown_message, may_post
@@ -55,7 +56,8 @@ CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)  # not pin
 
 async def replied_to_us(bot, message: discord.Message) -> bool:
     """Whether the message is a reply (type 19, reference type 0) to one of the bot's messages in the same
-    channel. The referenced message normally comes with the reply; when it does not, it is fetched."""
+    channel: its own, or one a persona posted through the bot's webhook. The referenced message normally
+    comes with the reply; when it does not, it is fetched."""
     ref = message.reference
     if message.type is not discord.MessageType.reply or ref is None or ref.message_id is None \
             or ref.type is not discord.MessageReferenceType.reply or ref.channel_id != message.channel.id:
@@ -66,7 +68,12 @@ async def replied_to_us(bot, message: discord.Message) -> bool:
             resolved = await message.channel.fetch_message(ref.message_id)
         except discord.HTTPException:
             return False
-    return isinstance(resolved, discord.Message) and resolved.author.id == bot.user.id
+    if not isinstance(resolved, discord.Message):
+        return False
+    if resolved.author.id == bot.user.id:
+        return True
+    return resolved.webhook_id is not None and \
+        await asyncio.to_thread(service.webhooks.posts_as_persona, resolved.webhook_id)
 
 
 def author_may_post(message: discord.Message) -> bool:

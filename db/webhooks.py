@@ -40,6 +40,12 @@ def find(session, channel_id: int, persona_slug: str) -> Hook | None:
     return _hook(row)
 
 
+def is_ours(session, webhook_id: int) -> bool:
+    """Whether the webhook is one the bot made to post as a persona."""
+    return session.scalars(select(PersonaWebhook.webhook_id).where(PersonaWebhook.webhook_id == webhook_id)).first() \
+        is not None
+
+
 def remember(session, *, guild_id: int, channel_id: int, persona_slug: str, hook: Hook) -> None:
     """Keep a webhook just created (replacing any row of the same channel and persona)."""
     session.execute(delete(PersonaWebhook).where(PersonaWebhook.channel_id == channel_id,

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 from core.avatar import avatar_png, digest
 from db.session import session_scope
-from db.webhooks import MAX_PER_CHANNEL, Hook, find, forget, remember, set_avatar, to_evict
+from db.webhooks import MAX_PER_CHANNEL, Hook, find, forget, is_ours, remember, set_avatar, to_evict
 
 __all__ = ["MAX_PER_CHANNEL", "Hook", "avatar", "evictable", "forget_hook", "hook_for", "keep_hook",
-           "note_avatar"]
+           "note_avatar", "posts_as_persona"]
 
 
 def hook_for(channel_id: int, persona_slug: str) -> Hook | None:
     with session_scope() as session:
         return find(session, channel_id, persona_slug)
+
+
+def posts_as_persona(webhook_id: int) -> bool:
+    """Whether a message's webhook is one of the bot's own (a persona speaking), so replies to it are to us."""
+    with session_scope() as session:
+        return is_ours(session, webhook_id)
 
 
 def keep_hook(guild_id: int, channel_id: int, persona_slug: str, hook: Hook) -> None:

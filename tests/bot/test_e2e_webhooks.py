@@ -142,3 +142,18 @@ def test_a_scheduled_post_goes_out_as_the_persona_or_as_the_bot_on_403(e2e):
                              TIMEOUT, "the scheduled post as the bot")
     assert fallback[0].json["content"].startswith("**Alice**\n") and fallback[0].status == 200
     assert [r.status for r in fake.sent("POST", f"/channels/{without}/webhooks")] == [403]
+
+
+def test_a_reply_to_a_persona_webhook_message_continues_it(e2e):
+    """A member's reply to a text a persona posted through the bot's webhook is a reply to the bot."""
+    fake = e2e.fake
+    channel = _persona_channel(fake, "persona-replies")
+    fake.slash("generate", [opt("persona", "alice"), opt("prompt", "Alice was"), opt("length", 40)],
+               user=fake.alice, channel_id=channel)
+    [msg] = _posted(fake, channel)
+    before = {m["id"] for m in fake.channel_messages(channel)}
+    reply = fake.reply(msg, "and then?", user=fake.carol)
+    answer = fake.wait_for(lambda: [m for m in fake.channel_messages(channel)
+                                    if m["id"] not in before and m["id"] != reply["id"] and custom_ids(m)],
+                           TIMEOUT, "the continuation of the persona's text")
+    assert answer
