@@ -108,6 +108,7 @@ class User:
     name: str
     roles: tuple[int, ...] = ()
     permissions: int = MEMBER_PERMISSIONS
+    bot: bool = False  # another bot's account (its messages are a bot's)
 
 
 @dataclass
@@ -184,6 +185,8 @@ class FakeDiscord(Webhooks):
         self.channel_webhooks: dict[int, dict] = {}  # webhook id -> record (tests/bot/fake_webhooks.py)
         self._dms: dict[int, Channel] = {}
         self.commands: dict[str, dict] = {}
+        self.history_reads = 0  # GET /channels/{id}/messages answered (channel history read by the bot)
+        self.application_flags = 1 << 19  # READY's application flags: the Message Content intent (limited)
         self.identify: dict | None = None
         self.cond = threading.Condition()
         self._ws: set[web.WebSocketResponse] = set()
@@ -319,7 +322,7 @@ class FakeDiscord(Webhooks):
 
     def _user(self, user: User) -> dict:
         return {"id": str(user.id), "username": user.name, "discriminator": "0", "global_name": user.name,
-                "avatar": None, "bot": user.id == self.app_id, "public_flags": 0}
+                "avatar": None, "bot": user.id == self.app_id or user.bot, "public_flags": 0}
 
     def _member(self, user: User, with_user: bool = True, guild: Guild | None = None) -> dict:
         roles = self.member_roles(guild or self.guilds[self.guild_id], user)
@@ -469,7 +472,8 @@ class FakeDiscord(Webhooks):
                         "v": 10, "user": self._user(self.bot_user),
                         "guilds": [{"id": str(g.id), "unavailable": True} for g in joined],
                         "session_id": "fake-session", "resume_gateway_url": self.gateway_url,
-                        "application": {"id": str(self.app_id), "flags": 0}, "shard": [0, 1],
+                        # GATEWAY_MESSAGE_CONTENT_LIMITED: the intent switched on for an app in < 100 servers
+                        "application": {"id": str(self.app_id), "flags": self.application_flags}, "shard": [0, 1],
                         "private_channels": [], "relationships": []})
                     for guild in joined:
                         await self._send(ws, "GUILD_CREATE", self._guild(guild))
@@ -610,6 +614,19 @@ class FakeDiscord(Webhooks):
         if guild is not None:
             msg["member"] = self._member(user, with_user=False, guild=guild)
         return msg
+
+    def seed_history(self, channel_id: int, user: User, content: str) -> dict:
+        """A message written earlier in a channel: in its history (GET /channels/{id}/messages), never dispatched."""
+        msg = self._user_message(user, channel_id, content)
+        with self.cond:
+            self.messages[int(msg["id"])] = msg
+        return msg
+
+    def resolved_channels(self, user: User, *channel_ids: int) -> dict:
+        """`resolved.channels` of a command's channel options, as Discord sends it: each channel with the invoking
+        member's permissions there."""
+        return {str(cid): {**self._channel(cid), "permissions": str(self.permissions(user, cid))}
+                for cid in channel_ids}
 
     def _post(self, msg: dict) -> dict:
         with self.cond:
@@ -800,7 +817,7 @@ class FakeDiscord(Webhooks):
         if method == "GET" and p == ["oauth2", "applications", "@me"]:
             return _json({"id": str(self.app_id), "name": "Improbable", "description": "", "icon": None,
                           "bot_public": True, "bot_require_code_grant": False, "owner": self._user(self.owner),
-                          "verify_key": "00", "flags": 0, "summary": "", "team": None})
+                          "verify_key": "00", "flags": self.application_flags, "summary": "", "team": None})
         if method == "PUT" and p[0] == "applications" and p[-1] == "commands":
             out = []
             with self.cond:
@@ -900,6 +917,7 @@ class FakeDiscord(Webhooks):
         just after it, `before` those just before it (the fake's messages are created with rising ids)."""
         limit = min(int(query.get("limit", 50)), 100)
         with self.cond:
+            self.history_reads += 1
             ids = sorted(mid for mid, m in self.messages.items() if int(m["channel_id"]) == channel_id)
             if "after" in query:
                 ids = [i for i in ids if i > int(query["after"])][:limit]
