@@ -97,7 +97,7 @@ def enable(actor: Actor, channel_id: int, persona: str, chance: float, cooldown:
     talk, window_notes = window_within_ceilings(
         Window(parse_cooldown(window), window_chance, parse_cooldown(window_cooldown)), top)
     with session_scope() as session:
-        found, _ = find_trained_persona(session, persona, actor.guild_id)
+        found, _ = find_trained_persona(session, persona, actor)  # (a member's voice: its owner only)
         row = session.get(AmbientChannel, channel_id) or AmbientChannel(channel_id=channel_id)
         row.guild_id, row.persona_slug, row.chance = actor.guild_id, found.slug, chance
         row.cooldown_seconds, row.enabled_by = seconds, actor.user_id

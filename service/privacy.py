@@ -35,7 +35,7 @@ from db import (
     open_storage,
     session_scope,
 )
-from db.models import AmbientChannel, PersonaCorpus, Reaction, Report
+from db.models import AmbientChannel, LearnedSource, PersonaCorpus, Reaction, Report, VoiceOptIn
 from db.storage import run_prefixes
 from db.types import as_utc, utcnow
 
@@ -227,9 +227,24 @@ def _delete_uploads(session, user_id: int, storage, out: Deleted) -> None:
     out.uploads = len(corpora)
 
 
+def _withdraw_voices(user_id: int) -> None:
+    """In every server where the user opted in, has a voice or is in a learned persona: their consent goes,
+    their voice is deleted and their text leaves learned corpora (service.voices.opt_out)."""
+    from service.policy import Actor
+    from service.voices import opt_out
+
+    with session_scope() as session:
+        guilds = set(session.scalars(select(VoiceOptIn.guild_id).where(VoiceOptIn.user_id == user_id)))
+        guilds |= set(session.scalars(select(Persona.guild_id).where(Persona.owner_user_id == user_id)))
+        guilds |= set(session.scalars(select(LearnedSource.guild_id).where(LearnedSource.user_id == user_id)))
+    for guild_id in sorted(g for g in guilds if g is not None):
+        opt_out(Actor(user_id, guild_id))
+
+
 def delete_user_data(user_id: int) -> Deleted:
     """Delete everything stored about the user (`/privacy delete`); see the module's docstring."""
     out = Deleted()
+    _withdraw_voices(user_id)
     storage = open_storage()
     with session_scope() as session:
         gens = session.scalars(select(Generation).where(_own_generations(user_id))).all()

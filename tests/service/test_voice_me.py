@@ -16,7 +16,7 @@ import service.personas
 import service.training
 import service.voices
 from db.ingest import read_corpus_text
-from db.models import LearnedSource
+from db.models import LearnedSource, VoiceOptIn
 from db.personas import get_persona
 from service.errors import UnknownPersona
 from service.policy import Actor, NotAllowed, UserError
@@ -143,3 +143,19 @@ def test_a_trained_voice_does_not_reproduce_40_characters_of_its_source(tmp_path
     assert all(len(o) > 100 for o in outputs)
     copies = [c for o in outputs if (c := _longest_copy(o, source)) is not None]
     assert not copies, copies
+
+
+def test_privacy_delete_takes_the_members_voice_opt_in_and_learned_text():
+    import service.privacy
+
+    with configured({"IMPROBABLE_CHANNEL_LEARNING": "true"}):
+        service.voices.learn(MANAGER, "crowd", {21: _lines(1), 22: _lines(2)}, [5], False, minutes=0.05)
+        service.voices.opt_in(OWNER)
+        _voice()
+    service.privacy.delete_user_data(OWNER.user_id)
+    with db.session_scope() as session:
+        assert get_persona(session, "me-zed", GUILD) is None
+        assert not session.scalars(select(VoiceOptIn).where(VoiceOptIn.user_id == OWNER.user_id)).all()
+        assert not session.scalars(select(LearnedSource).where(LearnedSource.user_id == OWNER.user_id)).all()
+    (text,) = _corpus_texts("crowd")
+    assert _lines(1)[0] not in text
