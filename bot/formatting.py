@@ -122,23 +122,58 @@ def separator(prompt: str, completion: str, joined: str | None) -> str:
     return "" if completion[0] in " \n,.!?;:" else " "
 
 
+SHOWN_PROMPT_CHARS = 120  # a longer prompt (a continued text's: its whole text so far) shows only its tail
+_BLANK_RUN = re.compile(r"\n[ \t\r]*(?:\n[ \t\r]*){2,}")
+CURSOR = " ▌"
+
+
+def prompt_tail(prompt: str, limit: int = SHOWN_PROMPT_CHARS) -> str:
+    """The prompt as shown in bold: whole when short, else '…' and its last `limit` characters (from a word's
+    start where one is near)."""
+    if len(prompt) <= limit + len(ELLIPSIS):
+        return prompt
+    tail = prompt[-limit:]
+    space = tail.find(" ")
+    if 0 <= space < limit // 3:
+        tail = tail[space + 1:]
+    return ELLIPSIS + tail.lstrip()
+
+
+def collapse_blank_lines(text: str) -> str:
+    """At most one blank line in a row (a low improbability target can pick line break after line break)."""
+    return _BLANK_RUN.sub("\n\n", text)
+
+
 def render_generation(persona: str, prompt: str, completion: str, params: dict, *, partial: bool = False,
                       note: str = "", limit: int = MESSAGE_LIMIT, joined: str | None = None) -> Rendered:
-    """A result message: '**persona** · settings', then the prompt in bold and the completion, escaped.
-    `joined`: prompt and completion as the persona's tokenizer joins them (the worker's full_text), which
-    decides the space between them; markdown needs it outside the bold ("**was** so", never "**was**so")."""
+    """A result message: '**persona** · settings', then the prompt in bold (its tail when long) and the
+    completion, escaped, without runs of blank lines. `joined`: prompt and completion as the persona's
+    tokenizer joins them (the worker's full_text), which decides the space between them; markdown needs it
+    outside the bold ("**was** so", never "**was**so"). A `partial` text past the limit is a preview cut to
+    fit, with no attachment: the whole text is attached once, to the result."""
     header = f"**{escape(persona)}** · {describe_params(params)}" if params else f"**{escape(persona)}**"
     for line in note.splitlines():
         header += f"\n-# {escape(line)}"
-    shown_prompt = f"**{escape(prompt.strip())}**" if prompt.strip() else ""
+    shown_prompt = f"**{escape(prompt_tail(prompt.strip()))}**" if prompt.strip() else ""
     sep = separator(prompt, completion, joined)
     body = f"{shown_prompt}{sep}{escape(completion)}" if completion else (shown_prompt or "")
+    body = collapse_blank_lines(body)
     if partial:
-        body += " ▌"
-    elif not body.strip():
+        return _preview(header, body, len(prompt.strip()) + len(sep) + len(completion), limit)
+    if not body.strip():
         body = "*(the model produced no text; try another prompt or seed)*"
     full = f"{prompt.strip()}{sep}{completion}" if prompt.strip() else completion
     return fit(header, body, full_text=full, limit=limit)
+
+
+def _preview(header: str, body: str, length: int, limit: int) -> Rendered:
+    """A text still being written: whole when it fits, else its start and how long it is so far (no file:
+    uploading it at every edit would stall the stream)."""
+    content = f"{header}\n{body}{CURSOR}"
+    if len(content) <= limit:
+        return Rendered(content)
+    note = f"\n*({length:,} characters so far; the whole text comes as a file when it is done)*{CURSOR}"
+    return Rendered(f"{header}\n{truncate(body, max(limit - len(header) - 1 - len(note), 1))}{note}")
 
 
 # -- progress ----------------------------------------------------------------------------------------------
@@ -160,8 +195,9 @@ def _num(value, fmt: str = ".3f") -> str | None:
 
 
 def training_progress(name: str, status: str, progress: RunProgress | dict, *, now: float,
-                      queue_position: int | None = None, error: str | None = None) -> str:
-    """The live progress message of a training run: bar, step, loss, ETA as a relative timestamp."""
+                      queue_position: int | None = None, error: str | None = None, eta: bool = True) -> str:
+    """The live progress message of a training run: bar, step, loss, ETA as a relative timestamp (left out
+    with `eta=False`: the bot compares the rest to decide whether an edit is worth it)."""
     p = progress if isinstance(progress, RunProgress) else RunProgress.model_validate(progress)
     title = f"**Training `{name}`**"
     if status == "queued":
@@ -178,7 +214,7 @@ def training_progress(name: str, status: str, progress: RunProgress | dict, *, n
         facts.append(f"validation {val}")
     if (tps := _num(p.tokens_per_s, ",.0f")) is not None:
         facts.append(f"{tps} tokens/s")
-    if status == "running" and p.eta is not None:
+    if eta and status == "running" and p.eta is not None:
         facts.append(f"done {relative_time(now + p.eta)}")
     if facts:
         lines.append(" · ".join(facts))

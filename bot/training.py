@@ -29,7 +29,8 @@ from bot.jobs import TRAIN, JobError
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
 POLL_SECONDS = 1.0
-TRAINER_CHECK_AFTER = 5.0
+TRAINER_CHECK_AFTER = 5.0  # seconds queued before the message says why the run waits
+TRAINER_RECHECK = 30.0
 DB_RETRY_SECONDS = 5.0
 
 
@@ -41,6 +42,7 @@ class ProgressMessage:
         self.bot, self.channel_id, self.message_id, self.interaction = bot, channel_id, message_id, interaction
         self.last_edit = 0.0  # time.monotonic() of the last edit
         self.shown: str | None = None
+        self.shown_without_eta: str | None = None  # the shown progress less its ETA (see TrainingWatcher._watch)
 
     def _token_valid(self) -> bool:
         return self.interaction is not None and \
@@ -96,8 +98,8 @@ class TrainingWatcher:
 
     async def _watch(self, run_id: int, message: ProgressMessage) -> None:
         interval = self.bot.settings.bot_progress_interval
-        started = time.monotonic()
-        trainer_note, checked = "", False
+        check_at = time.monotonic() + TRAINER_CHECK_AFTER
+        queue_note = ""
         try:
             while True:
                 try:
@@ -111,17 +113,17 @@ class TrainingWatcher:
                     return
                 if view.finished:
                     break
-                if view.status == "queued" and not checked and time.monotonic() - started > TRAINER_CHECK_AFTER:
-                    checked = True
-                    if not await self.bot.jobs.workers_listening("train"):
-                        trainer_note = "\n-# No trainer is online right now; the run starts when one is."
-                content = training_progress(view.display_name, view.status, view.progress, now=time.time(),
-                                            queue_position=view.position) + trainer_note
-                if view.cancel_requested:
-                    content += "\n-# Cancelling…"
-                if content != message.shown and time.monotonic() - message.last_edit >= interval:
+                if view.status != "queued":
+                    queue_note = ""  # the note says why it waits: gone once it trains
+                elif time.monotonic() >= check_at:
+                    check_at = time.monotonic() + TRAINER_RECHECK
+                    queue_note = await self._queue_note()
+                content, without_eta = (_progress(view, queue_note, eta=eta) for eta in (True, False))
+                # an ETA that moved is no news (each reader's client counts it down by itself)
+                if without_eta != message.shown_without_eta and time.monotonic() - message.last_edit >= interval:
                     try:
                         await message.edit(content)
+                        message.shown_without_eta = without_eta
                     except discord.HTTPException as e:
                         log.warning("run %s: progress edit failed: %s", run_id, e)
                 await asyncio.sleep(POLL_SECONDS)
@@ -132,6 +134,21 @@ class TrainingWatcher:
             log.exception("watching run %s", run_id)
         finally:
             self.tasks.pop(run_id, None)
+
+    async def _queue_note(self) -> str:
+        """Why a queued run waits: runs a trainer is training (a trainer busy with one cannot answer the
+        broker, so this is asked of the runs' heartbeats first), or no trainer online at all."""
+        try:
+            training = await asyncio.to_thread(service.training.runs_training)
+        except Exception as e:  # noqa: BLE001 - the database hiccuped: say nothing rather than guess
+            log.warning("cannot count the runs training: %s", e)
+            return ""
+        if training:
+            runs = "1 run is" if training == 1 else f"{training} runs are"
+            return f"\n-# {runs} training ahead; this one starts when a trainer is free."
+        if not await self.bot.jobs.workers_listening("train"):
+            return "\n-# No trainer is online right now; the run starts when one is."
+        return ""
 
     async def _finish(self, view: service.training.RunView, message: ProgressMessage, interval: float) -> None:
         delay = message.last_edit + interval - time.monotonic()
@@ -162,6 +179,12 @@ class TrainingWatcher:
             await message.edit(f"**Training `{view.persona_slug}`** · failed\n{escape(error)}")
 
 
+def _progress(view: service.training.RunView, queue_note: str, *, eta: bool) -> str:
+    content = training_progress(view.display_name, view.status, view.progress, now=time.time(),
+                                queue_position=view.position, eta=eta) + queue_note
+    return content + "\n-# Cancelling…" if view.cancel_requested else content
+
+
 def _quote(text: str) -> str:
     return "\n".join("> " + line for line in text.splitlines())
 
@@ -184,7 +207,7 @@ async def start_run(interaction: discord.Interaction, new: service.training.NewR
     sent = await replies.send(interaction, content)
     await asyncio.to_thread(service.training.set_run_message, new.run_id, interaction.channel_id, sent.id)
     message = ProgressMessage(bot, interaction.channel_id, sent.id, interaction)
-    message.last_edit, message.shown = time.monotonic(), content
+    message.last_edit, message.shown, message.shown_without_eta = time.monotonic(), content, content
     bot.training.watch(new.run_id, message)
 
 

@@ -45,18 +45,19 @@ class Action:
     label: str
     emoji: str
     style: discord.ButtonStyle
-    verb: str  # "Only <@owner> can {verb} it"
+    verb: str  # "Only <@owner> … can {verb}."
     owner_only: bool  # edits the message, so only its requester may press it
 
 
 ACTIONS = {a.key: a for a in (
-    Action("regen", "regenerate", "Regenerate", "🎲", discord.ButtonStyle.secondary, "regenerate", True),
-    Action("cont", "continue", "Continue", "➡️", discord.ButtonStyle.primary, "continue", False),
-    Action("more", "improbable", "More improbable", "🌀", discord.ButtonStyle.secondary, "make more improbable", True),
+    Action("regen", "regenerate", "Regenerate", "🎲", discord.ButtonStyle.secondary, "regenerate it", True),
+    Action("cont", "continue", "Continue", "➡️", discord.ButtonStyle.primary, "continue it", False),
+    Action("more", "improbable", "More improbable", "🌀", discord.ButtonStyle.secondary,
+           "make it more improbable", True),
     # not owner_only by user id: Delete also lets managers in, so service.controls checks it against the row
-    Action("info", "info", "Info", "ℹ️", discord.ButtonStyle.secondary, "inspect", False),
-    Action("del", "delete", "Delete", "🗑️", discord.ButtonStyle.danger, "delete", False),
-    Action("report", "report", "Report", "🚩", discord.ButtonStyle.secondary, "report", False),
+    Action("info", "info", "Info", "ℹ️", discord.ButtonStyle.secondary, "inspect it", False),
+    Action("del", "delete", "Delete", "🗑️", discord.ButtonStyle.danger, "delete it", False),
+    Action("report", "report", "Report", "🚩", discord.ButtonStyle.secondary, "report it", False),
 )}
 CONTROLS = ("info", "del")  # answered here, not by a new generation
 
@@ -79,7 +80,7 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
             return False
         if self.action.owner_only and self.user_id and interaction.user.id != self.user_id:
             await replies.fail(interaction, f"Only <@{self.user_id}>, who asked for this text, can "
-                                            f"{self.action.verb} it. Press **Continue**, or ask for your own "
+                                            f"{self.action.verb}. Press **Continue**, or ask for your own "
                                             "with `/generate`.")
             return False
         return True

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 
 from core.blend import BlendSpecError, is_blend_spec, parse_blend
 from core.contracts import (
@@ -275,25 +275,31 @@ class InFlight:
 def remember_in_flight(task_id: str, request: PreparedGeneration, *, channel_id: int | None,
                        interaction_token: str | None = None, reply_to: int | None = None,
                        user_id: int | None = None, guild_id: int | None = None) -> None:
+    """Keep a job and where its message is until its outcome is shown. Plain UPDATE-or-INSERT statements: a
+    row forgotten meanwhile (a fast job whose outcome was already shown) is written again, never an error,
+    and a restarted bot finishes it idempotently."""
+    values = dict(request=asdict(request), channel_id=channel_id, interaction_token=interaction_token,
+                  reply_to=reply_to, user_id=user_id, guild_id=guild_id)
     with session_scope() as session:
-        session.merge(InflightGeneration(task_id=task_id, request=asdict(request), channel_id=channel_id,
-                                         interaction_token=interaction_token, reply_to=reply_to,
-                                         user_id=user_id, guild_id=guild_id))
+        found = session.execute(update(InflightGeneration).where(InflightGeneration.task_id == task_id)
+                                .values(**values)).rowcount
+        if not found:
+            session.add(InflightGeneration(task_id=task_id, **values))
 
 
 def placed_in_flight(task_id: str, message_id: int) -> None:
-    """The job's message now exists (a reply is posted with its first text)."""
+    """The job's message now exists (a reply is posted with its first text). A plain UPDATE: the row may
+    already be forgotten (the reply was the outcome, shown while this ran), which matches nothing."""
     with session_scope() as session:
-        row = session.get(InflightGeneration, task_id)
-        if row is not None:
-            row.message_id = message_id
+        session.execute(update(InflightGeneration).where(InflightGeneration.task_id == task_id)
+                        .values(message_id=message_id))
 
 
 def forget_in_flight(task_id: str) -> None:
+    """The job's outcome is shown. Idempotent: a plain DELETE, so forgetting twice, or racing a
+    placed_in_flight, is no error."""
     with session_scope() as session:
-        row = session.get(InflightGeneration, task_id)
-        if row is not None:
-            session.delete(row)
+        session.execute(delete(InflightGeneration).where(InflightGeneration.task_id == task_id))
 
 
 def in_flight_generations() -> list[InFlight]:

@@ -4,6 +4,7 @@ console, cancelling, the result line, and the cluster metrics of runs (TrainingC
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -133,6 +134,15 @@ def runs_to_watch() -> list[RunView]:
     with session_scope() as session:
         runs = [r for r in active_runs(session) if r.message_id is not None and r.channel_id is not None]
         return [_view(session, r) for r in runs]
+
+
+def runs_training() -> int:
+    """How many runs a trainer is working on now: running, with a heartbeat younger than the lease (a queued
+    run waits behind them even when no trainer answers the broker: a solo trainer busy training cannot)."""
+    lease, now = get_settings().train_lease_seconds, time.time()
+    with session_scope() as session:
+        reports = session.scalars(select(TrainingRun.progress).where(TrainingRun.status == RunStatus.RUNNING)).all()
+    return sum(1 for p in reports if now - float((p or {}).get("heartbeat") or 0) < lease)
 
 
 def cancel_training(actor: Actor, run_id: int | None = None) -> RunView:

@@ -618,7 +618,7 @@ def test_loss_plot_reads_well(tmp_path):
         plot.plot_history(history, tmp_path / "loss.png", title=title, train_log=log, bits_per_token=True)
     finally:
         mp.undo()
-    assert seen["title"] == "trump (char-rnn, speeches)" and seen["ylabel"] == "loss (bits/char)"
+    assert seen["title"] == "trump (char-rnn)" and seen["ylabel"] == "loss (bits/char)"
     assert any("moving average" in label for label in seen["labels"])
     assert f"best checkpoint: step 20, {1.6 / math.log(2):.3f}" in seen["labels"]
     assert plot_title(TrainConfig(corpus="alice", out_dir="runs/alice")) == "alice"

@@ -38,12 +38,15 @@ def plot_history(history: list[dict], path: str | Path, title: str = "training",
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Title": title})  # the title as text too (a PNG tEXt chunk)
     plt.close(fig)
     return Path(path)
 
 
 def plot_title(config) -> str:
-    """A run's name, with its family and corpus when the name is not the corpus's (`config`: a TrainConfig)."""
-    name = config.name or Path(config.out_dir).name
+    """The plot's title (`config`: a TrainConfig): its `name` (the persona's, for a run of the bot) with the
+    family; without one, the run folder's name with the family and the corpus (unless that is the name)."""
+    if config.name:
+        return f"{config.name} ({config.family})"
+    name = Path(config.out_dir).name
     return f"{name} ({config.family}, {Path(config.corpus).stem})" if name != Path(config.corpus).stem else name

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from core.avatar import avatar_png, digest, webhook_name
 from core.contracts import GenerateRequest, merge_sampling
@@ -51,6 +51,48 @@ class DiscordError(RuntimeError):
 # Discord's answers that mean the bot cannot post in the channel at all (403 Missing Access or Permissions,
 # 404 Unknown Channel): the schedule is paused, instead of failing the same way at every slot forever.
 PAUSE_ON_STATUS = frozenset({403, 404})
+
+
+# Discord's JSON error codes of a refused post, in words (the schedule's list and its creator read them)
+REFUSALS = {
+    50001: "the bot cannot see the channel (it needs View Channel there)",
+    50013: "the bot may not post in the channel (it needs View Channel and Send Messages there)",
+    10003: "the channel no longer exists",
+}
+
+
+def refusal(status: int, detail: str) -> str:
+    """Discord's refusal as a sentence, e.g. 'Discord answered 403 (Missing Permissions): the bot may not post
+    in the channel (...)', never its raw JSON."""
+    try:
+        body = json.loads(detail)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return f"Discord answered {status}: {detail.strip()[:200]}"
+    what, code = str(body.get("message") or "refused"), body.get("code")
+    words = REFUSALS.get(code)
+    return f"Discord answered {status} ({what}): {words}" if words else \
+        f"Discord answered {status} ({what}, code {code})"
+
+
+def tell_creator_when_committed(session, schedule: Schedule, slug: str, reason: str) -> None:
+    """Once the pause is committed, a direct message to the schedule's creator saying why (best effort: a
+    member whose DMs are closed is only logged). Sent once: a paused schedule posts no more."""
+    user_id, schedule_id = schedule.created_by, schedule.id
+    if not user_id:
+        return
+    text = (f"⏸ Your scheduled post {schedule.id} (`{slug}` in <#{schedule.channel_id}>) is paused: {reason}. "
+            "Fix the channel's permissions, then remove it with `/schedule remove` and add it again.")
+
+    def send(_session) -> None:
+        try:
+            channel = _call("POST", "/users/@me/channels", {"recipient_id": str(user_id)})
+            post_message(int(channel["id"]), text)
+        except (DiscordError, DiscordUnavailable, KeyError, ValueError) as e:
+            log.warning("could not tell user %s that schedule %s is paused: %s", user_id, schedule_id, e)
+
+    event.listen(session, "after_commit", send, once=True)
 
 
 class DiscordUnavailable(RuntimeError):
@@ -122,7 +164,7 @@ def _call(method: str, path: str, body: dict | None, *, timeout: float = 10.0, s
         detail = e.read()[:300].decode("utf-8", "replace")
         if e.code == 429 or e.code >= 500:
             raise DiscordUnavailable(f"Discord answered {e.code}: {detail}") from None
-        raise DiscordError(f"Discord answered {e.code}: {detail}", e.code) from None
+        raise DiscordError(refusal(e.code, detail), e.code) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as e:
         where = f"{settings.discord_api_base.rstrip('/')}{shown or path}"
         raise DiscordUnavailable(f"cannot reach Discord at {where}: {e}") from None
@@ -248,6 +290,7 @@ def post(schedule_id: int, slot_iso: str, runtime) -> dict:
             if paused and (schedule := session.get(Schedule, schedule_id)) is not None:
                 schedule.enabled = False  # /schedule list shows it paused, with this post's error
                 log.warning("schedule %s paused: posting into channel %s failed: %s", schedule_id, channel_id, e)
+                tell_creator_when_committed(session, schedule, slug, str(e))
             return {"status": "failed", "error": str(e), "paused": paused}
         finish_post(session, schedule_id, slot, message_id=message_id, generation=result.generation_id)
     return {"status": "posted", "message_id": message_id, "generation_id": result.generation_id}

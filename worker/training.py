@@ -188,12 +188,19 @@ def train_config(claimed: ClaimedRun, out_dir: Path):
 
     settings = get_settings()
     cfg = {**load_recipe(claimed.recipe), **claimed.overrides, "out_dir": str(out_dir)}
+    cfg.setdefault("name", _display_name(claimed))  # the loss plot's title: the persona, never the recipe
     cap = settings.train_max_minutes
     cfg["minutes"] = min(cfg.get("minutes") or cap, cap)  # every run has a time budget
     cfg.setdefault("sample_interval", cfg.get("eval_interval", 500))  # a sample with every evaluation
     if settings.torch_threads and not cfg.get("threads"):
         cfg["threads"] = settings.torch_threads
     return TrainConfig.from_dict(cfg)
+
+
+def _display_name(claimed: ClaimedRun) -> str:
+    with session_scope() as session:
+        persona = session.get(Persona, claimed.persona_id)
+        return persona.display_name if persona is not None else claimed.slug
 
 
 def corpus_text(claimed: ClaimedRun, config, storage: Storage):

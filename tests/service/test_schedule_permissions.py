@@ -79,7 +79,8 @@ def test_a_refused_post_pauses_the_schedule_and_list_says_why(discord, monkeypat
         assert claim_slot(session, sched.id, slot)
     result = worker.schedules.post(sched.id, slot.isoformat(), GivenText())
     assert result["status"] == "failed" and result["paused"] is paused
-    assert discord.posts == ["/channels/42/webhooks", "/channels/42/messages"]  # as the persona, else as the bot
+    told = ["/users/@me/channels"] if paused else []  # a pause is told to the schedule's creator
+    assert discord.posts == ["/channels/42/webhooks", "/channels/42/messages", *told]  # as the persona, else the bot
     [shown] = service.schedules.list_schedules(GUILD)
     assert shown.enabled is not paused
     assert (f"Discord answered {status}" in shown.problem) if paused else shown.problem == ""
