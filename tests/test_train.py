@@ -504,6 +504,35 @@ def test_early_stopping_with_patience(tmp_path, alice_text):
     assert len(result.history) == 4
 
 
+def test_a_small_text_stops_early_at_its_best_and_a_longer_budget_is_no_worse(tmp_path, alice_text):
+    # 5 KB and a 1x256 LSTM at lr 1e-2: the held-out loss bottoms out after ~6 epochs, then climbs for good
+    text = alice_text[:5_000]
+    settings = dict(TINY, n_embd=32, n_hidden=256, lr=1e-2, min_lr=1e-3, split="tail")
+    overfit = train(TrainConfig(out_dir=str(tmp_path / "off"), max_steps=300, **settings), text)
+    lowest = min(h["val_loss"] for h in overfit.history)
+    assert overfit.stop_reason == "finished" and overfit.last_val_loss > lowest + 0.3  # it really overfits
+
+    results = {}
+    for steps in (300, 600):
+        config = TrainConfig(out_dir=str(tmp_path / str(steps)), max_steps=steps, patience_epochs=2, **settings)
+        result = results[steps] = train(config, text)
+        assert result.steps < steps, result.stop_reason
+        assert result.stop_reason.startswith("early stopping: no improvement in "), result.stop_reason
+        assert "went back to the best weights" in result.stop_reason
+        seen = [h["val_loss"] for h in result.history]
+        assert result.best_val_loss == min(seen)  # the best kept, not the last
+        assert result.last_val_loss > result.best_val_loss
+        best = ckpt.load(tmp_path / str(steps) / "best.safetensors")
+        assert best.meta["metrics"]["val_loss"] == result.best_val_loss
+        assert best.meta["step"] == next(h["step"] for h in result.history if h["val_loss"] == min(seen))
+    assert results[600].best_val_loss <= results[300].best_val_loss + 1e-6
+    assert results[300].best_val_loss <= lowest + 0.02  # as good as the run that went on overfitting ever was
+
+    # a run that stopped early stays stopped when its budget grows: more steps would only overfit
+    again = train(TrainConfig(out_dir=str(tmp_path / "300"), max_steps=900, patience_epochs=2, **settings), text)
+    assert again.stop_reason == "already done" and again.steps == results[300].steps
+
+
 def test_tiny_corpus_shrinks_the_batch_shape_with_a_warning(tmp_path):
     text = "The cat sat on the mat. The dog sat on the log. " * 6  # ~290 chars
     config = TrainConfig(out_dir=str(tmp_path), **dict(TINY, batch_size=32, seq_len=100, max_steps=5))

@@ -133,6 +133,7 @@ class RunState:
     bad_evals: int = 0  # evaluations since the last improvement
     smooth: float | None = None  # moving average of the training loss
     anneal: list[float] | None = None  # [budget fraction, lr] where a continued run's warm-down starts
+    settle: dict | None = None  # early stopping's warm-down from the best weights (trainer/early_stop.py)
     eval_tokens: int = 0  # held-out tokens per evaluation (0 = all), sized once for a time budget
     history: list[dict] = field(default_factory=list)  # one entry per evaluation
     train_log: list[dict] = field(default_factory=list)  # the smoothed loss every log_interval steps (the plot)
@@ -156,6 +157,7 @@ def save_run_state(path: Path, state: RunState, tokenizer, meta: dict, lr: float
     run = {"step": state.step, "elapsed": state.elapsed, "lr_scale": state.lr_scale, "eval_tokens": state.eval_tokens,
            "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
            "bad_evals": state.bad_evals, "smooth": state.smooth, "anneal": state.anneal, "lr": lr,
+           "settle": state.settle,
            "optimizer_groups": optim["param_groups"]}
     save(path, state.model, tokenizer, {**meta, "run": run, "history": state.history, "train_log": state.train_log},
          tensors)
@@ -183,7 +185,7 @@ def load_run_state(saved: Checkpoint, model: LanguageModel, optimizer: torch.opt
     best_val = run["best_val_loss"] if run["best_val_loss"] is not None else math.inf
     return RunState(model, optimizer, carry, step=run["step"], elapsed=run["elapsed"], lr_scale=run["lr_scale"],
                     best_val=best_val, bad_evals=run["bad_evals"], smooth=run.get("smooth"),
-                    anneal=run.get("anneal"), eval_tokens=run.get("eval_tokens", 0),
+                    anneal=run.get("anneal"), settle=run.get("settle"), eval_tokens=run.get("eval_tokens", 0),
                     history=saved.meta.get("history", []), train_log=saved.meta.get("train_log", []))
 
 

@@ -26,6 +26,7 @@ import torch
 from core.text import DecodedCorpus
 
 from . import checkpoint as ckpt
+from . import early_stop
 from .checkpoint import RunState, load_run_state, save_run_state
 from .data import RunData, TokenStreams, corpus_sha256, load_data
 from .evaluate import eval_streams, eval_tokens_for, evaluate, unigram_loss
@@ -84,6 +85,7 @@ class TrainConfig:
     # as many as keep evaluation within EVAL_SHARE of it (sized at the first evaluation, kept on resume)
     eval_tokens: int = 0
     patience: int = 0  # early stopping after this many evaluations without improvement (0 = off)
+    patience_epochs: float = 0.0  # or after this many epochs without improvement (0 = off); trainer/early_stop.py
     sample_interval: int = 0
     sample_length: int = 200
     log_interval: int = 10
@@ -216,8 +218,8 @@ def learning_rate(config: TrainConfig, state: RunState, total_steps: int | None)
         f = budget_fraction(config, state.step, state.elapsed, total_steps)
         if f > start:
             floor = min(config.min_lr, peak)
-            return peak - (peak - floor) * (f - start) / max(1.0 - start, 1e-9)
-    return peak
+            peak = peak - (peak - floor) * (f - start) / max(1.0 - start, 1e-9)
+    return early_stop.warmdown_lr(config, state, peak)  # lower still while warming down after a plateau
 
 
 def continued_anneal(config: TrainConfig, meta: dict, step: int, elapsed: float,
@@ -364,6 +366,8 @@ def _resume(run: Run, saved: ckpt.Checkpoint) -> bool:
     """Tell where a resumed run stands against the budget now asked for; False when it is already spent."""
     config, s = run.config, run.state
     message, done = resume_message(run.out_dir, s.step, s.elapsed, config.minutes, run.total_steps)
+    if s.settle and s.settle.get("done"):  # stopped early: a bigger budget would only overfit
+        message, done = f"{run.out_dir} stopped early at step {s.step}: {s.settle['why']}", True
     run.emit("resume", Progress(s.step, run.total_steps, s.step / run.data.steps_per_epoch, s.smooth or math.nan,
                                 None, None, config.lr, 0.0, s.elapsed, None, 1.0 if done else 0.0),
              {"message": message})
@@ -439,8 +443,7 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
         # Evaluate: held-out loss, the best and last checkpoints, early stopping.
         if _evaluation_due(run):
             _evaluate(run, lr, tokens)
-            if config.patience and state.bad_evals >= config.patience:
-                stop_reason = f"early stopping: no improvement in {config.patience} evaluations"
+            if stop_reason := _early_stop(run):
                 break
             run.window_start = time.perf_counter()
         # Sample: what the model writes now.
@@ -449,6 +452,25 @@ def train(config: TrainConfig, corpus: DecodedCorpus | str, *, callback: Callbac
             state.model.train()
     # Finish: the last checkpoint, the best one (scored on the whole split), the history and its plot.
     return _finish(run, stop_reason)
+
+
+def _early_stop(run: Run) -> str:
+    """Why the run stops early after this evaluation ("" to go on); on its first plateau an annealed run goes
+    back to its best weights and warms down from there instead (trainer/early_stop.py)."""
+    state, lr = run.state, run.lr()
+    why = early_stop.plateau(run.config, state, run.data.steps_per_epoch)
+    if state.settle and (why or state.step >= early_stop.warmdown_end(state)):
+        state.settle["done"] = True  # saved with the last checkpoint: a resumed run stays stopped
+        return early_stop.warmdown_reason(state)
+    if not why:
+        return ""
+    if run.config.schedule != "anneal" or lr <= run.config.min_lr:
+        return (f"early stopping: no improvement in {run.config.patience} evaluations"
+                if run.config.patience and state.bad_evals >= run.config.patience else f"early stopping: {why}")
+    _restore(state, run.good)
+    state.carry = state.model.init_state(run.data.batch_size, state.device)
+    early_stop.start_warmdown(run.config, state, why, lr)
+    return ""
 
 
 def _stop_reason(run: Run, should_stop: Callable[[], bool] | None) -> str:
@@ -518,6 +540,7 @@ def _evaluation_due(run: Run) -> bool:
     config, state = run.config, run.state
     end_of_budget = ((run.total_steps and state.step >= run.total_steps)
                      or (config.minutes and state.elapsed >= config.minutes * 60))
+    end_of_budget = end_of_budget or state.step == early_stop.warmdown_end(state)
     return bool(state.step % config.eval_interval == 0 or end_of_budget or state.elapsed >= run.next_eval_s)
 
 
