@@ -8,6 +8,8 @@ What is stored about a user, by their Discord id:
 - schedules they made (`schedules.created_by`), personas they created (`personas.created_by`), ambient
   channels they switched on (`ambient_channels.enabled_by`), reports they filed (`reports.reporter_id`);
 - their votes on generated texts (`reactions.user_id`: which text, which kind, when; service/board.py);
+- their voices (`personas.owner_user_id`, service/voices.py), the servers where they opted in to being learned
+  from (`voice_optins`), and the learned personas whose corpus holds their messages (`learned_sources`);
 - Celery's results of their jobs in the result backend (Redis keys `celery-task-meta-<task id>`). The
   service cannot reach Redis: deleting returns the task ids, and the caller forgets them
   (worker.app.forget_results), which also sweeps the backend for any other result naming the user.
@@ -60,6 +62,9 @@ class DataSummary:
     ambient_channels: int = 0
     reports: int = 0
     reactions: int = 0  # votes on generated texts (service/board.py)
+    voices: int = 0  # their own voices (`/voice me`), one a server at most
+    voice_optins: int = 0  # servers where they agreed to be learned from
+    learned_personas: int = 0  # personas learned from channels whose text holds their messages
 
     @property
     def empty(self) -> bool:
@@ -103,7 +108,10 @@ def summary(user_id: int) -> DataSummary:
             personas_created=count(Persona, Persona.created_by),
             ambient_channels=count(AmbientChannel, AmbientChannel.enabled_by),
             reports=count(Report, Report.reporter_id),
-            reactions=count(Reaction, Reaction.user_id))
+            reactions=count(Reaction, Reaction.user_id),
+            voices=count(Persona, Persona.owner_user_id),
+            voice_optins=count(VoiceOptIn, VoiceOptIn.user_id),
+            learned_personas=count(LearnedSource, LearnedSource.user_id))
 
 
 def _when(value: datetime | None) -> str | None:
@@ -146,6 +154,22 @@ def _uploads_json(session, user_id: int) -> list[dict]:
     return out
 
 
+def _voices_json(session, user_id: int) -> dict:
+    """The user's voices, where they opted in to being learned from, and the learned personas holding their text."""
+    voices = session.scalars(select(Persona).where(Persona.owner_user_id == user_id).order_by(Persona.id)).all()
+    optins = session.scalars(select(VoiceOptIn).where(VoiceOptIn.user_id == user_id)
+                             .order_by(VoiceOptIn.guild_id)).all()
+    learned = session.execute(select(LearnedSource, Persona.slug).join(Persona, Persona.id == LearnedSource.persona_id)
+                              .where(LearnedSource.user_id == user_id).order_by(Persona.id)).all()
+    return {
+        "voices": [{"persona": p.slug, "display_name": p.display_name, "guild_id": p.guild_id,
+                    "ready": p.active_checkpoint_id is not None, "created_at": _when(p.created_at)} for p in voices],
+        "voice_optins": [{"guild_id": o.guild_id, "created_at": _when(o.created_at)} for o in optins],
+        "learned_personas": [{"persona": slug, "guild_id": src.guild_id, "messages": src.n_messages}
+                             for src, slug in learned],
+    }
+
+
 def export(user_id: int) -> dict:
     """Everything stored about the user, as JSON (`/privacy export`). Uploads come with their statistics, the
     personas trained on them and their text as stored (UTF-8; at most EXPORT_TEXT_CHARS in all, each cut
@@ -177,6 +201,7 @@ def export(user_id: int) -> dict:
                          "created_at": _when(r.created_at)} for r in rows(Report, Report.reporter_id)],
             "reactions": [{"generation_id": r.generation_id, "guild_id": r.guild_id, "kind": r.kind,
                            "created_at": _when(r.created_at)} for r in rows(Reaction, Reaction.user_id)],
+            **_voices_json(session, user_id),
         }
 
 

@@ -176,6 +176,7 @@ def voice_me(package: bytes) -> dict:
     import service.voices
     from db import TrainingRun, session_scope
     from service.policy import Actor, policy
+    from trainer.recipes import load_recipe
     from worker.app import enqueue
 
     actor = Actor(MEMBER, GUILD, CHANNEL)
@@ -191,8 +192,10 @@ def voice_me(package: bytes) -> dict:
     done = time.perf_counter()
     view = service.voices.show_voice(actor)
     with session_scope() as session:
-        config = session.get(TrainingRun, new.run_id).config
-    metrics = run.get("metrics") or {}
+        trained = session.get(TrainingRun, new.run_id)
+        config = {"recipe": trained.recipe, "recipe_minutes": load_recipe(trained.recipe).get("minutes"),
+                  "overrides": trained.config}
+    metrics = {k: v for k, v in run.items() if k != "sample"}  # the run's summary: its metrics, flat
     return {"actor": actor, "slug": new.persona_slug, "text": text.text, "kept": text.kept, "read": text.read,
             "parse_ingest_s": ingested - started, "run_s": done - ingested, "gate_s": sum(gate),
             "total_s": done - started, "ready": view.ready, "status": run.get("status"), "metrics": metrics,
@@ -246,7 +249,7 @@ def main() -> None:
                     "python": platform.python_version(), "load_average_at_start": load_start,
                     "load_average_at_end": os.getloadavg()},
         "source": f"base/{SOURCE_BOOK}: dialogue split into {n_lines} chat messages",
-        "run": {"status": r["status"], "overrides": r["overrides"], "stop_reason": m.get("stop_reason"),
+        "run": {"status": r["status"], "config": r["overrides"], "stop_reason": m.get("stop_reason"),
                 "val_loss": m.get("val_loss"), "gate": m.get("gate"), "gate_losses": m.get("gate_losses")},
         "row": row, "samples": written}, indent=1, ensure_ascii=False))
 

@@ -159,3 +159,28 @@ def test_privacy_delete_takes_the_members_voice_opt_in_and_learned_text():
         assert not session.scalars(select(LearnedSource).where(LearnedSource.user_id == OWNER.user_id)).all()
     (text,) = _corpus_texts("crowd")
     assert _lines(1)[0] not in text
+
+
+def test_privacy_export_and_show_include_the_members_voice_opt_in_and_learned_personas():
+    import json
+
+    import service.privacy
+
+    with configured({"IMPROBABLE_CHANNEL_LEARNING": "true"}):
+        service.voices.learn(MANAGER, "crowd", {21: _lines(1), 22: _lines(2)}, [5], False, minutes=0.05)
+        service.voices.opt_in(OWNER)
+        _voice()
+    _activate("me-zed")
+    data = json.loads(json.dumps(service.privacy.export(OWNER.user_id)))  # what /privacy export sends, as JSON
+    assert [(v["persona"], v["guild_id"], v["ready"]) for v in data["voices"]] == [("me-zed", GUILD, True)]
+    assert data["voices"][0]["display_name"] == "Zed (parody voice)"
+    assert [o["guild_id"] for o in data["voice_optins"]] == [GUILD]
+    assert data["learned_personas"] == [{"persona": "crowd", "guild_id": GUILD, "messages": 90}]
+    shown = service.privacy.summary(OWNER.user_id)
+    assert (shown.voices, shown.voice_optins, shown.learned_personas) == (1, 1, 1)
+    other = service.privacy.export(OTHER.user_id)  # in the learned persona, with no voice and no opt-in
+    assert (other["voices"], other["voice_optins"]) == ([], [])
+    assert [s["persona"] for s in other["learned_personas"]] == ["crowd"]
+    service.voices.opt_out(OWNER)
+    gone = service.privacy.summary(OWNER.user_id)
+    assert (gone.voices, gone.voice_optins, gone.learned_personas) == (0, 0, 0)
