@@ -400,7 +400,7 @@ def main() -> None:
           f"{host['load_average_at_end']}; {timings['total_s']} s", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fidelity.json").write_text(json.dumps({
-        "command": "python -m bench.quality.fidelity " + " ".join(sys.argv[1:]), "machine": host,
+        "command": " ".join(["python -m bench.quality.fidelity", *sys.argv[1:]]), "machine": host,
         "params": {**vars(args), "order": ORDER, "prompt": "The ", "judges": list(judges),
                    "judge_chars": {name: judge.chars for name, judge in judges.items()}},
         "control": "the fresh upload before training is the shipped base model itself (no fine-tune run); its own "
