@@ -29,7 +29,9 @@ def describe(s: service.privacy.DataSummary) -> str:
              f"- {s.uploads} uploaded texts ({s.upload_bytes:,} bytes) and {s.training_runs} training runs you started",
              f"- {s.schedules} scheduled posts you made, {s.personas_created} personas you created",
              f"- {s.ambient_channels} channels where you switched ambient replies on, {s.reports} reports you filed",
-             f"- {s.in_flight} texts being generated right now, {s.reactions} votes on the bot's texts (reactions)"]
+             f"- {s.in_flight} texts being generated right now, {s.reactions} votes on the bot's texts (reactions)",
+             f"- {s.voices} voices of you (`/voice me`), opted in to channel learning in {s.voice_optins} servers, "
+             f"your messages in {s.learned_personas} personas learned from channels"]
     return "What the bot stores about you:\n" + "\n".join(lines) + \
         "\n`/privacy export` sends it all as a file, `/privacy delete` deletes it."
 
