@@ -528,3 +528,10 @@ def test_sampling_params_dict_round_trip_and_unknown_keys():
     assert SamplingParams.model_validate_json(params.model_dump_json()) == params
     with pytest.raises(ValueError, match="bogus"):
         SamplingParams.model_validate({"bogus": 1})
+
+
+def test_seed_zero_does_not_start_with_a_draw_of_exactly_zero():
+    """mix32(0) is 0: without the counter's offset, seed 0's first draw was exactly 0, so every seed-0 text
+    began with the first token the model allows."""
+    first = uniform(torch.tensor([_seed_key(s) for s in range(4)]), torch.zeros(4, dtype=torch.long))
+    assert (first > 1e-6).all()

@@ -28,8 +28,10 @@ def seed_key(seed: int) -> int:
 
 
 def uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
-    """U[0, 1) for each (seed, counter), independent of batch composition."""
-    x = mix32(mix32(seeds) ^ ((counters * 0x27D4EB2F) & _M32))
+    """U[0, 1) for each (seed, counter), independent of batch composition. The counter is offset by an odd
+    constant before it is mixed: mix32(0) is 0, so seed 0's first draw would otherwise be exactly 0 (every
+    seed-0 text would start with the first token the model allows)."""
+    x = mix32(mix32(seeds) ^ ((counters * 0x27D4EB2F + 0x165667B1) & _M32))
     return x.double() / 2.0**32
 
 
