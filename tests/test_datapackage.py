@@ -25,7 +25,8 @@ GUILD, OTHER = 111, 222
 
 
 def _json(rows: list[tuple[int, str, str]]) -> bytes:
-    return json.dumps([{"ID": i, "Timestamp": ts, "Contents": text, "Attachments": ""} for i, ts, text in rows]).encode()
+    rows = [{"ID": i, "Timestamp": ts, "Contents": text, "Attachments": ""} for i, ts, text in rows]
+    return json.dumps(rows).encode()
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
@@ -87,7 +88,8 @@ def test_zip_keeps_one_servers_messages_oldest_first():
 
 def test_single_files_and_refusals():
     assert not parse_package(_json([(1, "t", "x")]), "messages.json", 1000).has_channel_info
-    assert parse_package(b"ID,Timestamp,Contents,Attachments\n1,t,hi,\n", "messages.csv", 1000).messages[0].contents == "hi"
+    csv = b"ID,Timestamp,Contents,Attachments\n1,t,hi,\n"
+    assert parse_package(csv, "messages.csv", 1000).messages[0].contents == "hi"
     with pytest.raises(PackageError, match="unpack"):
         parse_package(package(), "package.zip", 100)  # a zip that unpacks past the cap is refused unread
     with pytest.raises(PackageError, match="no messages"):
