@@ -179,16 +179,34 @@ def wait_worker(stack_celery, proc: Proc, timeout: float = 90) -> None:
 RESYNC = {"IMPROBABLE_DISCORD_SYNC_ALWAYS": "true"}
 
 
-def start_bot(fake: FakeDiscord, env: dict[str, str], logs: Path, name: str) -> Proc:
-    proc = Proc(name, [sys.executable, "-m", "bot"], {**env, **fake.env()}, logs, ROOT)
+def start_bot(fake: FakeDiscord, env: dict[str, str], logs: Path, name: str, *,
+              synced_globally: bool = False) -> Proc:
+    """The bot process, once connected. `synced_globally`: its commands work in every guild (as a public
+    bot's do), not only the first; it is started once its guilds have reached its cache ('ready')."""
+    bot_env = {**env, **fake.env()}
+    if synced_globally:
+        bot_env.pop("DISCORD_SYNC_GUILD", None)
+    proc = Proc(name, [sys.executable, "-m", "bot"], bot_env, logs, ROOT)
     try:
         fake.wait_for(lambda: fake.identify is not None and fake.commands or not proc.alive(), 60, "the bot to connect")
+        if synced_globally:
+            fake.wait_for(lambda: "ready as" in proc.log() or not proc.alive(), 60, "the bot ready in its guilds")
     except TimeoutError:
         proc.stop()
         raise RuntimeError(f"the bot did not connect:\n{proc.log()}") from None
     if not proc.alive():
         raise RuntimeError(f"the bot exited:\n{proc.log()}")
     return proc
+
+
+def swap_bot(stack, name: str, *, synced_globally: bool = False, **settings: str) -> None:
+    """Replace the stack's bot by one with these settings (IMPROBABLE_…) on top of the stack's, its commands
+    synced afresh (the fake forgets the other scope's commands when the scope changes)."""
+    stack.bot.stop()
+    with stack.fake.cond:
+        stack.fake.identify, stack.fake.commands = None, {}
+    stack.bot = start_bot(stack.fake, {**stack.env, **RESYNC, **settings}, stack.logs, name,
+                          synced_globally=synced_globally)
 
 
 @pytest.fixture(scope="session")

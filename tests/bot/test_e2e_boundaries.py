@@ -15,7 +15,6 @@ DISCORD_SYNC_GUILD on the shared stack, and gives the usual one back at the end.
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +24,7 @@ import sqlalchemy as sa
 from core.markdown import escape
 from worker.schedules import post_content
 
-from .conftest import RESYNC, ROOT, Proc, guild_limits, start_bot
+from .conftest import guild_limits, swap_bot
 from .fake_discord import EPHEMERAL, SEND_MESSAGES, VIEW_CHANNEL, FakeDiscord, custom_ids, opt
 from .test_e2e import TIMEOUT, ephemeral_reply, final_text
 
@@ -35,38 +34,17 @@ MARKUP = "**bold** [x](https://example.com/a) @everyone"
 QUIET = 3.0  # seconds after the last expected answer in which nothing else may appear
 
 
-def _start_global_bot(fake: FakeDiscord, env: dict, logs, name: str) -> Proc:
-    with fake.cond:
-        fake.identify, fake.commands = None, {}
-    # no deployment-wide least cooldown (the tests ask for texts one after another); ambient replies may
-    # answer every message
-    bot_env = {**env, **fake.env(), **RESYNC, "IMPROBABLE_CEILING_MIN_COOLDOWN_SECONDS": "0",
-               "IMPROBABLE_CEILING_AMBIENT_CHANCE": "1"}
-    bot_env.pop("DISCORD_SYNC_GUILD")
-    proc = Proc(name, [sys.executable, "-m", "bot"], bot_env, logs, ROOT)
-    try:
-        fake.wait_for(lambda: fake.identify is not None and fake.commands or not proc.alive(), 60, "the bot")
-    except TimeoutError:
-        proc.stop()
-        raise RuntimeError(f"the bot did not connect:\n{proc.log()}") from None
-    if not proc.alive():
-        raise RuntimeError(f"the bot exited:\n{proc.log()}")
-    assert all("guild_id" not in c for c in fake.commands.values())  # synced globally
-    time.sleep(1.0)  # the guilds' GUILD_CREATE reach the bot's cache
-    return proc
-
-
 @pytest.fixture(scope="module")
 def global_stack(stack):
     fake = stack.fake
     guild_limits(stack.database_url, fake.guild2_id, cooldown_seconds=0, max_queued_jobs_per_user=3)
-    stack.bot.stop()
-    stack.bot = _start_global_bot(fake, stack.env, stack.logs, "bot-global")
+    # no deployment-wide least cooldown (the tests ask for texts one after another); ambient replies may
+    # answer every message
+    swap_bot(stack, "bot-global", synced_globally=True, IMPROBABLE_CEILING_MIN_COOLDOWN_SECONDS="0",
+             IMPROBABLE_CEILING_AMBIENT_CHANCE="1")
+    assert all("guild_id" not in c for c in fake.commands.values())  # synced globally
     yield stack
-    stack.bot.stop()
-    with fake.cond:
-        fake.identify, fake.commands = None, {}
-    stack.bot = start_bot(fake, {**stack.env, **RESYNC}, stack.logs, "bot-after-boundaries")
+    swap_bot(stack, "bot-after-boundaries")
 
 
 @pytest.fixture

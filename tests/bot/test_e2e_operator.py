@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RESYNC, ROOT, Proc, guild_limits, start_bot
+from .conftest import ROOT, guild_limits, swap_bot
 from .fake_discord import FakeDiscord, custom_ids, opt
 from .test_e2e import TIMEOUT, ephemeral_reply, final_text
 
@@ -31,41 +31,20 @@ pytestmark = pytest.mark.slow
 IMPROBABLE = str(Path(sys.executable).with_name("improbable"))
 
 
-def _start_operator_bot(fake: FakeDiscord, env: dict, logs, name: str) -> Proc:
-    """The bot synced globally, with bob as the deployment's operator."""
-    with fake.cond:
-        fake.identify, fake.commands = None, {}
-    bot_env = {**env, **fake.env(), **RESYNC, "IMPROBABLE_CEILING_MIN_COOLDOWN_SECONDS": "0",
-               "IMPROBABLE_OWNER_IDS": json.dumps([fake.bob.id])}
-    bot_env.pop("DISCORD_SYNC_GUILD")
-    proc = Proc(name, [sys.executable, "-m", "bot"], bot_env, logs, ROOT)
-    try:
-        fake.wait_for(lambda: fake.identify is not None and fake.commands or not proc.alive(), 60, "the bot")
-    except TimeoutError:
-        proc.stop()
-        raise RuntimeError(f"the bot did not connect:\n{proc.log()}") from None
-    if not proc.alive():
-        raise RuntimeError(f"the bot exited:\n{proc.log()}")
-    time.sleep(1.0)  # the guilds' GUILD_CREATE reach the bot's cache
-    return proc
-
-
 @pytest.fixture(scope="module")
 def operator_stack(stack):
     fake = stack.fake
     guild_limits(stack.database_url, fake.guild2_id, cooldown_seconds=0, max_queued_jobs_per_user=3)
-    stack.bot.stop()
-    stack.bot = _start_operator_bot(fake, stack.env, stack.logs, "bot-operator")
+    # bob is the deployment's operator
+    swap_bot(stack, "bot-operator", synced_globally=True, IMPROBABLE_CEILING_MIN_COOLDOWN_SECONDS="0",
+             IMPROBABLE_OWNER_IDS=json.dumps([fake.bob.id]))
     yield stack
-    stack.bot.stop()
     _cli(stack, "operator", "unblock-server", str(fake.guild2_id))
     _cli(stack, "operator", "enable-persona", "alice")
     if not fake.guilds[fake.guild2_id].joined:
         fake.restore_guild(fake.guild2_id)
     guild_limits(stack.database_url, fake.guild2_id, cooldown_seconds=0, max_queued_jobs_per_user=3)
-    with fake.cond:
-        fake.identify, fake.commands = None, {}
-    stack.bot = start_bot(fake, {**stack.env, **RESYNC}, stack.logs, "bot-after-operator")
+    swap_bot(stack, "bot-after-operator")
 
 
 @pytest.fixture

@@ -9,34 +9,14 @@ cancel the first server's training run by its id.
 
 from __future__ import annotations
 
-import sys
-import time
-
 import pytest
 
-from .conftest import RESYNC, ROOT, Proc, guild_limits, start_bot
+from .conftest import guild_limits, swap_bot
 from .fake_discord import FakeDiscord, opt
 from .test_e2e import TIMEOUT, ephemeral_reply
 from .test_e2e_voices import TRAINED, _outcome
 
 pytestmark = pytest.mark.slow
-
-
-def _start_global_bot(fake: FakeDiscord, env: dict, logs, name: str) -> Proc:
-    with fake.cond:
-        fake.identify, fake.commands = None, {}
-    bot_env = {**env, **fake.env(), **RESYNC}
-    bot_env.pop("DISCORD_SYNC_GUILD")
-    proc = Proc(name, [sys.executable, "-m", "bot"], bot_env, logs, ROOT)
-    try:
-        fake.wait_for(lambda: fake.identify is not None and fake.commands or not proc.alive(), 60, "the bot")
-    except TimeoutError:
-        proc.stop()
-        raise RuntimeError(f"the bot did not connect:\n{proc.log()}") from None
-    if not proc.alive():
-        raise RuntimeError(f"the bot exited:\n{proc.log()}")
-    time.sleep(1.0)  # the guilds' GUILD_CREATE reach the bot's cache
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +26,9 @@ def servers(stack):
         fake.restore_guild(fake.guild2_id)
     guild_limits(stack.database_url, fake.guild2_id, cooldown_seconds=0, train_cooldown_seconds=0,
                  max_queued_jobs_per_user=3)
-    stack.bot.stop()
-    stack.bot = _start_global_bot(fake, stack.env, stack.logs, "bot-servers")
+    swap_bot(stack, "bot-servers", synced_globally=True)
     yield stack
-    stack.bot.stop()
-    with fake.cond:
-        fake.identify, fake.commands = None, {}
-    stack.bot = start_bot(fake, {**stack.env, **RESYNC}, stack.logs, "bot-after-servers")
+    swap_bot(stack, "bot-after-servers")
 
 
 @pytest.fixture
