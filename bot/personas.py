@@ -13,6 +13,7 @@ import service.generation
 import service.personas
 import service.policy
 import service.quotas
+import service.webhooks
 from bot import replies
 from bot.autocomplete import forget_names, persona_autocomplete
 from bot.formatting import escape, fit, split_message, truncate, user_error
@@ -231,6 +232,26 @@ async def delete(interaction: discord.Interaction, persona: str) -> None:
     name = await asyncio.to_thread(service.personas.delete_persona, actor_of(interaction), persona)
     forget_names(interaction.guild_id)
     await replies.send(interaction, f"Deleted `{name}` with its models, texts, schedules and history.")
+
+
+@persona_group.command(name="avatar", description="The picture a persona posts with in this server.")
+@app_commands.describe(persona="Which persona", image="A PNG, JPEG, GIF or WebP (none: draw it from the name again)")
+@app_commands.autocomplete(persona=persona_autocomplete)
+@trainer_only()
+async def avatar(interaction: discord.Interaction, persona: str, image: discord.Attachment | None = None) -> None:
+    await replies.defer(interaction, ephemeral=True)
+    if image is not None and image.size > service.webhooks.MAX_AVATAR_BYTES:  # refused before downloading
+        await replies.send(interaction, f"That image is too large for an avatar ({image.size:,} bytes; at most "
+                                        f"{service.webhooks.MAX_AVATAR_BYTES:,}).")
+        return
+    try:
+        data = await image.read() if image is not None else None
+        slug = await asyncio.to_thread(service.webhooks.choose_avatar, actor_of(interaction), persona, data)
+    except service.policy.UserError as e:
+        await replies.send(interaction, user_error(e))
+        return
+    await replies.send(interaction, f"`{slug}` now posts with " + ("that picture." if data else
+                                                                    "a picture drawn from its name."))
 
 
 COMMANDS = (personas, persona_group)

@@ -84,7 +84,7 @@ async def _evict(bot, hooks: list[service.webhooks.Hook]) -> None:
 
 
 async def _create(bot, channel: discord.TextChannel, slug: str, display_name: str) -> discord.Webhook | None:
-    data, digest = await asyncio.to_thread(service.webhooks.avatar, display_name, slug)
+    data, digest = await asyncio.to_thread(service.webhooks.avatar, display_name, slug, channel.guild.id)
     await _evict(bot, await asyncio.to_thread(service.webhooks.evictable, channel.id))
     for attempt in range(2):
         try:
@@ -114,7 +114,7 @@ async def webhook_for(bot, channel: discord.TextChannel, slug: str, display_name
             if hook is None:
                 return await _create(bot, channel, slug, display_name)
             webhook = _partial(bot, hook)
-            data, digest = await asyncio.to_thread(service.webhooks.avatar, display_name, slug)
+            data, digest = await asyncio.to_thread(service.webhooks.avatar, display_name, slug, channel.guild.id)
             if digest != hook.avatar:
                 with contextlib.suppress(discord.HTTPException):
                     await webhook.edit(avatar=data, reason="the persona's avatar changed")

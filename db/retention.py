@@ -101,8 +101,10 @@ def purge_guild(guild_id: int) -> Purged:
                                                         .where(InflightGeneration.guild_id == guild_id))]
         session.execute(delete(Reaction).where(Reaction.guild_id == guild_id))
         session.execute(delete(BoardSettings).where(BoardSettings.guild_id == guild_id))
-        # the webhooks' tokens are secrets of the server's channels: they go with its data
+        # the webhooks' tokens are secrets of the server's channels: they go with its data, and the avatars
+        # its managers chose
         session.execute(delete(PersonaWebhook).where(PersonaWebhook.guild_id == guild_id))
+        storage.delete_prefix(f"avatars/{guild_id}/")
         for model, column in ((InflightGeneration, InflightGeneration.guild_id), (Schedule, Schedule.guild_id),
                               (AmbientChannel, AmbientChannel.guild_id), (GuildSettings, GuildSettings.guild_id),
                               (Report, Report.guild_id), (TrainingRun, TrainingRun.guild_id)):

@@ -40,6 +40,18 @@ def find(session, channel_id: int, persona_slug: str) -> Hook | None:
     return _hook(row)
 
 
+def avatar_key(guild_id: int, persona_slug: str) -> str:
+    """Storage key of the avatar a server's manager chose for a persona (absent: drawn from its name)."""
+    return f"avatars/{guild_id}/{persona_slug}.png"
+
+
+def chosen_avatar(storage, guild_id: int | None, persona_slug: str) -> bytes | None:
+    if guild_id is None:
+        return None
+    key = avatar_key(guild_id, persona_slug)
+    return storage.get(key) if storage.exists(key) else None
+
+
 def is_ours(session, webhook_id: int) -> bool:
     """Whether the webhook is one the bot made to post as a persona."""
     return session.scalars(select(PersonaWebhook.webhook_id).where(PersonaWebhook.webhook_id == webhook_id)).first() \

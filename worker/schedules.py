@@ -30,10 +30,10 @@ from core.contracts import GenerateRequest, merge_sampling
 from core.cron import parse_cron
 from core.markdown import escape
 from core.settings import get_settings
-from db import PostStatus, Schedule, SchedulePost, get_sessionmaker, session_scope
+from db import PostStatus, Schedule, SchedulePost, get_sessionmaker, open_storage, session_scope
 from db.schedules import claim_slot, enabled_schedules, finish_post, interval_slot
 from db.types import as_utc, utcnow
-from db.webhooks import Hook, find, forget, remember, to_evict
+from db.webhooks import Hook, chosen_avatar, find, forget, remember, to_evict
 
 log = logging.getLogger(__name__)
 MAX_CONTENT = 2000  # Discord's limit on a message's content
@@ -182,7 +182,7 @@ def post_message(channel_id: int, content: str, timeout: float = 10.0, nonce: st
 def _create_webhook(session, channel_id: int, guild_id: int, slug: str, display_name: str) -> Hook | None:
     """A new webhook for the persona in the channel (the least recently used ones evicted first, and the
     oldest once more when Discord says the channel is full); None when Discord refuses one."""
-    avatar = avatar_png(display_name, slug)
+    avatar = chosen_avatar(open_storage(), guild_id, slug) or avatar_png(display_name, slug)
     body = {"name": webhook_name(display_name), "avatar": "data:image/png;base64," + base64.b64encode(avatar).decode()}
     for attempt in range(2):
         for old in to_evict(session, channel_id) if attempt == 0 else to_evict(session, channel_id, 0)[-1:]:

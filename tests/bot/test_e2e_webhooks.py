@@ -159,3 +159,29 @@ def test_a_reply_to_a_persona_webhook_message_continues_it(e2e):
                                     if m["id"] not in before and m["id"] != reply["id"] and custom_ids(m)],
                            TIMEOUT, "the continuation of the persona's text")
     assert answer
+
+
+def test_a_manager_sets_the_avatar_a_persona_posts_with(e2e):
+    import io
+
+    from PIL import Image
+
+    fake = e2e.fake
+    picture = io.BytesIO()
+    Image.new("RGB", (300, 200), (255, 0, 0)).save(picture, format="PNG")
+    att_id, att = fake.attachment("red.png", picture.getvalue())
+    refused = fake.slash("persona avatar", [opt("persona", "alice"), opt("image", att_id, 11)], user=fake.carol,
+                         resolved={"attachments": {att_id: att}})
+    assert "Manage Server" in ephemeral_reply(fake, refused)["content"]  # members may not
+    ix = fake.slash("persona avatar", [opt("persona", "alice"), opt("image", att_id, 11)], user=fake.owner,
+                    resolved={"attachments": {att_id: att}})
+    assert "now posts with that picture" in ephemeral_reply(fake, ix)["content"]
+    channel = _persona_channel(fake, "persona-avatar")
+    fake.slash("generate", [opt("persona", "alice"), opt("prompt", "Alice"), opt("length", 20)], user=fake.alice,
+               channel_id=channel)
+    [msg] = _posted(fake, channel)
+    [hook] = fake.webhooks_in(channel)
+    with Image.open(io.BytesIO(hook["avatar"])) as shown:
+        assert shown.size == (128, 128) and shown.convert("RGB").getpixel((5, 5)) == (255, 0, 0)
+    reset = fake.slash("persona avatar", [opt("persona", "alice")], user=fake.owner)
+    assert "drawn from its name" in ephemeral_reply(fake, reset)["content"]
