@@ -133,6 +133,17 @@ class Limits:
         """Claim a plain cooldown `key` for `per` seconds: 0 when free, else the seconds left."""
         return await asyncio.to_thread(self.quotas.hit, key, per)
 
+    async def train_cooldown(self, actor: Actor) -> app_commands.CommandOnCooldown | None:
+        """Claim the actor's training cooldown in their server (shared by every bot process, managers included;
+        the operator has none): None when free, else the refusal to show."""
+        if actor.operator:
+            return None
+        pol = await self.policy(actor.guild_id)
+        retry = await self.cooldown(f"train:{actor.guild_id}:{actor.user_id}", pol.train_cooldown_seconds)
+        if retry <= 0:
+            return None
+        return app_commands.CommandOnCooldown(app_commands.Cooldown(1, pol.train_cooldown_seconds), retry)
+
     async def may_train(self, actor: Actor) -> bool:
         return service.policy.may_train(actor, await self.policy(actor.guild_id))
 

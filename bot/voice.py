@@ -53,14 +53,9 @@ async def _checked(interaction: discord.Interaction, file: discord.Attachment, m
     except service.policy.UserError as e:
         await replies.fail(interaction, user_error(e))
         return False
-    if actor.operator:
-        return True
-    pol = await interaction.client.limits.policy(interaction.guild_id)
-    retry = await interaction.client.limits.cooldown(f"train:{interaction.guild_id}:{actor.user_id}",
-                                                     pol.train_cooldown_seconds)
-    if retry > 0:
-        await replies.fail(interaction, cooldown_message(app_commands.CommandOnCooldown(
-            app_commands.Cooldown(1, pol.train_cooldown_seconds), retry)))
+    refused = await interaction.client.limits.train_cooldown(actor)
+    if refused is not None:
+        await replies.fail(interaction, cooldown_message(refused))
         return False
     return True
 

@@ -111,14 +111,14 @@ class Settings(BaseSettings):
                                  "embedded bot and console).")
 
     # deployment-wide ceilings (service/policy.py): a server's /settings, /ambient and /schedule never go past
-    # them. A job's size is counted in units (core.contracts.job_cost: 1 = a default request of a default persona).
+    # them. A job's size is counted in units (core.cost.job_cost: 1 = a default request of a default persona).
     ceiling_jobs_per_member: int = Field(5, ge=1, description="Most job units one member may have queued or "
                                          "running in a server; a server's max jobs is clamped to it.")
     ceiling_jobs_per_server: int = Field(20, ge=1, description="Most job units queued or running at once for one "
                                          "server (all members and ambient replies together).")
     ceiling_min_cooldown_seconds: int = Field(2, ge=0, description="Least cooldown between one member's "
-                                              "generations (a job of n units cools down n times as long); a "
-                                              "server's lower cooldown is raised to it.")
+                                              "generations (a job of n units cools down n times as long, at "
+                                              "most 4); a server's lower cooldown is raised to it.")
     ceiling_min_train_cooldown_seconds: int = Field(300, ge=0, description="Least cooldown between one member's "
                                                     "training runs, managers included.")
     ceiling_upload_bytes: int = Field(25_000_000, gt=0, le=HARD_MAX_UPLOAD_BYTES, description="Largest upload "
