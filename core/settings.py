@@ -6,12 +6,13 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from core.contracts import Liveness
+from core.shards import Shards
 from core.text import HARD_MAX_BYTES as HARD_MAX_UPLOAD_BYTES
 
 SECRETS_DIR = Path("/run/secrets")  # Docker/Compose secrets; a file named like the setting is read
@@ -83,6 +84,12 @@ class Settings(BaseSettings):
                                            "for development). Empty: sync them globally.")
     discord_sync_always: bool = Field(False, description="Sync the slash commands at every start, not only when "
                                       "they changed since the last sync.")
+    shard_count: int | None = Field(None, ge=1, description="Gateway shards of the whole bot, all its processes "
+                                    "together; empty: the count Discord recommends (then this process runs them "
+                                    "all). Set it, with IMPROBABLE_SHARD_IDS, to split the shards over processes.")
+    shard_ids: Annotated[list[int] | None, NoDecode] = Field(
+        None, description="Shards this process runs, comma-separated (e.g. 0,1), each below IMPROBABLE_SHARD_COUNT "
+        "(required with it); empty: all of them. Every shard must be run by exactly one process.")
     bot_enqueue_timeout: float = Field(2.0, description="Seconds the bot waits to hand a job to the broker "
                                        "before telling the user the service is unavailable.")
     bot_worker_check_after: float = Field(1.0, description="A generate job not started after this many seconds "
@@ -172,6 +179,34 @@ class Settings(BaseSettings):
             raise ValueError("expected a URL like scheme://host/..., e.g. redis://localhost:6379/0 or "
                              "postgresql+psycopg://user:password@host/db")
         return value
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        """`0,1` or `[0, 1]` (a JSON list) from the environment; a list as given."""
+        if isinstance(value, str):
+            text = value.strip().removeprefix("[").removesuffix("]")
+            return [part.strip() for part in text.split(",") if part.strip()] or None
+        return value
+
+    @model_validator(mode="after")
+    def _shards_in_range(self) -> Settings:
+        ids, count = self.shard_ids, self.shard_count
+        if ids is None:
+            return self
+        if count is None:
+            raise ValueError(f"IMPROBABLE_SHARD_IDS={','.join(map(str, ids))} needs IMPROBABLE_SHARD_COUNT (the "
+                             "shards of all processes together)")
+        wrong = [i for i in ids if not 0 <= i < count]
+        if wrong or len(set(ids)) != len(ids):
+            raise ValueError(f"IMPROBABLE_SHARD_IDS={','.join(map(str, ids))}: each shard id once, from 0 to "
+                             f"{count - 1} (IMPROBABLE_SHARD_COUNT={count})")
+        return self
+
+    @property
+    def shards(self) -> Shards:
+        """The shards this process runs (core.shards)."""
+        return Shards(self.shard_count, None if self.shard_ids is None else tuple(self.shard_ids))
 
     @model_validator(mode="after")
     def _liveness_in_order(self) -> Settings:
