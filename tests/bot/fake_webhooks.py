@@ -13,7 +13,7 @@
 - DELETE /channels/{id}/messages/{message_id} of a message the bot did not author needs Manage Messages.
 
 `grant_webhooks(channel_id)` gives the bot Manage Webhooks in a channel (a member overwrite); without it the
-bot has no Manage Webhooks anywhere.
+bot has no Manage Webhooks anywhere. `add_webhook(channel_id, name)` makes one as another member would.
 """
 
 from __future__ import annotations
@@ -47,6 +47,17 @@ class Webhooks:
         current = self.permissions(self.bot_user, channel_id)
         self.overwrite(channel_id, self.bot_user.id, allow=MANAGE_WEBHOOKS, member=True)
         assert self.permissions(self.bot_user, channel_id) == current | MANAGE_WEBHOOKS
+
+    def add_webhook(self, channel_id: int, name: str, avatar: str | None = None) -> dict:
+        """A new webhook in the channel, as Discord keeps it (called directly: one made by a member or another
+        integration); `avatar`: a data URI."""
+        data, avatar_hash = self._avatar(avatar)
+        hook = {"id": self.snowflake(), "token": f"whtok-{self.snowflake()}", "name": name, "avatar": data,
+                "avatar_hash": avatar_hash, "channel_id": channel_id, "guild_id": self.guild_of(channel_id).id}
+        with self.cond:
+            self.channel_webhooks[hook["id"]] = hook
+            self.cond.notify_all()
+        return copy.deepcopy(hook)
 
     def webhooks_in(self, channel_id: int) -> list[dict]:
         with self.cond:
@@ -107,14 +118,7 @@ class Webhooks:
             return _reply({"message": "Invalid Form Body", "code": 50035}, 400)
         if len(self.webhooks_in(channel_id)) >= MAX_WEBHOOKS:
             return _reply({"message": "Maximum number of webhooks reached (15)", "code": 30007}, 400)
-        avatar, avatar_hash = self._avatar(payload.get("avatar"))
-        hook = {"id": self.snowflake(), "token": f"whtok-{self.snowflake()}", "name": name, "avatar": avatar,
-                "avatar_hash": avatar_hash, "channel_id": channel_id,
-                "guild_id": self.guild_of(channel_id).id}
-        with self.cond:
-            self.channel_webhooks[hook["id"]] = hook
-            self.cond.notify_all()
-        return _reply(self._webhook_object(hook))
+        return _reply(self._webhook_object(self.add_webhook(channel_id, name, payload.get("avatar"))))
 
     def _one_webhook(self, method: str, hook: dict, payload: dict, files, query: dict) -> web.Response:
         if method == "POST":
