@@ -2,7 +2,9 @@
 
 - Workers fill theirs from Celery signals (worker/signals.py), so the task code needs no metric calls:
   jobs by task and final state, jobs in progress, job duration, generate latency, tokens generated and
-  tokens/s, checkpoint-cache hits. The bot adds interaction counts and request latency.
+  tokens/s, checkpoint-cache hits. The bot adds interaction counts, request latency, gateway events by
+  type and its event loop's lag (`watch_event_loop`: how late a fixed sleep wakes; a handler that blocks
+  the loop shows here long before Discord's 3 s to acknowledge an interaction runs out).
 - Cluster gauges that no single worker knows (queue depth, jobs reserved, training runs and their
   progress) are collectors that the one process serving them registers when it starts the endpoint
   (the bot: `worker.app.QueueDepthCollector`, `service.training.TrainingCollector`), so they are not
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200)
 RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10)
+LAG_INTERVAL = 0.1  # seconds between two samples of the event loop's lag
 
 BUILD = Info("improbable_build", "Version of the running Improbable code.")
 JOBS = Counter("improbable_jobs", "Celery jobs finished by this process, by task and final state "
@@ -62,13 +67,19 @@ BOT_REQUEST_LATENCY = Histogram("improbable_bot_request_latency_seconds", "From 
                                 "finished answer (enqueue, queue wait, generation, reply), by kind.",
                                 ["kind"], buckets=LATENCY_BUCKETS)
 BOT_GUILDS = Gauge("improbable_bot_guilds", "Guilds the bot is in.", multiprocess_mode="max")
+BOT_GATEWAY_EVENTS = Counter("improbable_bot_gateway_events", "Gateway events the bot received, by type "
+                             "(MESSAGE_CREATE, INTERACTION_CREATE, GUILD_CREATE...).", ["event"])
+EVENT_LOOP_LAG = Histogram("improbable_event_loop_lag_seconds", f"How late the process's asyncio event loop "
+                           f"woke from a {LAG_INTERVAL} s sleep (sampled every {LAG_INTERVAL} s): time its "
+                           "handlers held the loop.", buckets=LAG_BUCKETS)
 
 METRIC_NAMES = (  # what /metrics shows (tests and the README list them)
     "improbable_build_info", "improbable_jobs_enqueued_total", "improbable_jobs_total", "improbable_jobs_in_progress",
     "improbable_job_duration_seconds", "improbable_generate_latency_seconds", "improbable_generated_tokens_total",
     "improbable_generate_tokens_per_second", "improbable_checkpoint_cache_requests_total",
     "improbable_checkpoint_cache_entries", "improbable_bot_interactions_total",
-    "improbable_bot_request_latency_seconds", "improbable_bot_guilds",
+    "improbable_bot_request_latency_seconds", "improbable_bot_guilds", "improbable_bot_gateway_events_total",
+    "improbable_event_loop_lag_seconds",
 )
 CLUSTER_METRIC_NAMES = (
     "improbable_queue_depth", "improbable_jobs_reserved", "improbable_broker_up", "improbable_training_runs",
@@ -109,6 +120,16 @@ def observe_generation(result: dict) -> None:
         seconds = (latency_ms - (result.get("load_ms") or 0)) / 1000
         if isinstance(tokens, int) and tokens and seconds > 0:
             GENERATE_TOKENS_PER_SECOND.observe(tokens / seconds)
+
+
+async def watch_event_loop(interval: float = LAG_INTERVAL) -> None:
+    """Until cancelled: sleep `interval` on the running loop and record how late it woke (EVENT_LOOP_LAG).
+    Lateness is the time other callbacks held the loop (CPU work, a blocking call), whatever its cause."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        EVENT_LOOP_LAG.observe(max(0.0, loop.time() - start - interval))
 
 
 # -- readiness and the HTTP endpoint ------------------------------------------------------------------
