@@ -127,6 +127,7 @@ class ImprobableBot(discord.Client):
         self.add_dynamic_items(*DYNAMIC_ITEMS)
         self.blocked_guilds = await asyncio.to_thread(service.operator.blocked_guilds)
         self._sweeper = asyncio.create_task(operator.sweep_loop(self))  # embedded: no beat sweeps for us
+        self._lag_watch = asyncio.create_task(metrics.watch_event_loop())  # /metrics: the loop's lag
         guild_id = self.settings.discord_sync_guild
         guild = discord.Object(id=guild_id) if guild_id else None
         if guild is not None:
@@ -160,6 +161,9 @@ class ImprobableBot(discord.Client):
         metrics.set_ready("discord", True)
         metrics.BOT_GUILDS.set(len(self.guilds))
         log.info("ready as %s in %d guild(s)", self.user, len(self.guilds))
+
+    async def on_socket_event_type(self, event: str) -> None:  # every gateway event, counted by type
+        metrics.BOT_GATEWAY_EVENTS.labels(event).inc()
 
     async def on_resumed(self) -> None:
         metrics.set_ready("discord", True)
