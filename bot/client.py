@@ -50,6 +50,7 @@ from core.settings import Settings, get_settings
 log = logging.getLogger("bot")
 COMMAND_MODULES = (generate, personas, training, schedules, queue, guild, ambient, privacy, report, operator,
                    board, dialogue, voice)
+SYNC_POLL_SECONDS = 0.5  # how often a process waiting for another's command sync looks again
 
 
 def intents() -> discord.Intents:
@@ -104,11 +105,17 @@ class Tree(app_commands.CommandTree):
         await replies.fail(interaction, message)
 
 
-class ImprobableBot(discord.Client):
+class ImprobableBot(discord.AutoShardedClient):
+    """The bot, sharded by discord.py: it runs IMPROBABLE_SHARD_IDS of IMPROBABLE_SHARD_COUNT shards (by default
+    all the shards Discord recommends), one gateway session each, in this process (core/shards.py)."""
+
     def __init__(self, settings: Settings | None = None, jobs: Jobs | None = None, **options):
+        settings = settings or get_settings()
         options.setdefault("intents", intents())
+        options.setdefault("shard_count", settings.shard_count)
+        options.setdefault("shard_ids", settings.shard_ids)
         super().__init__(allowed_mentions=discord.AllowedMentions.none(), **options)
-        self.settings = settings or get_settings()
+        self.settings = settings
         # guild installs only, used in servers only: no user installs, no DMs or group DMs
         self.tree = Tree(self, allowed_installs=app_commands.AppInstallationType(guild=True, user=False),
                          allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=False,
@@ -124,6 +131,7 @@ class ImprobableBot(discord.Client):
                 self.tree.add_command(command)
 
     async def setup_hook(self) -> None:
+        log.info("this process runs %s", self.settings.shards.describe())
         self.add_dynamic_items(*DYNAMIC_ITEMS)
         self.blocked_guilds = await asyncio.to_thread(service.operator.blocked_guilds)
         self._sweeper = asyncio.create_task(operator.sweep_loop(self))  # embedded: no beat sweeps for us
@@ -138,18 +146,31 @@ class ImprobableBot(discord.Client):
 
     async def sync_commands(self, guild: discord.Object | None) -> None:
         """Sync the slash commands where they changed since the last sync (service.commands: a digest of the
-        tree shared by every process), or always with IMPROBABLE_DISCORD_SYNC_ALWAYS."""
+        tree shared by every process), or always with IMPROBABLE_DISCORD_SYNC_ALWAYS. One process at a time
+        syncs a scope (its claim in the shared counters): the processes of other shards starting with it wait,
+        then find the digest recorded and leave it."""
         where = f" to guild {guild.id}" if guild is not None else " globally"
         tree = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
         digest = hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
         scope = f"{self.application_id}-{guild.id if guild is not None else 'global'}"
-        if not self.settings.discord_sync_always and \
-                not await asyncio.to_thread(service.commands.sync_needed, scope, digest):
-            log.info("commands unchanged since their last sync%s (%s): not synced again", where, digest[:12])
-            return
-        synced = await self.tree.sync(guild=guild)
-        await asyncio.to_thread(service.commands.record_sync, scope, digest)
-        log.info("synced %d commands%s", len(synced), where)
+
+        async def unchanged() -> bool:
+            return not self.settings.discord_sync_always and \
+                not await asyncio.to_thread(service.commands.sync_needed, scope, digest)
+
+        while not await unchanged():
+            if await asyncio.to_thread(service.commands.claim_sync, scope):
+                try:
+                    if await unchanged():  # synced by another process between the look and the claim
+                        break
+                    synced = await self.tree.sync(guild=guild)
+                    await asyncio.to_thread(service.commands.record_sync, scope, digest)
+                finally:
+                    await asyncio.to_thread(service.commands.release_sync, scope)
+                log.info("synced %d commands%s", len(synced), where)
+                return
+            await asyncio.sleep(SYNC_POLL_SECONDS)  # another process is syncing this scope
+        log.info("commands unchanged since their last sync%s (%s): not synced again", where, digest[:12])
 
     def remember_generation(self, message_id: int, generation_id: int) -> None:
         """Recent results by message id (replies to them continue the text; the database has them too)."""
@@ -160,7 +181,14 @@ class ImprobableBot(discord.Client):
     async def on_ready(self) -> None:
         metrics.set_ready("discord", True)
         metrics.BOT_GUILDS.set(len(self.guilds))
-        log.info("ready as %s in %d guild(s)", self.user, len(self.guilds))
+        log.info("ready as %s in %d guild(s) on %s", self.user, len(self.guilds), self.shards_described())
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        log.info("shard %d of %s ready", shard_id, self.shard_count)
+
+    def shards_described(self) -> str:
+        """The shards this process runs, as discord.py launched them (the count is Discord's when not set)."""
+        return f"shard(s) {', '.join(map(str, sorted(self.shards)))} of {self.shard_count}"
 
     async def on_socket_event_type(self, event: str) -> None:  # every gateway event, counted by type
         metrics.BOT_GATEWAY_EVENTS.labels(event).inc()
@@ -228,7 +256,28 @@ def cluster_collectors(settings: Settings) -> list:
     return [TrainingCollector()] + ([QueueDepthCollector()] if settings.broker_url else [])
 
 
-def main(argv: list[str] | None = None) -> int:
+NO_TOKEN = ("DISCORD_TOKEN is not set: the bot waits, not connected to Discord (everything else runs). Put the "
+            "bot's token in .env (DISCORD_TOKEN=...) or a secret file, then `docker compose up -d bot`.")
+
+
+def wait_for_a_token() -> int:
+    """One line, /readyz answering 503 "not ready: DISCORD_TOKEN (not set)", then nothing until stopped."""
+    import signal
+    import threading
+
+    metrics.set_ready("DISCORD_TOKEN (not set)", False)
+    log.error(NO_TOKEN)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `docker stop`: as Ctrl-C, a clean exit
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None, *, wait_without_token: bool = False) -> int:
+    """Run the bot. Without a token: with `wait_without_token` (the service, `python -m bot`) say so once and
+    wait, so that a deployment's first start is not a restart loop; otherwise (a terminal) exit 2."""
     settings = get_settings()
     logs.setup_logging(settings, service="bot")  # text or JSON lines (IMPROBABLE_LOG_FORMAT)
     metrics.set_ready("discord", False)  # /readyz answers 200 once the gateway session is ready
@@ -237,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the port is taken: the bot still works, without metrics
         log.error("metrics server not started: %s", e)
     if not settings.discord_token:
+        if wait_without_token:
+            return wait_for_a_token()
         print("DISCORD_TOKEN is not set. Set it to run the Discord bot, or try everything in a terminal with "
               "`improbable chat`.", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from worker.app import forget_results, is_eager
 
 log = logging.getLogger(__name__)
 MAX_SHOWN = 25
+SWEEP_CLAIM = "sweep:embedded"  # the claim of the process that sweeps now (see sweep_loop)
 
 
 def is_owner(interaction: discord.Interaction) -> bool:
@@ -112,10 +113,16 @@ async def block(bot: discord.Client, actor: service.policy.Actor, guild_id: int)
     purged = await asyncio.to_thread(service.operator.block_server, actor, guild_id)
     bot.blocked_guilds.add(guild_id)
     await asyncio.to_thread(forget_results, purged.task_ids)
-    guild = bot.get_guild(guild_id)
-    if guild is not None:
-        await guild.leave()
+    if bot.get_guild(guild_id) is not None or not bot.settings.shards.owns(guild_id):
+        await _leave(bot, guild_id)  # a server on another process's shard is left through the REST API too
     return purged
+
+
+async def _leave(bot: discord.Client, guild_id: int) -> None:
+    try:
+        await bot.http.leave_guild(guild_id)
+    except discord.NotFound:  # the bot is not in it (any more)
+        pass
 
 
 @operator_group.command(name="block-server", description="Leave a server for good and purge its data.")
@@ -163,15 +170,20 @@ async def sweep_once() -> None:
 
 
 async def sweep_loop(bot: discord.Client) -> None:
-    """Embedded (jobs in this process, no beat): the retention sweep at start-up and every sweep_seconds."""
+    """Embedded (jobs in this process, no beat): the retention sweep at start-up and every sweep_seconds, by
+    one bot process at a time. The processes of a sharded bot each try, and the one that takes the sweep's
+    claim in the shared SQL counters (bot.limits) sweeps: embedded means no broker, so no Redis lock, and a
+    rule such as "the process of shard 0" would stop sweeping while that process is down."""
     if not is_eager():
         return
+    every = bot.settings.sweep_seconds
     while not bot.is_closed():
         try:
-            await sweep_once()
+            if await bot.limits.cooldown(SWEEP_CLAIM, every * 0.9) == 0:  # else another process swept lately
+                await sweep_once()
         except Exception:  # noqa: BLE001 - a failed sweep is tried again next time
             log.exception("retention sweep failed")
-        await asyncio.sleep(bot.settings.sweep_seconds)
+        await asyncio.sleep(every)
 
 
 COMMANDS = (operator_group,)

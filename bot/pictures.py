@@ -36,6 +36,7 @@ import service.controls
 from core.contracts import Piece, pieces_from_json
 from core.settings import get_settings
 from service.policy import Actor
+from service.quotas import Quotas
 
 MAX_PICTURE_CHARS = 4000  # twice Discord's message limit; longer texts are cut
 MAX_LINES = 150  # 4,500 px of text: a text of blank lines or one-letter lines stops here
@@ -308,23 +309,17 @@ def _draw(generation_id: int, actor: Actor) -> bytes | None:
 class Drawing:
     """Where pictures are drawn: a thread pool of their own with IMPROBABLE_PICTURE_CONCURRENCY threads (so
     drawings never take the default executor's threads from database calls), and each member's cooldown
-    (IMPROBABLE_PICTURE_COOLDOWN_SECONDS) between two pictures in this process."""
+    (IMPROBABLE_PICTURE_COOLDOWN_SECONDS) between two pictures, in the SQL counters every bot process shares
+    (service.quotas): a member of servers on two shards' processes waits the same."""
 
-    def __init__(self, threads: int, cooldown: float, clock=time.monotonic):
+    def __init__(self, threads: int, cooldown: float, quotas: Quotas | None = None):
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="picture")
-        self.cooldown, self.clock = cooldown, clock
-        self._last: dict[int | None, float] = {}
+        self.cooldown = cooldown
+        self.quotas = quotas or Quotas()
 
-    def may_draw(self, user_id: int | None) -> bool:
+    async def may_draw(self, user_id: int | None) -> bool:
         """Claim the member's turn: False within their cooldown."""
-        now = self.clock()
-        last = self._last.get(user_id)
-        if last is not None and now - last < self.cooldown:
-            return False
-        if len(self._last) > 10_000:
-            self._last = {k: t for k, t in self._last.items() if now - t < self.cooldown}
-        self._last[user_id] = now
-        return True
+        return await asyncio.to_thread(self.quotas.hit, f"picture:{user_id}", self.cooldown) == 0
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -340,7 +335,7 @@ async def picture_file(generation_id: int, actor: Actor) -> discord.File | None:
     """The picture as an attachment, or None when the generation has none or the member asked for another
     picture within their cooldown (service.errors.TextGone when the generation is gone, or another server's)."""
     pool = drawing()
-    if not pool.may_draw(actor.user_id):
+    if not await pool.may_draw(actor.user_id):
         return None
     png = await pool.run(_draw, generation_id, actor)
     if png is None:

@@ -61,16 +61,18 @@ def reopen(bot, row: service.generation.InFlight) -> ReopenedInteractionOutput |
 async def resume_generations(bot, buttons: Buttons) -> int:
     """At start-up: the generations an earlier run of the bot was showing when it stopped are followed again
     and finished (their message edited to the outcome), or ended with a note when their job cannot be
-    followed. Returns how many were found; each is handled in the background."""
+    followed; only those of the servers on this process's shards (core.shards), the other processes
+    follow theirs. Returns how many were found; each is handled in the background."""
     try:
-        rows = await asyncio.to_thread(service.generation.in_flight_generations)
+        rows = await asyncio.to_thread(service.generation.in_flight_generations, bot.settings.shards)
     except Exception as e:  # noqa: BLE001 - the database being away must not keep the bot from starting
         log.warning("could not read the generations in flight before the restart: %s", e)
         return 0
     for row in rows:
         in_background(_resume(bot, row, buttons))
     if rows:
-        log.info("resuming %d generation(s) in flight when the bot last stopped", len(rows))
+        log.info("resuming %d generation(s) in flight when the bot last stopped (%s)", len(rows),
+                 bot.settings.shards.describe())
     return len(rows)
 
 

@@ -83,9 +83,10 @@ class TrainingWatcher:
         self.tasks[run_id] = asyncio.create_task(self._watch(run_id, message), name=f"watch-run-{run_id}")
 
     async def resume(self) -> None:
-        """Pick up the progress messages of runs that were active when the bot stopped."""
+        """Pick up the progress messages of runs that were active when the bot stopped, in the servers on this
+        process's shards (the process of another shard watches its own)."""
         try:
-            runs = await asyncio.to_thread(service.training.runs_to_watch)
+            runs = await asyncio.to_thread(service.training.runs_to_watch, self.bot.settings.shards)
         except Exception:  # noqa: BLE001 - a broken database must not stop the bot from starting
             log.exception("could not list active training runs")
             return

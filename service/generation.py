@@ -23,6 +23,7 @@ from core.contracts import (
     rule_of,
 )
 from core.settings import get_settings
+from core.shards import Shards
 from db import Checkpoint, Family, Generation, InflightGeneration, Persona, session_scope
 from db.generations import generation_for_message, set_generation_message
 from db.runs import active_runs
@@ -302,10 +303,13 @@ def forget_in_flight(task_id: str) -> None:
         session.execute(delete(InflightGeneration).where(InflightGeneration.task_id == task_id))
 
 
-def in_flight_generations() -> list[InFlight]:
-    """Every remembered job, oldest first."""
+def in_flight_generations(shards: Shards | None = None) -> list[InFlight]:
+    """The remembered jobs of the servers on these shards (core.shards; None: every one), oldest first: the
+    process of another shard resumes its own."""
+    shards = shards or Shards()
     with session_scope() as session:
         rows = session.scalars(select(InflightGeneration).order_by(InflightGeneration.created_at)).all()
         return [InFlight(task_id=r.task_id, request=PreparedGeneration(**r.request), channel_id=r.channel_id,
                          interaction_token=r.interaction_token, reply_to=r.reply_to, message_id=r.message_id,
-                         user_id=r.user_id, guild_id=r.guild_id, created_at=r.created_at) for r in rows]
+                         user_id=r.user_id, guild_id=r.guild_id, created_at=r.created_at) for r in rows
+                if shards.owns(r.guild_id)]

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from core.contracts import RunProgress
 from core.settings import get_settings
+from core.shards import Shards
 from db import RunStatus, TrainingRun, open_storage, session_scope
 from db.personas import delete_persona as db_delete_persona
 from db.runs import ACTIVE_STATUSES, InvalidTransition, active_runs, last_run_requested, queued_runs, request_cancel
@@ -129,10 +130,13 @@ def training_runs(actor: Actor, *, mine: bool = False) -> list[RunView]:
         return [_view(session, r) for r in runs if visible_to(actor, r.guild_id, r.requested_by)]
 
 
-def runs_to_watch() -> list[RunView]:
-    """Active runs with a progress message (the bot resumes watching them after a restart)."""
+def runs_to_watch(shards: Shards | None = None) -> list[RunView]:
+    """Active runs with a progress message in the servers on these shards (core.shards; None: every one): the
+    bot process of those shards resumes watching them after a restart."""
+    shards = shards or Shards()
     with session_scope() as session:
-        runs = [r for r in active_runs(session) if r.message_id is not None and r.channel_id is not None]
+        runs = [r for r in active_runs(session) if r.message_id is not None and r.channel_id is not None
+                and shards.owns(r.guild_id)]
         return [_view(session, r) for r in runs]
 
 
