@@ -124,3 +124,106 @@ def test_bad_checkpoint_path(env, tmp_path):
 
 def test_invalid_setting_value(env, tmp_path):
     run_fails_cleanly(["corpora"], env, tmp_path, "IMPROBABLE_LOG_LEVEL", IMPROBABLE_LOG_LEVEL="LOUD")
+
+
+# -- the console and the services: an expected failure is one line, never a traceback ------------------------
+
+def chat_lines(env: dict, cwd: Path, line: str, **extra: str) -> tuple[int, list[str]]:
+    result = subprocess.run([*IMPROBABLE, "chat", "-c", line], env={**env, **extra}, cwd=cwd, capture_output=True,
+                            text=True, timeout=240)
+    out = result.stdout + result.stderr
+    assert "Traceback" not in out, out
+    return result.returncode, out.splitlines()
+
+
+@pytest.mark.parametrize("corpus, phrase", [
+    (None, "There is no corpus called 'shakespeare'. No corpora are available."),
+    ("x" * 20_000, "The text repeats itself"),
+])
+def test_console_retrain_whose_corpus_is_missing_or_unusable(corpus, phrase, env, tmp_path):
+    folder = tmp_path / "corpora"
+    folder.mkdir()
+    if corpus is not None:
+        (folder / "shakespeare.txt").write_text(corpus)
+    status, lines = chat_lines(env, tmp_path, "/persona retrain shakespeare", IMPROBABLE_CORPUS_PATH=str(folder))
+    assert status == 1, lines
+    about = [line for line in lines if "failed" in line or "corpus" in line.lower() or "repeats" in line]
+    assert len(about) == 1, lines  # the console's own line, no log line or worker traceback beside it
+    assert about[0].startswith("! run 1 failed: ") and phrase in about[0], about
+    assert "Error:" not in about[0], about  # the message, not the exception's class
+
+
+DIVERGING_RUN = """
+import random
+
+import db, service.personas
+from db.ingest import ingest
+from db.personas import get_persona
+from db.runs import create_run
+from worker.training import train_run
+
+service.personas.prepare_database()
+rng = random.Random(0)
+words = "the king queen speaks of love and war night day sword crown heart fair sweet death time lord".split()
+text = "\\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + "." for _ in range(3000))
+with db.session_scope() as session:
+    corpus = ingest(text.encode(), "poems.txt", session=session).corpus
+with db.session_scope() as session:
+    run = create_run(session, get_persona(session, "alice", None), corpus=corpus, config={
+        "init": "", "n_layers": 1, "n_hidden": 16, "n_embd": 8, "batch_size": 4, "seq_len": 16, "dropout": 0.0,
+        "eval_interval": 20, "patience": 0, "patience_epochs": 0, "max_steps": 50, "lr": float("inf"),
+        "max_nan_restarts": 0})
+print("summary:", train_run(run.id))
+"""
+
+
+def test_a_run_that_fails_in_training_is_one_line(env, tmp_path):
+    """A real run whose loss diverges (an infinite learning rate): the run fails with its message, the task
+    ends normally (a Celery worker logs no traceback for it), and nothing else is printed."""
+    done = subprocess.run([sys.executable, "-c", DIVERGING_RUN], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=240)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in out, out
+    summary = [line for line in out.splitlines() if line.startswith("summary:")]
+    assert len(summary) == 1 and "'status': 'failed'" in summary[0] and "loss became nan" in summary[0], out
+    assert "TrainingDiverged" not in out, out
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_the_bot_service_waits_for_a_token(env, tmp_path):
+    """`python -m bot` (the compose service) without DISCORD_TOKEN: one line, /readyz says why, the process stays
+    up (no exit for a restart policy to loop on) and stops cleanly when told to."""
+    import time
+
+    subprocess.run([sys.executable, "-m", "db", "upgrade"], env=env, cwd=tmp_path, check=True, capture_output=True,
+                   timeout=120)
+    port = closed_port()
+    bot = subprocess.Popen([sys.executable, "-m", "bot"], env={**env, "IMPROBABLE_METRICS_PORT": str(port)},
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (ready := _readyz(port))[0] != 503 and time.monotonic() < deadline and bot.poll() is None:
+            time.sleep(0.2)
+        assert ready[0] == 503 and "DISCORD_TOKEN (not set)" in ready[1], ready
+        time.sleep(2)
+        assert bot.poll() is None, "the bot exited without a token"
+    finally:
+        bot.terminate()
+        out = bot.communicate(timeout=30)[0]
+    assert bot.returncode == 0, out
+    assert "Traceback" not in out, out
+    lines = [line for line in out.splitlines() if "DISCORD_TOKEN" in line]
+    assert len(lines) == 1 and "docker compose up -d bot" in lines[0], out
+    assert not [line for line in out.splitlines() if "WARNING" in line or "ERROR" in line and line not in lines], out

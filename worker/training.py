@@ -371,14 +371,31 @@ def _train_claimed(claimed: ClaimedRun, on_progress, transient: tuple[type[BaseE
     try:
         return _train(claimed, on_progress)
     except Exception as e:
-        if not isinstance(e, transient):
-            log.exception("run %s failed", claimed.run_id)
-            try:
-                with session_scope() as session:
-                    fail_run(session, claimed.run_id, f"{type(e).__name__}: {e}"[:2000])
-            except InvalidTransition:
-                pass
+        if isinstance(e, transient):
+            raise
+        if _expected_failure(e):  # the message says it all: one line, the run failed, the task done
+            log.info("run %s failed: %s", claimed.run_id, e)
+            return _fail(claimed, str(e))
+        log.exception("run %s failed", claimed.run_id)
+        _fail(claimed, f"{type(e).__name__}: {e}")
         raise
+
+
+def _expected_failure(error: Exception) -> bool:
+    """A failure of the run's input or its training (no such corpus, loss diverged), not of the code."""
+    from core.text import CorpusError
+    from trainer.train import TrainingDiverged
+
+    return isinstance(error, CorpusError | TrainingDiverged)
+
+
+def _fail(claimed: ClaimedRun, message: str) -> dict:
+    try:
+        with session_scope() as session:
+            return summary(fail_run(session, claimed.run_id, message[:2000]))
+    except InvalidTransition:  # cancelled meanwhile
+        with session_scope() as session:
+            return summary(session.get(TrainingRun, claimed.run_id))
 
 
 @contextmanager
