@@ -13,7 +13,7 @@ from trainer.checkpoint import Checkpoint
 from trainer.model import ModelConfig, build_model
 from trainer.sample import generate
 from trainer.tokenizer import CharTokenizer
-from worker.serve.cache import CheckpointCache, model_bytes
+from worker.serve.cache import CheckpointCache, for_serving, model_bytes
 from worker.serve.engine import Engine
 
 
@@ -25,7 +25,7 @@ def tiny():
 
 
 def test_engine_batches_requests_and_keeps_each_stream_its_own(tiny):
-    cache = CheckpointCache(lambda cid: (tiny, 1), max_bytes=10**9)
+    cache = CheckpointCache(lambda cid: (*for_serving(tiny), 1), max_bytes=10**9)
     engine = Engine("cpu")
     params = [SamplingParams(max_tokens=300 + 7 * i, temperature=0.5 + i / 20, top_k=i % 4, seed=i)
               for i in range(12)]
@@ -53,7 +53,7 @@ def test_an_abandoned_stream_stops_and_its_batch_mates_are_untouched(tiny):
 
     from worker.serve.engine import Abandoned
 
-    cache = CheckpointCache(lambda cid: (tiny, 1), max_bytes=10**9)
+    cache = CheckpointCache(lambda cid: (*for_serving(tiny), 1), max_bytes=10**9)
     engine = Engine("cpu")
     endless = engine.submit(cache.acquire(1), "abc", SamplingParams(max_tokens=100_000, seed=5))
     mates = [SamplingParams(max_tokens=3000 + 500 * i, temperature=0.8, seed=20 + i) for i in range(3)]
@@ -95,7 +95,7 @@ def test_cache_loads_once_and_evicts_least_recently_used_idle(tiny):
 
     def load(cid):
         loads.append(cid)
-        return Checkpoint(build_model(tiny.model.config), tiny.tokenizer, {}, {}), cid
+        return *for_serving(Checkpoint(build_model(tiny.model.config), tiny.tokenizer, {}, {})), cid
 
     size = model_bytes(tiny.model)
     cache = CheckpointCache(load, max_bytes=2 * size)
@@ -106,6 +106,7 @@ def test_cache_loads_once_and_evicts_least_recently_used_idle(tiny):
     for t in threads:
         t.join()
     assert loads == [1] and len({id(e) for e in entries}) == 1 and entries[0].users == 8
+    assert cache.hits == 7 and cache.loads == 1 and cache.n_bytes == size
     for e in entries:
         cache.release(e)
     cache.release(cache.acquire(2))
@@ -114,6 +115,7 @@ def test_cache_loads_once_and_evicts_least_recently_used_idle(tiny):
     assert 2 not in cache and 1 in cache and 3 in cache
     cache.acquire(4)  # everything else in use or recent: 1 goes, 3 and 4 are held
     assert 1 not in cache and 3 in cache and 4 in cache and held.users == 1
+    assert cache.evictions == 2 and cache.loads == 4 and cache.hits == 8 and cache.n_bytes == 2 * size
 
 
 def test_engine_serves_bfloat16_weights(tiny):
@@ -123,7 +125,7 @@ def test_engine_serves_bfloat16_weights(tiny):
     import torch
 
     half = Checkpoint(copy.deepcopy(tiny.model).to(torch.bfloat16), tiny.tokenizer, {}, {})
-    cache = CheckpointCache(lambda cid: (half, 1), max_bytes=10**9)
+    cache = CheckpointCache(lambda cid: (*for_serving(half), 1), max_bytes=10**9)
     engine = Engine("cpu")
     params = [SamplingParams(max_tokens=50, temperature=0.7, seed=i) for i in range(4)]
     jobs = [engine.submit(cache.acquire(1), "abc", p) for p in params]
@@ -141,7 +143,7 @@ def test_a_stream_served_alone_steps_with_int8_weights_when_on(tiny):
     params = SamplingParams(max_tokens=200, temperature=0.9, seed=42)
     texts = {}
     for mode in ("on", "off", "auto"):
-        cache = CheckpointCache(lambda cid: (tiny, 1), max_bytes=10**9)
+        cache = CheckpointCache(lambda cid: (*for_serving(tiny), 1), max_bytes=10**9)
         entry = cache.acquire(1)
         texts[mode] = Engine("cpu", int8=mode).submit(entry, "abc", params).future.result(timeout=30).text
         assert (entry.single_stream is not None) == (mode == "on") or mode == "auto"
@@ -157,7 +159,7 @@ def test_a_light_server_is_stepped_ahead_of_another_servers_flood(tiny):
     """Batches are per (server, model) and the engine steps the server that has had the least engine time
     lately: a single request from server Y finishes while server X's flood barely moves, and X alone gets
     every step again afterwards."""
-    cache = CheckpointCache(lambda cid: (tiny, 1), max_bytes=10**9)
+    cache = CheckpointCache(lambda cid: (*for_serving(tiny), 1), max_bytes=10**9)
     engine = Engine("cpu")
     flood = [engine.submit(cache.acquire(1), "abc", SamplingParams(max_tokens=100_000, seed=i), owner=1)
              for i in range(32)]
@@ -197,7 +199,7 @@ def test_a_flood_of_arrivals_does_not_hold_another_servers_request_at_the_door(t
     """Requests join their batches a few milliseconds' worth per step boundary, least-served server first: a
     server's one request arriving behind another server's 300 long prompts joins and finishes while most of
     the flood still waits to join."""
-    cache = CheckpointCache(lambda cid: (tiny, 1), max_bytes=10**9)
+    cache = CheckpointCache(lambda cid: (*for_serving(tiny), 1), max_bytes=10**9)
     engine = Engine("cpu")
     prompt = "abcdefghij " * 300
     flood = [engine.submit(cache.acquire(1), prompt, SamplingParams(max_tokens=50, seed=i), owner=1)

@@ -34,17 +34,28 @@ def model_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def for_serving(checkpoint: Checkpoint) -> tuple[Checkpoint, int]:
+    """(The checkpoint as the cache keeps it, the bytes its model holds): generation needs only the model, so
+    the optimizer moments etc. go. It touches tensors: in a worker, call it on the engine's thread."""
+    checkpoint.tensors.clear()
+    return checkpoint, model_bytes(checkpoint.model)
+
+
 class CheckpointCache:
     """`acquire(id)` → a loaded Entry (loading it at most once, however many threads ask); `release` it
-    when the request is done. `load(id)` returns (Checkpoint, persona_id) and is called without the lock."""
+    when the request is done. `load(id)` returns (*for_serving(checkpoint), persona_id), is called without
+    the lock, and in a worker builds the model on the engine's thread (worker/serve/runtime.py): the cache
+    itself never touches a tensor."""
 
-    def __init__(self, load: Callable[[int], tuple[Checkpoint, int | None]], max_bytes: int):
+    def __init__(self, load: Callable[[int], tuple[Checkpoint, int, int | None]], max_bytes: int):
         self._load = load
         self.max_bytes = max_bytes
         self._entries: OrderedDict[int, Entry] = OrderedDict()
         self._loading: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self.loads = 0  # how many times a checkpoint was read from storage (tests, metrics)
+        self.hits = 0  # acquires that found their checkpoint loaded (or waited for another thread's load)
+        self.evictions = 0
 
     def acquire(self, checkpoint_id: int) -> Entry:
         while True:
@@ -53,6 +64,7 @@ class CheckpointCache:
                 if entry is not None:
                     self._entries.move_to_end(checkpoint_id)
                     entry.users += 1
+                    self.hits += 1
                     return entry
                 waiting = self._loading.get(checkpoint_id)
                 if waiting is None:
@@ -60,13 +72,12 @@ class CheckpointCache:
                     break
             waiting.wait()  # another thread is loading it; then take it from the cache
         try:
-            checkpoint, persona_id = self._load(checkpoint_id)
+            checkpoint, n_bytes, persona_id = self._load(checkpoint_id)
         except BaseException:
             with self._lock:
                 self._loading.pop(checkpoint_id).set()
             raise
-        entry = Entry(checkpoint_id, checkpoint, persona_id, model_bytes(checkpoint.model), users=1)
-        entry.checkpoint.tensors.clear()  # optimizer moments etc.: generation needs only the model
+        entry = Entry(checkpoint_id, checkpoint, persona_id, n_bytes, users=1)
         with self._lock:
             self._entries[checkpoint_id] = entry
             self.loads += 1
@@ -88,6 +99,13 @@ class CheckpointCache:
             if entry.users == 0:
                 del self._entries[cid]
                 total -= entry.n_bytes
+                self.evictions += 1
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes held by the loaded models (int8 copies included)."""
+        with self._lock:
+            return sum(e.n_bytes for e in self._entries.values())
 
     def __contains__(self, checkpoint_id: int) -> bool:
         return checkpoint_id in self._entries

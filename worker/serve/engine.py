@@ -10,8 +10,11 @@ shares the batch; with one exception: a batch of exactly one stream of an fp32 L
 with int8 weights (trainer/quantize.py) where that measured faster (`generate_int8`), so a seed gives
 another text alone than in company (held-out loss +0.0004 nats, bench/generation.py).
 
-CUDA is touched only when the first engine is created, in the worker process that will use it (never in
-a parent that forks), and that device is used for every model afterwards.
+The engine thread is the one thread of a generate worker that uses torch, loading included: a checkpoint
+load (`call`) and a blend run on it between two steps. Every other thread that ran a torch op would bring
+its own intra-op thread pool to the same cores and slow the steps down; they only read storage and the
+database, and hand over. CUDA is touched only by this thread, in the worker process that will use it
+(never in a parent that forks), and the device it picks is used for every model afterwards.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -70,6 +74,14 @@ class EngineRequest:
     def partial(self) -> str:
         """The completion so far (read from another thread: a str attribute, swapped atomically)."""
         return self.stream.text if self.stream is not None else ""
+
+
+@dataclass
+class _Call:
+    """Torch work handed to the engine's thread (a checkpoint load): run between two steps."""
+
+    fn: Callable[[], object]
+    future: Future = field(default_factory=Future)
 
 
 class Abandoned(Exception):
@@ -149,10 +161,10 @@ def single_stream_model(model, mode: str = "auto", steps: int = 32):
 
 class Engine:
     def __init__(self, device: str | torch.device = "cpu", threads: int = 0, int8: str = "off"):
-        self.device = torch.device(device)
+        """`device`: a torch device or "auto" (CUDA when present), resolved by the engine's own thread."""
         self.threads = threads
-        self.int8 = int8 if self.device.type == "cpu" else "off"
-        self._inbox: queue.SimpleQueue[EngineRequest] = queue.SimpleQueue()
+        self._device_name, self._int8 = device, int8
+        self._inbox: queue.SimpleQueue[EngineRequest | _Call] = queue.SimpleQueue()
         self._batches: dict[tuple, _Batch] = {}
         self._pending: dict[int | None, deque[EngineRequest]] = {}  # owner -> requests not yet in a batch
         self.fair = FairShare()
@@ -160,7 +172,21 @@ class Engine:
         self.abandoned = 0  # streams stopped unfinished because their caller gave up
         self.max_batch = 0
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
+        self._started = threading.Event()
+        self._failed: Exception | None = None
         self._thread.start()
+        self._started.wait()  # the device is known once the thread has picked it
+        if self._failed is not None:
+            raise self._failed
+
+    def call(self, fn: Callable[[], object]):
+        """fn() run on the engine's thread between two steps (torch work: a checkpoint load); its result, or
+        what it raised. Waits while the engine finishes its current step."""
+        if threading.get_ident() == self._thread.ident:
+            return fn()
+        work = _Call(fn)
+        self._inbox.put(work)
+        return work.future.result()
 
     def submit(self, entry: Entry, prompt: str, params: SamplingParams, *, voices: tuple[Entry, ...] = (),
                weights: tuple[float, ...] = (), names: tuple[str, ...] = (), owner: int | None = None) -> EngineRequest:
@@ -179,9 +205,23 @@ class Engine:
 
     # -- the engine thread ----------------------------------------------------------------------------
 
+    def _setup(self) -> bool:
+        """On the engine's thread: its intra-op threads and its device (a bad name: the constructor raises)."""
+        try:
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self.device = pick_device(str(self._device_name))
+            self.int8 = self._int8 if self.device.type == "cpu" else "off"
+            return True
+        except Exception as e:  # noqa: BLE001
+            self._failed = e
+            return False
+        finally:
+            self._started.set()
+
     def _run(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        if not self._setup():
+            return
         while True:
             if not self._batches and not self._pending:  # idle: sleep until a request arrives
                 self._arrive(self._inbox.get())
@@ -199,8 +239,14 @@ class Engine:
                 if not self.steps % 1000:
                     self.fair.forget_idle({k[0] for k in self._batches} | set(self._pending))
 
-    def _arrive(self, job: EngineRequest) -> None:
-        """A new request waits with its owner's others; an abandoned one leaves (or never joins)."""
+    def _arrive(self, job: EngineRequest | _Call) -> None:
+        """A new request waits with its owner's others; an abandoned one leaves (or never joins); a call runs."""
+        if isinstance(job, _Call):
+            try:
+                job.future.set_result(job.fn())
+            except BaseException as e:  # noqa: BLE001 - the caller gets it
+                job.future.set_exception(e)
+            return
         if job.abandoned:
             waiting = self._pending.get(job.owner)
             if waiting is not None and any(j is job for j in waiting):

@@ -64,10 +64,10 @@ class Runtime:
     @property
     def engine(self):
         def make():
-            from .engine import Engine, pick_device
+            from .engine import Engine
 
             threads = self.settings.torch_threads or engine_threads()
-            return Engine(pick_device(self.settings.device), threads, int8=self.settings.generate_int8)
+            return Engine(self.settings.device, threads, int8=self.settings.generate_int8)
         return self._part("engine", make)
 
     @property
@@ -124,19 +124,28 @@ class Runtime:
         return delivery.drain(timeout) if delivery is not None else True
 
     def load_checkpoint(self, checkpoint_id: int):
-        """(Checkpoint on the engine's device, persona id) for a checkpoint row, read from storage."""
-        import torch
-
+        """(Checkpoint on the engine's device, its model's bytes, persona id) for a checkpoint row: its row and
+        bytes read in the calling thread, the model built on the engine's thread (the one torch user)."""
         from db import Checkpoint, open_storage, session_scope
-        from trainer.checkpoint import from_bytes
 
         with session_scope() as session:
             row = session.get(Checkpoint, checkpoint_id)
             if row is None:
                 raise BadRequest(f"no checkpoint {checkpoint_id}")
             key, persona_id = row.storage_key, row.persona_id
-        dtype = torch.bfloat16 if self.settings.generate_precision == "bf16" else torch.float32
-        return from_bytes(open_storage().get(key), name=key, device=self.engine.device, dtype=dtype), persona_id
+        data, engine, precision = open_storage().get(key), self.engine, self.settings.generate_precision
+
+        def build():
+            import torch
+
+            from trainer.checkpoint import from_bytes
+
+            from .cache import for_serving
+
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            return for_serving(from_bytes(data, name=key, device=engine.device, dtype=dtype))
+
+        return *engine.call(build), persona_id
 
     # -- one request ----------------------------------------------------------------------------------------
 
