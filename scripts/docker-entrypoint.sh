@@ -2,9 +2,9 @@
 # Entry point of the Improbable image (every service): refuses to start with an empty or placeholder password,
 # so that a copied .env.example never runs a deployment with a published default, then runs the command.
 #
-# Checked: POSTGRES_PASSWORD, the passwords inside IMPROBABLE_DATABASE_URL, IMPROBABLE_BROKER_URL and
-# IMPROBABLE_RESULT_BACKEND, and for Flower FLOWER_BASIC_AUTH (user:password, required: Flower is the queue's
-# control panel). `scripts/init-env.sh` writes a .env with random passwords.
+# Checked: POSTGRES_PASSWORD and PGPASSWORD, the passwords inside IMPROBABLE_DATABASE_URL, IMPROBABLE_BROKER_URL
+# and IMPROBABLE_RESULT_BACKEND, and for Flower FLOWER_BASIC_AUTH (user:password, required: Flower is the
+# queue's control panel). `scripts/init-env.sh` writes a .env with random passwords.
 set -eu
 
 refuse() {
@@ -37,9 +37,13 @@ url_password() {
   esac
 }
 
-if [ -n "${POSTGRES_PASSWORD+set}" ] && weak "$POSTGRES_PASSWORD"; then
-  refuse "POSTGRES_PASSWORD is empty, shorter than 8 characters or a placeholder"
-fi
+# PGPASSWORD: libpq's, which docker-compose.yml sets from POSTGRES_PASSWORD for a database URL without one
+for name in POSTGRES_PASSWORD PGPASSWORD; do
+  eval "set=\${$name+set} value=\${$name:-}"
+  if [ -n "$set" ] && weak "$value"; then
+    refuse "$name is empty, shorter than 8 characters or a placeholder"
+  fi
+done
 
 database_url=${IMPROBABLE_DATABASE_URL:-}
 case "$database_url" in

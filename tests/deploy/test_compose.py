@@ -4,7 +4,9 @@ compose-spec.SOURCE.md) and shaped as an operator needs it. No Docker engine run
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 
 import jsonschema
@@ -19,6 +21,7 @@ from .deploytools import (
     env_file_entries,
     env_file_values,
     load_compose,
+    raw_compose,
 )
 
 IMAGE_SERVICES = {"migrate", "bot", "worker", "trainer", "worker-cpu", "trainer-cpu", "beat", "flower"}
@@ -133,11 +136,12 @@ def test_shared_storage_volume_and_settings(initialised_env):
         service = services[name]
         assert "data:/data" in service["volumes"]
         env = service["environment"]
-        assert env["IMPROBABLE_DATABASE_URL"].startswith(f"postgresql+psycopg://improbable:{password}@postgres:5432/")
+        assert env["IMPROBABLE_DATABASE_URL"] == "postgresql+psycopg://postgres:5432"  # libpq: PG* below
+        assert (env["PGUSER"], env["PGPASSWORD"], env["PGDATABASE"]) == ("improbable", password, "improbable")
         assert env["IMPROBABLE_BROKER_URL"] == "redis://redis:6379/0"
         assert env["IMPROBABLE_DATA_DIR"] == "/data"
         assert env["IMPROBABLE_METRICS_PORT"] == "9100"
-        assert service["env_file"] == [{"path": ".env", "required": False}]
+        assert service["env_file"] == [".env"]
     assert set(compose["volumes"]) >= {"data", "redis-data", "postgres-data"}
 
 
@@ -198,7 +202,7 @@ def test_flower_gets_its_login_from_env(initialised_env):
 def test_postgres_has_no_default_password():
     doc = load_compose({})
     assert doc["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == ""
-    assert ":@postgres:" in doc["services"]["bot"]["environment"]["IMPROBABLE_DATABASE_URL"]
+    assert doc["services"]["bot"]["environment"]["PGPASSWORD"] == ""  # refused by the image's entry point
 
 
 def test_corpora_mount_needs_no_missing_folder(compose):
@@ -245,3 +249,45 @@ def test_dockerfile_build_arguments_for_torch_and_indexes():
     assert "--find-links /wheels" in text and "--no-index" in text, "offline builds from wheels/"
     for name in ("TORCH_INDEX_URL", "PACKAGE_INDEX_URL", "OFFLINE"):
         assert name in load_compose({})["services"]["bot"]["build"]["args"], f"compose passes {name}"
+
+
+def _nested_interpolations(text: str) -> list[str]:
+    """Every `${...}` of `text` with another `${` inside, which docker-compose 1.29 misreads: it ends the outer
+    expression at the inner `}` and keeps the rest as text (a broken URL, silently)."""
+    found, start = [], 0
+    while (i := text.find("${", start)) >= 0:
+        depth, j = 1, i + 2
+        while j < len(text) and depth:
+            depth += text.startswith("${", j) - (text[j] == "}")
+            j += 1
+        if "${" in text[i + 2:j]:
+            found.append(text[i:j])
+        start = j
+    return found
+
+
+def _strings(node) -> list[str]:
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in _strings(key) + _strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_compose_v1_reads_the_file_as_v2_does():
+    """Debian's docker-compose 1.29 (apt-get install docker-compose) rejects a top-level `name:` and the long
+    `env_file` form, and misreads nested defaults; the file uses none of them (where docker-compose is
+    installed, it also checks the file itself)."""
+    raw = raw_compose()
+    assert "name" not in raw, "v1 rejects `name:`; COMPOSE_PROJECT_NAME in .env names the project"
+    assert env_file_values()["COMPOSE_PROJECT_NAME"] == "improbable"
+    nested = [expr for text in _strings(raw) for expr in _nested_interpolations(text)]
+    assert not nested, f"docker-compose 1.29 misreads nested defaults: {nested}"
+    assert _nested_interpolations("${A:-x${B:-y}z}") == ["${A:-x${B:-y}z}"]  # the check itself finds one
+    for name, service in load_compose(env_file_values())["services"].items():
+        assert all(isinstance(entry, str) for entry in service.get("env_file", [])), name
+    if shutil.which("docker-compose"):
+        env = {**os.environ, "POSTGRES_PASSWORD": "0123456789abcdef", "ENV_FILE": str(ENV_EXAMPLE)}
+        done = subprocess.run(["docker-compose", "--env-file", str(ENV_EXAMPLE), "--profile", "cpu", "config", "-q"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr

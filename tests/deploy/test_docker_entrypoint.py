@@ -44,9 +44,11 @@ def test_embedded_defaults_need_no_password():
     assert _run({"IMPROBABLE_DATABASE_URL": "sqlite:////data/improbable.db"}).returncode == 0
 
 
+@pytest.mark.parametrize("name", ["POSTGRES_PASSWORD", "PGPASSWORD"])  # PGPASSWORD: libpq's, set by compose
 @pytest.mark.parametrize("password", ["change-me", "CHANGE-ME", "changeme", "", "short", "password", "improbable"])
-def test_placeholder_postgres_password_is_refused(password):
-    _refused(_run({"POSTGRES_PASSWORD": password}), "POSTGRES_PASSWORD")
+def test_placeholder_postgres_password_is_refused(name, password):
+    _refused(_run({name: password}), name)
+    assert _run({name: GOOD}).returncode == 0
 
 
 @pytest.mark.parametrize("url", ["postgresql+psycopg://improbable:change-me@postgres:5432/improbable",

@@ -8,7 +8,7 @@ from .deploytools import ENV_EXAMPLE, compose_variables, env_file_entries
 
 # read by other programs from the same .env, not by Improbable's settings nor by docker-compose.yml
 PASSTHROUGH = {
-    "COMPOSE_PROFILES",  # docker compose itself
+    "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME",  # docker compose itself
     "FLOWER_BASIC_AUTH",  # Flower
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "FSSPEC_S3_ENDPOINT_URL",  # s3fs
 }
