@@ -24,7 +24,17 @@ import random
 import time
 from concurrent.futures import Future
 
-from .fake_discord import DISCORD_EPOCH_MS, MEMBER_PERMISSIONS, Channel, FakeDiscord, Guild, Interaction, Role, User, custom_ids
+from .fake_discord import (
+    DISCORD_EPOCH_MS,
+    MEMBER_PERMISSIONS,
+    Channel,
+    FakeDiscord,
+    Guild,
+    Interaction,
+    Role,
+    User,
+    custom_ids,
+)
 
 CHANNEL_NAMES = ("general", "chat", "memes", "art", "music", "games", "help", "off-topic", "news", "rules")
 RESULT_BUTTON = "improbable:info:"  # on every finished text (bot/views.py)
@@ -84,7 +94,7 @@ class FakeLoad(FakeDiscord):
     async def send_slash(self, kind: str, command: str, options: list[dict], user: User, channel_id: int, *,
                          wait: bool = False) -> asyncio.Future | None:
         """A slash command (globally synced) as FakeDiscord.slash builds it; with `wait`, a future of the
-        seconds until its finished text."""
+        seconds until its finished text (None: refused, an ephemeral answer)."""
         top, _, sub = command.partition(" ")
         registered = self.commands[top]
         if sub:
@@ -128,6 +138,8 @@ class FakeLoad(FakeDiscord):
             self.acks.append((sent[0], ix.acks[0][1] - ix.dispatched))
             if ix.original_id is not None and payload.get("type") in (4, 5):  # its own message
                 self._result_of[ix.original_id] = iid
+            if ix.ephemeral and payload.get("type") == 4 and iid in self._waiters:  # a refusal: no text comes
+                self._waiters.pop(iid).set_result(None)
         return response
 
     def _message(self, channel_id: int, payload: dict, *, author: User | None = None, **options) -> dict:

@@ -44,11 +44,16 @@ def test_acknowledgements_and_finished_texts_are_timed_by_kind():
             fake._message(channel, {"content": "reply", "message_reference": {"message_id": str(mention_id)},
                                     "components": [{"type": 1, "components": [
                                         {"type": 2, "style": 2, "label": "Info", "custom_id": "improbable:info:6"}]}]})
+            refused = await fake.send_slash("generate", "generate", [], user, channel, wait=True)
+            ix = fake.sent_interactions[-1]
+            fake._callback(ix.id, ix.token, {"type": 4, "data": {"content": "Slow down", "flags": 64}}, [],
+                           time.monotonic())
+            assert refused.done() and refused.result() is None  # refused: no text will come
             return await future
 
         delay = fake.run_on_loop(scenario()).result(5)
         assert delay >= 0
-        assert [kind for kind, _ in fake.acks] == ["generate"]
+        assert [kind for kind, _ in fake.acks] == ["generate", "generate"]
         assert [kind for kind, _ in fake.finished] == ["generate", "mention"]
         assert [custom_ids(m) for m in fake.results] == [["improbable:info:5"], ["improbable:info:6"]]
         assert fake.unanswered(older_than=0) == {}
