@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     discord_api_base: str = Field("https://discord.com/api/v10",
                                   validation_alias=AliasChoices("IMPROBABLE_DISCORD_API_BASE", "DISCORD_API_BASE"),
                                   description="Discord REST base URL (a local fake in tests).")
+    discord_rest_rate: float = Field(40.0, ge=0, description="Requests a second to Discord's REST API that the "
+                                     "whole deployment (bot and workers, through the broker's Redis) may send; "
+                                     "rate + burst stays under Discord's 50 in any second (core/ratelimit.py). "
+                                     "0 = no bucket (429s are still honoured).")
+    discord_rest_burst: int = Field(5, ge=1, description="Requests that may go at once above the REST rate "
+                                    "after a quiet moment.")
+    schedule_posts_per_second: float = Field(20.0, gt=0, description="Scheduled posts started a second at most "
+                                             "when many are due together (spread out from their dispatch on; "
+                                             "the rest of the REST budget stays the bot's).")
     # the Discord bot (bot/)
     discord_gateway_url: str = Field("", validation_alias=AliasChoices("IMPROBABLE_DISCORD_GATEWAY_URL",
                                                                        "DISCORD_GATEWAY_URL"),

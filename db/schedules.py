@@ -70,6 +70,48 @@ def claim_slot(session: Session, schedule_id: int, slot: datetime) -> bool:
     return True
 
 
+def claim_slots(session: Session, due: list[tuple[int, datetime]]) -> list[tuple[int, datetime]]:
+    """claim_slot for many (schedule id, slot) pairs in one statement (INSERT ... ON CONFLICT DO NOTHING
+    RETURNING on PostgreSQL and SQLite): returns the pairs this caller won, in the order given, and COMMITS.
+    A racing claimant waits for this one's commit and then skips what it won. Pairs of a schedule deleted
+    meanwhile are skipped."""
+    dialect = session.get_bind().dialect.name
+    if not due:
+        return []
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    else:
+        return [(s, slot) for s, slot in due if _claim_or_skip(session, s, slot)]
+    at = utcnow()
+    rows = [{"schedule_id": s, "slot": as_utc(slot), "status": PostStatus.CLAIMED, "claimed_at": at}
+            for s, slot in due]
+    statement = upsert(SchedulePost).values(rows).on_conflict_do_nothing(index_elements=["schedule_id", "slot"]) \
+        .returning(SchedulePost.schedule_id, SchedulePost.slot)
+    try:
+        with session.begin_nested():
+            won = {(s, as_utc(slot)) for s, slot in session.execute(statement)}
+            by_slot: dict[datetime, list[int]] = {}
+            for s, slot in won:  # schedules due together mostly share their slot: one UPDATE per slot
+                by_slot.setdefault(slot, []).append(s)
+            for slot, ids in by_slot.items():
+                session.execute(update(Schedule).where(Schedule.id.in_(ids))
+                                .where((Schedule.last_slot.is_(None)) | (Schedule.last_slot < slot))
+                                .values(last_slot=slot).execution_options(synchronize_session=False))
+    except IntegrityError:  # a schedule deleted since it was read: claim one by one, skipping it
+        return [(s, slot) for s, slot in due if _claim_or_skip(session, s, slot)]
+    session.commit()
+    return [(s, as_utc(slot)) for s, slot in due if (s, as_utc(slot)) in won]
+
+
+def _claim_or_skip(session: Session, schedule_id: int, slot: datetime) -> bool:
+    try:
+        return claim_slot(session, schedule_id, slot)
+    except LookupError:
+        return False
+
+
 def finish_post(session: Session, schedule_id: int, slot: datetime, *, message_id: int | None = None,
                 generation: Generation | int | None = None, error: str | None = None) -> None:
     """Mark a claimed slot as posted (message_id) or failed (error)."""

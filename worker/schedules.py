@@ -5,7 +5,9 @@ Slots are instants in UTC. An interval schedule's slots are aligned to the Unix 
 day-of-month month day-of-week, parsed by core.cron.parse_cron, all fields must match, Sunday = 0).
 A slot is due when it is the latest slot at or before now and later than the last claimed slot (or the
 schedule's creation). So after any downtime only that latest slot is due: at most one catch-up post.
-The claim is a unique row (db.schedules.claim_slot), so two dispatchers racing post each slot once.
+The claim is a unique row (db.schedules.claim_slots, a batch a statement), so two dispatchers racing post each
+slot once. Posts due together are spread out from their dispatch at IMPROBABLE_SCHEDULE_POSTS_PER_SECOND
+(`dispatch`), and every request waits for the deployment's REST budget (core/ratelimit.py).
 
 A post goes out as the persona, through the channel webhook the bot uses for it (bot/webhooks.py explains
 the design; db/webhooks.py keeps them), created here when there is none; where Discord refuses a webhook
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, date, datetime, timedelta
@@ -29,15 +32,18 @@ from core.avatar import avatar_png, digest, webhook_name
 from core.contracts import GenerateRequest, merge_sampling
 from core.cron import parse_cron
 from core.markdown import escape
+from core.ratelimit import budget_for, route_key
 from core.settings import get_settings
 from db import PostStatus, Schedule, SchedulePost, get_sessionmaker, open_storage, session_scope
-from db.schedules import claim_slot, enabled_schedules, finish_post, interval_slot
+from db.schedules import claim_slots, enabled_schedules, finish_post, interval_slot
 from db.types import as_utc, utcnow
 from db.webhooks import Hook, chosen_avatar, find, forget, remember, to_evict
 
 log = logging.getLogger(__name__)
 MAX_CONTENT = 2000  # Discord's limit on a message's content
 CRON_LOOKBACK_DAYS = 4 * 366 + 1  # a "29 2 *" schedule fires every four years
+DISPATCH_BATCH = 500  # due slots claimed in one statement, then enqueued
+REST_WAIT = 60.0  # seconds a request waits for the REST budget before its job is retried later
 
 
 class DiscordError(RuntimeError):
@@ -126,48 +132,82 @@ def due_slot(schedule: Schedule, now: datetime) -> datetime | None:
     return latest_cron_slot(schedule.cron, now, after)
 
 
-def dispatch(now: datetime | None = None) -> list[tuple[int, str]]:
-    """Claim every due slot and enqueue its post. Returns the (schedule id, slot) pairs this call claimed."""
+def due_slots(session, now: datetime) -> list[tuple[int, datetime]]:
+    """(schedule id, slot) of every enabled schedule with a slot due at `now`, by schedule id."""
+    due = []
+    for schedule in enabled_schedules(session):
+        try:
+            slot = due_slot(schedule, now)
+        except ValueError as e:  # a bad cron expression must not stop the other schedules
+            log.warning("schedule %s: %s", schedule.id, e)
+            continue
+        if slot is not None:
+            due.append((schedule.id, slot))
+    return due
+
+
+def dispatch(now: datetime | None = None, batch: int = DISPATCH_BATCH) -> list[tuple[int, str]]:
+    """Claim every due slot and enqueue its post. Returns the (schedule id, slot) pairs this call claimed.
+
+    Claims go `batch` at a time (one statement each, db.schedules.claim_slots), and each batch's posts are
+    enqueued before the next is claimed. Posts due together are spread out: each batch reserves its start
+    times on the deployment's shared timeline (core.ratelimit, IMPROBABLE_SCHEDULE_POSTS_PER_SECOND) and its
+    posts get Celery countdowns one step apart from there, so a burst never queues on the REST budget."""
     from .app import enqueue
 
     now = as_utc(now or utcnow())
+    settings = get_settings()
+    rate = settings.schedule_posts_per_second
     claimed = []
     with get_sessionmaker()() as session:
-        for schedule in enabled_schedules(session):
-            try:
-                slot = due_slot(schedule, now)
-            except ValueError as e:  # a bad cron expression must not stop the other schedules
-                log.warning("schedule %s: %s", schedule.id, e)
-                continue
-            if slot is not None and claim_slot(session, schedule.id, slot):
-                claimed.append((schedule.id, slot.isoformat()))
-                enqueue("improbable.post_scheduled", schedule.id, slot.isoformat())
+        due = due_slots(session, now)
+        for start in range(0, len(due), batch):
+            won = claim_slots(session, due[start:start + batch])
+            first, reserved = budget_for(settings).reserve(len(won), rate), time.monotonic()
+            for i, (schedule_id, slot) in enumerate(won):
+                claimed.append((schedule_id, slot.isoformat()))
+                countdown = first + i / rate - (time.monotonic() - reserved)  # from the reservation, not now
+                enqueue("improbable.post_scheduled", schedule_id, slot.isoformat(), countdown=max(0.0, countdown))
     return claimed
 
 
-def _call(method: str, path: str, body: dict | None, *, timeout: float = 10.0, shown: str | None = None) -> dict:
+def _call(method: str, path: str, body: dict | None, *, timeout: float = 10.0, shown: str | None = None,
+          attempts: int = 5) -> dict:
     """One request to Discord's REST API with the bot's token; its JSON answer ({} for none). `shown`: the
-    path as errors may show it (a webhook's path holds its token, which is never logged)."""
+    path as errors may show it (a webhook's path holds its token, which is never logged). Each attempt first
+    waits for the deployment's REST budget (core.ratelimit); a 429 pauses what Discord says and is tried again,
+    up to `attempts` times."""
     settings = get_settings()
     if not settings.discord_token:
         raise DiscordError("no Discord token configured (IMPROBABLE_DISCORD_TOKEN)")
     url = f"{settings.discord_api_base.rstrip('/')}{path}"
+    budget, route = budget_for(settings), route_key(method, path)
     request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), method=method,
                                      headers={"Authorization": f"Bot {settings.discord_token}",
                                               "Content-Type": "application/json",
                                               "User-Agent": "DiscordBot (https://github.com/improbable, 0.1)"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-            return json.loads(raw) if raw else {}
-    except urllib.error.HTTPError as e:
-        detail = e.read()[:300].decode("utf-8", "replace")
-        if e.code == 429 or e.code >= 500:
-            raise DiscordUnavailable(f"Discord answered {e.code}: {detail}") from None
-        raise DiscordError(refusal(e.code, detail), e.code) from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as e:
-        where = f"{settings.discord_api_base.rstrip('/')}{shown or path}"
-        raise DiscordUnavailable(f"cannot reach Discord at {where}: {e}") from None
+    for attempt in range(attempts):
+        try:
+            budget.acquire(route, timeout=REST_WAIT)
+        except TimeoutError as e:
+            raise DiscordUnavailable(str(e)) from None
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                budget.observe(route, response.status, response.headers)
+                raw = response.read()
+                return json.loads(raw) if raw else {}
+        except urllib.error.HTTPError as e:
+            budget.observe(route, e.code, e.headers)
+            detail = e.read()[:300].decode("utf-8", "replace")
+            if e.code == 429 and attempt + 1 < attempts:
+                continue  # the budget now holds the route (or everyone) back for Retry-After
+            if e.code == 429 or e.code >= 500:
+                raise DiscordUnavailable(f"Discord answered {e.code}: {detail}") from None
+            raise DiscordError(refusal(e.code, detail), e.code) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as e:
+            where = f"{settings.discord_api_base.rstrip('/')}{shown or path}"
+            raise DiscordUnavailable(f"cannot reach Discord at {where}: {e}") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def post_message(channel_id: int, content: str, timeout: float = 10.0, nonce: str | None = None) -> int:

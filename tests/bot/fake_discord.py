@@ -10,7 +10,10 @@ What it enforces (what real Discord does and discord.py does not check):
 - the first response to an interaction within 3 s of its dispatch (else 10062 Unknown interaction),
 - a single acknowledgement (else 40060 Interaction has already been acknowledged),
 - webhook calls only after the acknowledgement,
-- every route it does not know is answered 404 and recorded in `errors` (the fixture fails the test).
+- every route it does not know is answered 404 and recorded in `errors` (the fixture fails the test),
+- with `rate_limit` set (requests a second, Discord's global limit is 50), at most that many requests in any
+  second, interaction callbacks aside; more are answered 429 with Retry-After and `global`, as Discord does,
+  and counted in `rate_limited`.
 
 It models the first follow-up after a "thinking" defer editing the loading message, ephemeral flags,
 attachments (multipart `payload_json` + `files[n]`) and message edits, and records every request with its
@@ -32,6 +35,7 @@ kills the whole discord.py client, not just a handler.
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import itertools
 import json
@@ -193,6 +197,9 @@ class FakeDiscord(Webhooks):
         self._seq = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
+        self.rate_limit = 0  # requests a second across all routes, as Discord's global limit (0: none)
+        self.rate_limited = 0  # requests answered 429 for it
+        self._recent: collections.deque[float] = collections.deque()  # times of the last second's requests
 
     def _add_guilds(self) -> None:
         """The test guild (as before), and a second one: its owner dave, erin (a moderator) and alice (in both),
@@ -777,13 +784,30 @@ class FakeDiscord(Webhooks):
         path = request.path
         rec = Recorded(request.method, path, dict(request.query), payload, files, at)
         try:
-            response = await self._route(request.method, path.removeprefix(API).strip("/").split("/"), payload,
-                                         files, at, rec)
+            response = self._over_rate_limit(path, at) or await self._route(
+                request.method, path.removeprefix(API).strip("/").split("/"), payload, files, at, rec)
         except Exception as e:  # noqa: BLE001 - a bug in the fake must fail the test, loudly
             self._error(f"fake crashed on {request.method} {path}: {e!r}")
             response = _json({"message": "fake error", "code": 0}, 500)
         rec.status = response.status
         self._record(rec)
+        return response
+
+    def _over_rate_limit(self, path: str, at: float) -> web.Response | None:
+        """Discord's global rate limit: a 429 past `rate_limit` requests in the last second (interaction
+        callbacks are outside it), with the headers and body discord.py reads (Via, retry_after, global)."""
+        if not self.rate_limit or path.removeprefix(API).startswith("/interactions/"):
+            return None
+        while self._recent and self._recent[0] <= at - 1.0:
+            self._recent.popleft()
+        if len(self._recent) < self.rate_limit:
+            self._recent.append(at)
+            return None
+        self.rate_limited += 1
+        retry_after = round(self._recent[0] + 1.0 - at, 3)
+        response = _json({"message": "You are being rate limited.", "retry_after": retry_after, "global": True}, 429)
+        response.headers.update({"Retry-After": str(retry_after), "X-RateLimit-Global": "true",
+                                 "X-RateLimit-Scope": "global", "Via": "1.1 google"})
         return response
 
     async def _body(self, request: web.Request) -> tuple[Any, list[tuple[str, bytes]]]:

@@ -1,5 +1,5 @@
 """Schedules: validation, and slot claims that succeed exactly once (sequentially, and raced by threads on
-PostgreSQL and SQLite)."""
+PostgreSQL and SQLite; one at a time and a batch a statement)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 import db
 from db.models import PostStatus, Schedule, SchedulePost
 from db.personas import get_persona
-from db.schedules import claim_slot, create_schedule, finish_post, interval_slot, posts_of
+from db.schedules import claim_slot, claim_slots, create_schedule, finish_post, interval_slot, posts_of
 
 GUILD, CHANNEL = 2**62 + 1, 2**62 + 2  # snowflakes are 64-bit
 
@@ -123,3 +123,53 @@ def test_claim_slot_threads_on_sqlite(tmp_path, _sqlite_template):
     slots = [datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=i) for i in range(10)]
     results = _race(url, schedule_id, slots, threads=3)
     assert all(sorted(r) == [False, False, True] for r in results), results
+
+
+def test_claim_slots_in_one_statement(session, trump):
+    ids = [create_schedule(session, trump, guild_id=GUILD, channel_id=CHANNEL, interval_seconds=3600).id
+           for _ in range(4)]
+    session.commit()
+    slot = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    assert claim_slot(session, ids[1], slot) is True  # one already claimed the old way
+    due = [(i, slot) for i in ids] + [(10**9, slot)]  # and one schedule deleted since it was read
+    won = claim_slots(session, due)
+    assert won == [(ids[0], slot), (ids[2], slot), (ids[3], slot)]
+    assert claim_slots(session, [(i, slot.astimezone(timezone(timedelta(hours=2)))) for i in ids]) == []
+    assert claim_slots(session, []) == []
+    session.expire_all()
+    assert all(session.get(Schedule, i).last_slot == slot for i in ids)
+    assert claim_slots(session, [(ids[0], slot - timedelta(hours=1))]) == [(ids[0], slot - timedelta(hours=1))]
+    session.expire_all()
+    assert session.get(Schedule, ids[0]).last_slot == slot  # a late catch-up never moves last_slot back
+    assert [p.slot for p in posts_of(session, ids[0])] == [slot - timedelta(hours=1), slot]
+
+
+def test_claim_slots_race_on_postgresql(pg_url):
+    """Four dispatchers claim the same 60 (schedule, slot) pairs in batches, at once: each pair is won once."""
+    with db.session_scope(pg_url) as session:
+        trump = get_persona(session, "trump", None)
+        ids = [create_schedule(session, trump, guild_id=GUILD, channel_id=CHANNEL, interval_seconds=60).id
+               for _ in range(60)]
+    slot = datetime(2026, 1, 1, tzinfo=UTC)
+    engine = db.make_engine(pg_url, pool_size=4)
+    maker = db.get_sessionmaker(engine)
+    won: list[list] = [[] for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def dispatcher(i: int) -> None:
+        order = ids if i % 2 else ids[::-1]  # batches overlap in both orders
+        with maker() as session:
+            session.connection()
+            barrier.wait(timeout=30)
+            for start in range(0, 60, 25):
+                won[i] += claim_slots(session, sorted((s, slot) for s in order[start:start + 25]))
+
+    threads = [threading.Thread(target=dispatcher, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    engine.dispose()
+    assert sorted(s for w in won for s, _ in w) == ids  # every pair exactly once, all of them
+    with db.session_scope(pg_url) as session:
+        assert all(session.get(Schedule, i).last_slot == slot for i in ids)

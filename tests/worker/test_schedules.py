@@ -1,5 +1,6 @@
-"""Scheduled posts: due-slot arithmetic (interval, cron, at most one catch-up), and two dispatchers racing
-against a real worker that posts to a fake Discord: every slot is posted exactly once."""
+"""Scheduled posts: due-slot arithmetic (interval, cron, at most one catch-up), two dispatchers racing
+against a real worker that posts to a fake Discord: every slot is posted exactly once, and posts due together
+spread out at IMPROBABLE_SCHEDULE_POSTS_PER_SECOND, one dispatch after another on one timeline."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from core.cron import parse_cron
 from db.models import PostStatus, Schedule
 from db.personas import get_persona
 from db.schedules import create_schedule, posts_of
+from tests.environment import configured
 from worker.app import enqueue
 from worker.schedules import due_slot, latest_cron_slot, post_content
 
@@ -104,3 +106,49 @@ def _dispatch_here(now: datetime) -> list:
     from worker.schedules import dispatch
 
     return [list(c) for c in dispatch(now)]
+
+
+def _due_schedules(n: int, minute_ago: datetime) -> list[int]:
+    with db.session_scope() as session:
+        alice = get_persona(session, "alice", None)
+        ids = [create_schedule(session, alice, guild_id=7, channel_id=900 + i, interval_seconds=60).id
+               for i in range(n)]
+        session.execute(update(Schedule).where(Schedule.id.in_(ids)).values(created_at=minute_ago))
+    return ids
+
+
+def test_schedules_due_together_are_spread_out(services, monkeypatch):
+    """90 schedules due in one minute at 2 posts a second, claimed 25 a statement: their posts start 0.5 s apart
+    over 45 s (each batch where the last ended), each slot once; 10 more due a moment later queue after them."""
+    import redis
+
+    from core.ratelimit import PREFIX
+    from worker import app as worker_app
+    from worker.schedules import dispatch
+
+    sent: list[tuple[int, float]] = []  # (schedule id, when its post is to start)
+    monkeypatch.setattr(worker_app, "enqueue", lambda name, schedule_id, slot, countdown: sent.append(
+        (schedule_id, time.time() + countdown)))
+    cursor = redis.Redis.from_url(services.env["IMPROBABLE_BROKER_URL"])
+    cursor.delete(f"{PREFIX}cursor:schedules")  # a free timeline
+    now = datetime.now(UTC)
+    ids = _due_schedules(90, now - timedelta(minutes=5))
+    created = list(ids)
+    try:
+        with configured({"IMPROBABLE_SCHEDULE_POSTS_PER_SECOND": "2"}):
+            claimed = [s for s, _ in dispatch(now, batch=25) if s in ids]
+            assert not {s for s, _ in dispatch(now, batch=25)} & set(ids)  # claimed once
+            more = _due_schedules(10, now - timedelta(minutes=5))
+            created += more
+            later = [s for s, _ in dispatch(now, batch=25) if s in more]
+        assert sorted(claimed) == ids and sorted(later) == more
+        starts = [at for s, at in sent if s in ids]
+        steps = [b - a for a, b in zip(starts, starts[1:])]
+        assert starts[0] - time.time() < 1 and all(abs(step - 0.5) < 0.02 for step in steps), steps
+        assert 44 < starts[-1] - starts[0] < 45.1  # 90 posts over 45 s, not all at once
+        queued = [at for s, at in sent if s in more]
+        assert abs(queued[0] - starts[-1] - 0.5) < 0.1  # the next burst starts where this one ends
+    finally:
+        cursor.delete(f"{PREFIX}cursor:schedules")
+        with db.session_scope() as session:
+            session.execute(update(Schedule).where(Schedule.id.in_(created)).values(enabled=False))
