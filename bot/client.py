@@ -43,6 +43,7 @@ from bot import (
 from bot.formatting import user_error
 from bot.jobs import Jobs
 from bot.limits import Limits, Refusal, cooldown_message
+from bot.rest import budget_trace
 from bot.views import DYNAMIC_ITEMS, result_view
 from core import logs, metrics
 from core.settings import Settings, get_settings
@@ -114,6 +115,7 @@ class ImprobableBot(discord.AutoShardedClient):
         options.setdefault("intents", intents())
         options.setdefault("shard_count", settings.shard_count)
         options.setdefault("shard_ids", settings.shard_ids)
+        options.setdefault("http_trace", budget_trace(settings))  # REST calls wait for the shared budget
         super().__init__(allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings
         # guild installs only, used in servers only: no user installs, no DMs or group DMs

@@ -160,6 +160,8 @@ class CommandUnavailable(Exception):
 
 
 class FakeDiscord(Webhooks):
+    host = "127.0.0.1"  # where it listens and what its URLs name (the Docker smoke test: the bridge's address)
+
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self.app_id = self.snowflake()
@@ -410,7 +412,7 @@ class FakeDiscord(Webhooks):
             app.router.add_route("*", "/{tail:.*}", self._rest)
             self._runner = web.AppRunner(app, access_log=None)
             self.loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            site = web.TCPSite(self._runner, self.host, 0)
             self.loop.run_until_complete(site.start())
             self.port = site._server.sockets[0].getsockname()[1]
             ready.set()
@@ -434,11 +436,11 @@ class FakeDiscord(Webhooks):
 
     @property
     def api_base(self) -> str:
-        return f"http://127.0.0.1:{self.port}{API}"
+        return f"http://{self.host}:{self.port}{API}"
 
     @property
     def gateway_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/gateway"
+        return f"ws://{self.host}:{self.port}/gateway"
 
     def env(self) -> dict[str, str]:
         return {"DISCORD_TOKEN": "fake-token", "DISCORD_API_BASE": self.api_base,
@@ -741,7 +743,7 @@ class FakeDiscord(Webhooks):
         att_id = str(self.snowflake())
         name = f"{att_id}-{filename}"
         self.cdn[name] = data
-        url = f"http://127.0.0.1:{self.port}/cdn/{name}"
+        url = f"http://{self.host}:{self.port}/cdn/{name}"
         return att_id, {"id": att_id, "filename": filename, "size": len(data), "url": url, "proxy_url": url,
                         "content_type": content_type}
 
@@ -773,7 +775,7 @@ class FakeDiscord(Webhooks):
             self._error(f"GET unknown attachment {request.path}")
             return web.Response(status=404)
         with self.cond:
-            url = f"http://127.0.0.1:{self.port}{request.path}"
+            url = f"http://{self.host}:{self.port}{request.path}"
             self.cdn_hits[url] = self.cdn_hits.get(url, 0) + 1
         self._record(Recorded("GET", request.path, dict(request.query), None, [], time.monotonic()))
         return web.Response(body=data, content_type="application/octet-stream")
@@ -956,7 +958,7 @@ class FakeDiscord(Webhooks):
             meta = (payload.get("attachments") or [{}] * len(files))
             filename = next((a.get("filename") for a in meta if str(a.get("id")) == str(i)), None) or name
             att_id = str(self.snowflake())
-            url = f"http://127.0.0.1:{self.port}/cdn/{att_id}-{filename}"
+            url = f"http://{self.host}:{self.port}/cdn/{att_id}-{filename}"
             self.cdn[f"{att_id}-{filename}"] = data
             atts.append({"id": att_id, "filename": filename, "size": len(data), "url": url, "proxy_url": url})
             stored.append((filename, data))

@@ -126,3 +126,11 @@ def test_the_fake_answers_like_discord_past_its_limit(fake):
     assert body["global"] is True and 0 < body["retry_after"] <= 1
     assert headers["X-RateLimit-Global"] == "true" and headers["X-RateLimit-Scope"] == "global"
     assert float(headers["Retry-After"]) == body["retry_after"] and headers["Via"]
+
+
+def test_the_bot_sends_its_requests_through_the_budget():
+    from bot.client import ImprobableBot
+    from core.settings import Settings
+
+    trace = ImprobableBot(Settings(_env_file=None)).http.http_trace  # what its aiohttp session is built with
+    assert trace is not None and [f.__qualname__ for f in trace.on_request_start] == ["budget_trace.<locals>.on_start"]
