@@ -190,3 +190,69 @@ def test_repository_paths_named_in_the_docs_exist():
                 assert list(ROOT.glob(name)), f"{path.name} names {name}, which matches nothing"
             else:
                 assert (ROOT / name).exists(), f"{path.name} names {name}, which does not exist"
+
+
+COMPOSE_SUBCOMMANDS_WITH_SERVICES = {"up", "exec", "run", "logs", "build", "push", "ps", "restart", "stop", "start",
+                                     "pull", "rm"}
+COMPOSE_OPTIONS_WITH_VALUES = {"-p", "--project-name", "-f", "--file", "--profile", "--env-file"}  # before the subcommand
+SUBCOMMAND_OPTIONS_WITH_VALUES = {"-e", "--env", "-u", "--user", "-w", "--workdir", "--tail", "--scale",
+                                  "--wait-timeout", "--index"}
+GPU_SECTIONS = ("Scaling generate workers across machines", "GPU notes")  # where `worker` / `trainer` are meant
+
+
+def _compose_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(subcommand, services) of every `docker compose ...` / `docker-compose ...` in code and inline code."""
+    found = []
+    for line in _code_lines(text) + re.findall(r"`([^`]*docker[ -]compose [^`]+)`", text):
+        for match in re.finditer(r"docker(?: |-)compose( .*)?$", line):
+            rest = re.sub(r"\$\([^)]*\)", "X", match.group(1) or "")
+            try:
+                words = shlex.split(rest, comments=True)
+            except ValueError:  # a quote closed past the end of an inline snippet
+                words = rest.split()
+            sub, services, i = None, [], 0
+            while i < len(words):
+                word = words[i]
+                if word in ("|", "||", "&&", ";", ">") or word.endswith(";"):
+                    break
+                if word in (SUBCOMMAND_OPTIONS_WITH_VALUES if sub else COMPOSE_OPTIONS_WITH_VALUES):
+                    i += 2
+                    continue
+                if not word.startswith("-"):
+                    if sub is None:
+                        sub = word
+                    elif sub in COMPOSE_SUBCOMMANDS_WITH_SERVICES:
+                        services.append(word)
+                        if sub in ("exec", "run"):  # the rest is the command run in the container
+                            break
+                i += 1
+            if sub:
+                found.append((sub, services))
+    return found
+
+
+def test_compose_commands_in_the_docs_name_services_of_the_file():
+    """Every service a documented compose command names exists, and outside the GPU sections it runs in the
+    profile .env.example ships (cpu): `exec worker-cpu`, not `exec worker`, on a CPU deployment."""
+    from .deploytools import env_file_values, load_compose
+
+    compose = load_compose(env_file_values())["services"]
+    profile = env_file_values()["COMPOSE_PROFILES"]
+    seen = 0
+    for path, text in MARKDOWN.items():
+        sections = [_section(text, title) for title in GPU_SECTIONS if f"\n## {title}\n" in text]
+        rest = text
+        for section in sections:
+            rest = rest.replace(section, "")
+        for part, gpu_part in ((rest, False), ("".join(sections), True)):
+            for sub, services in _compose_commands(part):
+                for service in services:
+                    seen += 1
+                    assert service in compose, f"{path.name}: `compose {sub} {service}`: no such service"
+                    profiles = compose[service].get("profiles")
+                    assert gpu_part or not profiles or profile in profiles, (
+                        f"{path.name}: `compose {sub} {service}` outside the GPU sections: {service} runs only "
+                        f"with the {profiles} profile, .env.example ships COMPOSE_PROFILES={profile}")
+    assert seen >= 8
+    assert _compose_commands("x `docker compose exec -T worker improbable health`") == [("exec", ["worker"])]
+    assert _compose_commands("`docker-compose -p x logs -f --tail 5 bot beat`") == [("logs", ["bot", "beat"])]
