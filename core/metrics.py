@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterable
@@ -47,15 +48,21 @@ JOBS_IN_PROGRESS = Gauge("improbable_jobs_in_progress", "Celery jobs running in 
                          multiprocess_mode="livesum")
 JOB_DURATION = Histogram("improbable_job_duration_seconds", "Time a worker spent on a job, by task.",
                          ["task"], buckets=DURATION_BUCKETS)
+# The generate side is labelled with the worker's host and kind (gpu, cpu; empty outside a generate worker),
+# so that GPU and CPU workers are told apart without a join (worker_labels below).
+WORKER_LABELS = ["host", "kind"]
+WORKER = Info("improbable_worker", "A generate worker: its node name, host, kind (gpu or cpu) and the queues "
+              "it consumes.")
 GENERATE_LATENCY = Histogram("improbable_generate_latency_seconds", "Generate jobs: time from the start of "
-                             "the job to its last token (checkpoint load included).", buckets=LATENCY_BUCKETS)
-GENERATED_TOKENS = Counter("improbable_generated_tokens", "Tokens (characters or words) generated.")
+                             "the job to its last token (checkpoint load included).", WORKER_LABELS,
+                             buckets=LATENCY_BUCKETS)
+GENERATED_TOKENS = Counter("improbable_generated_tokens", "Tokens (characters or words) generated.", WORKER_LABELS)
 GENERATE_TOKENS_PER_SECOND = Histogram("improbable_generate_tokens_per_second", "Generate jobs: tokens per "
-                                       "second of generation (checkpoint load excluded).",
+                                       "second of generation (checkpoint load excluded).", WORKER_LABELS,
                                        buckets=RATE_BUCKETS)
 CHECKPOINT_CACHE = Counter("improbable_checkpoint_cache_requests", "Generate jobs whose checkpoint was "
                            "already loaded in the worker (hit) or had to be read from storage (miss).",
-                           ["result"])
+                           ["result", *WORKER_LABELS])
 # set_function()-ed by the worker's checkpoint cache when it is created (0 in processes without one)
 CHECKPOINT_CACHE_ENTRIES = Gauge("improbable_checkpoint_cache_entries", "Checkpoints loaded in this "
                                  "worker's memory.", multiprocess_mode="livesum")
@@ -74,7 +81,7 @@ EVENT_LOOP_LAG = Histogram("improbable_event_loop_lag_seconds", f"How late the p
                            "handlers held the loop.", buckets=LAG_BUCKETS)
 
 METRIC_NAMES = (  # what /metrics shows (tests and the README list them)
-    "improbable_build_info", "improbable_jobs_enqueued_total", "improbable_jobs_total", "improbable_jobs_in_progress",
+    "improbable_build_info", "improbable_worker_info", "improbable_jobs_enqueued_total", "improbable_jobs_total", "improbable_jobs_in_progress",
     "improbable_job_duration_seconds", "improbable_generate_latency_seconds", "improbable_generated_tokens_total",
     "improbable_generate_tokens_per_second", "improbable_checkpoint_cache_requests_total",
     "improbable_checkpoint_cache_entries", "improbable_bot_interactions_total",
@@ -109,17 +116,32 @@ def record_interaction(command: str, outcome: str = "ok", seconds: float | None 
         BOT_REQUEST_LATENCY.labels(kind or command).observe(seconds)
 
 
+_worker = {"host": socket.gethostname(), "kind": ""}  # this process's labels, set once a generate worker starts
+
+
+def set_worker(kind: str, node: str, queues) -> None:
+    """A generate worker's kind (gpu, cpu), node name and queues, for its labels and improbable_worker_info."""
+    _worker["kind"] = kind
+    WORKER.info({"node": node, "host": _worker["host"], "kind": kind, "queues": ",".join(sorted(queues))})
+
+
+def worker_labels() -> dict[str, str]:
+    """{"host", "kind"} of this process (kind empty outside a generate worker)."""
+    return dict(_worker)
+
+
 def observe_generation(result: dict) -> None:
     """Worker: latency, tokens and tokens/s of one finished generate job (its result dict)."""
     tokens = result.get("tokens")
     latency_ms = result.get("latency_ms")
+    labels = worker_labels()
     if isinstance(tokens, int):
-        GENERATED_TOKENS.inc(tokens)
+        GENERATED_TOKENS.labels(**labels).inc(tokens)
     if isinstance(latency_ms, (int, float)):
-        GENERATE_LATENCY.observe(latency_ms / 1000)
+        GENERATE_LATENCY.labels(**labels).observe(latency_ms / 1000)
         seconds = (latency_ms - (result.get("load_ms") or 0)) / 1000
         if isinstance(tokens, int) and tokens and seconds > 0:
-            GENERATE_TOKENS_PER_SECOND.observe(tokens / seconds)
+            GENERATE_TOKENS_PER_SECOND.labels(**labels).observe(tokens / seconds)
 
 
 async def watch_event_loop(interval: float = LAG_INTERVAL) -> None:

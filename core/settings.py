@@ -41,9 +41,16 @@ class Settings(BaseSettings):
                                     "(after a worker died); keep it above the longest job.")
     broker_connect_timeout: float = Field(3.0, description="Seconds to reach the broker before failing.")
     device: str = Field("auto", description="Generation device: auto (CUDA when present), cpu, cuda, cuda:N.")
+    worker_kind: Literal["auto", "gpu", "cpu"] = Field(
+        "auto", description="A generate worker's kind: beside `generate` it consumes `generate.<kind>`; auto = gpu "
+        "when its device is CUDA (IMPROBABLE_DEVICE, or a CUDA device present), else cpu.")
+    generate_queue: Literal["generate", "generate.gpu", "generate.cpu"] = Field(
+        "generate", description="Where generate jobs and scheduled posts are sent: generate (any generate worker), "
+        "generate.gpu or generate.cpu (only workers of that kind). Set it alike for the bot, beat and workers.")
     torch_threads: int = Field(0, description="Intra-op threads for generation and training; 0 = automatic "
                              "(generation: half the cores, at most 4; training: PyTorch's default).")
-    model_cache_mb: int = Field(2048, description="Memory cap for checkpoints kept loaded by a worker.")
+    model_cache_mb: int = Field(2048, description="Memory cap for checkpoints kept loaded by a worker (least "
+                                "recently used evicted first; a 2x512 char LSTM holds 13.5 MB in fp32).")
     generate_precision: Literal["fp32", "bf16"] = Field("fp32", description="Weights of served models: fp32, "
                                                         "or bf16 (faster batched steps; other text per seed).")
     generate_timeout: float = Field(120.0, description="Seconds a generate job may take before it fails (and its "

@@ -3,6 +3,7 @@ worker.signals, the logs and metrics of workers), so the bot can enqueue without
 checks).
 
     celery -A worker.app worker -Q generate --pool threads -c 16 -n generate@%h   # one per GPU / machine
+                                      # (and generate.gpu or generate.cpu, by its kind: worker/tasks.py)
     celery -A worker.app worker -Q train --pool solo -n train@%h                  # one per training GPU
     celery -A worker.app beat                                                     # exactly one
 
@@ -21,6 +22,11 @@ Why these settings:
   A generate task hands its job to the engine and returns (Ignore: its message is acknowledged then), and
   the engine's side stores its states and releases the lease (worker/delivery.py), so the Celery threads
   (`-c`) do not bound the batch: they only validate, load checkpoints and hand over (16 is plenty).
+- Routing by capability: every generate worker consumes `generate` and the queue of its kind,
+  `generate.gpu` or `generate.cpu` (IMPROBABLE_WORKER_KIND, auto-detected from its device). Generate jobs
+  and scheduled posts go to IMPROBABLE_GENERATE_QUEUE (`generate`: any worker); an operator with GPU hosts
+  sends them to `generate.gpu` so that CPU workers never take one (docs/deploy.md). Beat's own jobs stay
+  on `generate`: any worker will do.
 - prefetch multiplier 1: a trainer takes one run at a time; a generate worker reserves one message per
   thread and holds up to `generate_max_streams` jobs in its engine.
 - Time limits are set per task; note that Celery enforces them only in the prefork pool, so the generate
@@ -43,16 +49,27 @@ signals.connect()  # JSON logs and Prometheus metrics of workers (and of what th
 
 log = logging.getLogger(__name__)
 GENERATE_QUEUE, TRAIN_QUEUE = "generate", "train"
+WORKER_KINDS = ("gpu", "cpu")
+GENERATE_QUEUES = (GENERATE_QUEUE, *(f"{GENERATE_QUEUE}.{kind}" for kind in WORKER_KINDS))
 TASK_NAMES = ("improbable.generate", "improbable.train", "improbable.dispatch_schedules", "improbable.post_scheduled",
               "improbable.requeue_orphaned_runs", "improbable.sweep_retention")
-ROUTES = {
-    "improbable.generate": {"queue": GENERATE_QUEUE},
-    "improbable.post_scheduled": {"queue": GENERATE_QUEUE},  # it generates, so it runs where the models are
-    "improbable.dispatch_schedules": {"queue": GENERATE_QUEUE},  # cheap SQL; any generate worker will do
-    "improbable.requeue_orphaned_runs": {"queue": GENERATE_QUEUE},  # (a busy trainer could not take it)
-    "improbable.sweep_retention": {"queue": GENERATE_QUEUE},  # SQL, storage and the result backend
-    "improbable.train": {"queue": TRAIN_QUEUE},
-}
+
+
+def kind_queue(kind: str) -> str:
+    """The generate queue that only workers of this kind (gpu, cpu) consume."""
+    return f"{GENERATE_QUEUE}.{kind}"
+
+
+def routes(generate_queue: str = GENERATE_QUEUE) -> dict:
+    """Each task's queue; generate jobs and scheduled posts to `generate_queue` (IMPROBABLE_GENERATE_QUEUE)."""
+    return {
+        "improbable.generate": {"queue": generate_queue},
+        "improbable.post_scheduled": {"queue": generate_queue},  # it generates, so it runs where the models are
+        "improbable.dispatch_schedules": {"queue": GENERATE_QUEUE},  # cheap SQL; any generate worker will do
+        "improbable.requeue_orphaned_runs": {"queue": GENERATE_QUEUE},  # (a busy trainer could not take it)
+        "improbable.sweep_retention": {"queue": GENERATE_QUEUE},  # SQL, storage and the result backend
+        "improbable.train": {"queue": TRAIN_QUEUE},
+    }
 DISPATCH_EVERY_SECONDS = 60.0
 RESULT_EXPIRES_SECONDS = 3600
 RESULT_KEY_PREFIX = "celery-task-meta-"  # Celery's key-value result backends (Redis)
@@ -75,9 +92,9 @@ def celery_config(settings: Settings) -> dict:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        "task_queues": [Queue(GENERATE_QUEUE), Queue(TRAIN_QUEUE)],
+        "task_queues": [*(Queue(q) for q in GENERATE_QUEUES), Queue(TRAIN_QUEUE)],
         "task_default_queue": GENERATE_QUEUE,
-        "task_routes": ROUTES,
+        "task_routes": routes(settings.generate_queue),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_track_started": True,  # STARTED carries the worker's hostname and pid
@@ -244,7 +261,7 @@ class QueueDepthCollector:
     (a passive queue declare; on Redis kombu sums the queue's priority lists) and jobs reserved by workers
     but not yet acknowledged (running or prefetched, as the workers report them to `inspect`)."""
 
-    def __init__(self, celery_app: Celery | None = None, queues: tuple[str, ...] = (GENERATE_QUEUE, TRAIN_QUEUE),
+    def __init__(self, celery_app: Celery | None = None, queues: tuple[str, ...] = (*GENERATE_QUEUES, TRAIN_QUEUE),
                  timeout: float = 1.0):
         self.app, self.queues, self.timeout = celery_app or app, queues, timeout
 

@@ -81,7 +81,7 @@ def _on_task_prerun(task_id=None, task=None, args=None, **_kwargs) -> None:
         # a runtime this process has not made yet holds no checkpoint (and must not be made here)
         runtime = task.__dict__.get("runtime")
         hit = runtime is not None and runtime.loaded(checkpoint_id)
-        metrics.CHECKPOINT_CACHE.labels("hit" if hit else "miss").inc()
+        metrics.CHECKPOINT_CACHE.labels(result="hit" if hit else "miss", **metrics.worker_labels()).inc()
 
 
 def _on_task_postrun(task_id=None, task=None, retval=None, state=None, **_kwargs) -> None:

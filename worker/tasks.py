@@ -56,7 +56,7 @@ from functools import cached_property
 
 from celery import Task
 from celery.exceptions import Ignore
-from celery.signals import task_postrun, task_received, worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, task_postrun, task_received, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -66,7 +66,9 @@ from sqlalchemy.exc import OperationalError as SQLOperationalError
 from core.contracts import GenerateRequest, GenerateResult
 from core.settings import get_settings
 
-from .app import GENERATE_QUEUE, app
+from core import metrics
+
+from .app import GENERATE_QUEUE, GENERATE_QUEUES, app, kind_queue
 from .schedules import DiscordUnavailable
 from .serve.runtime import BadRequest, Runtime
 
@@ -243,6 +245,40 @@ def post_scheduled(schedule_id: int, slot_iso: str) -> dict:
     return post(int(schedule_id), slot_iso, generate_task.runtime)
 
 
+def worker_kind(prefork: bool) -> str:
+    """This generate worker's kind: IMPROBABLE_WORKER_KIND, or with auto its device's (IMPROBABLE_DEVICE, or
+    with auto too the device its engine picks, made here: CUDA is only touched by the engine's thread, and
+    never in a prefork parent, which is then taken for cpu)."""
+    settings = get_settings()
+    if settings.worker_kind != "auto":
+        return settings.worker_kind
+    if settings.device != "auto":
+        return "gpu" if settings.device.startswith("cuda") else "cpu"
+    if prefork:
+        log.warning("a prefork generate worker cannot look for a GPU before it forks: kind cpu "
+                    "(set IMPROBABLE_WORKER_KIND)")
+        return "cpu"
+    return "gpu" if generate_task.runtime.engine.device.type == "cuda" else "cpu"
+
+
+@celeryd_after_setup.connect
+def consume_by_kind(sender=None, instance=None, **_) -> None:
+    """A worker that consumes `generate` also consumes its kind's queue (generate.gpu, generate.cpu), and
+    labels its metrics with its host and kind. Before the worker consumes anything: its queues are final."""
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    queues = instance.app.amqp.queues
+    consumed = set(queues.consume_from)  # (without -Q: every queue)
+    if not consumed & set(GENERATE_QUEUES):
+        return
+    kind = worker_kind(issubclass(instance.pool_cls, PreforkPool))
+    if GENERATE_QUEUE in consumed and kind_queue(kind) not in consumed:
+        queues.select_add(kind_queue(kind))
+        consumed.add(kind_queue(kind))
+    metrics.set_worker(kind, str(sender), consumed)
+    log.info("generate worker %s: kind %s, queues %s", sender, kind, ", ".join(sorted(consumed)))
+
+
 @worker_ready.connect
 def warm_up(sender, **_) -> None:
     """A generate worker imports torch and starts its engine as soon as it is up, not on the first request.
@@ -254,7 +290,7 @@ def warm_up(sender, **_) -> None:
         queues = {q.name for q in sender.task_consumer.queues}
     except Exception:  # noqa: BLE001 - warming up is an optimisation; never break the worker over it
         return
-    if GENERATE_QUEUE not in queues:
+    if not queues & set(GENERATE_QUEUES):
         return
     if sender.app.conf.broker_url.startswith(("redis", "unix")):
         patch_kombu_restore()

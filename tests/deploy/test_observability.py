@@ -88,20 +88,20 @@ def test_celery_signals_count_jobs_latency_tokens_and_cache_hits():
     def train(request):
         raise RuntimeError("diverged")
 
-    gen = {"task": "improbable.generate"}
+    gen, worker = {"task": "improbable.generate"}, metrics.worker_labels()  # (host, kind) of this process
     before = {"ok": _value("improbable_jobs_total", {**gen, "state": "success"}),
-              "tokens": _value("improbable_generated_tokens_total"),
-              "miss": _value("improbable_checkpoint_cache_requests_total", {"result": "miss"}),
+              "tokens": _value("improbable_generated_tokens_total", worker),
+              "miss": _value("improbable_checkpoint_cache_requests_total", {"result": "miss", **worker}),
               "count": _value("improbable_job_duration_seconds_count", gen),
-              "latency": _value("improbable_generate_latency_seconds_sum"),
+              "latency": _value("improbable_generate_latency_seconds_sum", worker),
               "failed": _value("improbable_jobs_total", {"task": "improbable.train", "state": "failure"})}
     generate.apply(args=({"checkpoint_id": 7, "prompt": "Alice"},))
     train.apply(args=({},))
     assert _value("improbable_jobs_total", {**gen, "state": "success"}) == before["ok"] + 1
-    assert _value("improbable_generated_tokens_total") == before["tokens"] + 40
-    assert _value("improbable_checkpoint_cache_requests_total", {"result": "miss"}) == before["miss"] + 1
+    assert _value("improbable_generated_tokens_total", worker) == before["tokens"] + 40
+    assert _value("improbable_checkpoint_cache_requests_total", {"result": "miss", **worker}) == before["miss"] + 1
     assert _value("improbable_job_duration_seconds_count", gen) == before["count"] + 1
-    assert _value("improbable_generate_latency_seconds_sum") == pytest.approx(before["latency"] + 0.5)
+    assert _value("improbable_generate_latency_seconds_sum", worker) == pytest.approx(before["latency"] + 0.5)
     assert _value("improbable_jobs_in_progress", gen) == 0
     assert _value("improbable_jobs_total", {"task": "improbable.train", "state": "failure"}) == before["failed"] + 1
 

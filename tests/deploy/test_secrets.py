@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.settings import Settings
-from worker.app import ROUTES
+from worker.app import routes
 
 from .deploytools import ROOT, command_argv, env_file_values, load_compose
 
@@ -44,7 +44,7 @@ def _queues(service: dict) -> set[str]:
 
 def discord_services(compose: dict) -> set[str]:
     """The bot, and every worker that consumes the queue improbable.post_scheduled is routed to."""
-    queue = ROUTES["improbable.post_scheduled"]["queue"]
+    queue = routes()["improbable.post_scheduled"]["queue"]
     return {"bot"} | {name for name, s in compose["services"].items() if queue in _queues(s)}
 
 

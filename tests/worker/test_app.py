@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,9 +38,12 @@ def test_config_is_json_only_with_late_acks_and_routes():
     assert conf["task_serializer"] == conf["result_serializer"] == "json" and conf["accept_content"] == ["json"]
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"] and conf["worker_prefetch_multiplier"] == 1
     assert conf["broker_transport_options"]["visibility_timeout"] == 30
-    assert {q.name for q in conf["task_queues"]} == {"generate", "train"}
+    assert {q.name for q in conf["task_queues"]} == {"generate", "generate.gpu", "generate.cpu", "train"}
     assert conf["task_routes"]["improbable.train"] == {"queue": "train"}
     assert conf["task_routes"]["improbable.generate"] == {"queue": "generate"}
+    gpu = celery_config(Settings(broker_url="redis://127.0.0.1:6379/0", generate_queue="generate.gpu"))["task_routes"]
+    assert gpu["improbable.generate"] == gpu["improbable.post_scheduled"] == {"queue": "generate.gpu"}
+    assert gpu["improbable.dispatch_schedules"] == {"queue": "generate"}  # beat's own jobs: any worker
     assert not conf["task_always_eager"] and conf["beat_schedule"]["dispatch-schedules"]["schedule"] == 60
     assert celery_config(Settings(broker_url=""))["task_always_eager"]
 
@@ -76,3 +80,33 @@ def test_eager_round_trip_without_broker(services, checkpoint_id):
     result = json.loads(_python(code, env).strip().splitlines()[-1])
     assert result["tokens"] == 60 and result["seed"] == 11 and result["full_text"].startswith("Alice was")
     assert result["generation_id"] is not None and result["checkpoint_id"] == checkpoint_id
+
+
+def test_a_generate_worker_consumes_its_kinds_queue_and_labels_its_metrics(services, checkpoint_id, start_worker):
+    """`-Q generate` with IMPROBABLE_WORKER_KIND=auto on a host without CUDA: the worker also consumes
+    generate.cpu, jobs sent there are answered, and its metrics carry its host and kind. A job for GPU workers
+    waits in generate.gpu for one."""
+    import urllib.request
+
+    from tests.environment import configured
+    from worker.app import app, enqueue
+
+    port = free_port()
+    worker = start_worker("kinded", "generate", "threads", 4, IMPROBABLE_METRICS_PORT=str(port)).wait_ready()
+    active = app.control.inspect(destination=[worker.hostname], timeout=2).active_queues()
+    assert {q["name"] for q in active[worker.hostname]} == {"generate", "generate.cpu"}
+    with configured({"IMPROBABLE_GENERATE_QUEUE": "generate.gpu"}, celery=True):
+        waiting = enqueue("improbable.generate", generate_request(checkpoint_id, seed=2, max_tokens=20))
+    with configured({"IMPROBABLE_GENERATE_QUEUE": "generate.cpu"}, celery=True):
+        done = enqueue("improbable.generate", generate_request(checkpoint_id, seed=1, max_tokens=20)).get(timeout=60)
+    try:
+        assert done["tokens"] == 20 and waiting.state == "PENDING"
+        with app.connection_for_read() as conn:
+            assert conn.default_channel.queue_declare("generate.gpu", passive=True).message_count == 1
+    finally:
+        waiting.revoke()
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge("generate.gpu")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert re.search(r'improbable_worker_info\{[^}]*kind="cpu"[^}]*queues="generate,generate.cpu"', text), text[-800:]
+    assert re.search(r'improbable_generate_latency_seconds_count\{host="[^"]+",kind="cpu"\} [1-9]', text)
