@@ -27,6 +27,7 @@ import urllib.request
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
 
 from core.avatar import avatar_png, digest, webhook_name
 from core.contracts import GenerateRequest, merge_sampling
@@ -226,10 +227,7 @@ def _create_webhook(session, channel_id: int, guild_id: int, slug: str, display_
     body = {"name": webhook_name(display_name), "avatar": "data:image/png;base64," + base64.b64encode(avatar).decode()}
     for attempt in range(2):
         for old in to_evict(session, channel_id) if attempt == 0 else to_evict(session, channel_id, 0)[-1:]:
-            try:
-                _call("DELETE", f"/webhooks/{old.webhook_id}/{old.token}", None, shown=f"/webhooks/{old.webhook_id}")
-            except (DiscordError, DiscordUnavailable) as e:
-                log.info("could not delete webhook %s: %s", old.webhook_id, e)
+            _delete_webhook(old)
             forget(session, old.webhook_id)
         try:
             created = _call("POST", f"/channels/{channel_id}/webhooks", body)
@@ -244,9 +242,21 @@ def _create_webhook(session, channel_id: int, guild_id: int, slug: str, display_
         if not created.get("token") or not created.get("id"):
             return None
         hook = Hook(int(created["id"]), str(created["token"]), digest(avatar))
-        remember(session, guild_id=guild_id, channel_id=channel_id, persona_slug=slug, hook=hook)
+        try:
+            with session.begin_nested():
+                remember(session, guild_id=guild_id, channel_id=channel_id, persona_slug=slug, hook=hook)
+        except IntegrityError:  # another post made the persona's webhook here at the same moment: use that one
+            _delete_webhook(hook)
+            return find(session, channel_id, slug)
         return hook
     return None
+
+
+def _delete_webhook(hook: Hook) -> None:
+    try:
+        _call("DELETE", f"/webhooks/{hook.webhook_id}/{hook.token}", None, shown=f"/webhooks/{hook.webhook_id}")
+    except (DiscordError, DiscordUnavailable) as e:
+        log.info("could not delete webhook %s: %s", hook.webhook_id, e)
 
 
 def post_as_persona(session, channel_id: int, guild_id: int, slug: str, display_name: str, content: str,

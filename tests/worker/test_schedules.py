@@ -152,3 +152,40 @@ def test_schedules_due_together_are_spread_out(services, monkeypatch):
         cursor.delete(f"{PREFIX}cursor:schedules")
         with db.session_scope() as session:
             session.execute(update(Schedule).where(Schedule.id.in_(created)).values(enabled=False))
+
+
+def test_two_posts_making_a_channels_webhook_at_once_keep_one(services):
+    """Two posts of one persona in a new channel create its webhook at the same moment: the second to record
+    it finds the first's row (a unique one per channel and persona), uses that webhook and deletes its own,
+    instead of failing after its message went out (which left its slot claimed but never recorded)."""
+    from db.webhooks import Hook, find, remember
+    from tests.bot.fake_discord import FakeDiscord as Discord
+    from worker.schedules import _create_webhook
+
+    fake = Discord().start()
+    channel = fake.add_channel(fake.guild_id, "race")
+    fake.grant_webhooks(channel)
+    first = Hook(2**60 + 1, "first-token", "digest")
+    recorded, created = threading.Event(), {}
+    try:
+        with configured({"IMPROBABLE_DISCORD_API_BASE": fake.api_base, "IMPROBABLE_DISCORD_TOKEN": "t"}):
+            def the_first() -> None:  # records its webhook and commits a moment later
+                with db.session_scope() as session:
+                    remember(session, guild_id=fake.guild_id, channel_id=channel, persona_slug="alice", hook=first)
+                    session.flush()
+                    recorded.set()
+                    time.sleep(0.5)
+
+            thread = threading.Thread(target=the_first)
+            thread.start()
+            recorded.wait(10)
+            with db.session_scope() as session:
+                created["hook"] = _create_webhook(session, channel, fake.guild_id, "alice", "Alice")
+            thread.join(10)
+            with db.session_scope() as session:
+                assert find(session, channel, "alice") == first
+        assert created["hook"] == first
+        assert fake.webhooks_in(channel) == []  # the second one's own webhook, deleted again
+        assert [r.method for r in fake.sent(path_part="/webhooks")] == ["POST", "DELETE"]
+    finally:
+        fake.stop()
