@@ -29,20 +29,54 @@ from bot.streaming import ReplyOutput, run_generation
 from bot.views import result_view
 from bot.webhooks import output_for
 
-SETTING_TTL = 30.0  # seconds a channel's setting is trusted before it is read again (another bot process)
+SETTING_TTL = 30.0  # seconds the settings are trusted before they are read again (another bot process)
 MENTION = re.compile(r"<(@[!&]?|#)\d+>|@(everyone|here)")
 
-_settings: dict[int, tuple[service.ambient.Ambient | None, float]] = {}  # channel -> (setting, read at)
+
+class OptedIn:
+    """Every opted-in channel's setting, all read in one query at most every SETTING_TTL seconds: every message
+    in every channel needs to know, and a query per channel would be about one per message on a big deployment.
+    A change made in this process shows at once, and survives a read that was under way when it was made."""
+
+    def __init__(self) -> None:
+        self.channels: dict[int, service.ambient.Ambient] = {}
+        self.read_at = -float("inf")
+        self._reading: asyncio.Task | None = None
+        self._changed: dict[int, tuple[service.ambient.Ambient | None, float]] = {}  # here, since the read began
+
+    async def get(self, channel_id: int) -> service.ambient.Ambient | None:
+        if time.monotonic() - self.read_at >= SETTING_TTL:
+            if self._reading is None or self._reading.done():
+                self._reading = asyncio.create_task(self._read())
+            await asyncio.shield(self._reading)
+        return self.channels.get(channel_id)
+
+    def set(self, channel_id: int, found: service.ambient.Ambient | None) -> None:
+        self._changed[channel_id] = (found, time.monotonic())
+        self._apply(self.channels, channel_id, found)
+
+    async def _read(self) -> None:
+        started = time.monotonic()
+        channels = await asyncio.to_thread(service.ambient.all_settings)
+        self._changed = {k: v for k, v in self._changed.items() if v[1] >= started}
+        for channel_id, (found, _) in self._changed.items():
+            self._apply(channels, channel_id, found)
+        self.channels, self.read_at = channels, started
+
+    @staticmethod
+    def _apply(channels: dict, channel_id: int, found: service.ambient.Ambient | None) -> None:
+        if found is None:
+            channels.pop(channel_id, None)
+        else:
+            channels[channel_id] = found
+
+
+_opted_in = OptedIn()
 _rng = random.Random()
 
 
 async def _setting(channel_id: int) -> service.ambient.Ambient | None:
-    cached = _settings.get(channel_id)
-    if cached is not None and time.monotonic() - cached[1] < SETTING_TTL:
-        return cached[0]
-    found = await asyncio.to_thread(service.ambient.setting, channel_id)
-    _settings[channel_id] = (found, time.monotonic())
-    return found
+    return await _opted_in.get(channel_id)
 
 
 def _from_a_member(bot, message: discord.Message) -> bool:
@@ -167,7 +201,7 @@ async def ambient_on(interaction: discord.Interaction, persona: str,
     except service.policy.UserError as e:
         await replies.fail(interaction, user_error(e))
         return
-    _settings[found.channel_id] = (found, time.monotonic())
+    _opted_in.set(found.channel_id, found)
     notes = "".join(f"\n{note}" for note in found.notes)
     talk = found.window
     conversation = (f" Once someone replies to it, it keeps talking for {talk.seconds} s: about {talk.chance:.0%} "
@@ -185,7 +219,7 @@ async def ambient_off(interaction: discord.Interaction) -> None:
     except service.policy.UserError as e:
         await replies.fail(interaction, user_error(e))
         return
-    _settings[interaction.channel_id] = (None, time.monotonic())
+    _opted_in.set(interaction.channel_id, None)
     await replies.send(interaction, "Ambient replies off in this channel." if was_on
                        else "Ambient replies were not on in this channel.")
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+
 from db import session_scope
 from db.models import AmbientChannel, Generation
 from service.errors import NeedsPermission, NotAValue, UserError
@@ -120,16 +122,26 @@ def disable(actor: Actor, channel_id: int) -> bool:
     return True
 
 
+def _stored(row: AmbientChannel, top: Ceilings) -> Ambient:
+    """A stored setting within the ceilings as they are now (an operator may have lowered them since)."""
+    chance, seconds, _ = within_ceilings(row.chance, row.cooldown_seconds, top)
+    talk, _ = window_within_ceilings(Window(row.window_seconds or 0, row.window_chance,
+                                            row.window_cooldown_seconds), top)
+    return Ambient(row.channel_id, row.persona_slug, chance, seconds, window=talk)
+
+
 def setting(channel_id: int) -> Ambient | None:
     with session_scope() as session:
         row = session.get(AmbientChannel, channel_id)
-        if row is None:
-            return None
-        top = ceilings()
-        chance, seconds, _ = within_ceilings(row.chance, row.cooldown_seconds, top)  # a lowered ceiling
-        talk, _ = window_within_ceilings(Window(row.window_seconds or 0, row.window_chance,
-                                                row.window_cooldown_seconds), top)
-        return Ambient(row.channel_id, row.persona_slug, chance, seconds, window=talk)
+        return None if row is None else _stored(row, ceilings())
+
+
+def all_settings() -> dict[int, Ambient]:
+    """Every opted-in channel's setting, by channel, in one query: the bot keeps them all (bot/ambient.py) rather
+    than asking for each channel it sees a message in, which on a big deployment is a query per message."""
+    top = ceilings()
+    with session_scope() as session:
+        return {row.channel_id: _stored(row, top) for row in session.scalars(select(AmbientChannel))}
 
 
 # -- the conversation window, shared by every bot process --------------------------------------------------------
