@@ -50,6 +50,8 @@ MAX_CONTEXT = 64  # word-mlp context words (Bengio et al. use 3-5)
 MAX_ADAPTIVE_CUTOFFS = 8  # adaptive softmax clusters (this project uses 2)
 MAX_TENSORS = 4096  # tensors in one file: 4 per RNN layer, 3 Adam slots per parameter, a few state tensors
 MAX_TENSOR_RANK = 8  # no tensor here has more than 3 dimensions
+MAX_NGRAM_ORDER = 8  # a word MLP's Kneser–Ney n-gram (trainer/ngram.py; the harry-potter recipe uses 5)
+MAX_NGRAM_ENTRIES = 64_000_000  # its key tables together: about 4 per training word at order 5 (~1 GB at the cap)
 
 FAMILIES = ("char-rnn", "word-gru", "word-mlp")  # the families trainer/model.py builds (tests keep them equal)
 CELLS = {"lstm": 4, "gru": 3, "rnn": 1}  # recurrent cell → gates, i.e. rows of its weight matrices per unit
@@ -261,9 +263,38 @@ def validate_model_config(config: Any, name: str = "checkpoint") -> dict:
                           f"(vocab_size={vocab_size})")
     number("dropout", 0.0, 1.0)
     number("recurrent_l2", 0.0, 1.0)
+    _validate_ngram(config, invalid)
     if type(config.get("freeze_embedding", False)) is not bool:
         raise invalid("freeze_embedding must be true or false")
     return config
+
+
+def _validate_ngram(config: dict, invalid) -> None:
+    """A word MLP mixed with an n-gram (trainer/model.py NGramMixture): its order, table sizes and weights."""
+    order = config.get("ngram_order", 0)
+    if order == 0:
+        return
+    if type(order) is not int or not 2 <= order <= min(MAX_NGRAM_ORDER, config["context"] + 1):
+        raise invalid(f"ngram_order {_short(order)} must be 0, or 2..{MAX_NGRAM_ORDER} and at most context + 1")
+    if config["family"] != "word-mlp":
+        raise invalid("only a word-mlp model mixes with an n-gram")
+    sizes, weights = config.get("ngram_sizes"), config.get("ngram_weights")
+    if (not isinstance(sizes, list) or len(sizes) != order - 1 or not all(type(n) is int and n >= 0 for n in sizes)
+            or sum(sizes) > MAX_NGRAM_ENTRIES):
+        raise invalid(f"ngram_sizes must be {order - 1} table sizes totalling at most {MAX_NGRAM_ENTRIES:,}")
+    if (not isinstance(weights, list) or len(weights) != order
+            or not all(type(w) in (int, float) and 0.0 <= w <= 1.0 for w in weights)):
+        raise invalid(f"ngram_weights must be {order} numbers in 0..1")
+
+
+def ngram_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """The n-gram tables of a mixture, by state_dict name (trainer/ngram.py: integers, not parameters)."""
+    if not config.get("ngram_order"):
+        return {}
+    shapes = {"ngram.counts1": (config["vocab_size"],)}
+    for k, size in enumerate(config["ngram_sizes"], start=2):
+        shapes.update({f"ngram.keys{k}": (size,), f"ngram.counts{k}": (size,)})
+    return shapes
 
 
 def default_cutoffs(vocab_size: int) -> list[int]:
@@ -306,6 +337,8 @@ def expected_model_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     else:
         shapes["head.proj.weight"] = (vocab, hidden)
         shapes["head.proj.bias"] = (vocab,)
+    if config.get("ngram_order"):  # the mixture holds the MLP as `mlp` beside its n-gram
+        return {**{f"mlp.{k}": v for k, v in shapes.items()}, **ngram_shapes(config)}
     return shapes
 
 
@@ -339,7 +372,8 @@ def _check_tensors(entries: dict[str, TensorEntry], config: dict, name: str) -> 
         return CheckpointError(f"{name}: weights do not match the model its metadata describes ({why})")
 
     expected = expected_model_shapes(config)
-    n_params = sum(math.prod(shape) for shape in expected.values())
+    tables = ngram_shapes(config)  # capped by MAX_NGRAM_ENTRIES instead
+    n_params = sum(math.prod(shape) for key, shape in expected.items() if key not in tables)
     if n_params > MAX_MODEL_PARAMS:
         raise CheckpointError(f"{name}: invalid model metadata (describes {n_params:,} parameters; "
                               f"at most {MAX_MODEL_PARAMS:,})")
@@ -360,7 +394,8 @@ def _check_tensors(entries: dict[str, TensorEntry], config: dict, name: str) -> 
         if entry.shape != shape:
             raise mismatch(f"size mismatch for model.{key}: the file has {list(entry.shape)}, the model needs "
                            f"{list(shape)}")
-        wanted = ("I64",) if key.endswith("num_batches_tracked") else WEIGHT_DTYPES
+        wanted = (("I64",) if key.endswith("num_batches_tracked") or key.startswith("ngram.keys")
+                  else ("I32",) if key.startswith("ngram.counts") else WEIGHT_DTYPES)
         if entry.dtype not in wanted:
             raise mismatch(f"model.{key} is {entry.dtype}, the model needs {' or '.join(wanted)}")
 

@@ -129,6 +129,8 @@ CONFIGS = [
     ModelConfig(family="word-gru", vocab_size=2, n_layers=1, n_embd=4, n_hidden=8, head="adaptive"),
     ModelConfig(family="word-mlp", vocab_size=40, n_embd=8, n_hidden=16, context=3),
     ModelConfig(family="word-mlp", vocab_size=12_000, n_embd=30, n_hidden=300, context=4, head="adaptive"),
+    ModelConfig(family="word-mlp", vocab_size=300, n_embd=16, n_hidden=24, context=4, head="tied-adaptive",
+                adaptive_cutoffs=[10, 50, 120], ngram_order=5, ngram_sizes=[90, 0, 70, 60], ngram_weights=[0.5] * 5),
 ] + [  # tied heads: the output vectors are embed.weight; a projection only where the widths differ
     ModelConfig(family=family, vocab_size=vocab, cell="gru", n_layers=1, n_embd=embd, n_hidden=24, context=3,
                 head=head, adaptive_cutoffs=cutoffs)

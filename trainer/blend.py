@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import LanguageModel, ModelConfig, State
+from .model import LanguageModel, LogProbHead, ModelConfig, State
 from .tokenizer import CharTokenizer
 
 # Typographic characters and the plain ones a model trained on plain text knows instead.
@@ -52,21 +52,6 @@ def stand_in(ch: str, vocab: dict[str, int]) -> str:
         if len(c) == 1 and c in vocab:
             return c
     return next(iter(vocab))  # a vocabulary without even a space or newline: its first character
-
-
-class _MixtureHead(nn.Module):
-    """The identity head: a blend's `forward` already yields log-probabilities over the union."""
-
-    adaptive = True  # like the adaptive head, logits() are normalised log-probabilities
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden
-
-    def token_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return hidden.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return -self.token_log_probs(hidden, targets).mean()
 
 
 class BlendedModel(LanguageModel):
@@ -109,7 +94,7 @@ class BlendedModel(LanguageModel):
         # (char vs word) must see a char model with the union's vocabulary.
         self.config = ModelConfig(family="char-rnn", vocab_size=len(self.tokenizer), cell=first.cell,
                                   n_layers=first.n_layers, n_embd=first.n_embd, n_hidden=first.n_hidden)
-        self.head = _MixtureHead()
+        self.head = LogProbHead()
 
     def unknown_to(self, voice: int, text: str) -> list[str]:
         """Characters of `text` that voice `voice` reads as a stand-in (for callers that want to tell the user)."""

@@ -144,6 +144,10 @@ class RunData:
     block: int  # held-out block length of this tokenizer's kind
     val_text: str = ""  # the held-out text (pieces joined by DOCUMENT_SEPARATOR): what the quality gate scores
     split_stats: dict | None = None  # characters dropped as repeats and as held-out text overlapping training
+    # a word MLP mixed with an n-gram (ngram_order): the training text it trains on, and the slice of the training
+    # text kept from it to fit the mixture on (trainer/mixture.py); otherwise all the training text and None
+    fit_ids: torch.Tensor | None = None
+    tune_ids: torch.Tensor | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -226,7 +230,11 @@ def load_data(config: TrainConfig, corpus: DecodedCorpus | str, device: torch.de
     block = BLOCK_TOKENS[tokenizer.kind]
     split = split_corpus(config, corpus)
     train_ids, val_ids = (ids.to(device) for ids in encode_split(tokenizer, split))
-    batch_size, seq_len, shrink = fit_batch_shape(len(train_ids), config.batch_size, config.seq_len)
+    fit_ids, tune_ids = train_ids, None
+    if config.ngram_order:  # the mixture's tune slice, split off the training text like the held-out text
+        inner = split_text(split.train, config.ngram_tune_fraction, "spread", BLOCK_CHARS)
+        fit_ids, tune_ids = (ids.to(device) for ids in encode_split(tokenizer, inner))
+    batch_size, seq_len, shrink = fit_batch_shape(len(fit_ids), config.batch_size, config.seq_len)
     if shrink:
         warnings.append(shrink)
     if saved is not None and saved.meta.get("batch_shape", [batch_size, seq_len]) != [batch_size, seq_len]:
@@ -234,5 +242,6 @@ def load_data(config: TrainConfig, corpus: DecodedCorpus | str, device: torch.de
                          f"{saved.meta['batch_shape']}: resume it with those (not {batch_size}, {seq_len}), or start "
                          "afresh (resume=False, --no-resume)")
     return RunData(tokenizer, text, corpus_sha256(corpus), len(documents), train_ids, val_ids, batch_size, seq_len,
-                   TokenStreams(train_ids, batch_size, seq_len), block, split.val_text,
-                   {"duplicate_chars": split.duplicate_chars, "overlap_chars": split.overlap_chars, "paragraphs": True})
+                   TokenStreams(fit_ids, batch_size, seq_len), block, split.val_text,
+                   {"duplicate_chars": split.duplicate_chars, "overlap_chars": split.overlap_chars, "paragraphs": True},
+                   fit_ids, tune_ids)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ngram import KneserNey
+
 State = tuple[torch.Tensor, ...]
 FAMILIES = ("char-rnn", "word-gru", "word-mlp")
 
@@ -40,6 +42,12 @@ class ModelConfig:
     adaptive_cutoffs: list[int] = field(default_factory=list)
     freeze_embedding: bool = False  # word-gru: pretrained vectors stay fixed
     recurrent_l2: float = 0.0  # L2 penalty on the recurrent kernel (word-gru recipe: 1e-3)
+    # word-mlp mixed with a Kneser–Ney n-gram (NGramMixture, below; 0 = the MLP alone): its order, the sizes of
+    # its key tables (trainer/ngram.py) and the MLP's share of the mixture for each depth of context the
+    # n-gram has seen (0..order-1), fitted on training text held out from the MLP (trainer/mixture.py)
+    ngram_order: int = 0
+    ngram_sizes: list[int] = field(default_factory=list)
+    ngram_weights: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,11 +183,28 @@ def default_cutoffs(vocab_size: int) -> list[int]:
     return cutoffs or [vocab_size // 2]
 
 
+class LogProbHead(nn.Module):
+    """The identity head of a model whose `forward` already yields log-probabilities over the vocabulary (a
+    mixture: trainer/blend.py's blended voices, NGramMixture), so that `loss()`, `step()` and
+    `head.token_log_probs()` work as for any LanguageModel."""
+
+    adaptive = True  # like the adaptive head, logits() are normalised log-probabilities
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+    def token_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return hidden.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return -self.token_log_probs(hidden, targets).mean()
+
+
 class LanguageModel(nn.Module):
     """Shared plumbing: the head, the loss, and the default (fused-call) step."""
 
     config: ModelConfig
-    head: OutputHead | TiedHead
+    head: OutputHead | TiedHead | LogProbHead
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         raise NotImplementedError
@@ -296,9 +321,56 @@ class MLPLM(LanguageModel):
         return self.drop(h).view(B, T, -1), (full[:, -self.config.context:],)
 
 
+class NGramMixture(LanguageModel):
+    """The word MLP and a Kneser–Ney n-gram as one model (Bengio et al. 2003 §4.1: the network's probabilities
+    mixed with an interpolated trigram's, the mixture weight conditioned on the context):
+
+        P(w | h) = λ(d) · P_mlp(w | h) + (1 − λ(d)) · P_kn(w | h),     d = KneserNey.depth(h): 0..order − 1
+
+    where λ(d) is config.ngram_weights[d], fitted on training text the MLP never trained on (trainer/mixture.py).
+    The state is the MLP's (its last `context` word ids), whose last order − 1 words are the n-gram's context.
+    `forward` returns the mixture's log-probabilities (the head is the identity), so evaluation, the quality gate
+    and sampling use the mixture; `mlp` alone is the network."""
+
+    ROWS = 1024  # positions mixed at once: a full distribution over the vocabulary per position
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not 2 <= config.ngram_order <= config.context + 1:
+            raise ValueError(f"ngram_order {config.ngram_order} must be 2..context + 1 ({config.context + 1})")
+        if len(config.ngram_weights) != config.ngram_order:
+            raise ValueError(f"an order-{config.ngram_order} mixture needs {config.ngram_order} weights")
+        self.config = config
+        self.mlp = MLPLM(ModelConfig.from_dict({**config.to_dict(), "ngram_order": 0, "ngram_sizes": [],
+                                                "ngram_weights": []}))
+        self.ngram = KneserNey(config.vocab_size, config.ngram_order, config.ngram_sizes)
+        self.head = LogProbHead()
+
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
+        return self.mlp.init_state(batch_size, device)
+
+    def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        if state is None:
+            state = self.init_state(idx.size(0), idx.device)
+        hidden, new_state = self.mlp(idx, state)
+        B, T = idx.shape
+        n, C = self.config.ngram_order, self.config.context
+        # the n-gram's context of position t: the order − 1 words ending at idx[:, t]
+        contexts = torch.cat([state[0], idx], 1).unfold(1, n - 1, 1)[:, C - n + 2:].reshape(B * T, n - 1)
+        hidden = hidden.reshape(B * T, -1)
+        weights = torch.tensor(self.config.ngram_weights, dtype=torch.float32, device=idx.device)
+        parts = []
+        for rows in torch.arange(B * T, device=idx.device).split(self.ROWS):
+            neural = F.log_softmax(self.mlp.head.logits(hidden[rows]).float(), -1)
+            ngram = self.ngram.distribution(contexts[rows]).log()
+            lam = weights[self.ngram.depth(contexts[rows])][:, None]
+            parts.append(torch.logaddexp(neural + lam.log(), ngram + (1 - lam).log()))
+        return torch.cat(parts).view(B, T, -1), new_state
+
+
 def build_model(config: ModelConfig, embedding: torch.Tensor | None = None) -> LanguageModel:
     if config.family == "word-mlp":
-        return MLPLM(config)
+        return NGramMixture(config) if config.ngram_order else MLPLM(config)
     if config.family in ("char-rnn", "word-gru"):
         return RecurrentLM(config, embedding)
     raise ValueError(f"unknown model family {config.family!r}; choose one of {', '.join(FAMILIES)}")

@@ -26,7 +26,7 @@ import torch
 from core.text import DecodedCorpus
 
 from . import checkpoint as ckpt
-from . import early_stop
+from . import early_stop, mixture
 from .checkpoint import RunState, load_run_state, save_run_state
 from .data import RunData, TokenStreams, corpus_sha256, load_data
 from .evaluate import eval_streams, eval_tokens_for, evaluate, unigram_loss
@@ -63,6 +63,8 @@ class TrainConfig:
     word_vectors: str = ""  # word-gru: a word2vec-format file; empty = train word2vec on the corpus
     freeze_embedding: bool = False
     recurrent_l2: float = 0.0
+    ngram_order: int = 0  # word-mlp: mix with a Kneser–Ney n-gram of this order (trainer/mixture.py); 0 = none
+    ngram_tune_fraction: float = 0.05  # of the training text, kept from the MLP to fit the mixture weights on
     # optimisation
     batch_size: int = 32
     seq_len: int = 100
@@ -171,7 +173,7 @@ def start_state(config: TrainConfig, data: RunData, device: torch.device, saved:
     if config.family == "word-gru" and saved is None:
         from .vectors import word_vectors_for
 
-        embedding = word_vectors_for(data.tokenizer, data.train_ids.cpu(), config.word_vectors,  # held-out unseen
+        embedding = word_vectors_for(data.tokenizer, data.fit_ids.cpu(), config.word_vectors,  # held-out unseen
                                      dim=config.n_embd, seed=config.seed)
         model_config.n_embd = embedding.size(1)  # a vectors file decides the width
     model = build_model(model_config, embedding)
@@ -386,8 +388,7 @@ def _prepare(run: Run, base: ckpt.Checkpoint | None) -> None:
                 "split": {"mode": config.split, "val_fraction": config.val_fraction, "val_tokens": len(data.val_ids),
                           "train_tokens": len(data.train_ids), "documents": data.documents, **(data.split_stats or {})}}
     if config.init:
-        run.meta["init"] = {"checkpoint": Path(config.init).name,
-                            "corpus": base.meta.get("corpus") if base else None,
+        run.meta["init"] = {"checkpoint": Path(config.init).name, "corpus": base.meta.get("corpus") if base else None,
                             "corpus_sha256": base.meta.get("corpus_sha256") if base else None}
     run.good = _snapshot(state)
     run.meta["precision"] = precision = resolve_precision(config.precision, state.device)
@@ -589,6 +590,7 @@ def _finish(run: Run, stop_reason: str) -> TrainResult:
         run.save_best({**run.metrics(state.best_val), "val_loss_sampled": sampled}, best_step)
     if not (run.out_dir / BEST).exists():  # stopped before the first evaluation
         run.save_best(run.metrics(state.smooth or math.nan), state.step)
+    mixture.finish_run(run, stop_reason)  # a word MLP with an n-gram: the best checkpoint becomes their mixture
     (run.out_dir / "history.json").write_text(json.dumps(state.history, indent=1))
     if state.history:
         from .plot import plot_history, plot_title
