@@ -28,6 +28,13 @@ replies (`reply`), GUILD_DELETE/GUILD_CREATE (`remove_guild`, `restore_guild`), 
 (`cdn_reads`), clicks on a custom_id the message does not carry refused (`ClickRefused`), and slash commands
 only where their sync target and `contexts` allow them (`CommandUnavailable`).
 
+Sharding (`FakeDiscord(shards=n)`): GET /gateway/bot recommends `n` shards; a session that IDENTIFYs with
+`shard: [id, count]` gets READY and GUILD_CREATE only for the guilds with `(guild_id >> 22) % count == id`, and
+every event of a guild (messages, interactions, reactions, channel and guild events) goes to the session of
+the guild's shard, a DM's to shard 0 (`delivered` records which shard got what). A session without `shard` is
+shard [0, 1]: it gets everything, as before. The two guilds are on different shards of 2. `sync_delay`: seconds
+a command sync (PUT …/commands) takes.
+
 Payload builders live in one place (`_user`, `_member`, `_message`, `_interaction`): a missing required field
 kills the whole discord.py client, not just a handler.
 """
@@ -159,10 +166,18 @@ class CommandUnavailable(Exception):
     """A slash command Discord would not offer there (synced to another guild, or not allowed in DMs)."""
 
 
+def guild_shard(guild_id: int | None, shard_count: int) -> int:
+    """Discord's routing of a guild's events to a shard (written here as Discord documents it, not taken from
+    the project's core.shards, so the fake checks the bot rather than agreeing with it); DMs: shard 0."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
+
+
 class FakeDiscord(Webhooks):
     host = "127.0.0.1"  # where it listens and what its URLs name (the Docker smoke test: the bridge's address)
 
-    def __init__(self) -> None:
+    def __init__(self, shards: int = 1) -> None:
+        self.shard_count = shards  # what GET /gateway/bot recommends
+        self.sync_delay = 0.0  # seconds a command sync takes (a wider window for two processes syncing at once)
         self._ids = itertools.count(1)
         self.app_id = self.snowflake()
         self.bot_user = User(self.app_id, "Improbable")
@@ -193,10 +208,13 @@ class FakeDiscord(Webhooks):
         self.commands: dict[str, dict] = {}
         self.history_reads = 0  # GET /channels/{id}/messages answered (channel history read by the bot)
         self.application_flags = 1 << 19  # READY's application flags: the Message Content intent (limited)
-        self.identify: dict | None = None
+        self.identify: dict | None = None  # the last IDENTIFY
+        self.identifies: dict[tuple[int, int], dict] = {}  # (shard id, count) -> its last IDENTIFY
+        self.delivered: list[tuple[int, str, int | None]] = []  # (shard id, event, guild id) per event sent
         self.cond = threading.Condition()
         self._ws: set[web.WebSocketResponse] = set()
-        self._seq = 0
+        self._shards: dict[web.WebSocketResponse, tuple[int, int]] = {}  # a session's shard (id, count)
+        self._seq: dict[web.WebSocketResponse, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self.rate_limit = 0  # requests a second across all routes, as Discord's global limit (0: none)
@@ -214,6 +232,8 @@ class FakeDiscord(Webhooks):
             [Channel(self.channel_id, "general", gid), Channel(self.other_channel_id, "posts", gid)],
             {u.id: () for u in (self.owner, self.alice, self.bob, self.carol, self.bot_user)}, primary=True)
         self.guild2_id = g2 = self.snowflake()
+        if guild_shard(g2, 2) == guild_shard(gid, 2):  # the next millisecond's id: the other shard of 2
+            self.guild2_id = g2 = g2 + (1 << 22)
         self.mod_role2 = self.snowflake()
         self.lobby_id, self.readonly_id, self.hidden_id = self.snowflake(), self.snowflake(), self.snowflake()
         self.dave = User(self.snowflake(), "dave")
@@ -472,37 +492,65 @@ class FakeDiscord(Webhooks):
                 if op == 1:  # acknowledged a moment later: discord.py notes the send time after sending
                     asyncio.get_running_loop().call_later(0.05, self._ack, ws)
                 elif op == 2:
-                    with self.cond:
-                        self.identify = data["d"]
-                        self._seq = 0
-                        self.cond.notify_all()
-                    joined = [g for g in self.guilds.values() if g.joined]
-                    await self._send(ws, "READY", {
-                        "v": 10, "user": self._user(self.bot_user),
-                        "guilds": [{"id": str(g.id), "unavailable": True} for g in joined],
-                        "session_id": "fake-session", "resume_gateway_url": self.gateway_url,
-                        # GATEWAY_MESSAGE_CONTENT_LIMITED: the intent switched on for an app in < 100 servers
-                        "application": {"id": str(self.app_id), "flags": self.application_flags}, "shard": [0, 1],
-                        "private_channels": [], "relationships": []})
-                    for guild in joined:
-                        await self._send(ws, "GUILD_CREATE", self._guild(guild))
-                elif op == 6:
+                    await self._identified(ws, data["d"])
+                elif op == 6:  # the session's shard is in its id (see _identified)
+                    _, _, shard = str(data["d"].get("session_id", "")).partition("fake-session-")
+                    if shard:
+                        self._shards[ws] = tuple(int(n) for n in shard.split("-"))
                     await self._send(ws, "RESUMED", {})
         finally:
             self._ws.discard(ws)
+            self._shards.pop(ws, None)
+            self._seq.pop(ws, None)
         return ws
+
+    async def _identified(self, ws: web.WebSocketResponse, identify: dict) -> None:
+        """READY and a GUILD_CREATE per guild of the session's shard (IDENTIFY's `shard`, else [0, 1]); an
+        invalid shard is closed with 4010, as Discord does."""
+        shard_id, count = identify.get("shard") or (0, 1)
+        if not 0 <= shard_id < count:
+            self._error(f"IDENTIFY with an invalid shard {[shard_id, count]}")
+            await ws.close(code=4010, message=b"Invalid shard")
+            return
+        with self.cond:
+            self.identify = self.identifies[(shard_id, count)] = identify
+            self._shards[ws], self._seq[ws] = (shard_id, count), 0
+            self.cond.notify_all()
+        joined = [g for g in self.guilds.values() if g.joined and guild_shard(g.id, count) == shard_id]
+        await self._send(ws, "READY", {
+            "v": 10, "user": self._user(self.bot_user),
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in joined],
+            "session_id": f"fake-session-{shard_id}-{count}", "resume_gateway_url": self.gateway_url,
+            # GATEWAY_MESSAGE_CONTENT_LIMITED: the intent switched on for an app in < 100 servers
+            "application": {"id": str(self.app_id), "flags": self.application_flags}, "shard": [shard_id, count],
+            "private_channels": [], "relationships": []})
+        for guild in joined:
+            await self._send(ws, "GUILD_CREATE", self._guild(guild))
+
+    def shards_connected(self) -> list[tuple[int, int]]:
+        """The (shard id, count) of every session that has identified, sorted."""
+        with self.cond:
+            return sorted(self._shards.values())
 
     def _ack(self, ws: web.WebSocketResponse) -> None:
         if not ws.closed:
             asyncio.ensure_future(ws.send_str(json.dumps({"op": 11, "d": None, "s": None, "t": None})))
 
     async def _send(self, ws: web.WebSocketResponse, event: str, data: dict) -> None:
-        self._seq += 1
-        await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}))
+        self._seq[ws] = seq = self._seq.get(ws, 0) + 1
+        await ws.send_str(json.dumps({"op": 0, "t": event, "s": seq, "d": data}))
 
     async def _dispatch(self, event: str, data: dict) -> None:
+        """Send an event to the session of its guild's shard (a DM's: shard 0); a session that has not
+        identified yet gets everything."""
+        gid = data.get("id") if event in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE") else data.get("guild_id")
+        gid = None if gid is None else int(gid)
         for ws in list(self._ws):
-            await self._send(ws, event, data)
+            shard_id, count = self._shards.get(ws, (0, 1))
+            if guild_shard(gid, count) == shard_id:
+                with self.cond:
+                    self.delivered.append((shard_id, event, gid))
+                await self._send(ws, event, data)
 
     def dispatch(self, event: str, data: dict, before=None) -> None:
         """Send a gateway event from the test thread (`before()` runs on the fake's loop first)."""
@@ -844,7 +892,11 @@ class FakeDiscord(Webhooks):
             return _json({"id": str(self.app_id), "name": "Improbable", "description": "", "icon": None,
                           "bot_public": True, "bot_require_code_grant": False, "owner": self._user(self.owner),
                           "verify_key": "00", "flags": self.application_flags, "summary": "", "team": None})
+        if method == "GET" and p == ["gateway", "bot"]:
+            return _json({"url": self.gateway_url, "shards": self.shard_count, "session_start_limit": {
+                "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
         if method == "PUT" and p[0] == "applications" and p[-1] == "commands":
+            await asyncio.sleep(self.sync_delay)
             out = []
             with self.cond:
                 for cmd in payload or []:
