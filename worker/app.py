@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 GENERATE_QUEUE, TRAIN_QUEUE = "generate", "train"
 WORKER_KINDS = ("gpu", "cpu")
 GENERATE_QUEUES = (GENERATE_QUEUE, *(f"{GENERATE_QUEUE}.{kind}" for kind in WORKER_KINDS))
-TASK_NAMES = ("improbable.generate", "improbable.train", "improbable.dispatch_schedules", "improbable.post_scheduled",
-              "improbable.requeue_orphaned_runs", "improbable.sweep_retention")
+TASK_NAMES = ("improbable.generate", "improbable.train", "improbable.dispatch_schedules", "improbable.dispatch_batch",
+              "improbable.post_scheduled", "improbable.requeue_orphaned_runs", "improbable.sweep_retention")
 
 
 def kind_queue(kind: str) -> str:
@@ -66,6 +66,7 @@ def routes(generate_queue: str = GENERATE_QUEUE) -> dict:
         "improbable.generate": {"queue": generate_queue},
         "improbable.post_scheduled": {"queue": generate_queue},  # it generates, so it runs where the models are
         "improbable.dispatch_schedules": {"queue": GENERATE_QUEUE},  # cheap SQL; any generate worker will do
+        "improbable.dispatch_batch": {"queue": GENERATE_QUEUE},  # (a share of a big tick, claimed in parallel)
         "improbable.requeue_orphaned_runs": {"queue": GENERATE_QUEUE},  # (a busy trainer could not take it)
         "improbable.sweep_retention": {"queue": GENERATE_QUEUE},  # SQL, storage and the result backend
         "improbable.train": {"queue": TRAIN_QUEUE},

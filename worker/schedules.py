@@ -147,29 +147,43 @@ def due_slots(session, now: datetime) -> list[tuple[int, datetime]]:
     return due
 
 
-def dispatch(now: datetime | None = None, batch: int = DISPATCH_BATCH) -> list[tuple[int, str]]:
+def dispatch(now: datetime | None = None, batch: int = DISPATCH_BATCH, fan_out: bool = False) -> list[tuple[int, str]]:
     """Claim every due slot and enqueue its post. Returns the (schedule id, slot) pairs this call claimed.
 
     Claims go `batch` at a time (one statement each, db.schedules.claim_slots), and each batch's posts are
-    enqueued before the next is claimed. Posts due together are spread out: each batch reserves its start
-    times on the deployment's shared timeline (core.ratelimit, IMPROBABLE_SCHEDULE_POSTS_PER_SECOND) and its
-    posts get Celery countdowns one step apart from there, so a burst never queues on the REST budget."""
+    enqueued before the next is claimed. With `fan_out` (beat's task) only the first batch is claimed here:
+    the others go to the generate workers as improbable.dispatch_batch jobs, claimed and enqueued in parallel,
+    so that thousands of due slots never hold one beat tick. A batch that is lost before its claim is simply
+    due again at the next tick."""
+    from .app import enqueue, is_eager
+
+    with get_sessionmaker()() as session:
+        due = due_slots(session, as_utc(now or utcnow()))
+    if fan_out and not is_eager():
+        for start in range(batch, len(due), batch):
+            enqueue("improbable.dispatch_batch", [[s, slot.isoformat()] for s, slot in due[start:start + batch]])
+        due = due[:batch]
+    return [claimed for start in range(0, len(due), batch) for claimed in dispatch_batch(due[start:start + batch])]
+
+
+def dispatch_batch(due: list[tuple[int, datetime]]) -> list[tuple[int, str]]:
+    """Claim these (schedule id, slot) pairs in one statement and enqueue the posts of those won.
+
+    Posts due together are spread out: the batch reserves its start times on the deployment's shared timeline
+    (core.ratelimit, IMPROBABLE_SCHEDULE_POSTS_PER_SECOND) and its posts get Celery countdowns one step apart
+    from there, so a burst never queues on the REST budget and later batches follow on."""
     from .app import enqueue
 
-    now = as_utc(now or utcnow())
     settings = get_settings()
     rate = settings.schedule_posts_per_second
-    claimed = []
     with get_sessionmaker()() as session:
-        due = due_slots(session, now)
-        for start in range(0, len(due), batch):
-            won = claim_slots(session, due[start:start + batch])
-            first, reserved = budget_for(settings).reserve(len(won), rate), time.monotonic()
-            for i, (schedule_id, slot) in enumerate(won):
-                claimed.append((schedule_id, slot.isoformat()))
-                countdown = first + i / rate - (time.monotonic() - reserved)  # from the reservation, not now
-                enqueue("improbable.post_scheduled", schedule_id, slot.isoformat(), countdown=max(0.0, countdown))
-    return claimed
+        won = claim_slots(session, [(int(s), as_utc(slot if isinstance(slot, datetime) else
+                                                    datetime.fromisoformat(slot))) for s, slot in due])
+    first, reserved = budget_for(settings).reserve(len(won), rate), time.monotonic()
+    for i, (schedule_id, slot) in enumerate(won):
+        countdown = first + i / rate - (time.monotonic() - reserved)  # from the reservation, not from now
+        enqueue("improbable.post_scheduled", schedule_id, slot.isoformat(), countdown=max(0.0, countdown))
+    return [(schedule_id, slot.isoformat()) for schedule_id, slot in won]
 
 
 def _call(method: str, path: str, body: dict | None, *, timeout: float = 10.0, shown: str | None = None,

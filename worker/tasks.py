@@ -30,7 +30,13 @@ improbable.train(run_id: int) — queue `train`
     A redelivered job (trainer killed) resumes from the run's last checkpoint in storage.
 
 improbable.dispatch_schedules(now_iso: str | None = None) — run by beat every minute
-    Claims every due (schedule, slot) exactly once and enqueues improbable.post_scheduled for each.
+    Claims every due (schedule, slot) exactly once and enqueues improbable.post_scheduled for each, spread
+    out at IMPROBABLE_SCHEDULE_POSTS_PER_SECOND (Celery countdowns). Past 500 due slots, the rest go out as
+    improbable.dispatch_batch jobs of 500.
+    result: [[schedule_id, slot_iso], ...] claimed by this call.
+
+improbable.dispatch_batch(due: [[schedule_id, slot_iso], ...]) — queue `generate`
+    Claims these slots (those still unclaimed) and enqueues their posts, as dispatch_schedules does.
     result: [[schedule_id, slot_iso], ...] claimed by this call.
 
 improbable.requeue_orphaned_runs() — run by beat every minute
@@ -196,7 +202,14 @@ def dispatch_schedules(now_iso: str | None = None) -> list:
 
     from .schedules import dispatch
 
-    return dispatch(datetime.fromisoformat(now_iso) if now_iso else None)
+    return dispatch(datetime.fromisoformat(now_iso) if now_iso else None, fan_out=True)
+
+
+@app.task(name="improbable.dispatch_batch", acks_late=False, soft_time_limit=50, time_limit=55, **RETRY)
+def dispatch_batch(due: list) -> list:
+    from .schedules import dispatch_batch as claim_and_enqueue
+
+    return claim_and_enqueue([(int(s), slot) for s, slot in due])
 
 
 @app.task(name="improbable.requeue_orphaned_runs", acks_late=False, soft_time_limit=50, time_limit=55, **RETRY)

@@ -108,11 +108,11 @@ def _dispatch_here(now: datetime) -> list:
     return [list(c) for c in dispatch(now)]
 
 
-def _due_schedules(n: int, minute_ago: datetime) -> list[int]:
+def _due_schedules(n: int, minute_ago: datetime, channel: int = 900) -> list[int]:
     with db.session_scope() as session:
         alice = get_persona(session, "alice", None)
-        ids = [create_schedule(session, alice, guild_id=7, channel_id=900 + i, interval_seconds=60).id
-               for i in range(n)]
+        ids = [create_schedule(session, alice, guild_id=7, channel_id=channel + i, interval_seconds=60,
+                               prompt="The Queen", params={"max_tokens": 30}).id for i in range(n)]
         session.execute(update(Schedule).where(Schedule.id.in_(ids)).values(created_at=minute_ago))
     return ids
 
@@ -189,3 +189,36 @@ def test_two_posts_making_a_channels_webhook_at_once_keep_one(services):
         assert [r.method for r in fake.sent(path_part="/webhooks")] == ["POST", "DELETE"]
     finally:
         fake.stop()
+
+
+def test_a_big_tick_fans_out_to_the_workers(services, checkpoint_id, generate_worker):
+    """60 due slots, 25 a batch: beat's tick claims the first batch itself and hands the other two to the
+    generate workers (improbable.dispatch_batch), which claim them and enqueue their posts: 60 posts, one each."""
+    import redis
+
+    from core.ratelimit import PREFIX
+    from db.models import SchedulePost
+    from tests.environment import wait_until
+    from worker.schedules import dispatch
+
+    redis.Redis.from_url(services.env["IMPROBABLE_BROKER_URL"]).delete(f"{PREFIX}cursor:schedules")
+    now = datetime.now(UTC)
+    ids = _due_schedules(60, now - timedelta(minutes=5), channel=2000)
+    try:
+        here = [s for s, _ in dispatch(now, batch=25, fan_out=True) if s in ids]
+        assert 0 < len(here) <= 25  # (earlier tests' schedules may be due too, and come first)
+
+        def posted() -> int:
+            with db.session_scope() as session:
+                return session.query(SchedulePost).filter(SchedulePost.schedule_id.in_(ids),
+                                                          SchedulePost.status == PostStatus.POSTED).count()
+
+        wait_until(lambda: posted() == 60, 60, "60 scheduled posts")
+        assert dispatch(now, batch=25, fan_out=True) == []  # nothing left to claim
+        time.sleep(0.5)
+        messages = [p["path"] for p in services.discord.posts if p["path"].endswith("/messages")
+                    and 2000 <= int(p["path"].split("/")[-2]) < 2060]
+        assert sorted(messages) == [f"/api/v10/channels/{2000 + i}/messages" for i in range(60)]  # each once
+    finally:
+        with db.session_scope() as session:
+            session.execute(update(Schedule).where(Schedule.id.in_(ids)).values(enabled=False))
