@@ -128,15 +128,16 @@ def result_view(generation_id: int, user_id: int | None) -> discord.ui.View:
 
 async def show_info(interaction: discord.Interaction, generation_id: int) -> None:
     """Info: an ephemeral summary of how the text was made (service.controls.generation_info), with the
-    probability picture attached (bot/pictures.py)."""
+    probability picture attached (bot/pictures.py). Acknowledged first: drawing takes a moment, longer on a
+    busy host, and Discord drops an interaction not answered within 3 s."""
+    await replies.defer(interaction, ephemeral=True)
     try:
         info = await asyncio.to_thread(service.controls.generation_info, generation_id, actor_of(interaction))
     except service.policy.UserError as e:
         await replies.fail(interaction, user_error(e))
         return
     picture = await picture_file(generation_id, actor_of(interaction))
-    await interaction.response.send_message(generation_info(info), ephemeral=True, files=[picture] if picture else [],
-                                            allowed_mentions=replies.NO_MENTIONS)
+    await replies.send(interaction, generation_info(info), attachments=[picture] if picture else [])
 
 
 async def report_result(interaction: discord.Interaction, generation_id: int) -> None:
