@@ -81,7 +81,8 @@ EVENT_LOOP_LAG = Histogram("improbable_event_loop_lag_seconds", f"How late the p
                            "handlers held the loop.", buckets=LAG_BUCKETS)
 
 METRIC_NAMES = (  # what /metrics shows (tests and the README list them)
-    "improbable_build_info", "improbable_worker_info", "improbable_jobs_enqueued_total", "improbable_jobs_total", "improbable_jobs_in_progress",
+    "improbable_build_info", "improbable_worker_info", "improbable_jobs_enqueued_total", "improbable_jobs_total",
+    "improbable_jobs_in_progress",
     "improbable_job_duration_seconds", "improbable_generate_latency_seconds", "improbable_generated_tokens_total",
     "improbable_generate_tokens_per_second", "improbable_checkpoint_cache_requests_total",
     "improbable_checkpoint_cache_entries", "improbable_bot_interactions_total",

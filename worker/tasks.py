@@ -69,10 +69,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError as SQLOperationalError
 
+from core import metrics
 from core.contracts import GenerateRequest, GenerateResult
 from core.settings import get_settings
-
-from core import metrics
 
 from .app import GENERATE_QUEUE, GENERATE_QUEUES, app, kind_queue
 from .schedules import DiscordUnavailable
