@@ -44,6 +44,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,7 +77,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4],
                         help="generate worker processes, measured at the largest --guilds (none: skipped)")
     parser.add_argument("--gen-seconds", type=float, default=20.0)
-    parser.add_argument("--gen-concurrency", type=int, default=16)
+    parser.add_argument("--gen-concurrency", type=int, default=32)
     parser.add_argument("--worker-threads", type=int, default=8, help="celery -c of each generate worker")
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--members", type=int, default=5, help="members announced per server besides owner and bot")
@@ -85,6 +86,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--out", type=Path, default=RESULTS / "load.json")
+    parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "improbable-load",
+                        help="the processes' logs (emptied first)")
     return parser.parse_args()
 
 
@@ -190,6 +193,13 @@ def start_bot(stack: Stack) -> dict:
 
 
 # -- measuring --------------------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used, from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def memory_mb(pid: int) -> tuple[float, float]:
     """(resident, peak resident) of a process in MB, from /proc."""
@@ -332,9 +342,9 @@ def step(stack: Stack, traffic: Traffic, rate: float, seconds: float, grace: flo
     fake, bot = stack.fake, stack.bot
     marks = (len(fake.errors), len(fake.acks), len(fake.finished), len(fake.sent_interactions), len(fake.requests))
     errors_before, _, log_at = log_errors(bot, bot.log_path.stat().st_size)
-    before = scrape(stack.metrics_port)
+    before, cpu, own = scrape(stack.metrics_port), cpu_seconds(bot.proc.pid), cpu_seconds(os.getpid())
     sent, elapsed = fake.run_on_loop(traffic.drive(rate, seconds)).result(seconds + 120)
-    after = scrape(stack.metrics_port)
+    after, cpu, own = scrape(stack.metrics_port), cpu_seconds(bot.proc.pid) - cpu, cpu_seconds(os.getpid()) - own
     time.sleep(grace)
     acks = [t for _, t in fake.acks[marks[1]:]]
     finished = [t for _, t in fake.finished[marks[2]:]]
@@ -347,7 +357,10 @@ def step(stack: Stack, traffic: Traffic, rate: float, seconds: float, grace: flo
         - counter(before, "improbable_bot_interactions_total", outcome="error")
     fake_errors = fake.errors[marks[0]:]
     row = {"rate": rate, "events_sent": sum(sent.values()), "sent_per_s": round(sum(sent.values()) / elapsed, 1),
-           "events_received": int(received), **lag_stats(before, after),
+           "events_received": int(received), "bot_cpu_pct": round(100 * cpu / elapsed, 1),
+           "bot_cpu_ms_per_event": round(1000 * cpu / max(received, 1), 2),
+           "fake_cpu_pct": round(100 * own / elapsed, 1), "load_average": os.getloadavg()[0],
+           **lag_stats(before, after),
            "ack_p50_s": pct(acks, 50), "ack_p99_s": pct(acks, 99), "interactions": len(acks) + unanswered,
            "texts_finished": len(finished), "text_p95_s": pct(finished, 95),
            "rest_requests": len(fake.requests) - marks[4],
@@ -397,8 +410,9 @@ def fake_for(args: argparse.Namespace, n: int) -> FakeLoad:
 def run_guilds(args: argparse.Namespace, n: int, work: Path, model: bytes, generate: bool) -> dict:
     fake = fake_for(args, n)
     database_url, drop = postgres_schema(args.postgres)
-    logs = work / f"logs-{n}"
-    logs.mkdir()
+    logs = args.logs / str(n)
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
     redis_proc, redis_url = start_redis(logs, "redis")
     storage = work / f"storage-{n}"
     database_url = database_url or f"sqlite:///{work / f'load-{n}.db'}"
@@ -413,7 +427,8 @@ def run_guilds(args: argparse.Namespace, n: int, work: Path, model: bytes, gener
         print(f"{n} servers ({with_ambient} with ambient replies): starting the bot", flush=True)
         result = {"guilds": n, "servers_with_ambient": with_ambient, "database": database_url.split(":")[0],
                   **start_bot(stack)}
-        print(f"  ready in {result['startup_s']} s on {result['shards']} shard(s), RSS {result['rss_mb_at_ready']} MB",
+        print(f"  ready in {result['startup_s']} s on {result['shards']} shard(s), RSS {result['rss_mb_at_ready']} MB, "
+              f"pid {stack.bot.proc.pid}",
               flush=True)
         rng = random.Random(args.seed)
         ambient = [g.channels[0].id for g in fake.load_guilds[:with_ambient]]
@@ -457,7 +472,7 @@ def report(runs: dict, args: argparse.Namespace, machine: dict) -> None:
         print_table(f"{n} servers: start-up {run['startup_s']} s ({run['shards']} shard(s), IDENTIFY waits "
                     f"{run['identify_waits_s']} s), RSS {run['rss_mb_at_ready']} MB at ready, "
                     f"{run['rss_mb_at_end']} MB at the end (peak {run['peak_rss_mb']} MB)",
-                    [{k: r.get(k) for k in ("rate", "sent_per_s", "events_received", "lag_p50_ms", "lag_p99_ms",
+                    [{k: r.get(k) for k in ("rate", "sent_per_s", "events_received", "bot_cpu_pct", "bot_cpu_ms_per_event", "lag_p50_ms", "lag_p99_ms",
                                             "lag_le_100ms_pct", "ack_p50_s", "ack_p99_s", "texts_finished",
                                             "text_p95_s", "rest_requests", "refused", "errors")}
                      for r in run["rates"]])
