@@ -2,60 +2,30 @@
 continues the topic, then each answers the other's last text (service/dialogue.py builds the turns). Each turn
 is one message in the channel, posted as its persona (`turn_output`), with the result buttons (Info, Report…)
 of an ordinary generation. The whole dialogue is admitted at once by the cost of all its turns (bot.limits),
-and held until the last turn ends. The member must be able to post in the channel themselves."""
+and held until the last turn ends. The member must be able to post in the channel themselves. A dialogue that
+a bot restart interrupts is not resumed: it ends with a note saying so (`end_interrupted_dialogues`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 
 import discord
 from discord import app_commands
-from discord.utils import MISSING
 
 import service.dialogue
 import service.policy
 from bot import replies
 from bot.autocomplete import persona_autocomplete
-from bot.formatting import Rendered, user_error
+from bot.formatting import user_error
 from bot.limits import Claim, Refusal, actor_of, generate_limits, member_may_post
-from bot.streaming import NO_MENTIONS, Output, _files, run_generation
+from bot.streaming import NO_MENTIONS, ChannelOutput, Output, run_generation
 from bot.views import result_view
 from bot.webhooks import output_for
 from core.markdown import escape
 from service.dialogue import DEFAULT_TURNS, MAX_TURNS, MIN_TURNS
 
-
-class ChannelOutput(Output):
-    """A new message of the bot in a channel (not a reply), created on the first edit. The persona's name leads
-    it (render_generation's header), so a turn posted as the bot still says whose it is."""
-
-    def __init__(self, channel: discord.abc.Messageable, channel_id: int):
-        self.channel, self.channel_id = channel, channel_id
-        self.message: discord.Message | None = None
-
-    def where(self) -> dict:
-        return {"channel_id": self.channel_id}  # not reopened by a restarted bot: the dialogue stops there
-
-    async def edit(self, rendered: Rendered, view: discord.ui.View | None = MISSING) -> int | None:
-        if self.message is None:
-            extra = {"view": view} if isinstance(view, discord.ui.View) else {}
-            self.message = await self.channel.send(rendered.content, files=_files(rendered),
-                                                   allowed_mentions=NO_MENTIONS, **extra)
-            if self.on_posted is not None:
-                self.on_posted(self.message.id)
-        else:
-            self.message = await self.message.edit(content=rendered.content, attachments=_files(rendered),
-                                                   view=view, allowed_mentions=NO_MENTIONS)
-        self.shown, self.last = True, rendered.content
-        return self.message.id
-
-    async def error(self, message: str) -> None:
-        with contextlib.suppress(discord.HTTPException):
-            if self.message is not None:
-                await self.message.edit(content=self.stopped(message), view=None, allowed_mentions=NO_MENTIONS)
-            else:
-                await self.channel.send(f"⚠️ {message}", allowed_mentions=NO_MENTIONS)
+log = logging.getLogger(__name__)
 
 
 async def turn_output(bot, interaction: discord.Interaction, request) -> Output:
@@ -109,10 +79,27 @@ async def run_dialogue(bot, interaction: discord.Interaction, dialogue: service.
                        actor: service.policy.Actor, claim: Claim) -> list[int]:
     """Post the turns one after another, each prompted with the previous turn's text; the generation ids.
     Every turn's job runs under the dialogue's claim (its own claim, of no cost, only names the job); a turn
-    that fails ends the dialogue there."""
-    previous: str | None = None
+    that fails ends the dialogue there. The dialogue is kept in SQL while it runs (by its claim's id): a bot
+    stopped meanwhile leaves it there, and its next start ends it with a note (`end_interrupted_dialogues`)."""
     done: list[int] = []
+    await _kept(service.dialogue.remember_dialogue, claim.id, dialogue, interaction.guild_id, interaction.channel_id)
+    stopping = False
+    try:
+        await _post_turns(bot, interaction, dialogue, actor, claim, done)
+    except asyncio.CancelledError:
+        stopping = True
+        raise
+    finally:
+        if not stopping:
+            await _kept(service.dialogue.forget_dialogue, claim.id)
+    return done
+
+
+async def _post_turns(bot, interaction: discord.Interaction, dialogue: service.dialogue.Dialogue,
+                      actor: service.policy.Actor, claim: Claim, done: list[int]) -> None:
+    previous: str | None = None
     for turn in range(dialogue.turns):
+        await _kept(service.dialogue.turn_started, claim.id, turn)
         try:
             request = await asyncio.to_thread(service.dialogue.turn_request, dialogue, turn, previous, actor)
         except service.policy.UserError as e:  # a persona retired or disabled meanwhile
@@ -126,7 +113,41 @@ async def run_dialogue(bot, interaction: discord.Interaction, dialogue: service.
             break
         done.append(gid)
         previous = await asyncio.to_thread(service.dialogue.turn_text, gid)
-    return done
+
+
+async def _kept(call, *args) -> None:
+    """Keep the dialogue's row up to date, best effort: without the database the dialogue still runs (a
+    restart then stops it without a note)."""
+    try:
+        await asyncio.to_thread(call, *args)
+    except Exception as e:  # noqa: BLE001 - the database being away must not fail the dialogue
+        log.warning("could not keep dialogue %s for a restart: %s", args[0], e)
+
+
+def interrupted_note(row: service.dialogue.Interrupted) -> str:
+    where = f"at turn {row.started} of {row.turns}" if row.started else "before its first turn"
+    return (f"⚠️ The bot restarted while posting this dialogue of {escape(row.speakers)}, so it stops {where}. "
+            "Run `/dialogue` again for a new one.")
+
+
+async def end_interrupted_dialogues(bot) -> int:
+    """At start-up: each dialogue an earlier run of the bot was posting when it stopped (on this process's
+    shards) ends with a note in its channel, and its claim on the limits is released. It is not resumed; its
+    interrupted turn is finished like any generation in flight (bot/resume.py). Returns how many."""
+    try:
+        rows = await asyncio.to_thread(service.dialogue.interrupted_dialogues, bot.settings.shards)
+    except Exception as e:  # noqa: BLE001 - the database being away must not keep the bot from starting
+        log.warning("could not read the dialogues being posted before the restart: %s", e)
+        return 0
+    for row in rows:
+        channel = bot.get_partial_messageable(row.channel_id, guild_id=row.guild_id)
+        try:
+            await channel.send(interrupted_note(row), allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as e:
+            log.warning("could not end dialogue %s with a note: %s", row.id, e)
+        await bot.limits.release(Claim(row.id, 0.0))
+        await _kept(service.dialogue.forget_dialogue, row.id)
+    return len(rows)
 
 
 COMMANDS = (dialogue_command,)

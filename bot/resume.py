@@ -13,9 +13,11 @@ import logging
 import discord
 
 import service.generation
+from bot.dialogue import end_interrupted_dialogues
 from bot.jobs import GENERATE
 from bot.limits import Claim
-from bot.streaming import Buttons, InteractionOutput, ReplyOutput, follow_generation, in_background
+from bot.streaming import Buttons, ChannelOutput, InteractionOutput, ReplyOutput, follow_generation, in_background
+from bot.webhooks import reopen as reopen_as_persona
 
 log = logging.getLogger(__name__)
 RESUME_GRACE_SECONDS = 10.0  # how long a restarted bot looks for the outcome of a job older than its timeout
@@ -42,16 +44,23 @@ class ReopenedInteractionOutput(InteractionOutput):
         return await self.webhook.edit_message(self.message_id, **fields)
 
 
-def reopen(bot, row: service.generation.InFlight) -> ReopenedInteractionOutput | ReplyOutput | None:
+def reopen(bot, row: service.generation.InFlight) -> ReopenedInteractionOutput | ReplyOutput | ChannelOutput | None:
     """The message of a job remembered by an earlier run of the bot, or None when it cannot be edited any
-    more (an interaction token expires after 15 minutes)."""
+    more (an interaction token expires after 15 minutes) or was never posted (a dialogue's turn). A message
+    posted as the persona is reopened through its webhook (bot.webhooks.reopen)."""
     if row.interaction_token:
         if row.age > bot.settings.liveness.token_lifetime:
             return None
         return ReopenedInteractionOutput(bot, row.interaction_token)
-    if row.channel_id is None or row.reply_to is None:
+    if row.channel_id is None:
         return None
     channel = bot.get_partial_messageable(row.channel_id, guild_id=row.guild_id)
+    if row.reply_to is None:  # a new message in the channel, once posted
+        if row.message_id is None:
+            return None
+        output = ChannelOutput(channel, row.channel_id)
+        output.message = channel.get_partial_message(row.message_id)
+        return output
     output = ReplyOutput(channel.get_partial_message(row.reply_to), author_id=bot.user.id)
     if row.message_id is not None:
         output.reply = channel.get_partial_message(row.message_id)
@@ -68,6 +77,7 @@ async def resume_generations(bot, buttons: Buttons) -> int:
     except Exception as e:  # noqa: BLE001 - the database being away must not keep the bot from starting
         log.warning("could not read the generations in flight before the restart: %s", e)
         return 0
+    in_background(end_interrupted_dialogues(bot))
     for row in rows:
         in_background(_resume(bot, row, buttons))
     if rows:
@@ -77,8 +87,8 @@ async def resume_generations(bot, buttons: Buttons) -> int:
 
 
 async def _resume(bot, row: service.generation.InFlight, buttons: Buttons) -> None:
-    output = reopen(bot, row)
     try:
+        output = await reopen_as_persona(bot, row) if row.webhook_id is not None else reopen(bot, row)
         if output is None:
             log.info("generation %s: its message can no longer be edited", row.task_id)
         elif await _recalled(output):

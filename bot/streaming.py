@@ -1,8 +1,9 @@
 """Running one generate job for Discord: enqueue, show the queue position and the text as it arrives
 (edits at least `bot_stream_interval` seconds apart), then the result with its buttons.
 
-An `Output` is where the text goes: the deferred response of an interaction, a reply to a message, or a
-message posted as the persona through a channel webhook (bot/webhooks.py chooses).
+An `Output` is where the text goes: the deferred response of an interaction, a reply to a message, a new
+message in a channel, or a message posted as the persona through a channel webhook (bot/webhooks.py chooses).
+Each says where its message is, so that a restarted bot reopens it (bot/resume.py) and finishes the text.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def _files(rendered: Rendered) -> list[discord.File]:
 class Output:
     shown = False  # whether text (not just "thinking…") is visible
     last = ""  # the content shown last
-    on_posted: Callable[[int], None] | None = None  # told the message id when the message is first created
+    # told the message id when the message is first created (and the channel webhook's id, when posted by one)
+    on_posted: Callable[..., None] | None = None
 
     def where(self) -> dict:
         """Where the message is, as service.generation.remember_in_flight takes it (a restarted bot
@@ -133,6 +135,43 @@ class ReplyOutput(Output):
                 await self.source.reply(f"⚠️ {message}", allowed_mentions=NO_MENTIONS, mention_author=False)
 
 
+class ChannelOutput(Output):
+    """A new message of the bot in a channel (not a reply), created on the first edit. The persona's name leads
+    it (render_generation's header), so a turn posted as the bot still says whose it is."""
+
+    def __init__(self, channel: discord.abc.Messageable, channel_id: int):
+        self.channel, self.channel_id = channel, channel_id
+        self.message: discord.Message | discord.PartialMessage | None = None
+
+    def where(self) -> dict:
+        return {"channel_id": self.channel_id}  # and on_posted notes the message (a restarted bot reopens it)
+
+    async def recall(self) -> None:
+        if self.message is not None:
+            self.message = await self.message.fetch()
+            self.shown, self.last = True, self.message.content
+
+    async def edit(self, rendered: Rendered, view: discord.ui.View | None = MISSING) -> int | None:
+        if self.message is None:
+            extra = {"view": view} if isinstance(view, discord.ui.View) else {}
+            self.message = await self.channel.send(rendered.content, files=_files(rendered),
+                                                   allowed_mentions=NO_MENTIONS, **extra)
+            if self.on_posted is not None:
+                self.on_posted(self.message.id)
+        else:
+            self.message = await self.message.edit(content=rendered.content, attachments=_files(rendered),
+                                                   view=view, allowed_mentions=NO_MENTIONS)
+        self.shown, self.last = True, rendered.content
+        return self.message.id
+
+    async def error(self, message: str) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            if self.message is not None:
+                await self.message.edit(content=self.stopped(message), view=None, allowed_mentions=NO_MENTIONS)
+            else:
+                await self.channel.send(f"⚠️ {message}", allowed_mentions=NO_MENTIONS)
+
+
 class WebhookOutput(Output):
     """A message posted as a persona through a channel webhook (bot/webhooks.py), created on the first edit
     and edited through the webhook's own edit-message endpoint (the bot's token may not edit it).
@@ -149,9 +188,17 @@ class WebhookOutput(Output):
         self.message: discord.WebhookMessage | None = None
         self.fell_back = False
 
+    message_id: int | None = None  # the message a restarted bot reopens (bot.webhooks.reopen)
+
     def where(self) -> dict:
-        # not reopened by a restarted bot: the webhook's token is not kept with the job
-        return {"channel_id": self.channel_id}
+        # until the persona's message is posted, the fallback's message is the one a restarted bot reopens;
+        # then on_posted notes the message and the webhook (whose token stays with the persona's webhooks)
+        return self.fallback.where()
+
+    async def recall(self) -> None:
+        """What the persona's message (`message_id`) shows now, for a restarted bot to finish it."""
+        self.message = await self.webhook.fetch_message(self.message_id)
+        self.shown, self.last = True, self.message.content
 
     async def _post(self, rendered: Rendered, view: discord.ui.View | None) -> discord.WebhookMessage:
         extra = {"view": view} if isinstance(view, discord.ui.View) else {}
@@ -175,7 +222,7 @@ class WebhookOutput(Output):
                 await self._use_fallback()
                 return await self.fallback.edit(rendered, view)
             if self.on_posted is not None:
-                self.on_posted(self.message.id)
+                self.on_posted(self.message.id, self.webhook.id)
             if self.interaction is not None:  # the persona's message replaces the bot's "thinking…"
                 in_background(_delete_original(self.interaction))
         else:
@@ -327,8 +374,8 @@ async def _remember(output: Output, task_id: str, request: service.generation.Pr
         log.warning("could not remember generate job %s for a restart: %s", task_id, e)
         return
 
-    def posted(message_id: int) -> None:
-        in_background(asyncio.to_thread(service.generation.placed_in_flight, task_id, message_id))
+    def posted(message_id: int, webhook_id: int | None = None) -> None:
+        in_background(asyncio.to_thread(service.generation.placed_in_flight, task_id, message_id, webhook_id))
 
     output.on_posted = posted
 

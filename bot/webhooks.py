@@ -14,7 +14,8 @@ The webhooks are created by the bot, so they are owned by the application: their
 result buttons, and clicks on them reach the bot as on any message (bot/views.py); Regenerate and More
 improbable edit the clicked message through the interaction, Delete removes it through the interaction too
 (the bot is not the author of a webhook's message). Streaming edits of a result go through the webhook's
-edit-message endpoint (bot.streaming.WebhookOutput).
+edit-message endpoint (bot.streaming.WebhookOutput); a restarted bot finishes a text it was writing there
+through the same webhook (`reopen`).
 
 Every persona's name carries the label " · AI" (core.avatar.webhook_name), part of the username: Discord
 shows its APP tag on webhook messages only sometimes. Text is escaped and sent with no mentions allowed, as
@@ -34,7 +35,7 @@ from discord.utils import MISSING
 
 import service.generation
 import service.webhooks
-from bot.streaming import NO_MENTIONS, Output, WebhookOutput, in_background
+from bot.streaming import NO_MENTIONS, ChannelOutput, Output, WebhookOutput, in_background
 from core.avatar import webhook_name
 from core.markdown import escape
 
@@ -141,6 +142,20 @@ async def output_for(bot, channel, request: service.generation.PreparedGeneratio
         return fallback
     return WebhookOutput(webhook, webhook_name(request.display_name), channel.id, fallback,
                          interaction=interaction, gone=_forget)
+
+
+async def reopen(bot, row: service.generation.InFlight) -> WebhookOutput | None:
+    """The persona's message of a job remembered by an earlier run of the bot (`row.webhook_id` posted
+    `row.message_id`), edited through that webhook again; None when the webhook is gone (its messages can no
+    longer be edited)."""
+    hook = await asyncio.to_thread(service.webhooks.hook_by_id, row.webhook_id)
+    if hook is None or row.channel_id is None:
+        return None
+    channel = bot.get_partial_messageable(row.channel_id, guild_id=row.guild_id)
+    output = WebhookOutput(_partial(bot, hook), webhook_name(row.request.display_name), row.channel_id,
+                           ChannelOutput(channel, row.channel_id), gone=_forget)
+    output.message_id = row.message_id
+    return output
 
 
 def _named(display_name: str, content: str) -> str:

@@ -39,6 +39,7 @@ __all__ = [
     "Generation",
     "GuildSettings",
     "GuildStatus",
+    "InflightDialogue",
     "InflightGeneration",
     "LearnedSource",
     "Persona",
@@ -243,9 +244,26 @@ class InflightGeneration(Base):
     interaction_token: Mapped[str | None] = mapped_column(String(500))
     reply_to: Mapped[int | None] = mapped_column(Snowflake)
     message_id: Mapped[int | None] = mapped_column(Snowflake)
+    # the persona's channel webhook that posted message_id (its token stays in persona_webhooks)
+    webhook_id: Mapped[int | None] = mapped_column(Snowflake)
     user_id: Mapped[int | None] = mapped_column(Snowflake)
     guild_id: Mapped[int | None] = mapped_column(Snowflake)
     request: Mapped[dict[str, Any]] = mapped_column(default=dict)  # service.generation.PreparedGeneration
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InflightDialogue(Base):
+    """A `/dialogue` being posted (bot/dialogue.py): where, between whom, and how many of its turns have
+    started. Deleted when it ends; a row left by a bot that died is ended with a note at the next start-up."""
+
+    __tablename__ = "inflight_dialogues"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the dialogue's claim on the limits
+    guild_id: Mapped[int | None] = mapped_column(Snowflake)
+    channel_id: Mapped[int] = mapped_column(Snowflake)
+    speakers: Mapped[str] = mapped_column(String(200))  # "Alice and Trump", as the note names them
+    turns: Mapped[int] = mapped_column(Integer)
+    started: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

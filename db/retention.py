@@ -20,6 +20,7 @@ from db.models import (
     Generation,
     GuildSettings,
     GuildStatus,
+    InflightDialogue,
     InflightGeneration,
     Persona,
     PersonaCorpus,
@@ -105,7 +106,8 @@ def purge_guild(guild_id: int) -> Purged:
         # its managers chose
         session.execute(delete(PersonaWebhook).where(PersonaWebhook.guild_id == guild_id))
         storage.delete_prefix(f"avatars/{guild_id}/")
-        for model, column in ((InflightGeneration, InflightGeneration.guild_id), (Schedule, Schedule.guild_id),
+        for model, column in ((InflightGeneration, InflightGeneration.guild_id),
+                              (InflightDialogue, InflightDialogue.guild_id), (Schedule, Schedule.guild_id),
                               (AmbientChannel, AmbientChannel.guild_id), (GuildSettings, GuildSettings.guild_id),
                               (Report, Report.guild_id), (TrainingRun, TrainingRun.guild_id)):
             session.execute(delete(model).where(column == guild_id))

@@ -40,6 +40,12 @@ def find(session, channel_id: int, persona_slug: str) -> Hook | None:
     return _hook(row)
 
 
+def by_id(session, webhook_id: int) -> Hook | None:
+    """One of the bot's webhooks by its id (not marked as used); None when it is gone."""
+    row = session.scalars(select(PersonaWebhook).where(PersonaWebhook.webhook_id == webhook_id)).first()
+    return None if row is None else _hook(row)
+
+
 def avatar_key(guild_id: int, persona_slug: str) -> str:
     """Storage key of the avatar a server's manager chose for a persona (absent: drawn from its name)."""
     return f"avatars/{guild_id}/{persona_slug}.png"

@@ -4,14 +4,19 @@ This module resolves the two personas in the server (a disabled persona or one w
 builds each turn's generate request, says what the whole dialogue costs (core.cost units: the sum of its
 turns, admitted at once before the first turn), and reads back a turn's text. Each turn is an ordinary
 generate job, recorded as a generation row of its persona (so Info, Report and /privacy see it); bot/dialogue.py
-posts the turns."""
+posts the turns. A dialogue being posted is kept in SQL until it ends, so that a bot restarted meanwhile ends it
+with a note (it is not resumed: the turns are short, and running the command again is as quick)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
 
+from sqlalchemy import delete, select, update
+
+from core.shards import Shards
 from db import Generation, session_scope
+from db.models import InflightDialogue
 from service.errors import Code, UserError
 from service.generation import MAX_PROMPT_CHARS, PreparedGeneration, prepare_generation
 from service.lookup import find_trained_persona
@@ -94,3 +99,47 @@ def turn_text(generation_id: int) -> str:
     with session_scope() as session:
         gen = session.get(Generation, generation_id)
         return gen.output if gen is not None else ""
+
+
+# -- dialogues being posted (a restarted bot ends each with a note: bot/dialogue.py) ------------------------
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A dialogue that was still being posted when the bot last stopped."""
+
+    id: str
+    guild_id: int | None
+    channel_id: int
+    speakers: str
+    turns: int
+    started: int  # how many of its turns had started (the last one may have been finished after the restart)
+
+
+def remember_dialogue(dialogue_id: str, dialogue: Dialogue, guild_id: int | None, channel_id: int) -> None:
+    a, b = dialogue.speakers
+    with session_scope() as session:
+        session.add(InflightDialogue(id=dialogue_id, guild_id=guild_id, channel_id=channel_id,
+                                       speakers=f"{a.display_name} and {b.display_name}"[:200],
+                                       turns=dialogue.turns, started=0))
+
+
+def turn_started(dialogue_id: str, turn: int) -> None:
+    """Turn `turn` (0-based) is being posted."""
+    with session_scope() as session:
+        session.execute(update(InflightDialogue).where(InflightDialogue.id == dialogue_id)
+                        .values(started=turn + 1))
+
+
+def forget_dialogue(dialogue_id: str) -> None:
+    with session_scope() as session:
+        session.execute(delete(InflightDialogue).where(InflightDialogue.id == dialogue_id))
+
+
+def interrupted_dialogues(shards: Shards | None = None) -> list[Interrupted]:
+    """The dialogues of the servers on these shards (core.shards; None: every one) that a bot was posting when
+    it stopped, oldest first."""
+    shards = shards or Shards()
+    with session_scope() as session:
+        rows = session.scalars(select(InflightDialogue).order_by(InflightDialogue.created_at)).all()
+        return [Interrupted(r.id, r.guild_id, r.channel_id, r.speakers, r.turns, r.started) for r in rows
+                if shards.owns(r.guild_id)]

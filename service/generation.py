@@ -267,6 +267,7 @@ class InFlight:
     user_id: int | None
     guild_id: int | None
     created_at: datetime
+    webhook_id: int | None = None  # message_id was posted as the persona through this channel webhook
 
     @property
     def age(self) -> float:
@@ -288,12 +289,13 @@ def remember_in_flight(task_id: str, request: PreparedGeneration, *, channel_id:
             session.add(InflightGeneration(task_id=task_id, **values))
 
 
-def placed_in_flight(task_id: str, message_id: int) -> None:
-    """The job's message now exists (a reply is posted with its first text). A plain UPDATE: the row may
-    already be forgotten (the reply was the outcome, shown while this ran), which matches nothing."""
+def placed_in_flight(task_id: str, message_id: int, webhook_id: int | None = None) -> None:
+    """The job's message now exists (a reply is posted with its first text; `webhook_id`: posted as the persona
+    through that channel webhook). A plain UPDATE: the row may already be forgotten (the reply was the outcome,
+    shown while this ran), which matches nothing."""
     with session_scope() as session:
         session.execute(update(InflightGeneration).where(InflightGeneration.task_id == task_id)
-                        .values(message_id=message_id))
+                        .values(message_id=message_id, webhook_id=webhook_id))
 
 
 def forget_in_flight(task_id: str) -> None:
@@ -311,5 +313,5 @@ def in_flight_generations(shards: Shards | None = None) -> list[InFlight]:
         rows = session.scalars(select(InflightGeneration).order_by(InflightGeneration.created_at)).all()
         return [InFlight(task_id=r.task_id, request=PreparedGeneration(**r.request), channel_id=r.channel_id,
                          interaction_token=r.interaction_token, reply_to=r.reply_to, message_id=r.message_id,
-                         user_id=r.user_id, guild_id=r.guild_id, created_at=r.created_at) for r in rows
-                if shards.owns(r.guild_id)]
+                         user_id=r.user_id, guild_id=r.guild_id, created_at=r.created_at, webhook_id=r.webhook_id)
+                for r in rows if shards.owns(r.guild_id)]

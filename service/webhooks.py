@@ -11,6 +11,7 @@ from db.webhooks import (
     MAX_PER_CHANNEL,
     Hook,
     avatar_key,
+    by_id,
     chosen_avatar,
     find,
     forget,
@@ -22,13 +23,19 @@ from db.webhooks import (
 from service.errors import UserError
 from service.policy import Actor
 
-__all__ = ["MAX_PER_CHANNEL", "Hook", "avatar", "evictable", "forget_hook", "hook_for", "keep_hook",
+__all__ = ["MAX_PER_CHANNEL", "Hook", "avatar", "evictable", "forget_hook", "hook_by_id", "hook_for", "keep_hook",
            "note_avatar", "posts_as_persona", "choose_avatar"]
 
 
 def hook_for(channel_id: int, persona_slug: str) -> Hook | None:
     with session_scope() as session:
         return find(session, channel_id, persona_slug)
+
+
+def hook_by_id(webhook_id: int) -> Hook | None:
+    """A webhook of the bot's by its id (a restarted bot reopens a message it posted)."""
+    with session_scope() as session:
+        return by_id(session, webhook_id)
 
 
 def posts_as_persona(webhook_id: int) -> bool:
