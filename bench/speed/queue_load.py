@@ -12,6 +12,10 @@ a 2×256 char LSTM, 280 characters per job): p95 ≤ 0.5 s at 32 concurrent, agg
 256 concurrent jobs batched ≥ 200 wide. The worker runs with `--worker-threads` Celery threads (16, as
 docker-compose.yml): a generate task hands its job to the engine and returns, so the threads do not bound
 the batch (worker/serve/delivery.py).
+Side by side (--side-by-side, 128 and 256): the same N jobs straight into a worker.serve.engine.Engine in
+this process (same model, precision, int8 setting and intra-op threads as the worker's engine; no Redis, no
+Celery, no database), alternating with N jobs through the queue, --rounds times each; the queue's throughput
+over the engine's is the ratio (target ≥ 0.8: the queue may cost at most a fifth of what the engine can do).
 Serial jobs run alone, so with `--int8 auto` (the default setting) they step with int8 weights where that is
 faster: the serial baseline is then the fast single-stream path, not float32.
 
@@ -38,7 +42,7 @@ from pathlib import Path
 from bench.common import RESULTS, ROOT, load_corpus
 
 MODEL_DIR = RESULTS / "queue_model"
-TARGETS = {"p95_at_32_s": 0.5, "speedup_at_32": 20.0, "batch_at_256": 200}
+TARGETS = {"p95_at_32_s": 0.5, "speedup_at_32": 20.0, "batch_at_256": 200, "queue_vs_engine": 0.8}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -165,6 +169,93 @@ def run_concurrent(enqueue, checkpoint_id: int, n: int, chars: int) -> dict:
     return summarize([done[t] - sent[t] for t in sent], list(results.values()), wall)
 
 
+class EngineAlone:
+    """The worker's engine without the queue: the same model, precision, int8 and threads, in this process."""
+
+    def __init__(self, model_path: Path, args: argparse.Namespace):
+        from trainer.checkpoint import from_bytes
+        from worker.serve.cache import Entry, for_serving
+        from worker.serve.engine import Engine
+        from worker.serve.runtime import engine_threads
+
+        self.engine = Engine("cpu", args.torch_threads or engine_threads(), int8=args.int8)
+        data = model_path.read_bytes()
+
+        def build():
+            import torch
+
+            dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+            return for_serving(from_bytes(data, name=model_path.name, dtype=dtype))
+
+        checkpoint, n_bytes = self.engine.call(build)
+        self.entry = Entry(1, checkpoint, None, n_bytes)
+        for n in (1, 8):  # warm-up, as the worker's (first-call allocations, the int8 decision)
+            self.run(n, 280)
+
+    def run(self, n: int, chars: int) -> dict:
+        """n jobs submitted at once (the queue's requests: prompt, parameters, seeds, owner)."""
+        from core.contracts import GenerateRequest
+
+        requests = [GenerateRequest.model_validate(request(1, i, chars)) for i in range(n)]
+        started = time.perf_counter()
+        jobs = [self.engine.submit(self.entry, r.prompt, r.params, owner=r.guild_id) for r in requests]
+        streams = [j.future.result(timeout=300) for j in jobs]
+        wall = time.perf_counter() - started
+        results = [{"text": s.text, "batch_peak": j.batch_peak, "latency_ms": 0} for s, j in zip(streams, jobs)]
+        return summarize([0.0] * n, results, wall)
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc; every thread of it)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_during(pids: list[int], fn) -> tuple[object, float]:
+    """(fn(), CPU seconds that this process and `pids` spent meanwhile)."""
+    before = time.process_time() + sum(process_cpu(p) for p in pids)
+    result = fn()
+    return result, time.process_time() + sum(process_cpu(p) for p in pids) - before
+
+
+def side_by_side(enqueue, checkpoint_id: int, alone: EngineAlone, args: argparse.Namespace, pids: list[int]) -> dict:
+    """{N: engine and queue throughput, alternated round by round, and their ratio (medians)}; beside it the
+    CPU seconds per 1,000 characters each spent (the engine: this process; the queue: this process, the
+    worker and Redis), which a loaded machine disturbs less than wall time."""
+    rows = {}
+    for n in args.side_by_side:
+        engine, queued = [], []
+        for _ in range(args.rounds):
+            engine.append(cpu_during([], lambda n=n: alone.run(n, args.chars)))
+            queued.append(cpu_during(pids, lambda n=n: run_concurrent(enqueue, checkpoint_id, n, args.chars)))
+        engine_rate = statistics.median(r["chars_per_s"] for r, _ in engine)
+        queue_rate = statistics.median(r["chars_per_s"] for r, _ in queued)
+        chars = n * args.chars / 1000
+        rows[n] = {"engine_chars_s": engine_rate, "queue_chars_s": queue_rate, "ratio": queue_rate / engine_rate,
+                   "engine_rounds": [round(r["chars_per_s"]) for r, _ in engine],
+                   "queue_rounds": [round(r["chars_per_s"]) for r, _ in queued],
+                   "engine_cpu_s_per_1k_chars": statistics.median(cpu / chars for _, cpu in engine),
+                   "queue_cpu_s_per_1k_chars": statistics.median(cpu / chars for _, cpu in queued),
+                   "queue_p95_s": statistics.median(r["p95_s"] for r, _ in queued),
+                   "queue_batch_peak": max(r["batch_peak"] for r, _ in queued)}
+    return rows
+
+
+def redis_pids(address: str) -> list[int]:
+    """The local redis-server listening on `address` (host:port), when this user may read it (its CPU counts
+    for the queue)."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "redis-server" and \
+                    address in (comm.parent / "cmdline").read_text().replace("\0", " "):
+                process_cpu(int(comm.parent.name))
+                found.append(int(comm.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def run_serial(enqueue, checkpoint_id: int, n: int, chars: int) -> dict:
     latencies, results = [], []
     started = time.perf_counter()
@@ -186,7 +277,9 @@ def summarize(latencies: list[float], results: list[dict], wall: float) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64, 256])
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32, 64, 256])
+    parser.add_argument("--side-by-side", type=int, nargs="*", default=[128, 256],
+                        help="N jobs into the engine alone and through the queue, alternated (empty: skip)")
     parser.add_argument("--serial-jobs", type=int, default=32)
     parser.add_argument("--chars", type=int, default=280)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per concurrency level (best p95 kept)")
@@ -216,8 +309,10 @@ def stop_worker(proc: subprocess.Popen, log_path: Path) -> None:
         print(log_path.read_text()[-3000:], file=sys.stderr)
 
 
-def measure(args: argparse.Namespace, model_path: Path, database_url: str | None, drop_schema) -> tuple[dict, dict]:
-    """(serial, {concurrency: best round}) through a real worker on a fresh Redis database and schema."""
+def measure(args: argparse.Namespace, model_path: Path, database_url: str | None,
+            drop_schema) -> tuple[dict, dict, dict]:
+    """(serial, {concurrency: best round}, {N: queue against the engine alone}) through a real worker on a
+    fresh Redis database and schema."""
     with tempfile.TemporaryDirectory(prefix="queue-load-") as tmp:
         work = Path(tmp)
         env = setup_environment(args, work, database_url)
@@ -237,6 +332,9 @@ def measure(args: argparse.Namespace, model_path: Path, database_url: str | None
                 rows[n] = min(rounds, key=lambda r: r["p95_s"])
                 rows[n]["p95_s_rounds"] = [round(r["p95_s"], 3) for r in rounds]
                 rows[n]["speedup_vs_serial"] = rows[n]["chars_per_s"] / serial["chars_per_s"]
+            queue_pids = [proc.pid, *redis_pids(f"{args.redis_host}:{args.redis_port}")]
+            sides = side_by_side(enqueue, checkpoint_id, EngineAlone(model_path, args), args, queue_pids) \
+                if args.side_by_side else {}
         finally:
             stop_worker(proc, work / "worker.log")
             import redis
@@ -247,7 +345,7 @@ def measure(args: argparse.Namespace, model_path: Path, database_url: str | None
 
                 _cached_engine.cache_clear()
                 drop_schema()
-    return serial, rows
+    return serial, rows, sides
 
 
 def print_report(args: argparse.Namespace, model_path: Path, postgres: bool, serial: dict, rows: dict) -> None:
@@ -271,20 +369,35 @@ def print_report(args: argparse.Namespace, model_path: Path, postgres: bool, ser
         print(f"target at 256 concurrent: max batch {at256['batch_peak']} (≥ {TARGETS['batch_at_256']})")
 
 
+def print_side_by_side(sides: dict) -> None:
+    if not sides:
+        return
+    print(f"\n| jobs | engine alone chars/s | whole queue chars/s | queue / engine (≥ {TARGETS['queue_vs_engine']}) "
+          "| CPU s per 1k chars (engine; queue) | queue p95 s | rounds (engine; queue) |")
+    print("|---|---|---|---|---|---|---|")
+    for n, r in sides.items():
+        print(f"| {n} | {r['engine_chars_s']:,.0f} | {r['queue_chars_s']:,.0f} | {r['ratio']:.2f} | "
+              f"{r['engine_cpu_s_per_1k_chars']:.3f}; {r['queue_cpu_s_per_1k_chars']:.3f} | "
+              f"{r['queue_p95_s']:.3f} | {r['engine_rounds']}; {r['queue_rounds']} |")
+
+
 def main() -> None:
     args = parse_args()
     from trainer.precision import cpu_model
 
     model_path = ensure_model(args.train_seconds)
     database_url, drop_schema = postgres_schema(args.postgres)
-    serial, rows = measure(args, model_path, database_url, drop_schema)
+    load_at_start = os.getloadavg()
+    serial, rows, sides = measure(args, model_path, database_url, drop_schema)
     print_report(args, model_path, database_url is not None, serial, rows)
+    print_side_by_side(sides)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "load_average_at_end": os.getloadavg()},
+                    "python": platform.python_version(), "load_average_at_start": load_at_start,
+                    "load_average_at_end": os.getloadavg()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "targets": TARGETS, "serial": serial, "concurrent": rows}, indent=1))
+        "targets": TARGETS, "serial": serial, "concurrent": rows, "queue_vs_engine": sides}, indent=1))
     print(f"wrote {args.out}")
 
 
