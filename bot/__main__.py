@@ -1,5 +1,5 @@
-"""`python -m bot`: run the Discord bot, the deployment's service (docker-compose.yml). Without DISCORD_TOKEN
-it says so in one line and waits (/readyz: not ready) instead of exiting; `improbable bot` exits instead."""
+"""`python -m bot`: run the Discord bot as a service. Without DISCORD_TOKEN it says so in one line and waits
+(/readyz: not ready) instead of exiting, as `improbable bot --wait-without-token` (docker-compose.yml) does."""
 
 import sys
 

@@ -378,11 +378,15 @@ def chat(
 
 
 @app.command()
-def bot() -> None:
+def bot(
+    wait_without_token: bool = typer.Option(
+        False, "--wait-without-token",
+        help="Without DISCORD_TOKEN, say so and wait (the deployment's service) instead of exiting."),
+) -> None:
     """Run the Discord bot (needs DISCORD_TOKEN; without one, try `improbable chat`)."""
     from improbable.startup import run_bot
 
-    status, error = run_bot()  # a bad token, missing intents, no network: one line, no traceback
+    status, error = run_bot(wait_without_token)  # a bad token, missing intents, no network: one line, no traceback
     if error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     raise typer.Exit(status)

@@ -43,13 +43,13 @@ def explain(error: BaseException, api_base: str) -> str | None:
     return None
 
 
-def run_bot() -> tuple[int, str | None]:
+def run_bot(wait_without_token: bool = False) -> tuple[int, str | None]:
     """Run the bot; (exit status, the error line or None)."""
     from bot.client import main as bot_main
     from core.settings import get_settings
 
     try:
-        return bot_main(), None
+        return bot_main(wait_without_token=wait_without_token), None
     except KeyboardInterrupt:
         return 130, None
     except Exception as e:  # one line for the user; the details are a log level away

@@ -14,8 +14,8 @@ for name in redis postgres; do
   DOCKER_BUILDKIT=0 docker build --network host --build-arg "BASE_IMAGE=$BASE" -t "improbable-$name:bookworm" \
     -f "$name.Dockerfile" . >&2
 done
-redis=$(docker run --rm improbable-redis:bookworm redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
-postgres=$(docker run --rm improbable-postgres:bookworm postgres --version | awk '{print $NF}')
+redis=$(docker run --rm --entrypoint redis-server improbable-redis:bookworm --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
+postgres=$(docker run --rm --entrypoint postgres improbable-postgres:bookworm --version | awk '{print $3}')
 echo "built improbable-redis:bookworm (Redis $redis) and improbable-postgres:bookworm (PostgreSQL $postgres); in .env:" >&2
 echo "REDIS_IMAGE=improbable-redis:bookworm"
 echo "POSTGRES_IMAGE=improbable-postgres:bookworm"

@@ -202,15 +202,17 @@ def _readyz(port: int) -> tuple[int, str]:
         return 0, ""
 
 
-def test_the_bot_service_waits_for_a_token(env, tmp_path):
-    """`python -m bot` (the compose service) without DISCORD_TOKEN: one line, /readyz says why, the process stays
-    up (no exit for a restart policy to loop on) and stops cleanly when told to."""
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "bot"], [*IMPROBABLE, "bot", "--wait-without-token"]],
+                         ids=["python -m bot", "improbable bot --wait-without-token"])
+def test_the_bot_service_waits_for_a_token(command, env, tmp_path):
+    """The bot as a service (docker-compose.yml) without DISCORD_TOKEN: one line, /readyz says why, the process
+    stays up (no exit for a restart policy to loop on) and stops cleanly when told to."""
     import time
 
     subprocess.run([sys.executable, "-m", "db", "upgrade"], env=env, cwd=tmp_path, check=True, capture_output=True,
                    timeout=120)
     port = closed_port()
-    bot = subprocess.Popen([sys.executable, "-m", "bot"], env={**env, "IMPROBABLE_METRICS_PORT": str(port)},
+    bot = subprocess.Popen(command, env={**env, "IMPROBABLE_METRICS_PORT": str(port)},
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60

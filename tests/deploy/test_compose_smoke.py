@@ -227,15 +227,27 @@ def _healthy(states: dict, services) -> bool:
 
 
 def _bridge_address() -> str:
-    """The host's address on Docker's default bridge: containers of any compose network reach the host there."""
-    done = _docker("network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}", check=True)
-    return done.stdout.strip()
+    """The host's address on Docker's default bridge: containers of any compose network reach the host there.
+    The network's gateway, or (where the daemon leaves it out, as 20.10 does) its interface's address."""
+    fmt = '{{(index .IPAM.Config 0).Gateway}} {{index .Options "com.docker.network.bridge.name"}}'
+    words = _docker("network", "inspect", "bridge", "--format", fmt, check=True).stdout.split()
+    if len(words) == 2:
+        return words[0]
+    import fcntl
+    import socket
+    import struct
+
+    assert words, "Docker's default bridge names neither its gateway nor its interface"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # SIOCGIFADDR: the interface's IPv4 address
+        packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", words[-1].encode()[:15]))
+    return socket.inet_ntoa(packed[20:24])
 
 
 @pytest.fixture
 def fake_on_the_bridge():
     fake = FakeDiscord()
     fake.host = _bridge_address()
+    assert fake.host, "no address of the host on Docker's bridge"
     fake.start()
     yield fake
     fake.stop()

@@ -116,7 +116,7 @@ def test_all_services_are_covered():
     services = {where.split(".")[0] for where, _ in COMMANDS}
     assert services == {"migrate", "bot", "worker", "trainer", "worker-cpu", "trainer-cpu", "beat", "flower"}
     argvs = [" ".join(argv) for _, argv in COMMANDS]
-    assert "python -m db upgrade" in argvs and "python -m bot" in argvs
+    assert "python -m db upgrade" in argvs and "improbable bot --wait-without-token" in argvs
     assert any(a.startswith("celery -A worker.app worker -Q generate") for a in argvs)
     assert any(a.startswith("celery -A worker.app worker -Q train") for a in argvs)
     assert any(a.startswith("celery -A worker.app beat") for a in argvs)
