@@ -56,7 +56,7 @@ from pathlib import Path
 from bench.common import RESULTS, ROOT, print_table
 from bench.speed.queue_load import percentile, postgres_schema
 from tests.bot.conftest import CORPORA, Proc, clean_env, free_port, install_checkpoint, start_redis
-from tests.bot.fake_discord import custom_ids, opt
+from tests.bot.fake_discord import API, custom_ids, opt
 from tests.bot.fake_load import RESULT_BUTTON, FakeLoad
 
 TARGETS = {"guilds": 10_000, "rss_mb": 1536, "startup_s": 60.0, "lag_p99_ms": 100.0, "at_events_per_s": 200}
@@ -66,6 +66,7 @@ WORDS = ("the cat is on the keyboard again", "anyone up for a raid tonight", "wh
          "did you see the match", "I think it will rain", "new patch notes are out", "good morning everyone",
          "lol", "this channel is so quiet", "what are we playing later", "the queen was not amused")
 READY = re.compile(r"ready as .* in (\d+) guild")
+FIRST_SHARD = re.compile(r"shard \d+ of \d+ ready")
 ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
 
 
@@ -173,11 +174,14 @@ def start_bot(stack: Stack) -> dict:
     env = {**stack.env, "IMPROBABLE_METRICS_PORT": str(stack.metrics_port)}
     started = time.monotonic()
     stack.bot = proc = Proc("bot", [sys.executable, "-m", "bot"], env, stack.logs, ROOT)
-    identified = None
+    identified = first_shard = None
     while True:
         if identified is None and fake.identify is not None:
             identified = time.monotonic() - started
-        match = READY.search(proc.log(tail=20_000))
+        text = proc.log(tail=20_000)
+        if first_shard is None and FIRST_SHARD.search(text):
+            first_shard = time.monotonic() - started
+        match = READY.search(text)
         if match:
             ready = time.monotonic() - started
             break
@@ -188,6 +192,7 @@ def start_bot(stack: Stack) -> dict:
     shards = len(getattr(fake, "identifies", {})) or 1
     return {"startup_s": round(ready, 2), "to_first_identify_s": round(identified or ready, 2),
             "identify_to_ready_s": round(ready - (identified or ready), 2), "shards": shards,
+            "first_shard_ready_s": round(first_shard or ready, 2),
             "identify_waits_s": 5.0 * (shards - 1), "guilds_ready": int(match.group(1)),
             "rss_mb_at_ready": rss, "peak_rss_mb_at_ready": peak}
 
@@ -249,11 +254,45 @@ def lag_stats(before: dict, after: dict) -> dict:
             "lag_p99_ms": round(quantile(0.99) * 1000, 1), "lag_le_100ms_pct": round(100 * within / total, 2)}
 
 
+def storage_sizes(database_url: str, redis_url: str) -> dict:
+    """Rows and bytes (table, indexes and TOAST) of every table in the run's PostgreSQL schema, and Redis's
+    memory and keys: what a server's data costs, for docs/scaling.md."""
+    import redis
+    from sqlalchemy import text
+
+    import db
+    from db.models import Base
+
+    out: dict = {"redis": {}, "tables": {}}
+    info = redis.Redis.from_url(redis_url).info()
+    out["redis"] = {"used_memory_bytes": info["used_memory"], "keys": info.get("db0", {}).get("keys", 0)}
+    if not database_url.startswith("postgresql"):
+        return out
+    engine = db.make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            for name in Base.metadata.tables:
+                rows = conn.execute(text(f'SELECT count(*) FROM "{name}"')).scalar()
+                size = conn.execute(text(f"SELECT pg_total_relation_size('\"{name}\"')")).scalar()
+                if rows:
+                    out["tables"][name] = {"rows": rows, "bytes": size, "bytes_per_row": round(size / rows)}
+    finally:
+        engine.dispose()
+    return out
+
+
 def log_errors(proc: Proc, since: int) -> tuple[int, list[str], int]:
     """(error lines in the bot's log after byte `since`, the first few, the log's length now)."""
     data = proc.log_path.read_bytes()
     lines = [line for line in data[since:].decode(errors="replace").splitlines() if ERROR_LINE.search(line)]
     return len(lines), lines[:5], len(data)
+
+
+def global_requests(fake: FakeLoad, since: int) -> int:
+    """REST requests after the `since`-th that count against Discord's global 50 a second: all but the
+    interaction endpoints (the callback, and the webhook routes of the interaction's token)."""
+    exempt = (f"{API}/interactions/", f"{API}/webhooks/{fake.app_id}/")
+    return sum(1 for r in fake.requests[since:] if not r.path.startswith(exempt) and not r.path.startswith("/cdn/"))
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -364,6 +403,7 @@ def step(stack: Stack, traffic: Traffic, rate: float, seconds: float, grace: flo
            "ack_p50_s": pct(acks, 50), "ack_p99_s": pct(acks, 99), "interactions": len(acks) + unanswered,
            "texts_finished": len(finished), "text_p95_s": pct(finished, 95),
            "rest_requests": len(fake.requests) - marks[4],
+           "rest_global_per_s": round(global_requests(fake, marks[4]) / (elapsed + grace), 1),
            "errors": len(fake_errors) + unanswered + n_log_errors + int(failed),
            "error_detail": {"fake": fake_errors[:5], "unanswered_interactions": unanswered,
                             "bot_log": first_errors, "bot_log_lines": n_log_errors,
@@ -438,6 +478,7 @@ def run_guilds(args: argparse.Namespace, n: int, work: Path, model: bytes, gener
         result["rss_mb_at_end"], result["peak_rss_mb"] = memory_mb(stack.bot.proc.pid)
         if generate and args.workers:
             result["generation"] = generation(stack, traffic, args)
+        result["storage"] = storage_sizes(database_url, redis_url)
         return result
     finally:
         stack.stop()
@@ -474,7 +515,7 @@ def report(runs: dict, args: argparse.Namespace, machine: dict) -> None:
                     f"{run['rss_mb_at_end']} MB at the end (peak {run['peak_rss_mb']} MB)",
                     [{k: r.get(k) for k in ("rate", "sent_per_s", "events_received", "bot_cpu_pct", "bot_cpu_ms_per_event", "lag_p50_ms", "lag_p99_ms",
                                             "lag_le_100ms_pct", "ack_p50_s", "ack_p99_s", "texts_finished",
-                                            "text_p95_s", "rest_requests", "refused", "errors")}
+                                            "text_p95_s", "rest_requests", "rest_global_per_s", "refused", "errors")}
                      for r in run["rates"]])
         if run.get("generation"):
             print_table(f"{n} servers: /generate with 1, 2, 4 workers (tiny model: the pipeline, not the model)",
