@@ -22,6 +22,7 @@ from bot.formatting import user_error
 from bot.limits import Refusal, cooldown_message, may_post
 from bot.streaming import ReplyOutput, run_generation
 from bot.views import result_view
+from core import metrics
 
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -86,30 +87,45 @@ def author_may_post(message: discord.Message) -> bool:
 
 
 async def on_message(bot, message: discord.Message) -> None:
+    """Handle a message, and count it by what was done with it once done (core.metrics.BOT_MESSAGES)."""
+    outcome = "failed"
+    try:
+        outcome = await _handle(bot, message)
+    finally:
+        metrics.record_message(outcome)
+
+
+async def _handle(bot, message: discord.Message) -> str:
     me = bot.user
-    if me is None or message.author.bot or message.author.id == me.id or message.type not in CHAT_TYPES:
-        return
+    if me is None or message.author.bot or message.author.id == me.id:
+        return "bot"
+    if message.type not in CHAT_TYPES:
+        return "system"
     previous = None
     if await replied_to_us(bot, message):
         previous = await generation_of(bot, message.reference.message_id, wait=True)
         if previous is not None and await ambient.conversation_reply(bot, message, previous):
-            return  # a reply to an ambient reply where a conversation window is set: answered there
+            return "conversation"  # a reply to an ambient reply where a conversation window is set
     mentioned = me.id in message.raw_mentions or any(u.id == me.id for u in message.mentions)
     if previous is None and not (mentioned and re.search(rf"<@!?{me.id}>", message.content)):
         await ambient.maybe_reply(bot, message)  # not addressed to the bot: maybe an ambient reply
-        return
+        return "ambient"
     if not author_may_post(message):
-        return  # answering would post where they may not
-    text = strip_mentions(message.content, me.id)
+        return "not_allowed"  # answering would post where they may not
+    return await _answer(bot, message, me.id, previous)
+
+
+async def _answer(bot, message: discord.Message, me: int, previous: int | None) -> str:
+    text = strip_mentions(message.content, me)
     actor = service.policy.Actor(message.author.id, message.guild.id if message.guild else None, message.channel.id)
     try:
         await bot.limits.check_generate(actor.user_id, actor.guild_id, bot.jobs.in_flight(actor.user_id))
     except Refusal as e:
         await _refuse(message, e.message)
-        return
+        return "refused"
     except app_commands.CommandOnCooldown as e:
         await _refuse(message, cooldown_message(e))
-        return
+        return "refused"
     try:
         if previous is not None:
             request = await asyncio.to_thread(service.generation.follow_up, previous, "continue", actor, text)
@@ -119,7 +135,7 @@ async def on_message(bot, message: discord.Message) -> None:
     except service.policy.UserError as e:
         bot.limits.refund(actor.user_id, actor.guild_id)
         await _refuse(message, user_error(e))
-        return
+        return "refused"
     try:
         await message.channel.typing()
     except discord.HTTPException:
@@ -127,3 +143,4 @@ async def on_message(bot, message: discord.Message) -> None:
     await run_generation(bot, ReplyOutput(message), request, result_view, user_id=actor.user_id,
                          guild_id=actor.guild_id,
                          source="mention" if previous is None else "reply")
+    return "answered"

@@ -74,6 +74,10 @@ BOT_REQUEST_LATENCY = Histogram("improbable_bot_request_latency_seconds", "From 
                                 "finished answer (enqueue, queue wait, generation, reply), by kind.",
                                 ["kind"], buckets=LATENCY_BUCKETS)
 BOT_GUILDS = Gauge("improbable_bot_guilds", "Guilds the bot is in.", multiprocess_mode="max")
+BOT_MESSAGES = Counter("improbable_bot_messages", "Messages the bot has finished handling, by what it did: "
+                       "answered, conversation (answered in a window), ambient (left to the ambient chance), "
+                       "refused, not_allowed (the author may not post there), system (pins, joins...), bot "
+                       "(a bot's, a webhook's or its own), failed.", ["outcome"])
 BOT_GATEWAY_EVENTS = Counter("improbable_bot_gateway_events", "Gateway events the bot received, by type "
                              "(MESSAGE_CREATE, INTERACTION_CREATE, GUILD_CREATE...).", ["event"])
 EVENT_LOOP_LAG = Histogram("improbable_event_loop_lag_seconds", f"How late the process's asyncio event loop "
@@ -87,6 +91,7 @@ METRIC_NAMES = (  # what /metrics shows (tests and the README list them)
     "improbable_generate_tokens_per_second", "improbable_checkpoint_cache_requests_total",
     "improbable_checkpoint_cache_entries", "improbable_bot_interactions_total",
     "improbable_bot_request_latency_seconds", "improbable_bot_guilds", "improbable_bot_gateway_events_total",
+    "improbable_bot_messages_total",
     "improbable_event_loop_lag_seconds",
 )
 CLUSTER_METRIC_NAMES = (
@@ -115,6 +120,11 @@ def record_interaction(command: str, outcome: str = "ok", seconds: float | None 
     BOT_INTERACTIONS.labels(command, outcome).inc()
     if seconds is not None:
         BOT_REQUEST_LATENCY.labels(kind or command).observe(seconds)
+
+
+def record_message(outcome: str) -> None:
+    """Bot: one message handled (a text answered, or why not)."""
+    BOT_MESSAGES.labels(outcome).inc()
 
 
 _worker = {"host": socket.gethostname(), "kind": ""}  # this process's labels, set once a generate worker starts

@@ -15,12 +15,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.environment import unavailable
+from tests.environment import unavailable, wait_until
 
 from .fake_discord import FakeDiscord
 
@@ -40,7 +41,7 @@ class Proc:
     """A subprocess with its output in a log file; stop() terminates it (then kills it)."""
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], logs: Path, cwd: Path):
-        self.name = name
+        self.name, self.env = name, env
         self.log_path = logs / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - open as long as the process runs
         self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
@@ -183,7 +184,8 @@ def start_bot(fake: FakeDiscord, env: dict[str, str], logs: Path, name: str, *,
               synced_globally: bool = False) -> Proc:
     """The bot process, once connected. `synced_globally`: its commands work in every guild (as a public
     bot's do), not only the first; it is started once its guilds have reached its cache ('ready')."""
-    bot_env = {**env, **fake.env()}
+    bot_env = {**env, **fake.env(), "IMPROBABLE_METRICS_ADDR": "127.0.0.1"}
+    bot_env.setdefault("IMPROBABLE_METRICS_PORT", str(free_port()))  # see messages_handled
     if synced_globally:
         bot_env.pop("DISCORD_SYNC_GUILD", None)
     proc = Proc(name, [sys.executable, "-m", "bot"], bot_env, logs, ROOT)
@@ -197,6 +199,25 @@ def start_bot(fake: FakeDiscord, env: dict[str, str], logs: Path, name: str, *,
     if not proc.alive():
         raise RuntimeError(f"the bot exited:\n{proc.log()}")
     return proc
+
+
+def messages_handled(bot: Proc) -> int:
+    """How many members' messages the bot has finished handling, whatever it did with them (its /metrics:
+    improbable_bot_messages_total, less the messages of bots, webhooks and its own). A test that checks that
+    nothing answers a message waits for this count to pass the message, instead of sleeping."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{bot.env['IMPROBABLE_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    families = [f for f in text_string_to_metric_families(text) if f.name == "improbable_bot_messages"]
+    return int(sum(s.value for f in families for s in f.samples
+                   if s.name.endswith("_total") and s.labels["outcome"] != "bot"))
+
+
+def wait_handled(bot: Proc, count: int, what: str) -> None:
+    """Until the bot has finished handling `count` members' messages (see messages_handled)."""
+    wait_until(lambda: messages_handled(bot) >= count, 60, what, poll=0.1)
 
 
 def swap_bot(stack, name: str, *, synced_globally: bool = False, **settings: str) -> None:

@@ -15,7 +15,6 @@ DISCORD_SYNC_GUILD on the shared stack, and gives the usual one back at the end.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,14 +23,13 @@ import sqlalchemy as sa
 from core.markdown import escape
 from worker.schedules import post_content
 
-from .conftest import guild_limits, swap_bot
+from .conftest import guild_limits, messages_handled, swap_bot, wait_handled
 from .fake_discord import EPHEMERAL, SEND_MESSAGES, VIEW_CHANNEL, FakeDiscord, custom_ids, opt
 from .test_e2e import TIMEOUT, ephemeral_reply, final_text
 
 pytestmark = pytest.mark.slow
 
 MARKUP = "**bold** [x](https://example.com/a) @everyone"
-QUIET = 3.0  # seconds after the last expected answer in which nothing else may appear
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +105,7 @@ def _assert_escaped(content: str) -> None:
 
 def test_forwards_and_pin_notices_never_continue_a_reply_does(e2e2):
     fake = e2e2.fake
+    handled = messages_handled(e2e2.bot)
     said = _mention(fake, "alice: The Mock Turtle sighed", user=fake.alice)
     result = _answer(fake, said)
     gid = _generation(result)
@@ -117,7 +116,8 @@ def test_forwards_and_pin_notices_never_continue_a_reply_does(e2e2):
     reply = fake.reply(result, "and then", user=fake.bob)
     continued = _answer(fake, reply)
     assert int(continued["channel_id"]) == fake.channel_id and _generation(continued) != gid
-    time.sleep(QUIET)
+    # the bot is done with all five messages: whatever it would answer, it has answered
+    wait_handled(e2e2.bot, handled + 5, "the mention, the forwards, the pin notice and the reply handled")
     assert _children(e2e2.database_url, gid) == 1  # the reply's continuation, nothing for the forwards or the pin
     assert not _answers(fake, into_other_server) and not _answers(fake, into_dm)
     assert not [m for m in fake.channel_messages(fake.lobby_id) if int(m["id"]) > int(into_other_server["id"])]
@@ -140,7 +140,7 @@ def test_a_forged_or_foreign_button_is_refused_and_does_nothing(e2e2):
         ix = fake.click(mine, custom_id, user=fake.bob, force=True)
         refused = ephemeral_reply(fake, ix)
         assert "does not belong to this message" in refused["content"], (custom_id, refused["content"])
-    time.sleep(QUIET)
+    # each refusal is the bot's whole answer to its click (the button's check failed: no callback runs)
     assert fake.message(int(other["id"])) == other and fake.message(int(foreign["id"])) == foreign
     assert fake.message(int(mine["id"]))["content"] == mine["content"]
     assert not _deleted(e2e2.database_url, g_other) and not _deleted(e2e2.database_url, g_foreign)
@@ -187,9 +187,10 @@ def test_continue_and_mentions_where_the_member_may_not_send(e2e2):
     cont = fake.click(result, f"improbable:cont:{_generation(result)}", user=fake.alice)
     continued = final_text(fake, cont)
     assert cont.ephemeral and continued["flags"] & EPHEMERAL
+    handled = messages_handled(e2e2.bot)
     unanswered = _mention(fake, "alice: Alice may not", user=fake.alice, channel_id=quiet)
     answered = _answer(fake, _mention(fake, "alice: Erin again", user=fake.erin, channel_id=quiet))
-    time.sleep(QUIET)
+    wait_handled(e2e2.bot, handled + 2, "both mentions handled")
     assert answered and not _answers(fake, unanswered)
     assert fake.message(int(result["id"]))["content"] == result["content"]
     public = [m for m in fake.channel_messages(quiet) if not m["flags"] & EPHEMERAL]

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from .conftest import messages_handled, wait_handled
 from .fake_discord import EPHEMERAL, custom_ids, opt
 from .test_e2e import TIMEOUT, ephemeral_reply, final_text
 
@@ -129,8 +130,6 @@ def _replies_to(fake, msg: dict) -> list[dict]:
 
 
 def test_ambient_replies_only_in_opted_in_channels(e2e):
-    import time
-
     fake = e2e.fake
     ambient = fake.other_channel_id
     refused = fake.slash("ambient on", [opt("persona", "alice"), opt("chance", 1.0)], user=fake.bob,
@@ -140,6 +139,7 @@ def test_ambient_replies_only_in_opted_in_channels(e2e):
                     user=fake.owner, channel_id=ambient)
     assert "Ambient replies on" in ephemeral_reply(fake, on)["content"]
     try:
+        handled = messages_handled(e2e.bot)
         elsewhere = fake.say("Alice went down the hole <@" + str(fake.carol.id) + ">", user=fake.carol)
         heard = fake.say("The Queen shouted at <@" + str(fake.carol.id) + "> and @everyone", user=fake.carol,
                          channel_id=ambient)
@@ -148,7 +148,7 @@ def test_ambient_replies_only_in_opted_in_channels(e2e):
         assert int(reply["channel_id"]) == ambient and "The Queen shouted at" in reply["content"]
         assert str(fake.carol.id) not in reply["content"] and "@everyone" not in reply["content"]
         again = fake.say("And then what?", user=fake.carol, channel_id=ambient)  # within the cooldown
-        time.sleep(3)
+        wait_handled(e2e.bot, handled + 3, "the three messages handled")  # any answer to them is posted by now
         assert not _replies_to(fake, elsewhere) and not _replies_to(fake, again)
     finally:
         off = fake.slash("ambient off", [], user=fake.owner, channel_id=ambient)
