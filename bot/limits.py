@@ -1,6 +1,8 @@
 """Permission and rate checks: Manage Server or the trainer role, per-user cooldowns and caps on jobs in
 flight, with each guild's own settings within the deployment's ceilings (service.policy, cached for a few
 seconds), counted in SQL counters every bot process shares (service.quotas), jobs by their cost (core.cost).
+Only the policy cache is kept in the process, per server, so in the process of the server's shard (core/shards.py):
+a member of servers on two processes' shards meets the same cooldowns and caps in both.
 
 The checks are discord.py app-command checks, so a refusal is raised before the command runs and becomes
 an ephemeral reply (the interaction's only acknowledgement) in the tree's error handler. Buttons and
