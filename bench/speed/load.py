@@ -73,7 +73,8 @@ ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--guilds", type=int, nargs="+", default=[1000, 10_000])
-    parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200, 400], help="events a second")
+    parser.add_argument("--rates", type=float, nargs="*", default=[50, 100, 200, 400],
+                        help="events a second (none: start-up and memory only)")
     parser.add_argument("--step-seconds", type=float, default=15.0)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4],
                         help="generate worker processes, measured at the largest --guilds (none: skipped)")
@@ -85,6 +86,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ambient-share", type=float, default=0.5)
     parser.add_argument("--shards", type=int, default=0, help="shards the fake recommends (0: one per 1,000)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--label", default="", help="appended to the run's key in the JSON (a variant's run)")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--out", type=Path, default=RESULTS / "load.json")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "improbable-load",
@@ -498,7 +500,7 @@ def verdicts(runs: dict) -> list[dict]:
     run = runs.get(str(TARGETS["guilds"]))
     if run is None:
         return []
-    rates = [r for r in run["rates"] if r["rate"] >= TARGETS["at_events_per_s"] and "lag_p99_ms" in r]
+    rates = [r for r in run.get("rates", []) if r["rate"] >= TARGETS["at_events_per_s"] and "lag_p99_ms" in r]
     worst = max((r["lag_p99_ms"] for r in rates), default=None)
     rows = [("RSS at the end (MB)", f"≤ {TARGETS['rss_mb']}", run["peak_rss_mb"], run["peak_rss_mb"] <= TARGETS["rss_mb"]),
             ("start-up (s)", f"≤ {TARGETS['startup_s']:.0f}", run["startup_s"], run["startup_s"] <= TARGETS["startup_s"]),
@@ -509,16 +511,20 @@ def verdicts(runs: dict) -> list[dict]:
 
 
 def report(runs: dict, args: argparse.Namespace, machine: dict) -> None:
-    for n, run in sorted(runs.items(), key=lambda kv: int(kv[0])):
-        print_table(f"{n} servers: start-up {run['startup_s']} s ({run['shards']} shard(s), IDENTIFY waits "
-                    f"{run['identify_waits_s']} s), RSS {run['rss_mb_at_ready']} MB at ready, "
-                    f"{run['rss_mb_at_end']} MB at the end (peak {run['peak_rss_mb']} MB)",
-                    [{k: r.get(k) for k in ("rate", "sent_per_s", "events_received", "bot_cpu_pct", "bot_cpu_ms_per_event", "lag_p50_ms", "lag_p99_ms",
-                                            "lag_le_100ms_pct", "ack_p50_s", "ack_p99_s", "texts_finished",
-                                            "text_p95_s", "rest_requests", "rest_global_per_s", "refused", "errors")}
-                     for r in run["rates"]])
+    columns = ("rate", "sent_per_s", "events_received", "bot_cpu_pct", "bot_cpu_ms_per_event", "lag_p50_ms",
+               "lag_p99_ms", "lag_le_100ms_pct", "ack_p50_s", "ack_p99_s", "texts_finished", "text_p95_s",
+               "rest_requests", "rest_global_per_s", "refused", "errors", "load_average")
+    for key, run in sorted(runs.items(), key=lambda kv: (kv[1]["guilds"], kv[0])):
+        title = (f"{key}: {run['guilds']:,} servers, {run['settings']['channels']} channels each: start-up "
+                 f"{run['startup_s']} s ({run['shards']} shard(s), IDENTIFY waits {run['identify_waits_s']} s, first "
+                 f"shard ready {run.get('first_shard_ready_s')} s), RSS {run['rss_mb_at_ready']} MB at ready, "
+                 f"{run['rss_mb_at_end']} MB at the end (peak {run['peak_rss_mb']} MB)")
+        if run["rates"]:
+            print_table(title, [{k: r.get(k) for k in columns} for r in run["rates"]])
+        else:
+            print(f"\n## {title}")
         if run.get("generation"):
-            print_table(f"{n} servers: /generate with 1, 2, 4 workers (tiny model: the pipeline, not the model)",
+            print_table(f"{key}: /generate with 1, 2, 4 workers (tiny model: the pipeline, not the model)",
                         run["generation"])
     print_table(f"targets at {TARGETS['guilds']:,} servers in one process", verdicts(runs))
     print(f"\n{machine['cpu']}, {machine['cpus']} CPUs, uptime at start: {machine['uptime_start']}")
@@ -534,7 +540,7 @@ def main() -> None:
         work = Path(tmp)
         model = tiny_model(work / "model")
         for n in args.guilds:
-            runs[str(n)] = {**run_guilds(args, n, work, model, generate=n == max(args.guilds)),
+            runs[f"{n}{args.label}"] = {**run_guilds(args, n, work, model, generate=n == max(args.guilds)),
                             "machine": {**machine, "uptime_end": uptime()},
                             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     machine["uptime_end"] = uptime()
