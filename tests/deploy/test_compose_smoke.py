@@ -19,6 +19,7 @@ names, if any.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -100,16 +101,13 @@ class Timings:
     """The smoke run's durations: printed as they come, and merged into IMPROBABLE_SMOKE_TIMINGS's file."""
 
     def __init__(self, config) -> None:
-        self.reporter = config.pluginmanager.getplugin("terminalreporter")
+        self.capture = config.pluginmanager.getplugin("capturemanager")
         self.values: dict[str, float | str] = {}
 
     def add(self, name: str, seconds: float) -> None:
         self.values[name] = round(seconds, 1)
-        line = f"docker smoke: {name} {seconds:.1f} s"
-        if self.reporter is not None:
-            self.reporter.write_line(line)
-        else:
-            print(line)
+        with self.capture.global_and_fixture_disabled() if self.capture else contextlib.nullcontext():
+            print(f"\ndocker smoke: {name} {seconds:.1f} s", flush=True)  # on the terminal, past pytest's capture
         target = os.environ.get("IMPROBABLE_SMOKE_TIMINGS")
         if target:
             path = Path(target)
