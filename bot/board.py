@@ -8,29 +8,27 @@ text, and whether it belongs to the server, is the service's to say (service/boa
 change a vote: 👍🏽 is 👍.
 
 `/best` shows the week's most liked lines (net votes) and the most improbable ones (the lowest probability of
-a word actually posted), each with a link to its message.
+a word actually posted), each with a link to its message (core/board.py renders it). `/board post channel:`
+(Manage Server) has the workers post the board of each finished week there every Monday (worker/board.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
 
 import discord
 from discord import app_commands
 
 import service.board
 from bot import replies
-from bot.formatting import truncate
 from bot.limits import actor_of
-from core.markdown import escape
+from bot.schedules import bot_can_post, member_can_post
+from core.board import fit_board
 from service.errors import Code, UserError
 
 EMOJI_TTL = 60.0  # seconds a server's vote emoji are kept (a change made through this process: at once)
 MODIFIERS = {*range(0x1F3FB, 0x1F400), 0xFE0F}  # skin tones and the emoji presentation selector
-TEXT_CHARS = (160, 110, 70, 40)  # a line's text is cut to the first of these that lets the board fit
-MESSAGE_LIMIT = 2000
 
 
 def emoji_key(emoji: discord.PartialEmoji | str) -> str:
@@ -112,46 +110,6 @@ async def on_reactions_cleared(bot, payload: discord.RawReactionClearEvent | dis
 
 # --- /best --------------------------------------------------------------------------------------------------
 
-def jump_url(line: service.board.BoardLine) -> str | None:
-    if line.guild_id is None or line.channel_id is None or line.message_id is None:
-        return None
-    return f"https://discord.com/channels/{line.guild_id}/{line.channel_id}/{line.message_id}"
-
-
-def _entry(rank: int, line: service.board.BoardLine, measure: str, chars: int) -> str:
-    text = " ".join(line.text.split())
-    shown = f"“{escape(truncate(text, chars))}”" if text else "*(blank)*"
-    url = jump_url(line)
-    return f"{rank}. {measure} · {escape(line.persona)}: {shown}" + (f" · [jump]({url})" if url else "")
-
-
-def _probability(p: float | None) -> str:
-    return "p n/a" if p is None else f"p = {p:.2g}"
-
-
-def render_board(board: service.board.Board, weeks_ago: int, emoji: service.board.VoteEmoji,
-                 chars: int = TEXT_CHARS[0]) -> str:
-    last_day = board.week_end - timedelta(days=1)
-    when = "This week" if weeks_ago == 0 else "Last week" if weeks_ago == 1 else f"{weeks_ago} weeks ago"
-    lines = [f"**{when}'s best** ({board.week_start:%a %d %b} – {last_day:%a %d %b %Y}, UTC)", "",
-             f"**Most liked** ({emoji.up} minus {emoji.down})"]
-    lines += [_entry(i, line, f"{line.score:+d}", chars) for i, line in enumerate(board.liked, 1)] or \
-        [f"No votes yet: react with {emoji.up} or {emoji.down} under the bot's texts."]
-    lines += ["", "**Most improbable** (the least likely word the model actually wrote)"]
-    lines += [_entry(i, line, _probability(line.probability), chars) for i, line in enumerate(board.improbable, 1)] \
-        or ["No texts posted that week."]
-    return "\n".join(lines)
-
-
-def fit_board(board: service.board.Board, weeks_ago: int, emoji: service.board.VoteEmoji) -> str:
-    """The board in one message: each line's text cut shorter until it fits."""
-    for chars in TEXT_CHARS:
-        content = render_board(board, weeks_ago, emoji, chars)
-        if len(content) <= MESSAGE_LIMIT:
-            return content
-    return content[:MESSAGE_LIMIT]
-
-
 @app_commands.command(name="best", description="This server's most liked and most improbable lines of the week.")
 @app_commands.describe(week="Which week: 0 this week (the default), 1 last week, 2 the week before, …")
 @app_commands.guild_only()
@@ -178,6 +136,30 @@ async def board_emoji(interaction: discord.Interaction, up: str | None = None, d
     interaction.client.vote_emoji.forget(interaction.guild_id)
     await replies.send(interaction, f"Votes on the bot's texts: {chosen.up} up, {chosen.down} down. `/best` shows "
                                     "the week's most liked.")
+
+
+@board_group.command(name="post", description="Post the board of each finished week in a channel, every Monday "
+                                              "(Manage Server).")
+@app_commands.describe(channel="Where the board goes every Monday at 00:00 UTC", stop="No more weekly posts")
+async def board_post(interaction: discord.Interaction, channel: discord.TextChannel | None = None,
+                     stop: bool = False) -> None:
+    if not stop and channel is None:
+        where = await asyncio.to_thread(service.board.weekly_post, interaction.guild_id)
+        await replies.fail(interaction, (f"The board is posted in <#{where}> every Monday." if where else
+                                         "The board is not posted every week.") +
+                           " Name a channel to post it there, or `stop: True` to stop.")
+        return
+    if channel is not None and not member_can_post(channel, interaction.user):
+        await replies.fail(interaction, f"You cannot post in {channel.mention} yourself (you need **View Channel** "
+                                        "and **Send Messages** there), so the board cannot go there.")
+        return
+    await replies.defer(interaction, ephemeral=True)
+    target = None if stop else channel
+    await asyncio.to_thread(service.board.set_weekly_post, actor_of(interaction), target.id if target else None,
+                            bot_can_post=bot_can_post(target) if target else None)
+    await replies.send(interaction, "The board is no longer posted every week." if target is None else
+                       f"Every Monday at 00:00 UTC the board of the week that ended goes to {target.mention} "
+                       "(the first one next Monday). `/best` shows it any time.")
 
 
 COMMANDS = (best_command, board_group)

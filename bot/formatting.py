@@ -17,35 +17,10 @@ from datetime import datetime
 from typing import Any
 
 from core.contracts import RunProgress
-from core.markdown import escape
+from core.markdown import ELLIPSIS, cut_point, escape, truncate
 from service.errors import ChannelRef, Code, Strong, UserError, UserRef
 
 MESSAGE_LIMIT = 2000
-ELLIPSIS = "…"
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n\s*\n|\n")
-
-def _cut_point(text: str, limit: int) -> int:
-    """The best index ≤ limit to cut at: after a sentence, else at a space, else hard (never inside an
-    escape sequence `\\x`)."""
-    if len(text) <= limit:
-        return len(text)
-    best = 0
-    for m in _SENTENCE_END.finditer(text, 0, limit + 1):
-        if m.end() <= limit:
-            best = m.end()
-    if best < limit // 3:  # a sentence boundary too early wastes the message: use a space instead
-        space = text.rfind(" ", 0, limit)
-        best = max(best, space + 1 if space > limit // 3 else 0)
-    if best == 0:
-        best = limit
-    while best > 1 and _ends_in_escape(text[:best]):
-        best -= 1
-    return best
-
-
-def _ends_in_escape(s: str) -> bool:
-    n = len(s) - len(s.rstrip("\\"))
-    return n % 2 == 1
 
 
 def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
@@ -53,20 +28,13 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     chunks: list[str] = []
     rest = text
     while len(rest) > limit:
-        cut = _cut_point(rest, limit)
+        cut = cut_point(rest, limit)
         chunk = rest[:cut].rstrip()
         chunks.append(chunk if chunk else rest[:cut])
         rest = rest[cut:].lstrip("\n ")
     if rest or not chunks:
         chunks.append(rest)
     return chunks
-
-
-def truncate(text: str, limit: int) -> str:
-    """At most `limit` characters, cut at a sentence (or word) boundary and ending in an ellipsis."""
-    if len(text) <= limit:
-        return text
-    return text[:_cut_point(text, limit - 1)].rstrip() + ELLIPSIS
 
 
 @dataclass(frozen=True)

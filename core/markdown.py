@@ -1,5 +1,6 @@
 """Discord markdown escaping of untrusted text, without discord.py: the bot (bot/formatting.py) and the
-worker's scheduled posts (worker/schedules.py) both show generated text with this one function.
+worker's scheduled posts (worker/schedules.py) both show generated text with this one function; and cutting
+text to fit a message (`truncate`, `cut_point`), at a sentence or a word and never inside an escape.
 
 Generated text may contain markdown that would swallow the rest of the message (``` fences, ||spoilers||,
 headers, masked links `[x](url)`) and mentions (@everyone, <@&role>). `escape` neutralises both; every send
@@ -34,3 +35,40 @@ def escape(text: str) -> str:
     text = _NUMBERED.sub(r"\1\\.", text)
     text = _ANGLE.sub(r"\\<", text)
     return _MENTION.sub("@\u200b\\1", text)
+
+
+# -- cutting text to fit a message --------------------------------------------------------------------------
+
+ELLIPSIS = "…"
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n\s*\n|\n")
+
+
+def cut_point(text: str, limit: int) -> int:
+    """The best index ≤ limit to cut at: after a sentence, else at a space, else hard (never inside an
+    escape sequence `\\x`)."""
+    if len(text) <= limit:
+        return len(text)
+    best = 0
+    for m in _SENTENCE_END.finditer(text, 0, limit + 1):
+        if m.end() <= limit:
+            best = m.end()
+    if best < limit // 3:  # a sentence boundary too early wastes the message: use a space instead
+        space = text.rfind(" ", 0, limit)
+        best = max(best, space + 1 if space > limit // 3 else 0)
+    if best == 0:
+        best = limit
+    while best > 1 and _ends_in_escape(text[:best]):
+        best -= 1
+    return best
+
+
+def _ends_in_escape(s: str) -> bool:
+    n = len(s) - len(s.rstrip("\\"))
+    return n % 2 == 1
+
+
+def truncate(text: str, limit: int) -> str:
+    """At most `limit` characters, cut at a sentence (or word) boundary and ending in an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[:cut_point(text, limit - 1)].rstrip() + ELLIPSIS

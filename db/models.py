@@ -437,13 +437,17 @@ class Reaction(Base):
 
 
 class BoardSettings(Timestamped, Base):
-    """A server's board (`/board emoji`): the emoji that count as up and down votes (None: 👍 and 👎)."""
+    """A server's board: the emoji that count as up and down votes (`/board emoji`; None: 👍 and 👎), and the
+    channel its weekly post goes to (`/board post`; None: no weekly post) with the start of the last week
+    whose board was posted (or, when the post was set up, of the week before: that one is not posted)."""
 
     __tablename__ = "board_settings"
 
     guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
     up_emoji: Mapped[str | None] = mapped_column(String(100))
     down_emoji: Mapped[str | None] = mapped_column(String(100))
+    post_channel_id: Mapped[int | None] = mapped_column(Snowflake)
+    posted_week: Mapped[datetime | None]
 
 
 class PersonaWebhook(Base):

@@ -1,82 +1,40 @@
-"""Votes on generated texts and the server's board (`/best`, `/board emoji`).
+"""Votes on generated texts and the server's board (`/best`, `/board emoji`, `/board post`).
 
 A member's reaction with the server's up or down emoji (👍 and 👎 unless a manager chose others) on a message
 that shows a generated text of that server is a vote: one row per text, member and kind (db Reaction), removed
 with the reaction. Who voted is personal data: service/privacy.py shows, exports and deletes it.
 
-The board of a week (Monday 00:00 UTC to the next) lists the server's texts of that week:
-- the most liked: net votes (up − down) above zero, most first, ties to the earlier text;
-- the most improbable: the lowest probability the model gave a token it actually wrote (the generation's
-  `params["probability"]["min"]`, recorded by the generate worker), only texts that were posted, ties to the
-  earlier text.
-Deleted texts (the Delete button) are left out of both.
+What the board of a week lists is db/board.py's to say (the workers read it too, for the weekly post that a
+manager sets up with `/board post`: worker/board.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import and_, case, delete, func, or_, select
+from sqlalchemy import and_, delete, select
 from sqlalchemy.exc import IntegrityError
 
+from core.board import DEFAULT_DOWN, DEFAULT_UP, Board, BoardLine, VoteEmoji
 from db import Generation, SchedulePost, session_scope
+from db.board import BOARD_SIZE, board_of, set_post_channel, vote_emoji_of, week_bounds
 from db.generations import generation_for_message
 from db.models import BoardSettings, Reaction
-from db.types import as_utc, utcnow
-from service.errors import NeedsPermission, UserError
+from service.errors import CannotPost, NeedsPermission, UserError
 from service.policy import Actor
 
-DEFAULT_UP, DEFAULT_DOWN = "👍", "👎"
+__all__ = ["BOARD_SIZE", "DEFAULT_DOWN", "DEFAULT_UP", "KINDS", "MAX_WEEKS_AGO", "Board", "BoardLine", "VoteEmoji",
+           "best", "clear_votes", "record_vote", "set_vote_emoji", "set_weekly_post", "vote_emoji", "week_bounds",
+           "weekly_post"]
 KINDS = ("up", "down")
-BOARD_SIZE = 5
 MAX_WEEKS_AGO = 520
-
-
-@dataclass(frozen=True)
-class VoteEmoji:
-    """The emoji that count as votes in a server, as a manager wrote them (a custom emoji as `<:name:id>`)."""
-
-    up: str = DEFAULT_UP
-    down: str = DEFAULT_DOWN
-
-
-@dataclass(frozen=True)
-class BoardLine:
-    """One text on the board: where it was shown (its message), what it says, its votes and probability."""
-
-    generation_id: int
-    persona: str
-    text: str
-    created_at: datetime
-    guild_id: int | None
-    channel_id: int | None
-    message_id: int | None
-    up: int = 0
-    down: int = 0
-    probability: float | None = None
-
-    @property
-    def score(self) -> int:
-        return self.up - self.down
-
-
-@dataclass(frozen=True)
-class Board:
-    week_start: datetime
-    week_end: datetime
-    liked: list[BoardLine]
-    improbable: list[BoardLine]
 
 
 # --- the vote emoji -----------------------------------------------------------------------------------------
 
 def vote_emoji(guild_id: int) -> VoteEmoji:
     with session_scope() as session:
-        row = session.get(BoardSettings, guild_id)
-        if row is None:
-            return VoteEmoji()
-        return VoteEmoji(row.up_emoji or DEFAULT_UP, row.down_emoji or DEFAULT_DOWN)
+        return vote_emoji_of(session, guild_id)
 
 
 def set_vote_emoji(actor: Actor, up: str | None = None, down: str | None = None, reset: bool = False) -> VoteEmoji:
@@ -147,55 +105,32 @@ def clear_votes(guild_id: int, message_id: int, kind: str | None = None) -> int:
 
 # --- the board ----------------------------------------------------------------------------------------------
 
-def week_bounds(weeks_ago: int = 0, now: datetime | None = None) -> tuple[datetime, datetime]:
-    """[Monday 00:00 UTC, the next Monday) of the week `weeks_ago` weeks before the one holding `now`."""
-    now = as_utc(now or utcnow())
-    monday = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
-    start = monday - timedelta(weeks=weeks_ago)
-    return start, start + timedelta(weeks=1)
-
-
-def _line(gen: Generation, message_id: int | None, **extra) -> BoardLine:
-    return BoardLine(gen.id, gen.persona.slug, gen.output, as_utc(gen.created_at), gen.guild_id, gen.channel_id,
-                     message_id, **extra)
-
-
-def _posted_message(session, gen: Generation) -> int | None:
-    if gen.message_id is not None:
-        return gen.message_id
-    return session.scalars(select(SchedulePost.message_id).where(SchedulePost.generation_id == gen.id,
-                                                                 SchedulePost.message_id.is_not(None))).first()
-
-
-def _in_week(guild_id: int, start: datetime, end: datetime):
-    return and_(Generation.guild_id == guild_id, Generation.created_at >= start, Generation.created_at < end,
-                Generation.deleted_at.is_(None))
-
-
-def most_liked(session, guild_id: int, start: datetime, end: datetime, size: int) -> list[BoardLine]:
-    up = func.sum(case((Reaction.kind == "up", 1), else_=0))
-    down = func.sum(case((Reaction.kind == "down", 1), else_=0))
-    rows = session.execute(
-        select(Generation, up.label("up"), down.label("down")).join(Reaction, Reaction.generation_id == Generation.id)
-        .where(_in_week(guild_id, start, end)).group_by(Generation.id).having(up - down > 0)
-        .order_by((up - down).desc(), Generation.created_at, Generation.id).limit(size)).all()
-    return [_line(gen, _posted_message(session, gen), up=int(u), down=int(d)) for gen, u, d in rows]
-
-
-def most_improbable(session, guild_id: int, start: datetime, end: datetime, size: int) -> list[BoardLine]:
-    least = Generation.params["probability"]["min"].as_float()
-    posted = or_(Generation.message_id.is_not(None),
-                 Generation.id.in_(select(SchedulePost.generation_id).where(SchedulePost.message_id.is_not(None))))
-    gens = session.scalars(select(Generation).where(_in_week(guild_id, start, end), posted, least.is_not(None))
-                           .order_by(least, Generation.created_at, Generation.id).limit(size)).all()
-    return [_line(gen, _posted_message(session, gen), probability=gen.params["probability"]["min"]) for gen in gens]
-
-
 def best(guild_id: int, weeks_ago: int = 0, *, now: datetime | None = None, size: int = BOARD_SIZE) -> Board:
     """The server's board of a week (`weeks_ago` 0: this week)."""
     if not 0 <= weeks_ago <= MAX_WEEKS_AGO:
         raise UserError("Choose a week between 0 (this week) and {most} weeks ago.", most=MAX_WEEKS_AGO)
     start, end = week_bounds(weeks_ago, now)
     with session_scope() as session:
-        return Board(start, end, most_liked(session, guild_id, start, end, size),
-                     most_improbable(session, guild_id, start, end, size))
+        return board_of(session, guild_id, start, end, size)
+
+
+def set_weekly_post(actor: Actor, channel_id: int | None, *, bot_can_post: bool | None = None) -> int | None:
+    """A manager has the board of each finished week posted into a channel every Monday (00:00 UTC, by the
+    workers' schedule dispatcher), from the week now running; None stops it. `bot_can_post`: as for
+    schedules (False refuses). Returns the channel."""
+    if not actor.can_manage:
+        raise NeedsPermission("Manage Server", "post the board every week")
+    if actor.guild_id is None:
+        raise UserError("Use this command in a server.")
+    if bot_can_post is False and channel_id is not None:
+        raise CannotPost(channel_id, "set the weekly post again")
+    with session_scope() as session:
+        set_post_channel(session, actor.guild_id, channel_id)
+    return channel_id
+
+
+def weekly_post(guild_id: int) -> int | None:
+    """The channel the server's board goes to every week, if any."""
+    with session_scope() as session:
+        row = session.get(BoardSettings, guild_id)
+        return row.post_channel_id if row is not None else None

@@ -188,10 +188,10 @@ class CannotPost(UserError):
 
     permissions = ("View Channel", "Send Messages")
 
-    def __init__(self, channel_id: int):
+    def __init__(self, channel_id: int, then: str = "add the schedule again"):
         self.channel_id = channel_id
-        super().__init__("I cannot post in {channel}: give me the {view} and {send} permissions there, then add the "
-                         "schedule again.", channel=ChannelRef(channel_id), view=Strong(self.permissions[0]),
+        super().__init__("I cannot post in {channel}: give me the {view} and {send} permissions there, then "
+                         f"{then}.", channel=ChannelRef(channel_id), view=Strong(self.permissions[0]),
                          send=Strong(self.permissions[1]))
 
 

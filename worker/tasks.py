@@ -32,7 +32,7 @@ improbable.train(run_id: int) — queue `train`
 improbable.dispatch_schedules(now_iso: str | None = None) — run by beat every minute
     Claims every due (schedule, slot) exactly once and enqueues improbable.post_scheduled for each, spread
     out at IMPROBABLE_SCHEDULE_POSTS_PER_SECOND (Celery countdowns). Past 500 due slots, the rest go out as
-    improbable.dispatch_batch jobs of 500.
+    improbable.dispatch_batch jobs of 500. Then posts the weekly boards that are due (worker/board.py).
     result: [[schedule_id, slot_iso], ...] claimed by this call.
 
 improbable.dispatch_batch(due: [[schedule_id, slot_iso], ...]) — queue `generate`
@@ -199,9 +199,16 @@ def train_task(self, run_id: int, resume: bool = False) -> dict:
 def dispatch_schedules(now_iso: str | None = None) -> list:
     from datetime import datetime
 
+    from .board import dispatch_boards
     from .schedules import dispatch
 
-    return dispatch(datetime.fromisoformat(now_iso) if now_iso else None, fan_out=True)
+    now = datetime.fromisoformat(now_iso) if now_iso else None
+    claimed = dispatch(now, fan_out=True)
+    try:
+        dispatch_boards(now)  # the servers' weekly boards (worker/board.py)
+    except Exception:  # noqa: BLE001 - the scheduled posts are dispatched: the boards are due again next tick
+        log.exception("posting the weekly boards failed")
+    return claimed
 
 
 @app.task(name="improbable.dispatch_batch", acks_late=False, soft_time_limit=50, time_limit=55, **RETRY)
