@@ -147,7 +147,7 @@ def test_the_mixture_is_no_worse_than_either_part_on_held_out_text(trained_mixtu
     nats = {name: evaluate(mix(model.mlp, model.ngram, weights), streams)
             for name, weights in (("mlp", [1.0] * order), ("ngram", [0.0] * order),
                                   ("mixture", model.config.ngram_weights))}
-    assert nats["mixture"] < min(nats["mlp"], nats["ngram"]) - 0.01, nats
+    assert nats["mixture"] < min(nats["mlp"], nats["ngram"]), nats
 
 
 def test_a_mixture_checkpoint_round_trips_in_half_precision(trained_mixture, tmp_path):
