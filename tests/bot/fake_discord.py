@@ -1111,8 +1111,8 @@ class FakeDiscord(Webhooks):
                 self.cond.notify_all()
             return web.Response(status=204)
         if method == "PATCH":
-            with self.cond:
-                if original and ix.state == "loading":
+            with self.cond:  # the loading message edited as @original or by its id (a restarted bot's way)
+                if (original or mid == ix.original_id) and ix.state == "loading":
                     ix.state = "sent"
                     self.messages[mid]["flags"] &= ~128
             return _json(self._edit(mid, payload or {}, files))
