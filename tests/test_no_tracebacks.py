@@ -165,7 +165,7 @@ from worker.training import train_run
 service.personas.prepare_database()
 rng = random.Random(0)
 words = "the king queen speaks of love and war night day sword crown heart fair sweet death time lord".split()
-text = "\\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + "." for _ in range(3000))
+text = "\\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + "." for _ in range(600))
 with db.session_scope() as session:
     corpus = ingest(text.encode(), "poems.txt", session=session).corpus
 with db.session_scope() as session:
