@@ -77,6 +77,43 @@ class OwnRedis:
         self.start()
 
 
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL cluster of this process's own, which a test may stop and start
+    (`pg_createcluster <version> faults<pid> -p <spare port>`, trust authentication): the shared PostgreSQL
+    on 5432 is never stopped. Needs postgresql-common and root."""
+
+    version: str = field(default_factory=lambda: os.environ.get("IMPROBABLE_FAULTS_PG_VERSION", "15"))
+    name: str = field(default_factory=lambda: f"faults{os.getpid()}")  # two runs at once never share one
+    port: int = field(default_factory=lambda: _spare_port("IMPROBABLE_FAULTS_PG_PORT"))
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def create(self) -> None:
+        if shutil.which("pg_createcluster") is None or os.geteuid() != 0:
+            unavailable("a private PostgreSQL cluster needs pg_createcluster (postgresql-common) and root")
+        self.drop()  # a leftover of a dead run of this pid
+        made = subprocess.run(["pg_createcluster", self.version, self.name, "-p", str(self.port), "--start", "--",
+                               "--auth=trust"], capture_output=True, text=True, timeout=120)
+        if made.returncode != 0:
+            pytest.fail(f"pg_createcluster failed: {made.stderr[-2000:]}")
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["pg_ctlcluster", self.version, self.name, *args], capture_output=True, text=True,
+                              check=check, timeout=60)
+
+    def stop(self) -> None:
+        self.ctl("stop", "-m", "fast")  # connections cut at once, as a restart by an operator
+
+    def start(self) -> None:
+        self.ctl("start")
+
+    def drop(self) -> None:
+        subprocess.run(["pg_dropcluster", "--stop", self.version, self.name], capture_output=True, timeout=120)
+
+
 @pytest.fixture(scope="package")
 def own_redis(tmp_path_factory):
     redis = OwnRedis(tmp_path_factory.mktemp("faults-redis"))
@@ -87,17 +124,12 @@ def own_redis(tmp_path_factory):
         redis.stop()
 
 
-@pytest.fixture(scope="package")
-def fault_services(own_redis, tmp_path_factory):
-    import db
-
-    database_url, drop_schema = _pg_schema()
-    db.upgrade(database_url)
-    data_dir = tmp_path_factory.mktemp("faults-data")
-    discord = FakeDiscord()
-    env = {
-        "IMPROBABLE_BROKER_URL": own_redis.url,
-        "IMPROBABLE_RESULT_BACKEND": own_redis.url,
+def fault_env(redis_url: str, database_url: str, data_dir: Path, discord_url: str) -> dict[str, str]:
+    """What the fault suite's workers (and bench/speed/faults_under_load.py's) run with: production liveness
+    (2 h visibility timeout, 10 s generate leases), one intra-op thread, a fake Discord."""
+    return {
+        "IMPROBABLE_BROKER_URL": redis_url,
+        "IMPROBABLE_RESULT_BACKEND": redis_url,
         "IMPROBABLE_DATABASE_URL": database_url,
         "IMPROBABLE_DATA_DIR": str(data_dir),
         "IMPROBABLE_STORAGE_URL": str(data_dir / "storage"),
@@ -108,8 +140,19 @@ def fault_services(own_redis, tmp_path_factory):
         "IMPROBABLE_MAX_GENERATE_TOKENS": "20000",
         "IMPROBABLE_TORCH_THREADS": "1",
         "IMPROBABLE_DISCORD_TOKEN": "test-token",
-        "IMPROBABLE_DISCORD_API_BASE": discord.url,
+        "IMPROBABLE_DISCORD_API_BASE": discord_url,
     }
+
+
+@pytest.fixture(scope="package")
+def fault_services(own_redis, tmp_path_factory):
+    import db
+
+    database_url, drop_schema = _pg_schema()
+    db.upgrade(database_url)
+    data_dir = tmp_path_factory.mktemp("faults-data")
+    discord = FakeDiscord()
+    env = fault_env(own_redis.url, database_url, data_dir, discord.url)
     services = Services(env, database_url, data_dir, discord, tmp_path_factory.mktemp("faults-logs"))
     try:
         with services.serving():
@@ -118,9 +161,9 @@ def fault_services(own_redis, tmp_path_factory):
         drop_schema()
 
 
-@pytest.fixture(scope="package")
-def fault_checkpoint(fault_services, tmp_path_factory) -> int:
-    """A char-rnn 1x32 trained for 30 steps on 6 KB of Alice, active for the `alice` persona."""
+def tiny_checkpoint(out: Path) -> int:
+    """A char-rnn 1x32 trained for 30 steps on 6 KB of Alice (in `out`), stored and active for the `alice`
+    persona of the configured database; its checkpoint id."""
     import db
     from db.checkpoints import save_checkpoint
     from db.personas import get_persona
@@ -128,7 +171,6 @@ def fault_checkpoint(fault_services, tmp_path_factory) -> int:
     from trainer.train import TrainConfig, train
 
     text = (CORPORA / "alice" / "alice.txt").read_text(encoding="utf-8")[:6000]
-    out = tmp_path_factory.mktemp("faults-model")
     config = TrainConfig(corpus="alice", out_dir=str(out), n_layers=1, n_hidden=32, n_embd=16, batch_size=8,
                          seq_len=32, max_steps=30, eval_interval=30, log_interval=30, threads=1)
     result = train(config, text[: text.rfind("\n") + 1])
@@ -138,6 +180,11 @@ def fault_checkpoint(fault_services, tmp_path_factory) -> int:
         return save_checkpoint(session, db.open_storage(), persona, run, "best",
                                (out / "best.safetensors").read_bytes(), val_loss=result.best_val_loss,
                                activate=True).id
+
+
+@pytest.fixture(scope="package")
+def fault_checkpoint(fault_services, tmp_path_factory) -> int:
+    return tiny_checkpoint(tmp_path_factory.mktemp("faults-model"))
 
 
 @pytest.fixture
