@@ -61,10 +61,21 @@ from tests.bot.fake_load import RESULT_BUTTON, FakeLoad
 
 TARGETS = {"guilds": 10_000, "rss_mb": 1536, "startup_s": 60.0, "lag_p99_ms": 100.0, "at_events_per_s": 200}
 MIX = (("ambient", 60), ("chatter", 30), ("mention", 3), ("generate", 3), ("personas", 2), ("click", 2))
+MIXES = {"realistic": MIX, "chatter": (("chatter", 100),)}  # chatter: members' messages only, nothing to answer
 AMBIENT = {"persona_slug": "alice", "chance": 0.02, "cooldown_seconds": 60}
 WORDS = ("the cat is on the keyboard again", "anyone up for a raid tonight", "who ate my pizza", "nice one",
          "did you see the match", "I think it will rain", "new patch notes are out", "good morning everyone",
          "lol", "this channel is so quiet", "what are we playing later", "the queen was not amused")
+# a do-nothing process beside the bot, sampling its own event loop's lag as the bot's monitor does: how late
+# the shared host alone wakes a process at the same niceness (what part of the bot's lag is the host's)
+CONTROL = ("import asyncio\n"
+           "async def main():\n"
+           "    loop = asyncio.get_running_loop()\n"
+           "    while True:\n"
+           "        start = loop.time()\n"
+           "        await asyncio.sleep(0.1)\n"
+           "        print(round(max(0.0, loop.time() - start - 0.1), 5), flush=True)\n"
+           "asyncio.run(main())\n")
 READY = re.compile(r"ready as .* in (\d+) guild")
 FIRST_SHARD = re.compile(r"shard \d+ of \d+ ready")
 ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
@@ -86,6 +97,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ambient-share", type=float, default=0.5)
     parser.add_argument("--shards", type=int, default=0, help="shards the fake recommends (0: one per 1,000)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--mix", choices=sorted(MIXES), default="realistic")
     parser.add_argument("--label", default="", help="appended to the run's key in the JSON (a variant's run)")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--out", type=Path, default=RESULTS / "load.json")
@@ -105,12 +117,13 @@ class Stack:
     metrics_port: int
     workers: list[Proc] = field(default_factory=list)
     bot: Proc | None = None
+    control: Proc | None = None
 
     def stop(self) -> None:
-        for proc in [self.bot, *self.workers]:
+        for proc in [self.bot, self.control, *self.workers]:
             if proc is not None:
                 proc.stop()
-        self.bot, self.workers = None, []
+        self.bot, self.control, self.workers = None, None, []
 
 
 def tiny_model(work: Path) -> bytes:
@@ -162,6 +175,14 @@ def start_workers(stack: Stack, count: int, threads: int) -> None:
         if dead:
             raise RuntimeError(f"worker(s) {dead} exited:\n{stack.workers[-1].log()}")
     raise TimeoutError(f"workers {names} did not answer in 120 s")
+
+
+def purge_queues(stack: Stack) -> int:
+    """Drop the jobs waiting in the broker's queues; how many there were."""
+    from core.settings import Settings
+    from worker.app import make_app
+
+    return make_app(Settings(broker_url=stack.redis_url, _env_file=None)).control.purge() or 0
 
 
 def stop_workers(stack: Stack) -> None:
@@ -309,6 +330,7 @@ class Traffic:
     rng: random.Random
     ambient: list[int]  # channels with ambient replies on
     quiet: list[int]  # the other channels
+    mix: tuple = MIX
 
     def text(self) -> str:
         return self.rng.choice(WORDS)
@@ -337,9 +359,9 @@ class Traffic:
         return [opt("persona", "alice"), opt("prompt", self.text()), opt("length", 120)]
 
     async def drive(self, rate: float, seconds: float) -> tuple[collections.Counter, float]:
-        """Events at `rate` a second for `seconds`, kinds drawn by MIX."""
+        """Events at `rate` a second for `seconds`, kinds drawn by the mix."""
         loop = asyncio.get_running_loop()
-        kinds, weights = zip(*MIX)
+        kinds, weights = zip(*self.mix)
         sent: collections.Counter = collections.Counter()
         start, i = loop.time(), 0
         while loop.time() - start < seconds:
@@ -384,8 +406,11 @@ def step(stack: Stack, traffic: Traffic, rate: float, seconds: float, grace: flo
     marks = (len(fake.errors), len(fake.acks), len(fake.finished), len(fake.sent_interactions), len(fake.requests))
     errors_before, _, log_at = log_errors(bot, bot.log_path.stat().st_size)
     before, cpu, own = scrape(stack.metrics_port), cpu_seconds(bot.proc.pid), cpu_seconds(os.getpid())
+    control_at = stack.control.log_path.stat().st_size
     sent, elapsed = fake.run_on_loop(traffic.drive(rate, seconds)).result(seconds + 120)
     after, cpu, own = scrape(stack.metrics_port), cpu_seconds(bot.proc.pid) - cpu, cpu_seconds(os.getpid()) - own
+    written = stack.control.log_path.read_bytes()[control_at:]
+    host_lag = [float(x) for x in written[:written.rfind(b"\n") + 1].decode().split()]
     time.sleep(grace)
     acks = [t for _, t in fake.acks[marks[1]:]]
     finished = [t for _, t in fake.finished[marks[2]:]]
@@ -402,6 +427,7 @@ def step(stack: Stack, traffic: Traffic, rate: float, seconds: float, grace: flo
            "bot_cpu_ms_per_event": round(1000 * cpu / max(received, 1), 2),
            "fake_cpu_pct": round(100 * own / elapsed, 1), "load_average": os.getloadavg()[0],
            **lag_stats(before, after),
+           "host_lag_p99_ms": round(1000 * percentile(host_lag, 99), 1) if host_lag else None,
            "ack_p50_s": pct(acks, 50), "ack_p99_s": pct(acks, 99), "interactions": len(acks) + unanswered,
            "texts_finished": len(finished), "text_p95_s": pct(finished, 95),
            "rest_requests": len(fake.requests) - marks[4],
@@ -424,17 +450,24 @@ def generation(stack: Stack, traffic: Traffic, args: argparse.Namespace) -> list
     rows = []
     for count in args.workers:
         stop_workers(stack)
+        purged = purge_queues(stack)  # what earlier load left queued (its members have long given up)
         start_workers(stack, count, args.worker_threads)
         fake = stack.fake
         fake.run_on_loop(traffic.closed_loop(args.gen_concurrency, 3.0)).result(120)  # checkpoint loads
-        before = scrape(stack.metrics_port)
+        before, cpu = scrape(stack.metrics_port), cpu_seconds(stack.bot.proc.pid)
+        workers_cpu = sum(cpu_seconds(w.proc.pid) for w in stack.workers)
         out = fake.run_on_loop(traffic.closed_loop(args.gen_concurrency, args.gen_seconds)).result(
             args.gen_seconds + 120)
         lag = lag_stats(before, scrape(stack.metrics_port))
+        cpu = cpu_seconds(stack.bot.proc.pid) - cpu
+        workers_cpu = sum(cpu_seconds(w.proc.pid) for w in stack.workers) - workers_cpu
         lat = out["latencies"]
         rows.append({"workers": count, "concurrency": args.gen_concurrency, "texts": len(lat),
                      "texts_per_s": round(len(lat) / out["elapsed"], 2), "p50_s": pct(lat, 50),
-                     "p95_s": pct(lat, 95), "failed_or_refused": out["failed"], "lag_p99_ms": lag.get("lag_p99_ms")})
+                     "p95_s": pct(lat, 95), "failed_or_refused": out["failed"], "lag_p99_ms": lag.get("lag_p99_ms"),
+                     "bot_cpu_pct": round(100 * cpu / out["elapsed"], 1),
+                     "workers_cpu_pct": round(100 * workers_cpu / out["elapsed"], 1),
+                     "load_average": os.getloadavg()[0], "purged_before": purged})
         print(f"  {count} worker(s): {rows[-1]['texts_per_s']} texts/s, p95 {rows[-1]['p95_s']} s", flush=True)
     return rows
 
@@ -466,6 +499,7 @@ def run_guilds(args: argparse.Namespace, n: int, work: Path, model: bytes, gener
     try:
         with_ambient = prepare_database(database_url, storage, model, fake, args.ambient_share)
         start_workers(stack, 1, args.worker_threads)
+        stack.control = Proc("control", [sys.executable, "-c", CONTROL], env, logs, ROOT)
         print(f"{n} servers ({with_ambient} with ambient replies): starting the bot", flush=True)
         result = {"guilds": n, "servers_with_ambient": with_ambient, "database": database_url.split(":")[0],
                   **start_bot(stack)}
@@ -475,7 +509,7 @@ def run_guilds(args: argparse.Namespace, n: int, work: Path, model: bytes, gener
         rng = random.Random(args.seed)
         ambient = [g.channels[0].id for g in fake.load_guilds[:with_ambient]]
         quiet = [c.id for g in fake.load_guilds for c in g.channels if c.id not in set(ambient)]
-        traffic = Traffic(fake, rng, ambient, quiet)
+        traffic = Traffic(fake, rng, ambient, quiet, MIXES[args.mix])
         result["rates"] = [step(stack, traffic, rate, args.step_seconds) for rate in args.rates]
         result["rss_mb_at_end"], result["peak_rss_mb"] = memory_mb(stack.bot.proc.pid)
         if generate and args.workers:
@@ -512,7 +546,7 @@ def verdicts(runs: dict) -> list[dict]:
 
 def report(runs: dict, args: argparse.Namespace, machine: dict) -> None:
     columns = ("rate", "sent_per_s", "events_received", "bot_cpu_pct", "bot_cpu_ms_per_event", "lag_p50_ms",
-               "lag_p99_ms", "lag_le_100ms_pct", "ack_p50_s", "ack_p99_s", "texts_finished", "text_p95_s",
+               "lag_p99_ms", "lag_le_100ms_pct", "host_lag_p99_ms", "ack_p50_s", "ack_p99_s", "texts_finished", "text_p95_s",
                "rest_requests", "rest_global_per_s", "refused", "errors", "load_average")
     for key, run in sorted(runs.items(), key=lambda kv: (kv[1]["guilds"], kv[0])):
         title = (f"{key}: {run['guilds']:,} servers, {run['settings']['channels']} channels each: start-up "
@@ -546,7 +580,7 @@ def main() -> None:
     machine["uptime_end"] = uptime()
     report(runs, args, machine)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"targets": TARGETS, "mix": dict(MIX), "ambient": AMBIENT,
+    args.out.write_text(json.dumps({"targets": TARGETS, "mixes": {k: dict(v) for k, v in MIXES.items()}, "ambient": AMBIENT,
                                     "verdicts": verdicts(runs), "runs": runs}, indent=1, ensure_ascii=False))
     print(f"wrote {args.out}")
 
