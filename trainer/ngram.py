@@ -149,19 +149,17 @@ class KneserNey(nn.Module):
             out = torch.where(seen, torch.full_like(out, k - 1), out)
         return out
 
-    def _interpolate(self, k: int, h: torch.Tensor, c: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
-        """P_k from the counts `c` of each (context, word) and P_{k−1} (`lower`, same shape as c)."""
+    def _context_weights(self, k: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c_k(h·), γ_k(h)) in float64 for the order-k context ids `h` (0 where the context is unseen)."""
         stats = getattr(self, f"stats{k}")[h.clamp(min=0)].double()
         total = torch.where(h >= 0, stats[:, 0], 0.0)
         d1, d2, d3 = self.discounts[k - 1]
-        gamma = (d1 * stats[:, 1] + d2 * stats[:, 2] + d3 * stats[:, 3]) / total.clamp(min=1)
-        if c.dim() == 2:
-            total, gamma = total[:, None], gamma[:, None]
-        d = torch.tensor([0.0, d1, d2, d3], dtype=lower.dtype, device=lower.device)
-        c = c.to(lower.dtype)
-        discount = torch.where(c >= 3, d[3], torch.where(c >= 2, d[2], torch.where(c >= 1, d[1], d[0])))
-        mixed = (c - discount).clamp(min=0) / total.clamp(min=1).to(lower.dtype) + gamma.to(lower.dtype) * lower
-        return torch.where(total > 0, mixed, lower)
+        return total, (d1 * stats[:, 1] + d2 * stats[:, 2] + d3 * stats[:, 3]) / total.clamp(min=1)
+
+    def _discounted(self, k: int, c: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """max(c − D_k(c), 0) for order-k counts c."""
+        d = torch.tensor([0.0, *self.discounts[k - 1]], dtype=dtype, device=c.device)
+        return (c.to(dtype) - d[c.long().clamp(0, 3)]).clamp(min=0)
 
     def prob(self, context: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """P(w | context) in float64 for contexts (N, order − 1), oldest first, and next words w (N,)."""
@@ -173,28 +171,30 @@ class KneserNey(nn.Module):
             else:
                 index = _lookup(self.keys(k), torch.where(h >= 0, h * self.V + w, -1))
                 c = torch.where(index >= 0, self.counts(k)[index.clamp(min=0)].long(), 0)
-            p = self._interpolate(k, h, c, p)
+            total, gamma = self._context_weights(k, h)
+            p = torch.where(total > 0, self._discounted(k, c, p.dtype) / total.clamp(min=1) + gamma * p, p)
         return p
 
     def distribution(self, context: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """P(· | context) over the whole vocabulary, (N, V), for contexts (N, order − 1): what sampling needs.
-        Each order scatters the words its context was followed by (a contiguous range of its sorted keys)."""
+        P_1 is the same for every context; each order above scales the row by γ_k(h) and adds the discounted
+        counts of the words its context was followed by (a contiguous range of its sorted keys)."""
         N, V = context.size(0), self.V
-        p = torch.full((N, V), 1.0 / V, dtype=dtype, device=context.device)
-        for k, h in enumerate(self.context_ids(context.long()), start=1):
-            if k == 1:
-                c = self.counts1.to(dtype)[None, :].expand(N, V)
-            else:
-                keys = self.keys(k)
-                lo = torch.searchsorted(keys, torch.where(h >= 0, h * V, -1))
-                hi = torch.where(h >= 0, torch.searchsorted(keys, h * V + V), lo)
-                lengths = hi - lo
-                rows = torch.repeat_interleave(torch.arange(N, device=p.device), lengths)
-                first = torch.repeat_interleave(lo - (lengths.cumsum(0) - lengths), lengths)
-                entries = first + torch.arange(len(rows), device=p.device)
-                c = torch.zeros(N, V, dtype=dtype, device=p.device)
-                c[rows, keys[entries] % V] = self.counts(k)[entries].to(dtype)
-            p = self._interpolate(k, h, c, p)
+        ids = self.context_ids(context.long())
+        total, gamma = self._context_weights(1, ids[0][:1])
+        p1 = self._discounted(1, self.counts1, torch.float64) / total.clamp(min=1) + gamma / V
+        p = (p1 if bool(total > 0) else torch.full_like(p1, 1.0 / V)).to(dtype).expand(N, V).clone()
+        for k, h in enumerate(ids[1:], start=2):
+            keys = self.keys(k)
+            total, gamma = self._context_weights(k, h)
+            p *= torch.where(total > 0, gamma, 1.0).to(dtype)[:, None]
+            lo = torch.searchsorted(keys, torch.where(h >= 0, h * V, -1))
+            lengths = torch.where(h >= 0, torch.searchsorted(keys, h * V + V), lo) - lo
+            rows = torch.repeat_interleave(torch.arange(N, device=p.device), lengths)
+            entries = torch.repeat_interleave(lo - (lengths.cumsum(0) - lengths), lengths) + torch.arange(
+                len(rows), device=p.device)
+            share = self._discounted(k, self.counts(k)[entries], torch.float64) / total[rows].clamp(min=1)
+            p.index_put_((rows, keys[entries] % V), share.to(dtype), accumulate=True)
         return p
 
     def nats_per_token(self, tokens: torch.Tensor) -> float:
