@@ -8,6 +8,7 @@ API and gateway, migrates an embedded SQLite database, installs bundled checkpoi
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -181,6 +182,7 @@ class ImprobableBot(discord.AutoShardedClient):
             self.generation_messages.popitem(last=False)
 
     async def on_ready(self) -> None:
+        gc.freeze()  # the servers' cache lives as long as the process: full collections no longer walk it
         metrics.set_ready("discord", True)
         metrics.BOT_GUILDS.set(len(self.guilds))
         log.info("ready as %s in %d guild(s) on %s", self.user, len(self.guilds), self.shards_described())
