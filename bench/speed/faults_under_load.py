@@ -14,7 +14,7 @@ production liveness settings (2 h visibility timeout, 10 s generate leases), and
 Jobs are submitted and followed as the bot does, through bot.jobs.Jobs (one instance, this process's event
 loop): `submit` of the `improbable.generate` task with a GenerateRequest, then `wait` on the result backend.
 
-Timeline: a kill at 0:20 of every minute; Redis restarted at 0:50 of minute int(0.4 × minutes), PostgreSQL at
+Timeline: a kill at 0:20 of every minute (of the worker holding the most jobs then, by their leases); Redis restarted at 0:50 of minute int(0.4 × minutes), PostgreSQL at
 0:50 of minute int(0.7 × minutes), each down --redis-down / --pg-down seconds. Submission runs for the whole
 --minutes (longer if the last restart's windows need it), then the jobs in flight are drained.
 
@@ -168,13 +168,13 @@ def drive_faults(built: Stack, faults: list[Fault], t0: float, args, stop: threa
         fault.start = time.monotonic() - t0
         try:
             if fault.kind == "kill":
-                slot = kills % len(built.workers)
+                slot, held = victim_slot(built, kills)
                 kills += 1
                 victim = built.workers[slot]
                 victim.kill()
                 fault.end = time.monotonic() - t0
                 watch_ready(built.start_worker(slot, args.worker_threads), built.ready, time.monotonic())
-                fault.note = f"{victim.hostname} pid {victim.proc.pid}"
+                fault.note = f"{victim.hostname} holding {held} jobs"
             elif fault.kind == "redis":
                 built.redis.restart(down_seconds=args.redis_down)
                 fault.end = time.monotonic() - t0
@@ -187,6 +187,24 @@ def drive_faults(built: Stack, faults: list[Fault], t0: float, args, stop: threa
             fault.end = time.monotonic() - t0
             fault.note = f"{fault.note} FAILED: {type(e).__name__}: {e}".strip()
         print(f"  {fault.start:6.1f} s  {fault.kind} {fault.note} (back at {fault.end:.1f} s)", flush=True)
+
+
+def victim_slot(built: Stack, kills: int) -> tuple[int, int]:
+    """(the worker holding the most generate leases right now, how many; the next in turn on a tie): a kill
+    should catch jobs in flight, not an idle worker."""
+    import redis
+
+    from worker.serve.leases import LEASES
+
+    try:
+        values = redis.Redis.from_url(built.redis.url, socket_connect_timeout=1).hvals(LEASES)
+    except redis.exceptions.RedisError:
+        values = []
+    owners = Counter(v.split(b"\n", 1)[0].rsplit(b":", 1)[-1] for v in values)
+    held = [owners[str(w.proc.pid).encode()] for w in built.workers]
+    turn = kills % len(held)
+    slot = max(range(len(held)), key=lambda i: (held[i], i == turn))
+    return slot, held[slot]
 
 
 def watch_ready(worker, restarted: list, started: float, limit: float = 180.0) -> None:
@@ -386,6 +404,7 @@ def count(built: Stack, outcomes: list[Outcome], finals: FinalStates) -> dict:
         "completed_without_row": sum(1 for o in completed if rows[o.task_id] == 0),
         "failed_but_recorded": sum(1 for o in outcomes if o.kind != "completed" and rows[o.task_id] > 0),
         "answered_twice": sum(1 for i in ids if finals.finals[i] > 1),
+        "final_state_seen": sum(1 for i in ids if finals.finals[i] > 0),  # (the subscription works: ~ answered)
         "answer_changed_after_read": len(changed_answers(outcomes)),
         "reruns_answered_from_row": sum(o.rerun for o in completed),
         "republished_by_reaper": republished(built),

@@ -4,7 +4,9 @@ The Redis that a test restarts is this suite's own (`redis-server --port <spare 
 temporary folder, started as a subprocess): the shared 127.0.0.1:6379 is never stopped. Generation rows go to
 a private schema of the shared PostgreSQL, which no test stops. The workers run with the production
 visibility timeout (2 h): a job of a dead worker comes back through the generate leases (worker/leases.py),
-not through Redis's redelivery.
+not through Redis's redelivery. A test that restarts PostgreSQL makes its own cluster (PrivatePostgres).
+bench/speed/faults_under_load.py builds its stack from these helpers (OwnRedis, PrivatePostgres, fault_env,
+tiny_checkpoint).
 """
 
 from __future__ import annotations
