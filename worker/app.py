@@ -19,7 +19,7 @@ Why these settings:
   `visibility_timeout` (2 h), which must exceed the longest job (a train run guards against the duplicate an
   overrun would cause; see worker/training.py). Generate jobs do not wait for it: they hold a lease renewed by
   their worker's heartbeat, and any generate worker re-publishes the jobs of a dead one (worker/leases.py).
-  A generate task hands its job to the engine and returns (Ignore: its message is acknowledged then), and
+  A generate task hands its job to the engine and returns (no state stored; its message is acknowledged), and
   the engine's side stores its states and releases the lease (worker/delivery.py), so the Celery threads
   (`-c`) do not bound the batch: they only validate, load checkpoints and hand over (16 is plenty).
 - Routing by capability: every generate worker consumes `generate` and the queue of its kind,

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 GENERATE_TASK = "improbable.generate"
 
 STARTED = "improbable_started"  # the attribute of a task's request (its Context) holding its perf_counter start
+HANDED_OFF = "improbable_handed_off"  # set on a generate task's request when its job went to the engine
 
 
 def _task_name(task) -> str:
@@ -86,7 +87,7 @@ def _on_task_prerun(task_id=None, task=None, args=None, **_kwargs) -> None:
 
 def _on_task_postrun(task_id=None, task=None, retval=None, state=None, **_kwargs) -> None:
     name = _task_name(task)
-    if name == GENERATE_TASK and state == "IGNORED":
+    if name == GENERATE_TASK and task is not None and getattr(task.request, HANDED_OFF, False):
         return  # handed to the engine: worker/serve/delivery.py calls job_finished when it answers
     started = getattr(task.request, STARTED, None) if task is not None else None
     job_finished(task_id, name, state, retval, started)

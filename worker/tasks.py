@@ -10,9 +10,9 @@ improbable.generate(request: GenerateRequest) -> GenerateResult — queue `gener
               "beat": the time it was written}, every Liveness.partial_interval while it grows and every
               Liveness.partial_heartbeat regardless. Short jobs finish before any PROGRESS.
     errors:  an unknown checkpoint or an invalid request fail at once (not retried).
-    On a worker the task hands the request to the serving runtime (worker/serve/) and returns without a
-    state (Ignore); the runtime stores PROGRESS, SUCCESS and FAILURE under the task's id. In eager mode the
-    result is returned directly.
+    On a worker the task hands the request to the serving runtime (worker/serve/) and returns without
+    storing a state (handed_to_engine); the runtime stores PROGRESS, SUCCESS and FAILURE under the task's
+    id. In eager mode the result is returned directly.
 
 improbable.train(run_id: int) — queue `train`
     Trains the run's persona on the run's corpus (or, for bundled personas, the recipe's corpus by name)
@@ -73,6 +73,7 @@ from core import metrics
 from core.contracts import GenerateRequest, GenerateResult
 from core.settings import get_settings
 
+from . import signals
 from .app import GENERATE_QUEUE, GENERATE_QUEUES, app, kind_queue
 from .schedules import DiscordUnavailable
 from .serve.runtime import BadRequest, Runtime
@@ -130,7 +131,18 @@ def generate_task(self, request: GenerateRequest) -> GenerateResult:
                                          lambda: runtime.begin(request, maybe_done=maybe_done))
     if recorded is not None:  # answered from its recorded row
         return recorded.model_copy(update={"worker": hostname})
-    raise Ignore()  # no state stored, message acknowledged: the runtime's delivery answers from the engine's side
+    handed_to_engine(self.request)
+    return None
+
+
+def handed_to_engine(request) -> None:
+    """The running task's job is the engine's now: Celery stores no state when the task returns (the
+    runtime's delivery stores them), its message is acknowledged, and the postrun handlers leave its lease
+    and metrics to delivery (signals.HANDED_OFF). Cheaper than raising Ignore, for which Celery formats the
+    traceback twice per job: ~15 % of a busy generate worker's CPU besides the engine's (py-spy,
+    bench/speed/queue_load.py --side-by-side)."""
+    request.ignore_result = True  # read by the result backend's mark_as_done
+    setattr(request, signals.HANDED_OFF, True)
 
 
 # Jobs that hold a lease from the moment their worker receives them until they end (worker/leases.py): if
@@ -151,8 +163,9 @@ def _lease_on_receipt(request=None, **_) -> None:
 @task_postrun.connect
 def _release_lease(task_id=None, task=None, state=None, **_) -> None:
     # a retry is a new message under the same id: its receipt leases it again; a job handed to the engine
-    # (IGNORED) keeps its lease until the runtime's delivery answers it
-    if task is None or task.name not in LEASED_TASKS or state in ("RETRY", "IGNORED") or task.request.is_eager:
+    # keeps its lease until the runtime's delivery answers it
+    if task is None or task.name not in LEASED_TASKS or state in ("RETRY", "IGNORED") or task.request.is_eager \
+            or getattr(task.request, signals.HANDED_OFF, False):
         return
     leases = generate_task.runtime.leases
     if leases is not None:

@@ -1,13 +1,14 @@
 """Generate jobs answered from the engine's side, so that a job does not hold a Celery thread while it runs.
 
 A worker's `improbable.generate` task validates its request, hands it to the engine (Runtime.begin)
-and ends by raising `celery.exceptions.Ignore`: the worker stores no state for it, acknowledges its message,
-and the thread takes the next job. The batch is then bounded by the engine, not by `-c` (a worker with 4
-threads batches hundreds of streams; tests/worker/test_generate.py). From there this module's one thread
-follows the job and has its states written to the result backend, as the task would have (bot/jobs.py):
+and returns with its request's `ignore_result` set (worker/tasks.py, handed_to_engine): the worker stores no
+state for it, acknowledges its message, and the thread takes the next job. The batch is then bounded by the
+engine, not by `-c` (a worker with 4 threads batches hundreds of streams; tests/worker/test_generate.py).
+From there this module's one thread follows the job and has its states written to the result backend, as
+the task would have (bot/jobs.py):
 - PROGRESS {"text": completion so far, "beat": time} every `Liveness.partial_interval` while the text grows,
   and the same again every `Liveness.partial_heartbeat` (the bot takes a silent job for a dead one);
-- SUCCESS with the task's GenerateResult (`backend.mark_as_done`) once its row is recorded (recording.py: one
+- SUCCESS with the task's GenerateResult (`backend.store_result`) once its row is recorded (recording.py: one
   row per request id, written many per transaction);
 - FAILURE (`backend.mark_as_failure`) with what failed: the sampler step, the deadline (`generate_timeout`),
   the database. A bad request never gets here: it fails in the task.
@@ -206,7 +207,10 @@ class Delivery:
 
     def _store_done(self, handed: Handed, result: GenerateResult) -> None:
         try:
-            self.app.backend.mark_as_done(handed.task_id, result.model_dump(mode="json"), request=handed.context)
+            # store_result, not mark_as_done: the task's request says ignore_result (handed_to_engine), which
+            # mark_as_done obeys
+            self.app.backend.store_result(handed.task_id, result.model_dump(mode="json"), "SUCCESS",
+                                          request=handed.context)
         except Exception:  # noqa: BLE001 - the store retried through an outage (~40 s) and gave up
             log.exception("generate %s: its result could not be stored", handed.task_id)
         log.info("generate %s answered in %.2f s (%s tokens, batch peak %s)", handed.task_id,
