@@ -8,7 +8,10 @@ the webhook's own avatar. The other design, one webhook per channel with a per-m
 the URLs of Discord's own attachments expire. Uploading the avatar to the webhook needs no URL at all. The
 cost is Discord's limit of 15 webhooks per channel: the bot keeps at most `MAX_PER_CHANNEL` of its own per
 channel and deletes the least recently used one to make room (and once more when Discord answers that the
-channel is full, 30007, because the server's integrations use some).
+channel is full, 30007, because the server's integrations use some). Where Discord refuses one (403: the
+bot's cached permissions were wrong, or the workers, which have none, asked), every process posts there as
+the bot for an hour without asking again (db.webhooks.REFUSED_SECONDS): refused requests count towards the
+10,000 invalid requests in 10 minutes that get a host's address blocked.
 
 The webhooks are created by the bot, so they are owned by the application: their messages may carry the
 result buttons, and clicks on them reach the bot as on any message (bot/views.py); Regenerate and More
@@ -92,7 +95,8 @@ async def _create(bot, channel: discord.TextChannel, slug: str, display_name: st
             webhook = await channel.create_webhook(name=webhook_name(display_name), avatar=data,
                                                    reason=f"post as the persona {slug}")
             break
-        except discord.Forbidden:
+        except discord.Forbidden:  # no Manage Webhooks after all: not asked again for a while, by any process
+            await asyncio.to_thread(service.webhooks.refused, channel.id)
             return None
         except discord.HTTPException as e:
             full = e.code == MAX_WEBHOOKS
@@ -106,13 +110,17 @@ async def _create(bot, channel: discord.TextChannel, slug: str, display_name: st
     return webhook
 
 
-async def webhook_for(bot, channel: discord.TextChannel, slug: str, display_name: str) -> discord.Webhook | None:
+async def webhook_for(bot, channel: discord.TextChannel, slug: str, display_name: str, *,
+                      ask_again: bool = False) -> discord.Webhook | None:
     """The channel's webhook for this persona, created (with the persona's avatar) when there is none;
-    None when Discord refuses one. A stored webhook whose avatar is out of date gets the current one."""
+    None when Discord refuses one, or refused one there lately (service.webhooks.refused_here) unless
+    `ask_again`. A stored webhook whose avatar is out of date gets the current one."""
     async with _locks.setdefault((channel.id, slug), asyncio.Lock()):
         try:
             hook = await asyncio.to_thread(service.webhooks.hook_for, channel.id, slug)
             if hook is None:
+                if not ask_again and await asyncio.to_thread(service.webhooks.refused_here, channel.id):
+                    return None
                 return await _create(bot, channel, slug, display_name)
             webhook = _partial(bot, hook)
             data, digest = await asyncio.to_thread(service.webhooks.avatar, display_name, slug, channel.guild.id)
@@ -137,7 +145,11 @@ async def output_for(bot, channel, request: service.generation.PreparedGeneratio
     permissions = interaction.app_permissions if interaction is not None else None
     if not usable(channel, permissions):
         return fallback
-    webhook = await webhook_for(bot, channel, request.payload["persona"], request.display_name)
+    # Discord's own word that the bot has Manage Webhooks, in a command of a manager (Manage Server or Manage
+    # Webhooks): they may just have given it, so a recent refusal there is not trusted (one request a command)
+    fixed = interaction is not None and (interaction.permissions.manage_guild or
+                                         interaction.permissions.manage_webhooks)
+    webhook = await webhook_for(bot, channel, request.payload["persona"], request.display_name, ask_again=fixed)
     if webhook is None:
         return fallback
     return WebhookOutput(webhook, webhook_name(request.display_name), channel.id, fallback,

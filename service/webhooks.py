@@ -9,13 +9,16 @@ from db.session import session_scope
 from db.storage import open_storage
 from db.webhooks import (
     MAX_PER_CHANNEL,
+    REFUSED_SECONDS,
     Hook,
     avatar_key,
     by_id,
     chosen_avatar,
+    creation_refused,
     find,
     forget,
     is_ours,
+    note_refused,
     remember,
     set_avatar,
     to_evict,
@@ -23,13 +26,26 @@ from db.webhooks import (
 from service.errors import UserError
 from service.policy import Actor
 
-__all__ = ["MAX_PER_CHANNEL", "Hook", "avatar", "evictable", "forget_hook", "hook_by_id", "hook_for", "keep_hook",
-           "note_avatar", "posts_as_persona", "choose_avatar"]
+__all__ = ["MAX_PER_CHANNEL", "REFUSED_SECONDS", "Hook", "avatar", "evictable", "forget_hook", "hook_by_id", "hook_for",
+           "keep_hook", "note_avatar", "posts_as_persona", "choose_avatar", "refused_here", "refused"]
 
 
 def hook_for(channel_id: int, persona_slug: str) -> Hook | None:
     with session_scope() as session:
         return find(session, channel_id, persona_slug)
+
+
+def refused_here(channel_id: int) -> bool:
+    """Whether Discord refused the bot a webhook in the channel lately (db.webhooks.REFUSED_SECONDS): post as
+    the bot there without asking again."""
+    with session_scope() as session:
+        return creation_refused(session, channel_id)
+
+
+def refused(channel_id: int) -> None:
+    """Discord refused the bot a webhook in the channel (403): no process asks again for a while."""
+    with session_scope() as session:
+        note_refused(session, channel_id)
 
 
 def hook_by_id(webhook_id: int) -> Hook | None:

@@ -11,7 +11,8 @@ slot once. Posts due together are spread out from their dispatch at IMPROBABLE_S
 
 A post goes out as the persona, through the channel webhook the bot uses for it (bot/webhooks.py explains
 the design; db/webhooks.py keeps them), created here when there is none; where Discord refuses a webhook
-(no Manage Webhooks: 403) or it was deleted, the post goes out as the bot with the persona named, as before.
+(no Manage Webhooks: 403) or it was deleted, the post goes out as the bot with the persona named, as before;
+after a refusal no post asks for a webhook in that channel again for an hour (db.webhooks.REFUSED_SECONDS).
 A webhook's execute takes no nonce: the slot's locked row keeps overlapping runs to one post, and only a run
 that dies between posting and recording could post its slot twice through a webhook.
 """
@@ -38,7 +39,7 @@ from core.settings import get_settings
 from db import PostStatus, Schedule, SchedulePost, get_sessionmaker, open_storage, session_scope
 from db.schedules import claim_slots, enabled_schedules, finish_post, interval_slot
 from db.types import as_utc, utcnow
-from db.webhooks import Hook, chosen_avatar, find, forget, remember, to_evict
+from db.webhooks import Hook, chosen_avatar, creation_refused, find, forget, note_refused, remember, to_evict
 
 log = logging.getLogger(__name__)
 MAX_CONTENT = 2000  # Discord's limit on a message's content
@@ -249,6 +250,8 @@ def _create_webhook(session, channel_id: int, guild_id: int, slug: str, display_
             if attempt == 0 and "30007" in str(e):
                 continue
             log.info("no webhook in channel %s (posting as the bot): %s", channel_id, e)
+            if e.status == 403:  # no Manage Webhooks: no process asks again for a while (db.webhooks)
+                note_refused(session, channel_id)
             return None
         except DiscordUnavailable as e:
             log.info("no webhook in channel %s (posting as the bot): %s", channel_id, e)
@@ -277,7 +280,9 @@ def post_as_persona(session, channel_id: int, guild_id: int, slug: str, display_
                     nonce: str | None = None) -> int:
     """Post `content` in the channel as the persona through its webhook; as the bot where there is none (a
     refusal to post as the bot raises DiscordError, as post_message does)."""
-    hook = find(session, channel_id, slug) or _create_webhook(session, channel_id, guild_id, slug, display_name)
+    hook = find(session, channel_id, slug)
+    if hook is None and not creation_refused(session, channel_id):
+        hook = _create_webhook(session, channel_id, guild_id, slug, display_name)
     if hook is not None:
         message = {"content": content[:MAX_CONTENT], "username": webhook_name(display_name),
                    "allowed_mentions": {"parse": []}}

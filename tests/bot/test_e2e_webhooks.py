@@ -185,3 +185,28 @@ def test_a_manager_sets_the_avatar_a_persona_posts_with(e2e):
         assert shown.size == (128, 128) and shown.convert("RGB").getpixel((5, 5)) == (255, 0, 0)
     reset = fake.slash("persona avatar", [opt("persona", "alice")], user=fake.owner)
     assert "drawn from its name" in ephemeral_reply(fake, reset)["content"]
+
+
+def test_where_discord_refuses_a_webhook_it_asks_once_until_a_manager_shows_it_is_back(e2e):
+    """The bot's cache says it has Manage Webhooks, Discord refuses (a cache out of date, or a server that
+    requires 2FA): the first turn of a dialogue asks and falls back to the bot; the other turns, of either
+    persona, do not ask again (db.webhooks.REFUSED_SECONDS). A manager's command where Discord says the bot
+    has the permission asks again, and posts as the persona."""
+    fake = e2e.fake
+    channel = _persona_channel(fake, "refused-webhooks")
+    with fake.cond:
+        fake.channel(channel).overwrites = []  # Discord refuses; the bot is not told
+    turns = 4
+    fake.slash("dialogue", [opt("persona_a", "alice"), opt("persona_b", "trump"), opt("topic", "The tarts"),
+                            opt("turns", turns)], user=fake.bob, channel_id=channel)
+    fake.wait_for(lambda: len([m for m in fake.channel_messages(channel) if custom_ids(m)]) >= turns,
+                  4 * TIMEOUT, f"{turns} turns posted as the bot")
+    assert fake.webhook_messages(channel) == []
+    assert [r.status for r in fake.sent("POST", f"/channels/{channel}/webhooks")] == [403]  # 1, not 4
+
+    fake.grant_webhooks(channel)
+    fake.slash("generate", [opt("persona", "alice"), opt("prompt", "Alice was"), opt("length", 20)],
+               user=fake.owner, channel_id=channel)
+    [msg] = _posted(fake, channel)
+    _through_webhook(fake, msg)
+    assert [r.status for r in fake.sent("POST", f"/channels/{channel}/webhooks")] == [403, 200]
