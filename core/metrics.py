@@ -83,6 +83,14 @@ BOT_GATEWAY_EVENTS = Counter("improbable_bot_gateway_events", "Gateway events th
 EVENT_LOOP_LAG = Histogram("improbable_event_loop_lag_seconds", f"How late the process's asyncio event loop "
                            f"woke from a {LAG_INTERVAL} s sleep (sampled every {LAG_INTERVAL} s): time its "
                            "handlers held the loop.", buckets=LAG_BUCKETS)
+# Discord's REST budget (core/ratelimit.py), in every process that calls Discord: the bot, generate workers, beat
+REST_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+DISCORD_REST_WAIT = Histogram("improbable_discord_rest_wait_seconds", "Discord REST requests held back by the "
+                              "deployment's shared budget before they went (count), and how long they waited "
+                              "(sum); requests that went at once are not counted.", buckets=REST_WAIT_BUCKETS)
+DISCORD_RATE_LIMITED = Counter("improbable_discord_rate_limited", "Answers of 429 from Discord, by scope (global: "
+                               "every request held back; route: one route's bucket) and route kind (method and "
+                               "path template, e.g. POST /channels/{id}/messages).", ["scope", "route"])
 
 METRIC_NAMES = (  # what /metrics shows (tests and the README list them)
     "improbable_build_info", "improbable_worker_info", "improbable_jobs_enqueued_total", "improbable_jobs_total",
@@ -92,7 +100,8 @@ METRIC_NAMES = (  # what /metrics shows (tests and the README list them)
     "improbable_checkpoint_cache_entries", "improbable_bot_interactions_total",
     "improbable_bot_request_latency_seconds", "improbable_bot_guilds", "improbable_bot_gateway_events_total",
     "improbable_bot_messages_total",
-    "improbable_event_loop_lag_seconds",
+    "improbable_event_loop_lag_seconds", "improbable_discord_rest_wait_seconds",
+    "improbable_discord_rate_limited_total",
 )
 CLUSTER_METRIC_NAMES = (
     "improbable_queue_depth", "improbable_jobs_reserved", "improbable_broker_up", "improbable_training_runs",

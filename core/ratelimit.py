@@ -17,6 +17,9 @@ limit per route that Discord announces in its answers' headers.
   on Redis's clock; without Redis (embedded mode), or while Redis is unreachable, the same arithmetic runs in
   the process.
 - Interaction callbacks (/interactions/...) are outside the budget, as they are outside Discord's global limit.
+- Every process counts what it sees in its metrics (core/metrics.py): the requests the budget held back and
+  for how long (improbable_discord_rest_wait_seconds), the 429s by scope and route kind
+  (improbable_discord_rate_limited_total).
 - `reserve(n)` hands out start times on a shared timeline (at IMPROBABLE_SCHEDULE_POSTS_PER_SECOND), so that a
   burst of due scheduled posts is spread out instead of queueing on the bucket (worker/schedules.py).
 """
@@ -31,6 +34,8 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+
+from core.metrics import DISCORD_RATE_LIMITED, DISCORD_REST_WAIT
 
 log = logging.getLogger(__name__)
 PREFIX = "improbable:rest:"
@@ -88,6 +93,17 @@ def route_key(method: str, path: str) -> str | None:
         else:
             out.append("{id}" if _ID.match(part) else part)
     return f"{method.upper()} /{'/'.join(out)}"
+
+
+def route_kind(route: str | None) -> str:
+    """A route without its major id, as metrics label it: 'POST /channels/{id}/messages' ('-': none)."""
+    if route is None:
+        return "-"
+    method, _, path = route.partition(" ")
+    parts = path.split("/")
+    if len(parts) > 2 and parts[1] in MAJOR:
+        parts[2] = "{id}"
+    return f"{method} {'/'.join(parts)}"
 
 
 @dataclass
@@ -197,21 +213,30 @@ class RestBudget:
         """Block until the request may go (a token taken); returns the seconds waited. With `timeout`, raises
         TimeoutError when it would wait longer."""
         started = time.monotonic()
-        while (wait := self.try_take(route)) > 0:
-            if timeout is not None and time.monotonic() - started + wait > timeout:
-                raise TimeoutError(f"Discord's REST budget has no room for {route} within {timeout} s")
-            time.sleep(_jittered(wait))
-        return time.monotonic() - started
+        if (wait := self.try_take(route)) <= 0:
+            return 0.0
+        try:
+            while wait > 0:
+                if timeout is not None and time.monotonic() - started + wait > timeout:
+                    raise TimeoutError(f"Discord's REST budget has no room for {route} within {timeout} s")
+                time.sleep(_jittered(wait))
+                wait = self.try_take(route)
+            return time.monotonic() - started
+        finally:
+            DISCORD_REST_WAIT.observe(time.monotonic() - started)
 
     async def acquire_async(self, route: str | None) -> float:
         """`acquire` for an event loop (the bot): waits without blocking it."""
-        started = time.monotonic()
+        started, waited = time.monotonic(), False
         while True:
             ms = await self._acall("take", self._keys(route), [self.rate, self.burst])
             wait = self._take_local(route) if ms is None else ms / 1000
             if wait <= 0:
                 break
+            waited = True
             await asyncio.sleep(_jittered(wait))
+        if waited:
+            DISCORD_REST_WAIT.observe(time.monotonic() - started)
         return time.monotonic() - started
 
     def pause(self, route: str | None, seconds: float) -> None:
@@ -228,13 +253,13 @@ class RestBudget:
     def observe(self, route: str | None, status: int, headers) -> tuple[str | None, float] | None:
         """Learn from an answer: a 429 (global or the route's) or an exhausted route pauses it for as long
         as Discord says. Returns (route or None for global, seconds) of the pause to set, else None."""
-        found = pause_of(route, status, headers)
+        found = _learned(route, status, headers)
         if found is not None:
             self.pause(*found)
         return found
 
     async def observe_async(self, route: str | None, status: int, headers) -> tuple[str | None, float] | None:
-        found = pause_of(route, status, headers)
+        found = _learned(route, status, headers)
         if found is not None:
             await self.pause_async(*found)
         return found
@@ -271,6 +296,14 @@ def pause_of(route: str | None, status: int, headers) -> tuple[str | None, float
     if route is not None and headers.get("X-RateLimit-Remaining") == "0" and reset:
         return route, reset
     return None
+
+
+def _learned(route: str | None, status: int, headers) -> tuple[str | None, float] | None:
+    """pause_of, with a 429 counted by its scope and route kind (improbable_discord_rate_limited_total)."""
+    found = pause_of(route, status, headers)
+    if status == 429:
+        DISCORD_RATE_LIMITED.labels("global" if found[0] is None else "route", route_kind(route)).inc()
+    return found
 
 
 def _jittered(wait: float) -> float:

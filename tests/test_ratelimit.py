@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from core.ratelimit import RestBudget, pause_of, route_key
+from core.ratelimit import RestBudget, pause_of, route_key, route_kind
 from tests.environment import unavailable
 
 REDIS_URL = os.environ.get("IMPROBABLE_TEST_RATELIMIT_REDIS_URL", "redis://127.0.0.1:6379/7")
@@ -47,6 +47,10 @@ def test_route_keys_are_discord_buckets():
     assert route_key("GET", "/guilds/7/members/8") == "GET /guilds/7/members/{id}"
     assert route_key("POST", "/users/@me/channels") == "POST /users/@me/channels"
     assert route_key("POST", "/interactions/1/tok/callback") is None  # outside Discord's global limit
+    # metrics label a route by its kind: the major id too goes
+    assert route_kind("POST /channels/123/messages") == "POST /channels/{id}/messages"
+    assert route_kind("PATCH /webhooks/9") == "PATCH /webhooks/{id}"
+    assert route_kind("POST /users/@me/channels") == "POST /users/@me/channels" and route_kind(None) == "-"
 
 
 def test_what_an_answer_asks_to_hold_back():
@@ -147,3 +151,31 @@ def test_reserved_starts_queue_after_each_other(prefix):
     assert 2.0 < one.reserve(1, 50.0) <= 2.2
     local = RestBudget(RATE, BURST)
     assert local.reserve(20, 10.0) < 0.05 and 1.9 < local.reserve(1, 10.0) <= 2.0
+
+
+def test_the_metrics_count_429s_and_the_requests_held_back():
+    import asyncio
+
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def seen() -> tuple[float, ...]:
+        return (value("improbable_discord_rate_limited_total", scope="route", route="POST /channels/{id}/messages"),
+                value("improbable_discord_rate_limited_total", scope="global", route="POST /webhooks/{id}"),
+                value("improbable_discord_rest_wait_seconds_count"), value("improbable_discord_rest_wait_seconds_sum"))
+
+    budget = RestBudget(RATE, BURST)  # this process's own: the metrics are counted where the answers are seen
+    messages, webhook = route_key("POST", "/channels/1/messages"), route_key("POST", "/webhooks/2/t")
+    before = seen()
+    budget.observe(messages, 429, {"Retry-After": "0.2", "X-RateLimit-Scope": "user"})
+    budget.observe(webhook, 429, {"Retry-After": "0.01", "X-RateLimit-Global": "true"})
+    budget.observe(messages, 200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "0.05"})  # no 429
+    assert seen()[:2] == (before[0] + 1, before[1] + 1)
+    waited = budget.acquire(messages)  # held back by the route's 429
+    assert waited >= 0.15 and seen()[2] == before[2] + 1 and seen()[3] - before[3] == pytest.approx(waited, abs=0.01)
+    assert budget.acquire(route_key("GET", "/guilds/3")) == 0.0 and seen()[2] == before[2] + 1  # went at once
+    asyncio.run(budget.observe_async(messages, 429, {"Retry-After": "0.1"}))
+    assert seen()[0] == before[0] + 2
+    assert asyncio.run(budget.acquire_async(messages)) >= 0.05 and seen()[2] == before[2] + 2
