@@ -12,6 +12,7 @@ import gc
 import hashlib
 import json
 import logging
+import socket
 import sys
 from collections import OrderedDict
 
@@ -53,6 +54,7 @@ log = logging.getLogger("bot")
 COMMAND_MODULES = (generate, personas, training, schedules, queue, guild, ambient, privacy, report, operator,
                    board, dialogue, voice)
 SYNC_POLL_SECONDS = 0.5  # how often a process waiting for another's command sync looks again
+GATEWAY_PROBE_SECONDS = 5.0  # a configured gateway that accepts no connection within this stops the start
 
 
 def intents() -> discord.Intents:
@@ -62,6 +64,28 @@ def intents() -> discord.Intents:
     return value
 
 
+class StartupProblem(RuntimeError):
+    """A start-up failure whose message is the whole line to show (bot/startup.py shows it as it is)."""
+
+
+def gateway_url(url: str, timeout: float = GATEWAY_PROBE_SECONDS) -> yarl.URL:
+    """DISCORD_GATEWAY_URL, checked: a ws:// or wss:// URL with a host, where something accepts a connection.
+    Else StartupProblem: discord.py would retry the gateway every 5 s for ever, a traceback each time."""
+    fix = "use wss://host/ (ws://host:port/ for a local one), or leave it empty for Discord's own"
+    try:
+        parsed = yarl.URL(url)
+    except ValueError as e:
+        raise StartupProblem(f"DISCORD_GATEWAY_URL {url!r} is not a URL ({e}): {fix}") from None
+    if parsed.scheme not in ("ws", "wss") or not parsed.host:
+        raise StartupProblem(f"DISCORD_GATEWAY_URL {url!r} is not a gateway URL: {fix}")
+    try:
+        socket.create_connection((parsed.host, parsed.port), timeout=timeout).close()
+    except OSError as e:
+        raise StartupProblem(f"cannot reach the Discord gateway at {url} ({e or type(e).__name__}): check the "
+                             "network, or DISCORD_GATEWAY_URL (empty: Discord's own)") from None
+    return parsed
+
+
 def point_discord_at(settings: Settings) -> None:
     """Send REST calls and the gateway connection where the settings say (a local fake Discord in tests).
     discord.py has no setting for either: these two class attributes are what it reads."""
@@ -69,7 +93,7 @@ def point_discord_at(settings: Settings) -> None:
     if base:
         discord.http.Route.BASE = base
     if settings.discord_gateway_url:
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway_url(settings.discord_gateway_url)
 
 
 class Tree(app_commands.CommandTree):

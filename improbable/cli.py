@@ -384,7 +384,7 @@ def bot(
         help="Without DISCORD_TOKEN, say so and wait (the deployment's service) instead of exiting."),
 ) -> None:
     """Run the Discord bot (needs DISCORD_TOKEN; without one, try `improbable chat`)."""
-    from improbable.startup import run_bot
+    from bot.startup import run_bot
 
     status, error = run_bot(wait_without_token)  # a bad token, missing intents, no network: one line, no traceback
     if error:

@@ -68,8 +68,11 @@ def env(tmp_path):
 
 
 def run_fails_cleanly(args: list[str], env: dict, cwd: Path, *phrases: str, **extra: str) -> str:
-    result = subprocess.run([*IMPROBABLE, *args], env={**env, **extra}, cwd=cwd, capture_output=True, text=True,
-                            timeout=240)
+    return fails_cleanly([*IMPROBABLE, *args], env, cwd, *phrases, **extra)
+
+
+def fails_cleanly(command: list[str], env: dict, cwd: Path, *phrases: str, **extra: str) -> str:
+    result = subprocess.run(command, env={**env, **extra}, cwd=cwd, capture_output=True, text=True, timeout=240)
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert "Traceback" not in out, out
@@ -95,6 +98,17 @@ def test_bot_refused_by_discord(refuse, phrases, env, tmp_path):
 def test_bot_without_network(env, tmp_path):
     base = f"http://127.0.0.1:{closed_port()}/api/v10"
     run_fails_cleanly(["bot"], env, tmp_path, "cannot reach Discord", base, DISCORD_TOKEN="x", DISCORD_API_BASE=base)
+
+
+@pytest.mark.parametrize("url, phrases", [
+    ("not a url", ("DISCORD_GATEWAY_URL 'not a url' is not a gateway URL", "wss://")),
+    ("ws://127.0.0.1:{port}/gateway", ("cannot reach the Discord gateway at ws://127.0.0.1:", "DISCORD_GATEWAY_URL")),
+])
+def test_bot_service_with_a_bad_gateway_url(url, phrases, env, tmp_path):
+    """`python -m bot` (the service) stops with one line before it reaches Discord, not discord.py's connection
+    retried every 5 s with a traceback each time."""
+    fails_cleanly([sys.executable, "-m", "bot"], env, tmp_path, *phrases, DISCORD_TOKEN="x",
+                  DISCORD_GATEWAY_URL=url.format(port=closed_port()))
 
 
 def test_bot_without_a_token(env, tmp_path):

@@ -1,8 +1,10 @@
-"""`improbable bot` start-up failures as one line that says what to do, instead of discord.py's traceback.
+"""The bot's start-up failures (`improbable bot`, `python -m bot`) as one line that says what to do, instead of
+discord.py's traceback.
 
 The common ones: a wrong or revoked token (LoginFailure), the Message Content intent not enabled in the
-developer portal (PrivilegedIntentsRequired), no route to Discord (a connection error), a database that
-cannot be reached. Anything else still says what it was and how to see the details.
+developer portal (PrivilegedIntentsRequired), no route to Discord (a connection error), a DISCORD_GATEWAY_URL
+that is no gateway URL or cannot be reached (bot.client.StartupProblem), a database that cannot be reached.
+Anything else still says what it was and how to see the details.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ def explain(error: BaseException, api_base: str) -> str | None:
     import aiohttp
     import discord
 
+    from bot.client import StartupProblem
+
+    if isinstance(error, StartupProblem):  # its message is the whole line
+        return str(error)
     if isinstance(error, discord.LoginFailure):
         return (f"Discord refused the token in DISCORD_TOKEN ({_one_line(error)}): copy it again from {PORTAL} "
                 "→ your application → Bot → Reset Token")
@@ -33,11 +39,8 @@ def explain(error: BaseException, api_base: str) -> str | None:
                 "or DISCORD_API_BASE / DISCORD_GATEWAY_URL if you set them")
     if isinstance(error, discord.HTTPException):
         return f"Discord answered {error.status} while starting ({_one_line(error)}): try again in a minute"
-    try:
-        from sqlalchemy.exc import SQLAlchemyError
-    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
-        return None
-    if isinstance(error, SQLAlchemyError):
+    # the database's errors, told by their class (the bot reaches the database only through the service)
+    if any(cls.__module__.startswith("sqlalchemy.") for cls in type(error).__mro__):
         return (f"cannot use the database ({_one_line(error)[:200]}): check IMPROBABLE_DATABASE_URL, "
                 "and that `python -m db upgrade` has run")
     return None
@@ -53,7 +56,7 @@ def run_bot(wait_without_token: bool = False) -> tuple[int, str | None]:
     except KeyboardInterrupt:
         return 130, None
     except Exception as e:  # one line for the user; the details are a log level away
-        logging.getLogger("improbable.bot").debug("the bot stopped", exc_info=True)
+        logging.getLogger(__name__).debug("the bot stopped", exc_info=True)
         line = explain(e, get_settings().discord_api_base)
         if line is None:
             line = (f"the bot stopped: {type(e).__name__}: {_one_line(e)[:300]} "
