@@ -33,6 +33,7 @@ READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 # takes ~55 ms on a worker; polling every 0.25 s added 125 ms on average), then calmly (one read ~150 us of CPU).
 FAST_POLL_SECONDS, FAST_POLL_FOR = 0.05, 1.0
 POLL_SECONDS = 0.25
+BATCH_SECONDS = 0.01  # followed jobs asking for their state within this long share one read (TaskStates)
 LOCAL = "local-"  # the id prefix of jobs run inside the bot process (no broker)
 WORKER_CHECK_TTL = 15.0  # seconds a "workers are listening" answer is trusted
 
@@ -97,6 +98,51 @@ class Job:
 ProgressCallback = Callable[[str, dict], Awaitable[None]]
 
 
+class TaskStates:
+    """The states of the jobs being followed, read for many at once. Every followed job asks for its own every
+    50-250 ms; a thread (and a Redis round trip) each would, with hundreds in flight, keep busy the threads that
+    the bot's database calls share, and slow every command (the load benchmark). Asks made within
+    BATCH_SECONDS are answered by one MGET in one thread."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self._waiting: dict[str, list[asyncio.Future]] = {}
+        self._reading: asyncio.Task | None = None
+
+    async def get(self, task_id: str) -> dict:
+        """The job's meta (status, result), as the backend's get_task_meta gives it; raises what reading raised."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(task_id, []).append(future)
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.create_task(self._read_soon())
+        return await future
+
+    async def _read_soon(self) -> None:
+        await asyncio.sleep(BATCH_SECONDS)
+        batch, self._waiting = self._waiting, {}
+        metas: list[dict] | None = None
+        failure: Exception | None = None
+        try:
+            metas = await asyncio.to_thread(self.read, list(batch))
+        except Exception as e:  # noqa: BLE001 - each caller handles the backend's failure as before
+            failure = e
+        for i, futures in enumerate(batch.values()):
+            for future in futures:
+                if future.done():  # its caller gave up
+                    continue
+                if metas is None:
+                    future.set_exception(failure)
+                else:
+                    future.set_result(metas[i])
+
+    def read(self, task_ids: list[str]) -> list[dict]:
+        mget = getattr(self.backend, "mget", None)
+        if mget is None or len(task_ids) == 1:  # not a key-value store (or nothing to batch)
+            return [self.backend.get_task_meta(task_id) for task_id in task_ids]
+        values = mget([self.backend.get_key_for_task(task_id) for task_id in task_ids])
+        return [self.backend.decode_result(v) if v else {"status": "PENDING", "result": None} for v in values]
+
+
 class Jobs:
     """Submit and follow jobs. One instance per bot process (or console)."""
 
@@ -111,6 +157,13 @@ class Jobs:
         self._numbers = itertools.count(1)
         self._workers_seen: dict[str, float] = {}
         self._redis_away_at = -float("inf")  # when the result store last failed to answer (monotonic)
+        self._states: TaskStates | None = None
+
+    @property
+    def states(self) -> TaskStates:
+        if self._states is None:
+            self._states = TaskStates(self.app.backend)
+        return self._states
 
     @property
     def eager(self) -> bool:
@@ -210,14 +263,14 @@ class Jobs:
         start = time.monotonic()
         checked_workers = False
         last: tuple | None = None
-        backend, liveness = self.app.backend, self.liveness
+        liveness = self.liveness
         unreachable_since: float | None = None
         heard, heard_at, stall_told = None, start, False
         while True:
             if job.cancelled:
                 raise JobCancelled("Cancelled.")
             try:
-                meta = await asyncio.to_thread(backend.get_task_meta, job.id)
+                meta = await self.states.get(job.id)
                 unreachable_since = None
             except Exception as e:  # noqa: BLE001 - the result backend (Redis) went away
                 now = time.monotonic()
