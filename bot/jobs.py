@@ -36,6 +36,9 @@ POLL_SECONDS = 0.25
 BATCH_SECONDS = 0.01  # followed jobs asking for their state within this long share one read (TaskStates)
 LOCAL = "local-"  # the id prefix of jobs run inside the bot process (no broker)
 WORKER_CHECK_TTL = 15.0  # seconds a "workers are listening" answer is trusted
+# A generate job still PENDING is looked for this often (worker.app.whereabouts); found nowhere twice in a row,
+# its message was lost on the way to a worker that died, and it is sent again (at most RESENDS times).
+LOST_CHECK_SECONDS, RESENDS = 5.0, 3
 
 
 class JobError(Exception):
@@ -89,6 +92,11 @@ class Job:
     state: str = "PENDING"
     cancelled: bool = False
     result: Any = None  # Celery AsyncResult, or an asyncio task in eager mode
+    args: tuple = ()  # what was sent (to send it again if its message is lost; empty for an adopted job)
+    sending: float = 0.0  # when its sending began (monotonic)
+    looked_at: float = field(default_factory=time.monotonic)  # when it was last looked for (a lost message)
+    missing: int = 0  # looks in a row that found it nowhere
+    resent: int = 0
 
     @property
     def done(self) -> bool:
@@ -158,6 +166,8 @@ class Jobs:
         self._workers_seen: dict[str, float] = {}
         self._redis_away_at = -float("inf")  # when the result store last failed to answer (monotonic)
         self._states: TaskStates | None = None
+        self._received_upto: dict[str, float] = {}  # task name -> latest `sending` of a job a worker took
+        self.lost_check = LOST_CHECK_SECONDS
 
     @property
     def states(self) -> TaskStates:
@@ -184,7 +194,7 @@ class Jobs:
             if track:
                 self._jobs[job.id] = job
             return job
-        loop = asyncio.get_running_loop()
+        loop, sending = asyncio.get_running_loop(), time.monotonic()
         future = loop.run_in_executor(None, lambda: self._send(name, args, task_id))
         try:
             result = await asyncio.wait_for(asyncio.shield(future), self.settings.bot_enqueue_timeout)
@@ -194,7 +204,7 @@ class Jobs:
         except Exception as e:  # noqa: BLE001 - BrokerUnavailable, and any other failure to enqueue
             log.warning("enqueue %s failed: %s", name, e)
             raise Unavailable(UNAVAILABLE) from None
-        job = Job(result.id, name, user_id, guild_id, label, number, result=result)
+        job = Job(result.id, name, user_id, guild_id, label, number, result=result, args=args, sending=sending)
         if track:
             self._jobs[job.id] = job
         return job
@@ -224,6 +234,28 @@ class Jobs:
             except Exception:  # noqa: BLE001 - best effort; polling works either way
                 log.debug("could not unsubscribe from %s", result.id, exc_info=True)
         return result
+
+    def _send_again_if_lost(self, job: Job) -> None:
+        """Send a PENDING job again under its id when its message is nowhere: no worker leased it, and its queue
+        is empty or a job sent after it was taken (a Redis queue is first in, first out). Twice in a row, a
+        look apart (a worker leases a message within milliseconds of taking it). A job that was not lost after
+        all runs twice and is answered once (its `generations` row is keyed by the task id)."""
+        job.looked_at = time.monotonic()
+        where = self._module.whereabouts(job.id, job.name) if self.app is self._module.app else None
+        passed = self._received_upto.get(job.name, 0.0) > job.submitted
+        lost = where is not None and not where[0] and (where[1] == 0 or passed)
+        job.missing = job.missing + 1 if lost else 0
+        if job.missing < 2 or job.resent >= RESENDS:
+            return
+        log.warning("job %s: no worker has it and its queue has moved past it (its message was lost); sending "
+                    "it again", job.id)
+        sending = time.monotonic()
+        try:
+            self._send(job.name, job.args, job.id)
+        except Exception as e:  # noqa: BLE001 - the broker went away meanwhile: looked for again later
+            log.warning("could not send job %s again: %s", job.id, e)
+            return
+        job.resent, job.missing, job.sending, job.submitted = job.resent + 1, 0, sending, time.monotonic()
 
     def _revoke_late(self, future: asyncio.Future) -> None:
         """A job whose enqueue timed out but went through later: nobody waits for it any more."""
@@ -283,6 +315,10 @@ class Jobs:
                 continue
             state, info = meta.get("status", "PENDING"), meta.get("result")
             job.state = state
+            if state != "PENDING":
+                self._received_upto[job.name] = max(self._received_upto.get(job.name, 0.0), job.sending)
+            elif job.name == GENERATE and job.args and time.monotonic() - job.looked_at >= self.lost_check:
+                await asyncio.to_thread(self._send_again_if_lost, job)
             if (state, repr(info)) != heard:  # any change, a heartbeat included, proves the job alive
                 heard, heard_at, stall_told = (state, repr(info)), time.monotonic(), False
             elif job.name == GENERATE and state in ("STARTED", "PROGRESS"):

@@ -74,6 +74,8 @@ def routes(generate_queue: str = GENERATE_QUEUE) -> dict:
 DISPATCH_EVERY_SECONDS = 60.0
 RESULT_EXPIRES_SECONDS = 3600
 RESULT_KEY_PREFIX = "celery-task-meta-"  # Celery's key-value result backends (Redis)
+# the generate leases (worker/serve/leases.py) in the broker's Redis: task id -> the worker holding the job
+GENERATE_LEASES = "improbable:generate:leases"
 
 
 def celery_config(settings: Settings) -> dict:
@@ -243,6 +245,32 @@ def forget_results(task_ids, user_id: int | None = None) -> int:
     for task_id in task_ids:
         backend.forget(task_id)
     return len(task_ids)
+
+
+def whereabouts(task_id: str, name: str) -> tuple[bool, int] | None:
+    """(whether a generate worker holds the job's lease, how many messages wait in the queue its task goes
+    to), or None when the broker cannot tell (not Redis, eager, unreachable). A worker leases a job the
+    moment it receives it (worker/serve/leases.py); a job with no lease, no state and nothing ahead of it
+    in its queue was lost on its way: Redis hands a message over when a worker's BRPOP asks for it, and a
+    worker killed before reading it (or before leasing it) takes it along (bot/jobs.py sends it again)."""
+    if is_eager() or not str(app.conf.broker_url).startswith(("redis://", "rediss://", "unix://")):
+        return None
+    from kombu.exceptions import ChannelError
+
+    queue = (app.conf.task_routes or {}).get(name, {}).get("queue", GENERATE_QUEUE)
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=1.0)
+            channel = conn.default_channel
+            leased = bool(channel.client.hexists(GENERATE_LEASES, task_id))
+            try:
+                waiting = channel.queue_declare(queue=queue, passive=True).message_count
+            except ChannelError:  # a Redis queue is its non-empty lists: none, none waiting
+                waiting = 0
+            return leased, waiting
+    except Exception as e:  # noqa: BLE001 - cannot tell: the caller assumes nothing was lost
+        log.debug("whereabouts of %s: %s", task_id, e)
+        return None
 
 
 def broker_available(timeout: float = 1.0) -> bool:

@@ -35,8 +35,10 @@ import os
 import threading
 import time
 
+from worker.app import GENERATE_LEASES
+
 log = logging.getLogger(__name__)
-LEASES, OWNERS = "improbable:generate:leases", "improbable:generate:owners"
+LEASES, OWNERS = GENERATE_LEASES, "improbable:generate:owners"
 FORGET_OWNERS_AFTER = 3600.0  # heartbeats of workers gone this long (and holding nothing) are dropped
 
 # take/release only what is still as we saw it (a lease renewed, re-taken or released meanwhile is not ours)
