@@ -23,10 +23,13 @@ submit, a worker's failure); lost (never answered: the bot gave up on a silent j
 no answer after --drain). Duplicates: `generations` rows per request id (> 1), final states stored per task
 (SUCCESS or FAILURE published more than once on the result backend, watched by a pattern subscription),
 answers that changed after the bot read them (stored result differs from the one received), and re-runs (a
-job run again after a fault and answered from its recorded row: not a second answer, but counted).
-Latency (submit to answer, completed jobs) per fault: before = submitted in the --window seconds before it
-and answered before it began; during = submitted from --window before it until --window after it ended, and
-still unanswered when it began; after = submitted between --window and 2 × --window after it ended.
+job run again after a fault and answered from its recorded row: not a second answer, but counted). Also
+counted: jobs taken over by a reaper (worker log lines), jobs the bot sent again because their message was
+lost (bot/jobs.py), jobs whose user saw "the generator went quiet".
+Latency (submit to answer, completed jobs) per fault: during = the jobs it hit (submitted from --window
+before it began, and waiting for their answer at some moment from its start to --window after it ended);
+before = submitted in the --window seconds before it and not hit; after = submitted between --window and
+2 × --window after it ended. Before and after leave out jobs that another fault hit.
 Prints tables, writes bench/results/faults_under_load.json (with `uptime` and the CPU model).
 """
 
@@ -76,6 +79,7 @@ class Outcome:
     worker: str = ""
     rerun: bool = False  # answered from a row an earlier run of it recorded
     stall_notices: int = 0
+    resent: int = 0  # times the bot sent it again (its message found nowhere: bot/jobs.py)
 
     @property
     def latency(self) -> float | None:
@@ -282,7 +286,7 @@ async def follow_one(jobs, outcome: Outcome, payload: dict, t0: float) -> None:
         if state == "STALLED":
             outcome.stall_notices += 1
 
-    submitting = True
+    submitting, job = True, None
     try:
         job = await jobs.submit(GENERATE, payload, user_id=payload["user_id"], guild_id=payload["guild_id"],
                                 task_id=outcome.task_id)
@@ -298,6 +302,8 @@ async def follow_one(jobs, outcome: Outcome, payload: dict, t0: float) -> None:
     except Exception as e:  # noqa: BLE001 - what the bot would log as "something went wrong": a bug, counted
         outcome.kind, outcome.message = "error", f"{type(e).__name__}: {e}"
         return
+    finally:
+        outcome.resent = job.resent if job is not None else 0
     outcome.answered, outcome.kind = time.monotonic() - t0, "completed"
     outcome.generation_id, outcome.worker = result.get("generation_id"), result.get("worker", "")
     outcome.digest, outcome.rerun = digest(result), bool(result.get("duplicate"))
@@ -409,6 +415,7 @@ def count(built: Stack, outcomes: list[Outcome], finals: FinalStates) -> dict:
         "reruns_answered_from_row": sum(o.rerun for o in completed),
         "republished_by_reaper": republished(built),
         "stall_notices_shown": sum(1 for o in outcomes if o.stall_notices),
+        "sent_again_by_bot": sum(o.resent for o in outcomes),
         "subscription_gaps": finals.gaps,
         "restarted_workers_ready_s": built.ready,
     }
@@ -416,15 +423,21 @@ def count(built: Stack, outcomes: list[Outcome], finals: FinalStates) -> dict:
 
 # -- latency per phase --------------------------------------------------------------------------------------------
 
-def raw_phases(fault: Fault, outcomes: list[Outcome], window: float) -> dict[str, list[Outcome]]:
-    """The jobs before / during / after the fault (module docstring)."""
+def hit(o: Outcome, fault: Fault, window: float) -> bool:
+    """Whether the job was waiting for its answer at some moment from the fault's start to --window after it
+    ended (the fault could slow or lose it)."""
+    return o.sent < fault.end + window and (o.answered is None or o.answered >= fault.start)
+
+
+def raw_phases(fault: Fault, faults: list[Fault], outcomes: list[Outcome], window: float) -> dict[str, list]:
+    """The jobs before / during / after the fault (module docstring); before and after leave out the jobs that
+    another fault hit."""
     start, end = fault.start, fault.end
+    spared = [o for o in outcomes if not any(hit(o, g, window) for g in faults if g is not fault)]
     return {
-        "before": [o for o in outcomes if start - window <= o.sent < start and o.answered is not None
-                   and o.answered < start],
-        "during": [o for o in outcomes if start - window <= o.sent < end + window
-                   and (o.answered is None or o.answered >= start)],
-        "after": [o for o in outcomes if end + window <= o.sent < end + 2 * window],
+        "before": [o for o in spared if start - window <= o.sent < start and not hit(o, fault, window)],
+        "during": [o for o in outcomes if start - window <= o.sent and hit(o, fault, window)],
+        "after": [o for o in spared if end + window <= o.sent < end + 2 * window],
     }
 
 
@@ -441,7 +454,7 @@ def latency_table(faults: list[Fault], outcomes: list[Outcome], window: float) -
     """One row per fault, and one for all the kills pooled (a job counted once per phase)."""
     rows, pooled = [], {"before": {}, "during": {}, "after": {}}
     for f in faults:
-        jobs = raw_phases(f, outcomes, window)
+        jobs = raw_phases(f, faults, outcomes, window)
         rows.append({"fault": f.kind, "note": f.note, "start_s": round(f.start, 1), "end_s": round(f.end, 1),
                      **{name: summary(js) for name, js in jobs.items()}})
         if f.kind == "kill":
@@ -455,11 +468,8 @@ def latency_table(faults: list[Fault], outcomes: list[Outcome], window: float) -
 
 
 def steady(faults: list[Fault], outcomes: list[Outcome], window: float) -> dict:
-    """Jobs whose whole life (sent to answered) kept clear of every fault's during window."""
-    def clear(o: Outcome) -> bool:
-        return o.answered is not None and all(o.answered < f.start or o.sent >= f.end + window for f in faults)
-
-    return summary([o for o in outcomes if clear(o)])
+    """The jobs that no fault hit."""
+    return summary([o for o in outcomes if not any(hit(o, f, window) for f in faults)])
 
 
 # -- the report ---------------------------------------------------------------------------------------------------
@@ -487,7 +497,8 @@ def print_report(counts: dict, table: list[dict], steady_row: dict, args, wall: 
         "failed, clear error": counts["failed_clear_error"], "lost": counts["lost"],
         "duplicate rows": counts["duplicate_rows"], "answered twice": counts["answered_twice"],
         "answer changed": counts["answer_changed_after_read"], "re-runs from row": counts["reruns_answered_from_row"],
-        "taken over": counts["republished_by_reaper"], "completed without row": counts["completed_without_row"]}])
+        "taken over": counts["republished_by_reaper"], "sent again": counts["sent_again_by_bot"],
+        "completed without row": counts["completed_without_row"]}])
     print_table("latency, p50 / p95 s (completed jobs; ', n not': jobs of the window that failed or were lost)",
                 [{"fault": r["fault"], "at s": r["start_s"], "back s": r["end_s"], "before": cell(r["before"]),
                   "during": cell(r["during"]), "after": cell(r["after"])} for r in table])
@@ -509,7 +520,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=int, default=10, help="submission time (a worker killed each minute)")
     parser.add_argument("--jobs", type=int, default=2000, help="jobs submitted, evenly spread")
-    parser.add_argument("--chars", type=int, default=2000, help="characters a job generates")
+    parser.add_argument("--chars", type=int, default=1000,
+                        help="characters a job generates (5 × a default /generate: a kill catches jobs in flight)")
     parser.add_argument("--workers", type=int, default=2, help="generate worker processes")
     parser.add_argument("--worker-threads", type=int, default=16, help="celery -c of each")
     parser.add_argument("--redis-down", type=float, default=10.0, help="seconds Redis stays down")
