@@ -338,7 +338,7 @@ class Jobs:
             if state == "PENDING" and not checked_workers and job.name == GENERATE \
                     and elapsed >= self.settings.bot_worker_check_after:
                 checked_workers = True
-                if not await self.workers_listening("generate"):
+                if not await self.workers_listening(self.settings.generate_queue):
                     reconnecting = time.monotonic() - self._redis_away_at < liveness.reconnect
                     if not reconnecting and await asyncio.to_thread(self._broker_reachable):
                         await asyncio.to_thread(self._revoke, job)  # up a while, and truly nobody listening

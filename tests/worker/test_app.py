@@ -3,6 +3,7 @@ failing fast when the broker is down."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -110,3 +111,17 @@ def test_a_generate_worker_consumes_its_kinds_queue_and_labels_its_metrics(servi
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert re.search(r'improbable_worker_info\{[^}]*kind="cpu"[^}]*queues="generate,generate.cpu"', text), text[-800:]
     assert re.search(r'improbable_generate_latency_seconds_count\{host="[^"]+",kind="cpu"\} [1-9]', text)
+    # the bot asks whether any worker consumes the queue its jobs go to: with only this CPU worker, a job routed
+    # to GPU workers is refused at once instead of waiting for the bot's timeout
+    from bot.jobs import GENERATE, Jobs, Unavailable
+    from core.settings import get_settings
+
+    async def routed_to_gpu() -> None:
+        jobs = Jobs(get_settings(), app=app)
+        job = await jobs.submit(GENERATE, generate_request(checkpoint_id, seed=3, max_tokens=20), user_id=5)
+        with pytest.raises(Unavailable):
+            await jobs.wait(job, timeout=within(30))
+
+    with configured({"IMPROBABLE_GENERATE_QUEUE": "generate.gpu", "IMPROBABLE_BOT_WORKER_CHECK_AFTER": "0.3"},
+                    celery=True):
+        asyncio.run(routed_to_gpu())
