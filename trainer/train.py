@@ -1,9 +1,9 @@
 """Training loop shared by every model family.
 
-AdamW, gradient-norm clipping, warm-up then a linear warm-down over the last part of the budget (or
-reduce-on-plateau), evaluation on the validation split (a sample within a time budget), early stopping, best + last
-checkpoints, a NaN/Inf guard, a wall-clock budget, periodic samples, a loss history, progress
-callbacks, and exact resume: `last.safetensors` holds the run state (model, optimizer, schedule, step, RNG,
+AdamW (fused: one kernel, not a loop over tensors), gradient-norm clipping, warm-up then a linear warm-down over the
+last part of the budget (or reduce-on-plateau), evaluation on the validation split (a sample within a time budget),
+early stopping, best + last checkpoints, a NaN/Inf guard, a wall-clock budget, periodic samples, a loss history,
+progress callbacks, and exact resume: `last.safetensors` holds the run state (model, optimizer, schedule, step, RNG,
 carried RNN state, best loss so far), so an interrupted run that resumes reproduces the uninterrupted run's losses.
 
 Sections: settings and results · model and optimizer · budget and learning-rate schedule · the run (one call
@@ -180,8 +180,8 @@ def start_state(config: TrainConfig, data: RunData, device: torch.device, saved:
     if base is not None:
         load_base_weights(model, base.model)
     model = model.to(device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  betas=(0.9, 0.99), weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, betas=(0.9, 0.99),
+                                  weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda") or None)
     if saved is not None:
         state = load_run_state(saved, model, optimizer)
         state.eval_tokens = config.eval_tokens or state.eval_tokens  # a size given now wins over the saved one
