@@ -140,7 +140,7 @@ class ImprobableBot(discord.AutoShardedClient):
         options.setdefault("intents", intents())
         options.setdefault("shard_count", settings.shard_count)
         options.setdefault("shard_ids", settings.shard_ids)
-        options.setdefault("http_trace", budget_trace(settings))  # REST calls wait for the shared budget
+        options.setdefault("http_trace", budget_trace(settings, application_id=lambda: self.application_id))
         super().__init__(allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings
         # guild installs only, used in servers only: no user installs, no DMs or group DMs

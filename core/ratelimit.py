@@ -16,7 +16,8 @@ limit per route that Discord announces in its answers' headers.
 - With Redis (the broker's) the bucket and the pauses are keys there, taken and set atomically by Lua scripts
   on Redis's clock; without Redis (embedded mode), or while Redis is unreachable, the same arithmetic runs in
   the process.
-- Interaction callbacks (/interactions/...) are outside the budget, as they are outside Discord's global limit.
+- Interaction endpoints (callbacks, and the interaction's webhook: edits and follow-ups) are outside the budget, as
+  they are outside Discord's global limit.
 - Every process counts what it sees in its metrics (core/metrics.py): the requests the budget held back and
   for how long (improbable_discord_rest_wait_seconds), the 429s by scope and route kind
   (improbable_discord_rate_limited_total).
@@ -75,12 +76,16 @@ return math.floor(start - now)
 """
 
 
-def route_key(method: str, path: str) -> str | None:
+def route_key(method: str, path: str, application_id: int | None = None) -> str | None:
     """Discord's rate-limit bucket of a request: 'POST /channels/123/messages' for POST
     /channels/123/messages?x, 'PATCH /channels/123/messages/{id}' for an edit, 'POST /webhooks/9' for a webhook's
-    execute (its token is never part of a key). None for interaction callbacks (outside the budget)."""
+    execute (its token is never part of a key). None for interaction endpoints, outside the budget as they are
+    outside Discord's global limit: callbacks, and an interaction's own webhook (the application's id: edits of
+    the original response and follow-ups)."""
     parts = [p for p in path.split("?", 1)[0].split("/") if p]
     if not parts or parts[0] == "interactions":
+        return None
+    if parts[0] == "webhooks" and application_id is not None and parts[1:2] == [str(application_id)]:
         return None
     out = []
     for i, part in enumerate(parts):

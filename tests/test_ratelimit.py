@@ -47,6 +47,10 @@ def test_route_keys_are_discord_buckets():
     assert route_key("GET", "/guilds/7/members/8") == "GET /guilds/7/members/{id}"
     assert route_key("POST", "/users/@me/channels") == "POST /users/@me/channels"
     assert route_key("POST", "/interactions/1/tok/callback") is None  # outside Discord's global limit
+    # an interaction's webhook (the application's own id): edits and follow-ups, outside the global limit too
+    assert route_key("PATCH", "/webhooks/77/tok/messages/@original", application_id=77) is None
+    assert route_key("POST", "/webhooks/77/tok", application_id=77) is None
+    assert route_key("POST", "/webhooks/9/tok", application_id=77) == "POST /webhooks/9"  # a channel webhook
     # metrics label a route by its kind: the major id too goes
     assert route_kind("POST /channels/123/messages") == "POST /channels/{id}/messages"
     assert route_kind("PATCH /webhooks/9") == "PATCH /webhooks/{id}"
