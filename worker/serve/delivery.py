@@ -261,11 +261,10 @@ return 1
 
 
 def store_progress(backend, states: list[tuple[str, dict, object]]) -> None:
-    """PROGRESS states (task id, meta, the task's request) of many jobs: on Redis in one pipeline (after
-    redis-py's check that the script is loaded), each as Celery's backend would store it (the same JSON,
-    expiry and message to whoever waits on the job), instead of a GET and a SET+PUBLISH transaction per job
-    (the writers' CPU per 256-job round fell from 1.0-1.4 s to 0.6 s, bench/speed/queue_load.py); on other
-    backends one store_result each."""
+    """PROGRESS states (task id, meta, the task's request) of many jobs: on Redis in one round trip, each as
+    Celery's backend would store it (the same JSON, expiry and message to whoever waits on the job), instead
+    of a GET and a SET+PUBLISH transaction per job (measured: the writers' CPU was a fifth of a busy
+    worker's at 256 jobs, bench/speed/queue_load.py); on other backends one store_result each."""
     from celery.backends.redis import RedisBackend
 
     if not isinstance(backend, RedisBackend):
