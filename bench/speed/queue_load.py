@@ -211,27 +211,22 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_during(pids: dict[str, int], fn) -> tuple[object, dict[str, float]]:
-    """(fn(), CPU seconds that this process ("bench") and each of `pids` (name → pid) spent meanwhile)."""
-    def now() -> dict[str, float]:
-        return {"bench": time.process_time(), **{name: process_cpu(pid) for name, pid in pids.items()}}
-
-    before = now()
+def cpu_during(pids: list[int], fn) -> tuple[object, float]:
+    """(fn(), CPU seconds that this process and `pids` spent meanwhile)."""
+    before = time.process_time() + sum(process_cpu(p) for p in pids)
     result = fn()
-    return result, {name: seconds - before[name] for name, seconds in now().items()}
+    return result, time.process_time() + sum(process_cpu(p) for p in pids) - before
 
 
-def side_by_side(enqueue, checkpoint_id: int, alone: EngineAlone, args: argparse.Namespace,
-                 pids: dict[str, int]) -> dict:
+def side_by_side(enqueue, checkpoint_id: int, alone: EngineAlone, args: argparse.Namespace, pids: list[int]) -> dict:
     """{N: engine and queue throughput, alternated round by round, and their ratio (medians)}; beside it the
     CPU seconds per 1,000 characters each spent (the engine: this process; the queue: this process, the
-    worker and Redis, each), which a loaded machine disturbs less than wall time. (Redis's CPU includes
-    whatever else uses the same Redis meanwhile.)"""
+    worker and Redis), which a loaded machine disturbs less than wall time."""
     rows = {}
     for n in args.side_by_side:
         engine, queued = [], []
         for _ in range(args.rounds):
-            engine.append(cpu_during({}, lambda n=n: alone.run(n, args.chars)))
+            engine.append(cpu_during([], lambda n=n: alone.run(n, args.chars)))
             queued.append(cpu_during(pids, lambda n=n: run_concurrent(enqueue, checkpoint_id, n, args.chars)))
         engine_rate = statistics.median(r["chars_per_s"] for r, _ in engine)
         queue_rate = statistics.median(r["chars_per_s"] for r, _ in queued)
@@ -239,11 +234,8 @@ def side_by_side(enqueue, checkpoint_id: int, alone: EngineAlone, args: argparse
         rows[n] = {"engine_chars_s": engine_rate, "queue_chars_s": queue_rate, "ratio": queue_rate / engine_rate,
                    "engine_rounds": [round(r["chars_per_s"]) for r, _ in engine],
                    "queue_rounds": [round(r["chars_per_s"]) for r, _ in queued],
-                   "engine_cpu_s_per_1k_chars": statistics.median(cpu["bench"] / chars for _, cpu in engine),
-                   "queue_cpu_s_per_1k_chars": statistics.median(sum(cpu.values()) / chars for _, cpu in queued),
-                   "queue_cpu_s_per_1k_chars_by_process": {
-                       name: round(statistics.median(cpu[name] / chars for _, cpu in queued), 4)
-                       for name in queued[0][1]},
+                   "engine_cpu_s_per_1k_chars": statistics.median(cpu / chars for _, cpu in engine),
+                   "queue_cpu_s_per_1k_chars": statistics.median(cpu / chars for _, cpu in queued),
                    "queue_p95_s": statistics.median(r["p95_s"] for r, _ in queued),
                    "queue_batch_peak": max(r["batch_peak"] for r, _ in queued)}
     return rows
@@ -340,8 +332,7 @@ def measure(args: argparse.Namespace, model_path: Path, database_url: str | None
                 rows[n] = min(rounds, key=lambda r: r["p95_s"])
                 rows[n]["p95_s_rounds"] = [round(r["p95_s"], 3) for r in rounds]
                 rows[n]["speedup_vs_serial"] = rows[n]["chars_per_s"] / serial["chars_per_s"]
-            queue_pids = {"worker": proc.pid, **{f"redis{i or ''}": pid for i, pid in
-                                                 enumerate(redis_pids(f"{args.redis_host}:{args.redis_port}"))}}
+            queue_pids = [proc.pid, *redis_pids(f"{args.redis_host}:{args.redis_port}")]
             sides = side_by_side(enqueue, checkpoint_id, EngineAlone(model_path, args), args, queue_pids) \
                 if args.side_by_side else {}
         finally:
@@ -386,8 +377,7 @@ def print_side_by_side(sides: dict) -> None:
     print("|---|---|---|---|---|---|---|")
     for n, r in sides.items():
         print(f"| {n} | {r['engine_chars_s']:,.0f} | {r['queue_chars_s']:,.0f} | {r['ratio']:.2f} | "
-              f"{r['engine_cpu_s_per_1k_chars']:.3f}; {r['queue_cpu_s_per_1k_chars']:.3f} "
-              f"{r['queue_cpu_s_per_1k_chars_by_process']} | "
+              f"{r['engine_cpu_s_per_1k_chars']:.3f}; {r['queue_cpu_s_per_1k_chars']:.3f} | "
               f"{r['queue_p95_s']:.3f} | {r['engine_rounds']}; {r['queue_rounds']} |")
 
 

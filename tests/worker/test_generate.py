@@ -207,27 +207,3 @@ def services_env(name: str) -> str:
     import os
 
     return os.environ[name]
-
-
-def test_partial_texts_are_stored_as_celery_stores_them_and_never_over_a_success(services):
-    """delivery.store_progress writes many PROGRESS states in one round trip: each as the backend's own
-    store_result would (meta, expiry, a message to whoever waits), and never over a stored SUCCESS."""
-    import uuid
-
-    from celery.app.task import Context
-
-    from worker.app import app
-    from worker.serve.delivery import store_progress
-
-    backend = app.backend
-    request = Context(task="improbable.generate", args=[{"prompt": "Alice"}], kwargs={}, hostname="w@test",
-                      retries=0, delivery_info={"routing_key": "generate"})
-    done, running, reference = (f"progress-test-{uuid.uuid4().hex}" for _ in range(3))
-    backend.store_result(done, {"text": "the whole text"}, "SUCCESS", request=request)
-    backend.store_result(reference, {"text": "so far"}, "PROGRESS", request=request)  # Celery's own
-    store_progress(backend, [(done, {"text": "so"}, request), (running, {"text": "so far"}, request)])
-    assert backend.get_task_meta(done, cache=False)["result"] == {"text": "the whole text"}
-    ours, celerys = (backend.get_task_meta(t, cache=False) for t in (running, reference))
-    assert ours["status"] == "PROGRESS" and ours["result"] == {"text": "so far"} and ours["task_id"] == running
-    assert {k: v for k, v in ours.items() if k != "task_id"} == {k: v for k, v in celerys.items() if k != "task_id"}
-    assert 0 < backend.client.ttl(backend.get_key_for_task(running)) <= backend.expires

@@ -166,7 +166,6 @@ class Delivery:
     def _sweep(self) -> None:
         """Partial text and heartbeats of the running jobs; jobs past their deadline fail."""
         liveness, timeout = self.runtime.liveness, self.runtime.settings.generate_timeout
-        due: dict[int, list[tuple[Handed, str, float]]] = {}  # writer -> (job, text, as of)
         for handed in list(self._jobs.values()):
             if handed.recording or handed.publishing:
                 continue
@@ -179,17 +178,12 @@ class Delivery:
             if text == handed.sent and now - handed.sent_at <= liveness.partial_heartbeat:
                 continue
             handed.publishing = True
-            due.setdefault(self._writer_of(handed), []).append((handed, text, now))
-        for index, items in due.items():  # each writer stores its share in one round trip
-            self._writers[index].put((self._store_progress, (items,)))
+            self._write(handed, self._store_progress, handed, text, now)
 
     # -- the writer threads: every state of one job goes through the same one, in order ----------------
 
-    def _writer_of(self, handed: Handed) -> int:
-        return hash(handed.task_id) % len(self._writers)
-
     def _write(self, handed: Handed, fn, *args) -> None:
-        self._writers[self._writer_of(handed)].put((fn, args))
+        self._writers[hash(handed.task_id) % len(self._writers)].put((fn, args))
 
     def _write_loop(self, inbox: queue.SimpleQueue) -> None:
         while True:
@@ -199,19 +193,17 @@ class Delivery:
             except Exception:  # noqa: BLE001 - a bug in one write must not stop the others
                 log.exception("generate delivery: %s failed", fn.__name__)
 
-    def _store_progress(self, items: list[tuple[Handed, str, float]]) -> None:
+    def _store_progress(self, handed: Handed, text: str, at: float) -> None:
         # Partial text is a courtesy, and its timestamp the job's heartbeat for the bot: a result store that
         # is briefly away (Redis restarting) must not fail the job itself.
         try:
-            store_progress(self.app.backend, [(handed.task_id, {"text": text, "beat": time.time()}, handed.context)
-                                              for handed, text, _ in items])
-            for handed, text, at in items:
-                handed.sent, handed.sent_at = text, at
+            self.app.backend.store_result(handed.task_id, {"text": text, "beat": time.time()}, "PROGRESS",
+                                          request=handed.context)
+            handed.sent, handed.sent_at = text, at
         except Exception as e:  # noqa: BLE001
-            log.warning("partial text of %d jobs not published: %s", len(items), e)
+            log.warning("partial text of %s not published: %s", handed.task_id, e)
         finally:
-            for handed, _, _ in items:
-                handed.publishing = False
+            handed.publishing = False
 
     def _store_done(self, handed: Handed, result: GenerateResult) -> None:
         try:
@@ -240,42 +232,3 @@ class Delivery:
         with self._idle:
             self._held -= 1
             self._idle.notify_all()
-
-
-# A PROGRESS state, as Celery's Redis backend stores one (SET with expiry + PUBLISH), unless the job's stored state is
-# SUCCESS already (another run of it finished: Celery's own store checks that with a GET first).
-_PROGRESS = """
-local current = redis.call('GET', KEYS[1])
-if current then
-    local ok, meta = pcall(cjson.decode, current)
-    if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
-end
-if tonumber(ARGV[2]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-    redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
-
-
-def store_progress(backend, states: list[tuple[str, dict, object]]) -> None:
-    """PROGRESS states (task id, meta, the task's request) of many jobs: on Redis in one round trip, each as
-    Celery's backend would store it (the same JSON, expiry and message to whoever waits on the job), instead
-    of a GET and a SET+PUBLISH transaction per job (measured: the writers' CPU was a fifth of a busy
-    worker's at 256 jobs, bench/speed/queue_load.py); on other backends one store_result each."""
-    from celery.backends.redis import RedisBackend
-
-    if not isinstance(backend, RedisBackend):
-        for task_id, meta, request in states:
-            backend.store_result(task_id, meta, "PROGRESS", request=request)
-        return
-    script = backend.client.register_script(_PROGRESS)
-    with backend.client.pipeline(transaction=False) as pipe:
-        for task_id, result, request in states:
-            meta = backend._get_result_meta(result=result, state="PROGRESS", traceback=None, request=request)
-            meta["task_id"] = task_id
-            script(keys=[backend.get_key_for_task(task_id)], args=[backend.encode(meta), int(backend.expires or 0)],
-                   client=pipe)
-        pipe.execute()
