@@ -52,6 +52,18 @@ def unavailable(why: str):
     pytest.skip(why)
 
 
+def reachable_redis(url: str):
+    """A redis-py client of `url`, answering a PING; unavailable() when it does not."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as e:
+        unavailable(f"Redis is unreachable at {url}: {e}")
+    return client
+
+
 @contextmanager
 def configured(env: dict[str, str], *, celery: bool = False) -> Iterator[None]:
     """`env` applied to this process; `celery`: also reconfigure worker.app (the broker, the result backend)."""

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from core.ratelimit import RestBudget, pause_of, route_key, route_kind
-from tests.environment import unavailable
+from tests.environment import reachable_redis
 
 REDIS_URL = os.environ.get("IMPROBABLE_TEST_RATELIMIT_REDIS_URL", "redis://127.0.0.1:6379/7")
 RATE, BURST = 20.0, 4
@@ -23,13 +23,7 @@ RATE, BURST = 20.0, 4
 @pytest.fixture
 def prefix():
     """A key prefix of this test's own in the real Redis (tests in parallel never share a bucket); removed."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError as e:
-        unavailable(f"Redis is unreachable at {REDIS_URL}: {e}")
+    client = reachable_redis(REDIS_URL)
     name = f"test:ratelimit:{uuid.uuid4().hex[:8]}:"
     yield name
     for key in client.scan_iter(match=name + "*"):

@@ -13,7 +13,7 @@ import discord
 import pytest
 
 from core.ratelimit import PREFIX
-from tests.environment import configured, unavailable
+from tests.environment import configured, reachable_redis
 
 from .fake_discord import FakeDiscord
 
@@ -24,13 +24,7 @@ WORKER_POSTS, BOT_POSTS = (3, 10), 20  # (threads, posts each) of the worker; po
 
 @pytest.fixture
 def fake():
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError as e:
-        unavailable(f"Redis is unreachable at {REDIS_URL}: {e}")
+    client = reachable_redis(REDIS_URL)
     fake = FakeDiscord().start()
     fake.rate_limit = LIMIT
     saved_base = discord.http.Route.BASE

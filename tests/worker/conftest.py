@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.environment import configured, unavailable
+from tests.environment import configured, reachable_redis, unavailable
 
 from .support import ROOT, FakeDiscord, WorkerProcess
 
@@ -50,17 +50,6 @@ class Services:
                 self.discord.close()
 
 
-def _redis():
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError as e:
-        unavailable(f"Redis is unreachable at {REDIS_URL}: {e}")
-    return client
-
-
 def _pg_schema() -> tuple[str, callable]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -87,7 +76,7 @@ def _pg_schema() -> tuple[str, callable]:
 def services(tmp_path_factory):
     import db
 
-    redis_client = _redis()
+    redis_client = reachable_redis(REDIS_URL)
     redis_client.flushdb()
     database_url, drop_schema = _pg_schema()
     db.upgrade(database_url)  # migrate + seed the default personas
