@@ -1,8 +1,9 @@
 """What the benchmarks share: the repository root, the results folder, corpora found by name on the configured
-corpus path, and a plain markdown table."""
+corpus path, the environment of a bench that runs the real services, and a plain markdown table."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from core.settings import load_settings
@@ -27,6 +28,22 @@ def load_corpus(name: str) -> DecodedCorpus:
     """A corpus by name (or path): one on the corpus path, a selection (trainer.corpus.SELECTIONS), or one a
     package ships."""
     return load_named_corpus(name, corpus_dirs())
+
+
+def service_environment(work: Path, redis_url: str, database_url: str | None, **settings: object) -> dict[str, str]:
+    """The IMPROBABLE_* variables of a bench that runs the real services, set in os.environ too (this process
+    and the `celery worker`s it starts agree): the broker at `redis_url`, its database flushed; the database
+    at `database_url` (None: a SQLite file in `work`); data and storage in `work`; and each of `settings` as
+    IMPROBABLE_<NAME>."""
+    env = {"IMPROBABLE_BROKER_URL": redis_url, "IMPROBABLE_DATA_DIR": str(work),
+           "IMPROBABLE_DATABASE_URL": database_url or f"sqlite:///{work / 'improbable.db'}",
+           "IMPROBABLE_STORAGE_URL": str(work / "storage"),
+           **{f"IMPROBABLE_{name.upper()}": str(value) for name, value in settings.items()}}
+    os.environ.update(env)
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    return env
 
 
 def print_table(title: str, rows: list[dict]) -> None:

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, load_corpus
+from bench.common import RESULTS, ROOT, load_corpus, service_environment
 from bench.speed.queue_load import percentile, postgres_schema, stop_worker
 
 SERVER_X, SERVER_Y = 1001, 2002
@@ -65,16 +65,8 @@ def parse_args() -> argparse.Namespace:
 
 def environment(args, work: Path, database_url: str) -> dict[str, str]:
     redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
-    env = {"IMPROBABLE_BROKER_URL": redis_url, "IMPROBABLE_RESULT_BACKEND": redis_url,
-           "IMPROBABLE_DATA_DIR": str(work), "IMPROBABLE_DATABASE_URL": database_url,
-           "IMPROBABLE_STORAGE_URL": str(work / "storage"), "IMPROBABLE_TORCH_THREADS": "1",
-           "IMPROBABLE_GENERATE_PRECISION": args.precision, "IMPROBABLE_VISIBILITY_TIMEOUT": "600",
-           "IMPROBABLE_TRAIN_REPORT_SECONDS": "1"}
-    os.environ.update(env)
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    return env
+    return service_environment(work, redis_url, database_url, result_backend=redis_url, torch_threads=1,
+                               generate_precision=args.precision, visibility_timeout=600, train_report_seconds=1)
 
 
 def start_worker(env: dict, name: str, queue: str, pool: str, concurrency: int, log: Path) -> subprocess.Popen:

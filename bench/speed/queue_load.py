@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, load_corpus
+from bench.common import RESULTS, ROOT, load_corpus, service_environment
 
 MODEL_DIR = RESULTS / "queue_model"
 TARGETS = {"p95_at_32_s": 0.5, "speedup_at_32": 20.0, "batch_at_256": 200, "queue_vs_engine": 0.8}
@@ -93,22 +93,9 @@ def postgres_schema(url: str):
 
 
 def setup_environment(args, work: Path, database_url: str | None) -> dict[str, str]:
-    redis_url = f"redis://{args.redis_host}:{args.redis_port}/{args.redis_db}"
-    env = {
-        "IMPROBABLE_BROKER_URL": redis_url,
-        "IMPROBABLE_DATA_DIR": str(work),
-        "IMPROBABLE_DATABASE_URL": database_url or f"sqlite:///{work / 'improbable.db'}",
-        "IMPROBABLE_STORAGE_URL": str(work / "storage"),
-        "IMPROBABLE_TORCH_THREADS": str(args.torch_threads),
-        "IMPROBABLE_GENERATE_PRECISION": args.precision,
-        "IMPROBABLE_GENERATE_INT8": args.int8,
-        "IMPROBABLE_VISIBILITY_TIMEOUT": "600",
-    }
-    os.environ.update(env)
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    return env
+    return service_environment(work, f"redis://{args.redis_host}:{args.redis_port}/{args.redis_db}", database_url,
+                               torch_threads=args.torch_threads, generate_precision=args.precision,
+                               generate_int8=args.int8, visibility_timeout=600)
 
 
 def register_checkpoint(model_path: Path) -> int:
@@ -211,22 +198,27 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_during(pids: list[int], fn) -> tuple[object, float]:
-    """(fn(), CPU seconds that this process and `pids` spent meanwhile)."""
-    before = time.process_time() + sum(process_cpu(p) for p in pids)
+def cpu_during(pids: dict[str, int], fn) -> tuple[object, dict[str, float]]:
+    """(fn(), CPU seconds that this process ("bench") and each of `pids` (name → pid) spent meanwhile)."""
+    def now() -> dict[str, float]:
+        return {"bench": time.process_time(), **{name: process_cpu(pid) for name, pid in pids.items()}}
+
+    before = now()
     result = fn()
-    return result, time.process_time() + sum(process_cpu(p) for p in pids) - before
+    return result, {name: seconds - before[name] for name, seconds in now().items()}
 
 
-def side_by_side(enqueue, checkpoint_id: int, alone: EngineAlone, args: argparse.Namespace, pids: list[int]) -> dict:
+def side_by_side(enqueue, checkpoint_id: int, alone: EngineAlone, args: argparse.Namespace,
+                 pids: dict[str, int]) -> dict:
     """{N: engine and queue throughput, alternated round by round, and their ratio (medians)}; beside it the
     CPU seconds per 1,000 characters each spent (the engine: this process; the queue: this process, the
-    worker and Redis), which a loaded machine disturbs less than wall time."""
+    worker and Redis, each), which a loaded machine disturbs less than wall time. (Redis's CPU includes
+    whatever else uses the same Redis meanwhile.)"""
     rows = {}
     for n in args.side_by_side:
         engine, queued = [], []
         for _ in range(args.rounds):
-            engine.append(cpu_during([], lambda n=n: alone.run(n, args.chars)))
+            engine.append(cpu_during({}, lambda n=n: alone.run(n, args.chars)))
             queued.append(cpu_during(pids, lambda n=n: run_concurrent(enqueue, checkpoint_id, n, args.chars)))
         engine_rate = statistics.median(r["chars_per_s"] for r, _ in engine)
         queue_rate = statistics.median(r["chars_per_s"] for r, _ in queued)
@@ -234,8 +226,11 @@ def side_by_side(enqueue, checkpoint_id: int, alone: EngineAlone, args: argparse
         rows[n] = {"engine_chars_s": engine_rate, "queue_chars_s": queue_rate, "ratio": queue_rate / engine_rate,
                    "engine_rounds": [round(r["chars_per_s"]) for r, _ in engine],
                    "queue_rounds": [round(r["chars_per_s"]) for r, _ in queued],
-                   "engine_cpu_s_per_1k_chars": statistics.median(cpu / chars for _, cpu in engine),
-                   "queue_cpu_s_per_1k_chars": statistics.median(cpu / chars for _, cpu in queued),
+                   "engine_cpu_s_per_1k_chars": statistics.median(cpu["bench"] / chars for _, cpu in engine),
+                   "queue_cpu_s_per_1k_chars": statistics.median(sum(cpu.values()) / chars for _, cpu in queued),
+                   "queue_cpu_s_per_1k_chars_by_process": {
+                       name: round(statistics.median(cpu[name] / chars for _, cpu in queued), 4)
+                       for name in queued[0][1]},
                    "queue_p95_s": statistics.median(r["p95_s"] for r, _ in queued),
                    "queue_batch_peak": max(r["batch_peak"] for r, _ in queued)}
     return rows
@@ -332,7 +327,8 @@ def measure(args: argparse.Namespace, model_path: Path, database_url: str | None
                 rows[n] = min(rounds, key=lambda r: r["p95_s"])
                 rows[n]["p95_s_rounds"] = [round(r["p95_s"], 3) for r in rounds]
                 rows[n]["speedup_vs_serial"] = rows[n]["chars_per_s"] / serial["chars_per_s"]
-            queue_pids = [proc.pid, *redis_pids(f"{args.redis_host}:{args.redis_port}")]
+            queue_pids = {"worker": proc.pid, **{f"redis{i or ''}": pid for i, pid in
+                                                 enumerate(redis_pids(f"{args.redis_host}:{args.redis_port}"))}}
             sides = side_by_side(enqueue, checkpoint_id, EngineAlone(model_path, args), args, queue_pids) \
                 if args.side_by_side else {}
         finally:
@@ -377,7 +373,8 @@ def print_side_by_side(sides: dict) -> None:
     print("|---|---|---|---|---|---|---|")
     for n, r in sides.items():
         print(f"| {n} | {r['engine_chars_s']:,.0f} | {r['queue_chars_s']:,.0f} | {r['ratio']:.2f} | "
-              f"{r['engine_cpu_s_per_1k_chars']:.3f}; {r['queue_cpu_s_per_1k_chars']:.3f} | "
+              f"{r['engine_cpu_s_per_1k_chars']:.3f}; {r['queue_cpu_s_per_1k_chars']:.3f} "
+              f"{r['queue_cpu_s_per_1k_chars_by_process']} | "
               f"{r['queue_p95_s']:.3f} | {r['engine_rounds']}; {r['queue_rounds']} |")
 
 

@@ -30,7 +30,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, load_corpus, print_table
+from bench.common import RESULTS, ROOT, load_corpus, print_table, service_environment
 from bench.speed.queue_load import percentile, postgres_schema, stop_worker
 
 PER_CHANNEL = 10
@@ -49,26 +49,11 @@ def tiny_model(work: Path) -> bytes:
 
 
 def environment(args, work: Path, database_url: str | None, api_base: str) -> dict[str, str]:
-    redis_url = f"redis://{args.redis_host}:{args.redis_port}/{args.redis_db}"
-    env = {
-        "IMPROBABLE_BROKER_URL": redis_url,
-        "IMPROBABLE_DATA_DIR": str(work),
-        "IMPROBABLE_DATABASE_URL": database_url or f"sqlite:///{work / 'improbable.db'}",
-        "IMPROBABLE_STORAGE_URL": str(work / "storage"),
-        "IMPROBABLE_TORCH_THREADS": "1",
-        "IMPROBABLE_VISIBILITY_TIMEOUT": "3600",  # above the longest countdown: no redelivery of waiting posts
-        "IMPROBABLE_DISCORD_TOKEN": "bench-token",
-        "IMPROBABLE_DISCORD_API_BASE": api_base,
-        "IMPROBABLE_DISCORD_REST_RATE": str(args.rest_rate),
-        "IMPROBABLE_DISCORD_REST_BURST": str(args.rest_burst),
-        "IMPROBABLE_SCHEDULE_POSTS_PER_SECOND": str(args.schedule_rate),
-        "IMPROBABLE_LOG_LEVEL": "WARNING",
-    }
-    os.environ.update(env)
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    return env
+    return service_environment(
+        work, f"redis://{args.redis_host}:{args.redis_port}/{args.redis_db}", database_url, torch_threads=1,
+        visibility_timeout=3600,  # above the longest countdown: no redelivery of waiting posts
+        discord_token="bench-token", discord_api_base=api_base, discord_rest_rate=args.rest_rate,
+        discord_rest_burst=args.rest_burst, schedule_posts_per_second=args.schedule_rate, log_level="WARNING")
 
 
 def prepare(model: bytes, fake, n: int, max_tokens: int) -> tuple[list[int], datetime]:
