@@ -14,8 +14,10 @@ limit per route that Discord announces in its answers' headers.
   X-RateLimit-Reset-After / Retry-After. A 429 with `global` (X-RateLimit-Global / X-RateLimit-Scope: global)
   pauses every request of every process.
 - With Redis (the broker's) the bucket and the pauses are keys there, taken and set atomically by Lua scripts
-  on Redis's clock; without Redis (embedded mode), or while Redis is unreachable, the same arithmetic runs in
-  the process.
+  on Redis's clock; without Redis (embedded mode, one process) the same arithmetic runs in the process. While
+  the Redis is unreachable each process falls back to a bucket of its own at
+  IMPROBABLE_DISCORD_REST_FALLBACK_SHARE of the rate and burst, so that several processes together stay
+  within the budget.
 - Interaction endpoints (callbacks, and the interaction's webhook: edits and follow-ups) are outside the budget, as
   they are outside Discord's global limit.
 - Every process counts what it sees in its metrics (core/metrics.py): the requests the budget held back and
@@ -123,13 +125,17 @@ class _Local:
 
 class RestBudget:
     """The shared budget; `redis_url` None keeps it in this process. Rate 0: no bucket, only the pauses that
-    Discord's answers ask for."""
+    Discord's answers ask for. `fallback_share`: the share of rate and burst this process keeps to itself while
+    the Redis is unreachable."""
 
-    def __init__(self, rate: float, burst: int, redis_url: str | None = None, prefix: str = PREFIX):
+    def __init__(self, rate: float, burst: int, redis_url: str | None = None, prefix: str = PREFIX,
+                 fallback_share: float = 1.0):
         self.rate, self.burst, self.prefix = float(rate), max(1, int(burst)), prefix
         self.redis_url = redis_url or None
+        share = fallback_share if self.redis_url else 1.0  # without Redis the whole budget is this process's
+        self._local_rate, self._local_burst = self.rate * share, max(1, int(self.burst * share))
         self._lock = threading.Lock()
-        self._local = _Local(tokens=float(self.burst), at=time.monotonic(), pauses={})
+        self._local = _Local(tokens=float(self._local_burst), at=time.monotonic(), pauses={})
         self._client = self._scripts = None
         self._async: tuple | None = None  # (event loop, client, scripts) of the bot's asyncio side
         self._redis_down_until = 0.0
@@ -144,12 +150,12 @@ class RestBudget:
         with self._lock:
             local = self._local
             wait = max(local.pauses.get("global", 0.0), local.pauses.get(route or "-", 0.0)) - now
-            if wait > 0 or self.rate <= 0:
+            if wait > 0 or self._local_rate <= 0:
                 return max(0.0, wait)
-            local.tokens = min(self.burst, local.tokens + (now - local.at) * self.rate)
+            local.tokens = min(self._local_burst, local.tokens + (now - local.at) * self._local_rate)
             local.at = now
             if local.tokens < 1:
-                return (1 - local.tokens) / self.rate
+                return (1 - local.tokens) / self._local_rate
             local.tokens -= 1
             return 0.0
 
@@ -174,7 +180,8 @@ class RestBudget:
         return self._client, self._scripts
 
     def _failed(self, error: Exception) -> None:
-        log.warning("REST budget: Redis unreachable (%s); this process keeps its own bucket for 5 s", error)
+        log.warning("REST budget: Redis unreachable (%s); this process keeps its own bucket (%.3g requests a "
+                    "second) for 5 s", error, self._local_rate)
         self._redis_down_until = time.monotonic() + 5.0
 
     def _call(self, name: str, keys: list[str], args: list) -> int | None:
@@ -317,11 +324,12 @@ def _jittered(wait: float) -> float:
 
 
 @lru_cache(maxsize=8)
-def _budget(rate: float, burst: int, redis_url: str | None) -> RestBudget:
-    return RestBudget(rate, burst, redis_url)
+def _budget(rate: float, burst: int, redis_url: str | None, fallback_share: float) -> RestBudget:
+    return RestBudget(rate, burst, redis_url, fallback_share=fallback_share)
 
 
 def budget_for(settings) -> RestBudget:
     """This process's budget for these settings: in the broker's Redis when there is one, else in-process."""
     url = settings.broker_url if settings.broker_url.startswith(("redis://", "rediss://", "unix://")) else None
-    return _budget(settings.discord_rest_rate, settings.discord_rest_burst, url)
+    return _budget(settings.discord_rest_rate, settings.discord_rest_burst, url,
+                   settings.discord_rest_fallback_share)

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
                                      "0 = no bucket (429s are still honoured).")
     discord_rest_burst: int = Field(5, ge=1, description="Requests that may go at once above the REST rate "
                                     "after a quiet moment.")
+    discord_rest_fallback_share: float = Field(0.25, gt=0, le=1, description="Share of the REST rate and burst "
+                                               "each process keeps to itself while the broker's Redis is "
+                                               "unreachable: with the bot and up to three workers at 0.25 "
+                                               "they stay within the budget together.")
     schedule_posts_per_second: float = Field(20.0, gt=0, description="Scheduled posts started a second at most "
                                              "when many are due together (spread out from their dispatch on; "
                                              "the rest of the REST budget stays the bot's).")

@@ -117,6 +117,16 @@ def test_without_redis_the_bucket_is_the_process_own():
     assert 0.4 < shared.try_take("other") <= 0.5
 
 
+def test_while_redis_is_unreachable_a_process_keeps_only_its_share():
+    # a closed port: every process that shares the bucket falls back to a bucket of its own at a quarter of
+    # the rate and burst, so that four of them stay within the budget together
+    down = RestBudget(RATE, BURST, "redis://127.0.0.1:1/0", prefix="down:", fallback_share=0.25)
+    assert down.try_take("R") == 0.0  # a burst of BURST / 4 = 1
+    assert 1 / RATE < down.try_take("R") <= 4 / RATE  # then RATE / 4 a second
+    alone = RestBudget(RATE, BURST, fallback_share=0.25)  # no Redis at all: the one process has it all
+    assert [alone.try_take("R") for _ in range(BURST)] == [0.0] * BURST
+
+
 def test_a_429_pauses_the_other_processes(prefix):
     bot, worker = RestBudget(RATE, BURST, REDIS_URL, prefix=prefix), RestBudget(RATE, BURST, REDIS_URL, prefix=prefix)
     messages, webhook = route_key("POST", "/channels/1/messages"), route_key("POST", "/webhooks/2/t")
