@@ -11,7 +11,7 @@ from bot import ambient
 from service.ambient import Ambient
 from tests.environment import configured
 
-from .test_service import MANAGER, _activate, _template, env  # noqa: F401 - pytest fixtures used by name
+from .test_service import MANAGER, _activate, env  # noqa: F401 - pytest fixtures used by name
 
 
 def test_all_settings_are_read_in_one_go_within_the_ceilings(env):  # noqa: F811

@@ -13,7 +13,7 @@ from service.ambient import Window
 from service.quotas import Quotas
 from tests.environment import configured
 
-from .test_service import GUILD, MANAGER, _activate, _template, env  # noqa: F401 - pytest fixtures used by name
+from .test_service import GUILD, MANAGER, _activate, env  # noqa: F401 - pytest fixtures used by name
 
 
 class Clock:

@@ -13,7 +13,7 @@ from service.errors import NoModelYet, PersonaDisabled, UserError
 from service.policy import Actor
 from service.quotas import request_cost
 
-from .test_service import GUILD, _activate, _template, env  # noqa: F401 - pytest fixtures used by name
+from .test_service import GUILD, _activate, env  # noqa: F401 - pytest fixtures used by name
 
 MEMBER = Actor(2, GUILD, 5)
 

@@ -4,8 +4,6 @@ a persona leaves nothing of it in storage. On a real migrated SQLite file (as te
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from sqlalchemy import insert, select, text
 
@@ -23,7 +21,6 @@ from db.personas import get_persona
 from db.runs import start_run
 from service.errors import TextGone, UserError
 from service.policy import Actor
-from tests.environment import configured
 
 GUILD, OTHER = 111, 222
 MANAGER = Actor(1, GUILD, 5, can_manage=True)
@@ -46,25 +43,13 @@ TEXT = _text("alice/alice.txt", 20_000)
 OTHER_TEXT = _text("trump/speeches.txt", 20_000)
 
 
-@pytest.fixture(scope="session")
-def _template(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ownership-template") / "improbable.db"
-    db.upgrade(f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
-def env(tmp_path, _template):
-    shutil.copyfile(_template, tmp_path / "improbable.db")
-    values = {"IMPROBABLE_DATABASE_URL": f"sqlite:///{tmp_path / 'improbable.db'}",
-              "IMPROBABLE_STORAGE_URL": str(tmp_path / "storage"), "IMPROBABLE_DATA_DIR": str(tmp_path / "data"),
-              "IMPROBABLE_BROKER_URL": ""}
-    with configured(values):
-        with db.session_scope() as session:
-            for guild in (GUILD, OTHER):
-                update_guild_settings(session, guild, train_cooldown_seconds=0, max_queued_jobs_per_user=5,
-                                      max_upload_bytes=100_000)
-        yield tmp_path
+def env(service_db):
+    with db.session_scope() as session:
+        for guild in (GUILD, OTHER):
+            update_guild_settings(session, guild, train_cooldown_seconds=0, max_queued_jobs_per_user=5,
+                                  max_upload_bytes=100_000)
+    return service_db
 
 
 def _activate_builtin(slug: str = "alice") -> int:

@@ -11,7 +11,7 @@ from db.bundled import bundled_checkpoints
 from db.personas import get_persona
 from improbable.persona import persona_app
 
-from .test_service import _template, env  # noqa: F401 - fixtures
+from .test_service import env  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("env")
 runner = CliRunner()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -45,23 +44,11 @@ REDIS_URL = os.environ.get("IMPROBABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(scope="session")
-def _template(tmp_path_factory):
-    path = tmp_path_factory.mktemp("privacy-template") / "improbable.db"
-    db.upgrade(f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
-def env(tmp_path, _template):
-    shutil.copyfile(_template, tmp_path / "improbable.db")
-    values = {"IMPROBABLE_DATABASE_URL": f"sqlite:///{tmp_path / 'improbable.db'}",
-              "IMPROBABLE_STORAGE_URL": str(tmp_path / "storage"), "IMPROBABLE_DATA_DIR": str(tmp_path / "data"),
-              "IMPROBABLE_BROKER_URL": ""}
-    with configured(values):
-        with db.session_scope() as session:
-            update_guild_settings(session, GUILD, train_cooldown_seconds=0, max_queued_jobs_per_user=5)
-        yield tmp_path
+def env(service_db):
+    with db.session_scope() as session:
+        update_guild_settings(session, GUILD, train_cooldown_seconds=0, max_queued_jobs_per_user=5)
+    return service_db
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from service.errors import StorageFull, TooManySchedules, TooOften, TrainingBudg
 from service.policy import Actor, UserError
 from tests.environment import configured
 
-from .test_service import GUILD, MANAGER, _activate, _template, env  # noqa: F401 - pytest fixtures used by name
+from .test_service import GUILD, MANAGER, _activate, env  # noqa: F401 - pytest fixtures used by name
 
 
 def test_a_manager_asking_past_every_ceiling_gets_the_ceilings(env):  # noqa: F811

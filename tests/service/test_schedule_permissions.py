@@ -18,7 +18,7 @@ from core.settings import get_settings
 from db.schedules import claim_slot
 from service.errors import CannotPost
 
-from .test_service import GUILD, MANAGER, _activate, _template, env  # noqa: F401 - pytest fixtures used by name
+from .test_service import GUILD, MANAGER, _activate, env  # noqa: F401 - pytest fixtures used by name
 
 
 def test_a_channel_the_bot_cannot_post_in_is_refused_when_added(env):  # noqa: F811

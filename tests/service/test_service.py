@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
 
 import pytest
 
@@ -20,7 +19,6 @@ from db.guilds import update_guild_settings
 from db.personas import get_persona
 from service.errors import Code, NeedsOwnCopy, NoModelYet, TooManyRuns, TrainCooldown, UnknownPersona
 from service.policy import Actor, NotAllowed, UserError
-from tests.environment import configured
 
 GUILD = 111
 TRAINER_ROLE = 999
@@ -34,25 +32,13 @@ _rng = random.Random(29)
 TEXT = "\n".join(" ".join(_rng.choice(_WORDS) for _ in range(12)).capitalize() + "." for _ in range(100)).encode()
 
 
-@pytest.fixture(scope="session")
-def _template(tmp_path_factory):
-    path = tmp_path_factory.mktemp("service-template") / "improbable.db"
-    db.upgrade(f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
-def env(tmp_path, _template):
-    """The configured database and storage point at a fresh copy of a migrated, seeded database."""
-    shutil.copyfile(_template, tmp_path / "improbable.db")
-    values = {"IMPROBABLE_DATABASE_URL": f"sqlite:///{tmp_path / 'improbable.db'}",
-              "IMPROBABLE_STORAGE_URL": str(tmp_path / "storage"), "IMPROBABLE_DATA_DIR": str(tmp_path / "data"),
-              "IMPROBABLE_BROKER_URL": ""}
-    with configured(values):
-        with db.session_scope() as session:
-            update_guild_settings(session, GUILD, trainer_role_id=TRAINER_ROLE, train_cooldown_seconds=0,
-                                  max_queued_jobs_per_user=1, max_upload_bytes=100_000)
-        yield tmp_path
+def env(service_db):
+    """A fresh copy of a migrated, seeded database (tests/service/conftest.py), GUILD's limits set for the tests."""
+    with db.session_scope() as session:
+        update_guild_settings(session, GUILD, trainer_role_id=TRAINER_ROLE, train_cooldown_seconds=0,
+                              max_queued_jobs_per_user=1, max_upload_bytes=100_000)
+    return service_db
 
 
 def _activate(slug: str = "alice") -> int:

@@ -23,7 +23,7 @@ from service.generation import PreparedGeneration
 from service.quotas import Quotas
 from tests.environment import configured
 
-from .test_service import _template, env  # noqa: F401 - pytest fixtures used by name
+from .test_service import env  # noqa: F401 - pytest fixtures used by name
 
 ON_0, ON_1 = 4 << 22, 5 << 22  # server ids on shard 0 and 1 of 2
 REQUEST = PreparedGeneration(payload={"persona": "alice", "prompt": "Hi", "params": {}}, display_name="Alice",

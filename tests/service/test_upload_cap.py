@@ -12,7 +12,7 @@ from core.settings import HARD_MAX_UPLOAD_BYTES
 from db.guilds import update_guild_settings
 from service.policy import UserError
 
-from .test_service import GUILD, MANAGER, _template, env  # noqa: F401 - pytest fixtures used by name
+from .test_service import GUILD, MANAGER, env  # noqa: F401 - pytest fixtures used by name
 
 
 @pytest.mark.parametrize("mb", [100.01, 500])

@@ -22,7 +22,7 @@ from service.errors import UnknownPersona
 from service.policy import Actor, NotAllowed, UserError
 from tests.environment import configured
 
-from .test_service import GUILD, MANAGER, _template, env  # noqa: F401 - fixtures
+from .test_service import GUILD, MANAGER, env  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("env")
 OWNER = Actor(21, GUILD, 5)

@@ -14,7 +14,7 @@ from db.ingest import read_corpus
 from db.personas import get_persona
 from service.policy import UserError
 
-from .test_service import MANAGER, MEMBER, TEXT, _activate, _template, env  # noqa: F401 - fixtures
+from .test_service import MANAGER, MEMBER, TEXT, _activate, env  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("env")  # every test on a fresh copy of a migrated database
 OTHER = ("The Queen of Hearts, she made some tarts, all on a summer day. " * 20).encode()

@@ -10,7 +10,7 @@ import service.webhooks as webhooks
 from core.avatar import avatar_png, initials, webhook_name
 from db.retention import purge_guild
 
-from .test_service import GUILD, _template, env  # noqa: F401 - pytest fixtures used by name
+from .test_service import GUILD, env  # noqa: F401 - pytest fixtures used by name
 
 CHANNEL, OTHER_CHANNEL = 5, 6
 
