@@ -243,8 +243,10 @@ class RecurrentLM(LanguageModel):
             self.embed.weight.data.copy_(embedding)
         self.embed.weight.requires_grad_(not config.freeze_embedding)
         self.drop = nn.Dropout(config.dropout)
-        # One fused module per layer with our dropout between them: nn.LSTM's own inter-layer dropout
-        # leaves oneDNN's fast path on CPU (measured 15x slower training at 2x256).
+        # One single-layer module per layer, our dropout between them: step() runs each layer's cell on its
+        # own `_l0` weights, and checkpoints keep them per layer. Training speed shows no consistent difference
+        # from one multi-layer nn.LSTM with dropout (bench/speed/trainer_overhead.py's variants and CPU seconds
+        # per step, bench/results/trainer_overhead.json).
         self.layers = nn.ModuleList(rnn_class(config.n_embd if i == 0 else config.n_hidden, config.n_hidden,
                                               batch_first=True) for i in range(config.n_layers))
         self.head = build_head(config.n_hidden, config, self.embed)
