@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS, load_corpus
-from core.text import DOCUMENT_SEPARATOR
 from trainer import checkpoint as ckpt
-from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
+from trainer.data import TokenStreams, rebuild_split
 from trainer.evaluate import evaluate
 from trainer.precision import cpu_model
 from trainer.pretrained import resolve_init
@@ -42,14 +41,10 @@ def main() -> None:
     args = parser.parse_args()
     loaded = ckpt.load(resolve_init(args.checkpoint))
     model, tok = loaded.model.eval(), loaded.tokenizer
-    config = loaded.meta["train_config"]
     rows = []
 
     t0 = time.perf_counter()
-    base = load_corpus("base")
-    docs = [torch.tensor(tok.encode(d)) for d in base.document_texts()]
-    _, val = split_documents(docs, config["val_fraction"], config.get("split", "spread"), BLOCK_TOKENS["char"],
-                             torch.tensor(tok.encode(DOCUMENT_SEPARATOR)))
+    _, val, _ = rebuild_split(loaded.meta, tok, load_corpus("base"))  # the held-out text of its training run
     nats = score(model, val)
     rows.append({"corpus": "base (own held-out books)", "chars": len(val), "dropped_chars": 0,
                  "nats_per_char": round(nats, 4), "bits_per_char": round(nats / math.log(2), 3)})
