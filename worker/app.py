@@ -149,7 +149,9 @@ def _workers_wait_out_outages(conf=None, **_) -> None:
     if conf is not None:
         conf.result_backend_transport_options = {"retry_policy": worker_result_retry(get_settings().liveness)}
         # storing a result first reads the stored state (a plain GET, outside the retry policy above): retry
-        # the whole store on connection errors, 10 times with backoff from 0.2 s up to 8 s (~40 s in all)
+        # the whole store on connection errors, 10 times with random pauses (full jitter) up to 8 s: 20-32 s in
+        # all with Redis down (~26 s on average). The generate jobs' final states, which must outlive a 30 s
+        # restart, wait out `liveness.result_retry` themselves (worker/serve/states.py).
         conf.result_backend_always_retry = True
         conf.result_backend_max_retries = 10
         conf.result_backend_base_sleep_between_retries_ms = 200

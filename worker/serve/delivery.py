@@ -8,10 +8,13 @@ From there this module's one thread follows the job and has its states written t
 the task would have (bot/jobs.py):
 - PROGRESS {"text": completion so far, "beat": time} every `Liveness.partial_interval` while the text grows,
   and the same again every `Liveness.partial_heartbeat` (the bot takes a silent job for a dead one);
-- SUCCESS with the task's GenerateResult (`backend.store_result`) once its row is recorded (recording.py: one
-  row per request id, written many per transaction);
-- FAILURE (`backend.mark_as_failure`) with what failed: the sampler step, the deadline (`generate_timeout`),
-  the database. A bad request never gets here: it fails in the task.
+- SUCCESS with the task's GenerateResult once its row is recorded (recording.py: one row per request id,
+  written many per transaction);
+- FAILURE with what failed: the sampler step, the deadline (`generate_timeout`), the database. A bad request
+  never gets here: it fails in the task.
+They are written as Celery's backend writes them, never over a SUCCESS, the partial texts of a sweep many in
+one round trip, and a final state retried through a result store that is away for `Liveness.result_retry`
+(states.py).
 Then it releases the job's lease (leases.py). Until then a worker that dies has its jobs re-published under
 the same task id by another worker's reaper (the message itself is acknowledged when the task
 returns, so Redis's visibility timeout no longer backs up a generate job; the task waits until its lease
@@ -40,6 +43,8 @@ from typing import TYPE_CHECKING
 
 from core.contracts import GenerateResult
 from worker import signals
+
+from .states import States
 
 if TYPE_CHECKING:  # the runtime makes this module's Delivery; a Serving is what it hands over
     from .runtime import Serving
@@ -73,6 +78,8 @@ class Delivery:
         self._slots = threading.Semaphore(max_streams)
         self._held = 0  # jobs handed over and not yet answered
         self._idle = threading.Condition()
+        self.states = States(self.app.backend, runtime.liveness.result_retry)
+        self._partial_away = False  # the last partial texts could not be stored (logged once per outage)
         self._writers = [queue.SimpleQueue() for _ in range(WRITERS)]
         for i, inbox in enumerate(self._writers):
             threading.Thread(target=self._write_loop, args=(inbox,), name=f"generate-writer-{i}", daemon=True).start()
@@ -156,16 +163,18 @@ class Delivery:
 
     def _succeed(self, handed: Handed, result: GenerateResult) -> None:
         self._jobs.pop(handed.task_id, None)
-        self._write(handed, self._store_done, handed, result.model_copy(update={"worker": handed.hostname}))
+        self._write(handed, self._store_done, handed, result.model_copy(update={"worker": handed.hostname}),
+                    time.monotonic())
 
     def _fail(self, handed: Handed, error: BaseException) -> None:
         self._jobs.pop(handed.task_id, None)
         log.error("generate %s failed: %s: %s", handed.task_id, type(error).__name__, error)
-        self._write(handed, self._store_failure, handed, error)
+        self._write(handed, self._store_failure, handed, error, time.monotonic())
 
     def _sweep(self) -> None:
         """Partial text and heartbeats of the running jobs; jobs past their deadline fail."""
         liveness, timeout = self.runtime.liveness, self.runtime.settings.generate_timeout
+        due: dict[int, list[tuple[Handed, str, float]]] = {}  # writer -> (job, text, as of)
         for handed in list(self._jobs.values()):
             if handed.recording or handed.publishing:
                 continue
@@ -178,12 +187,17 @@ class Delivery:
             if text == handed.sent and now - handed.sent_at <= liveness.partial_heartbeat:
                 continue
             handed.publishing = True
-            self._write(handed, self._store_progress, handed, text, now)
+            due.setdefault(self._writer_of(handed), []).append((handed, text, now))
+        for index, items in due.items():  # each writer stores its share in one round trip
+            self._writers[index].put((self._store_progress, (items,)))
 
     # -- the writer threads: every state of one job goes through the same one, in order ----------------
 
+    def _writer_of(self, handed: Handed) -> int:
+        return hash(handed.task_id) % len(self._writers)
+
     def _write(self, handed: Handed, fn, *args) -> None:
-        self._writers[hash(handed.task_id) % len(self._writers)].put((fn, args))
+        self._writers[self._writer_of(handed)].put((fn, args))
 
     def _write_loop(self, inbox: queue.SimpleQueue) -> None:
         while True:
@@ -193,33 +207,35 @@ class Delivery:
             except Exception:  # noqa: BLE001 - a bug in one write must not stop the others
                 log.exception("generate delivery: %s failed", fn.__name__)
 
-    def _store_progress(self, handed: Handed, text: str, at: float) -> None:
+    def _store_progress(self, items: list[tuple[Handed, str, float]]) -> None:
         # Partial text is a courtesy, and its timestamp the job's heartbeat for the bot: a result store that
-        # is briefly away (Redis restarting) must not fail the job itself.
+        # is briefly away (Redis restarting) must not fail the job itself; the next sweep sends newer text.
         try:
-            self.app.backend.store_result(handed.task_id, {"text": text, "beat": time.time()}, "PROGRESS",
-                                          request=handed.context)
-            handed.sent, handed.sent_at = text, at
+            self.states.partial([(handed.task_id, {"text": text, "beat": time.time()}, handed.context)
+                                 for handed, text, _ in items])
+            for handed, text, at in items:
+                handed.sent, handed.sent_at = text, at
+            self._partial_away = False
         except Exception as e:  # noqa: BLE001
-            log.warning("partial text of %s not published: %s", handed.task_id, e)
+            if not self._partial_away:
+                log.warning("partial texts not published (until the result store is back): %s", e)
+            self._partial_away = True
         finally:
-            handed.publishing = False
+            for handed, _, _ in items:
+                handed.publishing = False
 
-    def _store_done(self, handed: Handed, result: GenerateResult) -> None:
+    def _store_done(self, handed: Handed, result: GenerateResult, due: float) -> None:
         try:
-            # store_result, not mark_as_done: the task's request says ignore_result (handed_to_engine), which
-            # mark_as_done obeys
-            self.app.backend.store_result(handed.task_id, result.model_dump(mode="json"), "SUCCESS",
-                                          request=handed.context)
-        except Exception:  # noqa: BLE001 - the store retried through an outage (~40 s) and gave up
+            self.states.final(handed.task_id, "SUCCESS", result.model_dump(mode="json"), handed.context, due)
+        except Exception:  # noqa: BLE001 - the store retried through an outage (Liveness.result_retry) and gave up
             log.exception("generate %s: its result could not be stored", handed.task_id)
         log.info("generate %s answered in %.2f s (%s tokens, batch peak %s)", handed.task_id,
                  time.perf_counter() - handed.serving.started, result.tokens, result.batch_peak)
         self._release(handed, "SUCCESS", result)
 
-    def _store_failure(self, handed: Handed, error: BaseException) -> None:
+    def _store_failure(self, handed: Handed, error: BaseException, due: float) -> None:
         try:
-            self.app.backend.mark_as_failure(handed.task_id, error, request=handed.context)
+            self.states.final(handed.task_id, "FAILURE", error, handed.context, due)
         except Exception:  # noqa: BLE001
             log.exception("generate %s: its failure could not be stored", handed.task_id)
         self._release(handed, "FAILURE", None)
