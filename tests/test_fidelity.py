@@ -62,3 +62,13 @@ def test_hashed_originality_agrees_with_core_text(texts):
         copied, invented = corpus[start:start + 200], "Alice said the Cheshire Mock Turtle quadrilled away, quietly."
         for text in (copied, invented, copied[:60] + invented + copied[100:160], "short"):
             assert hashed_originality(text, hashes) == originality(text, corpus)
+
+
+def test_the_upload_is_a_book_neither_the_base_nor_the_base_judge_saw():
+    from bench.quality.fidelity import UPLOAD_BOOK, check_unseen, upload_file
+
+    check_unseen(upload_file(UPLOAD_BOOK), base_books=10)  # one of the base's held-out books
+    with pytest.raises(SystemExit, match="not one of the base's held-out books"):
+        check_unseen(upload_file("base/219-heart-of-darkness.txt"), base_books=10)  # the base trained on it
+    with pytest.raises(SystemExit, match="the base judge is built from"):
+        check_unseen(upload_file("base/2701-moby-dick.txt"), base_books=10)  # held out, but the judge reads it

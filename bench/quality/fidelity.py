@@ -1,15 +1,24 @@
 """Voice fidelity: does a persona sound like itself (not like the base or another persona), and are its real
 words bought by copying its corpus?
 
-    .venv/bin/python -m bench.quality.fidelity [--n 20] [--chars 400] [--temperature 0.8] [--threads 2]
+    .venv/bin/python -m bench.quality.fidelity [--n 30] [--chars 600] [--temperature 0.8 0.7] [--threads 2]
+    .venv/bin/python -m bench.quality.fidelity --checkpoint alice=runs/alice/best.safetensors   # a candidate
 
 Judges independent of the generators: one character 5-gram modified Kneser–Ney model (CharKneserNey, below)
-per persona corpus (trump, alice, shakespeare) and one for the base books (a sample: --base-books books,
---base-chars in all). Each judge is built from the training part of its text only; N windows of --chars
-characters, spread evenly through the text (each starting at a line start), are held out from it.
+per persona corpus (trump, alice, shakespeare), one for a fresh upload's text and one for the base books (a
+sample: --base-books books, --base-chars in all). Each judge is built from the training part of its text
+only; N windows of --chars characters, spread evenly through the text (each starting at a line start), are
+held out from it. 600 characters is what a reader sees of one completion (the issue's real-word measure).
 
-For every bundled persona (db/bundled/) and the shipped base model (the control for a fresh upload before
-any training: its "own" judge is the base), N texts are generated (prompt "The ", seeds 0..N-1) and scored:
+The fresh upload is a book the base never trained on: one of the base corpus's held-out books (the trainer's
+split holds out every 10th book; UPLOAD_BOOK is one of them and not in the base judge's sample), fine-tuned
+from the shipped base with the upload recipe (`alice`, trainer/recipes/alice.json) for a step budget
+(--upload-steps, about the recipe's 3 minutes on one idle thread, so the machine's load does not change the
+model). The run folder (--upload-run) is resumed: a finished run is reused, not trained again.
+
+For every bundled persona (db/bundled/, or --checkpoint NAME=PATH), the upload and the shipped base model (the
+control: a fresh upload before any training, its "own" judge the base), N texts are generated (prompt "The ",
+seeds 0..N-1, pure sampling at each --temperature) and scored:
 
 - attribution accuracy: share of texts whose lowest per-char cross-entropy is under the voice's own judge;
   the ceiling is the same judges on the voice's real held-out windows;
@@ -34,14 +43,18 @@ import re
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, load_corpus, print_table
+from bench.common import RESULTS, corpus_dirs, load_corpus, print_table
 from core.text import originality
 
 PERSONAS = ("trump", "alice", "shakespeare")
 BASE = "base"
+UPLOAD = "upload"
+UPLOAD_BOOK = "base/730-oliver-twist.txt"  # a held-out book of the base's split (every 10th, from the 6th)
+UPLOAD_STEPS = 400  # the upload recipe's 3 minutes on one idle thread (bench/results/early_stop.json: 442)
 ORDER = 5
 UNKNOWN = 0  # id of a character no judge saw
 
@@ -180,26 +193,82 @@ def holdout(text: str, n: int, chars: int) -> tuple[list[str], list[str]]:
     return [p for p in pieces if p], windows
 
 
+def sample_indices(n_documents: int, books: int) -> list[int]:
+    """Which of the base's documents the base judge reads: `books` spread through the list."""
+    return [i * n_documents // books for i in range(books)]
+
+
 def base_sample(documents: list[str], books: int, chars: int) -> str:
     """`chars` characters from `books` base books spread through the list, the middle of each book."""
-    chosen = [documents[i * len(documents) // books] for i in range(books)]
+    chosen = [documents[i] for i in sample_indices(len(documents), books)]
     per_book = chars // books
     middles = [d[max(0, len(d) // 2 - per_book // 2):][:per_book] for d in chosen]
     return "\n\n".join(middles)
 
 
-def generated_texts(voice: str, n: int, chars: int, temperature: float) -> list[str]:
-    """n completions of "The " by the voice's checkpoint (bundled persona, or the shipped base), seeds 0..n-1."""
-    from core.contracts import SamplingParams
+def voice_checkpoint(voice: str, overrides: dict[str, str]):
+    """The checkpoint file that speaks for a voice: --checkpoint's, else the bundled persona's or the shipped base."""
     from db.bundled import bundled_checkpoints
-    from trainer import checkpoint as ckpt
     from trainer.pretrained import resolve_init
+
+    if voice in overrides:
+        return resolve_init(overrides[voice])
+    return resolve_init("base") if voice == BASE else bundled_checkpoints()[voice]
+
+
+def generated_texts(path, n: int, chars: int, temperature: float, top_p: float = 1.0) -> list[str]:
+    """n completions of "The " by the checkpoint at `path`, seeds 0..n-1, sampling at `temperature` (pure
+    sampling unless top_p < 1: nucleus sampling, as the personas' defaults do)."""
+    from core.contracts import SamplingParams
+    from trainer import checkpoint as ckpt
     from trainer.sample import generate
 
-    path = resolve_init("base") if voice == BASE else bundled_checkpoints()[voice]
     loaded = ckpt.load(path)
-    params = [SamplingParams(max_tokens=chars, temperature=temperature, seed=seed) for seed in range(n)]
+    params = [SamplingParams(max_tokens=chars, temperature=temperature, top_p=top_p, seed=seed) for seed in range(n)]
     return [s.text for s in generate(loaded.model.eval(), loaded.tokenizer, ["The "] * n, params)]
+
+
+def upload_file(book: str):
+    """The fresh upload's file: `book` (a path relative to a corpus folder) found on the corpus path."""
+    for folder in corpus_dirs():
+        if (folder / book).is_file():
+            return folder / book
+    raise SystemExit(f"{book} is not under any corpus folder ({', '.join(map(str, corpus_dirs()))})")
+
+
+def check_unseen(path, base_books: int) -> None:
+    """The upload must be a book the base held out (no model trained on it), and not one the base judge reads."""
+    from core.checkpoints import read_meta
+    from trainer.corpus import find_corpus
+    from trainer.pretrained import resolve_init
+
+    files = sorted(p for p in find_corpus(BASE, corpus_dirs()).glob("*.txt"))  # the base corpus's document order
+    fraction = read_meta(resolve_init("base"))["train_config"]["val_fraction"]
+    k = max(2, round(1 / fraction))
+    index = next((i for i, f in enumerate(files) if f.name == path.name), None)
+    if index is None or index % k != k // 2:
+        raise SystemExit(f"{path.name} is not one of the base's held-out books (every {k}th from the {k // 2 + 1}th)")
+    if index in sample_indices(len(files), base_books):
+        raise SystemExit(f"{path.name} is one of the books the base judge is built from")
+
+
+def train_upload(text: str, steps: int, runs: str):
+    """Fine-tune the shipped base on the upload with the upload recipe for `steps` steps, in a run folder under
+    `runs` named by the base's weights and the steps (resumed: a finished run is reused); the best checkpoint's
+    path and the run's figures."""
+    from core.checkpoints import read_meta
+    from trainer.pretrained import resolve_init
+    from trainer.recipes import load_recipe
+    from trainer.train import TrainConfig, train
+
+    out_dir = str(Path(runs) / f"{read_meta(resolve_init('base'))['tensors_sha256'][:12]}-{steps}")
+    config = TrainConfig.from_dict({**load_recipe("alice"), "minutes": 0, "max_steps": steps, "threads": 1,
+                                    "out_dir": out_dir, "name": "upload"})
+    result = train(config, text, resume=True)
+    best = Path(out_dir) / "best.safetensors"
+    meta = read_meta(best)
+    return best, {"run": out_dir, "steps": steps, "best_step": meta.get("step"),
+                  "val_loss": round(meta["metrics"]["val_loss"], 4), "stop_reason": result.stop_reason}
 
 
 # -----------------------------------------------------------------------------
@@ -300,12 +369,14 @@ def cv_accuracy(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> 
 # the benchmark
 
 
-def judges_and_windows(n: int, chars: int, max_chars: int, base_books: int, base_chars: int):
+def judges_and_windows(n: int, chars: int, max_chars: int, base_books: int, base_chars: int, upload: str):
     """The judge per voice (built from its training part), each voice's held-out windows and full corpus."""
     corpora, windows, pieces = {}, {}, {}
     for name in PERSONAS:
         corpora[name] = load_corpus(name).text
-        pieces[name], windows[name] = holdout(corpora[name][:max_chars], n, chars)
+    corpora[UPLOAD] = upload
+    for name, text in corpora.items():
+        pieces[name], windows[name] = holdout(text[:max_chars], n, chars)
     base_documents = load_corpus(BASE).document_texts()
     pieces[BASE], windows[BASE] = holdout(base_sample(base_documents, base_books, base_chars), n, chars)
     vocab = CharVocab([p for ps in pieces.values() for p in ps])
@@ -318,6 +389,9 @@ def attribute(judges: dict[str, CharKneserNey], texts: list[str]) -> tuple[np.nd
     names = list(judges)
     scores = np.array([[judges[j].nats_per_char(t) for j in names] for t in texts])
     return scores, [names[i] for i in scores.argmin(1)]
+
+
+VOICE_NAMES = {BASE: "base model (upload before training)"}
 
 
 def measure_voice(voice: str, texts: list[str], real: list[str], judges, corpus, base_hashes, known) -> dict:
@@ -334,7 +408,7 @@ def measure_voice(voice: str, texts: list[str], real: list[str], judges, corpus,
     y = np.r_[np.zeros(len(real)), np.ones(len(texts))]
     counts = Counter(gen_to)
     return {
-        "voice": voice if voice != BASE else "base model (fresh upload, untrained)",
+        "voice": VOICE_NAMES.get(voice, voice),
         "texts": len(texts),
         "attributed_own": round(sum(a == voice for a in gen_to) / len(texts), 3),
         "heldout_attributed_own": round(sum(a == voice for a in real_to) / len(real), 3),
@@ -357,53 +431,89 @@ def machine() -> dict:
             "python": platform.python_version(), "load_average_at_start": os.getloadavg()}
 
 
+def parse_checkpoints(pairs: list[str]) -> dict[str, str]:
+    """--checkpoint NAME=PATH pairs: the voices spoken by a checkpoint other than the bundled one."""
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or name not in (*PERSONAS, UPLOAD, BASE):
+            raise SystemExit(f"--checkpoint takes NAME=PATH with NAME one of {', '.join((*PERSONAS, UPLOAD, BASE))}")
+        out[name] = path
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=20, help="texts (and held-out windows) per voice")
-    parser.add_argument("--chars", type=int, default=400)
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--n", type=int, default=30, help="texts (and held-out windows) per voice")
+    parser.add_argument("--chars", type=int, default=600)
+    parser.add_argument("--temperature", type=float, nargs="+", default=[0.8])
+    parser.add_argument("--top-p", type=float, default=1.0, help="1 = pure sampling (the issue's measure)")
     parser.add_argument("--max-chars", type=int, default=2_000_000, help="most characters a persona judge reads")
     parser.add_argument("--base-books", type=int, default=10)
     parser.add_argument("--base-chars", type=int, default=2_000_000)
+    parser.add_argument("--upload-book", default=UPLOAD_BOOK, help="the upload: a book file under a corpus folder")
+    parser.add_argument("--upload-steps", type=int, default=UPLOAD_STEPS)
+    parser.add_argument("--upload-run", default="runs/fidelity-upload", help="where the upload's runs go (one folder per base and step budget, resumed)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="a voice spoken by this checkpoint instead of the bundled one (or the upload run's)")
+    parser.add_argument("--voices", nargs="+", default=[*PERSONAS, UPLOAD, BASE])
+    parser.add_argument("--out", default=str(RESULTS / "fidelity.json"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    overrides = parse_checkpoints(args.checkpoint)
     host, started, timings = machine(), time.perf_counter(), {}
-    judges, windows, corpora, base_documents = judges_and_windows(args.n, args.chars, args.max_chars,
-                                                                  args.base_books, args.base_chars)
+    book = upload_file(args.upload_book)
+    check_unseen(book, args.base_books)
+    upload = {"book": args.upload_book, "chars": len(book.read_text(encoding="utf-8"))}
+    if UPLOAD in args.voices and UPLOAD not in overrides:
+        t0 = time.perf_counter()
+        overrides[UPLOAD], run = train_upload(book.read_text(encoding="utf-8"), args.upload_steps, args.upload_run)
+        upload.update(run, train_s=round(time.perf_counter() - t0, 1))
+        print(f"upload: {upload}", file=sys.stderr, flush=True)
+    VOICE_NAMES[UPLOAD] = f"upload ({book.stem}, {args.upload_steps} steps)"
+    judges, windows, corpora, base_documents = judges_and_windows(
+        args.n, args.chars, args.max_chars, args.base_books, args.base_chars, book.read_text(encoding="utf-8"))
     timings["judges_s"] = round(time.perf_counter() - started, 1)
     base_hashes = window_hashes(base_documents)
     base_words = set().union(*(twice_seen(d) for d in base_documents))
     timings["base_index_s"] = round(time.perf_counter() - started - timings["judges_s"], 1)
     rows, samples = [], {}
-    for voice in (*PERSONAS, BASE):
-        t0 = time.perf_counter()
-        texts = generated_texts(voice, args.n, args.chars, args.temperature)
-        timings[f"generate_{voice}_s"] = round(time.perf_counter() - t0, 1)
+    for voice in args.voices:
+        path = voice_checkpoint(voice, overrides)
         known = base_words if voice == BASE else base_words | twice_seen(corpora[voice])
-        rows.append(measure_voice(voice, texts, windows[voice], judges, corpora.get(voice), base_hashes, known))
-        samples[voice] = texts[:2]
-        print(f"{voice}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        for temperature in args.temperature:
+            t0 = time.perf_counter()
+            texts = generated_texts(path, args.n, args.chars, temperature, args.top_p)
+            timings[f"generate_{voice}_T{temperature}_s"] = round(time.perf_counter() - t0, 1)
+            row = measure_voice(voice, texts, windows[voice], judges, corpora.get(voice), base_hashes, known)
+            rows.append({"voice": row.pop("voice"), "T": temperature, **row})
+            samples[f"{voice} T {temperature}"] = texts[:2]
+            print(f"{voice} T {temperature}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     timings["total_s"] = round(time.perf_counter() - started, 1)
     host["load_average_at_end"] = os.getloadavg()
-    print_table(f"voice fidelity: {args.n} texts of {args.chars} chars per voice, prompt \"The \", T {args.temperature}, "
+    sampling = "pure sampling" if args.top_p >= 1 else f"top-p {args.top_p}"
+    print_table(f"voice fidelity: {args.n} texts of {args.chars} chars per voice, prompt \"The \", {sampling}, "
                 f"judged by char {ORDER}-gram modified Kneser-Ney models", rows)
     print(f"\ncolumns: attributed_own = share of generated texts whose best judge (lowest nats/char among "
           f"{', '.join(judges)}) is the voice's own; heldout_attributed_own = the same on real held-out windows "
           "(the ceiling); originality = share of 20-char windows not in the voice's corpus; real_words = share "
           "of words seen at least twice in the voice's corpus or the base books (gen / real held-out); "
           "tell_apart = 5-fold CV accuracy of a logistic regression telling real held-out from generated "
-          "(ngrams: char 1-3-gram counts; judges: the 4 judges' scores); 50 % = indistinguishable.")
+          f"(ngrams: char 1-3-gram counts; judges: the {len(judges)} judges' scores); 50 % = indistinguishable.")
     print(f"\nCPU {host['cpu']}, {args.threads} threads; load {host['load_average_at_start']} -> "
           f"{host['load_average_at_end']}; {timings['total_s']} s", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fidelity.json").write_text(json.dumps({
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
         "command": " ".join(["python -m bench.quality.fidelity", *sys.argv[1:]]), "machine": host,
         "params": {**vars(args), "order": ORDER, "prompt": "The ", "judges": list(judges),
                    "judge_chars": {name: judge.chars for name, judge in judges.items()}},
-        "control": "the fresh upload before training is the shipped base model itself (no fine-tune run); its own "
+        "checkpoints": {voice: str(voice_checkpoint(voice, overrides)) for voice in args.voices},
+        "upload": upload,
+        "control": "the base model row is a fresh upload before any training (the shipped base itself); its own "
                    "judge is the base-books judge",
         "timings": timings, "rows": rows, "samples": samples}, indent=1, ensure_ascii=False))
 
