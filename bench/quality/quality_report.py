@@ -4,16 +4,17 @@
     .venv/bin/python -m bench.quality.quality_report runs/x/best.safetensors
     .venv/bin/python -m bench.quality.quality_report --skip-loss   # only the generation measures (faster)
 
-Per persona: held-out loss (the last 10 % of its corpus, as in training); for word models, the same
+Per persona: held-out loss (its own training run's held-out split, rebuilt by trainer.data.rebuild_split); for
+word models, the same
 held-out tokens scored by an interpolated Kneser–Ney trigram trained on the same training tokens
 (bench/quality/kneser_ney.py; target: the model's perplexity ≥ 15 % lower); originality, the share of
 20-character windows of generated text that are found verbatim in the corpus (reported); and the
 improbability drive:
 
-- real-word rate (char personas): the share of generated alphabetic words (completions of 6 seeds,
-  the last word left out when the length limit cut it) that occur at least twice in the persona's
-  corpus or in the base corpus (case-insensitive), at temperature 0.8 (target ≥ 0.97) and at
-  improbability 0.05 (target ≥ 0.92);
+- real-word rate (char personas): the share of generated alphabetic words (600-character completions of
+  "The " with seeds 0-5, what a reader sees; the last word left out when the length limit cut it) that
+  occur at least twice in the persona's corpus or in the base corpus (case-insensitive), with pure sampling
+  at temperature 0.8 (target ≥ 0.97) and at improbability 0.05 (target ≥ 0.92);
 - distinct texts among 6 seeds at improbability 0.05 (target 6);
 - calibration at p = 0.5, 0.1, 0.01: over every improbability pick of 6 seeds (whole words for char
   personas, tokens for word personas), the median of realised probability / p (target in [0.5, 2] at
@@ -46,7 +47,7 @@ from bench.quality.kneser_ney import KneserNeyTrigram
 from core.contracts import SamplingParams
 from core.text import originality
 from trainer import checkpoint as ckpt
-from trainer.data import BLOCK_TOKENS, TokenStreams, split_documents
+from trainer.data import TokenStreams, rebuild_split
 from trainer.evaluate import evaluate
 from trainer.sample import generate
 
@@ -54,7 +55,7 @@ TARGETS = (0.5, 0.1, 0.01)
 PROMPTS = ["The", "I", "And then", "When", "She"]
 SEEDS = range(6)
 DRIVE_PROMPT = "The "  # ends at a word boundary, so the drive chooses from the first word on
-RATE_CHARS, CALIBRATION_CHARS, CALIBRATION_WORD_TOKENS = 400, 300, 100
+RATE_CHARS, CALIBRATION_CHARS, CALIBRATION_WORD_TOKENS = 600, 300, 100
 WORD_RE = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # alphabetic words, inner apostrophes kept
 EXTERNAL = ("finetune.json", "word_models.json")  # rows written by other benchmarks
 
@@ -62,10 +63,11 @@ EXTERNAL = ("finetune.json", "word_models.json")  # rows written by other benchm
 def report_one(path: Path, skip_loss: bool = False) -> dict:
     loaded = ckpt.load(path)
     config = loaded.meta["train_config"]
-    corpus = load_corpus(config["corpus"]).text
+    decoded = load_corpus(config["corpus"])
+    corpus = decoded.text
     row = {"persona": path.stem, "family": loaded.family}
     if not skip_loss:
-        row.update(held_out(loaded, config, corpus))
+        row.update(held_out(loaded, decoded))
     length = 400 if loaded.tokenizer.kind == "char" else 100
     samples = generate(loaded.model, loaded.tokenizer, PROMPTS,
                        [SamplingParams(max_tokens=length, temperature=0.8, seed=i) for i in range(len(PROMPTS))])
@@ -76,16 +78,14 @@ def report_one(path: Path, skip_loss: bool = False) -> dict:
     return row
 
 
-def held_out(loaded, config: dict, corpus: str) -> dict:
-    """The checkpoint's own validation split, cut by the trainer's function (spread blocks, or nanoGPT's tail
-    for benchmark recipes and checkpoints trained before the spread split existed)."""
+def held_out(loaded, corpus) -> dict:
+    """The checkpoint's own validation split, rebuilt as its training run cut it (trainer.data.rebuild_split)."""
     kind = loaded.tokenizer.kind
-    ids = torch.tensor(loaded.tokenizer.encode(corpus))
-    train_ids, val = split_documents([ids], config.get("val_fraction", 0.1), config.get("split", "tail"),
-                                     BLOCK_TOKENS[kind])
+    train_ids, val, _ = rebuild_split(loaded.meta, loaded.tokenizer, corpus)
     nats = evaluate(loaded.model, TokenStreams(val, 32, 100))
+    split = loaded.meta.get("split", {}).get("mode", loaded.meta["train_config"].get("split", "tail"))
     row = {"val_tokens": len(val), "val_nats_per_token": round(nats, 4), "val_ppl": round(math.exp(nats), 2),
-           "split": config.get("split", "tail")}
+           "split": split}
     if kind == "word":
         trigram = KneserNeyTrigram(train_ids.numpy(), len(loaded.tokenizer))
         kn_ppl = trigram.perplexity(val.numpy())
