@@ -44,12 +44,13 @@ log = logging.getLogger(__name__)
 PREFIX = "improbable:rest:"
 MAJOR = ("channels", "guilds", "webhooks")  # the path's first id that Discord buckets a route by
 _ID = re.compile(r"^\d+$")  # a snowflake or another number: one bucket for all
+ASYNC_CONNECTIONS = 4  # Redis connections of a process's event loop (the bot's)
 
-# KEYS: bucket, global pause, route pause. ARGV: rate (tokens/s, 0: no bucket), burst. Returns the ms to wait
-# (0: taken).
+# KEYS: bucket, global pause, route pause. ARGV: rate (tokens/s, 0: no bucket), burst. Returns the ms to wait:
+# 0 taken, > 0 the bucket is empty, < 0 (minus the ms) a pause that Discord asked for holds the route back.
 _TAKE = """
 local wait = math.max(redis.call('PTTL', KEYS[2]), redis.call('PTTL', KEYS[3]), 0)
-if wait > 0 then return wait end
+if wait > 0 then return -wait end
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 if rate <= 0 then return 0 end
 local t = redis.call('TIME')
@@ -138,6 +139,7 @@ class RestBudget:
         self._local = _Local(tokens=float(self._local_burst), at=time.monotonic(), pauses={})
         self._client = self._scripts = None
         self._async: tuple | None = None  # (event loop, client, scripts) of the bot's asyncio side
+        self._queue: tuple | None = None  # (event loop, asyncio.Lock): this process's waiters, one at a time
         self._redis_down_until = 0.0
 
     def _keys(self, route: str | None) -> list[str]:
@@ -146,12 +148,13 @@ class RestBudget:
     # -- in this process -----------------------------------------------------------------------------------
 
     def _take_local(self, route: str | None) -> float:
+        """As _TAKE, in seconds: 0 taken, > 0 the bucket is empty, < 0 a pause holds the route back."""
         now = time.monotonic()
         with self._lock:
             local = self._local
             wait = max(local.pauses.get("global", 0.0), local.pauses.get(route or "-", 0.0)) - now
             if wait > 0 or self._local_rate <= 0:
-                return max(0.0, wait)
+                return -max(0.0, wait)
             local.tokens = min(self._local_burst, local.tokens + (now - local.at) * self._local_rate)
             local.at = now
             if local.tokens < 1:
@@ -205,11 +208,20 @@ class RestBudget:
         if self._async is None or self._async[0] is not loop:
             import redis.asyncio
 
-            client = redis.asyncio.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=2)
+            # a few connections, waited for when all are busy: the waiters' queue (acquire_async) keeps one
+            # take in flight at a time, and a pause now and then may go beside it
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.redis_url, max_connections=ASYNC_CONNECTIONS, timeout=2, socket_connect_timeout=1,
+                socket_timeout=2)
+            client = redis.asyncio.Redis(connection_pool=pool)
             self._async = (loop, client, {"take": client.register_script(_TAKE),
                                           "pause": client.register_script(_PAUSE)})
+        # shielded: a caller cancelled meanwhile (an edit superseded by the final text) leaves the call to end
+        # normally, where a cancelled redis-py command closes its connection and the next one opens another
+        call = asyncio.ensure_future(self._async[2][name](keys=keys, args=args))
+        call.add_done_callback(_retrieved)
         try:
-            return int(await self._async[2][name](keys=keys, args=args))
+            return int(await asyncio.shield(call))
         except RedisError as e:
             self._failed(e)
             return None
@@ -218,7 +230,15 @@ class RestBudget:
 
     def try_take(self, route: str | None) -> float:
         """Take a token for the route if it may go now: 0.0; else the seconds to wait before asking again."""
+        return abs(self._take(route))
+
+    def _take(self, route: str | None) -> float:
+        """As _TAKE, in seconds (0 taken, > 0 the bucket is empty, < 0 paused), from Redis or this process."""
         ms = self._call("take", self._keys(route), [self.rate, self.burst])
+        return self._take_local(route) if ms is None else ms / 1000
+
+    async def _take_async(self, route: str | None) -> float:
+        ms = await self._acall("take", self._keys(route), [self.rate, self.burst])
         return self._take_local(route) if ms is None else ms / 1000
 
     def acquire(self, route: str | None, timeout: float | None = None) -> float:
@@ -238,18 +258,32 @@ class RestBudget:
             DISCORD_REST_WAIT.observe(time.monotonic() - started)
 
     async def acquire_async(self, route: str | None) -> float:
-        """`acquire` for an event loop (the bot): waits without blocking it."""
+        """`acquire` for an event loop (the bot): waits without blocking it. The process's requests queue for
+        the bucket, first come first served: the one at the head takes a token, or waits for the bucket to
+        refill and asks again, while the others wait their turn in the process, so that a burst of requests
+        costs one Redis round trip per token, not one per waiting request every few milliseconds. A request
+        whose route (or every route) Discord paused leaves the queue for the pause, then queues again."""
         started, waited = time.monotonic(), False
         while True:
-            ms = await self._acall("take", self._keys(route), [self.rate, self.burst])
-            wait = self._take_local(route) if ms is None else ms / 1000
-            if wait <= 0:
+            async with self._turn():
+                while (wait := await self._take_async(route)) > 0:
+                    waited = True
+                    await asyncio.sleep(_jittered(wait))
+            if wait == 0:
                 break
             waited = True
-            await asyncio.sleep(_jittered(wait))
+            await asyncio.sleep(_jittered(-wait))
         if waited:
             DISCORD_REST_WAIT.observe(time.monotonic() - started)
         return time.monotonic() - started
+
+    def _turn(self) -> asyncio.Lock:
+        """The queue of this process's requests on the running event loop (asyncio.Lock is first come, first
+        served)."""
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._queue[0] is not loop:
+            self._queue = (loop, asyncio.Lock())
+        return self._queue[1]
 
     def pause(self, route: str | None, seconds: float) -> None:
         """Hold back one route (route None: every request) for `seconds`, in every process."""
@@ -316,6 +350,12 @@ def _learned(route: str | None, status: int, headers) -> tuple[str | None, float
     if status == 429:
         DISCORD_RATE_LIMITED.labels("global" if found[0] is None else "route", route_kind(route)).inc()
     return found
+
+
+def _retrieved(task: asyncio.Future) -> None:
+    """Mark the outcome of a call whose caller may have gone as seen (asyncio warns of an unseen exception)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _jittered(wait: float) -> float:
