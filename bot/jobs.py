@@ -16,6 +16,7 @@ live in the database (see service/training.py).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -34,6 +35,7 @@ READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 FAST_POLL_SECONDS, FAST_POLL_FOR = 0.05, 1.0
 POLL_SECONDS = 0.25
 BATCH_SECONDS = 0.01  # followed jobs asking for their state within this long share one read (TaskStates)
+DECODED_KEPT = 10_000  # unfinished jobs' decoded states kept (TaskStates): more than are ever followed at once
 LOCAL = "local-"  # the id prefix of jobs run inside the bot process (no broker)
 WORKER_CHECK_TTL = 15.0  # seconds a "workers are listening" answer is trusted
 # A generate job still PENDING is looked for this often (worker.app.whereabouts); found nowhere twice in a row,
@@ -110,12 +112,15 @@ class TaskStates:
     """The states of the jobs being followed, read for many at once. Every followed job asks for its own every
     50-250 ms; a thread (and a Redis round trip) each would, with hundreds in flight, keep busy the threads that
     the bot's database calls share, and slow every command (the load benchmark). Asks made within
-    BATCH_SECONDS are answered by one MGET in one thread."""
+    BATCH_SECONDS are answered by one MGET in one thread. A job's stored meta that has not changed since the
+    last read (a queued job's, or a running one's between two partial texts) is not decoded again."""
 
     def __init__(self, backend):
         self.backend = backend
         self._waiting: dict[str, list[asyncio.Future]] = {}
         self._reading: asyncio.Task | None = None
+        # task id -> (stored value, its meta) of unfinished jobs, oldest read first (reads run one at a time)
+        self._decoded: collections.OrderedDict[str, tuple[bytes, dict]] = collections.OrderedDict()
 
     async def get(self, task_id: str) -> dict:
         """The job's meta (status, result), as the backend's get_task_meta gives it; raises what reading raised."""
@@ -145,10 +150,21 @@ class TaskStates:
 
     def read(self, task_ids: list[str]) -> list[dict]:
         mget = getattr(self.backend, "mget", None)
-        if mget is None or len(task_ids) == 1:  # not a key-value store (or nothing to batch)
+        if mget is None:  # not a key-value store
             return [self.backend.get_task_meta(task_id) for task_id in task_ids]
         values = mget([self.backend.get_key_for_task(task_id) for task_id in task_ids])
-        return [self.backend.decode_result(v) if v else {"status": "PENDING", "result": None} for v in values]
+        return [self._decode(task_id, v) for task_id, v in zip(task_ids, values)]
+
+    def _decode(self, task_id: str, value: bytes | None) -> dict:
+        if not value:
+            return {"status": "PENDING", "result": None}
+        seen = self._decoded.pop(task_id, None)
+        meta = seen[1] if seen is not None and seen[0] == value else self.backend.decode_result(value)
+        if meta.get("status") not in READY_STATES:  # a final meta is read once, and goes to its caller to keep
+            self._decoded[task_id] = (value, meta)
+            while len(self._decoded) > DECODED_KEPT:
+                self._decoded.popitem(last=False)
+        return meta
 
 
 class Jobs:

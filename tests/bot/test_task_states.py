@@ -35,6 +35,39 @@ def test_many_asks_are_one_read_with_each_jobs_own_state(tmp_path):
         proc.stop()
 
 
+def test_an_unchanged_state_is_not_decoded_again(tmp_path):
+    from worker.app import make_app
+
+    proc, url = start_redis(tmp_path, "redis-states")
+    try:
+        backend = make_app(Settings(broker_url=url, _env_file=None)).backend
+        states = TaskStates(backend)
+        decoded = []
+        decode = backend.decode_result
+        backend.decode_result = lambda value: decoded.append(value) or decode(value)
+
+        async def ask(task_id):
+            return await states.get(task_id)
+
+        def decodes(task_id: str, times: int) -> tuple[list[dict], int]:
+            """The metas of `times` reads, and how many values were decoded for them."""
+            before = len(decoded)  # (storing a result reads the stored one too)
+            metas = [asyncio.run(ask(task_id)) for _ in range(times)]
+            return metas, len(decoded) - before
+
+        backend.store_result("running", {"text": "Al"}, "PROGRESS")
+        metas, n = decodes("running", 3)
+        assert n == 1 and [m["result"] for m in metas] == [{"text": "Al"}] * 3
+        backend.store_result("running", {"text": "Alice"}, "PROGRESS")  # a new partial text: read anew
+        metas, n = decodes("running", 2)
+        assert n == 1 and metas[-1]["result"] == {"text": "Alice"}
+        backend.store_result("running", {"text": "Alice was"}, "SUCCESS")
+        metas, n = decodes("running", 2)
+        assert n == 2 and [m["status"] for m in metas] == ["SUCCESS"] * 2  # a final state is its reader's
+    finally:
+        proc.stop()
+
+
 def test_a_backend_that_does_not_answer_fails_every_ask():
     from worker.app import make_app
 
