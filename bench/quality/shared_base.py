@@ -267,11 +267,11 @@ class SharedStepLM(LanguageModel):
         self.embed = torch.cat([p.embed.weight.detach() for p in parts])  # (P·V, E)
         self.head_wt = [p.head.proj.weight.detach().t().contiguous() for p in parts]  # (H, V) each
         self.head_b = [p.head.proj.bias.detach() for p in parts]
+        layers = base.layers
+        self.w_cat = [torch.cat([ly.weight_ih_l0, ly.weight_hh_l0], 1).t().contiguous() for ly in layers]
+        self.b_sum = [ly.bias_ih_l0 + ly.bias_hh_l0 for ly in layers]
         self.lora = parts[0].lora is not None
         if self.lora:
-            layers = base.layers
-            self.w_cat = [torch.cat([ly.weight_ih_l0, ly.weight_hh_l0], 1).t().contiguous() for ly in layers]
-            self.b_sum = [ly.bias_ih_l0 + ly.bias_hh_l0 for ly in layers]
             self.down = [[torch.block_diag(*(p.lora[i][m].A.detach() for m in MATRICES)).t().contiguous()
                           for p in parts] for i in range(len(layers))]  # (in + H, 2r)
             self.up = [[torch.cat([p.lora[i][m].B.detach() for m in MATRICES], 1).t().contiguous()
@@ -293,14 +293,13 @@ class SharedStepLM(LanguageModel):
         return runs
 
     def _cell(self, i: int, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, runs) -> tuple:
-        if not self.lora:
-            layer = self.base.layers[i]
-            return torch.lstm_cell(x, (h, c), layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0,
-                                   layer.bias_hh_l0)
+        """One LSTM layer for every row: [x, h] times the base's matrices in one GEMM, each run's LoRA delta,
+        then the gates (measured no slower than torch.lstm_cell here, and it takes the per-run deltas)."""
         xh = torch.cat([x, h], 1)
         gates = torch.addmm(self.b_sum[i], xh, self.w_cat[i])
-        for p, start, end in runs:
-            gates[start:end].addmm_(xh[start:end] @ self.down[i][p], self.up[i][p])
+        if self.lora:
+            for p, start, end in runs:
+                gates[start:end].addmm_(xh[start:end] @ self.down[i][p], self.up[i][p])
         n = h.size(1)
         ifo = torch.sigmoid(gates)  # gate order i, f, g, o; the g quarter is unused
         c = torch.addcmul(ifo[:, n:2 * n] * c, ifo[:, :n], torch.tanh(gates[:, 2 * n:3 * n]))
@@ -322,13 +321,30 @@ class SharedStepLM(LanguageModel):
         return logits, (torch.stack(new_h, 1), torch.stack(new_c, 1), who)
 
     def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """The prompt's prefill, one token at a time (prompts are a few characters)."""
+        """A prompt's prefill. Without LoRA, run by run through the fused LSTM op with the base's matrices; with
+        LoRA, token by token through `step` (merging a persona's deltas into full matrices for a prompt of a few
+        characters cost more, measured: 33 M multiply-adds a layer)."""
         state = state if state is not None else self.init_state(idx.size(0), idx.device)
-        hidden = []
-        for t in range(idx.size(1)):
-            _, state = self.step(idx[:, t], state)
-            hidden.append(state[0][:, -1])
-        return torch.stack(hidden, 1), state
+        if self.lora:
+            hidden = []
+            for t in range(idx.size(1)):
+                _, state = self.step(idx[:, t], state)
+                hidden.append(state[0][:, -1])
+            return torch.stack(hidden, 1), state
+        h_all, c_all, who = state
+        hidden, hs, cs = [], [], []
+        for p, start, end in self.runs(who):
+            x = F.embedding(idx[start:end] + p * self.vocab, self.embed)
+            layer_h, layer_c = [], []
+            for i, layer in enumerate(self.base.layers):
+                native = (h_all[start:end, i].unsqueeze(0).contiguous(), c_all[start:end, i].unsqueeze(0).contiguous())
+                x, h, c = torch.lstm(x, native, layer._flat_weights, True, 1, 0.0, False, False, True)
+                layer_h.append(h[0])
+                layer_c.append(c[0])
+            hidden.append(x)
+            hs.append(torch.stack(layer_h, 1))
+            cs.append(torch.stack(layer_c, 1))
+        return torch.cat(hidden), (torch.cat(hs), torch.cat(cs), who)
 
 
 def random_personas(base: RecurrentLM, count: int, variant: str) -> list[AdaptedLM]:
@@ -432,7 +448,8 @@ def speed(batches: list[int], personas: list[int], variants: list[str], chars: i
                        "per_ckpt_chars_s": round(total / best["per_checkpoint"][1]),
                        "shared_chars_s": round(total / best["shared"][1])}
                 row["gain"] = round(row["shared_chars_cpu_s"] / row["per_ckpt_chars_cpu_s"], 2)
-                row.update({"same_text": round(same, 3), "max_logit_gap": float(f"{gap:.2e}")})
+                row.update({"same_text": round(same, 3), "max_logit_gap": float(f"{gap:.2e}"),
+                            "load_1min": round(os.getloadavg()[0], 1)})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
