@@ -78,6 +78,7 @@ CONTROL = ("import asyncio\n"
            "asyncio.run(main())\n")
 READY = re.compile(r"ready as .* in (\d+) guild")
 FIRST_SHARD = re.compile(r"shard \d+ of \d+ ready")
+AN_ID = re.compile(r"/(\d+|tok-[^/]+)")  # a snowflake or an interaction's token in a REST path
 ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
 
 
@@ -256,6 +257,15 @@ def counter(metrics: dict, name: str, **labels) -> float:
     return sum(v for (n, ls), v in metrics.items() if n == name and wanted <= set(ls))
 
 
+def redis_calls(redis_url: str) -> dict[str, int]:
+    """Commands Redis has run since it started, by name (INFO commandstats): the bot's round trips, the
+    workers' and the broker's together."""
+    import redis
+
+    stats = redis.Redis.from_url(redis_url).info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
 def lag_stats(before: dict, after: dict) -> dict:
     """p50/p99 of the event-loop lag samples taken between two scrapes (linear inside a bucket, as
     Prometheus' histogram_quantile), and the share of them ≤ 100 ms."""
@@ -318,6 +328,12 @@ def global_requests(fake: FakeLoad, since: int) -> int:
     interaction endpoints (the callback, and the webhook routes of the interaction's token)."""
     exempt = (f"{API}/interactions/", f"{API}/webhooks/{fake.app_id}/")
     return sum(1 for r in fake.requests[since:] if not r.path.startswith(exempt) and not r.path.startswith("/cdn/"))
+
+
+def requests_by_route(fake: FakeLoad, since: int, top: int = 8) -> dict[str, int]:
+    """The REST requests after the `since`-th by method and path with ids and tokens left out, most first."""
+    routes = collections.Counter(r.method + " " + AN_ID.sub("/{id}", r.path) for r in fake.requests[since:])
+    return dict(routes.most_common(top))
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -408,9 +424,11 @@ def step(stack: Stack, traffic: Traffic, rate: float, seconds: float, grace: flo
     marks = (len(fake.errors), len(fake.acks), len(fake.finished), len(fake.sent_interactions), len(fake.requests))
     errors_before, _, log_at = log_errors(bot, bot.log_path.stat().st_size)
     before, cpu, own = scrape(stack.metrics_port), cpu_seconds(bot.proc.pid), cpu_seconds(os.getpid())
+    calls = redis_calls(stack.redis_url)
     control_at = stack.control.log_path.stat().st_size
     sent, elapsed = fake.run_on_loop(traffic.drive(rate, seconds)).result(seconds + 120)
     after, cpu, own = scrape(stack.metrics_port), cpu_seconds(bot.proc.pid) - cpu, cpu_seconds(os.getpid()) - own
+    calls = {k: v - calls.get(k, 0) for k, v in redis_calls(stack.redis_url).items() if v > calls.get(k, 0)}
     written = stack.control.log_path.read_bytes()[control_at:]
     host_lag = [float(x) for x in written[:written.rfind(b"\n") + 1].decode().split()]
     time.sleep(grace)
@@ -434,10 +452,14 @@ def step(stack: Stack, traffic: Traffic, rate: float, seconds: float, grace: flo
            "texts_finished": len(finished), "text_p95_s": pct(finished, 95),
            "rest_requests": len(fake.requests) - marks[4],
            "rest_global_per_s": round(global_requests(fake, marks[4]) / (elapsed + grace), 1),
+           "rest_by_route": requests_by_route(fake, marks[4]),
            "errors": len(fake_errors) + unanswered + n_log_errors + int(failed),
            "error_detail": {"fake": fake_errors[:5], "unanswered_interactions": unanswered,
                             "bot_log": first_errors, "bot_log_lines": n_log_errors,
                             "interactions_failed": int(failed)},
+           "redis_calls_per_s": {k: round(v / elapsed, 1) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])},
+           "rest_held_back": int(counter(after, "improbable_discord_rest_wait_seconds_count")
+                                 - counter(before, "improbable_discord_rest_wait_seconds_count")),
            "sent_by_kind": dict(sent), "refused": int(counter(after, "improbable_bot_interactions_total",
                                                               outcome="refused")
                                                       - counter(before, "improbable_bot_interactions_total",
