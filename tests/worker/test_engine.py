@@ -210,3 +210,14 @@ def test_a_flood_of_arrivals_does_not_hold_another_servers_request_at_the_door(t
     assert joined < 150, f"{joined} of the flood's 300 joined before server 2's request was answered"
     for job in flood:
         job.future.result(timeout=120)
+
+
+def test_a_process_with_an_engine_hands_the_gil_over_within_half_a_millisecond():
+    """The engine's thread needs the GIL back between its torch ops: the worker's other threads may keep it
+    at most GIL_SWITCH_SECONDS each time, not Python's default 5 ms."""
+    import sys
+
+    from worker.serve.engine import GIL_SWITCH_SECONDS
+
+    Engine("cpu")
+    assert sys.getswitchinterval() <= GIL_SWITCH_SECONDS < 0.005

@@ -42,9 +42,9 @@ def test_states_are_stored_as_celery_stores_them_and_never_over_a_success(servic
                            for _ in range(3))
     backend.store_result(done["SUCCESS"], {"text": "the whole text"}, "SUCCESS", request=request)
     states.partial([(done["SUCCESS"], {"text": "so"}, request), (ours["PROGRESS"], {"text": "so far"}, request)])
-    states.final(done["SUCCESS"], "FAILURE", RuntimeError("late"), request, time.monotonic())
-    states.final(ours["SUCCESS"], "SUCCESS", {"text": "all"}, request, time.monotonic())
-    states.final(ours["FAILURE"], "FAILURE", RuntimeError("the sampler failed"), request, time.monotonic())
+    states.final([(done["SUCCESS"], "FAILURE", RuntimeError("late"), request),
+                  (ours["SUCCESS"], "SUCCESS", {"text": "all"}, request),
+                  (ours["FAILURE"], "FAILURE", RuntimeError("the sampler failed"), request)], time.monotonic())
     backend.store_result(celerys["PROGRESS"], {"text": "so far"}, "PROGRESS", request=request)  # Celery's own
     backend.store_result(celerys["SUCCESS"], {"text": "all"}, "SUCCESS", request=request)
     backend.mark_as_failure(celerys["FAILURE"], RuntimeError("the sampler failed"), request=request)
@@ -69,7 +69,7 @@ def own_redis(tmp_path):
 
 
 def test_final_states_ride_out_a_redis_outage_shorter_than_result_retry(own_redis):
-    """JOBS results due while Redis is down for OUTAGE seconds, with result_retry = OUTAGE + 3 s: every one
+    """JOBS results due while Redis is down for `outage` seconds, with result_retry = outage + 3 s: every one
     stored once it is back (none lost), an earlier SUCCESS kept; a partial text fails at once instead of
     holding its writer."""
     import redis
@@ -80,10 +80,11 @@ def test_final_states_ride_out_a_redis_outage_shorter_than_result_retry(own_redi
     states = States(app.backend, retry=outage + within(3.0))
     ids = [f"outage-{i}-{uuid.uuid4().hex}" for i in range(JOBS)]
     app.backend.store_result(ids[0], {"text": "first run"}, "SUCCESS", request=request)
+    states.partial([(ids[1], {"text": "s"}, request)])  # its script loaded: the restarted Redis has forgotten it
     own_redis.stop()
     down = time.monotonic()
     with ThreadPoolExecutor(4) as writers:
-        stored = [writers.submit(states.final, task_id, "SUCCESS", {"text": f"job {i}"}, request, time.monotonic())
+        stored = [writers.submit(states.final, [(task_id, "SUCCESS", {"text": f"job {i}"}, request)], time.monotonic())
                   for i, task_id in enumerate(ids)]
         with pytest.raises(redis.exceptions.ConnectionError):
             states.partial([(ids[1], {"text": "so far"}, request)])
@@ -111,5 +112,5 @@ def test_a_final_state_gives_up_when_result_retry_has_passed(own_redis):
     own_redis.stop()
     started = time.monotonic()
     with pytest.raises(redis.exceptions.ConnectionError):
-        states.final(uuid.uuid4().hex, "SUCCESS", {"text": "lost"}, _request(), started)
+        states.final([(uuid.uuid4().hex, "SUCCESS", {"text": "lost"}, _request())], started)
     assert retry <= time.monotonic() - started <= retry + within(2.5)

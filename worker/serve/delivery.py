@@ -163,13 +163,13 @@ class Delivery:
 
     def _succeed(self, handed: Handed, result: GenerateResult) -> None:
         self._jobs.pop(handed.task_id, None)
-        self._write(handed, self._store_done, handed, result.model_copy(update={"worker": handed.hostname}),
-                    time.monotonic())
+        self._write(handed, self._store_finals,
+                    [(handed, "SUCCESS", result.model_copy(update={"worker": handed.hostname}), time.monotonic())])
 
     def _fail(self, handed: Handed, error: BaseException) -> None:
         self._jobs.pop(handed.task_id, None)
         log.error("generate %s failed: %s: %s", handed.task_id, type(error).__name__, error)
-        self._write(handed, self._store_failure, handed, error, time.monotonic())
+        self._write(handed, self._store_finals, [(handed, "FAILURE", error, time.monotonic())])
 
     def _sweep(self) -> None:
         """Partial text and heartbeats of the running jobs; jobs past their deadline fail."""
@@ -200,8 +200,21 @@ class Delivery:
         self._writers[self._writer_of(handed)].put((fn, args))
 
     def _write_loop(self, inbox: queue.SimpleQueue) -> None:
+        waiting = None
         while True:
-            fn, args = inbox.get()
+            fn, args = waiting or inbox.get()
+            waiting = None
+            if fn == self._store_finals:  # the final states queued behind it go in the same round trip
+                finals = list(args[0])
+                while waiting is None:
+                    try:
+                        waiting = inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if waiting[0] == self._store_finals:
+                        finals += waiting[1][0]
+                        waiting = None
+                args = (finals,)
             try:
                 fn(*args)
             except Exception:  # noqa: BLE001 - a bug in one write must not stop the others
@@ -224,27 +237,25 @@ class Delivery:
             for handed, _, _ in items:
                 handed.publishing = False
 
-    def _store_done(self, handed: Handed, result: GenerateResult, due: float) -> None:
+    def _store_finals(self, finals: list[tuple[Handed, str, GenerateResult | BaseException, float]]) -> None:
+        """SUCCESS (with the result) or FAILURE (with the error) of jobs that were ready at `due`
+        (time.monotonic()), in one round trip (retried through an outage for Liveness.result_retry); then
+        their leases released in one."""
         try:
-            self.states.final(handed.task_id, "SUCCESS", result.model_dump(mode="json"), handed.context, due)
+            self.states.final([(handed.task_id, state, value.model_dump(mode="json") if state == "SUCCESS" else value,
+                                handed.context) for handed, state, value, _ in finals], min(due for *_, due in finals))
         except Exception:  # noqa: BLE001 - the store retried through an outage (Liveness.result_retry) and gave up
-            log.exception("generate %s: its result could not be stored", handed.task_id)
-        log.info("generate %s answered in %.2f s (%s tokens, batch peak %s)", handed.task_id,
-                 time.perf_counter() - handed.serving.started, result.tokens, result.batch_peak)
-        self._release(handed, "SUCCESS", result)
-
-    def _store_failure(self, handed: Handed, error: BaseException, due: float) -> None:
-        try:
-            self.states.final(handed.task_id, "FAILURE", error, handed.context, due)
-        except Exception:  # noqa: BLE001
-            log.exception("generate %s: its failure could not be stored", handed.task_id)
-        self._release(handed, "FAILURE", None)
-
-    def _release(self, handed: Handed, state: str, result: GenerateResult | None) -> None:
+            log.exception("generate: the answers of %d jobs could not be stored (%s)", len(finals),
+                          ", ".join(handed.task_id for handed, *_ in finals))
         if self.runtime.leases is not None:
-            self.runtime.leases.release(handed.task_id)
-        signals.job_finished(handed.task_id, signals.GENERATE_TASK, state, result, handed.serving.started)
-        self._slots.release()
-        with self._idle:
-            self._held -= 1
-            self._idle.notify_all()
+            self.runtime.leases.release(*(handed.task_id for handed, *_ in finals))
+        for handed, state, value, _ in finals:
+            result = value if state == "SUCCESS" else None
+            if result is not None:
+                log.info("generate %s answered in %.2f s (%s tokens, batch peak %s)", handed.task_id,
+                         time.perf_counter() - handed.serving.started, result.tokens, result.batch_peak)
+            signals.job_finished(handed.task_id, signals.GENERATE_TASK, state, result, handed.serving.started)
+            self._slots.release()
+            with self._idle:
+                self._held -= 1
+                self._idle.notify_all()

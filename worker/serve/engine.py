@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -37,6 +38,12 @@ from .cache import Entry
 
 log = logging.getLogger(__name__)
 ADMIT_SECONDS = 0.005  # prefill work admitted per step boundary before the next step
+# The engine's thread lets go of the GIL for every torch op and needs it back for the Python between them;
+# meanwhile another thread of the worker (Celery's consumer and task threads, the state writers, recording)
+# may take it and keep it for up to Python's switch interval, 5 ms by default, many times per step. In a
+# process with an engine it is this at most (queue against the engine alone at 128 jobs: 0.65 → 0.81,
+# bench/speed/queue_load.py --side-by-side; docs/benchmarks.md).
+GIL_SWITCH_SECONDS = 0.0005
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -171,6 +178,7 @@ class Engine:
         self.steps = 0  # batched steps taken
         self.abandoned = 0  # streams stopped unfinished because their caller gave up
         self.max_batch = 0
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_SECONDS))
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
         self._started = threading.Event()
         self._failed: Exception | None = None

@@ -16,6 +16,8 @@ Other result backends get Celery's store_result (and mark_as_failure), retried t
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -63,38 +65,59 @@ class States:
         from celery.backends.redis import RedisBackend
 
         self.backend, self.retry = backend, retry
-        self._script = backend.client.register_script(_STORE) if isinstance(backend, RedisBackend) else None
+        self._redis = isinstance(backend, RedisBackend)
+        self._sha = hashlib.sha1(_STORE.encode()).hexdigest()
 
     def partial(self, states: list[tuple[str, dict, object]]) -> None:
         """PROGRESS states (task id, meta, the task's request) of many jobs, once: on Redis in one round trip.
         Raises what the store raised (the caller skips them: the next sweep has newer text)."""
-        if self._script is None:
+        if not self._redis:
             for task_id, meta, request in states:
                 self.backend.store_result(task_id, meta, "PROGRESS", request=request)
             return
-        with self.backend.client.pipeline(transaction=False) as pipe:
-            for task_id, meta, request in states:
-                self._store(task_id, meta, "PROGRESS", request, pipe)
-            pipe.execute()
+        self._execute([self._command(task_id, "PROGRESS", meta, request) for task_id, meta, request in states])
 
-    def final(self, task_id: str, state: str, value, request, due: float) -> None:
-        """SUCCESS (value: the result) or FAILURE (value: the exception) of one job, retried until `retry`
-        seconds after `due` (time.monotonic() when it was ready) while the result store is away."""
-        deadline = due + self.retry
-        if self._script is not None:
-            until(deadline, lambda: self._store(task_id, value, state, request), self.backend.connection_errors)
-        elif state == celery_states.FAILURE:
-            until(deadline, lambda: self.backend.mark_as_failure(task_id, value, request=request),
-                  self.backend.connection_errors)
+    def final(self, states: list[tuple[str, str, object, object]], due: float) -> None:
+        """Final states (task id, SUCCESS or FAILURE, the result or the exception, the task's request) of
+        one or more jobs, on Redis in one round trip; retried until `retry` seconds after `due`
+        (time.monotonic() when the first of them was ready) while the result store is away."""
+        deadline, errors = due + self.retry, self.backend.connection_errors
+        if self._redis:
+            commands = [self._command(*state) for state in states]
+            until(deadline, lambda: self._execute(commands), errors)
+            return
+        for state in states:
+            until(deadline, functools.partial(self._store_with_celery, *state), errors)
+
+    def _store_with_celery(self, task_id: str, state: str, value, request) -> None:
+        if state == celery_states.FAILURE:
+            self.backend.mark_as_failure(task_id, value, request=request)
         else:
-            until(deadline, lambda: self.backend.store_result(task_id, value, state, request=request),
-                  self.backend.connection_errors)
+            self.backend.store_result(task_id, value, state, request=request)
 
-    def _store(self, task_id: str, value, state: str, request, client=None) -> None:
-        backend = self.backend  # the meta as Celery's store_result makes it (tests/worker/test_states.py)
+    def _command(self, task_id: str, state: str, value, request) -> tuple[str, str, int]:
+        """(key, encoded meta, expiry) of a state, as Celery's store_result makes them (tests/worker/test_states.py)."""
+        backend = self.backend
         meta = backend._get_result_meta(result=backend.encode_result(value, state), state=state, traceback=None,
                                         request=request)
         meta["task_id"] = task_id
         expires = backend.failure_expires if state == celery_states.FAILURE else backend.expires
-        self._script(keys=[backend.get_key_for_task(task_id)], args=[backend.encode(meta), int(expires or 0)],
-                     client=client)
+        return backend.get_key_for_task(task_id), backend.encode(meta), int(expires or 0)
+
+    def _execute(self, commands: list[tuple[str, str, int]]) -> None:
+        """The commands' Lua calls in one pipeline, by the script's hash (a SCRIPT LOAD only after Redis forgot
+        it: a restart), not redis-py's Script in a pipeline, which asks SCRIPT EXISTS first every time."""
+        from redis.exceptions import NoScriptError
+
+        client = self.backend.client
+        for attempt in (1, 2):
+            with client.pipeline(transaction=False) as pipe:
+                for key, meta, expires in commands:
+                    pipe.evalsha(self._sha, 1, key, meta, expires)
+                try:
+                    pipe.execute()
+                    return
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+            client.script_load(_STORE)
