@@ -204,6 +204,17 @@ def test_pieces_round_trip_through_json():
     assert pieces_from_json(pieces_to_json(pieces)) == pieces
 
 
+def test_a_text_drawn_again_under_the_same_title_is_not_drawn_twice():
+    from bot.pictures import _png_of
+
+    _png_of.cache_clear()
+    stored = pieces_to_json(known_pieces())
+    first = _png_of(stored, "alice", "temperature 1")
+    assert _png_of(stored, "alice", "temperature 1") is first  # a second member's click on the same text
+    assert _png_of(stored, "alice", "temperature 0.8") != first  # another title is another picture
+    assert _png_of.cache_info().hits == 1 and first == render_picture(known_pieces(), "alice", "temperature 1").png
+
+
 def test_describe_sampling_names_what_is_not_default():
     title, subtitle = describe_sampling("trump:0.7+shakespeare:0.3", {"temperature": 0.8, "top_k": 40, "top_p": 1.0,
                                                                     "improbability": 0.01, "tolerance": 0.0}, 42)
