@@ -41,8 +41,9 @@ ADMIT_SECONDS = 0.005  # prefill work admitted per step boundary before the next
 # The engine's thread lets go of the GIL for every torch op and needs it back for the Python between them;
 # meanwhile another thread of the worker (Celery's consumer and task threads, the state writers, recording)
 # may take it and keep it for up to Python's switch interval, 5 ms by default, many times per step. In a
-# process with an engine it is this at most (queue against the engine alone at 128 jobs: 0.65 → 0.81,
-# bench/speed/queue_load.py --side-by-side; docs/benchmarks.md).
+# process with an engine it is this at most (bench/speed/queue_load.py --side-by-side, one A/B on a loaded
+# 2-core host: the queue's throughput +11 % / +9 % at 128 / 256 jobs; the runs' noise is as large, see
+# docs/benchmarks.md).
 GIL_SWITCH_SECONDS = 0.0005
 
 
