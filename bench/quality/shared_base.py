@@ -1,22 +1,23 @@
 """Personas that share the base's weights and differ by a small per-persona part, against full fine-tunes
 (issue 23, "Many personas"): is the quality kept, and does one batched step serving many personas pay?
 
-    nice -n 19 .venv/bin/python -m bench.quality.shared_base --part quality --corpora alice   # 7 fine-tunes of 228 steps
+    nice -n 19 .venv/bin/python -m bench.quality.shared_base --part quality --corpora alice   # 6 fine-tunes of 228 steps
     flock /work/notes/bench.lock .venv/bin/python -m bench.quality.shared_base --part speed --streams 128   # ~8 min
+    nice -n 19 .venv/bin/python -m bench.quality.shared_base --part quality --variants lora-8 --lr-scales 1  # the recipe's lr
     .venv/bin/python -m bench.quality.shared_base --part sizes
 
 Every character persona is a fine-tune of trainer/pretrained/base (a 2x512 char LSTM, 3.4 M parameters,
 13.5 MB in fp32). The per-persona parts tried:
   head+embed   the output layer (weight and bias) and the input embedding: 85 K parameters;
-  lora-R       head+embed plus low-rank deltas W + B·A (rank R) on the input and recurrent matrices of
-               both LSTM layers (Hu et al. 2021), the base's matrices frozen.
+  lora-R       head+embed plus low-rank deltas W + B·A (rank R: 8, 16, 32) on the input and recurrent matrices
+               of both LSTM layers (Hu et al. 2021), the base's matrices frozen: 164 K, 242 K, 399 K parameters.
 
 (a) quality: each variant fine-tuned from the base like the corpus's recipe (trainer/recipes/<corpus>.json:
     its batch shape, dropout, learning rate, warm-up and warm-down, precision), for the same STEP budget
     (default 228: what the alice recipe's 3-minute fine-tune made on this host, bench/results/finetune.json), same
     split, data order and seed, all by one loop (below) so that nothing but the trainable part differs: the full
-    fine-tune is that loop with every weight trainable; the adapters also at 3x the recipe's learning rate
-    (--lr-scales), as low-rank and head-only tuning usually want a higher one. Scored afterwards the same way: the adapters merged into a plain
+    fine-tune is that loop with every weight trainable; the adapters at 3x the recipe's learning rate
+    (--lr-scales), as low-rank and head-only tuning usually want a higher one (1x: the check). Scored afterwards the same way: the adapters merged into a plain
     RecurrentLM (W + B·A), trainer.evaluate over the whole held-out split in float32, and the real-word rate
     (bench/quality/quality_report.py's definition) of 4 samples of 600 characters at temperature 0.8. The
     base itself (no step) is the reference row: the share of the full fine-tune's gain a variant keeps is
@@ -234,18 +235,22 @@ def quality(corpus_name: str, variants: list[str], steps: int, lr_scales: list[f
                      "heldout_nats": round(heldout_loss(merged, data), 4), "real_word_rate": round(rate, 3),
                      "sample": sample})
         print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
-        compare(rows)
         save(rows)
     return rows
 
 
 def compare(rows: list[dict]) -> None:
-    """Each row's gap to the full fine-tune and the share of the full fine-tune's gain over the base it keeps."""
-    full = next((r["heldout_nats"] for r in rows if r["variant"] == "full"), None)
-    gain = rows[0]["heldout_nats"] - full if full is not None else 0
-    for r in rows:
-        r["gap_vs_full"] = round(r["heldout_nats"] - full, 4) if full is not None else None
-        r["share_of_full_gain"] = round((rows[0]["heldout_nats"] - r["heldout_nats"]) / gain, 3) if gain else None
+    """Each row's gap to the full fine-tune of its corpus and step budget, and the share of that fine-tune's gain
+    over the base it keeps (rows of several runs: the file's)."""
+    for corpus, steps in {(r["corpus"], r["steps"]) for r in rows if r["steps"]}:
+        group = [r for r in rows if r["corpus"] == corpus and r["steps"] in (0, steps)]
+        full = next((r["heldout_nats"] for r in group if r["variant"] == "full"), None)
+        base = next((r["heldout_nats"] for r in group if r["steps"] == 0), None)
+        if full is None or base is None:
+            continue
+        for r in group:
+            r["gap_vs_full"] = round(r["heldout_nats"] - full, 4)
+            r["share_of_full_gain"] = round((base - r["heldout_nats"]) / (base - full), 3)
 
 
 # -- (b) speed: one shared step for many personas -------------------------------------------------------------
@@ -487,7 +492,7 @@ def machine() -> dict:
 def merge_results(out: Path, section: str, rows: list[dict], settings: dict, key: tuple[str, ...]) -> None:
     """Put `rows` into `section` of `out`, replacing rows with the same `key` values, under a file lock (two
     quality processes, one a corpus, write the same file)."""
-    with open(str(out) + ".lock", "w") as lock:
+    with open(Path(tempfile.gettempdir()) / f"{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(out.read_text()) if out.is_file() else {}
         old = data.get(section, {}).get("rows", [])
@@ -496,6 +501,8 @@ def merge_results(out: Path, section: str, rows: list[dict], settings: dict, key
         runs = [r for r in data.get(section, {}).get("runs", []) if r.get("pid") != os.getpid()]
         runs.append({"pid": os.getpid(), "machine": machine(), "settings": settings})
         data[section] = {"runs": runs, "rows": kept + rows}
+        if section == "quality":
+            compare(data[section]["rows"])
         out.write_text(json.dumps(data, indent=1, ensure_ascii=False))
 
 
@@ -503,15 +510,15 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", nargs="+", choices=("quality", "speed", "sizes"), default=["sizes"])
     parser.add_argument("--corpora", nargs="+", default=["alice", "trump"])
-    parser.add_argument("--variants", nargs="+", default=["full", "lora-8", "head+embed", "lora-16"])
+    parser.add_argument("--variants", nargs="+", default=["full", "lora-32", "lora-16", "lora-8", "head+embed"])
     parser.add_argument("--steps", type=int, default=228, help="fine-tuning steps of every variant")
-    parser.add_argument("--lr-scales", type=float, nargs="+", default=[3.0, 1.0],
+    parser.add_argument("--lr-scales", type=float, nargs="+", default=[3.0],
                         help="the adapters' learning rates, as multiples of the recipe's (full: the recipe's)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the engine's on 2 cores)")
     parser.add_argument("--streams", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--personas", type=int, nargs="+", default=[1, 10, 100])
-    parser.add_argument("--speed-variants", nargs="+", default=["head+embed", "lora-8"])
+    parser.add_argument("--speed-variants", nargs="+", default=["head+embed", "lora-8", "lora-32"])
     parser.add_argument("--chars", type=int, default=120)
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--rounds", type=int, default=2, help="speed: interleaved rounds, the best counted")
@@ -531,6 +538,7 @@ def main() -> None:
         for corpus in args.corpora:
             rows = quality(corpus, args.variants, args.steps, args.lr_scales, args.seed,
                            lambda rows: merge_results(args.out, "quality", rows, settings, QUALITY_KEY))
+            compare(rows)
             print_table(f"{corpus}: {args.steps} steps, held-out nats/char (whole split, fp32)",
                         [{k: v for k, v in r.items() if k != "sample"} for r in rows])
     if "speed" in args.part:
