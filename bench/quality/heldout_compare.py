@@ -5,9 +5,8 @@
 Checkpoints trained before trainer/heldout.py's paragraph split held out 4,096-token blocks
 (trainer.data.split_documents); later ones hold out whole paragraphs, and a fine-tune continued from an older
 checkpoint has trained on both splits' training text. Each checkpoint's own held-out loss is then scored on
-different text, so the comparison is made on the characters that all of them held out (and that every run
-before them held out: --also-unseen-by adds checkpoints whose held-out text must contain it too, such as the
-first stage of a continued fine-tune). Prints a table and writes --out (JSON).
+different text, so the comparison is made on the characters that all of them held out. Prints a table and
+writes --out (JSON, one entry per corpus).
 """
 
 from __future__ import annotations
@@ -81,13 +80,11 @@ def score(loaded, pieces: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--also-unseen-by", nargs="*", default=[], type=Path,
-                        help="checkpoints not scored whose held-out text the common text must also be in")
     parser.add_argument("--out", type=Path, default=RESULTS / "heldout_compare.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = {path: ckpt.load(path) for path in args.checkpoints}
-    metas = [m.meta for m in loaded.values()] + [ckpt.load(p).meta for p in args.also_unseen_by]
+    metas = [m.meta for m in loaded.values()]
     corpora = {m["train_config"]["corpus"] for m in metas}
     if len(corpora) != 1:
         raise SystemExit(f"the checkpoints were trained on different corpora: {', '.join(sorted(corpora))}")
@@ -110,8 +107,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     previous[name] = {
-        "common_chars": chars, "pieces": len(pieces), "also_unseen_by": [str(p) for p in args.also_unseen_by],
-        "rows": rows}
+        "common_chars": chars, "pieces": len(pieces), "rows": rows}
     args.out.write_text(json.dumps(previous, indent=1))
 
 
