@@ -1,9 +1,12 @@
 """What the benchmarks share: the repository root, the results folder, corpora found by name on the configured
-corpus path, the environment of a bench that runs the real services, and a plain markdown table."""
+corpus path, the environment of a bench that runs the real services and its `celery worker`s, and a plain
+markdown table."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from core.settings import load_settings
@@ -44,6 +47,18 @@ def service_environment(work: Path, redis_url: str, database_url: str | None, **
 
     redis.Redis.from_url(redis_url).flushdb()
     return env
+
+
+def start_worker(env: dict[str, str], *, name: str, queues: str, pool: str, concurrency: int, log_path: Path,
+                 log_level: str = "WARNING") -> subprocess.Popen:
+    """A `celery worker` of worker.app called `name`@localhost, consuming `queues` (comma-separated) with
+    `pool` and `concurrency`, with os.environ and `env` (see service_environment); its output goes to
+    `log_path`."""
+    cmd = [str(Path(sys.executable).with_name("celery")), "-A", "worker.app", "worker", "-Q", queues,
+           "--pool", pool, "-c", str(concurrency), "-n", f"{name}@localhost", "--without-gossip",
+           "--without-mingle", "-l", log_level]
+    log = open(log_path, "wb")  # noqa: SIM115 - open as long as the process runs
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
 
 
 def print_table(title: str, rows: list[dict]) -> None:

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, load_corpus, service_environment
+from bench.common import RESULTS, load_corpus, service_environment, start_worker
 from bench.speed.queue_load import percentile, postgres_schema, stop_worker
 
 SERVER_X, SERVER_Y = 1001, 2002
@@ -67,14 +67,6 @@ def environment(args, work: Path, database_url: str) -> dict[str, str]:
     redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
     return service_environment(work, redis_url, database_url, result_backend=redis_url, torch_threads=1,
                                generate_precision=args.precision, visibility_timeout=600, train_report_seconds=1)
-
-
-def start_worker(env: dict, name: str, queue: str, pool: str, concurrency: int, log: Path) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).with_name("celery")), "-A", "worker.app", "worker", "-Q", queue, "--pool",
-           pool, "-c", str(concurrency), "-n", f"{name}@localhost", "--without-gossip", "--without-mingle",
-           "-l", "INFO"]
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=open(log, "wb"),  # noqa: SIM115
-                            stderr=subprocess.STDOUT)
 
 
 def wait_ready(app, proc: subprocess.Popen, name: str, timeout: float = 90) -> None:
@@ -139,7 +131,8 @@ def measure_training(args, app, env: dict, work: Path) -> dict:
     text = load_corpus("alice").text[:6000]
     with db.session_scope() as session:
         corpus = ingest(text.encode(), "alice.txt", session=session).corpus
-    proc = start_worker(env, "fair-train", "train", "solo", 1, work / "train.log")
+    proc = start_worker(env, name="fair-train", queues="train", pool="solo", concurrency=1,
+                        log_path=work / "train.log", log_level="INFO")
     try:
         wait_ready(app, proc, "fair-train")
         warm = queue_runs(app, corpus, 0, 1)[0]  # the trainer's first run imports and initialises: not measured
@@ -281,7 +274,8 @@ def measure_generation(args, app, env: dict, work: Path) -> dict:
     with db.session_scope() as session:
         alice = (get_persona(session, "alice", None).active_checkpoint_id, "alice")
         shakespeare = (get_persona(session, "shakespeare", None).active_checkpoint_id, "shakespeare")
-    proc = start_worker(env, "fair-gen", "generate", "threads", args.worker_threads, work / "generate.log")
+    proc = start_worker(env, name="fair-gen", queues="generate", pool="threads", concurrency=args.worker_threads,
+                        log_path=work / "generate.log", log_level="INFO")
     driver = Driver(app, redis.Redis.from_url(env["IMPROBABLE_BROKER_URL"]), args.chars)
     try:
         wait_ready(app, proc, "fair-gen")

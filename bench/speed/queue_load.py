@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, load_corpus, service_environment
+from bench.common import RESULTS, ROOT, load_corpus, service_environment, start_worker
 
 MODEL_DIR = RESULTS / "queue_model"
 TARGETS = {"p95_at_32_s": 0.5, "speedup_at_32": 20.0, "batch_at_256": 200, "queue_vs_engine": 0.8}
@@ -108,14 +108,6 @@ def register_checkpoint(model_path: Path) -> int:
     with db.session_scope() as session:
         return add_checkpoint(session, get_persona(session, "alice", None),
                               "checkpoints/alice/bench/best.safetensors", activate=True).id
-
-
-def start_worker(env: dict[str, str], concurrency: int, log_path: Path) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).with_name("celery")), "-A", "worker.app", "worker", "-Q", "generate",
-           "--pool", "threads", "-c", str(concurrency), "-n", "bench@localhost", "--without-gossip",
-           "--without-mingle", "-l", "WARNING"]
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_ready(app, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -315,7 +307,8 @@ def measure(args: argparse.Namespace, model_path: Path, database_url: str | None
         from worker.app import app, configure, enqueue
 
         configure()
-        proc = start_worker(env, args.worker_threads, work / "worker.log")
+        proc = start_worker(env, name="bench", queues="generate", pool="threads",
+                            concurrency=args.worker_threads, log_path=work / "worker.log")
         try:
             wait_ready(app, proc)
             for n in (1, 8):  # warm-up: torch import, checkpoint load, first batches

@@ -30,7 +30,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, load_corpus, print_table, service_environment
+from bench.common import RESULTS, load_corpus, print_table, service_environment, start_worker
 from bench.speed.queue_load import percentile, postgres_schema, stop_worker
 
 PER_CHANNEL = 10
@@ -88,12 +88,8 @@ def start_workers(env: dict[str, str], count: int, threads: int, logs: Path) -> 
     procs = []
     for w in range(count):
         log_path = logs / f"worker{w}.log"
-        cmd = [str(Path(sys.executable).with_name("celery")), "-A", "worker.app", "worker", "-Q", "generate",
-               "--pool", "threads", "-c", str(threads), "-n", f"bench{w}@localhost", "--without-gossip",
-               "--without-mingle", "-l", "WARNING"]
-        log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-        procs.append((subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log,
-                                       stderr=subprocess.STDOUT), log_path))
+        procs.append((start_worker(env, name=f"bench{w}", queues="generate", pool="threads", concurrency=threads,
+                                   log_path=log_path), log_path))
     return procs
 
 
