@@ -112,6 +112,7 @@ def train(
     word_vectors: str | None = typer.Option(
         None, help="word-gru: word2vec-format vectors file (default: train word2vec)."),
     seed: int | None = typer.Option(None),
+    threads: int | None = typer.Option(None, help="Torch intra-op threads (0: PyTorch's default; recipes set 1 or none)."),
     resume: bool = typer.Option(True, help="Continue from <out>/last.safetensors when it exists."),
 ) -> None:
     """Train a model; resumes an interrupted run in the same --out folder exactly where it stopped."""
@@ -120,7 +121,8 @@ def train(
     overrides = {"corpus": corpus, "family": family, "cell": cell, "n_layers": layers, "n_hidden": hidden,
                  "dropout": dropout, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "minutes": minutes,
                  "max_steps": max_steps, "max_epochs": epochs, "eval_interval": eval_interval,
-                 "precision": precision, "init": init, "split": split, "word_vectors": word_vectors, "seed": seed}
+                 "precision": precision, "init": init, "split": split, "word_vectors": word_vectors, "seed": seed,
+                 "threads": threads}
     shape = [f"--{name}" for name, value in (("layers", layers), ("hidden", hidden), ("cell", cell))
              if value is not None]
     given_budget = any(v is not None for v in (minutes, max_steps, epochs))

@@ -90,6 +90,8 @@ def trained(tmp_path_factory, alice_text, single_thread):
             "32",
             "--eval-interval",
             "10",
+            "--threads",
+            "1",
             "--out",
             str(out),
         ],
@@ -113,6 +115,7 @@ def test_train_writes_checkpoints(trained):
         assert (out / name).is_file(), name
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [10, 20]
+    assert json.loads(ok("info", out / "best.safetensors").output)["train_config"]["threads"] == 1  # --threads
 
 
 def test_generate_prints_text_and_is_reproducible_with_seed(trained):
