@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import time
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -97,6 +98,23 @@ def measure_cpu(seconds: float = 2.0) -> dict:
     if not conclusive:
         record["note"] = f"only {rounds} round(s) in {seconds} s: the machine is too busy to tell; fp32, not cached"
     return record
+
+
+@cache
+def bf16_runs(device_type: str = "cpu") -> bool:
+    """Whether torch here can train the char LSTM under bf16 autocast at all, however fast: a CUDA GPU that
+    supports bf16, or a CPU whose oneDNN has bf16 LSTM kernels (a CPU without AVX-512 has none: "could not
+    create a primitive descriptor for the LSTM forward propagation primitive")."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
+    with torch.random.fork_rng(devices=[]):
+        try:
+            _training_step(bf16=True)()
+        except RuntimeError:
+            return False
+    return True
 
 
 def _interleaved_step_times(seconds: float) -> tuple[float, float, int]:

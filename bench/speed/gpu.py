@@ -38,7 +38,7 @@ from torch import nn
 from bench.common import RESULTS, corpus_file
 from core.contracts import SamplingParams
 from trainer.model import ModelConfig, build_model
-from trainer.precision import pick_precision
+from trainer.precision import bf16_runs, pick_precision
 from trainer.sample import BatchSampler
 from trainer.tokenizer import CharTokenizer
 
@@ -106,7 +106,7 @@ def train_steps(model, data, steps: int, precision: str, device: torch.device, l
 
 def bench_throughput(args, vocab: int, train_ids: torch.Tensor, device: torch.device) -> list[dict]:
     precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if not bf16_runs(device.type):  # an older GPU, or a CPU without bf16 LSTM kernels (the dry run)
         precisions.remove("bf16")
     config = ModelConfig(family="char-rnn", vocab_size=vocab, n_layers=args.layers, n_embd=args.embed,
                          n_hidden=args.hidden)
