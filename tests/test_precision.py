@@ -38,6 +38,16 @@ def test_explicit_precisions_pass_through_and_unknown_ones_are_refused():
         precision.resolve_precision("fp16", "cpu")
 
 
+def test_an_explicit_bf16_lstm_is_refused_where_torch_cannot_run_one(monkeypatch):
+    monkeypatch.setattr(precision, "bf16_runs", lambda device_type="cpu": False)
+    lstm, gru = torch.nn.Sequential(torch.nn.LSTM(4, 8)), torch.nn.Sequential(torch.nn.GRU(4, 8))
+    with pytest.raises(ValueError, match="cannot train an LSTM under bf16 autocast.*use precision auto or fp32"):
+        precision.resolve_precision("bf16", "cpu", lstm)
+    assert precision.resolve_precision("bf16", "cpu", gru) == "bf16"  # a GRU's kernels are another matter
+    monkeypatch.setattr(precision, "bf16_runs", lambda device_type="cpu": True)
+    assert precision.resolve_precision("bf16", "cpu", lstm) == "bf16"
+
+
 def test_auto_resolves_through_pick_precision(monkeypatch):
     monkeypatch.setattr(precision, "pick_precision", lambda device: "bf16")
     assert precision.resolve_precision("auto", "cpu") == "bf16"

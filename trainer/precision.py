@@ -40,12 +40,17 @@ CACHE_VERSION = 1  # bump when the measurement changes, so old answers are measu
 _VOCAB, _EMBED, _HIDDEN, _LAYERS, _BATCH, _SEQ = 96, 64, 256, 2, 32, 64
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> Precision:
-    """A recipe's `precision` value as the trainer uses it: `auto` becomes what `pick_precision` picks."""
+def resolve_precision(precision: str, device: torch.device | str, model: nn.Module | None = None) -> Precision:
+    """A recipe's `precision` value as the trainer uses it: `auto` becomes what `pick_precision` picks. An
+    explicit bf16 for a model with an LSTM where torch cannot run one under bf16 autocast is refused, saying so."""
     if precision == "auto":
         return pick_precision(device)
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    lstm = model is not None and any(isinstance(m, nn.LSTM) for m in model.modules())
+    if precision == "bf16" and lstm and not bf16_runs(torch.device(device).type):
+        raise ValueError("precision bf16: torch on this machine cannot train an LSTM under bf16 autocast (a CPU "
+                         "without AVX-512 has no bf16 LSTM kernels); use precision auto or fp32")
     return precision  # type: ignore[return-value]
 
 

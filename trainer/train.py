@@ -391,7 +391,7 @@ def _prepare(run: Run, base: ckpt.Checkpoint | None) -> None:
         run.meta["init"] = {"checkpoint": Path(config.init).name, "corpus": base.meta.get("corpus") if base else None,
                             "corpus_sha256": base.meta.get("corpus_sha256") if base else None}
     run.good = _snapshot(state)
-    run.meta["precision"] = precision = resolve_precision(config.precision, state.device)
+    run.meta["precision"] = precision = resolve_precision(config.precision, state.device, state.model)
     run.autocast = torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     run.schedule_next_eval()
 
