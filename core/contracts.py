@@ -248,6 +248,10 @@ class Liveness(BaseModel):
 
     partial_interval: float = Field(0.5, gt=0, description="Seconds between partial-text updates while it grows")
     partial_heartbeat: float = Field(2.0, gt=0, description="Seconds between updates when the text has not grown")
+    partial_rate: float = Field(64.0, gt=0, description="Partial-text updates one worker writes a second at most, "
+                                "over all its jobs: with more jobs than partial_rate × partial_interval each is "
+                                "updated less often, never less than every partial_heartbeat (the bot relays at "
+                                "most Discord's ~50 requests a second in all anyway)")
     lease: float = Field(10.0, gt=0, description="Silence after which a generate worker is taken for dead")
     stall_notice: float = Field(12.0, gt=0, description="Silence after which the bot tells the user")
     stall: float = Field(45.0, gt=0, description="Silence after which the bot gives the job up")

@@ -15,6 +15,7 @@ and whether the improbability drive picked it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -49,25 +50,24 @@ def picture_pieces(stream, tokenizer) -> str | None:
 
 # --- pieces ------------------------------------------------------------------------------------------------
 
-def _kind(text: str, i: int) -> str:
-    ch = text[i]
-    if ch.isspace():
-        return "space"
-    if ch.isalnum():
-        return "word"
-    if ch in APOSTROPHES and 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum():
-        return "word"  # don't, o’er: one word
-    return "punct"
+def _kinds(text: str) -> list[str]:
+    """Each character's kind: space, word (letters, digits, and an apostrophe inside a word: don't, o’er) or
+    punct."""
+    kinds = ["space" if ch.isspace() else "word" if ch.isalnum() else "punct" for ch in text]
+    for i in range(1, len(text) - 1):
+        if text[i] in APOSTROPHES and text[i - 1].isalnum() and text[i + 1].isalnum():
+            kinds[i] = "word"
+    return kinds
 
 
 def _runs(text: str) -> list[tuple[int, int]]:
     """(start, end) of each word, punctuation run and whitespace run of `text`, in order."""
     runs, start = [], 0
-    for i in range(1, len(text) + 1):
-        if i == len(text) or _kind(text, i) != _kind(text, start):
-            runs.append((start, i))
-            start = i
-    return runs if text else []
+    for _, group in itertools.groupby(_kinds(text)):
+        end = start + sum(1 for _ in group)
+        runs.append((start, end))
+        start = end
+    return runs
 
 
 def _picked_positions(full: str, offset: int, picks: Sequence[tuple[str, float]]) -> set[int]:
@@ -112,24 +112,17 @@ def char_pieces(text: str, probabilities: Sequence[float], picks: Sequence[tuple
     full = prompt + text
     offset = len(prompt)
     picked = _picked_positions(full, offset, picks)
-    pieces = []
+    pieces, prompt_end = [], offset
+    logs = [math.log(max(p, 1e-300)) for p in probabilities]
     for a, b in _runs(full):
         if b <= offset:
             continue
         if a < offset:  # a run that straddles the end of the prompt: the prompt's part is unshaded
             pieces.append(Piece(full[a:offset], None))
-            a = offset
-        log_p = sum(math.log(max(p, 1e-300)) for p in probabilities[a - offset:b - offset])
-        pieces.append(Piece(full[a:b], math.exp(log_p), any(i in picked for i in range(a, b))))
-    return _prompt_pieces(prompt[:_straddle_start(full, offset)]) + pieces
-
-
-def _straddle_start(full: str, offset: int) -> int:
-    """Where the prompt's last run starts if that run continues into the completion (else the prompt's end)."""
-    for a, b in _runs(full):
-        if a < offset < b:
-            return a
-    return offset
+            prompt_end, a = a, offset
+        log_p = sum(logs[a - offset:b - offset])
+        pieces.append(Piece(full[a:b], math.exp(log_p), bool(picked) and any(i in picked for i in range(a, b))))
+    return _prompt_pieces(prompt[:prompt_end]) + pieces
 
 
 def token_pieces(tokens: Sequence[str], probabilities: Sequence[float], text: str, picked: int = 0,

@@ -200,32 +200,70 @@ def cpu_during(pids: dict[str, int], fn) -> tuple[object, dict[str, float]]:
     return result, {name: seconds - before[name] for name, seconds in now().items()}
 
 
+def engine_thread_clock(pid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) so far of process `pid`'s engine thread (named
+    worker.serve.engine.OS_THREAD_NAME; /proc/<pid>/task/<tid>/schedstat, Linux), or None where unknown."""
+    from worker.serve.engine import OS_THREAD_NAME
+
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        try:
+            if comm.read_text().strip() == OS_THREAD_NAME:
+                on_cpu, waiting, _ = (comm.parent / "schedstat").read_text().split()
+                return int(on_cpu) / 1e9, int(waiting) / 1e9
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def engine_time(pid: int, fn) -> tuple[object, dict[str, float]]:
+    """(fn(), where the engine thread of process `pid` spent fn's wall time: on a CPU, runnable but waiting
+    for one (other threads and processes had both cores), and off the CPU while not runnable (waiting for
+    the GIL, or for work: jobs still on their way), each as a share of the wall time)."""
+    before, started = engine_thread_clock(pid), time.perf_counter()
+    result = fn()
+    after, wall = engine_thread_clock(pid), time.perf_counter() - started
+    if before is None or after is None:
+        return result, {}
+    on_cpu, runnable = after[0] - before[0], after[1] - before[1]
+    return result, {"on_cpu": on_cpu / wall, "runnable": runnable / wall, "off_cpu": 1 - (on_cpu + runnable) / wall}
+
+
 def side_by_side(enqueue, checkpoint_id: int, alone: EngineAlone, args: argparse.Namespace,
                  pids: dict[str, int]) -> dict:
     """{N: engine and queue throughput, alternated round by round, and their ratio (medians)}; beside it the
     CPU seconds per 1,000 characters each spent (the engine: this process; the queue: this process, the
     worker and Redis, each), which a loaded machine disturbs less than wall time. (Redis's CPU includes
-    whatever else uses the same Redis meanwhile.)"""
+    whatever else uses the same Redis meanwhile.) And where each engine thread spent its round (engine_time):
+    the engine alone is on a CPU nearly all the time; the worker's also waits for the GIL, for a core, and
+    for jobs still on their way."""
     rows = {}
     for n in args.side_by_side:
         engine, queued = [], []
         for _ in range(args.rounds):
-            engine.append(cpu_during({}, lambda n=n: alone.run(n, args.chars)))
-            queued.append(cpu_during(pids, lambda n=n: run_concurrent(enqueue, checkpoint_id, n, args.chars)))
-        engine_rate = statistics.median(r["chars_per_s"] for r, _ in engine)
-        queue_rate = statistics.median(r["chars_per_s"] for r, _ in queued)
+            engine.append(engine_time(os.getpid(), lambda n=n: cpu_during({}, lambda: alone.run(n, args.chars))))
+            queued.append(engine_time(pids["worker"], lambda n=n: cpu_during(
+                pids, lambda: run_concurrent(enqueue, checkpoint_id, n, args.chars))))
+        engine_rate = statistics.median(r["chars_per_s"] for (r, _), _ in engine)
+        queue_rate = statistics.median(r["chars_per_s"] for (r, _), _ in queued)
         chars = n * args.chars / 1000
         rows[n] = {"engine_chars_s": engine_rate, "queue_chars_s": queue_rate, "ratio": queue_rate / engine_rate,
-                   "engine_rounds": [round(r["chars_per_s"]) for r, _ in engine],
-                   "queue_rounds": [round(r["chars_per_s"]) for r, _ in queued],
-                   "engine_cpu_s_per_1k_chars": statistics.median(cpu["bench"] / chars for _, cpu in engine),
-                   "queue_cpu_s_per_1k_chars": statistics.median(sum(cpu.values()) / chars for _, cpu in queued),
+                   "engine_rounds": [round(r["chars_per_s"]) for (r, _), _ in engine],
+                   "queue_rounds": [round(r["chars_per_s"]) for (r, _), _ in queued],
+                   "engine_cpu_s_per_1k_chars": statistics.median(cpu["bench"] / chars for (_, cpu), _ in engine),
+                   "queue_cpu_s_per_1k_chars": statistics.median(sum(cpu.values()) / chars for (_, cpu), _ in queued),
                    "queue_cpu_s_per_1k_chars_by_process": {
-                       name: round(statistics.median(cpu[name] / chars for _, cpu in queued), 4)
-                       for name in queued[0][1]},
-                   "queue_p95_s": statistics.median(r["p95_s"] for r, _ in queued),
-                   "queue_batch_peak": max(r["batch_peak"] for r, _ in queued)}
+                       name: round(statistics.median(cpu[name] / chars for (_, cpu), _ in queued), 4)
+                       for name in queued[0][0][1]},
+                   "engine_thread_alone": _median_shares([t for _, t in engine]),
+                   "engine_thread_in_worker": _median_shares([t for _, t in queued]),
+                   "queue_p95_s": statistics.median(r["p95_s"] for (r, _), _ in queued),
+                   "queue_batch_peak": max(r["batch_peak"] for (r, _), _ in queued)}
     return rows
+
+
+def _median_shares(rounds: list[dict[str, float]]) -> dict[str, float]:
+    rounds = [r for r in rounds if r]
+    return {key: round(statistics.median(r[key] for r in rounds), 3) for key in rounds[0]} if rounds else {}
 
 
 def redis_pids(address: str) -> list[int]:
@@ -369,6 +407,14 @@ def print_side_by_side(sides: dict) -> None:
               f"{r['engine_cpu_s_per_1k_chars']:.3f}; {r['queue_cpu_s_per_1k_chars']:.3f} "
               f"{r['queue_cpu_s_per_1k_chars_by_process']} | "
               f"{r['queue_p95_s']:.3f} | {r['engine_rounds']}; {r['queue_rounds']} |")
+    print("\nwhere the engine thread spent its rounds (share of wall time; medians):\n")
+    print("| jobs | side | on a CPU | runnable, waiting for a core | off the CPU (GIL, or no work yet) |")
+    print("|---|---|---|---|---|")
+    for n, r in sides.items():
+        for side, key in (("engine alone", "engine_thread_alone"), ("in the worker", "engine_thread_in_worker")):
+            t = r.get(key) or {}
+            if t:
+                print(f"| {n} | {side} | {t['on_cpu']:.2f} | {t['runnable']:.2f} | {t['off_cpu']:.2f} |")
 
 
 def main() -> None:

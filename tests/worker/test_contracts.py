@@ -59,6 +59,15 @@ def test_a_result_reads_back_from_its_json():
     assert GenerateResult.model_validate(result.model_dump(mode="json")) == result
 
 
+@pytest.mark.parametrize("jobs, seconds", [(1, 0.5), (32, 0.5), (64, 1.0), (128, 2.0), (5000, 2.0)])
+def test_partial_texts_are_spaced_by_how_many_jobs_share_the_worker(jobs, seconds):
+    """Every partial_interval while few run; all together at most partial_rate writes a second; never less
+    often than the heartbeat (the bot's proof that a job lives)."""
+    from worker.serve.delivery import partial_spacing
+
+    assert partial_spacing(jobs, Liveness()) == pytest.approx(seconds)
+
+
 def test_the_default_liveness_timings_are_in_order():
     liveness = Liveness()
     assert liveness.takeover + liveness.partial_heartbeat < liveness.stall

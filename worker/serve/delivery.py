@@ -6,7 +6,8 @@ state for it, acknowledges its message, and the thread takes the next job. The b
 engine, not by `-c` (a worker with 4 threads batches hundreds of streams; tests/worker/test_generate.py).
 From there this module's one thread follows the job and has its states written to the result backend, as
 the task would have (bot/jobs.py):
-- PROGRESS {"text": completion so far, "beat": time} every `Liveness.partial_interval` while the text grows,
+- PROGRESS {"text": completion so far, "beat": time} every `Liveness.partial_interval` while the text grows
+  (less often when many jobs run: `partial_spacing`),
   and the same again every `Liveness.partial_heartbeat` (the bot takes a silent job for a dead one);
 - SUCCESS with the task's GenerateResult once its row is recorded (recording.py: one row per request id,
   written many per transaction);
@@ -67,6 +68,15 @@ class Handed:
     sent_at: float = field(default_factory=time.perf_counter)
     recording: bool = False  # its row is being written: no more partial text
     publishing: bool = False  # a partial text is waiting for its writer
+
+
+def partial_spacing(jobs: int, liveness) -> float:
+    """Seconds between two partial texts of one job while `jobs` run in this process: every
+    `partial_interval` while they are few, spread so that all of them together make at most `partial_rate`
+    writes a second when they are many, and never less often than the heartbeat. Each write costs the worker's
+    threads (beside the engine's, under one GIL), Redis and the bot; at 128 jobs every 0.5 s they took about a
+    tenth of the whole queue's throughput (bench/speed/queue_load.py)."""
+    return min(max(liveness.partial_interval, jobs / liveness.partial_rate), liveness.partial_heartbeat)
 
 
 class Delivery:
@@ -174,6 +184,7 @@ class Delivery:
     def _sweep(self) -> None:
         """Partial text and heartbeats of the running jobs; jobs past their deadline fail."""
         liveness, timeout = self.runtime.liveness, self.runtime.settings.generate_timeout
+        spacing = partial_spacing(len(self._jobs), liveness)
         due: dict[int, list[tuple[Handed, str, float]]] = {}  # writer -> (job, text, as of)
         for handed in list(self._jobs.values()):
             if handed.recording or handed.publishing:
@@ -183,8 +194,10 @@ class Delivery:
                 self.runtime.engine.abandon(handed.serving.job)  # the engine stops computing it
                 self._fail(handed, TimeoutError(f"generation took more than {timeout:.0f} s"))
                 continue
-            text = handed.serving.job.partial
-            if text == handed.sent and now - handed.sent_at <= liveness.partial_heartbeat:
+            text, since = handed.serving.job.partial, now - handed.sent_at
+            # (half a sweep early: sweeps come every partial_interval, give or take; the first text goes at once)
+            grown = text != handed.sent and (since >= spacing - liveness.partial_interval / 2 or not handed.sent)
+            if not grown and since <= liveness.partial_heartbeat:
                 continue
             handed.publishing = True
             due.setdefault(self._writer_of(handed), []).append((handed, text, now))
