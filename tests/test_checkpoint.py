@@ -189,6 +189,17 @@ def test_from_bytes_equals_load(saved):
     assert torch.equal(logits_of(loaded.model, len(tok)), logits_of(model, len(tok)))
 
 
+def test_without_model_reads_the_header_and_tokenizer_only(saved):
+    """What a worker keeps when its engine runs in a process of its own: no model, no tensor."""
+    path, _, tok = saved
+    data = path.read_bytes()
+    header = ckpt.without_model(data, "in-memory")
+    assert header.model is None and header.tensors == {} and header.meta == ckpt.from_bytes(data).meta
+    assert header.tokenizer.vocab == tok.vocab
+    with pytest.raises(CheckpointError, match="not an Improbable checkpoint"):
+        ckpt.without_model((100).to_bytes(8, "little") + random.Random(3).randbytes(300), "forged")
+
+
 # -----------------------------------------------------------------------------
 # bad files: each a CheckpointError with a specific message
 

@@ -237,6 +237,20 @@ def from_bytes(data: bytes, name: str = "checkpoint", device: str | torch.device
     return Checkpoint(model, tokenizer, meta, tensors)
 
 
+def without_model(data: bytes, name: str = "checkpoint") -> Checkpoint:
+    """The checkpoint's header and tokenizer, no tensor touched and no model (`model` is None): what a generate
+    worker keeps when the model lives in its engine's process (worker/serve/engine_process.py)."""
+    from .tokenizer import tokenizer_from_dict
+
+    check_file_size(len(data), name, MAX_CHECKPOINT_BYTES)
+    meta, _ = validate_header(data, len(data), name)
+    try:
+        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{name}: its tokenizer cannot be read ({e})") from None
+    return Checkpoint(None, tokenizer, meta, {})
+
+
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Checkpoint:
     path = Path(path)
     if not path.is_file():

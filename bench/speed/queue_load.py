@@ -5,6 +5,7 @@ the same jobs sent one after another.
     python -m bench.speed.queue_load              # N = 1, 8, 32, 64, 256 and 32 serial (about 3 minutes)
     python -m bench.speed.queue_load --concurrency 32 --rounds 5
     python -m bench.speed.queue_load --int8 off   # serial jobs stepped in float32 too
+    python -m bench.speed.queue_load --concurrency --side-by-side 128 256 --rounds 5 --engine process
 
 Prints a markdown table (p50/p95/p99 latency, throughput, speed-up over serial, the widest batch a job was
 stepped in) and writes JSON to bench/results/queue_load.json. Targets (this 2-core machine,
@@ -95,7 +96,7 @@ def postgres_schema(url: str):
 def setup_environment(args, work: Path, database_url: str | None) -> dict[str, str]:
     return service_environment(work, f"redis://{args.redis_host}:{args.redis_port}/{args.redis_db}", database_url,
                                torch_threads=args.torch_threads, generate_precision=args.precision,
-                               generate_int8=args.int8, visibility_timeout=600)
+                               generate_int8=args.int8, generate_engine=args.engine, visibility_timeout=600)
 
 
 def register_checkpoint(model_path: Path) -> int:
@@ -185,9 +186,18 @@ class EngineAlone:
 
 
 def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process so far (/proc; every thread of it)."""
+    """User + system CPU seconds of a process so far (/proc; every thread of it), and of its live children (a
+    worker's engine process)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(process_cpu(c) for c in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    except OSError:
+        return []
 
 
 def cpu_during(pids: dict[str, int], fn) -> tuple[object, dict[str, float]]:
@@ -212,7 +222,7 @@ def engine_thread_clock(pid: int) -> tuple[float, float] | None:
                 return int(on_cpu) / 1e9, int(waiting) / 1e9
         except (OSError, ValueError):
             continue
-    return None
+    return next(filter(None, map(engine_thread_clock, children(pid))), None)  # an engine in its own process
 
 
 def engine_time(pid: int, fn) -> tuple[object, dict[str, float]]:
@@ -313,6 +323,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=0, help="engine intra-op threads (0: automatic)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="served weights")
     parser.add_argument("--int8", choices=["auto", "on", "off"], default="auto", help="single-stream int8 steps")
+    parser.add_argument("--engine", choices=["thread", "process"], default="thread",
+                        help="the worker's engine: a thread of its process, or a process of its own")
     parser.add_argument("--redis-host", default="127.0.0.1")
     parser.add_argument("--redis-port", type=int, default=6379)
     parser.add_argument("--redis-db", type=int, default=6)
@@ -377,7 +389,7 @@ def measure(args: argparse.Namespace, model_path: Path, database_url: str | None
 
 def print_report(args: argparse.Namespace, model_path: Path, postgres: bool, serial: dict, rows: dict) -> None:
     print(f"\nmodel {model_path.relative_to(ROOT)}, {args.chars} chars per job, worker -c {args.worker_threads}, "
-          f"engine threads {args.torch_threads or 'auto'}, {args.precision}, int8 {args.int8}, "
+          f"engine ({args.engine}) threads {args.torch_threads or 'auto'}, {args.precision}, int8 {args.int8}, "
           f"{'PostgreSQL' if postgres else 'SQLite'}, "
           f"{os.cpu_count()} CPUs (shared, noisy)\n")
     print("| jobs | p50 s | p95 s | p99 s | throughput chars/s | speed-up vs serial | max batch |")

@@ -98,7 +98,8 @@ def test_cache_loads_once_and_evicts_least_recently_used_idle(tiny):
         return *for_serving(Checkpoint(build_model(tiny.model.config), tiny.tokenizer, {}, {})), cid
 
     size = model_bytes(tiny.model)
-    cache = CheckpointCache(load, max_bytes=2 * size)
+    evicted = []  # (the engine's process is told to drop those models: EngineProcess.forget)
+    cache = CheckpointCache(load, max_bytes=2 * size, on_evict=lambda entry: evicted.append(entry.checkpoint_id))
     entries = []
     threads = [threading.Thread(target=lambda: entries.append(cache.acquire(1))) for _ in range(8)]
     for t in threads:
@@ -116,6 +117,7 @@ def test_cache_loads_once_and_evicts_least_recently_used_idle(tiny):
     cache.acquire(4)  # everything else in use or recent: 1 goes, 3 and 4 are held
     assert 1 not in cache and 3 in cache and 4 in cache and held.users == 1
     assert cache.evictions == 2 and cache.loads == 4 and cache.hits == 8 and cache.n_bytes == 2 * size
+    assert evicted == [2, 1]
 
 
 def test_engine_serves_bfloat16_weights(tiny):

@@ -47,9 +47,11 @@ class CheckpointCache:
     the lock, and in a worker builds the model on the engine's thread (worker/serve/runtime.py): the cache
     itself never touches a tensor."""
 
-    def __init__(self, load: Callable[[int], tuple[Checkpoint, int, int | None]], max_bytes: int):
+    def __init__(self, load: Callable[[int], tuple[Checkpoint, int, int | None]], max_bytes: int,
+                 on_evict: Callable[[Entry], None] = lambda entry: None):
         self._load = load
         self.max_bytes = max_bytes
+        self._on_evict = on_evict  # told of each entry evicted (the engine's process drops its model)
         self._entries: OrderedDict[int, Entry] = OrderedDict()
         self._loading: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
@@ -100,6 +102,7 @@ class CheckpointCache:
                 del self._entries[cid]
                 total -= entry.n_bytes
                 self.evictions += 1
+                self._on_evict(entry)
 
     @property
     def n_bytes(self) -> int:

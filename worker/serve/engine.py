@@ -211,6 +211,19 @@ class Engine:
         self._inbox.put(work)
         return work.future.result()
 
+    def load(self, checkpoint_id: int, data: bytes, name: str, precision: str):
+        """(The checkpoint of these bytes with its model built on this engine's device, on its thread; the bytes
+        the model holds). Raises what building it raised (a corrupt or forged file: CheckpointError)."""
+        from trainer.checkpoint import from_bytes
+
+        from .cache import for_serving
+
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        return self.call(lambda: for_serving(from_bytes(data, name=name, device=self.device, dtype=dtype)))
+
+    def forget(self, checkpoint_id: int) -> None:
+        """The cache evicted it (its entry held the model: nothing to do here; see engine_process.py)."""
+
     def submit(self, entry: Entry, prompt: str, params: SamplingParams, *, voices: tuple[Entry, ...] = (),
                weights: tuple[float, ...] = (), names: tuple[str, ...] = (), owner: int | None = None) -> EngineRequest:
         """Queue a request for `entry`'s model, or for the blend of `voices` (entries the caller holds for

@@ -65,9 +65,11 @@ class Runtime:
     def engine(self):
         def make():
             from .engine import Engine
+            from .engine_process import EngineProcess
 
             threads = self.settings.torch_threads or engine_threads()
-            return Engine(self.settings.device, threads, int8=self.settings.generate_int8)
+            kind = EngineProcess if self.settings.generate_engine == "process" and self.app is not None else Engine
+            return kind(self.settings.device, threads, int8=self.settings.generate_int8)
         return self._part("engine", make)
 
     @property
@@ -75,7 +77,8 @@ class Runtime:
         def make():
             from .cache import CheckpointCache
 
-            cache = CheckpointCache(self.load_checkpoint, self.settings.model_cache_mb * 2**20)
+            cache = CheckpointCache(self.load_checkpoint, self.settings.model_cache_mb * 2**20,
+                                    on_evict=lambda entry: self.engine.forget(entry.checkpoint_id))
             metrics.CHECKPOINT_CACHE_ENTRIES.set_function(lambda: len(cache))
             metrics.CHECKPOINT_CACHE_LOADS.set_function(lambda: cache.loads)
             return cache
@@ -125,7 +128,8 @@ class Runtime:
 
     def load_checkpoint(self, checkpoint_id: int):
         """(Checkpoint on the engine's device, its model's bytes, persona id) for a checkpoint row: its row and
-        bytes read in the calling thread, the model built on the engine's thread (the one torch user)."""
+        bytes read in the calling thread, the model built on the engine's thread (the one torch user; with
+        the engine in its own process, there, and the checkpoint here holds no model)."""
         from db import Checkpoint, open_storage, session_scope
 
         with session_scope() as session:
@@ -133,19 +137,8 @@ class Runtime:
             if row is None:
                 raise BadRequest(f"no checkpoint {checkpoint_id}")
             key, persona_id = row.storage_key, row.persona_id
-        data, engine, precision = open_storage().get(key), self.engine, self.settings.generate_precision
-
-        def build():
-            import torch
-
-            from trainer.checkpoint import from_bytes
-
-            from .cache import for_serving
-
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            return for_serving(from_bytes(data, name=key, device=engine.device, dtype=dtype))
-
-        return *engine.call(build), persona_id
+        data = open_storage().get(key)
+        return *self.engine.load(checkpoint_id, data, key, self.settings.generate_precision), persona_id
 
     # -- one request ----------------------------------------------------------------------------------------
 
