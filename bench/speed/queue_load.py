@@ -5,7 +5,7 @@ the same jobs sent one after another.
     python -m bench.speed.queue_load              # N = 1, 8, 32, 64, 256 and 32 serial (about 3 minutes)
     python -m bench.speed.queue_load --concurrency 32 --rounds 5
     python -m bench.speed.queue_load --int8 off   # serial jobs stepped in float32 too
-    python -m bench.speed.queue_load --concurrency --side-by-side 128 256 --rounds 5 --engine process
+    python -m bench.speed.queue_load --concurrency --side-by-side 128 256 --rounds 5 --engine thread
 
 Prints a markdown table (p50/p95/p99 latency, throughput, speed-up over serial, the widest batch a job was
 stepped in) and writes JSON to bench/results/queue_load.json. Targets (this 2-core machine,
@@ -323,7 +323,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=0, help="engine intra-op threads (0: automatic)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="served weights")
     parser.add_argument("--int8", choices=["auto", "on", "off"], default="auto", help="single-stream int8 steps")
-    parser.add_argument("--engine", choices=["thread", "process"], default="thread",
+    parser.add_argument("--engine", choices=["thread", "process"], default="process",
                         help="the worker's engine: a thread of its process, or a process of its own")
     parser.add_argument("--redis-host", default="127.0.0.1")
     parser.add_argument("--redis-port", type=int, default=6379)

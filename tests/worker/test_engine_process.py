@@ -15,7 +15,8 @@ from worker.app import app
 
 from .support import generate_request
 
-QUEUE = "generate.engine-process-test"  # only this test's worker consumes it
+QUEUE = "generate.engine-process-test"  # only this test's process-engine worker consumes it
+THREAD_QUEUE = "generate.engine-thread-test"  # and this, its thread-engine twin
 TIMEOUT = 60
 
 
@@ -35,12 +36,13 @@ def _engine_pid(worker_pid: int) -> int:
     return found[0]
 
 
-def test_its_answers_are_the_thread_engines(start_worker, generate_worker, checkpoint_id):
+def test_its_answers_are_the_thread_engines(start_worker, checkpoint_id):
     worker = start_worker("engineproc", QUEUE, "threads", 16, IMPROBABLE_GENERATE_ENGINE="process").wait_ready()
+    start_worker("enginethread", THREAD_QUEUE, "threads", 4, IMPROBABLE_GENERATE_ENGINE="thread").wait_ready()
     requests = [generate_request(checkpoint_id, seed=s, max_tokens=200) for s in range(6)]
     remote = [_send(r) for r in requests]  # stepped together in the engine's process
-    on_thread = [app.send_task("improbable.generate", args=[r], queue="generate").get(timeout=TIMEOUT)
-                 for r in requests]  # the package's worker, engine on a thread, one at a time
+    on_thread = [app.send_task("improbable.generate", args=[r], queue=THREAD_QUEUE).get(timeout=TIMEOUT)
+                 for r in requests]  # the engine on a thread, one at a time
     answers = [r.get(timeout=TIMEOUT) for r in remote]
     assert [a["text"] for a in answers] == [t["text"] for t in on_thread]
     assert all(a["worker"] == worker.hostname and a["generation_id"] for a in answers)
@@ -56,7 +58,7 @@ def test_its_answers_are_the_thread_engines(start_worker, generate_worker, check
              "blend": [{"checkpoint_id": checkpoint_id, "persona": "alice", "weight": 0.5},
                        {"checkpoint_id": checkpoint_id, "persona": "alice", "weight": 0.5}]}
     blended, threaded = (app.send_task("improbable.generate", args=[blend], queue=q).get(timeout=TIMEOUT)
-                         for q in (QUEUE, "generate"))
+                         for q in (QUEUE, THREAD_QUEUE))
     assert blended["text"] == threaded["text"] and blended["tokens"] == 80
 
 

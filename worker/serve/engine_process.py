@@ -23,6 +23,7 @@ carries pickles: never a file or a message from outside.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import multiprocessing
@@ -95,20 +96,26 @@ def _serve(conn, device: str, threads: int, int8: str) -> None:
     def push_partials() -> None:
         while True:
             time.sleep(PARTIAL_PUSH)
-            grown = {}
-            for rid, job in list(running.items()):
+            grown, now_running = {}, dict(running)
+            for rid, job in now_running.items():
                 text = job.partial
                 if text != sent.get(rid):
                     grown[rid] = sent[rid] = text
+            for rid in [rid for rid in sent if rid not in now_running]:  # finished meanwhile
+                sent.pop(rid, None)
             if grown:
                 send(("partial", grown))
 
     def finished(rid: int, job, future: Future) -> None:
         running.pop(rid, None)
-        sent.pop(rid, None)
         error = future.exception()
-        send(("failed", rid, error) if error is not None else
-             ("done", rid, FinishedStream.of(future.result()), job.batch_peak))
+        if error is None:
+            send(("done", rid, FinishedStream.of(future.result()), job.batch_peak))
+            return
+        try:
+            send(("failed", rid, error))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its type and message do
+            send(("failed", rid, RuntimeError(f"{type(error).__name__}: {error}")))
 
     def load(checkpoint_id: int, data: bytes, name: str, precision: str) -> None:
         try:
@@ -174,7 +181,12 @@ class EngineProcess:
         self._requests: dict[int, RemoteRequest] = {}
         self._loads: dict[int, Future] = {}
         self._send_lock = threading.Lock()
+        self._exiting = False
+        atexit.register(self._exit)  # runs before multiprocessing's own, which stops the engine's process
         threading.Thread(target=self._read, name="engine-pipe", daemon=True).start()
+
+    def _exit(self) -> None:
+        self._exiting = True
 
     def _send(self, message) -> None:
         with self._send_lock:
@@ -211,7 +223,8 @@ class EngineProcess:
             try:
                 message = self._conn.recv()
             except (EOFError, OSError):
-                self._died()
+                if not self._exiting:  # (at the worker's own exit the engine's process goes with it)
+                    self._died()
                 return
             kind, rid = message[0], message[1]
             if kind == "partial":
@@ -221,7 +234,7 @@ class EngineProcess:
                         job.partial = text
             elif kind == "done":
                 job = self._requests.pop(rid)
-                job.batch_peak, job.partial = message[3], message[2].text
+                job.batch_peak = message[3]
                 job.future.set_result(message[2])
             elif kind == "failed":
                 self._requests.pop(rid).future.set_exception(message[2])

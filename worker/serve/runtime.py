@@ -68,7 +68,8 @@ class Runtime:
             from .engine_process import EngineProcess
 
             threads = self.settings.torch_threads or engine_threads()
-            kind = EngineProcess if self.settings.generate_engine == "process" and self.app is not None else Engine
+            in_a_worker = self.app is not None and not self.app.conf.task_always_eager  # (eager: the bot's own process)
+            kind = EngineProcess if self.settings.generate_engine == "process" and in_a_worker else Engine
             return kind(self.settings.device, threads, int8=self.settings.generate_int8)
         return self._part("engine", make)
 
