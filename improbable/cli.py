@@ -112,7 +112,8 @@ def train(
     word_vectors: str | None = typer.Option(
         None, help="word-gru: word2vec-format vectors file (default: train word2vec)."),
     seed: int | None = typer.Option(None),
-    threads: int | None = typer.Option(None, help="Torch intra-op threads (0: PyTorch's default; recipes set 1 or none)."),
+    threads: int | None = typer.Option(
+        None, help="Torch intra-op threads (0: PyTorch's default; recipes set 1 or none)."),
     resume: bool = typer.Option(True, help="Continue from <out>/last.safetensors when it exists."),
 ) -> None:
     """Train a model; resumes an interrupted run in the same --out folder exactly where it stopped."""

@@ -208,14 +208,11 @@ def from_bytes(data: bytes, name: str = "checkpoint", device: str | torch.device
     """Build the model a checkpoint describes (dtype: float32 unless given). `dtype=torch.bfloat16` serves at
     half the memory traffic: batch-1 stepping is bound by reading the weights (measured 3x faster for a 2x512
     LSTM on CPU)."""
-    # This module's cap (which a deployment or a test may lower), before the header reader applies its own.
-    check_file_size(len(data), name, MAX_CHECKPOINT_BYTES)
-    meta, _ = validate_header(data, len(data), name)  # everything the header can tell, before any tensor exists
+    meta, tokenizer = _read_header(data, name)  # everything the header can tell, before any tensor exists
     import torch
     from safetensors.torch import load as load_tensors_from_bytes
 
     from .model import ModelConfig, build_model
-    from .tokenizer import tokenizer_from_dict
 
     try:
         tensors = load_tensors_from_bytes(data)
@@ -226,7 +223,6 @@ def from_bytes(data: bytes, name: str = "checkpoint", device: str | torch.device
     _check_finite(tensors, name)
     try:
         config = ModelConfig.from_dict(meta["model"])
-        tokenizer = tokenizer_from_dict(meta["tokenizer"])
         model = build_model(config)  # its size is bounded: the shapes above matched the file, under the caps
         weights = {k[len("model."):]: v.float() if v.is_floating_point() else v
                    for k, v in tensors.items() if k.startswith("model.")}
@@ -237,17 +233,23 @@ def from_bytes(data: bytes, name: str = "checkpoint", device: str | torch.device
     return Checkpoint(model, tokenizer, meta, tensors)
 
 
-def without_model(data: bytes, name: str = "checkpoint") -> Checkpoint:
-    """The checkpoint's header and tokenizer, no tensor touched and no model (`model` is None): what a generate
-    worker keeps when the model lives in its engine's process (worker/serve/engine_process.py)."""
+def _read_header(data: bytes, name: str) -> tuple[dict, object]:
+    """(The header's metadata, its tokenizer), checked against this module's size cap (which a deployment or a
+    test may lower) before the header reader applies its own; no tensor touched."""
     from .tokenizer import tokenizer_from_dict
 
     check_file_size(len(data), name, MAX_CHECKPOINT_BYTES)
     meta, _ = validate_header(data, len(data), name)
     try:
-        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+        return meta, tokenizer_from_dict(meta["tokenizer"])
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{name}: its tokenizer cannot be read ({e})") from None
+
+
+def without_model(data: bytes, name: str = "checkpoint") -> Checkpoint:
+    """The checkpoint's header and tokenizer, no tensor touched and no model (`model` is None): what a generate
+    worker keeps when the model lives in its engine's process (worker/serve/engine_process.py)."""
+    meta, tokenizer = _read_header(data, name)
     return Checkpoint(None, tokenizer, meta, {})
 
 

@@ -84,15 +84,13 @@ class Worker:
         self.pool = ThreadPoolExecutor(HANDOFF_THREADS, thread_name_prefix="handoff")
 
     def load(self, index: int):
-        data = self.paths[index].read_bytes()  # read here; built on the engine's thread
+        data, name = self.paths[index].read_bytes(), self.paths[index].name  # read here
+        if self.loads_on == "engine":  # built on the engine's thread, as the worker does
+            return *self.engine.load(index, data, name, "fp32"), index
+        from trainer.checkpoint import from_bytes  # built on the calling thread (the design it replaced)
+        from worker.serve.cache import for_serving
 
-        def build():
-            from trainer.checkpoint import from_bytes
-            from worker.serve.cache import for_serving
-
-            return for_serving(from_bytes(data, name=self.paths[index].name))
-
-        return *(self.engine.call(build) if self.loads_on == "engine" else build()), index
+        return *for_serving(from_bytes(data, name=name)), index
 
     def hand_off(self, persona: int, seed: int, chars: int, done: dict) -> object:
         from core.contracts import SamplingParams

@@ -153,21 +153,12 @@ class EngineAlone:
     """The worker's engine without the queue: the same model, precision, int8 and threads, in this process."""
 
     def __init__(self, model_path: Path, args: argparse.Namespace):
-        from trainer.checkpoint import from_bytes
-        from worker.serve.cache import Entry, for_serving
+        from worker.serve.cache import Entry
         from worker.serve.engine import Engine
         from worker.serve.runtime import engine_threads
 
         self.engine = Engine("cpu", args.torch_threads or engine_threads(), int8=args.int8)
-        data = model_path.read_bytes()
-
-        def build():
-            import torch
-
-            dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-            return for_serving(from_bytes(data, name=model_path.name, dtype=dtype))
-
-        checkpoint, n_bytes = self.engine.call(build)
+        checkpoint, n_bytes = self.engine.load(1, model_path.read_bytes(), model_path.name, args.precision)
         self.entry = Entry(1, checkpoint, None, n_bytes)
         for n in (1, 8):  # warm-up, as the worker's (first-call allocations, the int8 decision)
             self.run(n, 280)

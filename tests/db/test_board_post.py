@@ -1,6 +1,6 @@
 """The weekly board post's claims (db/board.py) on SQLite and PostgreSQL: a post is due once its week has
-ended, two dispatchers claiming it post it once (the second finds it taken), a claim given back is due again, and a stopped or
-moved post is not claimed."""
+ended, two dispatchers claiming it post it once (the second finds it taken), a claim given back is due again,
+and a stopped or moved post is not claimed."""
 
 from __future__ import annotations
 

@@ -194,7 +194,8 @@ def test_repository_paths_named_in_the_docs_exist():
 
 COMPOSE_SUBCOMMANDS_WITH_SERVICES = {"up", "exec", "run", "logs", "build", "push", "ps", "restart", "stop", "start",
                                      "pull", "rm"}
-COMPOSE_OPTIONS_WITH_VALUES = {"-p", "--project-name", "-f", "--file", "--profile", "--env-file"}  # before the subcommand
+# before the subcommand
+COMPOSE_OPTIONS_WITH_VALUES = {"-p", "--project-name", "-f", "--file", "--profile", "--env-file"}
 SUBCOMMAND_OPTIONS_WITH_VALUES = {"-e", "--env", "-u", "--user", "-w", "--workdir", "--tail", "--scale",
                                   "--wait-timeout", "--index"}
 GPU_SECTIONS = ("Scaling generate workers across machines", "GPU notes")  # where `worker` / `trainer` are meant

@@ -70,3 +70,31 @@ def test_a_dead_engine_process_ends_its_worker(start_worker, checkpoint_id):
     wait_until(lambda: worker.proc.poll() is not None, 15, "the worker to exit")
     assert worker.proc.returncode == 70 and time.monotonic() - started < within(15)
     assert "the generation engine's process died" in worker.log()
+
+
+def test_an_int8_copy_made_in_the_engine_process_counts_against_the_workers_cache():
+    """generate_int8 "on" in the engine's process: a stream served alone steps with the int8 model (the text of
+    trainer.quantize's model), and the bytes that copy adds reach the worker's cache entry, whose cap they count
+    against, as they do with the engine on a thread."""
+    from core.contracts import SamplingParams
+    from trainer.checkpoint import to_bytes
+    from trainer.model import ModelConfig, build_model
+    from trainer.quantize import quantize_for_serving
+    from trainer.sample import generate
+    from trainer.tokenizer import CharTokenizer
+    from worker.serve.cache import CheckpointCache
+    from worker.serve.engine_process import EngineProcess
+
+    tokenizer = CharTokenizer.build("abcdefghij .\n")
+    model = build_model(ModelConfig(vocab_size=len(tokenizer), n_layers=1, n_embd=8, n_hidden=16)).eval()
+    data = to_bytes(model, tokenizer, {})
+    engine = EngineProcess("cpu", threads=1, int8="on")
+    cache = CheckpointCache(lambda cid: (*engine.load(cid, data, "tiny", "fp32"), None), max_bytes=10**9)
+    entry = cache.acquire(7)
+    loaded = entry.n_bytes
+    params = SamplingParams(max_tokens=120, temperature=0.9, seed=3)
+    text = engine.submit(entry, "abc", params).future.result(timeout=TIMEOUT).text
+    assert text == generate(quantize_for_serving(model), tokenizer, ["abc"], params)[0].text
+    assert entry.checkpoint.model is None and entry.n_bytes > loaded
+    cache.release(entry)
+    assert cache.n_bytes == entry.n_bytes

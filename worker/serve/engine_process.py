@@ -63,6 +63,7 @@ class RemoteRequest:
     delivery and the runtime read)."""
 
     rid: int
+    entry: object  # the worker's cache.Entry of the request's model: its n_bytes follow the engine's copy
     future: Future = field(default_factory=Future)
     partial: str = ""
     batch_peak: int = 0
@@ -71,11 +72,95 @@ class RemoteRequest:
 
 # -- the engine's process -----------------------------------------------------------------------------------
 
-def _serve(conn, device: str, threads: int, int8: str) -> None:
-    """The engine process's main loop: one Engine, the models of the checkpoints loaded into it, its requests."""
-    from core.contracts import SamplingParams
+class _EngineServer:
+    """In the engine's process: one Engine, the models loaded into it (by checkpoint id), its running requests
+    (by the worker's request id), and the one pipe to the worker."""
 
-    from .cache import Entry
+    def __init__(self, conn, engine):
+        from .cache import Entry
+
+        self._Entry = Entry
+        self.conn, self.engine = conn, engine
+        self.entries: dict[int, object] = {}  # checkpoint id -> cache.Entry of the model built here
+        self.running: dict[int, object] = {}  # request id -> EngineRequest
+        self._sent: dict[int, str] = {}  # request id -> the partial text last sent
+        self._send_lock = threading.Lock()
+
+    def send(self, message) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    def serve(self) -> None:
+        """Read the worker's messages until it is gone, then return (and the process ends)."""
+        threading.Thread(target=self._push_partials, name="engine-partials", daemon=True).start()
+        handlers = {"load": self._load, "forget": self._forget, "submit": self._submit, "abandon": self._abandon}
+        while True:
+            try:
+                kind, *args = self.conn.recv()
+            except EOFError:  # the worker is gone: so is its engine
+                return
+            handlers[kind](*args)
+
+    def _load(self, checkpoint_id: int, data: bytes, name: str, precision: str) -> None:
+        try:
+            checkpoint, n_bytes = self.engine.load(checkpoint_id, data, name, precision)
+        except Exception as e:  # noqa: BLE001 - a forged or corrupt checkpoint: its loader gets the error
+            self.send(("load_failed", checkpoint_id, e))
+            return
+        self.entries[checkpoint_id] = self._Entry(checkpoint_id, checkpoint, None, n_bytes)
+        self.send(("loaded", checkpoint_id, n_bytes))
+
+    def _forget(self, checkpoint_id: int) -> None:
+        self.entries.pop(checkpoint_id, None)
+
+    def _submit(self, rid: int, voice_ids: list[int], prompt: str, params: dict, weights: list, names: list,
+                owner) -> None:
+        from core.contracts import SamplingParams
+
+        try:
+            voices = [self.entries[cid] for cid in voice_ids]
+        except KeyError as e:
+            self.send(("failed", rid, RuntimeError(f"checkpoint {e} is not loaded in the engine's process")))
+            return
+        job = self.engine.submit(voices[0], prompt, SamplingParams.model_validate(params),
+                                 voices=tuple(voices) if len(voice_ids) > 1 or weights else (),
+                                 weights=tuple(weights), names=tuple(names), owner=owner)
+        self.running[rid] = job
+        job.future.add_done_callback(lambda future: self._finished(rid, job, voices[0], future))
+
+    def _abandon(self, rid: int) -> None:
+        if rid in self.running:
+            self.engine.abandon(self.running[rid])
+
+    def _finished(self, rid: int, job, entry, future: Future) -> None:
+        """A stream ended: its text (and the bytes its model now holds, an int8 copy included) or its error."""
+        self.running.pop(rid, None)
+        error = future.exception()
+        if error is None:
+            self.send(("done", rid, FinishedStream.of(future.result()), job.batch_peak, entry.n_bytes))
+            return
+        try:
+            self.send(("failed", rid, error))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its type and message do
+            self.send(("failed", rid, RuntimeError(f"{type(error).__name__}: {error}")))
+
+    def _push_partials(self) -> None:
+        """Every PARTIAL_PUSH seconds, the partial texts that grew since they were last sent."""
+        while True:
+            time.sleep(PARTIAL_PUSH)
+            grown, running = {}, dict(self.running)
+            for rid, job in running.items():
+                text = job.partial
+                if text != self._sent.get(rid):
+                    grown[rid] = self._sent[rid] = text
+            for rid in [rid for rid in self._sent if rid not in running]:  # finished meanwhile
+                self._sent.pop(rid, None)
+            if grown:
+                self.send(("partial", grown))
+
+
+def _serve(conn, device: str, threads: int, int8: str) -> None:
+    """The engine process's main function: start the Engine (or say why it cannot), then serve the worker."""
     from .engine import Engine
 
     try:
@@ -84,73 +169,7 @@ def _serve(conn, device: str, threads: int, int8: str) -> None:
         conn.send(("failed_start", e))
         return
     conn.send(("ready", str(engine.device)))
-    entries: dict[int, Entry] = {}
-    running: dict[int, object] = {}  # request id -> EngineRequest
-    sent: dict[int, str] = {}
-    send_lock = threading.Lock()
-
-    def send(message) -> None:
-        with send_lock:
-            conn.send(message)
-
-    def push_partials() -> None:
-        while True:
-            time.sleep(PARTIAL_PUSH)
-            grown, now_running = {}, dict(running)
-            for rid, job in now_running.items():
-                text = job.partial
-                if text != sent.get(rid):
-                    grown[rid] = sent[rid] = text
-            for rid in [rid for rid in sent if rid not in now_running]:  # finished meanwhile
-                sent.pop(rid, None)
-            if grown:
-                send(("partial", grown))
-
-    def finished(rid: int, job, future: Future) -> None:
-        running.pop(rid, None)
-        error = future.exception()
-        if error is None:
-            send(("done", rid, FinishedStream.of(future.result()), job.batch_peak))
-            return
-        try:
-            send(("failed", rid, error))
-        except Exception:  # noqa: BLE001 - an exception that does not pickle: its type and message do
-            send(("failed", rid, RuntimeError(f"{type(error).__name__}: {error}")))
-
-    def load(checkpoint_id: int, data: bytes, name: str, precision: str) -> None:
-        try:
-            checkpoint, n_bytes = engine.load(checkpoint_id, data, name, precision)
-        except Exception as e:  # noqa: BLE001 - a forged or corrupt checkpoint: its loader gets the error
-            send(("load_failed", checkpoint_id, e))
-            return
-        entries[checkpoint_id] = Entry(checkpoint_id, checkpoint, None, n_bytes)
-        send(("loaded", checkpoint_id, n_bytes))
-
-    threading.Thread(target=push_partials, name="engine-partials", daemon=True).start()
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:  # the worker is gone: so is its engine
-            return
-        kind, rid = message[0], message[1]
-        if kind == "load":
-            load(*message[1:])
-        elif kind == "forget":
-            entries.pop(rid, None)
-        elif kind == "submit":
-            _, rid, voice_ids, prompt, params, weights, names, owner = message
-            try:
-                voices = [entries[cid] for cid in voice_ids]
-            except KeyError as e:
-                send(("failed", rid, RuntimeError(f"checkpoint {e} is not loaded in the engine's process")))
-                continue
-            job = engine.submit(voices[0], prompt, SamplingParams.model_validate(params),
-                                voices=tuple(voices) if len(voice_ids) > 1 or weights else (),
-                                weights=tuple(weights), names=tuple(names), owner=owner)
-            running[rid] = job
-            job.future.add_done_callback(lambda future, rid=rid, job=job: finished(rid, job, future))
-        elif kind == "abandon" and rid in running:
-            engine.abandon(running[rid])
+    _EngineServer(conn, engine).serve()
 
 
 # -- the worker's side --------------------------------------------------------------------------------------
@@ -209,7 +228,7 @@ class EngineProcess:
 
     def submit(self, entry, prompt: str, params, *, voices=(), weights=(), names=(), owner=None) -> RemoteRequest:
         rid = next(self._ids)
-        job = self._requests[rid] = RemoteRequest(rid)
+        job = self._requests[rid] = RemoteRequest(rid, entry)
         voice_ids = [v.checkpoint_id for v in voices] or [entry.checkpoint_id]
         self._send(("submit", rid, voice_ids, prompt, params.model_dump(mode="json"), list(weights), list(names),
                     owner))
@@ -235,6 +254,9 @@ class EngineProcess:
             elif kind == "done":
                 job = self._requests.pop(rid)
                 job.batch_peak = message[3]
+                # an int8 single-stream copy made in the engine's process counts against the worker's cache cap
+                # (a plain int, summed by the cache under its lock, as the thread engine's own entries do)
+                job.entry.n_bytes = max(job.entry.n_bytes, message[4])
                 job.future.set_result(message[2])
             elif kind == "failed":
                 self._requests.pop(rid).future.set_exception(message[2])
