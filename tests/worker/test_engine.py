@@ -59,7 +59,9 @@ def test_an_abandoned_stream_stops_and_its_batch_mates_are_untouched(tiny):
     mates = [SamplingParams(max_tokens=3000 + 500 * i, temperature=0.8, seed=20 + i) for i in range(3)]
     mate_jobs = [engine.submit(cache.acquire(1), "cab", p) for p in mates]
     deadline = time.monotonic() + 10
-    while len(endless.partial) < 200 and time.monotonic() < deadline:
+    # (the mates are in the engine's inbox, but the endless stream may have its 200 characters before the
+    # engine's next step boundary admits them)
+    while (len(endless.partial) < 200 or mate_jobs[0].stream is None) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert mate_jobs[0].stream is not None and not any(j.future.done() for j in mate_jobs)
     engine.abandon(endless)

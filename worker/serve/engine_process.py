@@ -7,7 +7,7 @@ the CPU, waiting, 15 % of the time, about half of the whole queue's gap to the e
 `Engine` runs in a child process (spawned, never forked: CUDA starts there) whose only other threads read this
 pipe and send the partial texts back, so the worker's own threads never hold the engine's GIL.
 
-    worker process (Runtime, delivery, Celery)            engine process (_serve)
+    worker process (Runtime, delivery, Celery)            engine process (_EngineServer)
       EngineProcess.load(id, bytes)  ── load ──────▶  Engine.load: the model, built on the engine thread
       EngineProcess.submit(...)      ── submit ────▶  Engine.submit → batched steps
       job.partial                    ◀─ partial ───  every PARTIAL_PUSH seconds, texts that grew
