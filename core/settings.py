@@ -65,9 +65,9 @@ class Settings(BaseSettings):
                                       "the batch below it.")
     generate_engine: Literal["thread", "process"] = Field(
         "process", description="Where a generate worker's engine steps: a process of its own (no GIL shared with "
-        "the worker's other threads: the queue's throughput 0.76-0.78 of the engine alone's at 128-256 jobs, "
-        "against 0.62-0.70 on a thread, bench/speed/queue_load.py), or a thread of the worker's process. The "
-        "bot's own process (no broker) always uses a thread.")
+        "the worker's other threads: more of the engine's throughput reaches the queue under load, "
+        "docs/benchmarks.md), or a thread of the worker's process. The bot's own process (no broker) always "
+        "uses a thread.")
     generate_int8: Literal["auto", "on", "off"] = Field(
         "auto", description="Step a batch of one stream with int8 weights (fp32 LSTM char models on CPU, "
         "trainer/quantize.py): auto = where it measures faster when the model is first served, on = wherever "

@@ -77,9 +77,6 @@ class _EngineServer:
     (by the worker's request id), and the one pipe to the worker."""
 
     def __init__(self, conn, engine):
-        from .cache import Entry
-
-        self._Entry = Entry
         self.conn, self.engine = conn, engine
         self.entries: dict[int, object] = {}  # checkpoint id -> cache.Entry of the model built here
         self.running: dict[int, object] = {}  # request id -> EngineRequest
@@ -102,12 +99,14 @@ class _EngineServer:
             handlers[kind](*args)
 
     def _load(self, checkpoint_id: int, data: bytes, name: str, precision: str) -> None:
+        from .cache import Entry
+
         try:
             checkpoint, n_bytes = self.engine.load(checkpoint_id, data, name, precision)
         except Exception as e:  # noqa: BLE001 - a forged or corrupt checkpoint: its loader gets the error
             self.send(("load_failed", checkpoint_id, e))
             return
-        self.entries[checkpoint_id] = self._Entry(checkpoint_id, checkpoint, None, n_bytes)
+        self.entries[checkpoint_id] = Entry(checkpoint_id, checkpoint, None, n_bytes)
         self.send(("loaded", checkpoint_id, n_bytes))
 
     def _forget(self, checkpoint_id: int) -> None:
@@ -245,9 +244,9 @@ class EngineProcess:
                 if not self._exiting:  # (at the worker's own exit the engine's process goes with it)
                     self._died()
                 return
-            kind, rid = message[0], message[1]
+            kind, rid = message[0], message[1]  # (a partial message carries {request id: text} instead)
             if kind == "partial":
-                for request_id, text in rid.items():
+                for request_id, text in message[1].items():
                     job = self._requests.get(request_id)
                     if job is not None:
                         job.partial = text
